@@ -1,0 +1,35 @@
+"""SCOOP's ``scoop.futures``: re-exports :mod:`scoop_core.futures`."""
+
+from scoop_core.futures import (
+    ALL_COMPLETED,
+    FIRST_COMPLETED,
+    FIRST_EXCEPTION,
+    CancelledError,
+    Future,
+    TimeoutError,
+    as_completed,
+    map,
+    map_as_completed,
+    mapReduce,
+    mapScan,
+    shutdown,
+    submit,
+    wait,
+)
+
+__all__ = [
+    "ALL_COMPLETED",
+    "FIRST_COMPLETED",
+    "FIRST_EXCEPTION",
+    "CancelledError",
+    "Future",
+    "TimeoutError",
+    "as_completed",
+    "map",
+    "mapReduce",
+    "mapScan",
+    "map_as_completed",
+    "shutdown",
+    "submit",
+    "wait",
+]

@@ -1,0 +1,115 @@
+"""What a future carries to its worker, how the worker runs it, and how an
+exception raised there is brought back.
+
+A future runs either one ``Call`` (``submit``) or a ``Chunk`` of calls of
+one function (``map`` and friends send their items in chunks, so one
+message and one pickled function serve many items). A chunk may fold its
+values on the worker (``reduce`` for mapReduce, ``scan`` for mapScan), so
+only one value per chunk travels back.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from scoop_core.errors import RemoteError
+
+
+@dataclass(frozen=True)
+class Call:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    def run(self) -> Any:
+        return self.fn(*self.args, **self.kwargs)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    fn: Callable[..., Any]
+    items: Sequence[tuple[Any, ...]]
+    fold: str = ""  # "", "reduce" or "scan"
+    reducer: Callable[[Any, Any], Any] | None = None
+
+    def run(self) -> ChunkResult:
+        values: list[Any] = []
+        fn, reducer = self.fn, self.reducer
+        try:
+            if self.fold == "":
+                for item in self.items:
+                    values.append(fn(*item))
+            else:
+                assert reducer is not None
+                acc = fn(*self.items[0])
+                if self.fold == "scan":
+                    values.append(acc)
+                for item in self.items[1:]:
+                    acc = reducer(acc, fn(*item))
+                    if self.fold == "scan":
+                        values.append(acc)
+                if self.fold == "reduce":
+                    values.append(acc)
+        except Exception as exc:
+            return ChunkResult(values, capture(exc))
+        return ChunkResult(values, None)
+
+
+@dataclass
+class ChunkResult:
+    """Values of a chunk in order; ``error`` is set if item ``len(values)``
+    raised (the items after it were not run)."""
+
+    values: list[Any]
+    error: RemoteException | None = None
+
+
+class RemoteTraceback(Exception):
+    """The traceback text of an exception raised on a worker.
+
+    Attached as ``__cause__`` of the re-raised exception, so Python prints it
+    above the local traceback."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return self.text
+
+
+@dataclass
+class RemoteException:
+    """An exception raised on a worker, with its traceback text."""
+
+    exc: BaseException
+    traceback: str
+    where: str = field(default="")
+
+    def rebuild(self) -> BaseException:
+        exc = self.exc
+        exc.__cause__ = RemoteTraceback(f'\n"""\n{self.where}{self.traceback}"""')
+        return exc
+
+
+WORKER_NAME = "worker"
+
+
+def capture(exc: BaseException) -> RemoteException:
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return RemoteException(exc, text, f"Traceback from {WORKER_NAME}:\n")
+
+
+def portable(info: RemoteException, dumps: Callable[[Any], Any]) -> RemoteException:
+    """``info`` with its exception replaced by a RemoteError if it cannot be pickled."""
+    try:
+        dumps(info.exc)
+        return info
+    except Exception:
+        stand_in = RemoteError(
+            f"{type(info.exc).__module__}.{type(info.exc).__qualname__}: {info.exc}"
+        )
+        return RemoteException(stand_in, info.traceback, info.where)

@@ -1,0 +1,229 @@
+"""The Future users hold, and waiting on futures without blocking a worker.
+
+:class:`Future` is a ``concurrent.futures.Future`` (so ``asyncio.wrap_future``,
+``concurrent.futures.wait`` and executors' callers accept it) whose waiting
+methods know where they run:
+
+- in a root program or an embedding program, they block the calling thread
+  like any ``concurrent.futures.Future``: another thread delivers results;
+- inside a future running on a worker, they switch to the worker's
+  scheduler instead (a greenlet switch), so the worker runs other futures
+  meanwhile and nested futures never deadlock.
+
+The waiting primitive is an *event* chosen by :func:`new_event`; ``wait`` and
+``as_completed`` hook into ``concurrent.futures``' waiter list (``_waiters``),
+which ``set_result`` and ``set_exception`` notify under the future's lock.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, NamedTuple, Protocol
+
+from scoop_core.errors import TimeoutError
+
+log = logging.getLogger("scoop.futures")
+
+FIRST_COMPLETED = cf.FIRST_COMPLETED
+FIRST_EXCEPTION = cf.FIRST_EXCEPTION
+ALL_COMPLETED = cf.ALL_COMPLETED
+
+
+class Event(Protocol):
+    def set(self) -> None: ...
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+
+# Set by a worker process: returns a greenlet-aware event when called from a
+# future running on that worker, or None when the caller is not such a future.
+greenlet_event: Callable[[], Event | None] = lambda: None  # noqa: E731
+
+
+def new_event() -> Event:
+    """An event the current caller can wait on without blocking its worker."""
+    return greenlet_event() or threading.Event()
+
+
+class Future(cf.Future):  # type: ignore[type-arg]
+    """The result of a call that runs, or will run, on a worker.
+
+    ``cancel()`` asks the broker (and the worker holding the future) and
+    returns True only if the call will never run.
+    """
+
+    def __init__(self, fid: int = 0, canceller: Callable[[int], bool] | None = None) -> None:
+        super().__init__()
+        self.fid = fid
+        self._canceller = canceller
+        self.elapsed = 0.0  # seconds the worker spent on it, for chunk sizing
+
+    def __repr__(self) -> str:
+        return f"<scoop Future {self.fid:#x} state={self._state.lower()}>"
+
+    def _wait_here(self, timeout: float | None) -> None:
+        # On a worker, wait by switching to its scheduler; elsewhere the base
+        # class blocks the thread on its condition.
+        if self.done():
+            return
+        event = greenlet_event()
+        if event is None:
+            return
+        wait_futures([self], timeout, ALL_COMPLETED, _event=event)
+        if not self.done():
+            raise TimeoutError()
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._wait_here(timeout)
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait_here(timeout)
+        return super().exception(timeout)
+
+    def cancel(self) -> bool:
+        with self._condition:
+            if self._state in ("CANCELLED", "CANCELLED_AND_NOTIFIED"):
+                return True
+            if self._state != "PENDING":
+                return False
+        # The owner's runtime marks the future cancelled when the broker agrees.
+        return self._canceller is not None and self._canceller(self.fid)
+
+    def mark_cancelled(self) -> None:
+        """Record a cancellation the broker confirmed, and wake waiters."""
+        if cf.Future.cancel(self) and self._state == "CANCELLED":
+            self.set_running_or_notify_cancel()
+
+    def add_done_callback(self, fn: Callable[[cf.Future], object]) -> None:  # type: ignore[type-arg]
+        with self._condition:
+            if self._state not in ("CANCELLED", "CANCELLED_AND_NOTIFIED", "FINISHED"):
+                self._done_callbacks.append(fn)
+                return
+        _call_back(fn, self)
+
+    def _invoke_callbacks(self) -> None:
+        for callback in self._done_callbacks:
+            _call_back(callback, self)
+
+
+def _call_back(fn: Callable[[cf.Future], object], future: Future) -> None:  # type: ignore[type-arg]
+    try:
+        fn(future)
+    except Exception:
+        log.exception("done callback %r of %r raised", fn, future)
+
+
+class DoneAndNotDoneFutures(NamedTuple):
+    done: set[cf.Future]  # type: ignore[type-arg]
+    not_done: set[cf.Future]  # type: ignore[type-arg]
+
+
+class _Waiter:
+    """Listens on futures' ``_waiters`` lists; sets ``event`` when the
+    condition of ``return_when`` holds."""
+
+    def __init__(self, event: Event, return_when: str, pending: int) -> None:
+        self.event = event
+        self.return_when = return_when
+        self.pending = pending
+        self.finished: list[cf.Future] = []  # type: ignore[type-arg]
+        self.lock = threading.Lock()
+
+    def _add(self, future: cf.Future, failed: bool) -> None:  # type: ignore[type-arg]
+        with self.lock:
+            self.finished.append(future)
+            self.pending -= 1
+            fire = (
+                self.return_when == FIRST_COMPLETED
+                or (self.return_when == FIRST_EXCEPTION and failed)
+                or self.pending <= 0
+            )
+        if fire:
+            self.event.set()
+
+    def add_result(self, future: cf.Future) -> None:  # type: ignore[type-arg]
+        self._add(future, False)
+
+    def add_exception(self, future: cf.Future) -> None:  # type: ignore[type-arg]
+        self._add(future, True)
+
+    def add_cancelled(self, future: cf.Future) -> None:  # type: ignore[type-arg]
+        self._add(future, False)
+
+
+def _finished(f: cf.Future) -> bool:  # type: ignore[type-arg]
+    return f._state in ("CANCELLED_AND_NOTIFIED", "FINISHED")  # type: ignore[attr-defined]
+
+
+def _failed(f: cf.Future) -> bool:  # type: ignore[type-arg]
+    return f._state == "FINISHED" and f._exception is not None  # type: ignore[attr-defined]
+
+
+def wait_futures(
+    fs: Iterable[cf.Future],  # type: ignore[type-arg]
+    timeout: float | None = None,
+    return_when: str = ALL_COMPLETED,
+    *,
+    _event: Event | None = None,
+) -> DoneAndNotDoneFutures:
+    """``concurrent.futures.wait`` that does not block a worker."""
+    if return_when not in (FIRST_COMPLETED, FIRST_EXCEPTION, ALL_COMPLETED):
+        raise ValueError(
+            f"return_when must be FIRST_COMPLETED, FIRST_EXCEPTION or ALL_COMPLETED, got {return_when!r}"
+        )
+    fs = set(fs)
+    done = {f for f in fs if _finished(f)}
+    not_done = fs - done
+    if not not_done:
+        return DoneAndNotDoneFutures(done, not_done)
+    if return_when == FIRST_COMPLETED and done:
+        return DoneAndNotDoneFutures(done, not_done)
+    if return_when == FIRST_EXCEPTION and any(_failed(f) for f in done):
+        return DoneAndNotDoneFutures(done, not_done)
+    waiter = _Waiter(_event or new_event(), return_when, len(not_done))
+    registered = []
+    for f in not_done:
+        with f._condition:  # type: ignore[attr-defined]
+            if _finished(f):
+                waiter._add(f, _failed(f))
+            else:
+                f._waiters.append(waiter)  # type: ignore[attr-defined]
+                registered.append(f)
+    try:
+        waiter.event.wait(timeout)
+    finally:
+        for f in registered:
+            with f._condition:  # type: ignore[attr-defined]
+                f._waiters.remove(waiter)  # type: ignore[attr-defined]
+    done = {f for f in fs if _finished(f)}
+    return DoneAndNotDoneFutures(done, fs - done)
+
+
+def as_completed(
+    fs: Iterable[cf.Future],  # type: ignore[type-arg]
+    timeout: float | None = None,
+) -> Iterator[cf.Future]:  # type: ignore[type-arg]
+    """Yield futures as they finish; ``TimeoutError`` if ``timeout`` seconds
+    pass, counted from the call, before all of them have."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pending = set(fs)
+    total = len(pending)
+
+    def _gen() -> Iterator[cf.Future]:  # type: ignore[type-arg]
+        while pending:
+            ready = [f for f in pending if _finished(f)]
+            if not ready:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"{len(pending)} (of {total}) futures unfinished")
+                wait_futures(pending, left, FIRST_COMPLETED)
+                continue
+            for f in ready:
+                pending.discard(f)
+                yield f
+
+    return _gen()

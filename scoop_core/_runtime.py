@@ -1,0 +1,413 @@
+"""One process's connection to a run: the futures it owns and the constants it sees.
+
+Every process that submits futures holds one :class:`Runtime`: the root
+program and embedding programs hold a :class:`RootRuntime` (a background
+thread owns the transport endpoint and delivers results, so the program's
+threads may block on futures and ``asyncio`` callbacks fire), workers hold
+the greenlet-driven runtime of :mod:`scoop_core.worker`. Both share the
+bookkeeping here: future ids, submit batches, cancel and constant round
+trips, and turning outcomes back into results or exceptions.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from scoop_core import _messages as m
+from scoop_core._calls import Call, Chunk, RemoteException
+from scoop_core._future import Event, Future, new_event
+from scoop_core.errors import (
+    ConstantError,
+    ConstantNotFound,
+    LaunchError,
+    NotLaunchedError,
+    ProtocolError,
+    SerializationError,
+    WorkerLostError,
+)
+from scoop_core.interfaces import Endpoint, Frame, Serializer
+
+log = logging.getLogger("scoop.runtime")
+
+_MISSING: Any = object()
+
+LAUNCH_HINT = (
+    "launch the program with `python -m scoop yourprogram.py` (or `scoop run yourprogram.py`), "
+    "or create a pool inside it with `with scoop_core.Executor() as pool:`"
+)
+
+
+def _short(obj: Any, limit: int = 80) -> str:
+    try:
+        text = repr(obj)
+    except Exception:
+        text = f"<{type(obj).__qualname__} object>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe_unpicklable(
+    payload: Call | Chunk, serializer: Serializer, exc: Exception
+) -> SerializationError:
+    """A SerializationError that names the piece of ``payload`` that cannot be sent."""
+    fn = payload.fn
+    fname = getattr(fn, "__qualname__", None) or _short(fn)
+    parts: list[tuple[str, Any]] = [(f"the function {fname}", fn)]
+    if isinstance(payload, Call):
+        parts += [(f"argument {i + 1} of {fname}()", a) for i, a in enumerate(payload.args)]
+        parts += [(f"keyword argument {k}= of {fname}()", v) for k, v in payload.kwargs.items()]
+    else:
+        for n, item in enumerate(payload.items):
+            parts += [
+                (f"item {n} (argument {i + 1}) of the map over {fname}", a)
+                for i, a in enumerate(item)
+            ]
+        if payload.reducer is not None:
+            parts.append(("the reduction function", payload.reducer))
+    for what, obj in parts:
+        try:
+            serializer.dumps(obj)
+        except Exception as inner:
+            return SerializationError(
+                f"cannot send {what} to a worker: {_short(obj)} cannot be pickled "
+                f"({type(inner).__name__}: {inner}). Pass something picklable, for example "
+                "plain data, or a top-level function instead of a local one"
+            )
+    return SerializationError(
+        f"cannot send the call to {fname} to a worker: {type(exc).__name__}: {exc}"
+    )
+
+
+class Runtime:
+    """The bookkeeping a process needs to own futures, without the I/O loop."""
+
+    role = m.CLIENT
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        key: bytes,
+        serializer: Serializer,
+        name: str,
+        workers: int = 1,
+    ) -> None:
+        self.endpoint = endpoint
+        self.key = key
+        self.serializer = serializer
+        self.name = name
+        self.workers = max(1, workers)  # a hint for chunk sizes
+        self.index = 0
+        self.closed = False
+        self._seq = 0
+        self._seq_lock = threading.Lock()
+        self._owned: dict[int, Future] = {}
+        self._replies: dict[tuple[str, Any], Future] = {}
+        self.constants: dict[str, Any] = {}
+        self._const_events: list[Event] = []
+        self.shutdown_reason = ""
+
+    # -- to be provided by the process kind ---------------------------------
+
+    @property
+    def slots(self) -> int:
+        return 0
+
+    def _send(self, msg: m.Message) -> None:
+        raise NotImplementedError
+
+    def current_parent(self) -> tuple[int, int]:
+        """(future id, depth) of the future the caller runs in; (0, -1) outside one."""
+        return 0, -1
+
+    # -- handshake ------------------------------------------------------------
+
+    def handshake(self, timeout: float) -> None:
+        """Say hello and wait for the broker's welcome (before any I/O loop runs)."""
+        hello = m.Hello(self.role, self.name, os.getpid(), socket.gethostname(), self.slots)
+        self.endpoint.send(m.encode(hello, self.key))
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LaunchError(
+                    f"{self.name}: no answer from the broker within {timeout:g} s; "
+                    "is it running, and is this the right address?"
+                )
+            frames = self.endpoint.recv(left)
+            if frames is None:
+                continue
+            msg = m.decode(frames, self.key)
+            if isinstance(msg, m.Welcome):
+                self._on_welcome(msg)
+                return
+            if isinstance(msg, m.Refused):
+                raise LaunchError(f"{self.name}: the broker refused us: {msg.reason}")
+            self.handle(msg)
+
+    def _on_welcome(self, msg: m.Welcome) -> None:
+        self.index = msg.index
+        for const in msg.constants:
+            self._store_const(const.name, const.frames)
+
+    # -- submitting -------------------------------------------------------------
+
+    def _next_fid(self) -> int:
+        with self._seq_lock:
+            self._seq += 1
+            return (self.index << 32) | self._seq
+
+    def dumps_payload(self, payload: Call | Chunk) -> list[Frame]:
+        try:
+            return self.serializer.dumps(payload)
+        except Exception as exc:
+            raise describe_unpicklable(payload, self.serializer, exc) from exc
+
+    def submit(self, payloads: Sequence[Call | Chunk]) -> list[Future]:
+        """Send the payloads as new futures in one message; return their futures."""
+        if self.closed:
+            raise NotLaunchedError(f"the pool is shut down ({self.shutdown_reason or 'closed'})")
+        parent, depth = self.current_parent()
+        tasks, futures = [], []
+        for payload in payloads:
+            frames = self.dumps_payload(payload)
+            fut = Future(self._next_fid(), self.cancel)
+            tasks.append(m.Task(fut.fid, parent, depth + 1, tuple(frames)))
+            futures.append(fut)
+        for fut in futures:
+            self._owned[fut.fid] = fut
+        self._send(m.Submit(tuple(tasks)))
+        return futures
+
+    def cancel(self, fid: int) -> bool:
+        """Ask the broker to cancel future ``fid``; True if it will never run."""
+        if fid not in self._owned or self.closed:
+            return False
+        reply = self._expect(("cancel", fid))
+        self._send(m.Cancel(fid))
+        return bool(reply.result())
+
+    def cancel_nowait(self, fids: Iterable[int]) -> None:
+        """Ask for cancellation without waiting for the answers (used when a
+        ``map`` is abandoned)."""
+        if not self.closed:
+            for fid in fids:
+                if fid in self._owned:
+                    self._send(m.Cancel(fid))
+
+    def _expect(self, key: tuple[str, Any]) -> Future:
+        reply = Future()
+        self._replies[key] = reply
+        return reply
+
+    # -- constants ------------------------------------------------------------
+
+    def set_const(self, name: str, value: Any) -> None:
+        if name in self.constants:
+            raise ConstantError(
+                f"shared constant {name!r} is already defined; a constant is defined once per run"
+            )
+        try:
+            frames = self.serializer.dumps(value)
+        except Exception as exc:
+            raise SerializationError(
+                f"cannot share constant {name!r}: {_short(value)} cannot be pickled ({type(exc).__name__}: {exc})"
+            ) from exc
+        reply = self._expect(("const", name))
+        self._send(m.SetConst(name, tuple(frames)))
+        error = reply.result()
+        if error:
+            raise ConstantError(error)
+        self.constants[name] = value
+
+    def get_const(self, name: str, timeout: float | None, default: Any = _MISSING) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while name not in self.constants:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                if default is not _MISSING:
+                    return default
+                known = ", ".join(sorted(self.constants)) or "none"
+                raise ConstantNotFound(
+                    f"no shared constant named {name!r} (defined: {known}); define it with "
+                    f"shared.setConst({name}=...) before the futures that read it"
+                )
+            event = new_event()
+            self._const_events.append(event)
+            try:
+                if name not in self.constants:
+                    event.wait(left)
+            finally:
+                self._const_events.remove(event)
+        return self.constants[name]
+
+    def _store_const(self, name: str, frames: Sequence[Frame]) -> None:
+        try:
+            self.constants[name] = self.serializer.loads(frames)
+        except Exception:
+            log.exception("shared constant %r could not be read here", name)
+            return
+        for event in list(self._const_events):
+            event.set()
+
+    # -- incoming -----------------------------------------------------------
+
+    def handle(self, msg: m.Message) -> None:
+        """Apply one message from the broker."""
+        if isinstance(msg, m.Results):
+            self._on_results(msg.outcomes)
+        elif isinstance(msg, m.Started):
+            for fid in msg.fids:
+                fut = self._owned.get(fid)
+                if fut is not None and fut._state == "PENDING":
+                    fut.set_running_or_notify_cancel()
+        elif isinstance(msg, m.CancelReply):
+            if msg.cancelled:
+                fut = self._owned.pop(msg.fid, None)
+                if fut is not None:
+                    fut.mark_cancelled()
+            reply = self._replies.pop(("cancel", msg.fid), None)
+            if reply is not None:
+                reply.set_result(msg.cancelled)
+        elif isinstance(msg, m.ConstReply):
+            reply = self._replies.pop(("const", msg.name), None)
+            if reply is not None:
+                reply.set_result(msg.error)
+        elif isinstance(msg, m.Const):
+            self._store_const(msg.name, msg.frames)
+        elif isinstance(msg, m.Shutdown):
+            self._on_shutdown(msg.reason)
+        elif isinstance(msg, m.Refused):
+            log.error("the broker refused a message from %s: %s", self.name, msg.reason)
+        elif isinstance(msg, m.Heartbeat):
+            pass
+        else:
+            raise ProtocolError(f"{self.name} cannot handle {type(msg).__name__}")
+
+    def _on_results(self, outcomes: Iterable[m.Outcome]) -> None:
+        for out in outcomes:
+            fut = self._owned.pop(out.fid, None)
+            if fut is None:
+                continue
+            fut.elapsed = out.elapsed
+            if out.status == m.CANCELLED:
+                fut.mark_cancelled()
+                continue
+            if out.status == m.LOST:
+                fut.set_exception(
+                    WorkerLostError(f"future {out.fid:#x} was lost with its worker too many times")
+                )
+                continue
+            try:
+                value = self.serializer.loads(out.frames)
+            except Exception as exc:
+                fut.set_exception(
+                    SerializationError(
+                        f"the result of future {out.fid:#x} arrived but cannot be read here: "
+                        f"{type(exc).__name__}: {exc}"
+                    )
+                )
+                continue
+            if out.status == m.OK:
+                fut.set_result(value)
+            elif isinstance(value, RemoteException):
+                fut.set_exception(value.rebuild())
+            else:
+                fut.set_exception(ProtocolError(f"future {out.fid:#x} failed with {value!r}"))
+
+    def _on_shutdown(self, reason: str) -> None:
+        self.shutdown_reason = reason
+        self.closed = True
+        error = NotLaunchedError(f"the pool shut down before this future finished ({reason})")
+        for fut in list(self._owned.values()):
+            if not fut.done():
+                fut.set_exception(error)
+        self._owned.clear()
+        for reply in self._replies.values():
+            if not reply.done():
+                reply.set_exception(error)
+        self._replies.clear()
+
+
+class RootRuntime(Runtime):
+    """The runtime of a root or embedding program.
+
+    One background thread owns the endpoint: other threads queue encoded
+    messages and wake it; it sends them and delivers incoming results, which
+    run done-callbacks in that thread (as ``concurrent.futures`` does)."""
+
+    role = m.ROOT
+
+    def __init__(self, endpoint: Endpoint, **kwargs: Any) -> None:
+        super().__init__(endpoint, **kwargs)
+        self._outbox: collections.deque[list[Frame]] = collections.deque()
+        self._thread: threading.Thread | None = None
+        self._stop = False
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.handshake(timeout)
+        self._thread = threading.Thread(
+            target=self._loop, name=f"scoop-{self.name}-io", daemon=True
+        )
+        self._thread.start()
+
+    def _send(self, msg: m.Message) -> None:
+        self._outbox.append(m.encode(msg, self.key))
+        self.endpoint.wakeup()
+
+    def _loop(self) -> None:
+        endpoint, outbox = self.endpoint, self._outbox
+        try:
+            while True:
+                while outbox:
+                    endpoint.send(outbox.popleft())
+                if self._stop:
+                    return
+                frames = endpoint.recv(1.0)
+                while frames is not None:
+                    try:
+                        self.handle(m.decode(frames, self.key))
+                    except ProtocolError as exc:
+                        log.warning("%s dropped a message from the broker: %s", self.name, exc)
+                    frames = endpoint.recv(0)
+        except Exception:
+            log.exception("the I/O thread of %s failed", self.name)
+            self._on_shutdown("its I/O thread failed")
+
+    def close(self, reason: str = "done") -> None:
+        """Say goodbye to the broker and stop the I/O thread. Idempotent."""
+        if self._stop:
+            return
+        if not self.closed:
+            self._send(m.Bye(reason))
+        self.closed = True
+        self._stop = True
+        self.endpoint.wakeup()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.endpoint.close()
+
+
+_current: Runtime | None = None
+
+
+def current() -> Runtime | None:
+    return _current
+
+
+def set_current(runtime: Runtime | None) -> None:
+    global _current
+    _current = runtime
+
+
+def require(what: str) -> Runtime:
+    rt = _current
+    if rt is None or rt.closed:
+        raise NotLaunchedError(f"{what} needs a running SCOOP pool: {LAUNCH_HINT}")
+    return rt

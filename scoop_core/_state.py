@@ -1,0 +1,478 @@
+"""Every state transition of futures, workers and the broker's bookkeeping.
+
+Rules of this module (after h11's ``_state.py``):
+
+- States are named sentinels; the legal transitions are the tables
+  ``FUTURE_TRANSITIONS`` and ``WORKER_TRANSITIONS``; nothing else changes a
+  state. An event that is illegal in the current state raises
+  :class:`~scoop_core.errors.ProtocolError` and leaves the state unchanged.
+- Nothing here does I/O. :class:`BrokerBook` takes decoded messages and
+  queues the messages to send in an outbox; :class:`WorkerBook` tracks the
+  futures a worker holds. The broker and worker loops only move bytes in and
+  out, so tests drive these classes directly.
+- Every future has exactly one holder at a time: the broker's queue or one
+  worker. A hand-over is recorded when it happens, and an outcome is only
+  accepted from the worker that holds the future, so a future is never
+  returned twice (a late answer from a worker that lost it is dropped).
+- Finished futures leave no trace: their records are deleted as soon as the
+  outcome is forwarded, so the broker's memory follows what is in flight,
+  not what has run.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from scoop_core import _messages as m
+from scoop_core.errors import ProtocolError
+from scoop_core.interfaces import Frame
+
+log = logging.getLogger("scoop.broker")
+
+
+class State:
+    """A named sentinel; identity is what matters."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+# Future lifecycle.
+PENDING = State("PENDING")  # created by its owner, not yet at the broker
+QUEUED = State("QUEUED")  # in the broker's queue
+ASSIGNED = State("ASSIGNED")  # handed to a worker, not started yet
+RUNNING = State("RUNNING")  # a worker is running it
+WAITING = State("WAITING")  # running, but blocked on futures of its own
+DONE = State("DONE")
+FAILED = State("FAILED")
+CANCELLED = State("CANCELLED")
+LOST = State("LOST")  # its worker went away; about to be queued again or failed
+
+FUTURE_TRANSITIONS: dict[tuple[State, str], State] = {
+    (PENDING, "submit"): QUEUED,
+    (PENDING, "cancel"): CANCELLED,
+    (QUEUED, "assign"): ASSIGNED,
+    (QUEUED, "cancel"): CANCELLED,
+    (ASSIGNED, "start"): RUNNING,
+    (ASSIGNED, "cancel"): CANCELLED,
+    (ASSIGNED, "finish"): DONE,
+    (ASSIGNED, "raise"): FAILED,
+    (ASSIGNED, "lose"): LOST,
+    (RUNNING, "block"): WAITING,
+    (RUNNING, "finish"): DONE,
+    (RUNNING, "raise"): FAILED,
+    (RUNNING, "lose"): LOST,
+    (WAITING, "resume"): RUNNING,
+    (WAITING, "lose"): LOST,
+    (LOST, "requeue"): QUEUED,
+    (LOST, "fail"): FAILED,
+    (LOST, "cancel"): CANCELLED,
+}
+
+# Worker lifecycle, as the broker sees it.
+CONNECTING = State("CONNECTING")
+IDLE = State("IDLE")
+BUSY = State("BUSY")
+DRAINING = State("DRAINING")
+GONE = State("GONE")
+
+WORKER_TRANSITIONS: dict[tuple[State, str], State] = {
+    (CONNECTING, "welcome"): IDLE,
+    (IDLE, "assign"): BUSY,
+    (BUSY, "assign"): BUSY,
+    (BUSY, "free"): IDLE,
+    (IDLE, "drain"): DRAINING,
+    (BUSY, "drain"): DRAINING,
+    (CONNECTING, "leave"): GONE,
+    (IDLE, "leave"): GONE,
+    (BUSY, "leave"): GONE,
+    (DRAINING, "leave"): GONE,
+}
+
+
+def transition(table: dict[tuple[State, str], State], state: State, event: str) -> State:
+    """The state after ``event``; ProtocolError if the table has no such edge."""
+    try:
+        return table[state, event]
+    except KeyError:
+        raise ProtocolError(f"event {event!r} is illegal in state {state!r}") from None
+
+
+@dataclass(eq=False)
+class FutureRecord:
+    """The broker's record of one future in flight."""
+
+    fid: int
+    owner: bytes
+    parent: int
+    depth: int
+    frames: tuple[Frame, ...]
+    state: State = PENDING
+    holder: bytes | None = None
+    losses: int = 0
+
+    def fire(self, event: str) -> None:
+        self.state = transition(FUTURE_TRANSITIONS, self.state, event)
+
+
+@dataclass(eq=False)
+class PeerRecord:
+    """The broker's record of one connected peer (root, worker or client)."""
+
+    peer: bytes
+    index: int
+    role: str
+    name: str
+    slots: int
+    state: State = CONNECTING
+    credit: int = 0
+    holding: set[int] = field(default_factory=set)
+
+    @property
+    def is_worker(self) -> bool:
+        return self.slots > 0
+
+    def fire(self, event: str) -> None:
+        self.state = transition(WORKER_TRANSITIONS, self.state, event)
+
+
+Outbox = list[tuple[bytes, m.Message]]
+
+
+class BrokerBook:
+    """Who runs what, who waits for what: the broker without its I/O.
+
+    Feed it messages with :meth:`handle` (and departures with :meth:`leave`),
+    call :meth:`dispatch`, then send what :meth:`take_outbox` returns.
+    Dispatch order: deepest future first (a nested future's children before
+    new top-level work, which keeps a recursive tree from spreading out in
+    breadth), first come first served at equal depth.
+    """
+
+    def __init__(self, *, max_losses: int = 3) -> None:
+        self.peers: dict[bytes, PeerRecord] = {}
+        self.futures: dict[int, FutureRecord] = {}
+        self.constants: dict[str, tuple[Frame, ...]] = {}
+        self.max_losses = max_losses
+        self._queue: list[tuple[int, int, int]] = []
+        self._seq = 0
+        self._next_index = 1
+        self._outbox: Outbox = []
+        self._started: dict[bytes, list[int]] = {}
+        self._results: dict[bytes, list[m.Outcome]] = {}
+
+    # -- inputs -----------------------------------------------------------
+
+    def handle(self, peer: bytes, msg: m.Message) -> None:
+        """Apply one message from ``peer``. Raises ProtocolError if it is
+        illegal (unknown peer, foreign future); nothing is changed then."""
+        if isinstance(msg, m.Hello):
+            self._hello(peer, msg)
+            return
+        rec = self.peers.get(peer)
+        if rec is None or rec.state is GONE:
+            raise ProtocolError(f"message {type(msg).__name__} from unknown peer {peer!r}")
+        if isinstance(msg, m.Submit):
+            self._submit(rec, msg.tasks)
+        elif isinstance(msg, m.Ready):
+            self._ready(rec, msg.count)
+        elif isinstance(msg, m.Started):
+            self._start(rec, msg.fids)
+        elif isinstance(msg, m.Results):
+            self._finish(rec, msg.outcomes)
+        elif isinstance(msg, m.Cancel):
+            self._cancel(rec, msg.fid)
+        elif isinstance(msg, m.CancelReply):
+            self._cancel_reply(rec, msg.fid, msg.cancelled)
+        elif isinstance(msg, m.SetConst):
+            self._set_const(rec, msg.name, msg.frames)
+        elif isinstance(msg, m.Bye):
+            self.leave(peer)
+        elif isinstance(msg, m.Heartbeat):
+            pass
+        else:
+            raise ProtocolError(f"a peer may not send {type(msg).__name__}")
+
+    def _hello(self, peer: bytes, msg: m.Hello) -> None:
+        if peer in self.peers and self.peers[peer].state is not GONE:
+            raise ProtocolError(f"peer {peer!r} said hello twice")
+        rec = PeerRecord(peer, self._next_index, msg.role, msg.name, max(0, msg.slots))
+        self._next_index += 1
+        rec.fire("welcome")
+        self.peers[peer] = rec
+        consts = tuple(m.Constant(k, v) for k, v in self.constants.items())
+        self._outbox.append((peer, m.Welcome(rec.index, consts)))
+        log.debug("peer %s (%s, %d slots) joined", msg.name, msg.role, rec.slots)
+
+    def _submit(self, rec: PeerRecord, tasks: Iterable[m.Task]) -> None:
+        for t in tasks:
+            if t.fid >> 32 != rec.index:
+                raise ProtocolError(f"{rec.name} submitted future {t.fid:#x} it does not own")
+            if t.fid in self.futures:
+                raise ProtocolError(f"{rec.name} submitted future {t.fid:#x} twice")
+            fut = FutureRecord(t.fid, rec.peer, t.parent, t.depth, t.frames)
+            fut.fire("submit")
+            self.futures[t.fid] = fut
+            self._push(fut)
+
+    def _push(self, fut: FutureRecord) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (-fut.depth, self._seq, fut.fid))
+
+    def _ready(self, rec: PeerRecord, count: int) -> None:
+        if not rec.is_worker or count < 0:
+            raise ProtocolError(f"{rec.name} asked for {count} futures but runs none")
+        rec.credit += count
+
+    def _held(self, rec: PeerRecord, fid: int) -> FutureRecord | None:
+        fut = self.futures.get(fid)
+        if fut is None or fut.holder != rec.peer:
+            # A late word about a future this worker no longer holds (it was
+            # cancelled, or re-run after the worker was thought lost).
+            log.debug("dropping news of future %#x from %s, which does not hold it", fid, rec.name)
+            return None
+        return fut
+
+    def _start(self, rec: PeerRecord, fids: Iterable[int]) -> None:
+        for fid in fids:
+            fut = self._held(rec, fid)
+            if fut is not None:
+                fut.fire("start")
+                self._started.setdefault(fut.owner, []).append(fid)
+
+    def _finish(self, rec: PeerRecord, outcomes: Iterable[m.Outcome]) -> None:
+        for out in outcomes:
+            fut = self._held(rec, out.fid)
+            if fut is None:
+                continue
+            if out.status == m.CANCELLED:
+                fut.fire("cancel")
+            else:
+                fut.fire("finish" if out.status == m.OK else "raise")
+            self._release(rec, fut)
+            self._results.setdefault(fut.owner, []).append(out)
+
+    def _release(self, holder: PeerRecord, fut: FutureRecord) -> None:
+        holder.holding.discard(fut.fid)
+        if not holder.holding and holder.state is BUSY:
+            holder.fire("free")
+        del self.futures[fut.fid]
+
+    def _cancel(self, rec: PeerRecord, fid: int) -> None:
+        fut = self.futures.get(fid)
+        if fut is None or fut.owner != rec.peer:
+            self._outbox.append((rec.peer, m.CancelReply(fid, False)))
+            return
+        if fut.state is QUEUED:
+            fut.fire("cancel")
+            del self.futures[fid]  # its heap entry is skipped when popped
+            self._outbox.append((rec.peer, m.CancelReply(fid, True)))
+        elif fut.state is ASSIGNED and fut.holder is not None:
+            # Only the worker knows whether it has started it: ask.
+            self._outbox.append((fut.holder, m.Cancel(fid)))
+        else:
+            self._outbox.append((rec.peer, m.CancelReply(fid, False)))
+
+    def _cancel_reply(self, rec: PeerRecord, fid: int, cancelled: bool) -> None:
+        fut = self._held(rec, fid)
+        if fut is None:
+            return
+        if cancelled:
+            fut.fire("cancel")
+            self._release(rec, fut)
+        self._outbox.append((fut.owner, m.CancelReply(fid, cancelled)))
+
+    def _set_const(self, rec: PeerRecord, name: str, frames: tuple[Frame, ...]) -> None:
+        if name in self.constants:
+            error = (
+                f"shared constant {name!r} is already defined; a constant is defined once per run"
+            )
+            self._outbox.append((rec.peer, m.ConstReply(name, error)))
+            return
+        self.constants[name] = frames
+        self._outbox.append((rec.peer, m.ConstReply(name, "")))
+        for peer, other in self.peers.items():
+            if peer != rec.peer and other.state is not GONE:
+                self._outbox.append((peer, m.Const(name, frames)))
+
+    def leave(self, peer: bytes) -> list[int]:
+        """``peer`` is gone (said Bye, or stopped answering). Its futures are
+        queued again; futures it owned lose their reader and are cancelled.
+        Returns the ids of the futures that were queued again."""
+        rec = self.peers.get(peer)
+        if rec is None or rec.state is GONE:
+            return []
+        rec.fire("leave")
+        rec.credit = 0
+        requeued = []
+        for fid in sorted(rec.holding):
+            fut = self.futures[fid]
+            fut.fire("lose")
+            fut.losses += 1
+            fut.holder = None
+            if fut.losses >= self.max_losses:
+                fut.fire("fail")
+                del self.futures[fid]
+                self._results.setdefault(fut.owner, []).append(m.Outcome(fid, m.LOST, 0.0, ()))
+            else:
+                fut.fire("requeue")
+                self._push(fut)
+                requeued.append(fid)
+        rec.holding.clear()
+        orphans = [f for f in self.futures.values() if f.owner == peer]
+        for fut in orphans:
+            if fut.state is QUEUED:
+                fut.fire("cancel")
+                del self.futures[fut.fid]
+        del self.peers[peer]
+        self._started.pop(peer, None)
+        self._results.pop(peer, None)
+        if requeued:
+            log.warning(
+                "%s left holding %d future(s); queued again: %s",
+                rec.name,
+                len(requeued),
+                ", ".join(f"{f:#x}" for f in requeued),
+            )
+        return requeued
+
+    # -- outputs ----------------------------------------------------------
+
+    def dispatch(self) -> None:
+        """Hand queued futures to workers that asked for them, round-robin."""
+        takers = [p for p in self.peers.values() if p.credit > 0 and p.state in (IDLE, BUSY)]
+        if not takers or not self._queue:
+            return
+        batches: dict[bytes, list[m.Task]] = {}
+        queue, futures = self._queue, self.futures
+        while queue and takers:
+            for rec in list(takers):
+                fut = None
+                while queue:
+                    _, _, fid = heapq.heappop(queue)
+                    fut = futures.get(fid)
+                    if fut is not None and fut.state is QUEUED:
+                        break
+                    fut = None
+                if fut is None:
+                    break
+                fut.fire("assign")
+                fut.holder = rec.peer
+                rec.holding.add(fut.fid)
+                rec.fire("assign")
+                rec.credit -= 1
+                if rec.credit == 0:
+                    takers.remove(rec)
+                batches.setdefault(rec.peer, []).append(
+                    m.Task(fut.fid, fut.parent, fut.depth, fut.frames)
+                )
+        for peer, tasks in batches.items():
+            self._outbox.append((peer, m.Tasks(tuple(tasks))))
+
+    def take_outbox(self) -> Outbox:
+        """Messages to send, in order; coalesced per owner where possible."""
+        out = self._outbox
+        for owner, fids in self._started.items():
+            out.append((owner, m.Started(fids)))
+        for owner, outcomes in self._results.items():
+            out.append((owner, m.Results(tuple(outcomes))))
+        self._outbox = []
+        self._started = {}
+        self._results = {}
+        return out
+
+    def broadcast(self, msg: m.Message) -> None:
+        for peer, rec in self.peers.items():
+            if rec.state is not GONE:
+                self._outbox.append((peer, msg))
+
+    @property
+    def workers(self) -> list[PeerRecord]:
+        return [p for p in self.peers.values() if p.is_worker and p.state is not GONE]
+
+    @property
+    def queued(self) -> int:
+        return sum(1 for f in self.futures.values() if f.state is QUEUED)
+
+
+@dataclass(eq=False)
+class Job:
+    """A future held by a worker."""
+
+    task: m.Task
+    state: State = ASSIGNED
+
+    def fire(self, event: str) -> None:
+        self.state = transition(FUTURE_TRANSITIONS, self.state, event)
+
+
+class WorkerBook:
+    """The futures one worker holds, and how many more it should ask for.
+
+    A worker asks for work while fewer than ``prefetch`` futures are ready
+    to run here; futures blocked on children do not count, so a worker whose
+    futures all wait on others asks for more and runs those: that is why
+    nested futures never deadlock, even with one worker.
+    """
+
+    def __init__(self, *, prefetch: int = 2) -> None:
+        self.prefetch = max(1, prefetch)
+        self.jobs: dict[int, Job] = {}
+        self.queue: deque[Job] = deque()
+        self.asked = 0  # credit granted to the broker and not yet used
+
+    def receive(self, tasks: Iterable[m.Task]) -> None:
+        for t in tasks:
+            if t.fid in self.jobs:
+                raise ProtocolError(f"future {t.fid:#x} received twice")
+            job = Job(t)
+            self.jobs[t.fid] = job
+            self.queue.append(job)
+            self.asked -= 1
+        if self.asked < 0:
+            raise ProtocolError("the broker sent more futures than were asked for")
+
+    def next_job(self) -> Job | None:
+        while self.queue:
+            job = self.queue.popleft()
+            if job.state is ASSIGNED:
+                job.fire("start")
+                return job
+        return None
+
+    def block(self, fid: int) -> None:
+        self.jobs[fid].fire("block")
+
+    def resume(self, fid: int) -> None:
+        self.jobs[fid].fire("resume")
+
+    def finish(self, fid: int, ok: bool) -> None:
+        job = self.jobs.pop(fid)
+        job.fire("finish" if ok else "raise")
+
+    def cancel(self, fid: int) -> bool:
+        """Cancel a future that has not started; False if it has (or is unknown)."""
+        job = self.jobs.get(fid)
+        if job is None or job.state is not ASSIGNED:
+            return False
+        job.fire("cancel")
+        del self.jobs[fid]
+        return True
+
+    def wanted(self, runnable: int) -> int:
+        """How many more futures to ask for, given ``runnable`` ready greenlets."""
+        queued = sum(1 for j in self.queue if j.state is ASSIGNED)
+        want = self.prefetch - queued - runnable - self.asked
+        if want > 0:
+            self.asked += want
+            return want
+        return 0

@@ -1,0 +1,163 @@
+"""The entry point of every process a pool starts: ``python -m scoop_core.bootstrap``.
+
+``worker`` connects to the broker, imports the user's program under another
+name than ``__main__`` and serves futures until the run ends. ``root PROGRAM
+ARGS...`` runs the program as ``__main__`` with ``sys.argv`` set to its
+arguments, connected to the pool, and exits with the program's status.
+Everything else comes from ``_SCOOP_*`` environment variables set by
+:class:`scoop_core.pool.Pool`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import runpy
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from scoop_core import _runtime, context
+from scoop_core import log as scoop_log
+from scoop_core.errors import ScoopError
+from scoop_core.interfaces import Endpoint, Serializer
+from scoop_core.plugins.manager import get_plugin_manager
+
+log = logging.getLogger("scoop.bootstrap")
+
+
+def _env(name: str, default: str | None = None) -> str:
+    value = os.environ.get(name, default)
+    if value is None:
+        raise ScoopError(f"{name} is not set: this process must be started by the scoop launcher")
+    return value
+
+
+def _setup(name: str) -> tuple[Endpoint, bytes, Serializer, int]:
+    """Context, logging, serializer and endpoint from the environment."""
+    context.IS_RUNNING = True
+    context.worker = name
+    context.BROKER = _env("_SCOOP_ADDRESS")
+    context.DEBUG = bool(os.environ.get("_SCOOP_DEBUG"))
+    context.SIZE = int(_env("_SCOOP_WORKERS", "1"))
+    scoop_log.configure(_env("_SCOOP_LOG_LEVEL", "WARNING"))
+    # The key stays out of the environment of the user's own subprocesses.
+    key = bytes.fromhex(os.environ.pop("_SCOOP_KEY", "") or _env("_SCOOP_KEY"))
+    disabled = [p for p in _env("_SCOOP_DISABLE_PLUGINS", "").split(",") if p]
+    plugins = get_plugin_manager(disabled)
+    settings: dict[str, Any] = json.loads(_env("_SCOOP_TRANSPORT_SETTINGS", "{}"))
+    transport = plugins.transport(_env("_SCOOP_TRANSPORT")).factory(settings)
+    serializer = plugins.serializer(_env("_SCOOP_SERIALIZER", "cloudpickle")).factory()
+    endpoint = transport.connect(context.BROKER, identity=name.encode())
+    return endpoint, key, serializer, context.SIZE
+
+
+def _watch_parent(name: str) -> None:
+    """Exit if the launcher dies, so no process of ours outlives it."""
+    if os.environ.get("_SCOOP_WATCH_PARENT") != "1":
+        return
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        log.warning("%s: the launcher is gone; exiting", name)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="scoop-parent-watch", daemon=True).start()
+
+
+def run_worker() -> int:
+    from scoop_core.worker import WorkerRuntime, set_worker_name
+
+    # Ctrl-C in the terminal reaches the whole process group; the launcher
+    # decides when workers stop, so they ignore it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    name = _env("_SCOOP_NAME")
+    set_worker_name(name)
+    nice = os.environ.get("_SCOOP_NICE")
+    if nice:
+        os.nice(int(nice))
+    endpoint, key, serializer, size = _setup(name)
+    rt = WorkerRuntime(
+        endpoint,
+        key=key,
+        serializer=serializer,
+        name=name,
+        workers=size,
+        prefetch=int(_env("_SCOOP_PREFETCH", "2")),
+    )
+    rt.handshake(30.0)
+    _runtime.set_current(rt)
+    program = os.environ.get("_SCOOP_PROGRAM")
+    if program:
+        sys.path.insert(0, os.path.dirname(program))
+    if os.environ.get("_SCOOP_PROFILE"):
+        import cProfile
+
+        profiler = cProfile.Profile()
+        profiler.runcall(rt.serve, program)
+        path = os.path.abspath(f"scoop-profile-{name}.prof")
+        profiler.dump_stats(path)
+        log.info("%s wrote its profile to %s", name, path)
+    else:
+        rt.serve(program)
+    endpoint.close()
+    return 0
+
+
+def run_root(program: str, args: list[str]) -> int:
+    name = _env("_SCOOP_NAME", "root")
+    _watch_parent(name)
+    endpoint, key, serializer, size = _setup(name)
+    context.IS_ORIGIN = True
+    rt = _runtime.RootRuntime(endpoint, key=key, serializer=serializer, name=name, workers=size)
+    rt.start()
+    _runtime.set_current(rt)
+    sys.argv = [program, *args]
+    sys.path[0] = os.path.dirname(os.path.abspath(program))
+    # Results pickled by workers name the program's module __scoop_main__.
+    main = sys.modules["__main__"]
+    sys.modules["__scoop_main__"] = main
+    code = 0
+    try:
+        runpy.run_path(program, run_name="__main__")
+    except SystemExit as exc:
+        code = _exit_code(exc.code)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        try:
+            sys.stdout.flush()
+        except Exception:
+            pass
+        rt.close()
+    return code
+
+
+def _exit_code(code: object) -> int:
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:
+        return run_worker()
+    if argv[:1] == ["root"] and len(argv) >= 2:
+        return run_root(argv[1], argv[2:])
+    print("usage: python -m scoop_core.bootstrap worker | root PROGRAM [ARGS...]", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""The broker: moves messages between peers around :class:`~scoop_core._state.BrokerBook`.
+
+It runs in a thread of the launcher (or of an embedding program), owns the
+transport's hub, checks every message's HMAC before anything else, and
+hands decoded messages to the book; what the book queues is signed and
+sent. Payload frames are forwarded as they came: the broker never unpickles.
+Other threads talk to it only through :meth:`Broker.peer_lost` and
+:meth:`Broker.shutdown`, which queue a request and wake the hub.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+from scoop_core import _messages as m
+from scoop_core._state import BrokerBook
+from scoop_core.errors import ProtocolError
+from scoop_core.interfaces import Transport
+
+log = logging.getLogger("scoop.broker")
+
+# How many messages to take in before dispatching and sending: bounds the
+# latency one busy peer can add for the others.
+_BATCH = 512
+
+
+class Broker:
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        key: bytes,
+        run_id: str,
+        public: bool = False,
+        max_losses: int = 3,
+    ) -> None:
+        self.key = key
+        self.hub = transport.bind(run_id=run_id, public=public)
+        self.address = self.hub.address
+        self.book = BrokerBook(max_losses=max_losses)
+        self._requests: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._running = False
+        self._thread = threading.Thread(target=self._loop, name="scoop-broker", daemon=True)
+        self._rejected: set[bytes] = set()
+
+    def start(self) -> None:
+        self._running = True
+        self._thread.start()
+
+    # -- requests from other threads ---------------------------------------------
+
+    def _request(self, fn: Callable[[], None]) -> None:
+        self._requests.put(fn)
+        self.hub.wakeup()
+
+    def peer_lost(self, identity: bytes) -> None:
+        """A peer's process is known to be dead: queue its futures again."""
+        self._request(lambda: self.book.leave(identity) and None)
+
+    def shutdown(self, reason: str = "the run is over") -> None:
+        """Tell every peer to exit, then stop the loop (after sending)."""
+
+        def _stop() -> None:
+            self.book.broadcast(m.Shutdown(reason))
+            self._running = False
+
+        if self._thread.is_alive():
+            self._request(_stop)
+            self._thread.join(10)
+        self.hub.close()
+
+    # -- the loop --------------------------------------------------------------
+
+    def _loop(self) -> None:
+        hub, book, key = self.hub, self.book, self.key
+        try:
+            while self._running:
+                item = hub.recv(1.0)
+                count = 0
+                while item is not None:
+                    self._receive(*item)
+                    count += 1
+                    item = hub.recv(0) if count < _BATCH else None
+                while not self._requests.empty():
+                    self._requests.get_nowait()()
+                book.dispatch()
+                for peer, msg in book.take_outbox():
+                    hub.send(peer, m.encode(msg, key))
+        except Exception:
+            log.exception("the broker failed")
+            raise
+
+    def _receive(self, peer: bytes, frames: list[object]) -> None:
+        try:
+            msg = m.decode(frames, self.key)
+        except ProtocolError as exc:
+            # Logged once per peer: a flood of forged messages must not flood the log.
+            if peer not in self._rejected:
+                self._rejected.add(peer)
+                log.warning("rejected a message from peer %r: %s", peer, exc)
+            return
+        try:
+            self.book.handle(peer, msg)
+        except ProtocolError as exc:
+            log.warning("ignored %s from peer %r: %s", type(msg).__name__, peer, exc)

@@ -1,0 +1,739 @@
+"""Configuration: defaults, a TOML file, ``SCOOP_*`` environment variables and the command line.
+
+There is one precedence, each layer overriding the one before::
+
+    defaults < TOML file < SCOOP_* environment variables < command-line values
+
+The TOML file is the first of: the ``config_file`` given (and only that one),
+``scoop.toml`` in the working directory (table ``[scoop]``), or the
+``[tool.scoop]`` table of ``pyproject.toml`` there. Plugins declare their own
+keys (:class:`~scoop_core.plugins.types.PluginSettings`); they live in
+sub-tables such as ``[scoop.transport.zmq]`` and in variables such as
+``SCOOP_TRANSPORT_ZMQ_PORT``.
+
+Loading happens in two passes because the launcher needs ``disable_plugins``
+before it can load plugins and learn their settings: ``load_config()`` with
+``plugin_settings=None`` checks the core keys only and leaves plugin tables
+alone; the second call, with every plugin's settings, checks everything.
+
+Every mistake is a :class:`~scoop_core.errors.ConfigError` naming the key,
+where it came from (``scoop.toml:7``, ``SCOOP_WORKERS``, ``command line``)
+and what was expected. tomllib reports no line numbers for values, so a small
+scanner (:func:`_scan_toml`) finds the line of each key in the file's text.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from scoop_core.errors import ConfigError
+from scoop_core.plugins.types import PluginSettings, Setting, normalize_name
+
+__all__ = ["CORE_SETTINGS", "PLUGIN_KINDS", "Config", "load_config"]
+
+logger = logging.getLogger("scoop.config")
+
+CORE_SETTINGS: tuple[Setting, ...] = (
+    Setting("transport", str, "zmq", "The transport plugin that carries messages."),
+    Setting("serializer", str, "cloudpickle", "The serializer plugin for futures and results."),
+    Setting("launcher", str, "local", "The launcher plugin that starts workers."),
+    Setting("workers", int, None, "Number of workers; unset means one per core."),
+    Setting(
+        "log_level",
+        str,
+        "WARNING",
+        "Logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL (any case).",
+    ),
+    Setting("disable_plugins", list, [], "Plugins not to load, by name."),
+    Setting(
+        "python_interpreter", str, None, "Python executable for workers; unset means the root's."
+    ),
+    Setting("pythonpath", list, [], "Directories prepended to the workers' sys.path."),
+    Setting("nice", int, None, "Niceness of the worker processes; unset leaves it alone."),
+    Setting("heartbeat_interval", float, 5.0, "Seconds between heartbeats."),
+    Setting(
+        "heartbeat_timeout",
+        float,
+        30.0,
+        "Seconds without a heartbeat after which a peer counts as lost.",
+    ),
+    Setting("max_message_size", int, 1 << 31, "Largest message accepted, in bytes."),
+    Setting("prefetch", int, 2, "Futures a worker holds beyond the ones it runs."),
+)
+
+PLUGIN_KINDS: tuple[str, ...] = ("transport", "serializer", "launcher")
+"""Core keys that select a plugin; their value may also be a table with ``name``."""
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+_ENV_PREFIX = "SCOOP_"
+_CLI_SOURCE = "command line"
+_DEFAULT_SOURCE = "default"
+_ALLOWED_TYPES = (str, int, float, bool, list)
+_EXPECTED = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "a boolean (true or false)",
+    list: "a list of strings",
+}
+_EXPECTED_TEXT = {
+    **_EXPECTED,
+    bool: "a boolean (1/0, true/false, yes/no, on/off)",
+    list: "a comma-separated list",
+}
+_BOOL_WORDS = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The settings in force, after every layer has been applied.
+
+    ``values`` maps each dotted key (``"workers"``, ``"transport"``,
+    ``"transport.zmq.port"``) to its value; every declared key is present,
+    defaults filled in. ``sources`` says, per key, which layer won:
+    ``"default"``, ``"scoop.toml:3"``, ``"SCOOP_WORKERS"`` or
+    ``"command line"``. Values are plain ``str``/``int``/``float``/``bool``/
+    ``None``/``list`` of ``str``, so a Config pickles and JSON-encodes as is.
+    """
+
+    values: Mapping[str, Any]
+    sources: Mapping[str, str]
+
+    def __getitem__(self, key: str) -> Any:
+        try:
+            return self.values[key]
+        except KeyError:
+            raise KeyError(f"no setting {key!r}{_did_you_mean(key, self.values)}") from None
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    def section(self, section: str) -> dict[str, Any]:
+        """The keys of one plugin section, without the prefix.
+
+        ``config.section("transport.zmq")`` returns ``{"port": 0, ...}``.
+        A section nobody declared has no keys, so it gives ``{}``: a plugin
+        without settings can still ask for its section.
+        """
+        prefix = section + "."
+        return {
+            key[len(prefix) :]: value
+            for key, value in self.values.items()
+            if key.startswith(prefix) and "." not in key[len(prefix) :]
+        }
+
+
+def load_config(
+    *,
+    plugin_settings: Iterable[PluginSettings] | None = None,
+    cli: Mapping[str, Any] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """Read, check and merge every configuration layer.
+
+    ``plugin_settings=None`` is the first pass: only core keys are checked,
+    plugin tables, dotted command-line keys and unknown ``SCOOP_*`` variables
+    are left alone (they may belong to a plugin not loaded yet). With a list
+    of :class:`PluginSettings`, plugin tables are checked too, and every
+    declared plugin key gets a value.
+
+    ``cli`` maps dotted keys to values the user gave on the command line;
+    ``None`` values count as not given (argparse's default). ``config_file``
+    is read instead of looking for ``scoop.toml`` / ``pyproject.toml`` in
+    ``cwd`` (default: the current directory). ``environ`` defaults to
+    ``os.environ``.
+
+    Raises :class:`ConfigError` naming the key, its source and the expected type.
+    """
+    schema = _Schema(plugin_settings)
+    base = Path(os.getcwd() if cwd is None else cwd)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for key, setting in schema.settings.items():
+        values[key] = (
+            list(setting.default) if isinstance(setting.default, list) else setting.default
+        )
+        sources[key] = _DEFAULT_SOURCE
+    source = _find_file(base, config_file)
+    layers = (
+        _file_layer(source, schema) if source is not None else {},
+        _env_layer(os.environ if environ is None else environ, schema),
+        _cli_layer(cli or {}, schema),
+    )
+    for layer in layers:
+        for key, (value, where) in layer.items():
+            values[key] = value
+            sources[key] = where
+    return Config(values=values, sources=sources)
+
+
+# --- the schema: which keys exist, their types and their variable names ---
+
+
+class _Schema:
+    """Every key known in this pass, keyed by dotted name."""
+
+    def __init__(self, plugin_settings: Iterable[PluginSettings] | None) -> None:
+        self.settings: dict[str, Setting] = {s.name: s for s in CORE_SETTINGS}
+        # None in the first pass: plugin tables cannot be checked yet.
+        self.sections: set[str] | None = None
+        if plugin_settings is not None:
+            self.sections = set()
+            for declared in plugin_settings:
+                self._add_section(declared)
+            for section in self.sections:
+                if section in self.settings:
+                    raise ConfigError(
+                        f"plugin settings section {section!r} is also a key of another section"
+                    )
+        self.env: dict[str, str] = {}
+        for key in self.settings:
+            var = _env_name(key)
+            if var in self.env:
+                raise ConfigError(
+                    f"settings {self.env[var]!r} and {key!r} would share the environment "
+                    f"variable {var}; one of the plugins declaring them must rename it"
+                )
+            self.env[var] = key
+
+    @property
+    def plugins(self) -> bool:
+        return self.sections is not None
+
+    def _add_section(self, declared: PluginSettings) -> None:
+        assert self.sections is not None
+        section = declared.section
+        parts = section.split(".")
+        if not all(parts) or (parts[0] in self.settings and parts[0] not in PLUGIN_KINDS):
+            raise ConfigError(f"plugin settings section {section!r} is not a valid section name")
+        if section in PLUGIN_KINDS or (
+            len(parts) == 2 and parts[0] in PLUGIN_KINDS and parts[1] == "name"
+        ):
+            raise ConfigError(
+                f"plugin settings section {section!r} clashes with the plugin selection key"
+            )
+        self.sections.add(section)
+        for setting in declared.settings:
+            if not setting.name or "." in setting.name or setting.type not in _ALLOWED_TYPES:
+                raise ConfigError(
+                    f"setting {setting.name!r} of section {section!r} needs a name without "
+                    f"dots and a type among str, int, float, bool, list"
+                )
+            key = f"{section}.{setting.name}"
+            known = self.settings.get(key)
+            if known is not None and known != setting:
+                raise ConfigError(f"setting {key!r} is declared twice, differently")
+            self.settings[key] = setting
+
+    def children(self, path: tuple[str, ...]) -> list[str]:
+        """The names that may appear in the table at ``path`` (for suggestions)."""
+        depth = len(path)
+        names: set[str] = set()
+        dotted = list(self.settings) + list(self.sections or ())
+        for key in dotted:
+            parts = tuple(key.split("."))
+            if len(parts) > depth and parts[:depth] == path:
+                names.add(parts[depth])
+        if depth == 1 and path[0] in PLUGIN_KINDS:
+            names.add("name")
+        return sorted(names)
+
+    def is_table(self, path: tuple[str, ...]) -> bool:
+        """Whether ``path`` is a declared section or lies on the way to one."""
+        return any(
+            tuple(section.split("."))[: len(path)] == path for section in self.sections or ()
+        )
+
+
+def _env_name(key: str) -> str:
+    return _ENV_PREFIX + re.sub(r"[.\-]", "_", key).upper()
+
+
+# --- values: one conversion, used by every layer ---
+
+
+class _BadValue(Exception):
+    """A value of the wrong type or out of range; the caller adds where it came from."""
+
+    def __init__(self, expected: str) -> None:
+        super().__init__(expected)
+        self.expected = expected
+
+
+def _at_least(minimum: int | float, *, strict: bool = False) -> Callable[[Any], Any]:
+    def check(value: Any) -> Any:
+        if not (value > minimum if strict else value >= minimum):
+            raise _BadValue(f"{'greater than' if strict else 'at least'} {minimum}")
+        return value
+
+    return check
+
+
+def _plugin_name(value: str) -> str:
+    name = normalize_name(value)
+    if not name:
+        raise _BadValue("a plugin name")
+    return name
+
+
+def _log_level(value: str) -> str:
+    if value.upper() not in LOG_LEVELS:
+        raise _BadValue("one of " + ", ".join(LOG_LEVELS))
+    return value.upper()
+
+
+# Checks beyond the type, for core keys only: a zero worker count or a
+# negative heartbeat would otherwise fail far from the config that caused it.
+_CORE_CHECKS: dict[str, Callable[[Any], Any]] = {
+    **dict.fromkeys(PLUGIN_KINDS, _plugin_name),
+    "log_level": _log_level,
+    "workers": _at_least(1),
+    "prefetch": _at_least(0),
+    "max_message_size": _at_least(1),
+    "heartbeat_interval": _at_least(0, strict=True),
+    "heartbeat_timeout": _at_least(0, strict=True),
+}
+
+
+def _convert(key: str, setting: Setting, value: Any, *, text: bool) -> Any:
+    """Check ``value`` against ``setting``; ``text`` means it may still be a string to parse."""
+    kind = setting.type
+    if text and isinstance(value, str) and kind is not str:
+        value = _parse_text(kind, value)
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif kind is list:
+        ok = isinstance(value, list | tuple) and all(isinstance(item, str) for item in value)
+        value = list(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise _BadValue(_EXPECTED[kind])
+    check = _CORE_CHECKS.get(key)
+    return check(value) if check is not None else value
+
+
+def _parse_text(kind: type, raw: str) -> Any:
+    """A string from the environment or the command line, read as ``kind``."""
+    try:
+        if kind is bool:
+            return _BOOL_WORDS[raw.strip().lower()]
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+    except (KeyError, ValueError):
+        raise _BadValue(_EXPECTED_TEXT[kind]) from None
+    # A list: "a, b" is ["a", "b"], and an empty string is the empty list.
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def _did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(candidates), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# --- the TOML file ---
+
+
+@dataclass(frozen=True)
+class _TomlFile:
+    """The scoop table of one TOML file, with what is needed to point at its lines."""
+
+    display: str  # the path as the user knows it: as given, or relative to cwd
+    root: tuple[str, ...]  # ("scoop",) or ("tool", "scoop")
+    table: dict[str, Any]
+    lines: dict[tuple[str, ...], int]
+
+    def where(self, keys: tuple[str, ...]) -> str:
+        """``"scoop.toml:7"`` for the line of ``keys`` under the root, or its nearest table."""
+        path = self.root + keys
+        while path:
+            if path in self.lines:
+                return f"{self.display}:{self.lines[path]}"
+            path = path[:-1]
+        return self.display
+
+    def label(self, keys: tuple[str, ...]) -> str:
+        return ".".join(self.root + keys)
+
+
+def _find_file(base: Path, config_file: str | os.PathLike[str] | None) -> _TomlFile | None:
+    if config_file is not None:
+        display = os.fspath(config_file)
+        path = base / config_file
+        if not path.is_file():
+            raise ConfigError(f"{display}: config file not found (looked for {path})")
+        root = ("tool", "scoop") if path.name == "pyproject.toml" else ("scoop",)
+        return _read_file(path, display, root)
+    if (base / "scoop.toml").is_file():
+        found = _read_file(base / "scoop.toml", "scoop.toml", ("scoop",))
+        logger.debug("configuration from %s (pyproject.toml not read)", base / "scoop.toml")
+        return found
+    if (base / "pyproject.toml").is_file():
+        found = _read_file(base / "pyproject.toml", "pyproject.toml", ("tool", "scoop"))
+        logger.debug("configuration from [tool.scoop] of %s", base / "pyproject.toml")
+        return found
+    return None
+
+
+def _read_file(path: Path, display: str, root: tuple[str, ...]) -> _TomlFile:
+    try:
+        # utf-8-sig: editors on Windows write a byte-order mark tomllib rejects.
+        text = path.read_bytes().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{display}: cannot read config file: {exc}") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(_decode_error(text, display, root, exc)) from None
+    lines = _key_lines(text)
+    table: Any = data
+    for part in root:
+        table = table.get(part, {}) if isinstance(table, dict) else None
+    if not isinstance(table, dict):
+        where = _TomlFile(display, (), {}, lines).where(root)
+        raise ConfigError(f"{where}: {'.'.join(root)} must be a table ([{'.'.join(root)}])")
+    if root == ("scoop",):
+        # The whole file is ours: a key outside [scoop] is a mistake, not someone else's.
+        for key in data:
+            if key != "scoop":
+                where = _TomlFile(display, (), {}, lines).where((key,))
+                raise ConfigError(
+                    f"{where}: unknown top-level key {key!r}; settings live in the [scoop] table"
+                )
+    return _TomlFile(display, root, table, lines)
+
+
+def _decode_error(text: str, display: str, root: tuple[str, ...], exc: Exception) -> str:
+    """The message for a file tomllib cannot parse, with the line tomllib found."""
+    match = re.search(r"at line (\d+)", str(exc))
+    line = int(match.group(1)) if match else None
+    generic = f"{display}{f':{line}' if line else ''}: invalid TOML: {exc}"
+    entries = _scan_toml(text)
+    for kind in PLUGIN_KINDS:
+        # `transport = "redis"` beside `[scoop.transport.redis]`: TOML cannot make
+        # `transport` both a string and a table, and tomllib only says "Cannot
+        # overwrite a value", so say what to write instead.
+        path = (*root, kind)
+        assigned = next((e for e in entries if e.path == path and not e.is_table), None)
+        nested = next(
+            (
+                e
+                for e in entries
+                if e is not assigned
+                and e.path[: len(path)] == path
+                and (e.is_table or len(e.path) > len(path))
+            ),
+            None,
+        )
+        if assigned is None or nested is None or line != max(assigned.line, nested.line):
+            continue
+        name = _assigned_name(text, assigned.line) or "<name>"
+        table = ".".join(path)
+        shown = f"[{'.'.join(nested.path)}]" if nested.is_table else ".".join(nested.path)
+        return (
+            f"{display}:{line}: {kind!r} is set as a value on line {assigned.line} and used "
+            f"as a table ({shown}) on line {nested.line}; TOML cannot have both. "
+            f"To select the plugin and configure it, put the name inside the table:\n"
+            f'    [{table}]\n    name = "{name}"\n\n    [{table}.{name}]\n    ...'
+        )
+    return generic
+
+
+def _assigned_name(text: str, line: int) -> str | None:
+    """The plugin name in ``transport = "redis"`` on ``line``, if that line is that simple."""
+    statement = text.splitlines()[line - 1]
+    try:
+        value = tomllib.loads("v =" + statement.split("=", 1)[1]).get("v")
+    except (IndexError, tomllib.TOMLDecodeError):
+        return None
+    if isinstance(value, dict):
+        value = value.get("name")
+    return value if isinstance(value, str) else None
+
+
+# --- locating keys in TOML text ---
+
+
+class _Entry(NamedTuple):
+    path: tuple[str, ...]
+    line: int
+    is_table: bool  # a [header] (or the implicit table of a dotted key), not a key = value
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each table and key path in TOML ``text`` to the (1-based) line defining it.
+
+    ``[scoop]`` / ``workers = 4`` on lines 1-2 gives ``{("scoop",): 1,
+    ("scoop", "workers"): 2}``. The first definition wins; keys inside inline
+    tables are not listed (callers fall back to the enclosing key's line).
+    """
+    lines: dict[tuple[str, ...], int] = {}
+    for entry in _scan_toml(text):
+        lines.setdefault(entry.path, entry.line)
+    return lines
+
+
+def _scan_toml(text: str) -> list[_Entry]:
+    """The tables and keys of ``text`` in order, with their lines.
+
+    Good enough for valid TOML, which is all it is used on (besides naming a
+    conflict after tomllib failed): it reads headers and keys exactly (bare,
+    quoted, dotted) and skips values, including multi-line strings and arrays,
+    without interpreting them, so ``x = 1`` inside a string is not a key.
+    """
+    entries: list[_Entry] = []
+    table: tuple[str, ...] = ()
+    i, n, line = 0, len(text), 1
+    while i < n:
+        char = text[i]
+        if char in " \t\r":
+            i += 1
+        elif char == "\n":
+            line += 1
+            i += 1
+        elif char == "#":
+            i = _end_of_line(text, i)
+        elif char == "[":
+            i += 2 if text.startswith("[[", i) else 1
+            keys, i = _read_key(text, i)
+            if keys:
+                table = tuple(keys)
+                entries.append(_Entry(table, line, True))
+            i = _end_of_line(text, i)
+        else:
+            keys, i = _read_key(text, i)
+            while i < n and text[i] in " \t":
+                i += 1
+            if not keys or i >= n or text[i] != "=":
+                i = _end_of_line(text, i)
+                continue
+            for depth in range(1, len(keys)):
+                entries.append(_Entry(table + tuple(keys[:depth]), line, True))
+            entries.append(_Entry(table + tuple(keys), line, False))
+            i, line = _skip_value(text, i + 1, line)
+    return entries
+
+
+def _end_of_line(text: str, i: int) -> int:
+    end = text.find("\n", i)
+    return len(text) if end < 0 else end
+
+
+def _read_key(text: str, i: int) -> tuple[list[str], int]:
+    """Read a (dotted) key at ``i``; return its parts and the index after it."""
+    parts: list[str] = []
+    n = len(text)
+    while True:
+        while i < n and text[i] in " \t":
+            i += 1
+        if i >= n:
+            return parts, i
+        if text[i] in "\"'":
+            quote = text[i]
+            j = i + 1
+            while j < n and text[j] != quote and text[j] != "\n":
+                j += 2 if quote == '"' and text[j] == "\\" else 1
+            # tomllib decodes the escapes, so "caf\u00e9" and "café" are one key.
+            try:
+                parts.append(tomllib.loads("k = " + text[i : j + 1])["k"])
+            except tomllib.TOMLDecodeError:
+                return parts, j
+            i = j + 1
+        else:
+            match = _BARE_KEY.match(text, i)
+            if match is None:
+                return parts, i
+            parts.append(match.group())
+            i = match.end()
+        while i < n and text[i] in " \t":
+            i += 1
+        if i >= n or text[i] != ".":
+            return parts, i
+        i += 1
+
+
+def _skip_value(text: str, i: int, line: int) -> tuple[int, int]:
+    """Skip the value starting at ``i``; return the index of the newline ending it, and the line."""
+    depth = 0
+    n = len(text)
+    while i < n:
+        char = text[i]
+        if char == "\n":
+            if depth == 0:
+                return i, line
+            line += 1
+            i += 1
+        elif char == "#":
+            i = _end_of_line(text, i)
+        elif text.startswith('"""', i) or text.startswith("'''", i):
+            end = _multiline_end(text, i)
+            line += text.count("\n", i, end)
+            i = end
+        elif char in "\"'":
+            j = i + 1
+            while j < n and text[j] != char and text[j] != "\n":
+                j += 2 if char == '"' and text[j] == "\\" else 1
+            i = j + 1 if j < n and text[j] == char else j
+        else:
+            if char in "[{":
+                depth += 1
+            elif char in "]}":
+                depth -= 1
+            i += 1
+    return i, line
+
+
+def _multiline_end(text: str, i: int) -> int:
+    """The index after the multi-line string opening at ``i``."""
+    delimiter = text[i : i + 3]
+    j = i + 3
+    n = len(text)
+    while j < n:
+        if delimiter == '"""' and text[j] == "\\":
+            j += 2
+        elif text.startswith(delimiter, j):
+            # Up to two quotes may end the content just before the delimiter: """a""""".
+            end = j + 3
+            while end < n and end < j + 5 and text[end] == delimiter[0]:
+                end += 1
+            return end
+        else:
+            j += 1
+    return n
+
+
+# --- the layers: each gives {dotted key: (value, source)} ---
+
+_Layer = dict[str, tuple[Any, str]]
+
+
+def _file_layer(source: _TomlFile, schema: _Schema) -> _Layer:
+    layer: _Layer = {}
+
+    def set_value(keys: tuple[str, ...], key: str, value: Any) -> None:
+        where = source.where(keys)
+        try:
+            layer[key] = (_convert(key, schema.settings[key], value, text=False), where)
+        except _BadValue as exc:
+            raise ConfigError(
+                f"{where}: {source.label(keys)} must be {exc.expected}, "
+                f"got {value!r} ({type(value).__name__})"
+            ) from None
+
+    def walk(table: Mapping[str, Any], path: tuple[str, ...]) -> None:
+        for name, value in table.items():
+            keys = (*path, name)
+            key = ".".join(keys)
+            if not path and name in PLUGIN_KINDS and isinstance(value, dict):
+                # [scoop.transport] with `name = "redis"` beside [scoop.transport.redis].
+                if "name" in value:
+                    set_value((*keys, "name"), key, value["name"])
+                walk({k: v for k, v in value.items() if k != "name"}, keys)
+            elif key in schema.settings:
+                set_value(keys, key, value)
+            elif isinstance(value, dict) and (not schema.plugins or schema.is_table(keys)):
+                # In the first pass any table may belong to a plugin not loaded yet.
+                if schema.plugins:
+                    walk(value, keys)
+            else:
+                raise _unknown(source, path, name, value, schema)
+
+    walk(source.table, ())
+    return layer
+
+
+def _unknown(
+    source: _TomlFile, path: tuple[str, ...], name: str, value: Any, schema: _Schema
+) -> ConfigError:
+    where = source.where((*path, name))
+    table = f"[{source.label(path)}]"
+    valid = schema.children(path)
+    if isinstance(value, dict):
+        sections = sorted(f"[{source.label(tuple(s.split('.')))}]" for s in schema.sections or ())
+        return ConfigError(
+            f"{where}: unknown section [{source.label((*path, name))}]"
+            f"{_did_you_mean(name, valid)}: no loaded plugin declares settings there "
+            f"(is the plugin installed and not disabled?); known sections: "
+            f"{', '.join(sections) or 'none'}"
+        )
+    return ConfigError(
+        f"{where}: unknown key {name!r} in {table}{_did_you_mean(name, valid)}; "
+        f"valid keys: {', '.join(valid) or 'none'}"
+    )
+
+
+def _env_layer(environ: Mapping[str, str], schema: _Schema) -> _Layer:
+    layer: _Layer = {}
+    # Variables starting with _SCOOP_ (internal, for workers) never get here.
+    for var in sorted(v for v in environ if v.startswith(_ENV_PREFIX)):
+        key = schema.env.get(var)
+        if key is None:
+            # In the first pass the variable may belong to a plugin not loaded yet.
+            if schema.plugins:
+                close = difflib.get_close_matches(var, list(schema.env), n=1, cutoff=0.0)
+                logger.warning(
+                    "ignoring environment variable %s: it matches no setting (the closest is %s)",
+                    var,
+                    close[0] if close else "none",
+                )
+            continue
+        raw = environ[var]
+        try:
+            layer[key] = (_convert(key, schema.settings[key], raw, text=True), var)
+        except _BadValue as exc:
+            raise ConfigError(
+                f"environment variable {var}: {key} must be {exc.expected}, got {raw!r}"
+            ) from None
+    return layer
+
+
+def _cli_layer(cli: Mapping[str, Any], schema: _Schema) -> _Layer:
+    layer: _Layer = {}
+    for key, value in cli.items():
+        if value is None:
+            continue
+        setting = schema.settings.get(key)
+        if setting is None:
+            if not schema.plugins and "." in key:
+                continue
+            raise ConfigError(
+                f"{_CLI_SOURCE}: unknown setting {key!r}{_did_you_mean(key, schema.settings)}"
+            )
+        try:
+            layer[key] = (_convert(key, setting, value, text=True), _CLI_SOURCE)
+        except _BadValue as exc:
+            raise ConfigError(
+                f"{_CLI_SOURCE}: {key} must be {exc.expected}, "
+                f"got {value!r} ({type(value).__name__})"
+            ) from None
+    return layer

@@ -1,0 +1,91 @@
+"""Errors users can catch, each with a message that names the problem and the way out.
+
+``TimeoutError`` and ``CancelledError`` are the ``concurrent.futures`` ones,
+re-exported here so that code written for PEP 3148 catches ours too.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import CancelledError, TimeoutError
+
+__all__ = [
+    "CancelledError",
+    "ConfigError",
+    "ConstantError",
+    "ConstantNotFound",
+    "LaunchError",
+    "NotLaunchedError",
+    "PluginError",
+    "ProtocolError",
+    "RemoteError",
+    "ScoopError",
+    "SerializationError",
+    "TimeoutError",
+    "TransportClosed",
+    "UsageError",
+]
+
+
+class ScoopError(Exception):
+    """Base class of every error scoop-core raises on its own account."""
+
+
+class UsageError(ScoopError):
+    """A command line, flag or value the launcher cannot accept."""
+
+
+class ConfigError(ScoopError):
+    """A configuration file, environment variable or setting is wrong.
+
+    The message names the key, where it came from (``file:line`` or the
+    environment variable) and what was expected."""
+
+
+class PluginError(ScoopError):
+    """A plugin cannot be found, loaded or chosen."""
+
+
+class LaunchError(ScoopError):
+    """Workers or the broker could not be started."""
+
+
+class NotLaunchedError(ScoopError):
+    """The API needs a running pool and there is none."""
+
+
+class ProtocolError(ScoopError):
+    """A message or a state transition broke the protocol.
+
+    Raised by the state machines for an event that is illegal in the current
+    state; the state is left unchanged."""
+
+
+class TransportClosed(ScoopError):
+    """A transport endpoint was used after it was closed."""
+
+
+class SerializationError(ScoopError, TypeError):
+    """An object cannot be sent to (or back from) a worker.
+
+    A ``TypeError`` too, since that is what ``pickle`` raises for most
+    unpicklable objects and what callers already catch."""
+
+
+class RemoteError(ScoopError):
+    """Stands in for an exception raised in a worker that could not itself be
+    sent back (its class cannot be pickled or imported on this side)."""
+
+
+class ConstantError(ScoopError):
+    """A shared constant was defined twice."""
+
+
+class ConstantNotFound(ScoopError, KeyError):
+    """``shared.getConst`` found no constant of that name within its timeout."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class WorkerLostError(ScoopError):
+    """A future's worker died and the future could not be run elsewhere."""

@@ -1,0 +1,128 @@
+"""``scoop_core.Executor``: a pool inside an ordinary Python program.
+
+A real ``concurrent.futures.Executor``: it starts a broker in a thread of
+this process and worker processes on this machine, and this process becomes
+the pool's root. No launcher is needed, and ``asyncio``'s
+``loop.run_in_executor`` and ``asyncio.wrap_future`` work with it. Inside
+it, ``scoop.futures`` calls (nested ones included) use this pool.
+
+Like ``multiprocessing``'s spawn method, workers import the program's main
+module (when it is a file) under another name, so its functions are found
+there; keep the pool's creation under ``if __name__ == '__main__':``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from scoop_core import _runtime, context
+from scoop_core._calls import Call
+from scoop_core._future import Future, wait_futures
+from scoop_core.config import load_config
+from scoop_core.errors import LaunchError, NotLaunchedError
+from scoop_core.plugins.manager import get_plugin_manager
+from scoop_core.pool import Pool, worker_count
+
+
+def _main_program() -> str | None:
+    import sys
+
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    return path if path and os.path.isfile(path) else None
+
+
+class Executor(cf.Executor):
+    """A pool of ``workers`` local worker processes (default: one per core).
+
+    ``transport`` and ``serializer`` name plugins (default: from the
+    configuration, else ``zmq`` and ``cloudpickle``); ``config`` names a
+    TOML file as ``--config`` does."""
+
+    def __init__(
+        self,
+        workers: int | None = None,
+        *,
+        transport: str | None = None,
+        serializer: str | None = None,
+        config: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if os.environ.get("_SCOOP_NAME", "").startswith("worker"):
+            raise LaunchError(
+                "a scoop_core.Executor cannot be created in a worker process: the program's "
+                "module-level code runs in every worker, so create the pool under "
+                "`if __name__ == '__main__':`"
+            )
+        cli: dict[str, Any] = {"workers": workers, "transport": transport, "serializer": serializer}
+        first = load_config(cli=cli, config_file=config)
+        plugins = get_plugin_manager(first["disable_plugins"])
+        cfg = load_config(plugin_settings=plugins.settings(), cli=cli, config_file=config)
+        self._pool = Pool(
+            config=cfg, plugins=plugins, workers=worker_count(cfg), program=_main_program()
+        )
+        self._pool.start()
+        try:
+            self._rt = self._pool.connect(f"client-{os.getpid()}")
+        except BaseException:
+            self._pool.stop()
+            raise
+        self._previous = _runtime.current()
+        _runtime.set_current(self._rt)
+        self._previous_size = context.SIZE
+        context.SIZE = self._pool.size
+        self._shutdown = False
+
+    @property
+    def workers(self) -> int:
+        return self._pool.size
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        if not callable(fn):
+            raise TypeError(f"submit() needs a callable as its first argument, got {fn!r}")
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        return self._rt.submit([Call(fn, args, kwargs)])[0]
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[Any]:
+        """Results in input order; the work starts at once. ``chunksize`` is
+        accepted for compatibility: chunk sizes adapt on their own."""
+        from scoop_core.futures import _Chunker, _map_gen
+
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        chunker = _Chunker(self._rt, fn, iterables)
+        chunker.fill()
+        return _map_gen(chunker, deadline)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        if self._shutdown:
+            return
+        self._shutdown = True
+        owned = list(self._rt._owned.values())
+        if cancel_futures:
+            self._rt.cancel_nowait(f.fid for f in owned)
+        if wait:
+            wait_futures(owned)
+        self._rt.close()
+        self._pool.stop()
+        error = NotLaunchedError("the Executor was shut down before this future finished")
+        for fut in owned:
+            if not fut.done():
+                fut.set_exception(error)
+        if _runtime.current() is self._rt:
+            _runtime.set_current(self._previous)
+            context.SIZE = self._previous_size
+
+    def __del__(self) -> None:
+        if not getattr(self, "_shutdown", True):
+            self.shutdown(wait=False, cancel_futures=True)

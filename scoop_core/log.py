@@ -1,0 +1,38 @@
+"""``scoop.logger``: log records that say when, which worker and which module.
+
+The launcher owns the console, so the library never prints: it logs under
+``scoop.*``; this module gives the ``scoop`` logger one handler per process
+with SCOOP's layout plus the worker's name.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from scoop_core import context
+
+logger = logging.getLogger("scoop")
+
+FORMAT = "[%(asctime)s] %(worker)-9s %(module)-12s %(levelname)-7s %(message)s"
+
+
+class _WorkerName(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.worker = context.worker or "-"
+        return True
+
+
+def configure(level: str | int = "WARNING", stream: object = None) -> None:
+    """Give the ``scoop`` logger its handler (once) and set its level."""
+    if not any(getattr(h, "_scoop", False) for h in logger.handlers):
+        handler = logging.StreamHandler(stream or sys.stderr)  # type: ignore[arg-type]
+        handler.setFormatter(logging.Formatter(FORMAT))
+        handler.addFilter(_WorkerName())
+        handler._scoop = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(level if isinstance(level, int) else level.upper())
+
+
+configure()

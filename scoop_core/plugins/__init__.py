@@ -1,0 +1,117 @@
+"""Writing a scoop-core plugin: transports, serializers, launchers and their settings.
+
+scoop-core finds its transports, serializers and launchers through
+`pluggy <https://pluggy.readthedocs.io/>`_. The built-in ones (``zmq``,
+``cloudpickle``, ``pickle``, ``local``...) are ordinary plugins; a
+third-party plugin is a module in an installed distribution that the core
+finds through an entry point. This docstring is the plugin author's guide;
+``docs/plugins.md`` says the same at more length, with every hook.
+
+**1. A plugin module.** Write functions named after the hooks in
+:mod:`scoop_core.plugins.hookspec`, mark them with :data:`hookimpl`, and
+return records from them:
+
+.. code-block:: python
+
+    # mypkg/plugin.py
+    from collections.abc import Iterable, Mapping
+    from typing import Any
+
+    from scoop_core.interfaces import Transport
+    from scoop_core.plugins import PluginSettings, Setting, TransportPlugin, hookimpl
+
+
+    def make_transport(settings: Mapping[str, Any]) -> Transport:
+        from mypkg.transport import MyTransport  # heavy: imported only when chosen
+
+        return MyTransport(url=settings["url"])
+
+
+    @hookimpl
+    def scoop_transports() -> Iterable[TransportPlugin]:
+        return [TransportPlugin(name="mytransport", factory=make_transport)]
+
+
+    @hookimpl
+    def scoop_settings() -> Iterable[PluginSettings]:
+        return [
+            PluginSettings(
+                section="transport.mytransport",
+                settings=(Setting("url", str, "tcp://127.0.0.1:7000", help="bus address"),),
+            )
+        ]
+
+A module may implement any subset of the four hooks (``scoop_transports``,
+``scoop_serializers``, ``scoop_launchers``, ``scoop_settings``). None takes
+arguments; each is called once per process when the plugin manager loads,
+never on a hot path.
+
+**2. An entry point.** Declare the module in your distribution's
+``pyproject.toml``, in the entry-point group ``scoop``; the entry point's
+name is the *plugin name*:
+
+.. code-block:: toml
+
+    [project.entry-points.scoop]
+    myname = "mypkg.plugin"
+
+After ``pip install``, ``scoop plugins`` lists each record your plugin
+registers, with your distribution's name and version and its status.
+
+**3. Records.** Hooks return the frozen records re-exported here:
+:class:`TransportPlugin`, :class:`SerializerPlugin` and
+:class:`LauncherPlugin` (a name, a ``factory`` and a description) and
+:class:`PluginSettings` (a config section and its :class:`Setting` keys).
+Names are normalised (``My_Transport`` is ``my-transport``); users select
+records by name, and a name claimed by two plugins is an error that names
+both distributions when it is selected.
+
+**4. Heavy imports go inside factories.** Listing plugins, or running on
+another transport, must not import your client library: import it inside
+``factory`` (and keep ``detect`` cheap), never at the top of the plugin
+module.
+
+**5. Failures.** A plugin that fails to import, whose hook raises, or whose
+hook returns anything but its records, is skipped with a warning on the
+``scoop.plugins`` logger and listed by ``scoop plugins`` with status
+``error: ...``; it never stops other plugins. Users turn a plugin off with
+``SCOOP_DISABLE_PLUGINS=myname`` or ``disable_plugins = ["myname"]`` in the
+configuration (a record name, such as ``mytransport``, turns off that record
+only).
+
+**6. Conformance.** Test a transport with the suite every built-in passes,
+:func:`scoop_core.testing.check_transport`, given a function that builds a
+fresh transport:
+
+.. code-block:: python
+
+    from scoop_core.testing import check_transport
+
+    from mypkg.plugin import make_transport
+
+
+    def test_my_transport_keeps_the_contract():
+        check_transport(lambda: make_transport({"url": "tcp://127.0.0.1:7000"}))
+"""
+
+from __future__ import annotations
+
+from scoop_core.plugins.hookspec import hookimpl
+from scoop_core.plugins.types import (
+    LauncherPlugin,
+    PluginSettings,
+    SerializerPlugin,
+    Setting,
+    TransportPlugin,
+    normalize_name,
+)
+
+__all__ = [
+    "LauncherPlugin",
+    "PluginSettings",
+    "SerializerPlugin",
+    "Setting",
+    "TransportPlugin",
+    "hookimpl",
+    "normalize_name",
+]

@@ -1,0 +1,303 @@
+"""A worker process: runs futures in greenlets so that none ever blocks it.
+
+Each future runs in its own greenlet. When it waits (``result()``, ``map``,
+``wait``, ``getConst``...) on something not yet there, it switches back to
+the scheduler, the main greenlet here, which reads messages, delivers
+results, resumes greenlets whose wait is over, and starts other futures.
+The worker asks the broker for futures while fewer than ``prefetch`` are
+ready to run here (see :class:`scoop_core._state.WorkerBook`), so futures
+blocked on their children never hold a worker's capacity hostage.
+
+Everything happens in one thread: greenlets switch only where a future
+waits, so the scheduler's state needs no locks.
+"""
+
+from __future__ import annotations
+
+import heapq
+import importlib.util
+import logging
+import os
+import sys
+import time
+from collections import deque
+from typing import Any
+
+import greenlet
+
+from scoop_core import _calls, _future
+from scoop_core import _messages as m
+from scoop_core._calls import ChunkResult, RemoteException, capture, portable
+from scoop_core._runtime import Runtime, _short
+from scoop_core._state import Job, WorkerBook
+from scoop_core.errors import ProtocolError, SerializationError
+from scoop_core.interfaces import Endpoint, Serializer
+
+log = logging.getLogger("scoop.worker")
+
+PROGRAM_MODULE = "__scoop_main__"
+
+
+class TaskGreenlet(greenlet.greenlet):  # type: ignore[misc]
+    """The greenlet of one future (``job``), or of the program's import (``job`` None)."""
+
+    job: Job | None = None
+
+
+class GreenletEvent:
+    """An event a future's greenlet waits on by switching to the scheduler."""
+
+    __slots__ = ("flag", "waiter", "worker")
+
+    def __init__(self, worker: WorkerRuntime) -> None:
+        self.flag = False
+        self.waiter: TaskGreenlet | None = None
+        self.worker = worker
+
+    def set(self) -> None:
+        self.flag = True
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None:
+            self.worker.ready.append(waiter)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self.flag:
+            return True
+        me = greenlet.getcurrent()
+        worker = self.worker
+        self.waiter = me
+        if timeout is not None:
+            worker.add_timer(time.monotonic() + max(0.0, timeout), self)
+        job = me.job
+        if job is not None:
+            worker.book.block(job.task.fid)
+            worker.note_started(job)
+        try:
+            worker.hub.switch()
+        finally:
+            self.waiter = None
+            if job is not None:
+                worker.book.resume(job.task.fid)
+        return self.flag
+
+
+class WorkerRuntime(Runtime):
+    role = m.WORKER
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        key: bytes,
+        serializer: Serializer,
+        name: str,
+        workers: int = 1,
+        prefetch: int = 2,
+    ) -> None:
+        super().__init__(endpoint, key=key, serializer=serializer, name=name, workers=workers)
+        self.book = WorkerBook(prefetch=prefetch)
+        self.ready: deque[TaskGreenlet] = deque()
+        self.hub: Any = None
+        self._timers: list[tuple[float, int, GreenletEvent]] = []
+        self._timer_seq = 0
+        self._results: list[m.Outcome] = []
+        self._started: list[Job] = []
+        self._announced: set[int] = set()
+        self._running = True
+        self._parent_pid = os.getppid()
+
+    @property
+    def slots(self) -> int:
+        return 1
+
+    # -- hooks for the rest of the core ----------------------------------------
+
+    def _send(self, msg: m.Message) -> None:
+        self.endpoint.send(m.encode(msg, self.key))
+
+    def current_parent(self) -> tuple[int, int]:
+        job = getattr(greenlet.getcurrent(), "job", None)
+        if job is None:
+            return 0, 0
+        return job.task.fid, job.task.depth
+
+    def event(self) -> GreenletEvent | None:
+        if isinstance(greenlet.getcurrent(), TaskGreenlet):
+            return GreenletEvent(self)
+        return None
+
+    def add_timer(self, deadline: float, event: GreenletEvent) -> None:
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (deadline, self._timer_seq, event))
+
+    def note_started(self, job: Job) -> None:
+        if job.task.fid not in self._announced:
+            self._announced.add(job.task.fid)
+            self._started.append(job)
+
+    # -- running futures ----------------------------------------------------------
+
+    def _run_job(self, job: Job) -> None:
+        fid = job.task.fid
+        start = time.perf_counter()
+        status = m.OK
+        try:
+            payload = self.serializer.loads(job.task.frames)
+            value: Any = payload.run()
+        except BaseException as exc:
+            if isinstance(exc, greenlet.GreenletExit):
+                raise
+            status, value = m.RAISED, portable(capture(exc), self.serializer.dumps)
+        elapsed = time.perf_counter() - start
+        frames = self._dump_outcome(fid, status, value)
+        if frames is None:
+            status, frames = m.RAISED, self._dump_unsendable(value)
+        self._announced.discard(fid)
+        self.book.finish(fid, status == m.OK)
+        self._results.append(m.Outcome(fid, status, elapsed, tuple(frames)))
+
+    def _dump_outcome(self, fid: int, status: int, value: Any) -> list[Any] | None:
+        try:
+            return self.serializer.dumps(value)
+        except Exception:
+            if isinstance(value, ChunkResult):
+                return self.serializer.dumps(self._trim_chunk(value))
+            return None
+
+    def _trim_chunk(self, result: ChunkResult) -> ChunkResult:
+        # Keep the values before the first one that cannot be sent; that one
+        # becomes the chunk's error, raised where the caller reaches it.
+        for n, value in enumerate(result.values):
+            try:
+                self.serializer.dumps(value)
+            except Exception as exc:
+                error = SerializationError(
+                    f"the result {_short(value)} cannot be sent back from the worker "
+                    f"({type(exc).__name__}: {exc})"
+                )
+                return ChunkResult(result.values[:n], capture(error))
+        return ChunkResult(
+            result.values, portable(result.error, self.serializer.dumps) if result.error else None
+        )
+
+    def _dump_unsendable(self, value: Any) -> list[Any]:
+        try:
+            self.serializer.dumps(value)
+            reason = "unknown reason"
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+        error = SerializationError(
+            f"the result {_short(value)} cannot be sent back from the worker ({reason}); "
+            "return plain data instead"
+        )
+        return self.serializer.dumps(RemoteException(error, "", f"Raised by {self.name}\n"))
+
+    # -- the loop -------------------------------------------------------------
+
+    def serve(self, program: str | None = None) -> None:
+        """Run futures until the broker says the run is over."""
+        self.hub = greenlet.getcurrent()
+        _future.greenlet_event = self.event
+        if program:
+            importer = TaskGreenlet(lambda: self._import_program(program))
+            self.ready.append(importer)
+        book, ready = self.book, self.ready
+        last_check = time.monotonic()
+        while self._running:
+            progressed = False
+            if ready:
+                ready.popleft().switch()
+                progressed = True
+            else:
+                job = book.next_job()
+                if job is not None:
+                    g = TaskGreenlet(self._run_job)
+                    g.job = job
+                    g.switch(job)
+                    progressed = True
+            self._fire_timers()
+            self._flush()
+            want = book.wanted(len(ready))
+            if want:
+                self._send(m.Ready(want))
+            self._pump(0.0 if (progressed or ready) else self._idle_timeout())
+            now = time.monotonic()
+            if now - last_check > 1.0:
+                last_check = now
+                if (
+                    os.getppid() != self._parent_pid
+                    and os.environ.get("_SCOOP_WATCH_PARENT") == "1"
+                ):
+                    log.warning("%s: the launcher is gone; exiting", self.name)
+                    break
+        self._flush()
+
+    def _idle_timeout(self) -> float:
+        if self._timers:
+            return max(0.0, min(1.0, self._timers[0][0] - time.monotonic()))
+        return 1.0
+
+    def _fire_timers(self) -> None:
+        timers = self._timers
+        now = time.monotonic()
+        while timers and timers[0][0] <= now:
+            _, _, event = heapq.heappop(timers)
+            waiter, event.waiter = event.waiter, None
+            if waiter is not None:
+                self.ready.append(waiter)
+
+    def _flush(self) -> None:
+        if self._started:
+            fids = [j.task.fid for j in self._started if j.task.fid in self.book.jobs]
+            self._started = []
+            if fids:
+                self._send(m.Started(fids))
+        if self._results:
+            self._send(m.Results(tuple(self._results)))
+            self._results = []
+
+    def _pump(self, timeout: float) -> None:
+        frames = self.endpoint.recv(timeout)
+        while frames is not None:
+            try:
+                msg = m.decode(frames, self.key)
+            except ProtocolError as exc:
+                log.warning("%s dropped a message: %s", self.name, exc)
+            else:
+                self._on_message(msg)
+            frames = self.endpoint.recv(0)
+
+    def _on_message(self, msg: m.Message) -> None:
+        if isinstance(msg, m.Tasks):
+            self.book.receive(msg.tasks)
+        elif isinstance(msg, m.Cancel):
+            self._send(m.CancelReply(msg.fid, self.book.cancel(msg.fid)))
+        elif isinstance(msg, m.Shutdown):
+            self._running = False
+            self._on_shutdown(msg.reason)
+        else:
+            self.handle(msg)
+
+    def _import_program(self, program: str) -> None:
+        """Import the user's program under another name than ``__main__``, so
+        its module-level code runs here and its ``if __name__ == '__main__'``
+        block does not; then let pickled references to ``__main__`` resolve to it."""
+        spec = importlib.util.spec_from_file_location(PROGRAM_MODULE, program)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot import the program {program!r}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[PROGRAM_MODULE] = module
+        sys.modules["__main__"] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            log.exception("%s could not import the program %s", self.name, program)
+            self._running = False
+            raise SystemExit(1) from None
+
+    def stop(self) -> None:
+        self._running = False
+
+
+def set_worker_name(name: str) -> None:
+    _calls.WORKER_NAME = name

@@ -1,0 +1,207 @@
+"""The ZeroMQ transport keeps the Transport contract, listens where it should, and moves bytes unchanged."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable, Iterator
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scoop_transport_zmq import scoop_settings, scoop_transports
+from scoop_transport_zmq.transport import ZmqTransport
+
+from scoop_core.errors import LaunchError
+from scoop_core.interfaces import Endpoint, Hub, Transport
+from scoop_core.plugins.types import PluginSettings, TransportPlugin
+from scoop_core.testing import TRANSPORT_CHECKS, check_transport
+
+
+def make_transport() -> ZmqTransport:
+    return ZmqTransport({})
+
+
+@pytest.mark.parametrize("check", TRANSPORT_CHECKS, ids=lambda check: check.__name__)
+def test_zmq_transport_passes(check: Callable[[Callable[[], Transport]], None]) -> None:
+    check(make_transport)
+
+
+def test_check_transport_runs_every_check() -> None:
+    check_transport(make_transport)
+
+
+@pytest.fixture(scope="module")
+def pair() -> Iterator[tuple[Hub, Endpoint, bytes]]:
+    """One connected hub and endpoint, shared by the tests that only move messages."""
+    transport = make_transport()
+    hub = transport.bind(run_id="zmq-tests")
+    endpoint = transport.connect(hub.address, identity=b"zmq-test-peer")
+    try:
+        endpoint.send([b"hello"])
+        got = hub.recv(20)
+        assert got is not None, "the hub did not hear from its endpoint within 20 s"
+        yield hub, endpoint, got[0]
+    finally:
+        endpoint.close()
+        hub.close()
+
+
+def _round_trip(pair: tuple[Hub, Endpoint, bytes], frames: list[bytes]) -> None:
+    hub, endpoint, peer = pair
+    endpoint.send(frames)
+    got = hub.recv(20)
+    assert got is not None
+    assert got[0] == peer
+    assert [bytes(memoryview(f)) for f in got[1]] == frames
+    hub.send(peer, frames)
+    back = endpoint.recv(20)
+    assert back is not None
+    assert [bytes(memoryview(f)) for f in back] == frames
+
+
+def test_frames_over_a_mebibyte_arrive_as_the_same_bytes(
+    pair: tuple[Hub, Endpoint, bytes],
+) -> None:
+    big = bytes(range(256)) * (3 * 4096 + 1)  # just over 3 MiB
+    _round_trip(pair, [b"envelope", big, big[::-1]])
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frames=st.lists(st.binary(max_size=4096), min_size=1, max_size=8))
+def test_random_frames_round_trip_unchanged(
+    pair: tuple[Hub, Endpoint, bytes], frames: list[bytes]
+) -> None:
+    _round_trip(pair, frames)
+
+
+def test_received_frames_are_writable_buffers(pair: tuple[Hub, Endpoint, bytes]) -> None:
+    # The core unpickles out-of-band buffers in place, which needs writable ones.
+    hub, endpoint, _ = pair
+    endpoint.send([b"main", bytes(100_000)])
+    got = hub.recv(20)
+    assert got is not None
+    assert not memoryview(got[1][1]).readonly
+
+
+def _non_loopback_address() -> str | None:
+    """This machine's address on its default route, or None if it has none."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))  # TEST-NET-1: a UDP connect sends nothing
+        address = probe.getsockname()[0]
+    except OSError:
+        return None
+    finally:
+        probe.close()
+    return None if address.startswith("127.") or address == "0.0.0.0" else address
+
+
+def test_a_local_run_listens_on_loopback_only() -> None:
+    hub = make_transport().bind(run_id="loopback", public=False)
+    try:
+        assert hub.address.startswith("tcp://127.0.0.1:")
+        port = int(hub.address.rpartition(":")[2])
+        outside = _non_loopback_address()
+        if outside is not None:
+            with pytest.raises(OSError):
+                socket.create_connection((outside, port), timeout=5).close()
+    finally:
+        hub.close()
+
+
+def test_a_public_hub_hands_out_a_dialable_host() -> None:
+    hub = ZmqTransport({"broker_hostname": "127.0.0.1"}).bind(run_id="public", public=True)
+    try:
+        assert hub.address.startswith("tcp://127.0.0.1:")
+        endpoint = make_transport().connect(hub.address, identity=b"remote")
+        try:
+            endpoint.send([b"hello"])
+            got = hub.recv(20)
+            assert got is not None
+            assert got[0] == b"remote"
+            assert [bytes(memoryview(f)) for f in got[1]] == [b"hello"]
+        finally:
+            endpoint.close()
+    finally:
+        hub.close()
+
+
+def test_a_public_hub_names_this_machine_by_default() -> None:
+    hub = make_transport().bind(run_id="public-default", public=True)
+    try:
+        assert hub.address.startswith(f"tcp://{socket.getfqdn()}:")
+    finally:
+        hub.close()
+
+
+def test_a_configured_port_is_used_and_a_taken_one_is_reported() -> None:
+    first = make_transport().bind(run_id="port")
+    try:
+        port = int(first.address.rpartition(":")[2])
+        with pytest.raises(LaunchError, match=f"{port}.*transport.zmq.port"):
+            ZmqTransport({"port": port}).bind(run_id="port-again")
+    finally:
+        first.close()
+    # The port is free again once the first hub closed.
+    again = ZmqTransport({"port": port}).bind(run_id="port-reused")
+    try:
+        assert again.address == f"tcp://127.0.0.1:{port}"
+    finally:
+        again.close()
+
+
+def test_a_worker_may_connect_and_send_before_the_broker_binds() -> None:
+    probe = make_transport().bind(run_id="early")
+    address = probe.address
+    probe.close()  # now nothing listens there, until the hub below binds the same port
+    endpoint = make_transport().connect(address, identity=b"early")
+    try:
+        endpoint.send([b"sent before bind"])
+        port = int(address.rpartition(":")[2])
+        hub = ZmqTransport({"port": port}).bind(run_id="early")
+        try:
+            got = hub.recv(20)
+            assert got is not None, "the message sent before the bind never arrived"
+            assert got[0] == b"early"
+            assert [bytes(memoryview(f)) for f in got[1]] == [b"sent before bind"]
+        finally:
+            hub.close()
+    finally:
+        endpoint.close()
+
+
+@pytest.mark.parametrize("identity", [b"", b"\x00starts-with-zero", b"x" * 256])
+def test_identities_zeromq_cannot_carry_are_refused(identity: bytes) -> None:
+    with pytest.raises(ValueError, match="identity"):
+        make_transport().connect("tcp://127.0.0.1:1", identity=identity)
+
+
+def test_a_malformed_address_is_refused() -> None:
+    with pytest.raises(ValueError, match="not-an-address"):
+        make_transport().connect("not-an-address", identity=b"w")
+
+
+def test_the_plugin_registers_zmq_and_its_settings() -> None:
+    [plugin] = scoop_transports()
+    assert isinstance(plugin, TransportPlugin)
+    assert plugin.name == "zmq"
+    assert isinstance(plugin.factory({}), ZmqTransport)
+    [declared] = scoop_settings()
+    assert isinstance(declared, PluginSettings)
+    assert declared.section == "transport.zmq"
+    assert {s.name: s.default for s in declared.settings} == {
+        "interface": "*",
+        "port": 0,
+        "broker_hostname": "",
+    }
+
+
+def test_listing_the_plugin_does_not_import_zmq() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, scoop_transport_zmq as p; p.scoop_transports(); p.scoop_settings(); "
+        "sys.exit('zmq' in sys.modules)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
