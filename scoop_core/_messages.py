@@ -92,11 +92,24 @@ def _take(frames: list[Frame], start: int, count: int) -> tuple[Frame, ...]:
     return tuple(frames[start : start + count])
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_FIELD_TYPES = {
+    "str": lambda v: isinstance(v, str),
+    "int": _is_int,
+    "bool": lambda v: isinstance(v, bool),
+    "list[int]": lambda v: isinstance(v, list) and all(_is_int(x) for x in v),
+}
+
+
 def _plain(kind: int, *names: str) -> Any:
     """Class decorator for messages whose fields are all msgpack scalars."""
 
     def wrap(cls: Any) -> Any:
         cls.KIND = kind
+        checks = [_FIELD_TYPES[cls.__annotations__[n]] for n in names]
 
         def _fields(self: Any) -> tuple[list[Any], list[Frame]]:
             return [getattr(self, n) for n in names], []
@@ -105,6 +118,9 @@ def _plain(kind: int, *names: str) -> Any:
         def _build(c: Any, fields: list[Any], frames: list[Frame]) -> Any:
             if len(fields) != len(names) or frames:
                 raise ProtocolError(f"malformed {c.__name__} message")
+            for name, value, check in zip(names, fields, checks, strict=True):
+                if not check(value):
+                    raise ProtocolError(f"malformed {c.__name__} message: bad {name} {value!r}")
             return c(*fields)
 
         cls._fields = _fields
@@ -150,6 +166,8 @@ class Welcome(Message):
         for name, count in heads:
             consts.append(Constant(name, _take(frames, pos, count)))
             pos += count
+        if pos != len(frames):
+            raise ProtocolError("payload frame count does not match the header")
         return cls(index, tuple(consts))
 
 
@@ -387,13 +405,14 @@ def decode(frames: Sequence[Frame], key: bytes) -> Message:
     """Check the mac, then parse. Raises ProtocolError for anything wrong."""
     if len(frames) < 2:
         raise ProtocolError(f"a message needs at least 2 frames, got {len(frames)}")
-    header = _bytes(frames[0])
-    payload = [_buffer(f) for f in frames[1:-1]]
     try:
+        header = _bytes(frames[0])
+        payload = [_buffer(f) for f in frames[1:-1]]
         mac = _bytes(frames[-1])
-    except (TypeError, ValueError) as exc:
-        raise ProtocolError(f"unreadable mac frame: {exc}") from None
-    if len(mac) != MAC_SIZE or not hmac.compare_digest(mac, _mac(key, header, payload)):
+        expected = _mac(key, header, payload)
+    except (TypeError, ValueError, BufferError) as exc:
+        raise ProtocolError(f"a frame is not a readable buffer: {exc}") from None
+    if len(mac) != MAC_SIZE or not hmac.compare_digest(mac, expected):
         raise ProtocolError("bad or missing HMAC: sender does not have this run's key")
     try:
         head = msgpack.unpackb(header, raw=False, use_list=True, strict_map_key=True)

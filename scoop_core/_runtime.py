@@ -335,14 +335,13 @@ class Runtime:
         self._replies.clear()
 
 
-class RootRuntime(Runtime):
-    """The runtime of a root or embedding program.
+class ThreadedRuntime(Runtime):
+    """A runtime whose endpoint is owned by one background I/O thread.
 
-    One background thread owns the endpoint: other threads queue encoded
-    messages and wake it; it sends them and delivers incoming results, which
-    run done-callbacks in that thread (as ``concurrent.futures`` does)."""
-
-    role = m.ROOT
+    Other threads queue encoded messages and wake it; it sends them and hands
+    every incoming message to :meth:`on_io_message`, in the I/O thread. So a
+    process stays reachable (cancels answered, results delivered) while its
+    main thread runs user code."""
 
     def __init__(self, endpoint: Endpoint, **kwargs: Any) -> None:
         super().__init__(endpoint, **kwargs)
@@ -361,6 +360,9 @@ class RootRuntime(Runtime):
         self._outbox.append(m.encode(msg, self.key))
         self.endpoint.wakeup()
 
+    def on_io_message(self, msg: m.Message) -> None:
+        raise NotImplementedError
+
     def _loop(self) -> None:
         endpoint, outbox = self.endpoint, self._outbox
         try:
@@ -372,13 +374,35 @@ class RootRuntime(Runtime):
                 frames = endpoint.recv(1.0)
                 while frames is not None:
                     try:
-                        self.handle(m.decode(frames, self.key))
+                        msg = m.decode(frames, self.key)
                     except ProtocolError as exc:
                         log.warning("%s dropped a message from the broker: %s", self.name, exc)
+                    else:
+                        self.on_io_message(msg)
                     frames = endpoint.recv(0)
         except Exception:
             log.exception("the I/O thread of %s failed", self.name)
             self._on_shutdown("its I/O thread failed")
+
+    def stop_io(self) -> None:
+        """Send what is queued, then stop the I/O thread and close the endpoint."""
+        if self._stop:
+            return
+        self._stop = True
+        self.endpoint.wakeup()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(10)
+        self.endpoint.close()
+
+
+class RootRuntime(ThreadedRuntime):
+    """The runtime of a root or embedding program: results are delivered,
+    and done-callbacks run, in the I/O thread (as in ``concurrent.futures``)."""
+
+    role = m.ROOT
+
+    def on_io_message(self, msg: m.Message) -> None:
+        self.handle(msg)
 
     def close(self, reason: str = "done") -> None:
         """Say goodbye to the broker and stop the I/O thread. Idempotent."""
@@ -387,11 +411,7 @@ class RootRuntime(Runtime):
         if not self.closed:
             self._send(m.Bye(reason))
         self.closed = True
-        self._stop = True
-        self.endpoint.wakeup()
-        if self._thread is not None:
-            self._thread.join(10)
-        self.endpoint.close()
+        self.stop_io()
 
 
 _current: Runtime | None = None

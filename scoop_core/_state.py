@@ -67,6 +67,7 @@ FUTURE_TRANSITIONS: dict[tuple[State, str], State] = {
     (ASSIGNED, "finish"): DONE,
     (ASSIGNED, "raise"): FAILED,
     (ASSIGNED, "lose"): LOST,
+    (ASSIGNED, "recall"): QUEUED,
     (RUNNING, "block"): WAITING,
     (RUNNING, "finish"): DONE,
     (RUNNING, "raise"): FAILED,
@@ -135,7 +136,7 @@ class PeerRecord:
     slots: int
     state: State = CONNECTING
     credit: int = 0
-    holding: set[int] = field(default_factory=set)
+    holding: dict[int, None] = field(default_factory=dict)  # in the order handed over
 
     @property
     def is_worker(self) -> bool:
@@ -169,6 +170,10 @@ class BrokerBook:
         self._outbox: Outbox = []
         self._started: dict[bytes, list[int]] = {}
         self._results: dict[bytes, list[m.Outcome]] = {}
+        # Cancels forwarded to a worker and not answered yet: fid -> owner.
+        self._cancelling: dict[int, bytes] = {}
+        # Futures asked back from a busy worker for an idle one.
+        self._recalling: set[int] = set()
 
     # -- inputs -----------------------------------------------------------
 
@@ -213,12 +218,16 @@ class BrokerBook:
         self._outbox.append((peer, m.Welcome(rec.index, consts)))
         log.debug("peer %s (%s, %d slots) joined", msg.name, msg.role, rec.slots)
 
-    def _submit(self, rec: PeerRecord, tasks: Iterable[m.Task]) -> None:
+    def _submit(self, rec: PeerRecord, tasks: tuple[m.Task, ...]) -> None:
+        # Check the whole batch first: a refused batch changes nothing.
+        seen: set[int] = set()
         for t in tasks:
             if t.fid >> 32 != rec.index:
                 raise ProtocolError(f"{rec.name} submitted future {t.fid:#x} it does not own")
-            if t.fid in self.futures:
+            if t.fid in self.futures or t.fid in seen:
                 raise ProtocolError(f"{rec.name} submitted future {t.fid:#x} twice")
+            seen.add(t.fid)
+        for t in tasks:
             fut = FutureRecord(t.fid, rec.peer, t.parent, t.depth, t.frames)
             fut.fire("submit")
             self.futures[t.fid] = fut
@@ -262,7 +271,8 @@ class BrokerBook:
             self._results.setdefault(fut.owner, []).append(out)
 
     def _release(self, holder: PeerRecord, fut: FutureRecord) -> None:
-        holder.holding.discard(fut.fid)
+        holder.holding.pop(fut.fid, None)
+        self._recalling.discard(fut.fid)
         if not holder.holding and holder.state is BUSY:
             holder.fire("free")
         del self.futures[fut.fid]
@@ -278,18 +288,35 @@ class BrokerBook:
             self._outbox.append((rec.peer, m.CancelReply(fid, True)))
         elif fut.state is ASSIGNED and fut.holder is not None:
             # Only the worker knows whether it has started it: ask.
+            self._cancelling[fid] = rec.peer
             self._outbox.append((fut.holder, m.Cancel(fid)))
         else:
             self._outbox.append((rec.peer, m.CancelReply(fid, False)))
 
     def _cancel_reply(self, rec: PeerRecord, fid: int, cancelled: bool) -> None:
+        owner = self._cancelling.pop(fid, None)
+        self._recalling.discard(fid)
         fut = self._held(rec, fid)
         if fut is None:
+            # It finished (or was lost) before the worker read the cancel:
+            # the owner still waits for an answer.
+            if owner is not None:
+                self._outbox.append((owner, m.CancelReply(fid, False)))
+            return
+        if owner is None:
+            # A recall: the worker handed it back unstarted; queue it again.
+            if cancelled:
+                rec.holding.pop(fid, None)
+                if not rec.holding and rec.state is BUSY:
+                    rec.fire("free")
+                fut.holder = None
+                fut.fire("recall")
+                self._push(fut)
             return
         if cancelled:
             fut.fire("cancel")
             self._release(rec, fut)
-        self._outbox.append((fut.owner, m.CancelReply(fid, cancelled)))
+        self._outbox.append((owner, m.CancelReply(fid, cancelled)))
 
     def _set_const(self, rec: PeerRecord, name: str, frames: tuple[Frame, ...]) -> None:
         if name in self.constants:
@@ -319,7 +346,14 @@ class BrokerBook:
             fut.fire("lose")
             fut.losses += 1
             fut.holder = None
-            if fut.losses >= self.max_losses:
+            self._recalling.discard(fid)
+            owner = self._cancelling.pop(fid, None)
+            if owner is not None:
+                # Its owner asked to cancel it: do so rather than run it again.
+                fut.fire("cancel")
+                del self.futures[fid]
+                self._outbox.append((owner, m.CancelReply(fid, True)))
+            elif fut.losses >= self.max_losses:
                 fut.fire("fail")
                 del self.futures[fid]
                 self._results.setdefault(fut.owner, []).append(m.Outcome(fid, m.LOST, 0.0, ()))
@@ -348,14 +382,16 @@ class BrokerBook:
     # -- outputs ----------------------------------------------------------
 
     def dispatch(self) -> None:
-        """Hand queued futures to workers that asked for them, round-robin."""
+        """Hand queued futures to workers that asked for them, the least
+        loaded first; if workers sit idle while others hold futures they have
+        not started, ask those back (work stealing)."""
         takers = [p for p in self.peers.values() if p.credit > 0 and p.state in (IDLE, BUSY)]
-        if not takers or not self._queue:
+        if not takers:
             return
         batches: dict[bytes, list[m.Task]] = {}
         queue, futures = self._queue, self.futures
         while queue and takers:
-            for rec in list(takers):
+            for rec in sorted(takers, key=lambda p: (len(p.holding), -p.credit)):
                 fut = None
                 while queue:
                     _, _, fid = heapq.heappop(queue)
@@ -367,7 +403,7 @@ class BrokerBook:
                     break
                 fut.fire("assign")
                 fut.holder = rec.peer
-                rec.holding.add(fut.fid)
+                rec.holding[fut.fid] = None
                 rec.fire("assign")
                 rec.credit -= 1
                 if rec.credit == 0:
@@ -377,6 +413,29 @@ class BrokerBook:
                 )
         for peer, tasks in batches.items():
             self._outbox.append((peer, m.Tasks(tuple(tasks))))
+        idle = sum(p.credit for p in takers if not p.holding)
+        if idle > len(self._recalling):
+            self._recall(idle - len(self._recalling))
+
+    def _recall(self, count: int) -> None:
+        """Ask busy workers to hand back up to ``count`` futures they hold but
+        have not started (the newest first: the last a worker would start)."""
+        for holder in sorted(self.workers, key=lambda p: -len(p.holding)):
+            if len(holder.holding) < 2:
+                return
+            # The oldest future a worker holds is the one it is running.
+            for fid in list(holder.holding)[:0:-1]:
+                if count <= 0:
+                    return
+                fut = self.futures[fid]
+                if (
+                    fut.state is ASSIGNED
+                    and fid not in self._recalling
+                    and fid not in self._cancelling
+                ):
+                    self._recalling.add(fid)
+                    self._outbox.append((holder.peer, m.Cancel(fid)))
+                    count -= 1
 
     def take_outbox(self) -> Outbox:
         """Messages to send, in order; coalesced per owner where possible."""
@@ -430,16 +489,19 @@ class WorkerBook:
         self.queue: deque[Job] = deque()
         self.asked = 0  # credit granted to the broker and not yet used
 
-    def receive(self, tasks: Iterable[m.Task]) -> None:
+    def receive(self, tasks: tuple[m.Task, ...]) -> None:
+        if len(tasks) > self.asked:
+            raise ProtocolError(
+                f"the broker sent {len(tasks)} futures, more futures than were asked for ({self.asked})"
+            )
+        fids = {t.fid for t in tasks}
+        if len(fids) != len(tasks) or not fids.isdisjoint(self.jobs):
+            raise ProtocolError("a future was received twice")
         for t in tasks:
-            if t.fid in self.jobs:
-                raise ProtocolError(f"future {t.fid:#x} received twice")
             job = Job(t)
             self.jobs[t.fid] = job
             self.queue.append(job)
-            self.asked -= 1
-        if self.asked < 0:
-            raise ProtocolError("the broker sent more futures than were asked for")
+        self.asked -= len(tasks)
 
     def next_job(self) -> Job | None:
         while self.queue:
@@ -450,14 +512,20 @@ class WorkerBook:
         return None
 
     def block(self, fid: int) -> None:
-        self.jobs[fid].fire("block")
+        self._job(fid).fire("block")
 
     def resume(self, fid: int) -> None:
-        self.jobs[fid].fire("resume")
+        self._job(fid).fire("resume")
+
+    def _job(self, fid: int) -> Job:
+        try:
+            return self.jobs[fid]
+        except KeyError:
+            raise ProtocolError(f"future {fid:#x} is not held here") from None
 
     def finish(self, fid: int, ok: bool) -> None:
-        job = self.jobs.pop(fid)
-        job.fire("finish" if ok else "raise")
+        self._job(fid).fire("finish" if ok else "raise")
+        del self.jobs[fid]
 
     def cancel(self, fid: int) -> bool:
         """Cancel a future that has not started; False if it has (or is unknown)."""

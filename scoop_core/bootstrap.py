@@ -10,15 +10,16 @@ Everything else comes from ``_SCOOP_*`` environment variables set by
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import os
-import runpy
 import signal
 import sys
 import threading
 import time
 import traceback
+import types
 from typing import Any
 
 from scoop_core import _runtime, context
@@ -91,7 +92,7 @@ def run_worker() -> int:
         workers=size,
         prefetch=int(_env("_SCOOP_PREFETCH", "2")),
     )
-    rt.handshake(30.0)
+    rt.start(30.0)
     _runtime.set_current(rt)
     program = os.environ.get("_SCOOP_PROGRAM")
     if program:
@@ -106,7 +107,6 @@ def run_worker() -> int:
         log.info("%s wrote its profile to %s", name, path)
     else:
         rt.serve(program)
-    endpoint.close()
     return 0
 
 
@@ -120,12 +120,9 @@ def run_root(program: str, args: list[str]) -> int:
     _runtime.set_current(rt)
     sys.argv = [program, *args]
     sys.path[0] = os.path.dirname(os.path.abspath(program))
-    # Results pickled by workers name the program's module __scoop_main__.
-    main = sys.modules["__main__"]
-    sys.modules["__scoop_main__"] = main
     code = 0
     try:
-        runpy.run_path(program, run_name="__main__")
+        _run_as_main(program)
     except SystemExit as exc:
         code = _exit_code(exc.code)
     except BaseException:
@@ -138,6 +135,20 @@ def run_root(program: str, args: list[str]) -> int:
             pass
         rt.close()
     return code
+
+
+def _run_as_main(program: str) -> None:
+    """Run the program as ``__main__``, as ``python prog.py`` would. Results
+    pickled by workers name the program's module ``__scoop_main__``: here
+    that is this same module."""
+    with open(program, "rb") as fh:
+        code = compile(fh.read(), program, "exec")
+    module = types.ModuleType("__main__")
+    module.__file__ = program
+    module.__builtins__ = builtins  # type: ignore[attr-defined]
+    sys.modules["__main__"] = module
+    sys.modules["__scoop_main__"] = module
+    exec(code, module.__dict__)
 
 
 def _exit_code(code: object) -> int:

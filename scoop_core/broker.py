@@ -106,3 +106,7 @@ class Broker:
             self.book.handle(peer, msg)
         except ProtocolError as exc:
             log.warning("ignored %s from peer %r: %s", type(msg).__name__, peer, exc)
+        except Exception:
+            # A well-signed but malformed message (a peer of another version,
+            # or a bug): the broker must outlive it.
+            log.exception("could not apply %s from peer %r", type(msg).__name__, peer)

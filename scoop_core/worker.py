@@ -19,6 +19,7 @@ import importlib.util
 import logging
 import os
 import sys
+import threading
 import time
 from collections import deque
 from typing import Any
@@ -27,10 +28,10 @@ import greenlet
 
 from scoop_core import _calls, _future
 from scoop_core import _messages as m
-from scoop_core._calls import ChunkResult, RemoteException, capture, portable
-from scoop_core._runtime import Runtime, _short
+from scoop_core._calls import Chunk, ChunkResult, RemoteException, capture, portable
+from scoop_core._runtime import ThreadedRuntime, _short
 from scoop_core._state import Job, WorkerBook
-from scoop_core.errors import ProtocolError, SerializationError
+from scoop_core.errors import SerializationError
 from scoop_core.interfaces import Endpoint, Serializer
 
 log = logging.getLogger("scoop.worker")
@@ -70,18 +71,24 @@ class GreenletEvent:
             worker.add_timer(time.monotonic() + max(0.0, timeout), self)
         job = me.job
         if job is not None:
-            worker.book.block(job.task.fid)
+            with worker._lock:
+                worker.book.block(job.task.fid)
             worker.note_started(job)
         try:
             worker.hub.switch()
         finally:
             self.waiter = None
             if job is not None:
-                worker.book.resume(job.task.fid)
+                with worker._lock:
+                    worker.book.resume(job.task.fid)
         return self.flag
 
 
-class WorkerRuntime(Runtime):
+class WorkerRuntime(ThreadedRuntime):
+    """A worker: the main thread runs futures in greenlets; the I/O thread
+    keeps the worker reachable while user code runs, taking in new futures
+    and answering cancels (and recalls) of futures that have not started."""
+
     role = m.WORKER
 
     def __init__(
@@ -105,6 +112,11 @@ class WorkerRuntime(Runtime):
         self._announced: set[int] = set()
         self._running = True
         self._parent_pid = os.getppid()
+        self._inbox: deque[m.Message] = deque()
+        self._wake = threading.Event()
+        # The book is shared with the I/O thread, which adds futures and
+        # cancels unstarted ones while the main thread runs others.
+        self._lock = threading.Lock()
 
     @property
     def slots(self) -> int:
@@ -112,8 +124,18 @@ class WorkerRuntime(Runtime):
 
     # -- hooks for the rest of the core ----------------------------------------
 
-    def _send(self, msg: m.Message) -> None:
-        self.endpoint.send(m.encode(msg, self.key))
+    def on_io_message(self, msg: m.Message) -> None:
+        if isinstance(msg, m.Tasks):
+            with self._lock:
+                self.book.receive(msg.tasks)
+        elif isinstance(msg, m.Cancel):
+            with self._lock:
+                cancelled = self.book.cancel(msg.fid)
+            self._send(m.CancelReply(msg.fid, cancelled))
+            return
+        else:
+            self._inbox.append(msg)
+        self._wake.set()
 
     def current_parent(self) -> tuple[int, int]:
         job = getattr(greenlet.getcurrent(), "job", None)
@@ -143,6 +165,12 @@ class WorkerRuntime(Runtime):
         status = m.OK
         try:
             payload = self.serializer.loads(job.task.frames)
+            if not isinstance(payload, Chunk):
+                # A submitted future's owner may ask running() or cancel():
+                # say it started before running it. (Chunks of a map are
+                # never seen by the user, so they spare the message.)
+                self.note_started(job)
+                self._flush()
             value: Any = payload.run()
         except BaseException as exc:
             if isinstance(exc, greenlet.GreenletExit):
@@ -153,7 +181,8 @@ class WorkerRuntime(Runtime):
         if frames is None:
             status, frames = m.RAISED, self._dump_unsendable(value)
         self._announced.discard(fid)
-        self.book.finish(fid, status == m.OK)
+        with self._lock:
+            self.book.finish(fid, status == m.OK)
         self._results.append(m.Outcome(fid, status, elapsed, tuple(frames)))
 
     def _dump_outcome(self, fid: int, status: int, value: Any) -> list[Any] | None:
@@ -209,7 +238,8 @@ class WorkerRuntime(Runtime):
                 ready.popleft().switch()
                 progressed = True
             else:
-                job = book.next_job()
+                with self._lock:
+                    job = book.next_job()
                 if job is not None:
                     g = TaskGreenlet(self._run_job)
                     g.job = job
@@ -217,10 +247,11 @@ class WorkerRuntime(Runtime):
                     progressed = True
             self._fire_timers()
             self._flush()
-            want = book.wanted(len(ready))
+            with self._lock:
+                want = book.wanted(len(ready))
             if want:
                 self._send(m.Ready(want))
-            self._pump(0.0 if (progressed or ready) else self._idle_timeout())
+            self._take_messages(0.0 if (progressed or ready) else self._idle_timeout())
             now = time.monotonic()
             if now - last_check > 1.0:
                 last_check = now
@@ -231,6 +262,7 @@ class WorkerRuntime(Runtime):
                     log.warning("%s: the launcher is gone; exiting", self.name)
                     break
         self._flush()
+        self.stop_io()
 
     def _idle_timeout(self) -> float:
         if self._timers:
@@ -256,27 +288,20 @@ class WorkerRuntime(Runtime):
             self._send(m.Results(tuple(self._results)))
             self._results = []
 
-    def _pump(self, timeout: float) -> None:
-        frames = self.endpoint.recv(timeout)
-        while frames is not None:
-            try:
-                msg = m.decode(frames, self.key)
-            except ProtocolError as exc:
-                log.warning("%s dropped a message: %s", self.name, exc)
+    def _take_messages(self, timeout: float) -> None:
+        """Apply what the I/O thread received, waiting up to ``timeout`` for some."""
+        inbox = self._inbox
+        if not inbox and timeout > 0:
+            self._wake.clear()
+            if not inbox:  # it may have arrived between the test and the clear
+                self._wake.wait(timeout)
+        while inbox:
+            msg = inbox.popleft()
+            if isinstance(msg, m.Shutdown):
+                self._running = False
+                self._on_shutdown(msg.reason)
             else:
-                self._on_message(msg)
-            frames = self.endpoint.recv(0)
-
-    def _on_message(self, msg: m.Message) -> None:
-        if isinstance(msg, m.Tasks):
-            self.book.receive(msg.tasks)
-        elif isinstance(msg, m.Cancel):
-            self._send(m.CancelReply(msg.fid, self.book.cancel(msg.fid)))
-        elif isinstance(msg, m.Shutdown):
-            self._running = False
-            self._on_shutdown(msg.reason)
-        else:
-            self.handle(msg)
+                self.handle(msg)
 
     def _import_program(self, program: str) -> None:
         """Import the user's program under another name than ``__main__``, so

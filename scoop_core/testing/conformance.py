@@ -42,6 +42,7 @@ __all__ = [
     "check_address",
     "check_close",
     "check_close_from_another_thread",
+    "check_forward_received_frames",
     "check_fresh_transport_connects",
     "check_frame_types",
     "check_large_frame",
@@ -84,19 +85,27 @@ def _short(data: bytes) -> str:
     return repr(data) if len(data) <= 40 else f"{data[:20]!r}...({len(data)} bytes)"
 
 
+def _first_difference(data: bytes, want: bytes) -> int:
+    return next(
+        (i for i, (a, b) in enumerate(zip(data, want, strict=False)) if a != b),
+        min(len(data), len(want)),
+    )
+
+
 def _expect_frames(got: Sequence[Frame] | None, expected: Sequence[bytes], what: str) -> None:
-    _expect(got is not None, f"{what}: expected a message, got None")
-    assert got is not None  # for the type checker; _expect has checked
+    if got is None:
+        raise AssertionError(f"{what}: expected a message, got None")
     _expect(
         len(got) == len(expected),
         f"{what}: expected {len(expected)} frames, got {len(got)} (messages must arrive whole)",
     )
     for index, (frame, want) in enumerate(zip(got, expected, strict=True)):
         data = _bytes(frame)
-        _expect(
-            data == want,
-            f"{what}: frame {index} differs: expected {_short(want)}, got {_short(data)}",
-        )
+        if data != want:
+            raise AssertionError(
+                f"{what}: frame {index} differs from byte {_first_difference(data, want)} on: "
+                f"expected {_short(want)}, got {_short(data)}"
+            )
 
 
 def _run_id() -> str:
@@ -121,7 +130,7 @@ def _opened(
 
 
 def _hub_recv(hub: Hub, what: str) -> tuple[bytes, list[Frame]]:
-    """The next message at the hub, skipping ``None`` (allowed spuriously) until WAIT passes."""
+    """The next message at the hub, waiting up to :data:`WAIT` seconds in all."""
     deadline = time.monotonic() + WAIT
     while (remaining := deadline - time.monotonic()) > 0:
         got = hub.recv(remaining)
@@ -131,6 +140,7 @@ def _hub_recv(hub: Hub, what: str) -> tuple[bytes, list[Frame]]:
 
 
 def _endpoint_recv(endpoint: Endpoint, what: str) -> list[Frame]:
+    """The next message at the endpoint, waiting up to :data:`WAIT` seconds in all."""
     deadline = time.monotonic() + WAIT
     while (remaining := deadline - time.monotonic()) > 0:
         got = endpoint.recv(remaining)
@@ -236,6 +246,28 @@ def check_frame_types(make_transport: MakeTransport) -> None:
             expected,
             "buffer types, hub -> endpoint",
         )
+
+
+def check_forward_received_frames(make_transport: MakeTransport) -> None:
+    """Frames that ``recv`` returned can be sent on as they are, to several peers.
+
+    A broker relays payload frames from one peer to another without copying
+    them, so a received frame must be a valid frame to send, more than once.
+    """
+    identities = [b"check-sender", b"check-first", b"check-second"]
+    frames = [b"envelope", bytes(range(256)) * 1024]
+    with _opened(make_transport, identities) as (hub, [sender, first, second]):
+        for endpoint in (first, second):
+            _hello(hub, endpoint)
+        sender.send(frames)
+        _, received = _hub_recv(hub, "a message to relay")
+        for identity, endpoint in ((b"check-first", first), (b"check-second", second)):
+            hub.send(identity, received)
+            relayed = _endpoint_recv(endpoint, f"relayed frames to {identity!r}")
+            _expect_frames(relayed, frames, f"frames the hub received, relayed to {identity!r}")
+            endpoint.send(relayed)
+            _, back = _hub_recv(hub, f"frames {identity!r} received, sent back")
+            _expect_frames(back, frames, f"frames {identity!r} received, sent back to the hub")
 
 
 def check_peer_identity(make_transport: MakeTransport) -> None:
@@ -505,6 +537,7 @@ TRANSPORT_CHECKS: tuple[Callable[[MakeTransport], None], ...] = (
     check_address,
     check_round_trip,
     check_frame_types,
+    check_forward_received_frames,
     check_peer_identity,
     check_ordering,
     check_many_endpoints,

@@ -89,10 +89,10 @@ class _Socket:
         self._closed = False
 
     def send(self, frames: list[Frame]) -> None:
-        """Send one multipart message; the caller holds ``_io_lock``."""
-        if self._closed:
-            raise TransportClosed(f"{self._describe} is closed; it cannot send any more")
-        self.sock.send_multipart(frames, copy=False)
+        with self._io_lock:
+            if self._closed:
+                raise TransportClosed(f"{self._describe} is closed; it cannot send any more")
+            self.sock.send_multipart(frames, copy=False)
 
     def recv(self, timeout: float | None) -> list[zmq.Frame] | None:
         with self._io_lock:
@@ -170,16 +170,14 @@ class ZmqHub(Hub):
         self._core = core
 
     def send(self, peer: bytes, frames: Sequence[Frame]) -> None:
-        message = [peer, *_message(frames)]
-        with self._core._io_lock:
-            try:
-                self._core.send(message)
-            except zmq.ZMQError as exc:
-                if exc.errno != zmq.EHOSTUNREACH:
-                    raise
-                # Gone or never connected: the broker learns of departures
-                # from heartbeats, not from here.
-                log.debug("hub %s: dropped a message to unknown peer %r", self.address, peer)
+        try:
+            self._core.send([peer, *_message(frames)])
+        except zmq.ZMQError as exc:
+            if exc.errno != zmq.EHOSTUNREACH:
+                raise
+            # Gone or never connected: the broker learns of departures from
+            # heartbeats, not from here.
+            log.debug("hub %s: dropped a message to unknown peer %r", self.address, peer)
 
     def recv(self, timeout: float | None) -> tuple[bytes, list[Frame]] | None:
         frames = self._core.recv(timeout)
@@ -201,9 +199,7 @@ class ZmqEndpoint(Endpoint):
         self._core = core
 
     def send(self, frames: Sequence[Frame]) -> None:
-        message = _message(frames)
-        with self._core._io_lock:
-            self._core.send(message)
+        self._core.send(_message(frames))
 
     def recv(self, timeout: float | None) -> list[Frame] | None:
         return self._core.recv(timeout)

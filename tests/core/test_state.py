@@ -1,0 +1,1016 @@
+"""The future, worker and broker state machines, driven directly: no I/O.
+
+Written after h11's ``test_state.py``: every legal edge is fired, every
+illegal one raises ProtocolError and leaves the state as it was, and the
+broker's bookkeeping is told as stories of fake peers (plain ``bytes`` ids)
+exchanging the real wire messages. A Hypothesis state machine then shuffles
+submissions, credit, dispatch, answers and departures, and checks the one
+promise users care about most: every future comes back exactly once.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from collections.abc import Iterable
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from scoop_core import _messages as m
+from scoop_core._state import (
+    ASSIGNED,
+    BUSY,
+    CANCELLED,
+    CONNECTING,
+    DONE,
+    DRAINING,
+    FAILED,
+    FUTURE_TRANSITIONS,
+    GONE,
+    IDLE,
+    LOST,
+    PENDING,
+    QUEUED,
+    RUNNING,
+    WAITING,
+    WORKER_TRANSITIONS,
+    BrokerBook,
+    FutureRecord,
+    Job,
+    PeerRecord,
+    State,
+    WorkerBook,
+    transition,
+)
+from scoop_core.errors import ProtocolError
+
+# -- the transition tables ---------------------------------------------------------
+
+# The lifecycles as DESIGN.md tells them, written out here so that a change to
+# the tables in _state.py has to be a deliberate change to this list too.
+EXPECTED_FUTURE_EDGES = {
+    (PENDING, "submit"): QUEUED,
+    (PENDING, "cancel"): CANCELLED,
+    (QUEUED, "assign"): ASSIGNED,
+    (QUEUED, "cancel"): CANCELLED,
+    (ASSIGNED, "start"): RUNNING,
+    (ASSIGNED, "cancel"): CANCELLED,
+    (ASSIGNED, "finish"): DONE,
+    (ASSIGNED, "raise"): FAILED,
+    (ASSIGNED, "lose"): LOST,
+    (ASSIGNED, "recall"): QUEUED,
+    (RUNNING, "block"): WAITING,
+    (RUNNING, "finish"): DONE,
+    (RUNNING, "raise"): FAILED,
+    (RUNNING, "lose"): LOST,
+    (WAITING, "resume"): RUNNING,
+    (WAITING, "lose"): LOST,
+    (LOST, "requeue"): QUEUED,
+    (LOST, "fail"): FAILED,
+    (LOST, "cancel"): CANCELLED,
+}
+EXPECTED_WORKER_EDGES = {
+    (CONNECTING, "welcome"): IDLE,
+    (IDLE, "assign"): BUSY,
+    (BUSY, "assign"): BUSY,
+    (BUSY, "free"): IDLE,
+    (IDLE, "drain"): DRAINING,
+    (BUSY, "drain"): DRAINING,
+    (CONNECTING, "leave"): GONE,
+    (IDLE, "leave"): GONE,
+    (BUSY, "leave"): GONE,
+    (DRAINING, "leave"): GONE,
+}
+FUTURE_STATES = (PENDING, QUEUED, ASSIGNED, RUNNING, WAITING, DONE, FAILED, CANCELLED, LOST)
+FUTURE_EVENTS = sorted({event for _, event in EXPECTED_FUTURE_EDGES} | {"bogus"})
+WORKER_STATES = (CONNECTING, IDLE, BUSY, DRAINING, GONE)
+WORKER_EVENTS = sorted({event for _, event in EXPECTED_WORKER_EDGES} | {"bogus"})
+
+
+def _edge_id(edge: tuple[tuple[State, str], State]) -> str:
+    (state, event), after = edge
+    return f"{state!r}-{event}->{after!r}"
+
+
+def _pair_id(pair: tuple[State, str]) -> str:
+    state, event = pair
+    return f"{state!r}-{event}"
+
+
+def _future(state: State = PENDING) -> FutureRecord:
+    return FutureRecord(fid=1 << 32 | 1, owner=b"root", parent=0, depth=0, frames=(), state=state)
+
+
+def _peer(state: State = CONNECTING) -> PeerRecord:
+    return PeerRecord(peer=b"w", index=2, role=m.WORKER, name="w", slots=1, state=state)
+
+
+def _job(state: State = ASSIGNED) -> Job:
+    return Job(m.Task(1 << 32 | 1, 0, 0, ()), state=state)
+
+
+def test_the_tables_are_the_documented_lifecycles() -> None:
+    assert FUTURE_TRANSITIONS == EXPECTED_FUTURE_EDGES
+    assert WORKER_TRANSITIONS == EXPECTED_WORKER_EDGES
+
+
+@pytest.mark.parametrize("edge", EXPECTED_FUTURE_EDGES.items(), ids=_edge_id)
+def test_every_legal_future_transition(edge: tuple[tuple[State, str], State]) -> None:
+    (before, event), after = edge
+    assert transition(FUTURE_TRANSITIONS, before, event) is after
+    # The broker's record and the worker's job both follow the same table.
+    fut = _future(before)
+    fut.fire(event)
+    assert fut.state is after
+    job = _job(before)
+    job.fire(event)
+    assert job.state is after
+
+
+@pytest.mark.parametrize("edge", EXPECTED_WORKER_EDGES.items(), ids=_edge_id)
+def test_every_legal_worker_transition(edge: tuple[tuple[State, str], State]) -> None:
+    (before, event), after = edge
+    assert transition(WORKER_TRANSITIONS, before, event) is after
+    peer = _peer(before)
+    peer.fire(event)
+    assert peer.state is after
+
+
+ILLEGAL_FUTURE_PAIRS = [
+    (state, event)
+    for state in FUTURE_STATES
+    for event in FUTURE_EVENTS
+    if (state, event) not in EXPECTED_FUTURE_EDGES
+]
+ILLEGAL_WORKER_PAIRS = [
+    (state, event)
+    for state in WORKER_STATES
+    for event in WORKER_EVENTS
+    if (state, event) not in EXPECTED_WORKER_EDGES
+]
+
+
+@pytest.mark.parametrize("pair", ILLEGAL_FUTURE_PAIRS, ids=_pair_id)
+def test_illegal_future_events_raise_and_change_nothing(pair: tuple[State, str]) -> None:
+    state, event = pair
+    with pytest.raises(ProtocolError, match=rf"{event!r} is illegal in state {state!r}"):
+        transition(FUTURE_TRANSITIONS, state, event)
+    fut = _future(state)
+    with pytest.raises(ProtocolError):
+        fut.fire(event)
+    assert fut.state is state
+    job = _job(state)
+    with pytest.raises(ProtocolError):
+        job.fire(event)
+    assert job.state is state
+
+
+@pytest.mark.parametrize("pair", ILLEGAL_WORKER_PAIRS, ids=_pair_id)
+def test_illegal_worker_events_raise_and_change_nothing(pair: tuple[State, str]) -> None:
+    state, event = pair
+    peer = _peer(state)
+    with pytest.raises(ProtocolError, match=rf"{event!r} is illegal in state {state!r}"):
+        peer.fire(event)
+    assert peer.state is state
+
+
+@pytest.mark.parametrize("state", [DONE, FAILED, CANCELLED])
+def test_a_finished_future_can_never_be_revived(state: State) -> None:
+    assert not [event for (s, event) in FUTURE_TRANSITIONS if s is state]
+
+
+def test_a_departed_worker_can_never_come_back_as_the_same_record() -> None:
+    assert not [event for (s, event) in WORKER_TRANSITIONS if s is GONE]
+
+
+def test_a_lost_future_is_never_left_lost() -> None:
+    # LOST is a way station: the broker queues it again, fails it, or cancels it.
+    assert {FUTURE_TRANSITIONS[LOST, e] for (s, e) in FUTURE_TRANSITIONS if s is LOST} == {
+        QUEUED,
+        FAILED,
+        CANCELLED,
+    }
+
+
+def test_a_future_lifecycle_from_submission_to_done() -> None:
+    fut = _future()
+    for event, state in [
+        ("submit", QUEUED),
+        ("assign", ASSIGNED),
+        ("start", RUNNING),
+        ("block", WAITING),
+        ("resume", RUNNING),
+        ("block", WAITING),
+        ("resume", RUNNING),
+        ("finish", DONE),
+    ]:
+        fut.fire(event)
+        assert fut.state is state
+
+
+def test_a_lost_future_runs_again() -> None:
+    fut = _future(RUNNING)
+    for event, state in [("lose", LOST), ("requeue", QUEUED), ("assign", ASSIGNED)]:
+        fut.fire(event)
+        assert fut.state is state
+
+
+# -- the broker's bookkeeping, as stories ------------------------------------------
+
+ROOT = b"root"
+W1, W2, W3 = b"w1", b"w2", b"w3"
+
+
+class Run:
+    """A broker book and the mailboxes of the fake peers around it."""
+
+    def __init__(self, **book_options: int) -> None:
+        self.book = BrokerBook(**book_options)
+        self.inbox: dict[bytes, list[m.Message]] = defaultdict(list)
+        self.index: dict[bytes, int] = {}
+        self.seq: dict[bytes, int] = defaultdict(int)
+
+    def join(self, peer: bytes, slots: int = 0) -> m.Welcome:
+        role = m.WORKER if slots else m.ROOT
+        self.send(peer, m.Hello(role, peer.decode(), 1000, "localhost", slots))
+        (welcome,) = self.take(peer)
+        assert isinstance(welcome, m.Welcome)
+        self.index[peer] = welcome.index
+        return welcome
+
+    def send(self, peer: bytes, msg: m.Message) -> None:
+        self.book.handle(peer, msg)
+        self.flush()
+
+    def flush(self) -> None:
+        self.book.dispatch()
+        for peer, msg in self.book.take_outbox():
+            self.inbox[peer].append(msg)
+
+    def take(self, peer: bytes) -> list[m.Message]:
+        return self.inbox.pop(peer, [])
+
+    def task(self, owner: bytes, depth: int = 0, parent: int = 0) -> m.Task:
+        """A new future of ``owner``, with an id in ``owner``'s range."""
+        self.seq[owner] += 1
+        fid = self.index[owner] << 32 | self.seq[owner]
+        return m.Task(fid, parent, depth, (b"call-%d" % fid,))
+
+    def submit(self, owner: bytes, count: int = 1, depth: int = 0) -> list[int]:
+        tasks = tuple(self.task(owner, depth) for _ in range(count))
+        self.send(owner, m.Submit(tasks))
+        return [t.fid for t in tasks]
+
+    def tasks_for(self, peer: bytes) -> list[int]:
+        """Ids of the futures handed to ``peer`` since the last look."""
+        msgs = self.take(peer)
+        assert all(isinstance(msg, m.Tasks) for msg in msgs), msgs
+        return [t.fid for msg in msgs if isinstance(msg, m.Tasks) for t in msg.tasks]
+
+    def answer(self, peer: bytes, fids: Iterable[int], status: int = m.OK) -> None:
+        self.send(peer, m.Results(tuple(m.Outcome(f, status, 0.0, (b"v",)) for f in fids)))
+
+
+def outcomes(msgs: list[m.Message]) -> list[tuple[int, int]]:
+    """(fid, status) of every outcome in ``msgs``."""
+    return [(o.fid, o.status) for msg in msgs if isinstance(msg, m.Results) for o in msg.outcomes]
+
+
+@pytest.fixture
+def run() -> Run:
+    run = Run()
+    run.join(ROOT)
+    return run
+
+
+def test_a_future_runs_once_and_leaves_no_trace(run: Run) -> None:
+    run.join(W1, slots=1)
+    task = run.task(ROOT)
+    run.send(ROOT, m.Submit((task,)))
+    assert run.take(W1) == []  # the worker asked for nothing yet
+    assert run.book.queued == 1
+
+    run.send(W1, m.Ready(1))
+    assert run.take(W1) == [m.Tasks((task,))]
+    assert run.book.peers[W1].state is BUSY
+
+    run.send(W1, m.Started([task.fid]))
+    assert run.take(ROOT) == [m.Started([task.fid])]
+
+    outcome = m.Outcome(task.fid, m.OK, 0.5, (b"42",))
+    run.send(W1, m.Results((outcome,)))
+    assert run.take(ROOT) == [m.Results((outcome,))]
+    assert len(run.book.futures) == 0
+    assert run.book.peers[W1].state is IDLE
+
+    # The same answer again (a retransmission, a confused worker) reaches nobody.
+    run.send(W1, m.Results((outcome,)))
+    assert run.take(ROOT) == []
+
+
+def test_a_failed_future_is_forwarded_and_forgotten_too(run: Run) -> None:
+    run.join(W1, slots=1)
+    (fid,) = run.submit(ROOT)
+    run.send(W1, m.Ready(1))
+    assert run.tasks_for(W1) == [fid]
+    run.answer(W1, [fid], status=m.RAISED)
+    assert outcomes(run.take(ROOT)) == [(fid, m.RAISED)]
+    assert run.book.futures == {}
+
+
+def test_a_worker_gets_exactly_the_futures_it_asked_for(run: Run) -> None:
+    run.join(W1, slots=1)
+    fids = run.submit(ROOT, 10)
+    run.send(W1, m.Ready(3))
+    assert run.tasks_for(W1) == fids[:3]
+    run.flush()
+    assert run.tasks_for(W1) == []  # its credit is spent
+    # Credit adds up until it is used.
+    run.book.handle(W1, m.Ready(1))
+    run.book.handle(W1, m.Ready(2))
+    run.flush()
+    assert run.tasks_for(W1) == fids[3:6]
+    run.send(W1, m.Ready(0))
+    assert run.tasks_for(W1) == []
+    assert run.book.queued == 4
+
+
+def test_credit_waits_for_work(run: Run) -> None:
+    run.join(W1, slots=1)
+    run.send(W1, m.Ready(2))
+    assert run.tasks_for(W1) == []
+    fids = run.submit(ROOT, 3)
+    assert run.tasks_for(W1) == fids[:2]
+
+
+def test_dispatch_goes_round_robin_across_workers(run: Run) -> None:
+    for w in (W1, W2, W3):
+        run.join(w, slots=1)
+        run.book.handle(w, m.Ready(3))
+    fids = run.submit(ROOT, 3)
+    # Three futures, three workers with room: one each, not three for the first.
+    assert [run.tasks_for(w) for w in (W1, W2, W3)] == [[fids[0]], [fids[1]], [fids[2]]]
+
+    fids = run.submit(ROOT, 5)
+    got = {w: run.tasks_for(w) for w in (W1, W2, W3)}
+    assert sorted(len(v) for v in got.values()) == [1, 2, 2]
+    assert sorted(f for v in got.values() for f in v) == fids
+
+
+def test_uneven_credit_is_respected(run: Run) -> None:
+    run.join(W1, slots=1)
+    run.join(W2, slots=1)
+    run.book.handle(W1, m.Ready(3))
+    run.book.handle(W2, m.Ready(1))
+    fids = run.submit(ROOT, 6)
+    w1, w2 = run.tasks_for(W1), run.tasks_for(W2)
+    assert (len(w1), len(w2)) == (3, 1)
+    assert sorted(w1 + w2) == fids[:4]
+    assert run.book.queued == 2
+
+
+def test_deepest_futures_go_first_and_equal_depths_in_order(run: Run) -> None:
+    run.join(W1, slots=1)
+    tasks = [run.task(ROOT, depth) for depth in (0, 0, 2, 1, 2, 0, 1)]
+    run.send(ROOT, m.Submit(tuple(tasks)))
+    run.send(W1, m.Ready(len(tasks)))
+    by_depth = sorted(tasks, key=lambda t: -t.depth)  # stable: submission order kept
+    assert run.tasks_for(W1) == [t.fid for t in by_depth]
+
+
+def test_a_nested_child_overtakes_waiting_top_level_work(run: Run) -> None:
+    run.join(W1, slots=1)
+    top = run.submit(ROOT, 3)
+    run.send(W1, m.Ready(1))
+    (parent,) = run.tasks_for(W1)
+    assert parent == top[0]
+    # The worker's future submits a child (an id in the worker's own range) and waits on it.
+    child = run.task(W1, depth=1, parent=parent)
+    run.send(W1, m.Submit((child,)))
+    run.send(W1, m.Ready(1))
+    assert run.tasks_for(W1) == [child.fid]
+    # The child's result goes to the worker that owns it, not to the root.
+    run.answer(W1, [child.fid])
+    assert outcomes(run.take(W1)) == [(child.fid, m.OK)]
+    assert run.take(ROOT) == []
+
+
+def test_a_departed_worker_futures_run_elsewhere_exactly_once(run: Run) -> None:
+    run.join(W1, slots=1)
+    run.join(W2, slots=1)
+    fids = run.submit(ROOT, 2)
+    run.send(W1, m.Ready(2))
+    assert run.tasks_for(W1) == fids
+    run.send(W1, m.Started([fids[0]]))
+    run.take(ROOT)
+
+    assert run.book.leave(W1) == fids
+    run.flush()
+    assert W1 not in run.book.peers
+    assert run.book.queued == 2
+
+    run.send(W2, m.Ready(2))
+    assert run.tasks_for(W2) == fids
+    # A late answer from the departed worker is refused and reaches nobody.
+    with pytest.raises(ProtocolError, match="unknown peer"):
+        run.book.handle(W1, m.Results((m.Outcome(fids[0], m.OK, 0.0, (b"stale",)),)))
+    run.flush()
+    assert run.take(ROOT) == []
+    assert run.book.futures[fids[0]].holder == W2
+
+    run.answer(W2, fids)
+    assert outcomes(run.take(ROOT)) == [(fids[0], m.OK), (fids[1], m.OK)]
+    assert run.book.futures == {}
+
+
+def test_bye_hands_back_what_the_worker_holds(run: Run) -> None:
+    run.join(W1, slots=1)
+    run.join(W2, slots=1)
+    fids = run.submit(ROOT, 1)
+    run.send(W1, m.Ready(1))
+    run.send(W1, m.Bye("done"))
+    run.send(W2, m.Ready(1))
+    assert run.tasks_for(W2) == fids
+
+
+def test_a_late_answer_from_the_old_holder_is_dropped_after_it_rejoins(run: Run) -> None:
+    run.join(W1, slots=1)
+    run.join(W2, slots=1)
+    (fid,) = run.submit(ROOT)
+    run.send(W1, m.Ready(1))
+    assert run.tasks_for(W1) == [fid]
+    run.book.leave(W1)
+    run.send(W2, m.Ready(1))
+    assert run.tasks_for(W2) == [fid]
+
+    # The same process comes back (a new record, a new index) and answers for
+    # the future it held before: the future is W2's now, so the answer is dropped.
+    old_index = run.index[W1]
+    assert run.join(W1, slots=1).index != old_index
+    run.answer(W1, [fid])
+    assert run.take(ROOT) == []
+    run.send(W1, m.Started([fid]))
+    assert run.take(ROOT) == []
+    assert run.book.futures[fid].state is ASSIGNED
+
+    run.answer(W2, [fid])
+    assert outcomes(run.take(ROOT)) == [(fid, m.OK)]
+
+
+@pytest.mark.parametrize("max_losses", [1, 2, 3])
+def test_a_future_lost_max_losses_times_comes_back_lost(max_losses: int) -> None:
+    run = Run(max_losses=max_losses)
+    run.join(ROOT)
+    (fid,) = run.submit(ROOT)
+    for n in range(max_losses):
+        worker = b"w%d" % n
+        run.join(worker, slots=1)
+        run.send(worker, m.Ready(1))
+        assert run.tasks_for(worker) == [fid]
+        assert run.take(ROOT) == []
+        requeued = run.book.leave(worker)
+        run.flush()
+        assert requeued == ([fid] if n + 1 < max_losses else [])
+    assert outcomes(run.take(ROOT)) == [(fid, m.LOST)]
+    assert run.book.futures == {}
+    assert run.book.queued == 0
+
+
+def test_a_departed_owner_queued_futures_are_dropped(run: Run) -> None:
+    run.join(W1, slots=1)
+    run.submit(ROOT, 2)
+    run.book.leave(ROOT)
+    run.send(W1, m.Ready(2))
+    assert run.tasks_for(W1) == []
+    assert run.book.futures == {}
+
+
+def test_cancel_of_a_queued_future_is_granted_and_it_never_runs(run: Run) -> None:
+    run.join(W1, slots=1)
+    keep, drop = run.submit(ROOT, 2)
+    run.send(ROOT, m.Cancel(drop))
+    assert run.take(ROOT) == [m.CancelReply(drop, True)]
+    assert drop not in run.book.futures
+    run.send(W1, m.Ready(5))
+    assert run.tasks_for(W1) == [keep]
+    # Asked again, it is no longer there to cancel.
+    run.send(ROOT, m.Cancel(drop))
+    assert run.take(ROOT) == [m.CancelReply(drop, False)]
+
+
+def test_cancel_of_an_assigned_future_asks_its_holder(run: Run) -> None:
+    run.join(W1, slots=1)
+    (fid,) = run.submit(ROOT)
+    run.send(W1, m.Ready(1))
+    run.take(W1)
+    run.send(ROOT, m.Cancel(fid))
+    assert run.take(W1) == [m.Cancel(fid)]
+    assert run.take(ROOT) == []  # only the holder knows whether it has started
+
+    run.send(W1, m.CancelReply(fid, True))
+    assert run.take(ROOT) == [m.CancelReply(fid, True)]
+    assert run.book.futures == {}
+    assert run.book.peers[W1].state is IDLE
+    # It was cancelled: an answer for it now reaches nobody.
+    run.answer(W1, [fid])
+    assert run.take(ROOT) == []
+
+
+def test_a_refused_cancel_is_relayed_and_the_future_still_finishes(run: Run) -> None:
+    run.join(W1, slots=1)
+    (fid,) = run.submit(ROOT)
+    run.send(W1, m.Ready(1))
+    run.take(W1)
+    run.send(ROOT, m.Cancel(fid))
+    assert run.take(W1) == [m.Cancel(fid)]
+    run.send(W1, m.CancelReply(fid, False))
+    assert run.take(ROOT) == [m.CancelReply(fid, False)]
+    run.answer(W1, [fid])
+    assert outcomes(run.take(ROOT)) == [(fid, m.OK)]
+
+
+def test_cancel_of_a_running_future_is_refused_at_once(run: Run) -> None:
+    run.join(W1, slots=1)
+    (fid,) = run.submit(ROOT)
+    run.send(W1, m.Ready(1))
+    run.take(W1)
+    run.send(W1, m.Started([fid]))
+    run.take(ROOT)
+    run.send(ROOT, m.Cancel(fid))
+    assert run.take(ROOT) == [m.CancelReply(fid, False)]
+    assert run.take(W1) == []
+
+
+def test_only_the_owner_may_cancel(run: Run) -> None:
+    run.join(W1, slots=1)
+    (fid,) = run.submit(ROOT)
+    run.send(W1, m.Cancel(fid))
+    assert run.take(W1) == [m.CancelReply(fid, False)]
+    assert run.book.futures[fid].state is QUEUED
+    run.send(ROOT, m.Cancel(12345))
+    assert run.take(ROOT) == [m.CancelReply(12345, False)]
+
+
+def _cancel_replies(msgs: list[m.Message], fid: int) -> list[bool]:
+    return [msg.cancelled for msg in msgs if isinstance(msg, m.CancelReply) and msg.fid == fid]
+
+
+def test_a_cancel_that_crosses_the_result_is_still_answered(run: Run) -> None:
+    # The worker finished the future while the broker was forwarding the cancel.
+    run.join(W1, slots=1)
+    (fid,) = run.submit(ROOT)
+    run.send(W1, m.Ready(1))
+    run.take(W1)
+    run.send(ROOT, m.Cancel(fid))
+    assert run.take(W1) == [m.Cancel(fid)]
+    run.answer(W1, [fid])
+    run.send(W1, m.CancelReply(fid, False))
+    to_root = run.take(ROOT)
+    assert outcomes(to_root) == [(fid, m.OK)]
+    # The owner blocks in Future.cancel() until this answer comes.
+    assert _cancel_replies(to_root, fid) == [False]
+
+
+def test_a_cancel_forwarded_to_a_worker_that_leaves_is_still_answered(run: Run) -> None:
+    run.join(W1, slots=1)
+    run.join(W2, slots=1)
+    (fid,) = run.submit(ROOT)
+    run.send(W1, m.Ready(1))
+    run.take(W1)
+    run.send(ROOT, m.Cancel(fid))
+    assert run.take(W1) == [m.Cancel(fid)]
+    run.book.leave(W1)
+    run.send(W2, m.Ready(1))
+    for msg in run.take(W2):
+        if isinstance(msg, m.Cancel):
+            run.send(W2, m.CancelReply(msg.fid, True))
+        elif isinstance(msg, m.Tasks):
+            run.answer(W2, [t.fid for t in msg.tasks])
+    to_root = run.take(ROOT)
+    replies = _cancel_replies(to_root, fid)
+    assert len(replies) == 1
+    # Either the cancel took (and no result comes) or it did not (and one does).
+    assert outcomes(to_root) == ([] if replies[0] else [(fid, m.OK)])
+
+
+def test_a_constant_is_defined_once_and_reaches_every_peer(run: Run) -> None:
+    run.join(W1, slots=1)
+    run.join(W2, slots=1)
+    run.send(ROOT, m.SetConst("table", (b"v1", b"buf")))
+    assert run.take(ROOT) == [m.ConstReply("table", "")]
+    for w in (W1, W2):
+        assert run.take(w) == [m.Const("table", (b"v1", b"buf"))]
+
+    run.send(W1, m.SetConst("table", (b"v2",)))
+    (reply,) = run.take(W1)
+    assert isinstance(reply, m.ConstReply) and reply.name == "table"
+    assert "table" in reply.error and "already defined" in reply.error
+    assert run.take(ROOT) == run.take(W2) == []
+
+    # A peer joining later finds it in its welcome, with the first value.
+    welcome = run.join(W3, slots=1)
+    assert welcome.constants == (m.Constant("table", (b"v1", b"buf")),)
+
+
+def test_a_peer_may_only_submit_futures_in_its_own_range(run: Run) -> None:
+    run.join(W1, slots=1)
+    foreign = m.Task(run.index[W1] << 32 | 1, 0, 0, (b"call",))
+    with pytest.raises(ProtocolError, match="does not own"):
+        run.book.handle(ROOT, m.Submit((foreign,)))
+    assert run.book.futures == {}
+    assert run.book.queued == 0
+    run.send(W1, m.Ready(1))
+    assert run.tasks_for(W1) == []
+
+
+def test_a_future_id_cannot_be_submitted_twice(run: Run) -> None:
+    task = run.task(ROOT)
+    run.send(ROOT, m.Submit((task,)))
+    with pytest.raises(ProtocolError, match="twice"):
+        run.book.handle(ROOT, m.Submit((task,)))
+    assert list(run.book.futures) == [task.fid]
+    assert run.book.queued == 1
+
+
+def test_a_refused_batch_changes_nothing(run: Run) -> None:
+    run.join(W1, slots=1)
+    good = run.task(ROOT)
+    foreign = m.Task(run.index[W1] << 32 | 1, 0, 0, (b"call",))
+    with pytest.raises(ProtocolError):
+        run.book.handle(ROOT, m.Submit((good, foreign)))
+    assert run.book.futures == {}
+
+
+def test_started_goes_to_the_owner_only_from_the_holder(run: Run) -> None:
+    run.join(W1, slots=1)
+    run.join(W2, slots=1)
+    fids = run.submit(ROOT, 2)
+    run.send(W1, m.Ready(2))
+    run.take(W1)
+    run.send(W2, m.Started(fids))  # W2 holds neither
+    assert run.take(ROOT) == []
+    run.send(W1, m.Started(fids))
+    assert run.take(ROOT) == [m.Started(fids)]
+    assert {run.book.futures[f].state for f in fids} == {RUNNING}
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [
+        m.Welcome(3),
+        m.Tasks(()),
+        m.ConstReply("x", ""),
+        m.Const("x", ()),
+        m.Shutdown("no"),
+        m.Refused("no"),
+    ],
+    ids=lambda msg: type(msg).__name__,
+)
+def test_a_peer_may_not_send_broker_messages(run: Run, msg: m.Message) -> None:
+    with pytest.raises(ProtocolError, match="may not send"):
+        run.book.handle(ROOT, msg)
+
+
+def test_messages_from_a_stranger_are_refused(run: Run) -> None:
+    with pytest.raises(ProtocolError, match="unknown peer"):
+        run.book.handle(b"stranger", m.Submit(()))
+    assert b"stranger" not in run.book.peers
+
+
+def test_hello_twice_is_refused(run: Run) -> None:
+    index = run.index[ROOT]
+    with pytest.raises(ProtocolError, match="hello twice"):
+        run.book.handle(ROOT, m.Hello(m.ROOT, "root", 1, "h", 0))
+    assert run.book.peers[ROOT].index == index
+    assert run.book.take_outbox() == []
+
+
+def test_credit_only_from_workers_and_never_negative(run: Run) -> None:
+    with pytest.raises(ProtocolError):
+        run.book.handle(ROOT, m.Ready(1))
+    run.join(W1, slots=1)
+    with pytest.raises(ProtocolError):
+        run.book.handle(W1, m.Ready(-1))
+    assert run.book.peers[W1].credit == 0
+
+
+def test_heartbeats_change_nothing(run: Run) -> None:
+    run.send(ROOT, m.Heartbeat(0))
+    assert run.take(ROOT) == []
+
+
+# -- the worker's side -------------------------------------------------------------
+
+
+def _tasks(*fids: int) -> list[m.Task]:
+    return [m.Task(fid, 0, 0, (b"call",)) for fid in fids]
+
+
+def test_a_worker_asks_for_prefetch_futures_and_no_more() -> None:
+    wb = WorkerBook(prefetch=2)
+    assert wb.wanted(0) == 2
+    assert wb.wanted(0) == 0  # already asked, not yet come
+    wb.receive(_tasks(1))
+    assert wb.wanted(0) == 0
+    wb.receive(_tasks(2))
+    assert wb.wanted(0) == 0  # two ready to run here: enough
+    job = wb.next_job()
+    assert job is not None and job.task.fid == 1 and job.state is RUNNING
+    assert wb.wanted(0) == 1  # the one running no longer counts as waiting to run
+    assert wb.wanted(1) == 0
+
+
+def test_runnable_greenlets_count_as_ready_work() -> None:
+    wb = WorkerBook(prefetch=3)
+    assert wb.wanted(2) == 1
+    assert wb.wanted(5) == 0
+
+
+def test_a_worker_refuses_more_futures_than_it_asked_for() -> None:
+    wb = WorkerBook(prefetch=1)
+    assert wb.wanted(0) == 1
+    with pytest.raises(ProtocolError, match="more futures than were asked"):
+        wb.receive(_tasks(1, 2))
+
+
+def test_a_worker_refuses_a_future_it_already_holds() -> None:
+    wb = WorkerBook(prefetch=2)
+    wb.wanted(0)
+    wb.receive(_tasks(1))
+    with pytest.raises(ProtocolError, match="twice"):
+        wb.receive(_tasks(1))
+
+
+def test_an_over_delivery_changes_nothing() -> None:
+    wb = WorkerBook(prefetch=1)
+    wb.wanted(0)
+    with pytest.raises(ProtocolError):
+        wb.receive(_tasks(1, 2))
+    assert wb.jobs == {}
+    # The one future asked for is still owed: asking again would go past prefetch.
+    assert wb.asked == 1
+    assert wb.wanted(0) == 0
+
+
+def test_blocked_futures_do_not_count_as_ready() -> None:
+    # One worker, prefetch 1, a future waiting on its child: it must ask for
+    # the child, or nested futures deadlock.
+    wb = WorkerBook(prefetch=1)
+    assert wb.wanted(0) == 1
+    wb.receive(_tasks(1))
+    parent = wb.next_job()
+    assert parent is not None
+    wb.block(1)
+    assert wb.jobs[1].state is WAITING
+    assert wb.wanted(0) == 1
+    wb.receive(_tasks(2))
+    child = wb.next_job()
+    assert child is not None and child.task.fid == 2
+    wb.finish(2, ok=True)
+    assert child.state is DONE
+    wb.resume(1)
+    assert wb.jobs[1].state is RUNNING
+    wb.finish(1, ok=False)
+    assert parent.state is FAILED
+    assert wb.jobs == {}
+
+
+def test_cancel_only_before_the_future_starts() -> None:
+    wb = WorkerBook(prefetch=3)
+    wb.wanted(0)
+    wb.receive(_tasks(1, 2, 3))
+    assert wb.cancel(2) is True
+    assert wb.cancel(2) is False  # already gone
+    job = wb.next_job()
+    assert job is not None and job.task.fid == 1
+    assert wb.cancel(1) is False  # running: too late
+    nxt = wb.next_job()
+    assert nxt is not None and nxt.task.fid == 3  # the cancelled one is skipped
+    assert wb.next_job() is None
+    assert wb.cancel(99) is False
+    assert set(wb.jobs) == {1, 3}
+
+
+def test_a_cancelled_future_frees_its_place() -> None:
+    wb = WorkerBook(prefetch=2)
+    wb.wanted(0)
+    wb.receive(_tasks(1, 2))
+    assert wb.wanted(0) == 0
+    wb.cancel(1)
+    assert wb.wanted(0) == 1
+
+
+def test_illegal_worker_job_events_raise_and_change_nothing() -> None:
+    wb = WorkerBook(prefetch=1)
+    wb.wanted(0)
+    wb.receive(_tasks(1))
+    with pytest.raises(ProtocolError):
+        wb.block(1)  # not started
+    assert wb.jobs[1].state is ASSIGNED
+    wb.next_job()
+    with pytest.raises(ProtocolError):
+        wb.resume(1)  # not blocked
+    assert wb.jobs[1].state is RUNNING
+
+
+def test_an_illegal_finish_keeps_the_job() -> None:
+    wb = WorkerBook(prefetch=1)
+    wb.wanted(0)
+    wb.receive(_tasks(1))
+    wb.next_job()
+    wb.block(1)
+    with pytest.raises(ProtocolError):
+        wb.finish(1, ok=True)
+    assert 1 in wb.jobs
+    assert wb.jobs[1].state is WAITING
+
+
+def test_prefetch_is_at_least_one() -> None:
+    assert WorkerBook(prefetch=0).wanted(0) == 1
+
+
+# -- exactly once, under any interleaving ------------------------------------------
+
+WORKER_PEERS = (W1, W2, W3)
+
+
+class FakeWorker:
+    """A worker process as the broker sees it: one incarnation at a time."""
+
+    def __init__(self, peer: bytes) -> None:
+        self.peer = peer
+        self.prefetch = 1
+        self.book: WorkerBook | None = None  # None while it is away
+        self.running: deque[int] = deque()
+        self.stale: list[int] = []  # futures it held in earlier incarnations
+
+
+class ExactlyOnce(RuleBasedStateMachine):
+    """1 root and 3 workers; workers come and go; every future comes back once."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.book = BrokerBook(max_losses=3)
+        self.workers = {peer: FakeWorker(peer) for peer in WORKER_PEERS}
+        self.submitted: set[int] = set()
+        self.answers: dict[int, list[int]] = defaultdict(list)
+        self.root_index = 0
+        self.seq = 0
+        self.book.handle(ROOT, m.Hello(m.ROOT, "root", 1, "localhost", 0))
+        self.deliver()
+        assert self.root_index
+
+    def deliver(self) -> None:
+        for peer, msg in self.book.take_outbox():
+            if peer == ROOT:
+                if isinstance(msg, m.Welcome):
+                    self.root_index = msg.index
+                elif isinstance(msg, m.Results):
+                    for out in msg.outcomes:
+                        self.answers[out.fid].append(out.status)
+                else:
+                    assert isinstance(msg, m.Started), msg
+                continue
+            worker = self.workers[peer]
+            assert worker.book is not None, f"{msg} sent to {peer!r}, which left"
+            if isinstance(msg, m.Tasks):
+                worker.book.receive(msg.tasks)  # raises if the broker sent too many
+            else:
+                assert isinstance(msg, m.Welcome), msg
+
+    def join(self, worker: FakeWorker) -> None:
+        self.book.handle(worker.peer, m.Hello(m.WORKER, "w", 2, "localhost", 1))
+        worker.book = WorkerBook(prefetch=worker.prefetch)
+        worker.running.clear()
+        self.deliver()
+
+    @initialize(prefetches=st.lists(st.integers(1, 3), min_size=3, max_size=3))
+    def start_workers(self, prefetches: list[int]) -> None:
+        for worker, prefetch in zip(self.workers.values(), prefetches, strict=True):
+            worker.prefetch = prefetch
+            self.join(worker)
+
+    @rule(count=st.integers(1, 4), depth=st.integers(0, 3))
+    def submit(self, count: int, depth: int) -> None:
+        tasks = []
+        for _ in range(count):
+            self.seq += 1
+            fid = self.root_index << 32 | self.seq
+            tasks.append(m.Task(fid, 0, depth, (fid.to_bytes(8, "big"),)))
+            self.submitted.add(fid)
+        self.book.handle(ROOT, m.Submit(tuple(tasks)))
+        self.deliver()
+
+    @rule(peer=st.sampled_from(WORKER_PEERS))
+    def ask(self, peer: bytes) -> None:
+        worker = self.workers[peer]
+        if worker.book is not None and (want := worker.book.wanted(0)):
+            self.book.handle(peer, m.Ready(want))
+            self.deliver()
+
+    @rule()
+    def dispatch(self) -> None:
+        self.book.dispatch()
+        self.deliver()
+
+    @rule(peer=st.sampled_from(WORKER_PEERS))
+    def start(self, peer: bytes) -> None:
+        worker = self.workers[peer]
+        job = worker.book.next_job() if worker.book is not None else None
+        if job is not None:
+            worker.running.append(job.task.fid)
+            self.book.handle(peer, m.Started([job.task.fid]))
+            self.deliver()
+
+    @rule(peer=st.sampled_from(WORKER_PEERS), ok=st.booleans())
+    def finish(self, peer: bytes, ok: bool) -> None:
+        worker = self.workers[peer]
+        if worker.book is not None and worker.running:
+            fid = worker.running.popleft()
+            worker.book.finish(fid, ok)
+            status = m.OK if ok else m.RAISED
+            self.book.handle(peer, m.Results((m.Outcome(fid, status, 0.0, (b"r",)),)))
+            self.deliver()
+
+    @rule(peer=st.sampled_from(WORKER_PEERS), bye=st.booleans())
+    def leave(self, peer: bytes, bye: bool) -> None:
+        worker = self.workers[peer]
+        if worker.book is None:
+            return
+        worker.stale.extend(worker.book.jobs)
+        if bye:
+            self.book.handle(peer, m.Bye("leaving"))
+        else:
+            self.book.leave(peer)
+        worker.book = None
+        self.deliver()
+
+    @rule(peer=st.sampled_from(WORKER_PEERS))
+    def rejoin(self, peer: bytes) -> None:
+        worker = self.workers[peer]
+        if worker.book is None:
+            self.join(worker)
+
+    @rule(peer=st.sampled_from(WORKER_PEERS), data=st.data())
+    def late_answer(self, peer: bytes, data: st.DataObject) -> None:
+        worker = self.workers[peer]
+        if not worker.stale:
+            return
+        fid = data.draw(st.sampled_from(worker.stale))
+        late = m.Results((m.Outcome(fid, m.OK, 0.0, (b"stale",)),))
+        if worker.book is None:
+            in_flight = dict(self.book.futures)
+            with pytest.raises(ProtocolError):
+                self.book.handle(peer, late)
+            assert self.book.futures == in_flight
+        else:
+            # Back under the same id: dropped, unless this peer holds the
+            # future again, in which case it is as good as the real answer.
+            self.book.handle(peer, late)
+        self.deliver()
+
+    @invariant()
+    def every_future_is_in_flight_or_answered_once(self) -> None:
+        duplicates = {fid: got for fid, got in self.answers.items() if len(got) != 1}
+        assert not duplicates
+        assert set(self.answers) <= self.submitted
+        assert set(self.book.futures) == self.submitted - set(self.answers)
+
+    @invariant()
+    def no_worker_holds_more_than_it_asked_for(self) -> None:
+        for worker in self.workers.values():
+            if worker.book is not None:
+                waiting = sum(1 for j in worker.book.jobs.values() if j.state is ASSIGNED)
+                assert waiting + worker.book.asked <= worker.prefetch
+
+    def teardown(self) -> None:
+        # From now on every worker stays and answers everything it gets.
+        for worker in self.workers.values():
+            if worker.book is None:
+                self.join(worker)
+        for _ in range(10 * len(self.submitted) + 10):
+            if not self.book.futures:
+                break
+            for peer in WORKER_PEERS:
+                self.ask(peer)
+            self.dispatch()
+            for peer, worker in self.workers.items():
+                while worker.book is not None and worker.book.next_job() is not None:
+                    pass
+                assert worker.book is not None
+                worker.running = deque(
+                    fid for fid, job in worker.book.jobs.items() if job.state is RUNNING
+                )
+                while worker.running:
+                    self.finish(peer, ok=True)
+        assert self.book.futures == {}
+        assert set(self.answers) == self.submitted
+        assert all(len(got) == 1 for got in self.answers.values())
+        assert all(set(got) <= {m.OK, m.RAISED, m.LOST} for got in self.answers.values())
+        assert all(not p.holding for p in self.book.peers.values())
+
+
+ExactlyOnce.TestCase.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
+TestExactlyOnce = ExactlyOnce.TestCase
