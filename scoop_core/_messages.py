@@ -345,6 +345,24 @@ class Refused(Message):
     reason: str
 
 
+@_plain(17, "count")
+@dataclass(frozen=True)
+class Spare(Message):
+    """Worker → broker: I hold ``count`` futures of my own not yet started,
+    which an idle worker may take."""
+
+    count: int
+
+
+@_plain(18, "count")
+@dataclass(frozen=True)
+class Steal(Message):
+    """Broker → worker: hand up to ``count`` of your spare futures over (as a
+    :class:`Submit`), for workers that have nothing to do."""
+
+    count: int
+
+
 MESSAGE_TYPES: dict[int, type[Message]] = {
     cls.KIND: cls
     for cls in (
@@ -364,6 +382,8 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         Shutdown,
         Heartbeat,
         Refused,
+        Spare,
+        Steal,
     )
 }
 

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import heapq
 import logging
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from scoop_core import _messages as m
 from scoop_core.errors import ProtocolError
@@ -137,6 +137,8 @@ class PeerRecord:
     state: State = CONNECTING
     credit: int = 0
     holding: dict[int, None] = field(default_factory=dict)  # in the order handed over
+    spare: int = 0  # unstarted futures of its own it reported
+    stealing: bool = False  # a Steal was sent and not answered yet
 
     @property
     def is_worker(self) -> bool:
@@ -190,6 +192,9 @@ class BrokerBook:
             self._submit(rec, msg.tasks)
         elif isinstance(msg, m.Ready):
             self._ready(rec, msg.count)
+        elif isinstance(msg, m.Spare):
+            rec.spare = max(0, msg.count)
+            rec.stealing = False
         elif isinstance(msg, m.Started):
             self._start(rec, msg.fids)
         elif isinstance(msg, m.Results):
@@ -413,9 +418,24 @@ class BrokerBook:
                 )
         for peer, tasks in batches.items():
             self._outbox.append((peer, m.Tasks(tuple(tasks))))
+        hungry = sum(p.credit for p in takers)
+        if hungry and not queue:
+            self._steal(hungry)
         idle = sum(p.credit for p in takers if not p.holding)
         if idle > len(self._recalling):
             self._recall(idle - len(self._recalling))
+
+    def _steal(self, hungry: int) -> None:
+        """Ask workers with spare futures of their own to hand half of them
+        over for the workers that asked for work."""
+        victims = [p for p in self.workers if p.spare >= 2 and not p.stealing]
+        for victim in sorted(victims, key=lambda p: -p.spare):
+            if hungry <= 0:
+                return
+            count = min(victim.spare // 2, hungry)
+            victim.stealing = True
+            hungry -= count
+            self._outbox.append((victim.peer, m.Steal(count)))
 
     def _recall(self, count: int) -> None:
         """Ask busy workers to hand back up to ``count`` futures they hold but
@@ -465,10 +485,17 @@ class BrokerBook:
 
 @dataclass(eq=False)
 class Job:
-    """A future held by a worker."""
+    """A future held by a worker.
+
+    A *local* job was submitted by a future running on this same worker: it
+    keeps its call as an object (``payload``) and is pickled only if another
+    worker steals it."""
 
     task: m.Task
     state: State = ASSIGNED
+    local: bool = False
+    payload: Any = None
+    stealable: bool = True  # False once its payload proved unpicklable
 
     def fire(self, event: str) -> None:
         self.state = transition(FUTURE_TRANSITIONS, self.state, event)
@@ -481,15 +508,36 @@ class WorkerBook:
     to run here; futures blocked on children do not count, so a worker whose
     futures all wait on others asks for more and runs those: that is why
     nested futures never deadlock, even with one worker.
+
+    Futures submitted by futures running here stay here (``adopt``) and run
+    deepest first, as a recursive program would; the broker only learns how
+    many are waiting (``spare``), and an idle worker elsewhere may take the
+    oldest, shallowest ones (``steal``): the biggest pieces of the tree.
     """
 
     def __init__(self, *, prefetch: int = 2) -> None:
         self.prefetch = max(1, prefetch)
         self.jobs: dict[int, Job] = {}
-        self.queue: deque[Job] = deque()
+        self._queue: list[tuple[int, int, Job]] = []
+        self._seq = 0
+        self.unstarted = 0  # jobs in the queue that have not started
+        self.spare = 0  # of those, the local ones
         self.asked = 0  # credit granted to the broker and not yet used
 
+    def _push(self, job: Job) -> None:
+        self._seq += 1
+        heapq.heappush(self._queue, (-job.task.depth, self._seq, job))
+        self.unstarted += 1
+        if job.local:
+            self.spare += 1
+
+    def _left_queue(self, job: Job) -> None:
+        self.unstarted -= 1
+        if job.local:
+            self.spare -= 1
+
     def receive(self, tasks: tuple[m.Task, ...]) -> None:
+        """Futures from the broker (which we asked for)."""
         if len(tasks) > self.asked:
             raise ProtocolError(
                 f"the broker sent {len(tasks)} futures, more futures than were asked for ({self.asked})"
@@ -500,16 +548,41 @@ class WorkerBook:
         for t in tasks:
             job = Job(t)
             self.jobs[t.fid] = job
-            self.queue.append(job)
+            self._push(job)
         self.asked -= len(tasks)
 
+    def adopt(self, task: m.Task, payload: Any, *, stealable: bool = True) -> Job:
+        """A future submitted here, to run here unless stolen."""
+        if task.fid in self.jobs:
+            raise ProtocolError(f"future {task.fid:#x} adopted twice")
+        job = Job(task, local=True, payload=payload, stealable=stealable)
+        self.jobs[task.fid] = job
+        self._push(job)
+        return job
+
     def next_job(self) -> Job | None:
-        while self.queue:
-            job = self.queue.popleft()
+        queue = self._queue
+        while queue:
+            job = heapq.heappop(queue)[2]
             if job.state is ASSIGNED:
+                self._left_queue(job)
                 job.fire("start")
                 return job
         return None
+
+    def steal(self, count: int) -> list[Job]:
+        """Give up to ``count`` unstarted local jobs, shallowest and oldest first."""
+        candidates = sorted(
+            (e for e in self._queue if e[2].local and e[2].stealable and e[2].state is ASSIGNED),
+            key=lambda e: (-e[0], e[1]),
+        )[: max(0, count)]
+        jobs = []
+        for _, _, job in candidates:
+            job.fire("recall")
+            self._left_queue(job)
+            del self.jobs[job.task.fid]
+            jobs.append(job)
+        return jobs
 
     def block(self, fid: int) -> None:
         self._job(fid).fire("block")
@@ -533,13 +606,13 @@ class WorkerBook:
         if job is None or job.state is not ASSIGNED:
             return False
         job.fire("cancel")
+        self._left_queue(job)
         del self.jobs[fid]
         return True
 
     def wanted(self, runnable: int) -> int:
         """How many more futures to ask for, given ``runnable`` ready greenlets."""
-        queued = sum(1 for j in self.queue if j.state is ASSIGNED)
-        want = self.prefetch - queued - runnable - self.asked
+        want = self.prefetch - self.unstarted - runnable - self.asked
         if want > 0:
             self.asked += want
             return want

@@ -22,13 +22,15 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import greenlet
 
 from scoop_core import _calls, _future
 from scoop_core import _messages as m
-from scoop_core._calls import Chunk, ChunkResult, RemoteException, capture, portable
+from scoop_core._calls import Call, Chunk, ChunkResult, RemoteException, capture, portable
+from scoop_core._future import Future
 from scoop_core._runtime import ThreadedRuntime, _short
 from scoop_core._state import Job, WorkerBook
 from scoop_core.errors import SerializationError
@@ -117,6 +119,8 @@ class WorkerRuntime(ThreadedRuntime):
         # The book is shared with the I/O thread, which adds futures and
         # cancels unstarted ones while the main thread runs others.
         self._lock = threading.Lock()
+        self._reported_spare = 0
+        self._spare_time = 0.0
 
     @property
     def slots(self) -> int:
@@ -132,6 +136,9 @@ class WorkerRuntime(ThreadedRuntime):
             with self._lock:
                 cancelled = self.book.cancel(msg.fid)
             self._send(m.CancelReply(msg.fid, cancelled))
+            return
+        elif isinstance(msg, m.Steal):
+            self._give(msg.count)
             return
         else:
             self._inbox.append(msg)
@@ -153,13 +160,104 @@ class WorkerRuntime(ThreadedRuntime):
         heapq.heappush(self._timers, (deadline, self._timer_seq, event))
 
     def note_started(self, job: Job) -> None:
-        if job.task.fid not in self._announced:
+        if not job.local and job.task.fid not in self._announced:
             self._announced.add(job.task.fid)
             self._started.append(job)
 
+    # -- futures submitted here -----------------------------------------------------
+
+    def submit(self, payloads: Sequence[Call | Chunk]) -> list[Future]:
+        """Futures submitted on a worker stay on it (no pickling, no round
+        trip through the broker) unless an idle worker steals them."""
+        if self.closed:
+            return super().submit(payloads)
+        parent, depth = self.current_parent()
+        futures = []
+        with self._lock:
+            for payload in payloads:
+                fut = Future(self._next_fid(), self.cancel)
+                self._owned[fut.fid] = fut
+                self.book.adopt(m.Task(fut.fid, parent, depth + 1, ()), payload)
+                futures.append(fut)
+        self._wake.set()  # in case a thread of the user's submitted while we idle
+        return futures
+
+    def cancel(self, fid: int) -> bool:
+        with self._lock:
+            job = self.book.jobs.get(fid)
+            if job is None or not job.local:
+                job = None
+            elif not self.book.cancel(fid):
+                return False
+        if job is None:
+            return super().cancel(fid)  # it was stolen: ask the broker
+        fut = self._owned.pop(fid, None)
+        if fut is not None:
+            fut.mark_cancelled()
+        return True
+
+    def _give(self, count: int) -> None:
+        """Hand spare futures to the broker for idle workers (in the I/O thread)."""
+        with self._lock:
+            jobs = self.book.steal(count)
+        tasks, kept = [], []
+        for job in jobs:
+            try:
+                frames = self.serializer.dumps(job.payload)
+            except Exception:
+                kept.append(job)
+                continue
+            tasks.append(m.Task(job.task.fid, job.task.parent, job.task.depth, tuple(frames)))
+        with self._lock:
+            for job in kept:
+                self.book.adopt(job.task, job.payload, stealable=False)
+            spare = self.book.spare
+        if tasks:
+            self._send(m.Submit(tuple(tasks)))
+        self._send(m.Spare(spare))
+        self._reported_spare = spare
+
+    def _report_spare(self) -> None:
+        spare = self.book.spare
+        last = self._reported_spare
+        if spare != last:
+            now = time.monotonic()
+            # Say at once when we start or stop having spare futures; in
+            # between, a few reports a second are enough to steal well.
+            if (spare == 0) != (last == 0) or now - self._spare_time > 0.01:
+                self._reported_spare, self._spare_time = spare, now
+                self._send(m.Spare(spare))
+
     # -- running futures ----------------------------------------------------------
 
+    def _run_local(self, job: Job) -> None:
+        fid = job.task.fid
+        fut = self._owned.get(fid)
+        if fut is not None and fut._state == "PENDING":
+            fut.set_running_or_notify_cancel()
+        start = time.perf_counter()
+        error: BaseException | None = None
+        try:
+            value = job.payload.run()
+        except BaseException as exc:
+            if isinstance(exc, greenlet.GreenletExit):
+                raise
+            error = exc
+        with self._lock:
+            self.book.finish(fid, error is None)
+        fut = self._owned.pop(fid, None)
+        if fut is None:
+            return
+        fut.elapsed = time.perf_counter() - start
+        if error is None:
+            fut.set_result(value)
+        else:
+            fut.set_exception(error)
+
     def _run_job(self, job: Job) -> None:
+        if job.local:
+            self._run_local(job)
+            return
         fid = job.task.fid
         start = time.perf_counter()
         status = m.OK
@@ -279,6 +377,7 @@ class WorkerRuntime(ThreadedRuntime):
                 self.ready.append(waiter)
 
     def _flush(self) -> None:
+        self._report_spare()
         if self._started:
             fids = [j.task.fid for j in self._started if j.task.fid in self.book.jobs]
             self._started = []
