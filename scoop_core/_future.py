@@ -48,7 +48,7 @@ def new_event() -> Event:
     return greenlet_event() or threading.Event()
 
 
-class Future(cf.Future):  # type: ignore[type-arg]
+class Future(cf.Future[Any]):
     """The result of a call that runs, or will run, on a worker.
 
     ``cancel()`` asks the broker (and the worker holding the future) and
@@ -98,19 +98,19 @@ class Future(cf.Future):  # type: ignore[type-arg]
         if cf.Future.cancel(self) and self._state == "CANCELLED":
             self.set_running_or_notify_cancel()
 
-    def add_done_callback(self, fn: Callable[[cf.Future], object]) -> None:  # type: ignore[type-arg]
+    def add_done_callback(self, fn: Callable[[cf.Future[Any]], object]) -> None:
         with self._condition:
             if self._state not in ("CANCELLED", "CANCELLED_AND_NOTIFIED", "FINISHED"):
-                self._done_callbacks.append(fn)
+                self._done_callbacks.append(fn)  # type: ignore[attr-defined]
                 return
         _call_back(fn, self)
 
     def _invoke_callbacks(self) -> None:
-        for callback in self._done_callbacks:
+        for callback in self._done_callbacks:  # type: ignore[attr-defined]
             _call_back(callback, self)
 
 
-def _call_back(fn: Callable[[cf.Future], object], future: Future) -> None:  # type: ignore[type-arg]
+def _call_back(fn: Callable[[cf.Future[Any]], object], future: Future) -> None:
     try:
         fn(future)
     except Exception:
@@ -118,22 +118,23 @@ def _call_back(fn: Callable[[cf.Future], object], future: Future) -> None:  # ty
 
 
 class DoneAndNotDoneFutures(NamedTuple):
-    done: set[cf.Future]  # type: ignore[type-arg]
-    not_done: set[cf.Future]  # type: ignore[type-arg]
+    done: set[cf.Future[Any]]
+    not_done: set[cf.Future[Any]]
 
 
-class _Waiter:
+class _Waiter(cf._base._Waiter):
     """Listens on futures' ``_waiters`` lists; sets ``event`` when the
     condition of ``return_when`` holds."""
 
     def __init__(self, event: Event, return_when: str, pending: int) -> None:
-        self.event = event
+        super().__init__()
+        self.event = event  # type: ignore[assignment]
         self.return_when = return_when
         self.pending = pending
-        self.finished: list[cf.Future] = []  # type: ignore[type-arg]
+        self.finished: list[cf.Future[Any]] = []
         self.lock = threading.Lock()
 
-    def _add(self, future: cf.Future, failed: bool) -> None:  # type: ignore[type-arg]
+    def _add(self, future: cf.Future[Any], failed: bool) -> None:
         with self.lock:
             self.finished.append(future)
             self.pending -= 1
@@ -145,26 +146,26 @@ class _Waiter:
         if fire:
             self.event.set()
 
-    def add_result(self, future: cf.Future) -> None:  # type: ignore[type-arg]
+    def add_result(self, future: cf.Future[Any]) -> None:
         self._add(future, False)
 
-    def add_exception(self, future: cf.Future) -> None:  # type: ignore[type-arg]
+    def add_exception(self, future: cf.Future[Any]) -> None:
         self._add(future, True)
 
-    def add_cancelled(self, future: cf.Future) -> None:  # type: ignore[type-arg]
+    def add_cancelled(self, future: cf.Future[Any]) -> None:
         self._add(future, False)
 
 
-def _finished(f: cf.Future) -> bool:  # type: ignore[type-arg]
-    return f._state in ("CANCELLED_AND_NOTIFIED", "FINISHED")  # type: ignore[attr-defined]
+def _finished(f: cf.Future[Any]) -> bool:
+    return f._state in ("CANCELLED_AND_NOTIFIED", "FINISHED")
 
 
-def _failed(f: cf.Future) -> bool:  # type: ignore[type-arg]
-    return f._state == "FINISHED" and f._exception is not None  # type: ignore[attr-defined]
+def _failed(f: cf.Future[Any]) -> bool:
+    return f._state == "FINISHED" and f._exception is not None
 
 
 def wait_futures(
-    fs: Iterable[cf.Future],  # type: ignore[type-arg]
+    fs: Iterable[cf.Future[Any]],
     timeout: float | None = None,
     return_when: str = ALL_COMPLETED,
     *,
@@ -187,33 +188,33 @@ def wait_futures(
     waiter = _Waiter(_event or new_event(), return_when, len(not_done))
     registered = []
     for f in not_done:
-        with f._condition:  # type: ignore[attr-defined]
+        with f._condition:
             if _finished(f):
                 waiter._add(f, _failed(f))
             else:
-                f._waiters.append(waiter)  # type: ignore[attr-defined]
+                f._waiters.append(waiter)
                 registered.append(f)
     try:
         waiter.event.wait(timeout)
     finally:
         for f in registered:
-            with f._condition:  # type: ignore[attr-defined]
-                f._waiters.remove(waiter)  # type: ignore[attr-defined]
+            with f._condition:
+                f._waiters.remove(waiter)
     done = {f for f in fs if _finished(f)}
     return DoneAndNotDoneFutures(done, fs - done)
 
 
 def as_completed(
-    fs: Iterable[cf.Future],  # type: ignore[type-arg]
+    fs: Iterable[cf.Future[Any]],
     timeout: float | None = None,
-) -> Iterator[cf.Future]:  # type: ignore[type-arg]
+) -> Iterator[cf.Future[Any]]:
     """Yield futures as they finish; ``TimeoutError`` if ``timeout`` seconds
     pass, counted from the call, before all of them have."""
     deadline = None if timeout is None else time.monotonic() + timeout
     pending = set(fs)
     total = len(pending)
 
-    def _gen() -> Iterator[cf.Future]:  # type: ignore[type-arg]
+    def _gen() -> Iterator[cf.Future[Any]]:
         while pending:
             ready = [f for f in pending if _finished(f)]
             if not ready:

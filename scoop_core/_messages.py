@@ -228,10 +228,13 @@ class Started(Message):
 
 @dataclass(frozen=True)
 class Results(Message):
-    """Worker → broker → owner: outcomes of finished futures."""
+    """Worker → broker → owner: outcomes of finished futures, and (from a
+    worker) the futures that ``started`` since its last message, so one
+    message says both."""
 
     KIND = 7
     outcomes: tuple[Outcome, ...]
+    started: tuple[int, ...] = ()
 
     def _fields(self) -> tuple[list[Any], list[Frame]]:
         frames: list[Frame] = []
@@ -239,18 +242,20 @@ class Results(Message):
         for o in self.outcomes:
             heads.append([o.fid, o.status, o.elapsed, len(o.frames)])
             frames.extend(o.frames)
-        return [heads], frames
+        return [heads, list(self.started)], frames
 
     @classmethod
     def _build(cls, fields: list[Any], frames: list[Frame]) -> Results:
-        (heads,) = fields
+        heads, started = fields
+        if not isinstance(started, list) or not all(_is_int(f) for f in started):
+            raise ProtocolError("malformed Results message: bad started list")
         outs, pos = [], 0
         for fid, status, elapsed, count in heads:
             outs.append(Outcome(fid, status, elapsed, _take(frames, pos, count)))
             pos += count
         if pos != len(frames):
             raise ProtocolError("payload frame count does not match the header")
-        return cls(tuple(outs))
+        return cls(tuple(outs), tuple(started))
 
 
 @_plain(8, "fid")

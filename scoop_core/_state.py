@@ -198,6 +198,7 @@ class BrokerBook:
         elif isinstance(msg, m.Started):
             self._start(rec, msg.fids)
         elif isinstance(msg, m.Results):
+            self._start(rec, msg.started)
             self._finish(rec, msg.outcomes)
         elif isinstance(msg, m.Cancel):
             self._cancel(rec, msg.fid)

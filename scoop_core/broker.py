@@ -58,7 +58,10 @@ class Broker:
 
     def peer_lost(self, identity: bytes) -> None:
         """A peer's process is known to be dead: queue its futures again."""
-        self._request(lambda: self.book.leave(identity) and None)
+        def _leave() -> None:
+            self.book.leave(identity)
+
+        self._request(_leave)
 
     def shutdown(self, reason: str = "the run is over") -> None:
         """Tell every peer to exit, then stop the loop (after sending)."""

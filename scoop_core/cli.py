@@ -10,19 +10,21 @@ program's own status (130 after Ctrl-C, 143 after SIGTERM).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
 from scoop_core import __version__
 from scoop_core import log as scoop_log
 from scoop_core.config import Config, load_config
 from scoop_core.errors import ConfigError, LaunchError, PluginError, UsageError
+from scoop_core.hosts import Host, assign_workers, hosts_from_list, parse_hostfile
 from scoop_core.plugins.manager import PluginManager, format_plugin_table, get_plugin_manager
 from scoop_core.pool import BOOTSTRAP, Pool, WorkerOptions, worker_count
 
@@ -32,10 +34,85 @@ _LOCAL_NAMES = {"localhost", "127.0.0.1", "::1", "localhost.localdomain"}
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line in one line, status 2."""
+    """argparse that reports a bad command line in one line, status 2, and
+    knows where a ``--hosts`` list ends (see :meth:`group_host_lists`)."""
+
+    commands: dict[str, _Parser]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = {}
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def group_host_lists(self, argv: Sequence[str]) -> list[str]:
+        """``argv`` with each ``--hosts a b`` written ``--hosts=a --hosts=b``.
+
+        argparse would let ``--hosts`` swallow the program and its arguments
+        (the seed's ``--host a a b b prog.py``). A host list ends at the first
+        argument that starts with ``-`` (another flag, or ``--``), is an
+        existing file or ends in ``.py``: that is the program. Only the
+        launcher's own flags are looked at: from the program on, every
+        argument is left as it is."""
+        out: list[str] = []
+        i = 0
+        while i < len(argv):
+            token = argv[i]
+            if token == "--":
+                return out + list(argv[i:])
+            if token.startswith("-") and token != "-":
+                action = self._long_action(token) if token.startswith("--") else None
+                i += 1
+                if action is not None and action.dest == "hosts" and "=" not in token:
+                    hosts = []
+                    while i < len(argv) and not _ends_host_list(argv[i]):
+                        hosts.append(argv[i])
+                        i += 1
+                    if not hosts:
+                        self.error(
+                            f"argument {token}: expected at least one host before the program"
+                        )
+                    out += [f"--hosts={host}" for host in hosts]
+                    continue
+                out.append(token)
+                if self._takes_next(token) and i < len(argv):
+                    out.append(argv[i])
+                    i += 1
+                continue
+            command = self.commands.get(token)
+            if command is not None:
+                return [*out, token, *command.group_host_lists(argv[i + 1 :])]
+            return out + list(argv[i:])
+        return out
+
+    def _long_action(self, option: str) -> argparse.Action | None:
+        """The action of ``--option[=value]``, abbreviations included."""
+        option = option.split("=", 1)[0]
+        actions = self._option_string_actions
+        if option in actions:
+            return actions[option]
+        if not self.allow_abbrev:
+            return None
+        matches = {action for name, action in actions.items() if name.startswith(option)}
+        return matches.pop() if len(matches) == 1 else None
+
+    def _takes_next(self, option: str) -> bool:
+        """Whether ``option`` (``--path``, ``-n``, ``-vn``, ``-n3``) takes the next argument."""
+        if option.startswith("--"):
+            action = self._long_action(option)
+            return "=" not in option and action is not None and action.nargs != 0
+        for i, char in enumerate(option[1:], 2):
+            action = self._option_string_actions.get("-" + char)
+            if action is None:
+                return False
+            if action.nargs != 0:
+                return i == len(option)
+        return False
+
+
+def _ends_host_list(argument: str) -> bool:
+    return argument.startswith("-") or argument.endswith(".py") or os.path.isfile(argument)
 
 
 def _positive(text: str) -> int:
@@ -92,11 +169,19 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--hosts",
         "--host",
+        action="extend",
         nargs="+",
         metavar="HOST",
-        help="hosts to run workers on, one entry per worker",
+        help="hosts to run workers on, [user@]host[:port], one entry per worker; the list "
+        "ends at the program: the first argument that is an existing file, ends in .py or "
+        "starts with '-' (end it with -- if a host name is also a file name)",
     )
-    parser.add_argument("--hostfile", metavar="FILE", help="file of 'host [workers]' lines")
+    parser.add_argument(
+        "--hostfile",
+        metavar="FILE",
+        help="file of 'host [workers]' lines (also 'host workers=N' and SGE's "
+        "'host N queue processors'); no number: one worker per core",
+    )
     parser.add_argument(
         "-b",
         dest="brokers",
@@ -124,11 +209,14 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--profile", action="store_true", help="write a cProfile file per worker")
     parser.add_argument("--debug", action="store_true", help="debug logging and scoop.DEBUG = True")
+    parser.add_argument(
+        "--log", metavar="FILE", help="write the launcher's log records to FILE too"
+    )
     parser.add_argument("program", metavar="prog.py", help="the program to run")
     parser.add_argument("args", nargs=argparse.REMAINDER, help="the program's arguments")
 
 
-def module_parser() -> argparse.ArgumentParser:
+def module_parser() -> _Parser:
     parser = _Parser(
         prog="python -m scoop",
         description="Run a SCOOP program on a pool of workers.",
@@ -139,7 +227,7 @@ def module_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def command_parser() -> argparse.ArgumentParser:
+def command_parser() -> _Parser:
     parser = _Parser(prog="scoop", description="scoop-core: distributed futures for Python.")
     parser.add_argument("--version", action="version", version=f"scoop-core {__version__}")
     _add_common(parser, suppress=False)
@@ -150,60 +238,55 @@ def command_parser() -> argparse.ArgumentParser:
     _add_run_flags(run)
     plugins = sub.add_parser("plugins", help="list installed plugins")
     _add_common(plugins, suppress=True)
+    parser.commands = {"run": run, "plugins": plugins}
     return parser
 
 
 # -- from flags to a run ------------------------------------------------------
 
 
-def _is_local(host: str) -> bool:
-    host = host.rsplit("@", 1)[-1].split(":", 1)[0]
+def _is_local(host: Host) -> bool:
+    name = host.name
     return (
-        host in _LOCAL_NAMES
-        or host.startswith("127.")
-        or host in {socket.gethostname(), socket.getfqdn()}
+        name in _LOCAL_NAMES
+        or name.startswith("127.")
+        or name in {socket.gethostname(), socket.getfqdn()}
     )
 
 
-def _read_hostfile(path: str) -> list[tuple[str, int | None]]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            lines = fh.readlines()
-    except OSError as exc:
-        raise UsageError(f"cannot read the hostfile {path!r}: {exc.strerror}") from None
-    hosts: list[tuple[str, int | None]] = []
-    for number, line in enumerate(lines, 1):
-        fields = line.split("#", 1)[0].split()
-        if not fields:
-            continue
-        count: int | None = None
-        if len(fields) > 1:
-            try:
-                count = int(fields[1])
-            except ValueError:
-                raise UsageError(
-                    f"{path}:{number}: expected 'host [number of workers]', got {line.strip()!r}"
-                ) from None
-        hosts.append((fields[0], count))
+def _hosts(options: argparse.Namespace) -> list[Host]:
+    """The hosts of --hostfile then --hosts, as given."""
+    hosts: list[Host] = []
+    if options.hostfile:
+        try:
+            with open(options.hostfile, encoding="utf-8") as fh:
+                text = fh.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise UsageError(f"cannot read the hostfile {options.hostfile!r}: {reason}") from None
+        hosts += parse_hostfile(text, options.hostfile)
+    if options.hosts:
+        hosts += hosts_from_list(options.hosts)
     return hosts
 
 
-def _local_workers(options: argparse.Namespace) -> int | None:
-    """Workers asked for by --hosts/--hostfile, all of which must be this machine."""
-    hosts: list[tuple[str, int | None]] = []
-    if options.hostfile:
-        hosts += _read_hostfile(options.hostfile)
-    if options.hosts:
-        hosts += [(h, 1) for h in options.hosts]
-    if not hosts:
-        return None
-    remote = sorted({h for h, _ in hosts if not _is_local(h)})
+def _worker_count(options: argparse.Namespace) -> int | None:
+    """Workers asked for by -n and --hosts/--hostfile; None leaves it to the config.
+
+    Every host must be this machine, whatever -n says; with hosts, -n follows
+    the seed's rules (:func:`scoop_core.hosts.assign_workers`), which on one
+    machine means -n workers."""
+    hosts = _hosts(options)
+    remote = sorted({host.address for host in hosts if not _is_local(host)})
     if remote:
         raise UsageError(
             f"remote hosts ({', '.join(remote)}) need the ssh launcher, which this version does not have "
             "yet; run on this machine by leaving out --hosts/--hostfile or listing only localhost"
         )
-    return sum(count if count is not None else (os.cpu_count() or 1) for _, count in hosts)
+    if not hosts:
+        return options.workers
+    assigned = assign_workers(hosts, options.workers, os.cpu_count() or 1)
+    return sum(host.count or 0 for host in assigned)
 
 
 def _log_level(options: argparse.Namespace) -> str | None:
@@ -242,7 +325,7 @@ def run_program(options: argparse.Namespace) -> int:
     program = options.program
     if not os.path.isfile(program):
         raise UsageError(f"program file {program!r} not found")
-    workers = options.workers or _local_workers(options)
+    workers = _worker_count(options)
     cli = {
         "workers": workers,
         "transport": getattr(options, "transport", None),
@@ -287,6 +370,7 @@ def _supervise(pool: Pool, program: str, args: list[str]) -> int:
     """Run the root next to the workers; stop everything however it ends."""
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     root: subprocess.Popen[bytes] | None = None
+    grace = 3.0
     try:
         pool.start()
         argv = [pool.options.python, "-m", BOOTSTRAP, "root", program, *args]
@@ -307,6 +391,7 @@ def _supervise(pool: Pool, program: str, args: list[str]) -> int:
         return status if status >= 0 else 128 - status
     except _Stop as stop:
         log.info("stopping on signal %d", stop.signum)
+        grace = 1.0  # the user asked to stop: busy workers are not waited for long
         return 128 + stop.signum
     finally:
         # Signals from here on would only interrupt the clean-up.
@@ -315,11 +400,11 @@ def _supervise(pool: Pool, program: str, args: list[str]) -> int:
         if root is not None and root.poll() is None:
             root.terminate()
             try:
-                root.wait(3)
+                root.wait(grace)
             except subprocess.TimeoutExpired:
                 root.kill()
                 root.wait()
-        pool.stop(grace=3.0)
+        pool.stop(grace=grace)
         for s, handler in previous.items():
             signal.signal(s, handler)
 
@@ -330,15 +415,39 @@ def list_plugins(options: argparse.Namespace) -> int:
     return 0
 
 
-def _main(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    options = parser.parse_args(argv)
+@contextlib.contextmanager
+def _log_file(path: str | None) -> Iterator[None]:
+    """``--log FILE``: the ``scoop`` logger's records go to FILE too (appended)."""
+    if not path:
+        yield
+        return
+    try:
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write the log file {path!r}: {exc.strerror}") from None
+    handler.setFormatter(logging.Formatter(scoop_log.FORMAT))
+    for console in list(scoop_log.logger.handlers):
+        for record_filter in console.filters:  # the worker name FORMAT shows
+            handler.addFilter(record_filter)
+    scoop_log.logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        scoop_log.logger.removeHandler(handler)
+        handler.close()
+
+
+def _main(parser: _Parser, argv: Sequence[str] | None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    options = parser.parse_args(parser.group_host_lists(args))
     level = _log_level(options)
     if level:
         scoop_log.configure(level)
     try:
-        if getattr(options, "command", "run") == "plugins":
-            return list_plugins(options)
-        return run_program(options)
+        with _log_file(getattr(options, "log", None)):
+            if getattr(options, "command", "run") == "plugins":
+                return list_plugins(options)
+            return run_program(options)
     except (UsageError, ConfigError, PluginError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -171,12 +171,16 @@ class Pool:
     def stop(self, grace: float = 5.0) -> None:
         """Tell the workers the run is over, give them ``grace`` seconds to
         exit on their own, then make sure they are gone."""
+        joined: set[str] = set()
         if self.broker is not None:
             self.broker.shutdown()
+            joined = {p.name for p in self.broker.book.peers.values()}
         if self.group is not None:
+            # A worker that never reached the broker did not hear the
+            # shutdown and holds nothing: no reason to wait for it.
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline and any(
-                s is None for s in self.group.poll().values()
+                s is None and n in joined for n, s in self.group.poll().items()
             ):
                 time.sleep(0.02)  # polling child processes, not synchronising a test
             self.group.stop(1.0)

@@ -41,7 +41,7 @@ log = logging.getLogger("scoop.worker")
 PROGRAM_MODULE = "__scoop_main__"
 
 
-class TaskGreenlet(greenlet.greenlet):  # type: ignore[misc]
+class TaskGreenlet(greenlet.greenlet):
     """The greenlet of one future (``job``), or of the program's import (``job`` None)."""
 
     job: Job | None = None
@@ -378,13 +378,12 @@ class WorkerRuntime(ThreadedRuntime):
 
     def _flush(self) -> None:
         self._report_spare()
+        started: tuple[int, ...] = ()
         if self._started:
-            fids = [j.task.fid for j in self._started if j.task.fid in self.book.jobs]
+            started = tuple(j.task.fid for j in self._started if j.task.fid in self.book.jobs)
             self._started = []
-            if fids:
-                self._send(m.Started(fids))
-        if self._results:
-            self._send(m.Results(tuple(self._results)))
+        if self._results or started:
+            self._send(m.Results(tuple(self._results), started))
             self._results = []
 
     def _take_messages(self, timeout: float) -> None:

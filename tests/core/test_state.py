@@ -863,6 +863,7 @@ class ExactlyOnce(RuleBasedStateMachine):
         assert self.root_index
 
     def deliver(self) -> None:
+        replies: list[tuple[bytes, m.Message]] = []
         for peer, msg in self.book.take_outbox():
             if peer == ROOT:
                 if isinstance(msg, m.Welcome):
@@ -877,8 +878,15 @@ class ExactlyOnce(RuleBasedStateMachine):
             assert worker.book is not None, f"{msg} sent to {peer!r}, which left"
             if isinstance(msg, m.Tasks):
                 worker.book.receive(msg.tasks)  # raises if the broker sent too many
+            elif isinstance(msg, m.Cancel):
+                # The broker asks back an unstarted future for an idle worker.
+                replies.append((peer, m.CancelReply(msg.fid, worker.book.cancel(msg.fid))))
             else:
                 assert isinstance(msg, m.Welcome), msg
+        for peer, reply in replies:
+            self.book.handle(peer, reply)
+        if replies:
+            self.deliver()
 
     def join(self, worker: FakeWorker) -> None:
         self.book.handle(worker.peer, m.Hello(m.WORKER, "w", 2, "localhost", 1))
@@ -1014,3 +1022,79 @@ class ExactlyOnce(RuleBasedStateMachine):
 
 ExactlyOnce.TestCase.settings = settings(max_examples=200, stateful_step_count=40, deadline=None)
 TestExactlyOnce = ExactlyOnce.TestCase
+
+
+# -- futures submitted on a worker stay there, unless an idle worker steals them
+
+
+def test_local_futures_run_deepest_first_and_the_oldest_shallowest_are_stolen() -> None:
+    wb = WorkerBook(prefetch=2)
+    shallow = wb.adopt(m.Task(1, 0, 1, ()), payload="a")
+    deep = wb.adopt(m.Task(2, 1, 3, ()), payload="b")
+    middle = wb.adopt(m.Task(3, 1, 2, ()), payload="c")
+    later_shallow = wb.adopt(m.Task(4, 0, 1, ()), payload="d")
+    assert wb.spare == 4
+    assert wb.wanted(0) == 0  # it has work of its own: it asks the broker for none
+    assert wb.next_job() is deep
+    stolen = wb.steal(2)
+    assert stolen == [shallow, later_shallow]
+    assert all(j.state is QUEUED and j.task.fid not in wb.jobs for j in stolen)
+    assert wb.spare == 1
+    assert wb.next_job() is middle
+    assert wb.next_job() is None
+    assert wb.steal(5) == []
+
+
+def test_a_started_or_unstealable_local_future_is_not_stolen() -> None:
+    wb = WorkerBook()
+    wb.adopt(m.Task(1, 0, 1, ()), payload="runs")
+    wb.adopt(m.Task(2, 0, 1, ()), payload="kept", stealable=False)
+    assert wb.next_job() is not None
+    assert wb.steal(2) == []
+    assert wb.cancel(2)
+    assert wb.spare == 0
+
+
+def test_the_broker_asks_a_worker_with_spare_futures_to_give_half_to_a_hungry_one(run: Run) -> None:
+    run.join(W1, slots=1)
+    run.join(W2, slots=1)
+    run.send(W1, m.Spare(6))
+    assert run.take(W1) == []  # nobody is hungry yet
+    run.send(W2, m.Ready(2))
+    assert run.take(W1) == [m.Steal(2)]
+    run.send(W2, m.Ready(1))
+    assert run.take(W1) == []  # one steal at a time
+    # W1 hands two of its own futures over; they go to W2, results come back to W1.
+    given = (run.task(W1, depth=1), run.task(W1, depth=1))
+    run.send(W1, m.Submit(given))
+    run.send(W1, m.Spare(4))
+    assert sorted(run.tasks_for(W2)) == sorted(t.fid for t in given)
+    run.answer(W2, [t.fid for t in given])
+    assert sorted(fid for fid, _ in outcomes(run.take(W1))) == sorted(t.fid for t in given)
+    assert run.book.futures == {}
+
+
+def test_an_idle_worker_gets_back_a_future_queued_behind_a_long_one(run: Run) -> None:
+    run.join(W1, slots=1)
+    run.send(W1, m.Ready(2))
+    slow, fast = run.submit(ROOT, 2)
+    assert run.tasks_for(W1) == [slow, fast]
+    run.join(W2, slots=1)
+    run.send(W2, m.Ready(2))
+    assert run.take(W1) == [m.Cancel(fast)]  # a recall: W1 has not started it
+    run.send(W1, m.CancelReply(fast, True))
+    assert run.tasks_for(W2) == [fast]
+    assert run.take(ROOT) == []  # the owner sees nothing of it
+    run.answer(W2, [fast])
+    assert outcomes(run.take(ROOT)) == [(fast, m.OK)]
+
+
+def test_started_futures_travel_with_results(run: Run) -> None:
+    run.join(W1, slots=1)
+    run.send(W1, m.Ready(2))
+    a, b = run.submit(ROOT, 2)
+    run.take(W1)
+    run.send(W1, m.Results((m.Outcome(a, m.OK, 0.0, (b"v",)),), started=(b,)))
+    msgs = run.take(ROOT)
+    assert m.Started([b]) in msgs and outcomes(msgs) == [(a, m.OK)]
+    assert run.book.futures[b].state is RUNNING
