@@ -11,6 +11,7 @@ Everything else comes from ``_SCOOP_*`` environment variables set by
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import logging
 import os
@@ -129,10 +130,8 @@ def run_root(program: str, args: list[str]) -> int:
         traceback.print_exc()
         code = 1
     finally:
-        try:
+        with contextlib.suppress(Exception):
             sys.stdout.flush()
-        except Exception:
-            pass
         rt.close()
     return code
 

@@ -58,6 +58,7 @@ class Broker:
 
     def peer_lost(self, identity: bytes) -> None:
         """A peer's process is known to be dead: queue its futures again."""
+
         def _leave() -> None:
             self.book.leave(identity)
 
