@@ -182,8 +182,11 @@ class Runtime:
             futures.append(fut)
         for fut in futures:
             self._owned[fut.fid] = fut
-        self._send(m.Submit(tuple(tasks)))
+        self._send_tasks(tasks)
         return futures
+
+    def _send_tasks(self, tasks: list[m.Task]) -> None:
+        self._send(m.Submit(tuple(tasks)))
 
     def cancel(self, fid: int) -> bool:
         """Ask the broker to cancel future ``fid``; True if it will never run."""
@@ -345,7 +348,10 @@ class ThreadedRuntime(Runtime):
 
     def __init__(self, endpoint: Endpoint, **kwargs: Any) -> None:
         super().__init__(endpoint, **kwargs)
-        self._outbox: collections.deque[list[Frame]] = collections.deque()
+        # Encoded messages, and new futures as bare tasks: the I/O thread
+        # sends consecutive tasks as one Submit, so a loop of submit() calls
+        # costs a few messages, not one each (one queue keeps the order).
+        self._outbox: collections.deque[list[Frame] | m.Task] = collections.deque()
         self._thread: threading.Thread | None = None
         self._stop = False
 
@@ -360,18 +366,42 @@ class ThreadedRuntime(Runtime):
         self._outbox.append(m.encode(msg, self.key))
         self.endpoint.wakeup()
 
+    def _send_tasks(self, tasks: list[m.Task]) -> None:
+        self._outbox.extend(tasks)
+        self.endpoint.wakeup()
+
+    def _send_pending(self) -> None:
+        """In the I/O thread: send what is queued, in order."""
+        outbox, endpoint = self._outbox, self.endpoint
+        batch: list[m.Task] = []
+        while outbox:
+            item = outbox.popleft()
+            if isinstance(item, m.Task):
+                batch.append(item)
+                continue
+            if batch:
+                endpoint.send(m.encode(m.Submit(tuple(batch)), self.key))
+                batch = []
+            endpoint.send(item)
+        if batch:
+            endpoint.send(m.encode(m.Submit(tuple(batch)), self.key))
+
     def on_io_message(self, msg: m.Message) -> None:
         raise NotImplementedError
 
+    def io_tick(self) -> float:
+        """Called in the I/O thread after each wait; returns the next wait's timeout."""
+        return 1.0
+
     def _loop(self) -> None:
-        endpoint, outbox = self.endpoint, self._outbox
+        endpoint = self.endpoint
+        timeout = 1.0
         try:
             while True:
-                while outbox:
-                    endpoint.send(outbox.popleft())
+                self._send_pending()
                 if self._stop:
                     return
-                frames = endpoint.recv(1.0)
+                frames = endpoint.recv(timeout)
                 while frames is not None:
                     try:
                         msg = m.decode(frames, self.key)
@@ -380,6 +410,7 @@ class ThreadedRuntime(Runtime):
                     else:
                         self.on_io_message(msg)
                     frames = endpoint.recv(0)
+                timeout = self.io_tick()
         except Exception:
             log.exception("the I/O thread of %s failed", self.name)
             self._on_shutdown("its I/O thread failed")

@@ -1,8 +1,10 @@
 """``scoop.logger``: log records that say when, which worker and which module.
 
 The launcher owns the console, so the library never prints: it logs under
-``scoop.*``; this module gives the ``scoop`` logger one handler per process
-with SCOOP's layout plus the worker's name.
+``scoop.*``. In the processes of a launched run (and in the launcher) this
+module gives the ``scoop`` logger one handler with SCOOP's layout plus the
+worker's name; a program that merely imports the library (an embedding
+program) keeps its own logging setup.
 """
 
 from __future__ import annotations
@@ -33,6 +35,3 @@ def configure(level: str | int = "WARNING", stream: object = None) -> None:
         logger.addHandler(handler)
         logger.propagate = False
     logger.setLevel(level if isinstance(level, int) else level.upper())
-
-
-configure()

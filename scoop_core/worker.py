@@ -40,6 +40,13 @@ log = logging.getLogger("scoop.worker")
 
 PROGRAM_MODULE = "__scoop_main__"
 
+# A submitted future that runs longer than this is announced as started
+# (running() becomes True); quicker ones never cost that message.
+_STARTED_AFTER = 0.005
+_FLUSH_AFTER = 0.005
+_QUEUED_SECONDS = 0.01
+_MAX_PREFETCH = 128
+
 
 class TaskGreenlet(greenlet.greenlet):
     """The greenlet of one future (``job``), or of the program's import (``job`` None)."""
@@ -105,6 +112,7 @@ class WorkerRuntime(ThreadedRuntime):
     ) -> None:
         super().__init__(endpoint, key=key, serializer=serializer, name=name, workers=workers)
         self.book = WorkerBook(prefetch=prefetch)
+        self._base_prefetch = self.book.prefetch
         self.ready: deque[TaskGreenlet] = deque()
         self.hub: Any = None
         self._timers: list[tuple[float, int, GreenletEvent]] = []
@@ -121,6 +129,11 @@ class WorkerRuntime(ThreadedRuntime):
         self._lock = threading.Lock()
         self._reported_spare = 0
         self._spare_time = 0.0
+        self._current: Job | None = None
+        self._current_since = 0.0
+        self._flushed = 0.0
+        self._job_seconds = -1.0
+        self._io_waiting = False
 
     @property
     def slots(self) -> int:
@@ -196,6 +209,30 @@ class WorkerRuntime(ThreadedRuntime):
             fut.mark_cancelled()
         return True
 
+    def _adapt_prefetch(self, elapsed: float) -> None:
+        """Hold about _QUEUED_SECONDS of work: many quick futures (so the
+        round trip to the broker is hidden), few slow ones (so an idle
+        worker can have them)."""
+        avg = self._job_seconds
+        avg = elapsed if avg < 0 else 0.8 * avg + 0.2 * elapsed
+        self._job_seconds = avg
+        ahead = int(_QUEUED_SECONDS / avg) if avg > 0 else _MAX_PREFETCH
+        self.book.prefetch = max(self._base_prefetch, min(_MAX_PREFETCH, ahead))
+
+    def io_tick(self) -> float:
+        """Say that the running future started once it has run a few ms."""
+        job = self._current
+        if job is None or job.task.fid in self._announced:
+            self._io_waiting = True
+            return 1.0
+        self._io_waiting = False
+        left = self._current_since + _STARTED_AFTER - time.monotonic()
+        if left > 0:
+            return left
+        self._announced.add(job.task.fid)
+        self._send(m.Results((), (job.task.fid,)))
+        return 0.0
+
     def _give(self, count: int) -> None:
         """Hand spare futures to the broker for idle workers (in the I/O thread)."""
         with self._lock:
@@ -264,17 +301,20 @@ class WorkerRuntime(ThreadedRuntime):
         try:
             payload = self.serializer.loads(job.task.frames)
             if not isinstance(payload, Chunk):
-                # A submitted future's owner may ask running() or cancel():
-                # say it started before running it. (Chunks of a map are
-                # never seen by the user, so they spare the message.)
-                self.note_started(job)
-                self._flush()
+                # Its owner may ask running(): if it runs for more than a
+                # moment, the I/O thread says it started (see io_tick).
+                # Chunks of a map are never seen by the user.
+                self._current, self._current_since = job, time.monotonic()
+                if self._io_waiting:
+                    self.endpoint.wakeup()
             value: Any = payload.run()
         except BaseException as exc:
             if isinstance(exc, greenlet.GreenletExit):
                 raise
             status, value = m.RAISED, portable(capture(exc), self.serializer.dumps)
+        self._current = None
         elapsed = time.perf_counter() - start
+        self._adapt_prefetch(elapsed)
         frames = self._dump_outcome(fid, status, value)
         if frames is None:
             status, frames = m.RAISED, self._dump_unsendable(value)
@@ -344,13 +384,22 @@ class WorkerRuntime(ThreadedRuntime):
                     g.switch(job)
                     progressed = True
             self._fire_timers()
-            self._flush()
+            now = time.monotonic()
+            # Results of quick futures go out in batches; nothing waits
+            # longer than _FLUSH_AFTER, and all goes out before we idle.
+            if (
+                self._started
+                or len(self._results) >= 64
+                or not (ready or book.unstarted)
+                or now - self._flushed > _FLUSH_AFTER
+            ):
+                self._flush()
+                self._flushed = now
             with self._lock:
                 want = book.wanted(len(ready))
             if want:
                 self._send(m.Ready(want))
             self._take_messages(0.0 if (progressed or ready) else self._idle_timeout())
-            now = time.monotonic()
             if now - last_check > 1.0:
                 last_check = now
                 if (
