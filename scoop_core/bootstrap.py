@@ -47,6 +47,8 @@ def _setup(name: str) -> tuple[Endpoint, bytes, Serializer, int]:
     context.DEBUG = bool(os.environ.get("_SCOOP_DEBUG"))
     context.SIZE = int(_env("_SCOOP_WORKERS", "1"))
     scoop_log.configure(_env("_SCOOP_LOG_LEVEL", "WARNING"))
+    if os.environ.get("_SCOOP_LOG_FILE"):
+        scoop_log.add_file(os.environ["_SCOOP_LOG_FILE"])
     # The key stays out of the environment of the user's own subprocesses.
     key = bytes.fromhex(os.environ.pop("_SCOOP_KEY", "") or _env("_SCOOP_KEY"))
     disabled = [p for p in _env("_SCOOP_DISABLE_PLUGINS", "").split(",") if p]

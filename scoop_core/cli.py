@@ -73,6 +73,12 @@ class _Parser(argparse.ArgumentParser):
                         self.error(
                             f"argument {token}: expected at least one host before the program"
                         )
+                    if i == len(argv):
+                        self.error(
+                            f"argument {token}: no program after the hosts {' '.join(hosts)}; "
+                            "the program is the first existing file or name ending in .py "
+                            "(or put -- before it)"
+                        )
                     out += [f"--hosts={host}" for host in hosts]
                     continue
                 out.append(token)
@@ -213,7 +219,10 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         "--log", metavar="FILE", help="write the launcher's log records to FILE too"
     )
     parser.add_argument("program", metavar="prog.py", help="the program to run")
-    parser.add_argument("args", nargs=argparse.REMAINDER, help="the program's arguments")
+    program_args = parser.add_argument(
+        "args", nargs=argparse.REMAINDER, help="the program's arguments"
+    )
+    program_args.required = False  # a missing program is the error, not missing arguments
 
 
 def module_parser() -> _Parser:
@@ -346,6 +355,8 @@ def run_program(options: argparse.Namespace) -> int:
         prolog=options.prolog,
         profile=options.profile,
         debug=bool(options.debug),
+        # Workers and the root append their records to --log FILE too.
+        extra_env={"_SCOOP_LOG_FILE": os.path.abspath(options.log)} if options.log else {},
     )
     pool = Pool(
         config=config,
@@ -422,14 +433,9 @@ def _log_file(path: str | None) -> Iterator[None]:
         yield
         return
     try:
-        handler = logging.FileHandler(path, encoding="utf-8")
+        handler = scoop_log.add_file(path)
     except OSError as exc:
         raise UsageError(f"cannot write the log file {path!r}: {exc.strerror}") from None
-    handler.setFormatter(logging.Formatter(scoop_log.FORMAT))
-    for console in list(scoop_log.logger.handlers):
-        for record_filter in console.filters:  # the worker name FORMAT shows
-            handler.addFilter(record_filter)
-    scoop_log.logger.addHandler(handler)
     try:
         yield
     finally:
@@ -440,9 +446,8 @@ def _log_file(path: str | None) -> Iterator[None]:
 def _main(parser: _Parser, argv: Sequence[str] | None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     options = parser.parse_args(parser.group_host_lists(args))
-    level = _log_level(options)
-    if level:
-        scoop_log.configure(level)
+    # The launcher owns the console: its records show from the start.
+    scoop_log.configure(_log_level(options) or "WARNING")
     try:
         with _log_file(getattr(options, "log", None)):
             if getattr(options, "command", "run") == "plugins":
@@ -454,6 +459,8 @@ def _main(parser: _Parser, argv: Sequence[str] | None) -> int:
     except LaunchError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before the run started: nothing to stop
+        return 128 + signal.SIGINT
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,7 @@ Anything else on a line is a mistake, reported as a
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,7 +29,6 @@ from scoop_core.errors import UsageError
 __all__ = ["Host", "assign_workers", "hosts_from_list", "parse_host", "parse_hostfile"]
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
-_IPV6 = re.compile(r"[0-9A-Fa-f:.]*:[0-9A-Fa-f:.]*(%[A-Za-z0-9_.-]+)?\Z")
 _USER = re.compile(r"[^\s@\[\]:/]+\Z")
 _COUNT_KEYS = ("worker", "workers", "slots")
 _KEYED_COUNT = re.compile(r"(?P<key>[A-Za-z_]+)\s*=\s*(?P<value>\S*)\Z")
@@ -71,14 +71,14 @@ def parse_host(spec: str) -> Host:
     port_text: str | None = None
     if rest.startswith("["):
         name, bracket, after = rest[1:].partition("]")
-        if not bracket or (after and not after.startswith(":")) or not _IPV6.match(name):
+        if not bracket or (after and not after.startswith(":")) or not _is_ipv6(name):
             raise ValueError(f"{rest!r} is not an '[IPv6 address]:port'")
         port_text = after[1:] if after else None
     elif rest.count(":") == 1:
         name, _, port_text = rest.partition(":")
     else:
         name = rest
-    if not (_NAME.match(name) or _IPV6.match(name)):
+    if not (_NAME.match(name) or _is_ipv6(name)):
         raise ValueError(f"{name!r} is not a host name or IP address")
     port: int | None = None
     if port_text is not None:
@@ -86,6 +86,14 @@ def parse_host(spec: str) -> Host:
             raise ValueError(f"port {port_text!r} is not a number from 1 to 65535")
         port = int(port_text)
     return Host(user, name, port)
+
+
+def _is_ipv6(name: str) -> bool:
+    try:
+        ipaddress.IPv6Address(name)
+    except ValueError:
+        return False
+    return True
 
 
 def hosts_from_list(specs: Iterable[str]) -> list[Host]:

@@ -35,3 +35,13 @@ def configure(level: str | int = "WARNING", stream: object = None) -> None:
         logger.addHandler(handler)
         logger.propagate = False
     logger.setLevel(level if isinstance(level, int) else level.upper())
+
+
+def add_file(path: str) -> logging.Handler:
+    """Send the ``scoop`` logger's records to ``path`` too (appended), in
+    the same layout; returns the handler so the caller can remove it."""
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(FORMAT))
+    handler.addFilter(_WorkerName())
+    logger.addHandler(handler)
+    return handler

@@ -1,0 +1,419 @@
+"""The launcher as users run it: ``python -m scoop`` and ``scoop run`` in real
+subprocesses, with real workers, checking what a user sees: the program's
+output and arguments, the exit status, the messages, and that no process of
+the run is left behind.
+
+Programs print ``RESULT <json>`` lines; the tests read them back."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import processes_of, wait_gone
+
+PRELUDE = """
+import json, os, sys, time
+import scoop
+from scoop import futures
+
+def out(value):
+    print("RESULT " + json.dumps(value), flush=True)
+"""
+
+REPORT = (
+    PRELUDE
+    + """
+if __name__ == "__main__":
+    out({"size": scoop.SIZE, "argv": sys.argv[1:]})
+"""
+)
+
+
+def results(proc: subprocess.CompletedProcess[str]) -> list:
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    )
+    return [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+
+
+def size_of(proc: subprocess.CompletedProcess[str]) -> int:
+    return results(proc)[0]["size"]
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str]) -> str:
+    """The single line a usage error prints, after checking status 2 and silence elsewhere."""
+    assert proc.returncode == 2, f"exit {proc.returncode}\nstderr:\n{proc.stderr}"
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    return lines[0]
+
+
+def scoop_command() -> list[str]:
+    """The ``scoop`` console script of this Python (the one next to it, if there)."""
+    beside = Path(sys.executable).with_name("scoop")
+    found = str(beside) if beside.exists() else shutil.which("scoop")
+    assert found, "the scoop console script is not installed"
+    return [found]
+
+
+# -- the two commands ---------------------------------------------------------
+
+
+def test_python_m_scoop_and_scoop_run_do_the_same_thing(write_program, scoop_run, tmp_path):
+    prog = write_program(REPORT)
+    config = tmp_path / "settings.toml"
+    config.write_text('[scoop]\nserializer = "pickle"\n')
+    args = ("a", "b", "-n", "3", "--foo", "--", "-v")
+    by_module = scoop_run(prog, *args, flags=("-n", "2"))
+    by_script = scoop_run(
+        prog,
+        *args,
+        command=[*scoop_command(), "--transport", "zmq", "--config", str(config), "-v", "run"],
+        flags=("-n", "2"),
+    )
+    expected = [{"size": 2, "argv": ["a", "b", "-n", "3", "--foo", "--", "-v"]}]
+    assert results(by_module) == expected
+    assert results(by_script) == expected
+    # -v before `run` counts: the launcher says where the broker is.
+    assert "2 worker(s)" in by_script.stderr
+    assert by_module.stderr == ""
+
+
+def test_workers_default_to_one_per_core_and_n_sets_them(write_program, scoop_run):
+    prog = write_program(REPORT)
+    assert size_of(scoop_run(prog, flags=())) == os.cpu_count()
+    assert size_of(scoop_run(prog, flags=("-n", "3"))) == 3
+
+
+def test_worker_output_reaches_the_launchers_output(write_program, scoop_run):
+    prog = write_program(
+        PRELUDE
+        + """
+def speak(i):
+    print(f"out of future {i}", flush=True)
+    print(f"err of future {i}", file=sys.stderr, flush=True)
+    return i
+
+if __name__ == "__main__":
+    print("root says hello", flush=True)
+    out(list(futures.map(speak, range(4))))
+"""
+    )
+    proc = scoop_run(prog)
+    assert results(proc) == [[0, 1, 2, 3]]
+    assert "root says hello" in proc.stdout
+    for i in range(4):
+        assert f"out of future {i}" in proc.stdout
+        assert f"err of future {i}" in proc.stderr
+
+
+# -- exit status and errors ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "on_stderr"),
+    [
+        ("pass", 0, []),
+        ("sys.exit(7)", 7, []),
+        ("sys.exit('the disk is full')", 1, ["the disk is full"]),
+        ("raise ValueError('bad input')", 1, ["Traceback", "ValueError: bad input"]),
+    ],
+    ids=["ok", "exit-7", "exit-message", "exception"],
+)
+def test_the_launcher_exits_with_the_programs_status(
+    write_program, scoop_run, body, status, on_stderr
+):
+    prog = write_program(
+        PRELUDE
+        + f"\nif __name__ == '__main__':\n    futures.submit(abs, -1).result()\n    {body}\n"
+    )
+    proc = scoop_run(prog)
+    assert proc.returncode == status, proc.stderr
+    for text in on_stderr:
+        assert text in proc.stderr
+    if not on_stderr:
+        assert proc.stderr == ""
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (("--frobnicate",), "unrecognized arguments: --frobnicate"),
+        (("-n", "0"), "argument -n: expected a number of at least 1, got 0"),
+        (("-n", "x"), "argument -n: expected a whole number, got 'x'"),
+        (("--transport", "carrier-pigeon"), "choose one of: zmq"),
+        (("--hosts",), "argument --hosts: expected at least one host"),
+    ],
+)
+def test_a_bad_command_line_is_one_line_and_status_2(write_program, scoop_run, flags, expected):
+    line = one_line_error(scoop_run(write_program(REPORT), flags=flags))
+    assert expected in line
+
+
+def test_a_missing_program_is_named(scoop_run, tmp_path):
+    missing = tmp_path / "no_such_program.py"
+    assert "no_such_program.py" in one_line_error(scoop_run(missing))
+
+
+def test_scoop_plugins_lists_the_built_in_plugins(tmp_path):
+    proc = subprocess.run(
+        [*scoop_command(), "plugins"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[1:]}
+    for name, kind in [
+        ("zmq", "transport"),
+        ("local", "launcher"),
+        ("cloudpickle", "serializer"),
+        ("pickle", "serializer"),
+    ]:
+        assert rows[name][1] == kind
+        assert "scoop-core" in rows[name]
+
+
+# -- stopping -----------------------------------------------------------------
+
+LONG_FUTURES = (
+    PRELUDE
+    + """
+def nap(i):
+    print(f"BUSY {i}", flush=True)
+    time.sleep(60)
+    return i
+
+if __name__ == "__main__":
+    running = [futures.submit(nap, i) for i in range(2)]
+    print("READY", flush=True)
+    futures.wait(running)
+    out("the futures finished: the run was not stopped")
+"""
+)
+
+
+def read_until(proc: subprocess.Popen[bytes], wanted: tuple[str, ...], timeout: float) -> str:
+    """Read ``proc``'s stdout as it comes until every string in ``wanted``
+    was seen or ``timeout`` passes; return what was read. (The root and the
+    workers share the pipe, so their lines may interleave mid-line.)"""
+    assert proc.stdout is not None
+    text = ""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while not all(w in text for w in wanted) and time.monotonic() < deadline:
+            if not selector.select(max(0.0, deadline - time.monotonic())):
+                continue
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk:
+                break
+            text += chunk.decode()
+    return text
+
+
+@pytest.mark.parametrize(
+    ("signum", "whole_group", "status"),
+    [
+        (signal.SIGINT, False, 130),
+        (signal.SIGTERM, False, 143),
+        (signal.SIGINT, True, 130),
+    ],
+    ids=["sigint", "sigterm", "ctrl-c-in-a-terminal"],
+)
+def test_a_signal_stops_the_run_and_leaves_nothing_behind(
+    write_program, tmp_path, signum, whole_group, status
+):
+    prog = write_program(LONG_FUTURES)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scoop", "-n", "2", str(prog)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=whole_group,
+    )
+    try:
+        # READY from the root, BUSY from a worker: a future is running.
+        seen = read_until(proc, ("READY", "BUSY"), timeout=60)
+        assert "READY" in seen and "BUSY" in seen, seen
+        if whole_group:
+            os.killpg(proc.pid, signum)  # what a terminal does on Ctrl-C
+        else:
+            proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=5)
+        assert proc.returncode == status, stderr.decode()
+        assert wait_gone(str(prog)) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for pid in processes_of(str(prog)):
+            os.kill(pid, signal.SIGKILL)
+
+
+# -- the seed's flags ---------------------------------------------------------
+
+REMOTE_ERROR = "remote hosts (otherbox) need the ssh launcher"
+
+
+@pytest.mark.parametrize(
+    ("flags", "workers"),
+    [
+        (("--hosts", "localhost", "localhost"), 2),
+        (("--host", "localhost", "127.0.0.1", "--"), 2),
+        (("--hosts", "localhost", "-n", "3"), 3),
+        (("--hostfile", "hosts"), 2),
+    ],
+    ids=["hosts-then-program", "host-and-dashes", "hosts-and-n", "hostfile"],
+)
+def test_local_hosts_run_their_workers_here(write_program, scoop_run, tmp_path, flags, workers):
+    (tmp_path / "hosts").write_text("# this machine\nlocalhost 2\n")
+    assert size_of(scoop_run(write_program(REPORT), flags=flags)) == workers
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ("--hosts", "otherbox"),
+        ("-n", "2", "--hosts", "localhost", "otherbox"),
+        ("--hostfile", "hosts", "-n", "1"),
+    ],
+    ids=["hosts", "hosts-and-n", "hostfile-and-n"],
+)
+def test_remote_hosts_need_the_ssh_launcher_whatever_n_says(
+    write_program, scoop_run, tmp_path, flags
+):
+    (tmp_path / "hosts").write_text("localhost 2\notherbox 4\n")
+    assert REMOTE_ERROR in one_line_error(scoop_run(write_program(REPORT), flags=flags))
+
+
+def test_a_malformed_hostfile_line_is_named(write_program, scoop_run, tmp_path):
+    (tmp_path / "hosts").write_text("localhost 2\nlocalhost zero\n")
+    line = one_line_error(scoop_run(write_program(REPORT), flags=("--hostfile", "hosts")))
+    assert "hosts:2:" in line and "'zero'" in line
+
+
+def test_worker_flags_shape_the_workers(write_program, scoop_run, tmp_path):
+    workdir = tmp_path / "workdir"
+    workdir.mkdir()
+    libdir = tmp_path / "lib"
+    libdir.mkdir()
+    (libdir / "only_in_lib.py").write_text("VALUE = 'from lib'\n")
+    prolog = tmp_path / "prolog.sh"
+    prolog.write_text("export FROM_PROLOG=prolog-ran\n")
+    prog = write_program(
+        PRELUDE
+        + """
+def look(_):
+    import only_in_lib
+    return {
+        "cwd": os.getcwd(),
+        "nice": os.nice(0),
+        "lib": only_in_lib.VALUE,
+        "prolog": os.environ.get("FROM_PROLOG"),
+        "python": sys.executable,
+        "debug": scoop.DEBUG,
+    }
+
+if __name__ == "__main__":
+    out({"debug": scoop.DEBUG, "workers": list(futures.map(look, range(8)))})
+"""
+    )
+    proc = scoop_run(
+        prog,
+        flags=(
+            "-n",
+            "2",
+            "--path",
+            str(workdir),
+            "--nice",
+            "5",
+            "--pythonpath",
+            str(libdir),
+            "--prolog",
+            str(prolog),
+            "--python-interpreter",
+            sys.executable,
+            "--profile",
+            "--debug",
+        ),
+    )
+    [got] = results(proc)
+    assert got["debug"] is True
+    for seen in got["workers"]:
+        assert seen["cwd"] == str(workdir)
+        assert seen["nice"] == os.nice(0) + 5
+        assert seen["lib"] == "from lib"
+        assert seen["prolog"] == "prolog-ran"
+        assert seen["python"] == sys.executable
+        assert seen["debug"] is True
+    profiles = sorted(p.name for p in workdir.glob("*.prof"))
+    assert profiles == ["scoop-profile-worker-1.prof", "scoop-profile-worker-2.prof"]
+
+
+def test_remote_only_flags_run_with_a_warning(write_program, scoop_run, tmp_path):
+    log_file = tmp_path / "scoop.log"
+    proc = scoop_run(
+        write_program(REPORT),
+        flags=(
+            "-n",
+            "1",
+            "--tunnel",
+            "--external-hostname",
+            "me.example.org",
+            "--broker-hostname",
+            "10.0.0.1",
+            "-b",
+            "2",
+            "--backend",
+            "zmq",
+            "--log",
+            str(log_file),
+        ),
+    )
+    assert size_of(proc) == 1
+    logged = log_file.read_text()
+    for flag in ("--tunnel", "--external-hostname", "--broker-hostname", "-b 2"):
+        [warning] = [line for line in proc.stderr.splitlines() if flag in line]
+        assert "WARNING" in warning
+        assert ("one broker serves" if flag == "-b 2" else "remote hosts") in warning
+        # --log: the launcher's records go to the file as well.
+        assert warning in logged.splitlines()
+
+
+@pytest.mark.parametrize(
+    ("verbosity", "shown", "hidden"),
+    [
+        (("-q",), [], ["WARNING", "INFO", "DEBUG"]),
+        ((), ["WARNING"], ["INFO", "DEBUG"]),
+        (("-v",), ["WARNING", "INFO"], ["DEBUG"]),
+        (("-vv",), ["WARNING", "INFO", "DEBUG"], []),
+    ],
+    ids=["quiet", "default", "verbose", "very-verbose"],
+)
+def test_verbosity_flags_change_what_is_logged(write_program, scoop_run, verbosity, shown, hidden):
+    proc = scoop_run(write_program(REPORT), flags=("-n", "1", "-b", "2", *verbosity))
+    assert size_of(proc) == 1
+    levels = {word for line in proc.stderr.splitlines() for word in line.split()}
+    for level in shown:
+        assert level in levels, proc.stderr
+    for level in hidden:
+        assert level not in levels, proc.stderr
+
+
+# -- configuration end to end -------------------------------------------------
+
+
+def test_config_file_environment_and_n_in_that_order(write_program, scoop_run, tmp_path):
+    prog = write_program(REPORT)
+    (tmp_path / "scoop.toml").write_text("[scoop]\nworkers = 3\n")
+    assert size_of(scoop_run(prog, flags=())) == 3
+    assert size_of(scoop_run(prog, flags=(), env={"SCOOP_WORKERS": "2"})) == 2
+    assert size_of(scoop_run(prog, flags=("-n", "1"), env={"SCOOP_WORKERS": "2"})) == 1
