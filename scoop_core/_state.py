@@ -161,8 +161,13 @@ class BrokerBook:
     breadth), first come first served at equal depth.
     """
 
-    def __init__(self, *, max_losses: int = 3) -> None:
+    def __init__(self, *, max_losses: int = 3, expected_workers: int = 0) -> None:
         self.peers: dict[bytes, PeerRecord] = {}
+        # Programs (roots, clients) are welcomed once this many workers have
+        # joined, so a run starts with every worker it was launched with.
+        self.expected_workers = expected_workers
+        self.parked: list[bytes] = []
+        self.joined: set[str] = set()  # names of every peer that ever joined
         self.futures: dict[int, FutureRecord] = {}
         self.constants: dict[str, tuple[Frame, ...]] = {}
         self.max_losses = max_losses
@@ -220,9 +225,26 @@ class BrokerBook:
         self._next_index += 1
         rec.fire("welcome")
         self.peers[peer] = rec
-        consts = tuple(m.Constant(k, v) for k, v in self.constants.items())
-        self._outbox.append((peer, m.Welcome(rec.index, consts)))
+        self.joined.add(msg.name)
         log.debug("peer %s (%s, %d slots) joined", msg.name, msg.role, rec.slots)
+        if not rec.is_worker and len(self.workers) < self.expected_workers:
+            self.parked.append(peer)
+            return
+        self._welcome(rec)
+        if rec.is_worker and self.parked and len(self.workers) >= self.expected_workers:
+            self.release_parked()
+
+    def _welcome(self, rec: PeerRecord) -> None:
+        consts = tuple(m.Constant(k, v) for k, v in self.constants.items())
+        self._outbox.append((rec.peer, m.Welcome(rec.index, consts)))
+
+    def release_parked(self) -> None:
+        """Welcome the programs waiting for workers (all joined, or waited enough)."""
+        for peer in self.parked:
+            rec = self.peers.get(peer)
+            if rec is not None:
+                self._welcome(rec)
+        self.parked = []
 
     def _submit(self, rec: PeerRecord, tasks: tuple[m.Task, ...]) -> None:
         # Check the whole batch first: a refused batch changes nothing.

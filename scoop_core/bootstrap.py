@@ -61,15 +61,18 @@ def _setup(name: str) -> tuple[Endpoint, bytes, Serializer, int]:
 
 
 def _watch_parent(name: str) -> None:
-    """Exit if the launcher dies, so no process of ours outlives it."""
-    if os.environ.get("_SCOOP_WATCH_PARENT") != "1":
+    """Exit if the process that started us dies, so no process of ours
+    outlives it (it may have died before we got this far: compare with the
+    pid it gave us, not with our parent at this moment)."""
+    expected = os.environ.get("_SCOOP_PARENT_PID")
+    if not expected:
         return
-    parent = os.getppid()
+    parent = int(expected)
 
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.5)
-        log.warning("%s: the launcher is gone; exiting", name)
+        log.warning("%s: the process that started it is gone; exiting", name)
         os._exit(1)
 
     threading.Thread(target=watch, name="scoop-parent-watch", daemon=True).start()
@@ -86,6 +89,7 @@ def run_worker() -> int:
     nice = os.environ.get("_SCOOP_NICE")
     if nice:
         os.nice(int(nice))
+    _watch_parent(name)
     endpoint, key, serializer, size = _setup(name)
     rt = WorkerRuntime(
         endpoint,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 from scoop_core import _messages as m
@@ -36,15 +37,19 @@ class Broker:
         run_id: str,
         public: bool = False,
         max_losses: int = 3,
+        expected_workers: int = 0,
+        join_timeout: float = 10.0,
     ) -> None:
         self.key = key
         self.hub = transport.bind(run_id=run_id, public=public)
         self.address = self.hub.address
-        self.book = BrokerBook(max_losses=max_losses)
+        self.book = BrokerBook(max_losses=max_losses, expected_workers=expected_workers)
+        self.join_timeout = join_timeout
         self._requests: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._running = False
         self._thread = threading.Thread(target=self._loop, name="scoop-broker", daemon=True)
         self._rejected: set[bytes] = set()
+        self._closing_until = 0.0
 
     def start(self) -> None:
         self._running = True
@@ -70,6 +75,9 @@ class Broker:
         def _stop() -> None:
             self.book.broadcast(m.Shutdown(reason))
             self._running = False
+            # Read the peers' goodbyes for a moment: a peer whose last
+            # messages find the hub gone waits out its transport's linger.
+            self._closing_until = time.monotonic() + 1.0
 
         if self._thread.is_alive():
             self._request(_stop)
@@ -80,9 +88,10 @@ class Broker:
 
     def _loop(self) -> None:
         hub, book, key = self.hub, self.book, self.key
+        join_deadline = time.monotonic() + self.join_timeout
         try:
-            while self._running:
-                item = hub.recv(1.0)
+            while self._running or (book.peers and time.monotonic() < self._closing_until):
+                item = hub.recv(1.0 if self._running else 0.05)
                 count = 0
                 while item is not None:
                     self._receive(*item)
@@ -90,6 +99,14 @@ class Broker:
                     item = hub.recv(0) if count < _BATCH else None
                 while not self._requests.empty():
                     self._requests.get_nowait()()
+                if book.parked and time.monotonic() > join_deadline:
+                    log.warning(
+                        "%d of %d workers joined within %g s; starting with those",
+                        len(book.workers),
+                        book.expected_workers,
+                        self.join_timeout,
+                    )
+                    book.release_parked()
                 book.dispatch()
                 for peer, msg in book.take_outbox():
                     hub.send(peer, m.encode(msg, key))

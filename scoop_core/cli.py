@@ -352,7 +352,7 @@ def run_program(options: argparse.Namespace) -> int:
         pythonpath=config["pythonpath"],
         nice=config["nice"],
         path=options.path,
-        prolog=options.prolog,
+        prolog=os.path.abspath(options.prolog) if options.prolog else None,
         profile=options.profile,
         debug=bool(options.debug),
         # Workers and the root append their records to --log FILE too.

@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
+import sys
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -23,9 +26,23 @@ from scoop_core import _runtime, context
 from scoop_core._calls import Call
 from scoop_core._future import Future, wait_futures
 from scoop_core.config import load_config
-from scoop_core.errors import LaunchError, NotLaunchedError
+from scoop_core.errors import LaunchError
 from scoop_core.plugins.manager import get_plugin_manager
 from scoop_core.pool import Pool, worker_count
+
+# Pools still open when the program ends are shut down while threads still
+# run (as concurrent.futures does for its own pools): at interpreter
+# finalisation the I/O threads are frozen and a clean stop is impossible.
+_open_pools: weakref.WeakSet[Executor] = weakref.WeakSet()
+
+
+def _shutdown_open_pools() -> None:
+    for pool in list(_open_pools):
+        pool.shutdown(wait=False, cancel_futures=True)
+        pool._finish()
+
+
+threading._register_atexit(_shutdown_open_pools)  # type: ignore[attr-defined]
 
 
 def _main_program() -> str | None:
@@ -74,6 +91,8 @@ class Executor(cf.Executor):
         self._previous_size = context.SIZE
         context.SIZE = self._pool.size
         self._shutdown = False
+        self._finisher: threading.Thread | None = None
+        _open_pools.add(self)
 
     @property
     def workers(self) -> int:
@@ -105,24 +124,37 @@ class Executor(cf.Executor):
         return _map_gen(chunker, deadline)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop taking futures; with ``wait``, return when they are all done
+        and the workers are gone. Without it, return at once: the futures
+        still finish, then the pool stops in the background."""
         if self._shutdown:
+            if wait:
+                self._finish()
             return
         self._shutdown = True
-        owned = list(self._rt._owned.values())
         if cancel_futures:
-            self._rt.cancel_nowait(f.fid for f in owned)
+            self._rt.cancel_nowait(f.fid for f in list(self._rt._owned.values()))
         if wait:
-            wait_futures(owned)
+            self._finish()
+        else:
+            self._finisher = threading.Thread(
+                target=self._finish, name="scoop-executor-shutdown", daemon=True
+            )
+            self._finisher.start()
+
+    def _finish(self) -> None:
+        """Wait for this pool's futures, then stop its runtime and workers."""
+        if self._finisher is not None and self._finisher is not threading.current_thread():
+            self._finisher.join()
+            return
+        wait_futures(list(self._rt._owned.values()))
         self._rt.close()
         self._pool.stop()
-        error = NotLaunchedError("the Executor was shut down before this future finished")
-        for fut in owned:
-            if not fut.done():
-                fut.set_exception(error)
+        _open_pools.discard(self)
         if _runtime.current() is self._rt:
             _runtime.set_current(self._previous)
             context.SIZE = self._previous_size
 
     def __del__(self) -> None:
-        if not getattr(self, "_shutdown", True):
+        if not getattr(self, "_shutdown", True) and not sys.is_finalizing():
             self.shutdown(wait=False, cancel_futures=True)

@@ -81,7 +81,9 @@ class Pool:
     # -- starting -------------------------------------------------------------
 
     def start(self) -> Pool:
-        self.broker = Broker(self.transport, key=self.key, run_id=self.run_id)
+        self.broker = Broker(
+            self.transport, key=self.key, run_id=self.run_id, expected_workers=self.size
+        )
         self.broker.start()
         launcher_name = self.config["launcher"]
         launcher = self.plugins.launcher(launcher_name).factory(
@@ -114,7 +116,7 @@ class Pool:
                 logging.getLogger("scoop").getEffectiveLevel()
             ),
             "_SCOOP_DISABLE_PLUGINS": ",".join(self.config["disable_plugins"]),
-            "_SCOOP_WATCH_PARENT": "1",
+            "_SCOOP_PARENT_PID": str(os.getpid()),
             "_SCOOP_DEBUG": "1" if opts.debug else "",
             **opts.extra_env,
         }
@@ -174,7 +176,7 @@ class Pool:
         joined: set[str] = set()
         if self.broker is not None:
             self.broker.shutdown()
-            joined = {p.name for p in self.broker.book.peers.values()}
+            joined = self.broker.book.joined
         if self.group is not None:
             # A worker that never reached the broker did not hear the
             # shutdown and holds nothing: no reason to wait for it.

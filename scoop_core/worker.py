@@ -17,7 +17,6 @@ from __future__ import annotations
 import heapq
 import importlib.util
 import logging
-import os
 import sys
 import threading
 import time
@@ -121,7 +120,6 @@ class WorkerRuntime(ThreadedRuntime):
         self._started: list[Job] = []
         self._announced: set[int] = set()
         self._running = True
-        self._parent_pid = os.getppid()
         self._inbox: deque[m.Message] = deque()
         self._wake = threading.Event()
         # The book is shared with the I/O thread, which adds futures and
@@ -369,7 +367,6 @@ class WorkerRuntime(ThreadedRuntime):
             importer = TaskGreenlet(lambda: self._import_program(program))
             self.ready.append(importer)
         book, ready = self.book, self.ready
-        last_check = time.monotonic()
         while self._running:
             progressed = False
             if ready:
@@ -400,15 +397,12 @@ class WorkerRuntime(ThreadedRuntime):
             if want:
                 self._send(m.Ready(want))
             self._take_messages(0.0 if (progressed or ready) else self._idle_timeout())
-            if now - last_check > 1.0:
-                last_check = now
-                if (
-                    os.getppid() != self._parent_pid
-                    and os.environ.get("_SCOOP_WATCH_PARENT") == "1"
-                ):
-                    log.warning("%s: the launcher is gone; exiting", self.name)
-                    break
-        self._flush()
+        if self.shutdown_reason:
+            # Let the broker know we heard it, so it closes without waiting for us.
+            self._results = []
+            self._send(m.Bye("shutdown"))
+        else:
+            self._flush()
         self.stop_io()
 
     def _idle_timeout(self) -> float:

@@ -1,0 +1,456 @@
+"""``scoop_core.Executor``: a pool started by an ordinary Python program, no launcher.
+
+Workers import the program's main file (as ``multiprocessing``'s spawn
+does), so each test writes a real program and runs it with ``python prog.py``;
+the program prints ``RESULT <json>`` lines and the test reads them back.
+Afterwards no process of the program may be left (workers carry the
+program's path in their environment). One test uses an Executor from the
+pytest process itself, whose ``__main__`` is pytest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import processes_of, wait_gone
+
+import scoop_core
+from scoop import futures
+from scoop_core.errors import NotLaunchedError, PluginError
+
+PRELUDE = """
+import asyncio, concurrent.futures as cf, json, os, sys, time
+import scoop_core
+from scoop import futures
+
+def out(value):
+    print("RESULT " + json.dumps(value), flush=True)
+
+def sq(x):
+    return x * x
+
+def nap(seconds):
+    time.sleep(seconds)
+    return seconds
+
+def pid(_=None):
+    return os.getpid()
+"""
+
+
+def results(proc: subprocess.CompletedProcess[str]) -> list[Any]:
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    )
+    return [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+
+
+@pytest.fixture
+def run_program(tmp_path: Path) -> Iterator[Callable[[Path], list[Any]]]:
+    """Run ``python PROGRAM`` to the end and return its results; then check
+    that none of its processes is left."""
+    programs: list[Path] = []
+
+    def run(program: Path) -> list[Any]:
+        programs.append(program)
+        proc = subprocess.run(
+            [sys.executable, str(program)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        return results(proc)
+
+    yield run
+    for program in programs:
+        assert reap(str(program), 10) == [], f"processes of {program} were left running"
+
+
+def test_submit_and_map_work_like_any_concurrent_futures_executor(write_program, run_program):
+    prog = write_program(
+        PRELUDE
+        + """
+def slower_first(i):
+    time.sleep((5 - i) * 0.03)
+    return i
+
+def add3(a, b, c):
+    return a + b + c
+
+def submit_many(pool, k):
+    return [f.result() for f in [pool.submit(sq, k * 100 + i) for i in range(50)]]
+
+if __name__ == "__main__":
+    with scoop_core.Executor(workers=2, transport="zmq") as pool:
+        out(isinstance(pool, cf.Executor))
+        out(pool.submit(sq, 7).result())
+        out(pool.submit(add3, 1, 2, c=3).result())
+        out(list(pool.map(sq, range(300))))
+        out(list(pool.map(slower_first, range(6))))
+        out(list(pool.map(add3, range(5), range(10, 15), [100] * 7)))
+        fs = [pool.submit(sq, i) for i in range(10)]
+        done, not_done = cf.wait(fs)
+        out([len(done), len(not_done)])
+        out(sorted(f.result() for f in cf.as_completed(fs)))
+        with cf.ThreadPoolExecutor(8) as threads:
+            per_thread = list(threads.map(submit_many, [pool] * 8, range(8)))
+        out(per_thread == [[(k * 100 + i) ** 2 for i in range(50)] for k in range(8)])
+        t = time.monotonic()
+        try:
+            list(pool.map(nap, [0.01, 1.5], timeout=0.3))
+            out("no timeout")
+        except cf.TimeoutError:
+            out(["timeout", time.monotonic() - t < 1.2])
+"""
+    )
+    got = run_program(prog)
+    assert got == [
+        True,
+        49,
+        6,
+        [x * x for x in range(300)],
+        [0, 1, 2, 3, 4, 5],
+        [110, 112, 114, 116, 118],
+        [10, 0],
+        sorted(x * x for x in range(10)),
+        True,
+        ["timeout", True],
+    ]
+
+
+def test_with_block_shuts_the_pool_down_and_leaves_no_worker(write_program, tmp_path):
+    prog = write_program(
+        PRELUDE
+        + """
+if __name__ == "__main__":
+    with scoop_core.Executor(workers=2) as pool:
+        workers = sorted(set(pool.map(pid, range(20))))
+        out(workers)
+        sys.stdin.readline()
+    try:
+        pool.submit(sq, 2)
+        out("accepted")
+    except RuntimeError as exc:
+        out(["refused", str(exc)])
+    sys.stdin.readline()
+"""
+    )
+    # Relative path: the program's own command line must not match the marker.
+    proc = subprocess.Popen(
+        [sys.executable, prog.name],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    watchdog = threading.Timer(120, proc.kill)
+    watchdog.start()
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        workers = json.loads(proc.stdout.readline()[7:])
+        running = processes_of(str(prog))
+        assert len(running) == 2 and proc.pid not in running
+        assert set(workers) <= set(running)
+
+        proc.stdin.write("leave the block\n")
+        proc.stdin.flush()
+        refused = json.loads(proc.stdout.readline()[7:])
+        assert refused[0] == "refused"
+        assert "shutdown" in refused[1]
+        assert wait_gone(str(prog)) == []
+        assert proc.poll() is None
+
+        proc.stdin.write("exit\n")
+        proc.stdin.flush()
+        assert proc.wait(30) == 0, proc.stderr.read() if proc.stderr else ""
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def test_shutdown_waits_for_running_futures_and_cancels_queued_ones(write_program, run_program):
+    prog = write_program(
+        PRELUDE
+        + """
+def wait_running(fs):
+    deadline = time.monotonic() + 30
+    while not all(f.running() for f in fs) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+if __name__ == "__main__":
+    pool = scoop_core.Executor(workers=2)
+    running = [pool.submit(nap, 0.5) for _ in range(2)]
+    pool.shutdown(wait=True)
+    out([f.done() for f in running] + [f.result() for f in running])
+
+    pool = scoop_core.Executor(workers=2)
+    running = [pool.submit(nap, 1.0) for _ in range(2)]
+    wait_running(running)
+    queued = [pool.submit(nap, 1.0) for _ in range(8)]
+    t = time.monotonic()
+    pool.shutdown(wait=True, cancel_futures=True)
+    out([f.result() for f in running])
+    out([f.cancelled() for f in queued])
+    out(time.monotonic() - t < 4.0)
+    for call in (lambda: pool.submit(sq, 1), lambda: pool.map(sq, [1])):
+        try:
+            call()
+            out("accepted")
+        except RuntimeError:
+            out("refused")
+"""
+    )
+    got = run_program(prog)
+    assert got == [
+        [True, True, 0.5, 0.5],
+        [1.0, 1.0],
+        [True] * 8,
+        True,
+        "refused",
+        "refused",
+    ]
+
+
+def test_shutdown_without_waiting_lets_running_futures_finish(write_program, run_program):
+    prog = write_program(
+        PRELUDE
+        + """
+if __name__ == "__main__":
+    pool = scoop_core.Executor(workers=2)
+    running = pool.submit(nap, 0.3)
+    deadline = time.monotonic() + 30
+    while not running.running() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pool.shutdown(wait=False)
+    try:
+        out(running.result(timeout=30))
+    except Exception as exc:
+        out(repr(exc))
+"""
+    )
+    assert run_program(prog) == [0.3]
+
+
+def run_unattended(program: Path, timeout: float) -> tuple[int | None, str]:
+    """Run ``python PROGRAM`` with its output in a file (its workers may hold
+    a pipe open); kill it after ``timeout`` seconds. Its status (None if it
+    was killed) and output."""
+    output = program.with_suffix(".out")
+    with output.open("w") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, str(program)], cwd=program.parent, stdout=sink, stderr=sink
+        )
+        try:
+            status: int | None = proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            status = None
+    return status, output.read_text()
+
+
+def reap(marker: str, timeout: float) -> list[int]:
+    """Wait ``timeout`` seconds for the processes of a run to go; kill (by pid)
+    and return those still there, so a failing test leaves nothing behind."""
+    left = wait_gone(marker, timeout)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    wait_gone(marker, 5)
+    return left
+
+
+def test_a_program_that_never_shuts_its_executor_down_still_exits(write_program):
+    prog = write_program(
+        PRELUDE
+        + """
+if __name__ == "__main__":
+    pool = scoop_core.Executor(workers=2)
+    out(pool.submit(sq, 3).result())
+"""
+    )
+    # A clean exit takes well under a second; the bug hangs for ever.
+    status, output = run_unattended(prog, timeout=8)
+    left = reap(str(prog), 5)
+    assert status == 0, f"the program did not exit by itself (status {status}):\n{output}"
+    assert "RESULT 9" in output
+    assert left == []
+
+
+def test_workers_go_when_the_program_is_killed_right_after_starting_them(write_program):
+    prog = write_program(
+        PRELUDE
+        + """
+import signal
+
+if __name__ == "__main__":
+    pool = scoop_core.Executor(workers=2)
+    out("started")
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+    )
+    status, output = run_unattended(prog, timeout=60)
+    assert status == -signal.SIGKILL and "RESULT" in output
+    assert reap(str(prog), 5) == [], "workers outlived their killed program"
+
+
+def test_asyncio_awaits_the_executors_futures(write_program, run_program):
+    prog = write_program(
+        PRELUDE
+        + """
+async def main(pool):
+    loop = asyncio.get_running_loop()
+    a = await loop.run_in_executor(pool, sq, 4)
+    b = await asyncio.wrap_future(pool.submit(sq, 5))
+    many = await asyncio.gather(*(loop.run_in_executor(pool, sq, i) for i in range(100)))
+    wrapped = await asyncio.gather(*(asyncio.wrap_future(pool.submit(pid)) for _ in range(20)))
+    return [a, b, many, os.getpid() not in wrapped]
+
+if __name__ == "__main__":
+    with scoop_core.Executor(workers=2) as pool:
+        out(asyncio.run(main(pool)))
+"""
+    )
+    (got,) = run_program(prog)
+    assert got == [16, 25, [x * x for x in range(100)], True]
+
+
+def test_futures_nest_and_scoop_futures_use_the_pool(write_program, run_program):
+    prog = write_program(
+        PRELUDE
+        + """
+def fib(n):
+    if n < 2:
+        return n
+    a, b = futures.submit(fib, n - 1), futures.submit(fib, n - 2)
+    return a.result() + b.result()
+
+def nested(n):
+    inner = futures.submit(sq, n).result()
+    return [inner, sum(futures.map(sq, range(n))), list(futures.map(pid, range(4))) != []]
+
+if __name__ == "__main__":
+    with scoop_core.Executor(workers=2) as pool:
+        out(pool.submit(nested, 10).result())
+        out(pool.submit(fib, 15).result())
+        workers = sorted(set(futures.map(pid, range(40))))
+        out([os.getpid() not in workers, len(workers) >= 1])
+        out(futures.submit(pid).result() != os.getpid())
+        out(list(futures.map(sq, range(5))))
+    # Outside the block scoop.futures falls back to serial: the pool is gone.
+    out(list(futures.map(pid, range(3))) == [os.getpid()] * 3)
+"""
+    )
+    got = run_program(prog)
+    assert got == [[100, 285, True], 610, [True, True], True, [0, 1, 4, 9, 16], True]
+
+
+def test_exceptions_carry_the_remote_traceback(write_program, run_program):
+    prog = write_program(
+        PRELUDE
+        + """
+def boom(x):
+    if x == 3:
+        raise ValueError(f"boom {x}")
+    return x
+
+if __name__ == "__main__":
+    with scoop_core.Executor(workers=2) as pool:
+        try:
+            pool.submit(boom, 3).result()
+        except ValueError as exc:
+            out([str(exc), type(exc.__cause__).__name__, str(exc.__cause__)])
+        seen = []
+        try:
+            for value in pool.map(boom, range(6)):
+                seen.append(value)
+        except ValueError as exc:
+            out([seen, str(exc), "in boom" in str(exc.__cause__)])
+        out(pool.submit(boom, 4).result())
+"""
+    )
+    got = run_program(prog)
+    message, cause_type, remote = got[0]
+    assert message == "boom 3"
+    assert cause_type == "RemoteTraceback"
+    assert "Traceback from worker" in remote
+    assert 'in boom\n    raise ValueError(f"boom {x}")' in remote
+    assert "ValueError: boom 3" in remote
+    assert got[1:] == [[[0, 1, 2], "boom 3", True], 4]
+
+
+def test_creating_an_executor_inside_a_worker_is_a_clear_error(write_program, run_program):
+    prog = write_program(
+        PRELUDE
+        + """
+def make_pool():
+    with scoop_core.Executor(1) as inner:
+        return inner.submit(sq, 2).result()
+
+if __name__ == "__main__":
+    with scoop_core.Executor(workers=1) as pool:
+        try:
+            out(pool.submit(make_pool).result(timeout=60))
+        except scoop_core.errors.LaunchError as exc:
+            out(["LaunchError", str(exc)])
+        out(pool.submit(sq, 3).result())
+"""
+    )
+    got = run_program(prog)
+    assert got[0][0] == "LaunchError"
+    assert "cannot be created in a worker" in got[0][1]
+    assert "if __name__ == '__main__':" in got[0][1]
+    assert got[1] == 9
+
+
+def test_two_executors_one_after_the_other(write_program, run_program):
+    prog = write_program(
+        PRELUDE
+        + """
+if __name__ == "__main__":
+    with scoop_core.Executor(workers=2) as pool:
+        first = sorted(set(pool.map(pid, range(20))))
+        out(list(pool.map(sq, range(10))))
+    with scoop_core.Executor(workers=2) as pool:
+        second = sorted(set(pool.map(pid, range(20))))
+        out(pool.submit(sq, 12).result())
+        out(sorted(futures.map(sq, range(4))))
+    out(set(first).isdisjoint(second))
+    out([os.path.exists(f"/proc/{p}") for p in first + second])
+"""
+    )
+    got = run_program(prog)
+    assert got[:4] == [[x * x for x in range(10)], 144, [0, 1, 4, 9], True]
+    assert got[4] and not any(got[4]), "a worker outlived its Executor"
+
+
+def test_a_lambda_from_the_pytest_process_runs_on_a_worker(monkeypatch):
+    # Here ``__main__`` is pytest, not a program of ours: lambdas still work
+    # because they travel by value. The marker finds this pool's workers.
+    marker = f"executor-test-{uuid.uuid4().hex}"
+    monkeypatch.setenv("EXECUTOR_TEST_MARKER", marker)
+    with scoop_core.Executor(workers=2) as pool:
+        assert pool.submit(lambda x: x + 1, 41).result(timeout=60) == 42
+        assert list(pool.map(lambda a, b: a * b, range(5), range(5))) == [0, 1, 4, 9, 16]
+        assert pool.submit(lambda: os.getpid()).result(timeout=60) != os.getpid()
+        assert processes_of(marker) != []
+    assert wait_gone(marker) == []
+    with pytest.raises(NotLaunchedError):
+        futures.submit(abs, -1)
+    with pytest.raises(PluginError, match="unknown transport 'nope'; choose one of: .*zmq"):
+        scoop_core.Executor(1, transport="nope")
