@@ -408,7 +408,10 @@ class ThreadedRuntime(Runtime):
                     except ProtocolError as exc:
                         log.warning("%s dropped a message from the broker: %s", self.name, exc)
                     else:
-                        self.on_io_message(msg)
+                        try:
+                            self.on_io_message(msg)
+                        except ProtocolError as exc:
+                            log.warning("%s ignored %s: %s", self.name, type(msg).__name__, exc)
                     frames = endpoint.recv(0)
                 timeout = self.io_tick()
         except Exception:

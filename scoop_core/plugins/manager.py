@@ -218,6 +218,9 @@ class PluginManager:
             message = f"unknown {kind} {name!r}; no {kind} plugin is installed and enabled"
         if key in self._missing_plugins:
             message += f" (note: {self._missing_plugins[key]})"
+        elif self._missing_plugins:
+            # It may come from a plugin that is off or broken: say which are.
+            message += f" (not loaded: {'; '.join(self._missing_plugins.values())})"
         raise PluginError(message)
 
     # -- loading ---------------------------------------------------------
