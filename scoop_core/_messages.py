@@ -5,13 +5,19 @@ Rules of this module:
 - Every message is a frozen dataclass with a ``KIND`` number. Nothing here
   does I/O or unpickles: payloads (pickled calls, results, constants) are
   opaque frames that only their final recipient deserializes.
-- On the wire a message is ``[header, *payload frames, mac]``. The header is a
-  small msgpack list ``[PROTOCOL_VERSION, KIND, *fields]``; the mac is an
+- On the wire a message is ``[header, *payload frames, mac]``. The mac is an
   HMAC-SHA256, under the run's key, over the header and every payload frame
   (each prefixed by its length so frames cannot be re-cut).
-- :func:`decode` checks the mac before it parses anything, and raises
-  :class:`~scoop_core.errors.ProtocolError` for anything malformed, so the
-  broker can drop a bad message and carry on.
+- The header is a small msgpack list. :class:`Codec`, which every process
+  uses, writes ``[PROTOCOL_VERSION, KIND, sender, recipient, session, seq,
+  *fields]``: who signed it, for whom, the sender's random session nonce and
+  its sequence number, all under the mac. So a message captured on the wire
+  cannot be replayed, reordered, reflected back to its sender or passed off
+  as another peer's. The bare :func:`encode`/:func:`decode` write and read
+  ``[PROTOCOL_VERSION, KIND, *fields]`` with none of that bookkeeping.
+- Decoding checks the size and the mac before it parses anything, and raises
+  :class:`~scoop_core.errors.ProtocolError` for anything malformed, oversized
+  or replayed, so the broker can drop a bad message and carry on.
 - Messages that carry many futures (``Submit``, ``Tasks``, ``Results``)
   exist so that ``map`` sends items in batches: one transport message for
   many futures.
@@ -21,18 +27,32 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 import struct
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import msgpack
 
-from scoop_core.errors import ProtocolError
+from scoop_core.errors import ProtocolError, SerializationError
 from scoop_core.interfaces import Frame
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAC_SIZE = 32
+
+BROKER_IDENTITY = b"broker"
+"""The broker's identity in :class:`Codec` headers; roots and workers talk to it alone."""
+
+SESSION_SIZE = 16
+"""Bytes of the random nonce that tells one process's run of a :class:`Codec` from the next."""
+
+RETIRED_SESSIONS = 4096
+"""How many ended sessions a :class:`Codec` remembers, to refuse replays of their messages."""
+
+_SIZE_SETTING = "max_message_size in [scoop] (environment SCOOP_MAX_MESSAGE_SIZE)"
 
 # Outcome statuses.
 OK = 0
@@ -404,11 +424,15 @@ def _mac(key: bytes, header: bytes, payload: Sequence[Frame]) -> bytes:
     return mac.digest()
 
 
-def encode(message: Message, key: bytes) -> list[Frame]:
-    """The frames of ``message``, signed with ``key``."""
-    fields, payload = message._fields()
-    header = msgpack.packb([PROTOCOL_VERSION, message.KIND, *fields], use_bin_type=True)
+def _sign(key: bytes, head: list[Any], payload: list[Frame]) -> list[Frame]:
+    header = msgpack.packb(head, use_bin_type=True)
     return [header, *payload, _mac(key, header, payload)]
+
+
+def encode(message: Message, key: bytes) -> list[Frame]:
+    """The frames of ``message``, signed with ``key`` (no sender, no sequence number)."""
+    fields, payload = message._fields()
+    return _sign(key, [PROTOCOL_VERSION, message.KIND, *fields], payload)
 
 
 def _bytes(frame: Frame) -> bytes:
@@ -426,11 +450,23 @@ def _buffer(frame: Frame) -> Frame:
     return buf if buf is not None else frame
 
 
-def decode(frames: Sequence[Frame], key: bytes) -> Message:
-    """Check the mac, then parse. Raises ProtocolError for anything wrong."""
+def _too_big(size: int, limit: int) -> str:
+    return f"{size} bytes, over the limit of {limit} bytes (setting {_SIZE_SETTING})"
+
+
+def _open(
+    frames: Sequence[Frame], key: bytes, max_size: int | None
+) -> tuple[type[Message], list[Any], list[Frame]]:
+    """Check size and mac, then read the header: ``(message class, fields, payload)``.
+
+    ``fields`` are what follows version and kind in the header."""
     if len(frames) < 2:
         raise ProtocolError(f"a message needs at least 2 frames, got {len(frames)}")
     try:
+        if max_size is not None:
+            size = sum(memoryview(_buffer(f)).nbytes for f in frames)
+            if size > max_size:
+                raise ProtocolError(f"refused a message of {_too_big(size, max_size)}")
         header = _bytes(frames[0])
         payload = [_buffer(f) for f in frames[1:-1]]
         mac = _bytes(frames[-1])
@@ -454,9 +490,154 @@ def decode(frames: Sequence[Frame], key: bytes) -> Message:
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, int) else None
     if cls is None:
         raise ProtocolError(f"unknown message kind {kind!r}")
+    return cls, fields, payload
+
+
+def _build(cls: type[Message], fields: list[Any], payload: list[Frame]) -> Message:
     try:
         return cls._build(fields, payload)
     except ProtocolError:
         raise
     except Exception as exc:
         raise ProtocolError(f"malformed {cls.__name__} message: {exc}") from None
+
+
+def decode(frames: Sequence[Frame], key: bytes) -> Message:
+    """Check the mac, then parse. Raises ProtocolError for anything wrong."""
+    cls, fields, payload = _open(frames, key, None)
+    return _build(cls, fields, payload)
+
+
+class Codec:
+    """Signs, numbers and checks the messages of one process of a run.
+
+    ``key`` is the run's secret; ``sender`` is this process's identity, the
+    one its transport endpoint was given (the broker's is
+    :data:`BROKER_IDENTITY`). ``max_size`` bounds a message, all frames
+    together, in bytes (``None``: no bound): :meth:`encode` raises
+    :class:`~scoop_core.errors.SerializationError` for a bigger one and
+    :meth:`decode` refuses one.
+
+    Each codec picks a random session nonce and numbers what it encodes
+    1, 2, 3... :meth:`decode` accepts a message only if it is signed with the
+    key, addressed to this codec's ``sender``, comes from the peer it claims
+    (when the transport says which), and is newer than the last one accepted
+    from that sender's session. A sender's first message in a new session
+    starts that session and ends its previous one for good (a restarted
+    process gets a new nonce; a replay of the old process's messages is
+    refused). Memory: one entry per sender, plus the last
+    :data:`RETIRED_SESSIONS` ended sessions; :meth:`forget` ends a sender's.
+
+    Because numbers only go up, the frames must reach the transport in the
+    order :meth:`encode` made them: encode in the thread that sends. Both
+    methods are thread-safe.
+    """
+
+    def __init__(self, key: bytes, sender: bytes, *, max_size: int | None = None) -> None:
+        if not isinstance(key, bytes) or not key:
+            raise ValueError("a Codec needs the run's key, a non-empty bytes object")
+        if not isinstance(sender, bytes) or not sender:
+            raise ValueError(f"a Codec's sender must be non-empty bytes, got {sender!r}")
+        if max_size is not None and max_size < 1:
+            raise ValueError(f"max_size must be at least 1 byte (or None), got {max_size!r}")
+        self.key = key
+        self.sender = sender
+        self.max_size = max_size
+        self.session = secrets.token_bytes(SESSION_SIZE)
+        self._seq = 0
+        self._send_lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        self._sessions: dict[bytes, tuple[bytes, int]] = {}  # sender -> (session, last seq)
+        self._retired: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
+
+    def check_size(self, payload: Sequence[Frame], what: str) -> None:
+        """Raise SerializationError if ``payload`` frames alone are over ``max_size``.
+
+        For callers that queue frames to be encoded later (a submit whose
+        message is built by an I/O thread): the error reaches the user's
+        call, naming ``what`` (for example ``"the call to f"``)."""
+        if self.max_size is None:
+            return
+        size = sum(memoryview(f).nbytes for f in payload)
+        if size > self.max_size:
+            raise SerializationError(f"cannot send {what}: it is {_too_big(size, self.max_size)}")
+
+    def encode(self, msg: Message, to: bytes = BROKER_IDENTITY) -> list[Frame]:
+        """The frames of ``msg`` for the peer ``to``, numbered and signed."""
+        fields, payload = msg._fields()
+        with self._send_lock:
+            self._seq += 1
+            seq = self._seq
+        frames = _sign(
+            self.key,
+            [PROTOCOL_VERSION, msg.KIND, self.sender, to, self.session, seq, *fields],
+            payload,
+        )
+        if self.max_size is not None:
+            size = sum(memoryview(f).nbytes for f in frames)
+            if size > self.max_size:
+                raise SerializationError(
+                    f"cannot send a {type(msg).__name__} message of {_too_big(size, self.max_size)}; "
+                    "send less at once"
+                )
+        return frames
+
+    def decode(self, frames: Sequence[Frame], peer: bytes | None = None) -> Message:
+        """Check, parse and record one message; ProtocolError for anything wrong.
+
+        ``peer`` is who the transport says sent it (a hub's peer identity;
+        :data:`BROKER_IDENTITY` for an endpoint): a message signed as from
+        anybody else is refused."""
+        cls, fields, payload = _open(frames, self.key, self.max_size)
+        if len(fields) < 4:
+            raise ProtocolError("message header has no sender, recipient, session and sequence")
+        sender, to, session, seq, *fields = fields
+        if not (
+            isinstance(sender, bytes)
+            and isinstance(to, bytes)
+            and isinstance(session, bytes)
+            and len(session) == SESSION_SIZE
+            and _is_int(seq)
+            and seq > 0
+        ):
+            raise ProtocolError("malformed sender, recipient, session or sequence in the header")
+        if to != self.sender:
+            raise ProtocolError(
+                f"a message from {sender!r} for {to!r} reached {self.sender!r}: replayed or misrouted"
+            )
+        if peer is not None and sender != peer:
+            raise ProtocolError(
+                f"a message signed as from {sender!r} arrived from peer {peer!r}: "
+                "a replayed or spoofed message"
+            )
+        msg = _build(cls, fields, payload)
+        with self._recv_lock:
+            current = self._sessions.get(sender)
+            if current is not None and current[0] == session:
+                if seq <= current[1]:
+                    raise ProtocolError(
+                        f"replayed or reordered message from {sender!r}: sequence number {seq} "
+                        f"after {current[1]}"
+                    )
+            elif (sender, session) in self._retired:
+                raise ProtocolError(
+                    f"replayed message from an ended session of {sender!r} "
+                    "(a process that has left the run or restarted)"
+                )
+            elif current is not None:
+                self._retire(sender, current[0])
+            self._sessions[sender] = (session, seq)
+        return msg
+
+    def forget(self, sender: bytes) -> None:
+        """End ``sender``'s session (it left the run): its messages are refused
+        from now on, and a new session of the same identity is welcome."""
+        with self._recv_lock:
+            current = self._sessions.pop(sender, None)
+            if current is not None:
+                self._retire(sender, current[0])
+
+    def _retire(self, sender: bytes, session: bytes) -> None:
+        self._retired[(sender, session)] = None
+        while len(self._retired) > RETIRED_SESSIONS:
+            self._retired.popitem(last=False)

@@ -303,8 +303,9 @@ class Runtime:
                 fut.mark_cancelled()
                 continue
             if out.status == m.LOST:
+                reason = bytes(memoryview(out.frames[0])).decode() if out.frames else ""
                 fut.set_exception(
-                    WorkerLostError(f"future {out.fid:#x} was lost with its worker too many times")
+                    WorkerLostError(reason or f"future {out.fid:#x} was lost with its worker")
                 )
                 continue
             try:
@@ -346,8 +347,18 @@ class ThreadedRuntime(Runtime):
     process stays reachable (cancels answered, results delivered) while its
     main thread runs user code."""
 
-    def __init__(self, endpoint: Endpoint, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        heartbeat_interval: float = 5.0,
+        heartbeat_timeout: float = 30.0,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(endpoint, **kwargs)
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self._last_sent = self._last_heard = time.monotonic()
         # Encoded messages, and new futures as bare tasks: the I/O thread
         # sends consecutive tasks as one Submit, so a loop of submit() calls
         # costs a few messages, not one each (one queue keeps the order).
@@ -373,6 +384,8 @@ class ThreadedRuntime(Runtime):
     def _send_pending(self) -> None:
         """In the I/O thread: send what is queued, in order."""
         outbox, endpoint = self._outbox, self.endpoint
+        if not outbox:
+            return
         batch: list[m.Task] = []
         while outbox:
             item = outbox.popleft()
@@ -385,6 +398,27 @@ class ThreadedRuntime(Runtime):
             endpoint.send(item)
         if batch:
             endpoint.send(m.encode(m.Submit(tuple(batch)), self.key))
+        self._last_sent = time.monotonic()
+
+    def _keep_alive(self) -> float:
+        """Heartbeats: say we live when we have been quiet; notice when the
+        broker has been. Returns how long until this needs looking at again."""
+        now = time.monotonic()
+        if now - self._last_heard > self.heartbeat_timeout:
+            self.on_broker_lost(now - self._last_heard)
+            return self.heartbeat_interval
+        if now - self._last_sent >= self.heartbeat_interval:
+            self._send(m.Heartbeat(0))
+            self._last_sent = now
+        return max(
+            0.0, min(self._last_sent + self.heartbeat_interval - now, self.heartbeat_interval)
+        )
+
+    def on_broker_lost(self, silent: float) -> None:
+        """The broker has not been heard of for ``silent`` seconds."""
+        if not self.closed:
+            log.error("%s: no word from the broker for %.0f s; giving up on it", self.name, silent)
+            self._on_shutdown(f"no word from the broker for {silent:.0f} s")
 
     def on_io_message(self, msg: m.Message) -> None:
         raise NotImplementedError
@@ -402,6 +436,8 @@ class ThreadedRuntime(Runtime):
                 if self._stop:
                     return
                 frames = endpoint.recv(timeout)
+                if frames is not None:
+                    self._last_heard = time.monotonic()
                 while frames is not None:
                     try:
                         msg = m.decode(frames, self.key)
@@ -413,7 +449,7 @@ class ThreadedRuntime(Runtime):
                         except ProtocolError as exc:
                             log.warning("%s ignored %s: %s", self.name, type(msg).__name__, exc)
                     frames = endpoint.recv(0)
-                timeout = self.io_tick()
+                timeout = min(self.io_tick(), self._keep_alive())
         except Exception:
             log.exception("the I/O thread of %s failed", self.name)
             self._on_shutdown("its I/O thread failed")

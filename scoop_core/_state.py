@@ -120,6 +120,7 @@ class FutureRecord:
     state: State = PENDING
     holder: bytes | None = None
     losses: int = 0
+    lost_on: list[str] = field(default_factory=list)  # names of the workers it died with
 
     def fire(self, event: str) -> None:
         self.state = transition(FUTURE_TRANSITIONS, self.state, event)
@@ -373,6 +374,7 @@ class BrokerBook:
             fut = self.futures[fid]
             fut.fire("lose")
             fut.losses += 1
+            fut.lost_on.append(rec.name)
             fut.holder = None
             self._recalling.discard(fid)
             owner = self._cancelling.pop(fid, None)
@@ -382,9 +384,13 @@ class BrokerBook:
                 del self.futures[fid]
                 self._outbox.append((owner, m.CancelReply(fid, True)))
             elif fut.losses >= self.max_losses:
-                fut.fire("fail")
-                del self.futures[fid]
-                self._results.setdefault(fut.owner, []).append(m.Outcome(fid, m.LOST, 0.0, ()))
+                reason = (
+                    f"future {fid:#x} was lost with its worker {fut.losses} times "
+                    f"(workers: {', '.join(fut.lost_on)}); it is not run again. Raise "
+                    "max_losses in the configuration if that many losses are expected"
+                )
+                log.warning("%s", reason)
+                self._fail(fut, reason)
             else:
                 fut.fire("requeue")
                 self._push(fut)
@@ -406,6 +412,21 @@ class BrokerBook:
                 ", ".join(f"{f:#x}" for f in requeued),
             )
         return requeued
+
+    def _fail(self, fut: FutureRecord, reason: str) -> None:
+        fut.fire("fail")
+        del self.futures[fut.fid]
+        self._results.setdefault(fut.owner, []).append(
+            m.Outcome(fut.fid, m.LOST, 0.0, (reason.encode(),))
+        )
+
+    def fail_queued(self, reason: str) -> int:
+        """Fail every queued future (no worker is left to run them); how many."""
+        queued = [f for f in self.futures.values() if f.state is QUEUED]
+        for fut in queued:
+            fut.fire("lose")
+            self._fail(fut, f"future {fut.fid:#x} cannot run: {reason}")
+        return len(queued)
 
     # -- outputs ----------------------------------------------------------
 

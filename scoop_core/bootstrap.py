@@ -39,6 +39,11 @@ def _env(name: str, default: str | None = None) -> str:
     return value
 
 
+def _heartbeat() -> dict[str, float]:
+    interval, timeout = (float(x) for x in _env("_SCOOP_HEARTBEAT", "5,30").split(","))
+    return {"heartbeat_interval": interval, "heartbeat_timeout": timeout}
+
+
 def _setup(name: str) -> tuple[Endpoint, bytes, Serializer, int]:
     """Context, logging, serializer and endpoint from the environment."""
     context.IS_RUNNING = True
@@ -78,12 +83,23 @@ def _watch_parent(name: str) -> None:
     threading.Thread(target=watch, name="scoop-parent-watch", daemon=True).start()
 
 
+def _whole_lines() -> None:
+    """Write output a whole line at a time, as soon as the line ends: the
+    root and the workers share the terminal, and a line written in pieces
+    (as ``print`` does when unbuffered, e.g. under PYTHONUNBUFFERED) would
+    interleave with other processes' lines."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(line_buffering=True, write_through=False)  # type: ignore[union-attr]
+
+
 def run_worker() -> int:
     from scoop_core.worker import WorkerRuntime, set_worker_name
 
     # Ctrl-C in the terminal reaches the whole process group; the launcher
     # decides when workers stop, so they ignore it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _whole_lines()
     name = _env("_SCOOP_NAME")
     set_worker_name(name)
     nice = os.environ.get("_SCOOP_NICE")
@@ -98,6 +114,7 @@ def run_worker() -> int:
         name=name,
         workers=size,
         prefetch=int(_env("_SCOOP_PREFETCH", "2")),
+        **_heartbeat(),
     )
     rt.start(30.0)
     _runtime.set_current(rt)
@@ -119,10 +136,13 @@ def run_worker() -> int:
 
 def run_root(program: str, args: list[str]) -> int:
     name = _env("_SCOOP_NAME", "root")
+    _whole_lines()
     _watch_parent(name)
     endpoint, key, serializer, size = _setup(name)
     context.IS_ORIGIN = True
-    rt = _runtime.RootRuntime(endpoint, key=key, serializer=serializer, name=name, workers=size)
+    rt = _runtime.RootRuntime(
+        endpoint, key=key, serializer=serializer, name=name, workers=size, **_heartbeat()
+    )
     rt.start()
     _runtime.set_current(rt)
     sys.argv = [program, *args]

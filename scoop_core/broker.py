@@ -39,6 +39,8 @@ class Broker:
         max_losses: int = 3,
         expected_workers: int = 0,
         join_timeout: float = 10.0,
+        heartbeat_interval: float = 5.0,
+        heartbeat_timeout: float = 30.0,
     ) -> None:
         self.key = key
         self.hub = transport.bind(run_id=run_id, public=public)
@@ -50,6 +52,11 @@ class Broker:
         self._thread = threading.Thread(target=self._loop, name="scoop-broker", daemon=True)
         self._rejected: set[bytes] = set()
         self._closing_until = 0.0
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self._last_heard: dict[bytes, float] = {}
+        self._last_beat = 0.0
+        self._workers_seen = time.monotonic()
 
     def start(self) -> None:
         self._running = True
@@ -89,9 +96,10 @@ class Broker:
     def _loop(self) -> None:
         hub, book, key = self.hub, self.book, self.key
         join_deadline = time.monotonic() + self.join_timeout
+        wait = min(1.0, self.heartbeat_interval)
         try:
             while self._running or (book.peers and time.monotonic() < self._closing_until):
-                item = hub.recv(1.0 if self._running else 0.05)
+                item = hub.recv(wait if self._running else 0.05)
                 count = 0
                 while item is not None:
                     self._receive(*item)
@@ -107,12 +115,44 @@ class Broker:
                         self.join_timeout,
                     )
                     book.release_parked()
+                if self._running:
+                    self._keep_alive()
                 book.dispatch()
                 for peer, msg in book.take_outbox():
                     hub.send(peer, m.encode(msg, key))
         except Exception:
             log.exception("the broker failed")
             raise
+
+    def _keep_alive(self) -> None:
+        """Heartbeats to every peer; peers silent past the timeout are lost
+        (their futures run again elsewhere); with no worker left for that
+        long, queued futures fail instead of waiting for ever."""
+        book, now = self.book, time.monotonic()
+        if now - self._last_beat >= self.heartbeat_interval:
+            self._last_beat = now
+            book.broadcast(m.Heartbeat(0))
+            log.debug("heartbeat to %d peer(s)", len(book.peers))
+        for peer in [p for p in self._last_heard if p not in book.peers]:
+            del self._last_heard[peer]  # said goodbye
+        for peer, rec in list(book.peers.items()):
+            silent = now - self._last_heard.get(peer, now)
+            if silent > self.heartbeat_timeout:
+                log.warning(
+                    "%s has been silent for %.0f s (heartbeat_timeout); counting it as lost",
+                    rec.name,
+                    silent,
+                )
+                book.leave(peer)
+                self._last_heard.pop(peer, None)
+        if book.workers:
+            self._workers_seen = now
+        elif now - self._workers_seen > self.heartbeat_timeout:
+            failed = book.fail_queued(
+                f"no worker has been connected for {now - self._workers_seen:.0f} s"
+            )
+            if failed:
+                log.error("no worker left: %d queued future(s) failed", failed)
 
     def _receive(self, peer: bytes, frames: list[object]) -> None:
         try:
@@ -123,10 +163,18 @@ class Broker:
                 self._rejected.add(peer)
                 log.warning("rejected a message from peer %r: %s", peer, exc)
             return
+        self._last_heard[peer] = time.monotonic()
         try:
             self.book.handle(peer, msg)
         except ProtocolError as exc:
             log.warning("ignored %s from peer %r: %s", type(msg).__name__, peer, exc)
+            if peer not in self.book.peers and not isinstance(msg, m.Hello):
+                # A peer we counted as lost is alive after all: its futures
+                # already run elsewhere, so it must not go on alone.
+                self.hub.send(
+                    peer, m.encode(m.Shutdown("the broker counted this peer as lost"), self.key)
+                )
+                self._last_heard.pop(peer, None)
         except Exception:
             # A well-signed but malformed message (a peer of another version,
             # or a bug): the broker must outlive it.

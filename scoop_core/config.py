@@ -66,6 +66,12 @@ CORE_SETTINGS: tuple[Setting, ...] = (
         "Seconds without a heartbeat after which a peer counts as lost.",
     ),
     Setting("max_message_size", int, 1 << 31, "Largest message accepted, in bytes."),
+    Setting(
+        "max_losses",
+        int,
+        3,
+        "Times a future may be lost with its worker before it fails with WorkerLostError.",
+    ),
     Setting("prefetch", int, 2, "Futures a worker holds beyond the ones it runs."),
 )
 
@@ -310,6 +316,7 @@ _CORE_CHECKS: dict[str, Callable[[Any], Any]] = {
     "workers": _at_least(1),
     "prefetch": _at_least(0),
     "max_message_size": _at_least(1),
+    "max_losses": _at_least(1),
     "heartbeat_interval": _at_least(0, strict=True),
     "heartbeat_timeout": _at_least(0, strict=True),
 }

@@ -82,7 +82,13 @@ class Pool:
 
     def start(self) -> Pool:
         self.broker = Broker(
-            self.transport, key=self.key, run_id=self.run_id, expected_workers=self.size
+            self.transport,
+            key=self.key,
+            run_id=self.run_id,
+            expected_workers=self.size,
+            max_losses=self.config["max_losses"],
+            heartbeat_interval=self.config["heartbeat_interval"],
+            heartbeat_timeout=self.config["heartbeat_timeout"],
         )
         self.broker.start()
         launcher_name = self.config["launcher"]
@@ -117,6 +123,7 @@ class Pool:
             ),
             "_SCOOP_DISABLE_PLUGINS": ",".join(self.config["disable_plugins"]),
             "_SCOOP_PARENT_PID": str(os.getpid()),
+            "_SCOOP_HEARTBEAT": f"{self.config['heartbeat_interval']},{self.config['heartbeat_timeout']}",
             "_SCOOP_DEBUG": "1" if opts.debug else "",
             **opts.extra_env,
         }
@@ -138,9 +145,6 @@ class Pool:
             # Source the prolog in a shell, then become the worker.
             argv = ("/bin/sh", "-c", '. "$1" || exit 1; shift; exec "$@"', "sh", opts.prolog, *argv)
         env = self.env(name)
-        env["PYTHONUNBUFFERED"] = (
-            "1"  # a worker's prints reach the terminal in order, even if it dies
-        )
         return WorkerSpec(name=name, host="127.0.0.1", argv=argv, env=env, cwd=opts.path)
 
     def connect(self, name: str) -> _runtime.RootRuntime:
@@ -148,7 +152,13 @@ class Pool:
         assert self.broker is not None
         endpoint = self.transport.connect(self.broker.address, identity=name.encode())
         rt = _runtime.RootRuntime(
-            endpoint, key=self.key, serializer=self.serializer, name=name, workers=self.size
+            endpoint,
+            key=self.key,
+            serializer=self.serializer,
+            name=name,
+            workers=self.size,
+            heartbeat_interval=self.config["heartbeat_interval"],
+            heartbeat_timeout=self.config["heartbeat_timeout"],
         )
         rt.start()
         return rt

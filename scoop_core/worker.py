@@ -17,6 +17,7 @@ from __future__ import annotations
 import heapq
 import importlib.util
 import logging
+import os
 import sys
 import threading
 import time
@@ -108,8 +109,18 @@ class WorkerRuntime(ThreadedRuntime):
         name: str,
         workers: int = 1,
         prefetch: int = 2,
+        heartbeat_interval: float = 5.0,
+        heartbeat_timeout: float = 30.0,
     ) -> None:
-        super().__init__(endpoint, key=key, serializer=serializer, name=name, workers=workers)
+        super().__init__(
+            endpoint,
+            key=key,
+            serializer=serializer,
+            name=name,
+            workers=workers,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
+        )
         self.book = WorkerBook(prefetch=prefetch)
         self._base_prefetch = self.book.prefetch
         self.ready: deque[TaskGreenlet] = deque()
@@ -216,6 +227,13 @@ class WorkerRuntime(ThreadedRuntime):
         self._job_seconds = avg
         ahead = int(_QUEUED_SECONDS / avg) if avg > 0 else _MAX_PREFETCH
         self.book.prefetch = max(self._base_prefetch, min(_MAX_PREFETCH, ahead))
+
+    def on_broker_lost(self, silent: float) -> None:
+        # A worker without its broker has nobody to work for: exit, even if a
+        # future is running (its result could not be delivered anyway).
+        log.warning("%s: no word from the broker for %.0f s; exiting", self.name, silent)
+        logging.shutdown()
+        os._exit(1)
 
     def io_tick(self) -> float:
         """Say that the running future started once it has run a few ms."""
