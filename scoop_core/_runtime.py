@@ -368,6 +368,7 @@ class ThreadedRuntime(Runtime):
 
     def start(self, timeout: float = 30.0) -> None:
         self.handshake(timeout)
+        self._last_heard = self._last_sent = time.monotonic()
         self._thread = threading.Thread(
             target=self._loop, name=f"scoop-{self.name}-io", daemon=True
         )

@@ -121,6 +121,7 @@ def run_worker() -> int:
     program = os.environ.get("_SCOOP_PROGRAM")
     if program:
         sys.path.insert(0, os.path.dirname(program))
+        sys.argv = json.loads(os.environ.get("_SCOOP_ARGV", "[]")) or [program]
     if os.environ.get("_SCOOP_PROFILE"):
         import cProfile
 

@@ -57,6 +57,7 @@ class Broker:
         self._last_heard: dict[bytes, float] = {}
         self._last_beat = 0.0
         self._workers_seen = time.monotonic()
+        self.lost: set[str] = set()  # names of peers counted as lost (not a goodbye)
 
     def start(self) -> None:
         self._running = True
@@ -73,6 +74,7 @@ class Broker:
 
         def _leave() -> None:
             self.book.leave(identity)
+            self.lost.add(identity.decode(errors="replace"))
 
         self._request(_leave)
 
@@ -144,6 +146,7 @@ class Broker:
                     silent,
                 )
                 book.leave(peer)
+                self.lost.add(rec.name)
                 self._last_heard.pop(peer, None)
         if book.workers:
             self._workers_seen = now

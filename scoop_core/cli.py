@@ -363,6 +363,7 @@ def run_program(options: argparse.Namespace) -> int:
         plugins=plugins,
         workers=worker_count(config),
         program=program,
+        program_args=list(options.args),
         options=worker_options,
     )
     return _supervise(pool, program, list(options.args))

@@ -55,6 +55,7 @@ class Pool:
         plugins: PluginManager,
         workers: int,
         program: str | None = None,
+        program_args: Sequence[str] = (),
         options: WorkerOptions | None = None,
     ) -> None:
         if workers < 1:
@@ -63,6 +64,7 @@ class Pool:
         self.plugins = plugins
         self.size = workers
         self.program = program
+        self.program_args = list(program_args)
         self.options = options or WorkerOptions(
             python=config["python_interpreter"] or sys.executable,
             pythonpath=config["pythonpath"],
@@ -129,6 +131,8 @@ class Pool:
         }
         if self.program:
             env["_SCOOP_PROGRAM"] = os.path.abspath(self.program)
+            # Workers see the program's sys.argv too: module-level code often reads it.
+            env["_SCOOP_ARGV"] = json.dumps([self.program, *self.program_args])
         if opts.nice is not None:
             env["_SCOOP_NICE"] = str(opts.nice)
         if opts.profile:
@@ -186,7 +190,8 @@ class Pool:
         joined: set[str] = set()
         if self.broker is not None:
             self.broker.shutdown()
-            joined = self.broker.book.joined
+            # A worker counted as lost (frozen, say) will not answer either.
+            joined = self.broker.book.joined - self.broker.lost
         if self.group is not None:
             # A worker that never reached the broker did not hear the
             # shutdown and holds nothing: no reason to wait for it.

@@ -1,0 +1,189 @@
+"""Faults with real processes: workers killed or frozen mid-future, the
+launcher or the root killed. Nothing is lost, nothing is returned twice,
+nothing is left running."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from conftest import processes_of, wait_gone
+
+PRELUDE = """
+import json, os, signal, sys, time
+from pathlib import Path
+from scoop import futures
+import scoop
+
+def out(value):
+    print("RESULT " + json.dumps(value), flush=True)
+"""
+
+# Small heartbeats so that a frozen worker is noticed within the test's time.
+FAST_HEARTBEAT = {"SCOOP_HEARTBEAT_INTERVAL": "0.2", "SCOOP_HEARTBEAT_TIMEOUT": "1.5"}
+
+
+def results(proc: subprocess.CompletedProcess[str]) -> list:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+
+
+def test_a_killed_workers_futures_run_again_elsewhere_exactly_once(
+    write_program, scoop_run, tmp_path
+):
+    prog = write_program(
+        PRELUDE
+        + """
+def work(i):
+    # The first future to run on worker-1 kills it, once.
+    flag = Path(sys.argv[1]) / "killed"
+    if scoop.worker == "worker-1" and not flag.exists():
+        flag.write_text(str(i))
+        os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(0.05)
+    return i * i
+
+if __name__ == "__main__":
+    fs = [futures.submit(work, i) for i in range(20)]
+    out([f.result() for f in fs])
+    out(sorted(futures.map(work, range(50))))
+"""
+    )
+    proc = scoop_run(prog, str(tmp_path), flags=("-n", "3"))
+    got = results(proc)
+    assert (tmp_path / "killed").exists()
+    assert got[0] == [i * i for i in range(20)]
+    assert got[1] == sorted(i * i for i in range(50))
+    assert "worker-1 exited with status -9" in proc.stderr
+    assert "queued again" in proc.stderr
+
+
+def test_a_frozen_worker_is_noticed_by_its_silence_and_its_future_runs_elsewhere(
+    write_program, scoop_run, tmp_path
+):
+    prog = write_program(
+        PRELUDE
+        + """
+def work(i):
+    flag = Path(sys.argv[1]) / "frozen"
+    if not flag.exists():
+        flag.write_text(scoop.worker)
+        # Freeze: the process lives on, so only the missing heartbeats tell.
+        os.kill(os.getpid(), signal.SIGSTOP)
+    return [i, scoop.worker]
+
+if __name__ == "__main__":
+    start = time.monotonic()
+    first = futures.submit(work, 0)
+    out(first.result())
+    out(time.monotonic() - start)
+"""
+    )
+    proc = scoop_run(prog, str(tmp_path), flags=("-n", "2"), env=FAST_HEARTBEAT, timeout=60)
+    got = results(proc)
+    value, ran_on = got[0]
+    assert value == 0
+    assert ran_on != (tmp_path / "frozen").read_text()
+    # Detected after the 1.5 s heartbeat timeout, well before the test's own limit.
+    assert 1.5 <= got[1] < 20
+    assert "silent" in proc.stderr and "counting it as lost" in proc.stderr
+    print(f"frozen worker detected and its future re-run in {got[1]:.2f} s (on {ran_on})")
+
+
+def test_a_future_that_kills_every_worker_fails_with_worker_lost_error(write_program, scoop_run):
+    prog = write_program(
+        PRELUDE
+        + """
+from scoop_core.errors import WorkerLostError
+
+def deadly():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def fine(x):
+    return x + 1
+
+if __name__ == "__main__":
+    try:
+        futures.submit(deadly).result()
+        out("no error")
+    except WorkerLostError as exc:
+        out(str(exc))
+    out(futures.submit(fine, 1).result())
+"""
+    )
+    proc = scoop_run(prog, flags=("-n", "4"), timeout=60)
+    got = results(proc)
+    message = got[0]
+    assert "was lost with its worker 3 times" in message
+    assert message.count("worker-") == 3
+    assert got[1] == 2  # the last worker still serves
+
+
+LONG_RUN = (
+    PRELUDE
+    + """
+def nap(_):
+    time.sleep(60)
+
+if __name__ == "__main__":
+    fs = [futures.submit(nap, i) for i in range(4)]
+    print("READY", os.getpid(), flush=True)
+    for f in fs:
+        f.result()
+"""
+)
+
+
+def _start(program, workers: str = "2") -> tuple[subprocess.Popen[str], int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scoop", "-n", workers, str(program)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=os.path.dirname(program),
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    for line in proc.stdout:
+        if line.startswith("READY"):
+            return proc, int(line.split()[1])
+        assert time.monotonic() < deadline, "the program never got ready"
+    raise AssertionError(f"the program ended before it was ready: {proc.wait()}")
+
+
+def test_killing_the_launcher_takes_every_process_of_the_run_with_it(write_program):
+    prog = write_program(LONG_RUN)
+    proc, _ = _start(prog)
+    try:
+        before = processes_of(str(prog))
+        assert len(before) == 4  # launcher (its argv), root, 2 workers
+        proc.kill()  # SIGKILL: no clean-up code runs in the launcher
+        proc.wait(10)
+        start = time.monotonic()
+        left = wait_gone(str(prog), 30)
+        print(
+            f"processes before: {len(before)}, after: {len(left)}, gone in {time.monotonic() - start:.2f} s"
+        )
+        assert left == []
+    finally:
+        for pid in processes_of(str(prog)):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_killing_the_root_ends_the_run_with_its_status_and_leaves_nothing(write_program):
+    prog = write_program(LONG_RUN)
+    proc, root_pid = _start(prog)
+    try:
+        assert len(processes_of(str(prog))) == 4
+        os.kill(root_pid, signal.SIGKILL)
+        status = proc.wait(15)
+        assert status == 128 + signal.SIGKILL
+        assert wait_gone(str(prog), 15) == []
+    finally:
+        proc.kill()
+        for pid in processes_of(str(prog)):
+            os.kill(pid, signal.SIGKILL)
