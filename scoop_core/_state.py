@@ -461,6 +461,7 @@ class BrokerBook:
                     m.Task(fut.fid, fut.parent, fut.depth, fut.frames)
                 )
         for peer, tasks in batches.items():
+            log.debug("handed %d future(s) to %s", len(tasks), self.peers[peer].name)
             self._outbox.append((peer, m.Tasks(tuple(tasks))))
         hungry = sum(p.credit for p in takers)
         if hungry and not queue:
@@ -477,6 +478,12 @@ class BrokerBook:
             if hungry <= 0:
                 return
             count = min(victim.spare // 2, hungry)
+            log.info(
+                "asking %s to hand over %d of its %d spare futures",
+                victim.name,
+                count,
+                victim.spare,
+            )
             victim.stealing = True
             hungry -= count
             self._outbox.append((victim.peer, m.Steal(count)))
@@ -497,6 +504,9 @@ class BrokerBook:
                     and fid not in self._recalling
                     and fid not in self._cancelling
                 ):
+                    log.info(
+                        "asking %s to hand back future %#x for an idle worker", holder.name, fid
+                    )
                     self._recalling.add(fid)
                     self._outbox.append((holder.peer, m.Cancel(fid)))
                     count -= 1

@@ -134,7 +134,7 @@ class Broker:
         if now - self._last_beat >= self.heartbeat_interval:
             self._last_beat = now
             book.broadcast(m.Heartbeat(0))
-            log.debug("heartbeat to %d peer(s)", len(book.peers))
+            log.info("heartbeat to %d peer(s)", len(book.peers))
         for peer in [p for p in self._last_heard if p not in book.peers]:
             del self._last_heard[peer]  # said goodbye
         for peer, rec in list(book.peers.items()):
