@@ -26,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scoop_core import _messages as m
-from scoop_core.errors import ProtocolError
+from scoop_core.errors import ProtocolError, SerializationError
 from scoop_core.interfaces import Frame
 
 KEY = b"run-key-" * 4
@@ -521,6 +521,300 @@ def test_mangled_messages_are_refused(data: st.DataObject, msg: m.Message) -> No
     frames = wire(m.encode(msg, KEY))
     mangled = data.draw(_mutations(frames))
     back = decoded_or_refused(mangled)
+    if mangled == frames:
+        assert back == msg
+    else:
+        assert back is None
+
+
+# -- Codec: who sent it, for whom, and was it seen before ------------------------------
+
+WORKER = b"worker-1"
+
+
+def codecs(max_size: int | None = None) -> tuple[m.Codec, m.Codec]:
+    """A broker's codec and a worker's, as two processes of one run hold them."""
+    return (
+        m.Codec(KEY, m.BROKER_IDENTITY, max_size=max_size),
+        m.Codec(KEY, WORKER, max_size=max_size),
+    )
+
+
+def refusal(codec: m.Codec, frames: Sequence[Frame], peer: bytes | None = None) -> str:
+    """The ProtocolError message ``codec.decode`` refuses ``frames`` with."""
+    with pytest.raises(ProtocolError) as info:
+        codec.decode(frames, peer)
+    return str(info.value)
+
+
+@pytest.mark.parametrize("msg", SAMPLES, ids=_sample_id)
+def test_every_message_survives_a_codec_both_ways(msg: m.Message) -> None:
+    broker, worker = codecs()
+    up = broker.decode(wire(worker.encode(msg)), WORKER)
+    down = worker.decode(wire(broker.encode(msg, to=WORKER)), m.BROKER_IDENTITY)
+    assert plain(up) == plain(down) == plain(msg)
+
+
+def test_codec_frames_carry_sender_recipient_session_and_sequence_under_the_mac() -> None:
+    _, worker = codecs()
+    first, second = wire(worker.encode(m.Ready(1))), wire(worker.encode(m.Ready(2)))
+    for frames in (first, second):
+        assert sign(frames[0], frames[1:-1]) == frames
+    head1, head2 = (msgpack.unpackb(f[0], raw=False) for f in (first, second))
+    assert head1[:4] == [m.PROTOCOL_VERSION, m.Ready.KIND, WORKER, m.BROKER_IDENTITY]
+    assert head1[4] == head2[4] and len(head1[4]) == m.SESSION_SIZE
+    assert head2[5] > head1[5]
+    assert m.Codec(KEY, WORKER).session != worker.session
+
+
+def test_a_replayed_message_is_refused() -> None:
+    broker, worker = codecs()
+    frames = wire(worker.encode(m.Submit((m.Task(FID, 0, 1, (b"call",)),))))
+    assert isinstance(broker.decode(frames, WORKER), m.Submit)
+    assert "replayed" in refusal(broker, frames, WORKER)
+    # Later messages still get through: the replay changed nothing.
+    assert broker.decode(wire(worker.encode(m.Ready(1))), WORKER) == m.Ready(1)
+    assert "replayed" in refusal(broker, frames, WORKER)
+
+
+def test_an_older_message_after_a_newer_one_is_refused() -> None:
+    broker, worker = codecs()
+    older, newer = (wire(worker.encode(m.Heartbeat(i))) for i in (1, 2))
+    assert broker.decode(newer, WORKER) == m.Heartbeat(2)
+    assert "reordered" in refusal(broker, older, WORKER)
+
+
+def test_gaps_in_the_sequence_are_fine() -> None:
+    # The broker numbers messages across all its peers: each sees a subset.
+    broker, worker = codecs()
+    sent = [broker.encode(m.Heartbeat(i), to=WORKER if i % 3 == 0 else b"other") for i in range(9)]
+    for i in (0, 3, 6):
+        assert worker.decode(wire(sent[i]), m.BROKER_IDENTITY) == m.Heartbeat(i)
+
+
+def test_a_message_from_another_peer_is_refused_naming_both() -> None:
+    broker, worker = codecs()
+    frames = wire(worker.encode(m.Hello(m.WORKER, "worker-1", 1, "h", 1)))
+    text = refusal(broker, frames, b"intruder")
+    assert repr(WORKER) in text and repr(b"intruder") in text
+    assert isinstance(broker.decode(frames, WORKER), m.Hello)  # the real peer still may
+
+
+def test_a_message_for_another_peer_is_refused() -> None:
+    broker, worker = codecs()
+    other = m.Codec(KEY, b"worker-2")
+    for_other = wire(broker.encode(m.Shutdown("bye"), to=b"worker-2"))
+    assert repr(b"worker-2") in refusal(worker, for_other, m.BROKER_IDENTITY)
+    assert other.decode(for_other, m.BROKER_IDENTITY) == m.Shutdown("bye")
+
+
+def test_a_message_reflected_to_its_sender_is_refused() -> None:
+    broker, _ = codecs()
+    frames = wire(broker.encode(m.Tasks(()), to=WORKER))
+    refusal(broker, frames, m.BROKER_IDENTITY)
+
+
+def test_a_restarted_sender_starts_a_new_session_and_its_old_one_is_over() -> None:
+    broker, worker = codecs()
+    old = [wire(worker.encode(m.Heartbeat(i))) for i in range(5)]
+    for frames in old[:3]:
+        broker.decode(frames, WORKER)
+    restarted = m.Codec(KEY, WORKER)  # same identity, new process: numbers start again
+    assert broker.decode(wire(restarted.encode(m.Heartbeat(100))), WORKER) == m.Heartbeat(100)
+    for frames in old:  # the old process's messages, seen or not, are replays now
+        assert "ended session" in refusal(broker, frames, WORKER) or "replayed" in refusal(
+            broker, frames, WORKER
+        )
+    assert broker.decode(wire(restarted.encode(m.Heartbeat(101))), WORKER) == m.Heartbeat(101)
+
+
+def test_a_forgotten_peer_can_come_back_but_its_old_messages_cannot() -> None:
+    broker, worker = codecs()
+    bye = wire(worker.encode(m.Bye("done")))
+    unsent = wire(worker.encode(m.Ready(1)))
+    broker.decode(bye, WORKER)
+    broker.forget(WORKER)
+    assert "ended session" in refusal(broker, unsent, WORKER)
+    assert "ended session" in refusal(broker, bye, WORKER)
+    back = m.Codec(KEY, WORKER)
+    assert isinstance(
+        broker.decode(wire(back.encode(m.Hello(m.WORKER, "w", 1, "h", 1))), WORKER), m.Hello
+    )
+    broker.forget(b"never-seen")  # harmless
+
+
+def test_memory_stays_bounded_however_often_peers_restart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(m, "RETIRED_SESSIONS", 256)
+    broker, _ = codecs()
+
+    def restarts(count: int) -> None:
+        for i in range(count):
+            peer = b"w%d" % (i % 50)
+            broker.decode(wire(m.Codec(KEY, peer).encode(m.Heartbeat(i))), peer)
+            if i % 7 == 0:
+                broker.forget(peer)
+
+    tracemalloc.start()
+    try:
+        restarts(1000)  # the memory of ended sessions is full from here on
+        before, _ = tracemalloc.get_traced_memory()
+        restarts(4000)  # would keep about 1 MB if ended sessions were never let go
+        after, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert after - before < 200 * 1024, f"{after - before} bytes kept for ended sessions"
+
+
+def test_a_message_without_the_codec_header_is_refused_cleanly() -> None:
+    broker, worker = codecs()
+    assert "sender" in refusal(broker, wire(m.encode(m.Ready(1), KEY)), WORKER)
+    with pytest.raises(ProtocolError):
+        m.decode(wire(worker.encode(m.Ready(1))), KEY)
+
+
+@pytest.mark.parametrize(
+    "seal",
+    [
+        ["w", m.BROKER_IDENTITY, b"s" * 16, 1],
+        [WORKER, "broker", b"s" * 16, 1],
+        [WORKER, m.BROKER_IDENTITY, b"short", 1],
+        [WORKER, m.BROKER_IDENTITY, b"s" * 16, 0],
+        [WORKER, m.BROKER_IDENTITY, b"s" * 16, -5],
+        [WORKER, m.BROKER_IDENTITY, b"s" * 16, True],
+        [WORKER, m.BROKER_IDENTITY, b"s" * 16, "1"],
+    ],
+    ids=[
+        "text-sender",
+        "text-recipient",
+        "short-session",
+        "seq-0",
+        "seq-negative",
+        "seq-bool",
+        "seq-str",
+    ],
+)
+def test_a_malformed_seal_is_refused(seal: list[Any]) -> None:
+    broker, _ = codecs()
+    refusal(broker, signed([V, m.Ready.KIND, *seal, 1]))
+
+
+@pytest.mark.parametrize("bad", [b"", "key"])
+def test_a_codec_needs_a_key(bad: Any) -> None:
+    with pytest.raises(ValueError, match="key"):
+        m.Codec(bad, WORKER)
+
+
+@pytest.mark.parametrize("bad", [b"", "worker-1", None])
+def test_a_codec_needs_a_sender(bad: Any) -> None:
+    with pytest.raises(ValueError, match="sender"):
+        m.Codec(KEY, bad)
+
+
+# -- the size limit ---------------------------------------------------------------------
+
+LIMIT = 4096
+
+
+def _big_submit(size: int) -> m.Submit:
+    return m.Submit((m.Task(FID, 0, 1, (b"call", bytes(size))),))
+
+
+def test_a_message_over_the_limit_is_refused_naming_size_limit_and_setting() -> None:
+    unlimited = m.Codec(KEY, WORKER)
+    broker = m.Codec(KEY, m.BROKER_IDENTITY, max_size=LIMIT)
+    frames = wire(unlimited.encode(_big_submit(LIMIT)))
+    size = sum(len(f) for f in frames)
+    text = refusal(broker, frames, WORKER)
+    assert str(size) in text and str(LIMIT) in text and "max_message_size" in text
+
+
+def test_the_limit_is_checked_before_the_mac() -> None:
+    # A stranger's huge message is refused on its size alone: nothing is hashed.
+    broker = m.Codec(KEY, m.BROKER_IDENTITY, max_size=LIMIT)
+    assert "max_message_size" in refusal(broker, [b"\x90", bytes(LIMIT), b"no mac"])
+
+
+def test_a_message_at_the_limit_gets_through() -> None:
+    unlimited = m.Codec(KEY, WORKER)
+    frames = wire(unlimited.encode(_big_submit(LIMIT)))
+    size = sum(len(f) for f in frames)
+    assert isinstance(m.Codec(KEY, m.BROKER_IDENTITY, max_size=size).decode(frames), m.Submit)
+
+
+def test_encoding_a_message_over_the_limit_raises_a_serialization_error() -> None:
+    worker = m.Codec(KEY, WORKER, max_size=LIMIT)
+    with pytest.raises(SerializationError) as info:
+        worker.encode(_big_submit(LIMIT))
+    assert isinstance(info.value, TypeError)
+    text = str(info.value)
+    assert "Submit" in text and str(LIMIT) in text and "max_message_size" in text
+    assert re.search(r"\b\d{4,}\b bytes, over", text)
+    assert worker.encode(_big_submit(LIMIT // 2))  # smaller ones still go
+
+
+def test_check_size_names_what_is_too_big() -> None:
+    worker = m.Codec(KEY, WORKER, max_size=LIMIT)
+    worker.check_size([b"x" * LIMIT], "the call to f")
+    with pytest.raises(
+        SerializationError, match=rf"the call to f.*{LIMIT + 1} bytes.*{LIMIT}.*max_message_size"
+    ):
+        worker.check_size([b"x" * LIMIT, b"!"], "the call to f")
+    m.Codec(KEY, WORKER).check_size([bytes(10 * LIMIT)], "anything")  # no limit
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_a_limit_below_one_byte_is_refused(bad: int) -> None:
+    with pytest.raises(ValueError, match="max_size"):
+        m.Codec(KEY, WORKER, max_size=bad)
+
+
+# -- Codec fuzz: nothing but a message or ProtocolError --------------------------------
+
+
+def codec_decoded_or_refused(codec: m.Codec, frames: Sequence[Frame]) -> m.Message | None:
+    try:
+        return codec.decode(frames, WORKER)
+    except ProtocolError:
+        return None
+
+
+@settings(max_examples=200, deadline=None)
+@given(frames=_raw_frames, mac_right=st.booleans(), limit=st.sampled_from([None, 1, 64, 1000]))
+def test_random_frames_are_refused_cleanly_by_a_codec(
+    frames: list[bytes], mac_right: bool, limit: int | None
+) -> None:
+    if mac_right and frames:
+        frames = sign(frames[0], frames[1:])
+    broker = m.Codec(KEY, m.BROKER_IDENTITY, max_size=limit)
+    msg = codec_decoded_or_refused(broker, frames)
+    assert msg is None or isinstance(msg, m.Message)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    kind=st.sampled_from([*m.MESSAGE_TYPES, 0, 99]),
+    fields=st.lists(_msgpack_values, max_size=9),
+    payload=st.lists(st.binary(max_size=10), max_size=4),
+)
+def test_signed_codec_headers_of_any_shape_are_parsed_or_refused_cleanly(
+    kind: int, fields: list[Any], payload: list[bytes]
+) -> None:
+    broker = m.Codec(KEY, m.BROKER_IDENTITY)
+    seal = [WORKER, m.BROKER_IDENTITY, b"s" * m.SESSION_SIZE, 1]
+    for head in ([V, kind, *fields], [V, kind, *seal, *fields]):
+        msg = codec_decoded_or_refused(broker, signed(head, payload))
+        assert msg is None or type(msg) is m.MESSAGE_TYPES[kind]
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), msg=MESSAGES)
+def test_mangled_codec_messages_are_refused(data: st.DataObject, msg: m.Message) -> None:
+    broker, worker = codecs()
+    frames = wire(worker.encode(msg))
+    mangled = data.draw(_mutations(frames))
+    back = codec_decoded_or_refused(broker, mangled)
     if mangled == frames:
         assert back == msg
     else:

@@ -9,6 +9,16 @@ It registers the transport ``zmq`` and its settings, the table
 - ``port`` -- the hub's TCP port; 0 (the default) picks a free one.
 - ``broker_hostname`` -- the host name remote peers dial; by default this
   machine's fully qualified name.
+- ``max_message_size`` -- the largest *frame*, in bytes, the hub accepts (0,
+  the default: no bound). libzmq drops a peer that sends a bigger frame
+  before Python sees any of it, so a flood of huge frames from a stranger
+  costs no memory. It bounds each frame, not a whole message (the core's
+  ``max_message_size`` in ``[scoop]`` does that, after the fact), so set it
+  no lower than the biggest single buffer a run sends.
+- ``curve`` -- encrypt every connection with CurveZMQ (false by default), for
+  runs across networks you do not trust. The hub makes a key pair per run
+  and its public key travels in the hub's address; each peer makes its own.
+  Authentication stays the core's HMAC: Curve adds confidentiality.
 
 pyzmq is imported only when a transport is built (see :mod:`.transport`), so
 listing plugins never imports it.
@@ -73,6 +83,19 @@ def scoop_settings() -> Iterable[PluginSettings]:
                     str,
                     "",
                     "the host name remote workers dial; empty = this machine's fully qualified name",
+                ),
+                Setting(
+                    "max_message_size",
+                    int,
+                    0,
+                    "largest frame the broker accepts, in bytes (ZMQ_MAXMSGSIZE; bigger ones "
+                    "disconnect their sender); 0 = no limit",
+                ),
+                Setting(
+                    "curve",
+                    bool,
+                    False,
+                    "encrypt connections with CurveZMQ, with keys made for each run",
                 ),
             ),
         ),

@@ -24,6 +24,18 @@ Why these choices:
 - Each hub and endpoint owns its own ``zmq.Context``, so ``close()`` can
   terminate it and so wait (at most :data:`LINGER_MS`) for the last messages
   to flush: a worker's final ``Bye`` goes out before its process exits.
+- ``max_message_size`` sets ``ZMQ_MAXMSGSIZE`` on the hub: libzmq counts it
+  per frame, and disconnects a peer that announces a bigger frame before
+  reading it, so strangers cannot make the broker buffer huge frames. The
+  bound on a whole message is the core's (``[scoop] max_message_size``).
+- With ``curve`` on, the hub makes a CurveZMQ key pair per run and appends
+  its public key to its address (``tcp://host:port#curve=<64 hex digits>``),
+  which is how every peer, in any process, learns it; each endpoint makes
+  its own key pair. Hex rather than Z85, whose alphabet holds ``# : $ &``
+  and other characters that address parsers and shells take for their own.
+  No ZAP handler: any peer that knows the server key may finish the
+  handshake, and the core's HMAC decides what it may say. A plain socket
+  cannot talk to a Curve hub at all.
 """
 
 from __future__ import annotations
@@ -39,8 +51,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import zmq
+from zmq.utils import z85
 
-from scoop_core.errors import LaunchError, TransportClosed
+from scoop_core.errors import ConfigError, LaunchError, TransportClosed
 from scoop_core.interfaces import Endpoint, Frame, Hub, Transport
 
 __all__ = ["LINGER_MS", "ZmqEndpoint", "ZmqHub", "ZmqTransport"]
@@ -49,6 +62,9 @@ log = logging.getLogger("scoop.transport.zmq")
 
 LINGER_MS = 2000
 """How long ``close()`` waits for queued messages to leave, at most."""
+
+CURVE_MARK = "#curve="
+"""Separates a Curve hub's TCP address from its public key (hex) in ``Hub.address``."""
 
 _LOOPBACK = "127.0.0.1"
 _ANY_INTERFACE = {"*", "0.0.0.0", "::", "[::]"}
@@ -211,6 +227,32 @@ class ZmqEndpoint(Endpoint):
         self._core.close()
 
 
+def _require_curve() -> None:
+    if not zmq.has("curve"):
+        raise ConfigError(
+            f"transport.zmq.curve is on, but this libzmq ({zmq.zmq_version()}) was built "
+            "without CURVE support; install a pyzmq wheel (they bundle libsodium) "
+            "or set curve = false in [scoop.transport.zmq]"
+        )
+
+
+def _split_address(address: str) -> tuple[str, bytes | None]:
+    """``(tcp url, Z85 server key or None)`` from a hub address."""
+    url, mark, key = address.partition(CURVE_MARK)
+    if not mark:
+        return url, None
+    try:
+        raw = bytes.fromhex(key)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError(
+            f"bad CurveZMQ key in the broker address {address!r}: expected 64 hex digits "
+            f"after {CURVE_MARK!r}, as the hub reports it"
+        )
+    return url, z85.encode(raw)
+
+
 def _host_for_url(host: str) -> str:
     """``host`` as it goes in a ``tcp://host:port`` URL (IPv6 literals in brackets)."""
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
@@ -227,10 +269,12 @@ class ZmqTransport(Transport):
     """Creates ROUTER hubs and DEALER endpoints over TCP.
 
     ``settings`` are the ``[scoop.transport.zmq]`` keys: ``interface`` (where
-    a public hub listens, ``"*"`` for all), ``port`` (0 for a free one) and
+    a public hub listens, ``"*"`` for all), ``port`` (0 for a free one),
     ``broker_hostname`` (the host name peers dial for a public hub; by
-    default this machine's fully qualified name). An empty mapping means the
-    defaults.
+    default this machine's fully qualified name), ``max_message_size`` (the
+    largest frame a hub accepts, 0 for no bound) and ``curve`` (encrypt with
+    CurveZMQ). An empty mapping means the defaults. Endpoints need none of
+    them: whether to use Curve, and the hub's key, come with the address.
     """
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
@@ -238,6 +282,15 @@ class ZmqTransport(Transport):
         self.interface = str(settings.get("interface") or "*")
         self.port = int(settings.get("port") or 0)
         self.broker_hostname = str(settings.get("broker_hostname") or "")
+        self.max_message_size = int(settings.get("max_message_size") or 0)
+        if self.max_message_size < 0:
+            raise ConfigError(
+                f"transport.zmq.max_message_size must be 0 (no limit) or a number of bytes, "
+                f"got {self.max_message_size}"
+            )
+        self.curve = bool(settings.get("curve"))
+        if self.curve:
+            _require_curve()
 
     def _advertised_host(self, bind_host: str) -> str:
         if self.broker_hostname:
@@ -257,6 +310,12 @@ class ZmqTransport(Transport):
         try:
             core.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
             core.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            if self.max_message_size:
+                core.sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
+            if self.curve:
+                public_key, secret_key = zmq.curve_keypair()
+                core.sock.setsockopt(zmq.CURVE_SERVER, 1)
+                core.sock.setsockopt(zmq.CURVE_SECRETKEY, secret_key)
             if _is_ipv6(bind_host):
                 core.sock.setsockopt(zmq.IPV6, 1)
             if self.port:
@@ -273,6 +332,8 @@ class ZmqTransport(Transport):
             ) from exc
         host = _LOOPBACK if not public else self._advertised_host(bind_host)
         address = f"tcp://{_host_for_url(host)}:{port}"
+        if self.curve:
+            address += CURVE_MARK + z85.decode(public_key).hex()
         log.debug(
             "hub of run %s listening on tcp://%s:%d, peers dial %s", run_id, url_host, port, address
         )
@@ -284,12 +345,20 @@ class ZmqTransport(Transport):
             raise ValueError(
                 f"a ZeroMQ identity must be 1 to 255 bytes not starting with a zero byte, got {identity!r}"
             )
-        core = _Socket(zmq.DEALER, f"ZeroMQ endpoint {identity!r} to {address}")
+        url, server_key = _split_address(address)
+        if server_key is not None:
+            _require_curve()
+        core = _Socket(zmq.DEALER, f"ZeroMQ endpoint {identity!r} to {url}")
         try:
             core.sock.setsockopt(zmq.IDENTITY, identity)
-            if _is_ipv6(address.partition("://")[2].rpartition(":")[0]):
+            if server_key is not None:
+                public_key, secret_key = zmq.curve_keypair()
+                core.sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+                core.sock.setsockopt(zmq.CURVE_PUBLICKEY, public_key)
+                core.sock.setsockopt(zmq.CURVE_SECRETKEY, secret_key)
+            if _is_ipv6(url.partition("://")[2].rpartition(":")[0]):
                 core.sock.setsockopt(zmq.IPV6, 1)
-            core.sock.connect(address)
+            core.sock.connect(url)
         except zmq.ZMQError as exc:
             core.close()
             raise ValueError(

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
+import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scoop_transport_zmq import scoop_settings, scoop_transports
-from scoop_transport_zmq.transport import ZmqTransport
+from scoop_transport_zmq import transport as zmq_transport
+from scoop_transport_zmq.transport import CURVE_MARK, ZmqTransport
 
-from scoop_core.errors import LaunchError
+from scoop_core.errors import ConfigError, LaunchError
 from scoop_core.interfaces import Endpoint, Hub, Transport
 from scoop_core.plugins.types import PluginSettings, TransportPlugin
 from scoop_core.testing import TRANSPORT_CHECKS, check_transport
@@ -193,6 +196,8 @@ def test_the_plugin_registers_zmq_and_its_settings() -> None:
         "interface": "*",
         "port": 0,
         "broker_hostname": "",
+        "max_message_size": 0,
+        "curve": False,
     }
 
 
@@ -205,3 +210,115 @@ def test_listing_the_plugin_does_not_import_zmq() -> None:
         "sys.exit('zmq' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+# -- CurveZMQ and the frame size bound ----------------------------------------------------
+
+needs_curve = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CURVE")
+
+
+def make_curve_transport() -> ZmqTransport:
+    return ZmqTransport({"curve": True})
+
+
+@needs_curve
+@pytest.mark.parametrize("check", TRANSPORT_CHECKS, ids=lambda check: check.__name__)
+def test_zmq_transport_with_curve_passes(check: Callable[[Callable[[], Transport]], None]) -> None:
+    check(make_curve_transport)
+
+
+@needs_curve
+def test_a_curve_hub_hands_out_its_public_key_and_a_new_one_each_run() -> None:
+    first, second = make_curve_transport().bind(run_id="a"), make_curve_transport().bind(run_id="b")
+    try:
+        keys = []
+        for hub in (first, second):
+            url, mark, key = hub.address.partition(CURVE_MARK)
+            assert url.startswith("tcp://127.0.0.1:") and mark
+            assert len(bytes.fromhex(key)) == 32
+            keys.append(key)
+        assert keys[0] != keys[1]
+    finally:
+        first.close()
+        second.close()
+
+
+def _silent_for(hub: Hub, seconds: float) -> bool:
+    """True if the hub receives nothing within ``seconds`` (waiting on a deadline)."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if hub.recv(left) is not None:
+            return False
+    return True
+
+
+def _raw_dealer(context: zmq.Context[zmq.Socket[bytes]], url: str) -> zmq.Socket[bytes]:
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(url)
+    return sock
+
+
+@needs_curve
+def test_a_plain_client_cannot_talk_to_a_curve_hub() -> None:
+    hub = make_curve_transport().bind(run_id="curve-plain")
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        url = hub.address.partition(CURVE_MARK)[0]
+        plain = _raw_dealer(context, url)
+        plain.send_multipart([b"plain text"])
+        assert _silent_for(hub, 1.0), "a plain client's message reached a Curve hub"
+        # Nor does it hear the hub: a Curve client alongside it works as usual.
+        endpoint = make_transport().connect(hub.address, identity=b"curve-client")
+        try:
+            endpoint.send([b"encrypted"])
+            got = hub.recv(20)
+            assert got is not None and got[0] == b"curve-client"
+            assert plain.poll(200) == 0
+        finally:
+            endpoint.close()
+        plain.close()
+    finally:
+        context.term()
+        hub.close()
+
+
+@needs_curve
+def test_a_curve_address_with_a_bad_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="64 hex digits"):
+        make_transport().connect(f"tcp://127.0.0.1:1{CURVE_MARK}nothex", identity=b"w")
+
+
+def test_curve_without_libzmq_support_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(zmq_transport.zmq, "has", lambda capability: False)
+    with pytest.raises(ConfigError, match=r"transport\.zmq\.curve"):
+        ZmqTransport({"curve": True})
+    with pytest.raises(ConfigError, match=r"transport\.zmq\.curve"):
+        make_transport().connect(f"tcp://127.0.0.1:1{CURVE_MARK}{'00' * 32}", identity=b"w")
+
+
+def test_a_negative_frame_limit_is_refused() -> None:
+    with pytest.raises(ConfigError, match="max_message_size"):
+        ZmqTransport({"max_message_size": -1})
+
+
+def test_a_frame_over_the_hubs_limit_is_dropped_and_smaller_ones_still_arrive() -> None:
+    hub = ZmqTransport({"max_message_size": 1024}).bind(run_id="maxmsgsize")
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        flooder = _raw_dealer(context, hub.address)
+        for _ in range(20):
+            flooder.send_multipart([b"envelope", bytes(1025)])
+        assert _silent_for(hub, 0.5), "a frame over the limit reached the hub"
+        endpoint = make_transport().connect(hub.address, identity=b"fits")
+        try:
+            endpoint.send([b"x" * 1024, b"y" * 1024])  # the bound is per frame
+            got = hub.recv(20)
+            assert got is not None and got[0] == b"fits"
+            assert [len(memoryview(f)) for f in got[1]] == [1024, 1024]
+        finally:
+            endpoint.close()
+        flooder.close()
+    finally:
+        context.term()
+        hub.close()
