@@ -126,6 +126,9 @@ class Runtime:
         """(future id, depth) of the future the caller runs in; (0, -1) outside one."""
         return 0, -1
 
+    def in_io_thread(self) -> bool:
+        return False
+
     # -- handshake ------------------------------------------------------------
 
     def handshake(self, timeout: float) -> None:
@@ -191,6 +194,12 @@ class Runtime:
     def cancel(self, fid: int) -> bool:
         """Ask the broker to cancel future ``fid``; True if it will never run."""
         if fid not in self._owned or self.closed:
+            return False
+        if self.in_io_thread():
+            # Called from a done-callback: the answer would arrive in this
+            # very thread, so ask without waiting; the future is marked
+            # cancelled when the broker agrees.
+            self.cancel_nowait([fid])
             return False
         reply = self._expect(("cancel", fid))
         self._send(m.Cancel(fid))
@@ -377,6 +386,9 @@ class ThreadedRuntime(Runtime):
     def _send(self, msg: m.Message) -> None:
         self._outbox.append(m.encode(msg, self.key))
         self.endpoint.wakeup()
+
+    def in_io_thread(self) -> bool:
+        return threading.current_thread() is self._thread
 
     def _send_tasks(self, tasks: list[m.Task]) -> None:
         self._outbox.extend(tasks)

@@ -174,12 +174,11 @@ class _Chunker:
 
 
 def _left(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (0 once passed: a result that is
+    already there is still returned; only a missing one times out)."""
     if deadline is None:
         return None
-    left = deadline - time.monotonic()
-    if left <= 0:
-        raise TimeoutError()
-    return left
+    return max(0.0, deadline - time.monotonic())
 
 
 def _values(result: ChunkResult) -> list[Any]:
