@@ -97,9 +97,13 @@ class Runtime:
         serializer: Serializer,
         name: str,
         workers: int = 1,
+        max_message_size: int | None = None,
     ) -> None:
         self.endpoint = endpoint
         self.key = key
+        # Signs what we send (with our name and a sequence number) and checks
+        # that what we receive comes from the broker and is no replay.
+        self.codec = m.Codec(key, name.encode(), max_size=max_message_size)
         self.serializer = serializer
         self.name = name
         self.workers = max(1, workers)  # a hint for chunk sizes
@@ -134,7 +138,7 @@ class Runtime:
     def handshake(self, timeout: float) -> None:
         """Say hello and wait for the broker's welcome (before any I/O loop runs)."""
         hello = m.Hello(self.role, self.name, os.getpid(), socket.gethostname(), self.slots)
-        self.endpoint.send(m.encode(hello, self.key))
+        self.endpoint.send(self.codec.encode(hello))
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -146,7 +150,7 @@ class Runtime:
             frames = self.endpoint.recv(left)
             if frames is None:
                 continue
-            msg = m.decode(frames, self.key)
+            msg = self.codec.decode(frames, m.BROKER_IDENTITY)
             if isinstance(msg, m.Welcome):
                 self._on_welcome(msg)
                 return
@@ -180,6 +184,9 @@ class Runtime:
         tasks, futures = [], []
         for payload in payloads:
             frames = self.dumps_payload(payload)
+            self.codec.check_size(
+                frames, f"the call to {getattr(payload.fn, '__qualname__', payload.fn)}"
+            )
             fut = Future(self._next_fid(), self.cancel)
             tasks.append(m.Task(fut.fid, parent, depth + 1, tuple(frames)))
             futures.append(fut)
@@ -368,10 +375,11 @@ class ThreadedRuntime(Runtime):
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self._last_sent = self._last_heard = time.monotonic()
-        # Encoded messages, and new futures as bare tasks: the I/O thread
-        # sends consecutive tasks as one Submit, so a loop of submit() calls
-        # costs a few messages, not one each (one queue keeps the order).
-        self._outbox: collections.deque[list[Frame] | m.Task] = collections.deque()
+        # Messages, and new futures as bare tasks: the I/O thread sends
+        # consecutive tasks as one Submit, so a loop of submit() calls costs a
+        # few messages, not one each. One queue keeps the order, and encoding
+        # in one thread keeps the sequence numbers in order.
+        self._outbox: collections.deque[m.Message | m.Task] = collections.deque()
         self._thread: threading.Thread | None = None
         self._stop = False
 
@@ -384,7 +392,7 @@ class ThreadedRuntime(Runtime):
         self._thread.start()
 
     def _send(self, msg: m.Message) -> None:
-        self._outbox.append(m.encode(msg, self.key))
+        self._outbox.append(msg)
         self.endpoint.wakeup()
 
     def in_io_thread(self) -> bool:
@@ -406,12 +414,25 @@ class ThreadedRuntime(Runtime):
                 batch.append(item)
                 continue
             if batch:
-                endpoint.send(m.encode(m.Submit(tuple(batch)), self.key))
+                self._send_submit(batch)
                 batch = []
-            endpoint.send(item)
+            endpoint.send(self.codec.encode(item))
         if batch:
-            endpoint.send(m.encode(m.Submit(tuple(batch)), self.key))
+            self._send_submit(batch)
         self._last_sent = time.monotonic()
+
+    def _send_submit(self, tasks: list[m.Task]) -> None:
+        try:
+            frames = self.codec.encode(m.Submit(tuple(tasks)))
+        except SerializationError:
+            if len(tasks) == 1:
+                raise
+            # Over max_message_size together: send the halves apart.
+            half = len(tasks) // 2
+            self._send_submit(tasks[:half])
+            self._send_submit(tasks[half:])
+            return
+        self.endpoint.send(frames)
 
     def _keep_alive(self) -> float:
         """Heartbeats: say we live when we have been quiet; notice when the
@@ -453,7 +474,7 @@ class ThreadedRuntime(Runtime):
                     self._last_heard = time.monotonic()
                 while frames is not None:
                     try:
-                        msg = m.decode(frames, self.key)
+                        msg = self.codec.decode(frames, m.BROKER_IDENTITY)
                     except ProtocolError as exc:
                         log.warning("%s dropped a message from the broker: %s", self.name, exc)
                     else:

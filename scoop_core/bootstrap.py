@@ -39,9 +39,15 @@ def _env(name: str, default: str | None = None) -> str:
     return value
 
 
-def _heartbeat() -> dict[str, float]:
+def _limits() -> dict[str, Any]:
+    """Heartbeats and the message size limit, as the pool set them."""
     interval, timeout = (float(x) for x in _env("_SCOOP_HEARTBEAT", "5,30").split(","))
-    return {"heartbeat_interval": interval, "heartbeat_timeout": timeout}
+    size = os.environ.get("_SCOOP_MAX_MESSAGE_SIZE")
+    return {
+        "heartbeat_interval": interval,
+        "heartbeat_timeout": timeout,
+        "max_message_size": int(size) if size else None,
+    }
 
 
 def _setup(name: str) -> tuple[Endpoint, bytes, Serializer, int]:
@@ -114,7 +120,7 @@ def run_worker() -> int:
         name=name,
         workers=size,
         prefetch=int(_env("_SCOOP_PREFETCH", "2")),
-        **_heartbeat(),
+        **_limits(),
     )
     rt.start(30.0)
     _runtime.set_current(rt)
@@ -142,7 +148,7 @@ def run_root(program: str, args: list[str]) -> int:
     endpoint, key, serializer, size = _setup(name)
     context.IS_ORIGIN = True
     rt = _runtime.RootRuntime(
-        endpoint, key=key, serializer=serializer, name=name, workers=size, **_heartbeat()
+        endpoint, key=key, serializer=serializer, name=name, workers=size, **_limits()
     )
     rt.start()
     _runtime.set_current(rt)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from scoop_core import _messages as m
 from scoop_core._state import BrokerBook
-from scoop_core.errors import ProtocolError
+from scoop_core.errors import ProtocolError, SerializationError
 from scoop_core.interfaces import Transport
 
 log = logging.getLogger("scoop.broker")
@@ -41,8 +41,10 @@ class Broker:
         join_timeout: float = 10.0,
         heartbeat_interval: float = 5.0,
         heartbeat_timeout: float = 30.0,
+        max_message_size: int | None = None,
     ) -> None:
         self.key = key
+        self.codec = m.Codec(key, m.BROKER_IDENTITY, max_size=max_message_size)
         self.hub = transport.bind(run_id=run_id, public=public)
         self.address = self.hub.address
         self.book = BrokerBook(max_losses=max_losses, expected_workers=expected_workers)
@@ -96,7 +98,7 @@ class Broker:
     # -- the loop --------------------------------------------------------------
 
     def _loop(self) -> None:
-        hub, book, key = self.hub, self.book, self.key
+        hub, book = self.hub, self.book
         join_deadline = time.monotonic() + self.join_timeout
         wait = min(1.0, self.heartbeat_interval)
         try:
@@ -121,7 +123,7 @@ class Broker:
                     self._keep_alive()
                 book.dispatch()
                 for peer, msg in book.take_outbox():
-                    hub.send(peer, m.encode(msg, key))
+                    self._send(peer, msg)
         except Exception:
             log.exception("the broker failed")
             raise
@@ -137,6 +139,7 @@ class Broker:
             log.info("heartbeat to %d peer(s)", len(book.peers))
         for peer in [p for p in self._last_heard if p not in book.peers]:
             del self._last_heard[peer]  # said goodbye
+            self.codec.forget(peer)
         for peer, rec in list(book.peers.items()):
             silent = now - self._last_heard.get(peer, now)
             if silent > self.heartbeat_timeout:
@@ -148,6 +151,7 @@ class Broker:
                 book.leave(peer)
                 self.lost.add(rec.name)
                 self._last_heard.pop(peer, None)
+                self.codec.forget(peer)
         if book.workers:
             self._workers_seen = now
         elif now - self._workers_seen > self.heartbeat_timeout:
@@ -157,9 +161,19 @@ class Broker:
             if failed:
                 log.error("no worker left: %d queued future(s) failed", failed)
 
+    def _send(self, peer: bytes, msg: m.Message) -> None:
+        try:
+            frames = self.codec.encode(msg, to=peer)
+        except SerializationError as exc:
+            # A forwarded message a few header bytes over the limit: say so
+            # loudly rather than stop the broker for every peer.
+            log.error("could not send %s to %r: %s", type(msg).__name__, peer, exc)
+            return
+        self.hub.send(peer, frames)
+
     def _receive(self, peer: bytes, frames: list[object]) -> None:
         try:
-            msg = m.decode(frames, self.key)
+            msg = self.codec.decode(frames, peer)
         except ProtocolError as exc:
             # Logged once per peer: a flood of forged messages must not flood the log.
             if peer not in self._rejected:
@@ -174,9 +188,7 @@ class Broker:
             if peer not in self.book.peers and not isinstance(msg, m.Hello):
                 # A peer we counted as lost is alive after all: its futures
                 # already run elsewhere, so it must not go on alone.
-                self.hub.send(
-                    peer, m.encode(m.Shutdown("the broker counted this peer as lost"), self.key)
-                )
+                self._send(peer, m.Shutdown("the broker counted this peer as lost"))
                 self._last_heard.pop(peer, None)
         except Exception:
             # A well-signed but malformed message (a peer of another version,

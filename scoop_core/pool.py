@@ -91,6 +91,7 @@ class Pool:
             max_losses=self.config["max_losses"],
             heartbeat_interval=self.config["heartbeat_interval"],
             heartbeat_timeout=self.config["heartbeat_timeout"],
+            max_message_size=self.config["max_message_size"],
         )
         self.broker.start()
         launcher_name = self.config["launcher"]
@@ -125,6 +126,7 @@ class Pool:
             ),
             "_SCOOP_DISABLE_PLUGINS": ",".join(self.config["disable_plugins"]),
             "_SCOOP_PARENT_PID": str(os.getpid()),
+            "_SCOOP_MAX_MESSAGE_SIZE": str(self.config["max_message_size"]),
             "_SCOOP_HEARTBEAT": f"{self.config['heartbeat_interval']},{self.config['heartbeat_timeout']}",
             "_SCOOP_DEBUG": "1" if opts.debug else "",
             **opts.extra_env,
@@ -163,6 +165,7 @@ class Pool:
             workers=self.size,
             heartbeat_interval=self.config["heartbeat_interval"],
             heartbeat_timeout=self.config["heartbeat_timeout"],
+            max_message_size=self.config["max_message_size"],
         )
         rt.start()
         return rt

@@ -111,6 +111,7 @@ class WorkerRuntime(ThreadedRuntime):
         prefetch: int = 2,
         heartbeat_interval: float = 5.0,
         heartbeat_timeout: float = 30.0,
+        max_message_size: int | None = None,
     ) -> None:
         super().__init__(
             endpoint,
@@ -120,6 +121,7 @@ class WorkerRuntime(ThreadedRuntime):
             workers=workers,
             heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout,
+            max_message_size=max_message_size,
         )
         self.book = WorkerBook(prefetch=prefetch)
         self._base_prefetch = self.book.prefetch
