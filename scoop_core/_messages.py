@@ -77,6 +77,7 @@ class Task:
     parent: int
     depth: int
     frames: tuple[Frame, ...]
+    max_losses: int = 0  # times it may be lost with its worker; 0: the run's setting
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ class _TaskBatch(Message):
         frames: list[Frame] = []
         heads = []
         for t in self.tasks:
-            heads.append([t.fid, t.parent, t.depth, len(t.frames)])
+            heads.append([t.fid, t.parent, t.depth, len(t.frames), t.max_losses])
             frames.extend(t.frames)
         return [heads], frames
 
@@ -206,8 +207,8 @@ class _TaskBatch(Message):
     def _build(cls, fields: list[Any], frames: list[Frame]) -> Message:
         (heads,) = fields
         tasks, pos = [], 0
-        for fid, parent, depth, count in heads:
-            tasks.append(Task(fid, parent, depth, _take(frames, pos, count)))
+        for fid, parent, depth, count, max_losses in heads:
+            tasks.append(Task(fid, parent, depth, _take(frames, pos, count), max_losses))
             pos += count
         if pos != len(frames):
             raise ProtocolError("payload frame count does not match the header")

@@ -176,7 +176,7 @@ class Runtime:
         except Exception as exc:
             raise describe_unpicklable(payload, self.serializer, exc) from exc
 
-    def submit(self, payloads: Sequence[Call | Chunk]) -> list[Future]:
+    def submit(self, payloads: Sequence[Call | Chunk], *, max_losses: int = 0) -> list[Future]:
         """Send the payloads as new futures in one message; return their futures."""
         if self.closed:
             raise NotLaunchedError(f"the pool is shut down ({self.shutdown_reason or 'closed'})")
@@ -188,7 +188,7 @@ class Runtime:
                 frames, f"the call to {getattr(payload.fn, '__qualname__', payload.fn)}"
             )
             fut = Future(self._next_fid(), self.cancel)
-            tasks.append(m.Task(fut.fid, parent, depth + 1, tuple(frames)))
+            tasks.append(m.Task(fut.fid, parent, depth + 1, tuple(frames), max_losses))
             futures.append(fut)
         for fut in futures:
             self._owned[fut.fid] = fut

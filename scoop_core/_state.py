@@ -120,6 +120,7 @@ class FutureRecord:
     state: State = PENDING
     holder: bytes | None = None
     losses: int = 0
+    max_losses: int = 0  # 0: the book's
     lost_on: list[str] = field(default_factory=list)  # names of the workers it died with
 
     def fire(self, event: str) -> None:
@@ -257,7 +258,9 @@ class BrokerBook:
                 raise ProtocolError(f"{rec.name} submitted future {t.fid:#x} twice")
             seen.add(t.fid)
         for t in tasks:
-            fut = FutureRecord(t.fid, rec.peer, t.parent, t.depth, t.frames)
+            fut = FutureRecord(
+                t.fid, rec.peer, t.parent, t.depth, t.frames, max_losses=t.max_losses
+            )
             fut.fire("submit")
             self.futures[t.fid] = fut
             self._push(fut)
@@ -383,7 +386,7 @@ class BrokerBook:
                 fut.fire("cancel")
                 del self.futures[fid]
                 self._outbox.append((owner, m.CancelReply(fid, True)))
-            elif fut.losses >= self.max_losses:
+            elif fut.losses >= (fut.max_losses or self.max_losses):
                 reason = (
                     f"future {fid:#x} was lost with its worker {fut.losses} times "
                     f"(workers: {', '.join(fut.lost_on)}); it is not run again. Raise "
@@ -396,11 +399,16 @@ class BrokerBook:
                 self._push(fut)
                 requeued.append(fid)
         rec.holding.clear()
+        # Its own futures now have nobody to read them: cancel those not
+        # started (asking their holders); running ones finish, unread.
         orphans = [f for f in self.futures.values() if f.owner == peer]
         for fut in orphans:
             if fut.state is QUEUED:
                 fut.fire("cancel")
                 del self.futures[fut.fid]
+            elif fut.state is ASSIGNED and fut.holder is not None:
+                self._cancelling[fut.fid] = peer
+                self._outbox.append((fut.holder, m.Cancel(fut.fid)))
         del self.peers[peer]
         self._started.pop(peer, None)
         self._results.pop(peer, None)
@@ -458,7 +466,7 @@ class BrokerBook:
                 if rec.credit == 0:
                     takers.remove(rec)
                 batches.setdefault(rec.peer, []).append(
-                    m.Task(fut.fid, fut.parent, fut.depth, fut.frames)
+                    m.Task(fut.fid, fut.parent, fut.depth, fut.frames, fut.max_losses)
                 )
         for peer, tasks in batches.items():
             log.debug("handed %d future(s) to %s", len(tasks), self.peers[peer].name)

@@ -16,6 +16,7 @@ warning, as SCOOP does; ``submit`` raises, naming how to launch.
 from __future__ import annotations
 
 import builtins
+import contextvars
 import functools
 import itertools
 import logging
@@ -50,6 +51,7 @@ __all__ = [
     "mapReduce",
     "mapScan",
     "map_as_completed",
+    "options",
     "shutdown",
     "submit",
     "wait",
@@ -89,11 +91,74 @@ def _serial(what: str) -> bool:
     return True
 
 
+# Per-call options (see :class:`options`): read when futures are submitted.
+_max_losses: contextvars.ContextVar[int] = contextvars.ContextVar("max_losses", default=0)
+
+
+class options:
+    """Per-call options for the functions of this module.
+
+    ``futures.options(max_losses=5).submit(f, x)`` lets that future be lost
+    with its worker up to 5 times before it fails with ``WorkerLostError``
+    (the run's ``max_losses`` setting otherwise). The object has ``submit``,
+    ``map``, ``map_as_completed``, ``mapReduce`` and ``mapScan``, and is also
+    a context manager: ``with futures.options(max_losses=5): ...`` applies
+    to every future submitted in the block."""
+
+    def __init__(self, *, max_losses: int) -> None:
+        if not isinstance(max_losses, int) or isinstance(max_losses, bool) or max_losses < 1:
+            raise ValueError(f"max_losses must be a whole number of at least 1, got {max_losses!r}")
+        self.max_losses = max_losses
+        self._tokens: list[contextvars.Token[int]] = []
+
+    def __enter__(self) -> options:
+        self._tokens.append(_max_losses.set(self.max_losses))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _max_losses.reset(self._tokens.pop())
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        with self:
+            return fn(*args, **kwargs)
+
+    def submit(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+        return self._call(submit, func, *args, **kwargs)
+
+    def map(
+        self, func: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None
+    ) -> Iterator[Any]:
+        return self._call(map, func, *iterables, timeout=timeout)
+
+    def map_as_completed(
+        self, func: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None
+    ) -> Iterator[Any]:
+        return self._call(map_as_completed, func, *iterables, timeout=timeout)
+
+    def mapReduce(
+        self,
+        mapFunc: Callable[..., Any],
+        reductionFunc: Callable[[Any, Any], Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+    ) -> Any:
+        return self._call(mapReduce, mapFunc, reductionFunc, *iterables, timeout=timeout)
+
+    def mapScan(
+        self,
+        mapFunc: Callable[..., Any],
+        reductionFunc: Callable[[Any, Any], Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+    ) -> list[Any]:
+        return self._call(mapScan, mapFunc, reductionFunc, *iterables, timeout=timeout)
+
+
 def submit(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
     """Run ``func(*args, **kwargs)`` on a worker; return its :class:`Future`."""
     _check_callable(func, "submit()")
     rt = _runtime.require("futures.submit()")
-    return rt.submit([Call(func, args, kwargs)])[0]
+    return rt.submit([Call(func, args, kwargs)], max_losses=_max_losses.get())[0]
 
 
 class _Chunker:
@@ -108,6 +173,7 @@ class _Chunker:
         reducer: Callable[[Any, Any], Any] | None = None,
     ) -> None:
         self.rt = rt
+        self.max_losses = _max_losses.get()
         self.fn = fn
         self.fold = fold
         self.reducer = reducer
@@ -156,7 +222,7 @@ class _Chunker:
             if self.item_seconds < 0 and len(self.inflight) + len(batch) >= 2 * self.rt.workers:
                 break  # wait to learn item cost before sending more single items
         if batch:
-            futures = self.rt.submit(batch)
+            futures = self.rt.submit(batch, max_losses=self.max_losses)
             for fut, count in zip(futures, counts, strict=True):
                 self.inflight.append((fut, count))
             if self.item_bytes == 0:
@@ -282,7 +348,7 @@ def mapReduce(
         pairs = [
             Call(reductionFunc, (level[i], level[i + 1]), {}) for i in range(0, len(level) - 1, 2)
         ]
-        futures = rt.submit(pairs)
+        futures = rt.submit(pairs, max_losses=chunker.max_losses)
         odd = [level[-1]] if len(level) % 2 else []
         level = [f.result(_left(deadline)) for f in futures] + odd
     return level[0]

@@ -190,18 +190,18 @@ class WorkerRuntime(ThreadedRuntime):
 
     # -- futures submitted here -----------------------------------------------------
 
-    def submit(self, payloads: Sequence[Call | Chunk]) -> list[Future]:
+    def submit(self, payloads: Sequence[Call | Chunk], *, max_losses: int = 0) -> list[Future]:
         """Futures submitted on a worker stay on it (no pickling, no round
         trip through the broker) unless an idle worker steals them."""
         if self.closed:
-            return super().submit(payloads)
+            return super().submit(payloads, max_losses=max_losses)
         parent, depth = self.current_parent()
         futures = []
         with self._lock:
             for payload in payloads:
                 fut = Future(self._next_fid(), self.cancel)
                 self._owned[fut.fid] = fut
-                self.book.adopt(m.Task(fut.fid, parent, depth + 1, ()), payload)
+                self.book.adopt(m.Task(fut.fid, parent, depth + 1, (), max_losses), payload)
                 futures.append(fut)
         self._wake.set()  # in case a thread of the user's submitted while we idle
         return futures
@@ -262,7 +262,8 @@ class WorkerRuntime(ThreadedRuntime):
             except Exception:
                 kept.append(job)
                 continue
-            tasks.append(m.Task(job.task.fid, job.task.parent, job.task.depth, tuple(frames)))
+            t = job.task
+            tasks.append(m.Task(t.fid, t.parent, t.depth, tuple(frames), t.max_losses))
         with self._lock:
             for job in kept:
                 self.book.adopt(job.task, job.payload, stealable=False)

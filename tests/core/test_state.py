@@ -1098,3 +1098,17 @@ def test_started_futures_travel_with_results(run: Run) -> None:
     msgs = run.take(ROOT)
     assert m.Started([b]) in msgs and outcomes(msgs) == [(a, m.OK)]
     assert run.book.futures[b].state is RUNNING
+
+
+def test_a_departed_owners_unstarted_futures_are_cancelled_at_their_holders(run: Run) -> None:
+    run.join(W1, slots=1)
+    run.join(W2, slots=1)
+    run.send(W2, m.Ready(1))
+    (queued_at_w2,) = run.submit(W1, 1, depth=1)  # W1's child, handed to W2
+    assert run.tasks_for(W2) == [queued_at_w2]
+    (still_queued,) = run.submit(W1, 1, depth=1)
+    run.send(W1, m.Bye("gone"))
+    assert run.take(W2) == [m.Cancel(queued_at_w2)]
+    assert still_queued not in run.book.futures  # never dispatched: dropped at once
+    run.send(W2, m.CancelReply(queued_at_w2, True))
+    assert run.book.futures == {}

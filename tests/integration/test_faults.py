@@ -187,3 +187,61 @@ def test_killing_the_root_ends_the_run_with_its_status_and_leaves_nothing(write_
         proc.kill()
         for pid in processes_of(str(prog)):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_max_losses_per_call(write_program, scoop_run):
+    prog = write_program(
+        PRELUDE
+        + """
+from scoop_core.errors import WorkerLostError
+
+def deadly():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if __name__ == "__main__":
+    try:
+        futures.options(max_losses=1).submit(deadly).result()
+    except WorkerLostError as exc:
+        out(str(exc))
+    with futures.options(max_losses=2):
+        f = futures.submit(deadly)
+    try:
+        f.result()
+    except WorkerLostError as exc:
+        out(str(exc))
+"""
+    )
+    got = results(scoop_run(prog, flags=("-n", "4"), timeout=60))
+    assert "lost with its worker 1 times" in got[0]
+    assert "lost with its worker 2 times" in got[1]
+
+
+def test_a_nested_computation_survives_the_death_of_a_worker(write_program, scoop_run, tmp_path):
+    prog = write_program(
+        PRELUDE
+        + """
+LEAVES = [0]
+
+def fib(n):
+    if n < 2:
+        # The 30th leaf a worker runs kills it, in the middle of the tree;
+        # the first worker to get there wins (O_EXCL), so it happens once.
+        LEAVES[0] += 1
+        if LEAVES[0] == 30:
+            try:
+                os.close(os.open(Path(sys.argv[1]) / "killed", os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                pass
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(0.001)
+        return n
+    return futures.submit(fib, n - 1).result() + futures.submit(fib, n - 2).result()
+
+if __name__ == "__main__":
+    out(futures.submit(fib, 15).result())
+"""
+    )
+    proc = scoop_run(prog, str(tmp_path), flags=("-n", "3"), timeout=120)
+    assert results(proc) == [610]
+    assert (tmp_path / "killed").exists()
