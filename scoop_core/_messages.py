@@ -455,6 +455,30 @@ def _too_big(size: int, limit: int) -> str:
     return f"{size} bytes, over the limit of {limit} bytes (setting {_SIZE_SETTING})"
 
 
+class VersionMismatch(ProtocolError):
+    """The peer speaks another protocol version (the message names both)."""
+
+
+def _check_version(header: bytes) -> None:
+    """Every version's header starts with its version number: read only that,
+    before the mac (whose layout may differ between versions), so that a peer
+    of another version is told why, not just "bad HMAC". msgpack reads data,
+    it runs nothing, so this is safe on an unchecked header."""
+    try:
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(header) or 1)
+        unpacker.feed(header)
+        if unpacker.read_array_header() < 1:
+            return
+        version = unpacker.unpack()
+    except Exception:
+        return  # not ours to judge: the mac check refuses it
+    if version != PROTOCOL_VERSION:
+        raise VersionMismatch(
+            f"protocol version {version!r} from the peer, this side speaks {PROTOCOL_VERSION}: "
+            "run the same scoop-core version everywhere"
+        )
+
+
 def _open(
     frames: Sequence[Frame], key: bytes, max_size: int | None
 ) -> tuple[type[Message], list[Any], list[Frame]]:
@@ -474,6 +498,7 @@ def _open(
         expected = _mac(key, header, payload)
     except (TypeError, ValueError, BufferError) as exc:
         raise ProtocolError(f"a frame is not a readable buffer: {exc}") from None
+    _check_version(header)
     if len(mac) != MAC_SIZE or not hmac.compare_digest(mac, expected):
         raise ProtocolError("bad or missing HMAC: sender does not have this run's key")
     try:

@@ -150,7 +150,12 @@ class Runtime:
             frames = self.endpoint.recv(left)
             if frames is None:
                 continue
-            msg = self.codec.decode(frames, m.BROKER_IDENTITY)
+            try:
+                msg = self.codec.decode(frames, m.BROKER_IDENTITY)
+            except m.VersionMismatch as exc:
+                raise LaunchError(
+                    f"{self.name}: the broker speaks another protocol: {exc}"
+                ) from None
             if isinstance(msg, m.Welcome):
                 self._on_welcome(msg)
                 return

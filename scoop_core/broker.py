@@ -179,6 +179,9 @@ class Broker:
             if peer not in self._rejected:
                 self._rejected.add(peer)
                 log.warning("rejected a message from peer %r: %s", peer, exc)
+                if isinstance(exc, m.VersionMismatch):
+                    # It reads our version first, so it learns why.
+                    self._send(peer, m.Refused(str(exc)))
             return
         self._last_heard[peer] = time.monotonic()
         try:

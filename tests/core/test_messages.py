@@ -343,7 +343,7 @@ def test_a_header_that_is_not_a_list_of_version_and_kind_is_refused(head: Any) -
         m.decode(signed(head), KEY)
 
 
-@pytest.mark.parametrize("header", [b"", b"\xc1", b"\x93\x01", b"\x92\x01\x0f\x00"])
+@pytest.mark.parametrize("header", [b"", b"\xc1", b"\x93\x02", b"\x92\x02\x0f\x00"])
 def test_a_header_that_is_not_msgpack_is_refused(header: bytes) -> None:
     with pytest.raises(ProtocolError, match="unreadable message header"):
         m.decode(sign(header, []), KEY)
@@ -819,3 +819,12 @@ def test_mangled_codec_messages_are_refused(data: st.DataObject, msg: m.Message)
         assert back == msg
     else:
         assert back is None
+
+
+def test_a_peer_of_another_version_is_told_both_versions_before_any_mac_check() -> None:
+    # Another version may sign differently: the version is read first.
+    frames = [msgpack.packb([m.PROTOCOL_VERSION + 1, 1, "anything"]), b"mac of another layout"]
+    with pytest.raises(
+        m.VersionMismatch, match=rf"version {m.PROTOCOL_VERSION + 1}.*speaks {m.PROTOCOL_VERSION}"
+    ):
+        m.Codec(KEY, b"broker").decode(frames, b"worker-1")

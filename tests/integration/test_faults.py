@@ -245,3 +245,43 @@ if __name__ == "__main__":
     proc = scoop_run(prog, str(tmp_path), flags=("-n", "3"), timeout=120)
     assert results(proc) == [610]
     assert (tmp_path / "killed").exists()
+
+
+def test_a_message_over_the_size_limit_is_refused_at_submit(write_program, scoop_run):
+    prog = write_program(
+        PRELUDE
+        + """
+def size(data):
+    return len(data)
+
+if __name__ == "__main__":
+    try:
+        futures.submit(size, b"x" * 200_000)
+    except TypeError as exc:
+        out([type(exc).__name__, str(exc)])
+    out(futures.submit(size, b"x" * 1000).result())
+"""
+    )
+    got = results(scoop_run(prog, env={"SCOOP_MAX_MESSAGE_SIZE": "100000"}))
+    name, message = got[0]
+    assert name == "SerializationError"
+    assert "max_message_size" in message and "size" in message
+    assert got[1] == 1000
+
+
+def test_when_every_worker_dies_the_run_stops_with_a_clear_error(write_program, scoop_run):
+    prog = write_program(
+        PRELUDE
+        + """
+def deadly(_):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if __name__ == "__main__":
+    list(futures.map(deadly, range(10)))
+    out("not reached")
+"""
+    )
+    proc = scoop_run(prog, flags=("-n", "2"), timeout=60)
+    assert proc.returncode == 1
+    assert "not reached" not in proc.stdout
+    assert "every worker has exited" in proc.stderr
