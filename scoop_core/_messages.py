@@ -296,11 +296,9 @@ class CancelReply(Message):
     cancelled: bool
 
 
-@dataclass(frozen=True)
-class SetConst(Message):
-    """Peer → broker: define a shared constant (once per run)."""
+class _NamedPayload(Message):
+    """A name and the frames of a pickled value."""
 
-    KIND = 10
     name: str
     frames: tuple[Frame, ...]
 
@@ -308,9 +306,20 @@ class SetConst(Message):
         return [self.name], list(self.frames)
 
     @classmethod
-    def _build(cls, fields: list[Any], frames: list[Frame]) -> SetConst:
+    def _build(cls, fields: list[Any], frames: list[Frame]) -> Message:
         (name,) = fields
-        return cls(name, tuple(frames))
+        if not isinstance(name, str):
+            raise ProtocolError(f"malformed {cls.__name__} message: bad name {name!r}")
+        return cls(name, tuple(frames))  # type: ignore[call-arg]
+
+
+@dataclass(frozen=True)
+class SetConst(_NamedPayload):
+    """Peer → broker: define a shared constant (once per run)."""
+
+    KIND = 10
+    name: str
+    frames: tuple[Frame, ...]
 
 
 @_plain(11, "name", "error")
@@ -323,20 +332,12 @@ class ConstReply(Message):
 
 
 @dataclass(frozen=True)
-class Const(Message):
+class Const(_NamedPayload):
     """Broker → every peer: a newly defined constant."""
 
     KIND = 12
     name: str
     frames: tuple[Frame, ...]
-
-    def _fields(self) -> tuple[list[Any], list[Frame]]:
-        return [self.name], list(self.frames)
-
-    @classmethod
-    def _build(cls, fields: list[Any], frames: list[Frame]) -> Const:
-        (name,) = fields
-        return cls(name, tuple(frames))
 
 
 @_plain(13, "reason")
