@@ -67,6 +67,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("serializers", "scoop_core.serialization"),
     ("local", "scoop_core.local_launcher"),
     ("zmq", "scoop_transport_zmq"),
+    ("redis", "scoop_transport_redis"),
 )
 """``(plugin name, module)`` of every built-in plugin, registered first and in this order."""
 

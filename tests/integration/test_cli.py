@@ -151,7 +151,7 @@ def test_the_launcher_exits_with_the_programs_status(
         (("--frobnicate",), "unrecognized arguments: --frobnicate"),
         (("-n", "0"), "argument -n: expected a number of at least 1, got 0"),
         (("-n", "x"), "argument -n: expected a whole number, got 'x'"),
-        (("--transport", "carrier-pigeon"), "choose one of: zmq"),
+        (("--transport", "carrier-pigeon"), "choose one of: redis, zmq"),
         (("--hosts",), "argument --hosts: expected at least one host"),
     ],
 )

@@ -1,0 +1,96 @@
+"""The Redis Streams transport plugin: messages travel through a Redis server.
+
+It registers the transport ``redis`` and its settings, the table
+``[scoop.transport.redis]`` (environment ``SCOOP_TRANSPORT_REDIS_<KEY>``):
+
+- ``url`` -- the Redis server: ``redis://host:port/db``, ``rediss://`` for
+  TLS, ``unix:///path/to/socket``. Default ``redis://127.0.0.1:6379/0``.
+- ``username`` and ``password`` -- Redis ACL credentials (a password in the
+  URL works too). The password never appears in the hub's address, in logs
+  or on a command line: workers receive settings through the environment.
+- ``prefix`` -- every key of a run lives under ``{prefix}:{run_id}:``
+  (default ``scoop``), and the hub deletes them all when it closes.
+- ``maxlen`` -- trim each stream to about this many entries (0, the default:
+  never trim; messages are deleted once read anyway).
+- ``expire`` -- seconds after which a key of the run expires even if nobody
+  deletes it (default 86400): a safety net for runs that die.
+
+In this first increment Redis only carries messages; the core's own broker,
+in the launcher, still schedules the futures. redis-py is imported only when
+a transport is built (see :mod:`.transport`), so listing plugins never
+imports it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from scoop_core.plugins.hookspec import hookimpl
+from scoop_core.plugins.types import PluginSettings, Setting, TransportPlugin
+
+if TYPE_CHECKING:
+    from scoop_transport_redis.transport import RedisTransport
+
+__all__ = ["RedisTransport", "make_transport", "scoop_settings", "scoop_transports"]
+
+
+def make_transport(settings: Mapping[str, Any]) -> RedisTransport:
+    """The plugin's factory: a :class:`~scoop_transport_redis.transport.RedisTransport`."""
+    from scoop_transport_redis.transport import RedisTransport
+
+    return RedisTransport(settings)
+
+
+def __getattr__(name: str) -> Any:
+    # ``from scoop_transport_redis import RedisTransport`` works, but only then imports redis.
+    if name == "RedisTransport":
+        from scoop_transport_redis.transport import RedisTransport
+
+        return RedisTransport
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@hookimpl
+def scoop_transports() -> Iterable[TransportPlugin]:
+    return (
+        TransportPlugin(
+            name="redis",
+            factory=make_transport,
+            description="Redis Streams through a Redis server (>= 5.0) you run",
+        ),
+    )
+
+
+@hookimpl
+def scoop_settings() -> Iterable[PluginSettings]:
+    return (
+        PluginSettings(
+            section="transport.redis",
+            settings=(
+                Setting(
+                    "url",
+                    str,
+                    "redis://127.0.0.1:6379/0",
+                    "the Redis server: redis://host:port/db, rediss:// for TLS, unix:///path",
+                ),
+                Setting("username", str, "", "Redis ACL user name; empty = the default user"),
+                Setting("password", str, "", "Redis password; never shown in logs or addresses"),
+                Setting(
+                    "prefix", str, "scoop", "every key of a run lives under {prefix}:{run_id}:"
+                ),
+                Setting(
+                    "maxlen",
+                    int,
+                    0,
+                    "trim each stream to about this many entries; 0 = never trim",
+                ),
+                Setting(
+                    "expire",
+                    int,
+                    86400,
+                    "seconds after which a key of the run expires if nobody deleted it",
+                ),
+            ),
+        ),
+    )
