@@ -8,13 +8,16 @@ process of the run carries in its command line or environment).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -58,8 +61,48 @@ def write_program(tmp_path: Path) -> Callable[[str, str], Path]:
     return write
 
 
+def _start_redis() -> Any:
+    """The throw-away redis-server starter of the Redis transport's tests."""
+    path = Path(__file__).parents[1] / "plugins" / "transport_redis" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("_scoop_redis_server", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.start_redis
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    # Tests marked both_transports run once per built-in transport.
+    marked = metafunc.definition.get_closest_marker("both_transports")
+    if marked and "transport" in metafunc.fixturenames:
+        metafunc.parametrize("transport", ["zmq", "redis"], indirect=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server_url() -> Iterator[str]:
+    with _start_redis()() as url:
+        yield url
+
+
 @pytest.fixture
-def scoop_run(tmp_path: Path) -> Iterator[Callable[..., RunResult]]:
+def transport(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "zmq"))
+
+
+@pytest.fixture
+def transport_env(request: pytest.FixtureRequest, transport: str) -> dict[str, str]:
+    """Environment that makes a run use ``transport`` (the default: nothing)."""
+    if transport != "redis":
+        return {}
+    return {
+        "SCOOP_TRANSPORT": "redis",
+        "SCOOP_TRANSPORT_REDIS_URL": request.getfixturevalue("redis_server_url"),
+        "SCOOP_TRANSPORT_REDIS_PREFIX": f"test-{uuid.uuid4().hex[:8]}",
+    }
+
+
+@pytest.fixture
+def scoop_run(tmp_path: Path, transport_env: dict[str, str]) -> Iterator[Callable[..., RunResult]]:
     markers: list[str] = []
 
     def run(
@@ -78,7 +121,7 @@ def scoop_run(tmp_path: Path) -> Iterator[Callable[..., RunResult]]:
             capture_output=True,
             text=True,
             timeout=timeout,
-            env={**os.environ, **(env or {})},
+            env={**os.environ, **transport_env, **(env or {})},
         )
 
     yield run

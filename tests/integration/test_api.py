@@ -10,6 +10,9 @@ import sys
 
 import pytest
 
+# Every program here runs on both built-in transports: they are interchangeable.
+pytestmark = pytest.mark.both_transports
+
 
 def results(proc) -> list:
     assert proc.returncode == 0, (

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import processes_of, wait_gone
 
 PRELUDE = """
@@ -32,6 +33,7 @@ def results(proc: subprocess.CompletedProcess[str]) -> list:
     return [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
 
 
+@pytest.mark.both_transports
 def test_a_killed_workers_futures_run_again_elsewhere_exactly_once(
     write_program, scoop_run, tmp_path
 ):
@@ -65,6 +67,7 @@ if __name__ == "__main__":
     print(f"killed worker-1 held {rerun} future(s); each ran again elsewhere, once")
 
 
+@pytest.mark.both_transports
 def test_a_frozen_worker_is_noticed_by_its_silence_and_its_future_runs_elsewhere(
     write_program, scoop_run, tmp_path
 ):
@@ -97,6 +100,7 @@ if __name__ == "__main__":
     print(f"frozen worker detected and its future re-run in {got[1]:.2f} s (on {ran_on})")
 
 
+@pytest.mark.both_transports
 def test_a_future_that_kills_every_worker_fails_with_worker_lost_error(write_program, scoop_run):
     prog = write_program(
         PRELUDE
@@ -219,6 +223,7 @@ if __name__ == "__main__":
     assert "lost with its worker 2 times" in got[1]
 
 
+@pytest.mark.both_transports
 def test_a_nested_computation_survives_the_death_of_a_worker(write_program, scoop_run, tmp_path):
     prog = write_program(
         PRELUDE

@@ -127,8 +127,12 @@ def _value(frame: Frame) -> bytes | memoryview:
 
 
 def _frames(fields: Mapping[bytes, bytes]) -> list[Frame]:
+    # The first frame is a message header; the others may be out-of-band
+    # pickle buffers, which become arrays the user expects to write to: hand
+    # those over writable (redis-py gives read-only bytes), as ZeroMQ does.
     count = len(fields) - (_PEER in fields)
-    return [fields[_frame_field(i)] for i in range(count)]
+    frames: list[Frame] = [fields[_frame_field(i)] for i in range(count)]
+    return frames[:1] + [bytearray(f) for f in frames[1:]]
 
 
 def _frame_field(index: int) -> bytes:
