@@ -413,31 +413,32 @@ class ThreadedRuntime(Runtime):
         if not outbox:
             return
         batch: list[m.Task] = []
+        encoded: list[list[Frame]] = []  # sent together: one round trip where that matters
         while outbox:
             item = outbox.popleft()
             if isinstance(item, m.Task):
                 batch.append(item)
                 continue
             if batch:
-                self._send_submit(batch)
+                self._encode_submit(batch, encoded)
                 batch = []
-            endpoint.send(self.codec.encode(item))
+            encoded.append(self.codec.encode(item))
         if batch:
-            self._send_submit(batch)
+            self._encode_submit(batch, encoded)
+        if encoded:
+            endpoint.send_many(encoded)
         self._last_sent = time.monotonic()
 
-    def _send_submit(self, tasks: list[m.Task]) -> None:
+    def _encode_submit(self, tasks: list[m.Task], encoded: list[list[Frame]]) -> None:
         try:
-            frames = self.codec.encode(m.Submit(tuple(tasks)))
+            encoded.append(self.codec.encode(m.Submit(tuple(tasks))))
         except SerializationError:
             if len(tasks) == 1:
                 raise
             # Over max_message_size together: send the halves apart.
             half = len(tasks) // 2
-            self._send_submit(tasks[:half])
-            self._send_submit(tasks[half:])
-            return
-        self.endpoint.send(frames)
+            self._encode_submit(tasks[:half], encoded)
+            self._encode_submit(tasks[half:], encoded)
 
     def _keep_alive(self) -> float:
         """Heartbeats: say we live when we have been quiet; notice when the

@@ -122,8 +122,13 @@ class Broker:
                 if self._running:
                     self._keep_alive()
                 book.dispatch()
+                outgoing = []
                 for peer, msg in book.take_outbox():
-                    self._send(peer, msg)
+                    frames = self._encode(peer, msg)
+                    if frames is not None:
+                        outgoing.append((peer, frames))
+                if outgoing:
+                    hub.send_many(outgoing)
         except Exception:
             log.exception("the broker failed")
             raise
@@ -161,15 +166,19 @@ class Broker:
             if failed:
                 log.error("no worker left: %d queued future(s) failed", failed)
 
-    def _send(self, peer: bytes, msg: m.Message) -> None:
+    def _encode(self, peer: bytes, msg: m.Message) -> list[object] | None:
         try:
-            frames = self.codec.encode(msg, to=peer)
+            return self.codec.encode(msg, to=peer)
         except SerializationError as exc:
             # A forwarded message a few header bytes over the limit: say so
             # loudly rather than stop the broker for every peer.
             log.error("could not send %s to %r: %s", type(msg).__name__, peer, exc)
-            return
-        self.hub.send(peer, frames)
+            return None
+
+    def _send(self, peer: bytes, msg: m.Message) -> None:
+        frames = self._encode(peer, msg)
+        if frames is not None:
+            self.hub.send(peer, frames)
 
     def _receive(self, peer: bytes, frames: list[object]) -> None:
         try:

@@ -47,6 +47,14 @@ class Hub(abc.ABC):
     def send(self, peer: bytes, frames: Sequence[Frame]) -> None:
         """Queue one message (a list of frames) for ``peer``."""
 
+    def send_many(self, messages: Sequence[tuple[bytes, Sequence[Frame]]]) -> None:
+        """Send several ``(peer, frames)`` messages, in order.
+
+        The default sends them one by one; a transport whose every send costs
+        a round trip overrides this to send them together."""
+        for peer, frames in messages:
+            self.send(peer, frames)
+
     @abc.abstractmethod
     def recv(self, timeout: float | None) -> tuple[bytes, list[Frame]] | None:
         """Return the next ``(peer, frames)``, or ``None``.
@@ -80,6 +88,11 @@ class Endpoint(abc.ABC):
     @abc.abstractmethod
     def send(self, frames: Sequence[Frame]) -> None:
         """Queue one message for the hub."""
+
+    def send_many(self, messages: Sequence[Sequence[Frame]]) -> None:
+        """Send several messages to the hub, in order (see :meth:`Hub.send_many`)."""
+        for frames in messages:
+            self.send(frames)
 
     @abc.abstractmethod
     def recv(self, timeout: float | None) -> list[Frame] | None:

@@ -303,6 +303,28 @@ def check_ordering(make_transport: MakeTransport, count: int = 2000) -> None:
             )
 
 
+def check_send_many(make_transport: MakeTransport, count: int = 300) -> None:
+    """``send_many`` delivers every message, whole and in order, mixed with plain sends."""
+    with _opened(make_transport) as (hub, [endpoint]):
+        endpoint.send([b"first"])
+        endpoint.send_many([[b"up", b"%d" % seq] for seq in range(count)])
+        endpoint.send([b"last"])
+        peer, frames = _hub_recv(hub, "the message before send_many")
+        _expect_frames(frames, [b"first"], "the message before send_many")
+        for seq in range(count):
+            _, frames = _hub_recv(hub, f"message {seq} of send_many")
+            _expect_frames(frames, [b"up", b"%d" % seq], f"message {seq} of send_many (in order)")
+        _, frames = _hub_recv(hub, "the message after send_many")
+        _expect_frames(frames, [b"last"], "the message after send_many")
+        hub.send_many([(peer, [b"down", b"%d" % seq]) for seq in range(count)])
+        for seq in range(count):
+            _expect_frames(
+                _endpoint_recv(endpoint, f"message {seq} of the hub's send_many"),
+                [b"down", b"%d" % seq],
+                f"message {seq} of the hub's send_many (in order)",
+            )
+
+
 def check_many_endpoints(make_transport: MakeTransport, peers: int = 5, each: int = 50) -> None:
     """Several endpoints at once: the hub tells them apart, and each gets only its own replies."""
     identities = [b"check-peer-%d" % n for n in range(peers)]
@@ -540,6 +562,7 @@ TRANSPORT_CHECKS: tuple[Callable[[MakeTransport], None], ...] = (
     check_forward_received_frames,
     check_peer_identity,
     check_ordering,
+    check_send_many,
     check_many_endpoints,
     check_large_frame,
     check_send_before_hub_receives,

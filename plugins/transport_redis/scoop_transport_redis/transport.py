@@ -233,12 +233,14 @@ class _Reader:
         pipe.execute_command("XADD", key, *trim, "*", *pieces)
         pipe.execute_command("EXPIRE", key, self._options.expire)
 
-    def add(self, key: bytes, pieces: list[Any]) -> None:
+    def add(self, entries: Sequence[tuple[bytes, list[Any]]]) -> None:
+        """XADD each ``(key, pieces)``, all in one round trip."""
         with self._io_lock:
             if self._closed:
                 raise TransportClosed(f"{self._describe} is closed; it cannot send any more")
             pipe = self._client.pipeline(transaction=False)
-            self._xadd(pipe, key, pieces)
+            for key, pieces in entries:
+                self._xadd(pipe, key, pieces)
             pipe.execute()
 
     def recv(self, timeout: float | None) -> Mapping[bytes, bytes] | None:
@@ -347,8 +349,16 @@ class RedisHub(Hub):
         self._base = base
 
     def send(self, peer: bytes, frames: Sequence[Frame]) -> None:
+        self.send_many([(peer, frames)])
+
+    def send_many(self, messages: Sequence[tuple[bytes, Sequence[Frame]]]) -> None:
         # A peer that is gone or never came just gets a stream that expires.
-        self._reader.add(self._base + b"peer:" + peer.hex().encode(), _entry(frames))
+        self._reader.add(
+            [
+                (self._base + b"peer:" + peer.hex().encode(), _entry(frames))
+                for peer, frames in messages
+            ]
+        )
 
     def recv(self, timeout: float | None) -> tuple[bytes, list[Frame]] | None:
         while True:
@@ -378,7 +388,12 @@ class RedisEndpoint(Endpoint):
         self._identity = identity
 
     def send(self, frames: Sequence[Frame]) -> None:
-        self._reader.add(self._broker_key, _entry(frames, self._identity))
+        self.send_many([frames])
+
+    def send_many(self, messages: Sequence[Sequence[Frame]]) -> None:
+        self._reader.add(
+            [(self._broker_key, _entry(frames, self._identity)) for frames in messages]
+        )
 
     def recv(self, timeout: float | None) -> list[Frame] | None:
         fields = self._reader.recv(timeout)
