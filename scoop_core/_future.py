@@ -60,6 +60,7 @@ class Future(cf.Future[Any]):
         self.fid = fid
         self._canceller = canceller
         self.elapsed = 0.0  # seconds the worker spent on it, for chunk sizing
+        self.nbytes = 0  # size of its pickled call, when it was pickled
 
     def __repr__(self) -> str:
         return f"<scoop Future {self.fid:#x} state={self._state.lower()}>"

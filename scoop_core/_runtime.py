@@ -193,6 +193,7 @@ class Runtime:
                 frames, f"the call to {getattr(payload.fn, '__qualname__', payload.fn)}"
             )
             fut = Future(self._next_fid(), self.cancel)
+            fut.nbytes = sum(memoryview(f).nbytes for f in frames)
             tasks.append(m.Task(fut.fid, parent, depth + 1, tuple(frames), max_losses))
             futures.append(fut)
         for fut in futures:

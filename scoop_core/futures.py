@@ -225,9 +225,10 @@ class _Chunker:
             futures = self.rt.submit(batch, max_losses=self.max_losses)
             for fut, count in zip(futures, counts, strict=True):
                 self.inflight.append((fut, count))
-            if self.item_bytes == 0:
-                sent = sum(memoryview(f).nbytes for f in self.rt.serializer.dumps(batch[0].items))
-                self.item_bytes = max(1.0, sent / counts[0])
+            # The call was pickled once to be sent: its size bounds chunk sizes.
+            # (Futures that stay on this worker are not pickled: no bound.)
+            if self.item_bytes == 0 and futures[0].nbytes:
+                self.item_bytes = max(1.0, futures[0].nbytes / counts[0])
 
     def done(self, fut: Future, count: int) -> ChunkResult:
         self._learn(fut, count)

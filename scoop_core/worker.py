@@ -334,7 +334,7 @@ class WorkerRuntime(ThreadedRuntime):
         self._current = None
         elapsed = time.perf_counter() - start
         self._adapt_prefetch(elapsed)
-        frames = self._dump_outcome(fid, status, value)
+        frames = self._dump_outcome(value)
         if frames is None:
             status, frames = m.RAISED, self._dump_unsendable(value)
         self._announced.discard(fid)
@@ -342,7 +342,7 @@ class WorkerRuntime(ThreadedRuntime):
             self.book.finish(fid, status == m.OK)
         self._results.append(m.Outcome(fid, status, elapsed, tuple(frames)))
 
-    def _dump_outcome(self, fid: int, status: int, value: Any) -> list[Any] | None:
+    def _dump_outcome(self, value: Any) -> list[Any] | None:
         try:
             return self.serializer.dumps(value)
         except Exception:
@@ -481,9 +481,6 @@ class WorkerRuntime(ThreadedRuntime):
             log.exception("%s could not import the program %s", self.name, program)
             self._running = False
             raise SystemExit(1) from None
-
-    def stop(self) -> None:
-        self._running = False
 
 
 def set_worker_name(name: str) -> None:
