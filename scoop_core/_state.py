@@ -153,6 +153,15 @@ class PeerRecord:
 Outbox = list[tuple[bytes, m.Message]]
 
 
+def lost_reason(fid: int, losses: int, workers: list[str]) -> str:
+    """Why a future that was lost too often is not run again."""
+    return (
+        f"future {fid:#x} was lost with its worker {losses} times "
+        f"(workers: {', '.join(workers)}); it is not run again. Raise "
+        "max_losses in the configuration if that many losses are expected"
+    )
+
+
 class BrokerBook:
     """Who runs what, who waits for what: the broker without its I/O.
 
@@ -387,11 +396,7 @@ class BrokerBook:
                 del self.futures[fid]
                 self._outbox.append((owner, m.CancelReply(fid, True)))
             elif fut.losses >= (fut.max_losses or self.max_losses):
-                reason = (
-                    f"future {fid:#x} was lost with its worker {fut.losses} times "
-                    f"(workers: {', '.join(fut.lost_on)}); it is not run again. Raise "
-                    "max_losses in the configuration if that many losses are expected"
-                )
+                reason = lost_reason(fid, fut.losses, fut.lost_on)
                 log.warning("%s", reason)
                 self._fail(fut, reason)
             else:

@@ -21,6 +21,7 @@ import threading
 import time
 import traceback
 import types
+from collections.abc import Callable
 from typing import Any
 
 from scoop_core import _runtime, context
@@ -28,6 +29,8 @@ from scoop_core import log as scoop_log
 from scoop_core.errors import ScoopError
 from scoop_core.interfaces import Endpoint, Serializer
 from scoop_core.plugins.manager import get_plugin_manager
+from scoop_core.pool import connect_endpoint
+from scoop_core.shared_broker import SharedBrokerEndpoint
 
 log = logging.getLogger("scoop.bootstrap")
 
@@ -67,8 +70,48 @@ def _setup(name: str) -> tuple[Endpoint, bytes, Serializer, int]:
     settings: dict[str, Any] = json.loads(_env("_SCOOP_TRANSPORT_SETTINGS", "{}"))
     transport = plugins.transport(_env("_SCOOP_TRANSPORT")).factory(settings)
     serializer = plugins.serializer(_env("_SCOOP_SERIALIZER", "cloudpickle")).factory()
-    endpoint = transport.connect(context.BROKER, identity=name.encode())
+    endpoint = connect_endpoint(
+        transport,
+        context.BROKER,
+        name,
+        key=key,
+        root=_env("_SCOOP_ROOT", "root"),
+        workers=context.SIZE,
+        max_losses=int(_env("_SCOOP_MAX_LOSSES", "3")),
+        launcher_alive=_launcher_alive(),
+        **_limits(),
+    )
+    if isinstance(endpoint, SharedBrokerEndpoint):
+        # The run lives in the store, not in the launcher: it goes on if the
+        # launcher dies, and ends when its program does.
+        return endpoint, key, serializer, context.SIZE
+    _watch_parent(name)
     return endpoint, key, serializer, context.SIZE
+
+
+def _launcher_alive() -> Callable[[], bool] | None:
+    """Whether the process that started us still runs (None: not known here)."""
+    expected = os.environ.get("_SCOOP_PARENT_PID")
+    if not expected:
+        return None
+    parent = int(expected)
+    return lambda: os.getppid() == parent
+
+
+def _leave_on_sigterm(endpoint: Endpoint) -> None:
+    """A worker asked to stop (``scoop worker`` on Ctrl-C) hands back the
+    futures it holds before it exits, so they run elsewhere at once."""
+    if not isinstance(endpoint, SharedBrokerEndpoint):
+        return
+
+    def leave(signum: int, frame: object) -> None:
+        handed = endpoint.leave(5.0)
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(0 if handed else 128 + signum)
+
+    signal.signal(signal.SIGTERM, leave)
 
 
 def _watch_parent(name: str) -> None:
@@ -111,8 +154,8 @@ def run_worker() -> int:
     nice = os.environ.get("_SCOOP_NICE")
     if nice:
         os.nice(int(nice))
-    _watch_parent(name)
     endpoint, key, serializer, size = _setup(name)
+    _leave_on_sigterm(endpoint)
     rt = WorkerRuntime(
         endpoint,
         key=key,
@@ -144,7 +187,6 @@ def run_worker() -> int:
 def run_root(program: str, args: list[str]) -> int:
     name = _env("_SCOOP_NAME", "root")
     _whole_lines()
-    _watch_parent(name)
     endpoint, key, serializer, size = _setup(name)
     context.IS_ORIGIN = True
     rt = _runtime.RootRuntime(

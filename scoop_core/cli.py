@@ -25,6 +25,7 @@ from scoop_core import log as scoop_log
 from scoop_core.config import Config, load_config
 from scoop_core.errors import ConfigError, LaunchError, PluginError, UsageError
 from scoop_core.hosts import Host, assign_workers, hosts_from_list, parse_hostfile
+from scoop_core.join import join
 from scoop_core.plugins.manager import PluginManager, format_plugin_table, get_plugin_manager
 from scoop_core.pool import BOOTSTRAP, Pool, WorkerOptions, worker_count
 
@@ -218,6 +219,11 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--log", metavar="FILE", help="write the launcher's log records to FILE too"
     )
+    parser.add_argument(
+        "--run-id",
+        metavar="ID",
+        help="the run's id (default: a new random one); workers join it with scoop worker --run ID",
+    )
     parser.add_argument("program", metavar="prog.py", help="the program to run")
     program_args = parser.add_argument(
         "args", nargs=argparse.REMAINDER, help="the program's arguments"
@@ -247,7 +253,30 @@ def command_parser() -> _Parser:
     _add_run_flags(run)
     plugins = sub.add_parser("plugins", help="list installed plugins")
     _add_common(plugins, suppress=True)
-    parser.commands = {"run": run, "plugins": plugins}
+    worker = sub.add_parser(
+        "worker",
+        help="start workers that join a running run (through a transport with a server)",
+        description="Start N workers on this machine for a run that is already going: they "
+        "find it by its id in the transport's server (Redis), take futures until the run ends, "
+        "and hand back what they hold on Ctrl-C. The run's key comes from $SCOOP_RUN_KEY, "
+        "--key-file, or the key file scoop run wrote in ~/.scoop/runs/.",
+    )
+    _add_common(worker, suppress=True)
+    worker.add_argument(
+        "--url", metavar="URL", help="the transport's server, e.g. redis://host:6379/0"
+    )
+    worker.add_argument("--run", dest="run_id", required=True, metavar="ID", help="the run to join")
+    worker.add_argument(
+        "-n",
+        dest="workers",
+        type=_positive,
+        metavar="N",
+        help="workers to start (default: one per core)",
+    )
+    worker.add_argument("--key-file", metavar="FILE", help="file holding the run's key (hex)")
+    worker.add_argument("--path", "-p", metavar="DIR", help="working directory of the workers")
+    worker.add_argument("--python-interpreter", metavar="PATH", help="Python that runs the workers")
+    parser.commands = {"run": run, "plugins": plugins, "worker": worker}
     return parser
 
 
@@ -343,6 +372,7 @@ def run_program(options: argparse.Namespace) -> int:
         "nice": options.nice,
         "python_interpreter": options.python_interpreter,
         "pythonpath": options.pythonpath.split(os.pathsep) if options.pythonpath else None,
+        "run_id": options.run_id,
     }
     config, plugins = _configure(options, {k: v for k, v in cli.items() if v is not None})
     scoop_log.configure(config["log_level"])
@@ -421,6 +451,28 @@ def _supervise(pool: Pool, program: str, args: list[str]) -> int:
             signal.signal(s, handler)
 
 
+def join_run(options: argparse.Namespace) -> int:
+    """``scoop worker``: more workers for a running run."""
+    cli: dict[str, Any] = {
+        "transport": getattr(options, "transport", None),
+        "log_level": _log_level(options),
+        "python_interpreter": options.python_interpreter,
+    }
+    if options.url:
+        first, _ = _configure(options, {k: v for k, v in cli.items() if v is not None})
+        cli[f"transport.{first['transport']}.url"] = options.url
+    config, plugins = _configure(options, {k: v for k, v in cli.items() if v is not None})
+    scoop_log.configure(config["log_level"])
+    return join(
+        config,
+        plugins,
+        run_id=options.run_id,
+        count=options.workers or os.cpu_count() or 1,
+        key_path=options.key_file,
+        cwd=options.path,
+    )
+
+
 def list_plugins(options: argparse.Namespace) -> int:
     _, plugins = _configure(options, {})
     print(format_plugin_table(plugins.plugins()))
@@ -451,8 +503,11 @@ def _main(parser: _Parser, argv: Sequence[str] | None) -> int:
     scoop_log.configure(_log_level(options) or "WARNING")
     try:
         with _log_file(getattr(options, "log", None)):
-            if getattr(options, "command", "run") == "plugins":
+            command = getattr(options, "command", "run")
+            if command == "plugins":
                 return list_plugins(options)
+            if command == "worker":
+                return join_run(options)
             return run_program(options)
     except (UsageError, ConfigError, PluginError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)

@@ -73,6 +73,12 @@ CORE_SETTINGS: tuple[Setting, ...] = (
         "Times a future may be lost with its worker before it fails with WorkerLostError.",
     ),
     Setting("prefetch", int, 2, "Futures a worker holds beyond the ones it runs."),
+    Setting(
+        "run_id",
+        str,
+        "",
+        "The run's id (letters, digits, '.', '_', '-'); empty means a new random one.",
+    ),
 )
 
 PLUGIN_KINDS: tuple[str, ...] = ("transport", "serializer", "launcher")
@@ -302,6 +308,12 @@ def _plugin_name(value: str) -> str:
     return name
 
 
+def _run_id(value: str) -> str:
+    if value and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value):
+        raise _BadValue("1 to 64 letters, digits, '.', '_' or '-'")
+    return value
+
+
 def _log_level(value: str) -> str:
     if value.upper() not in LOG_LEVELS:
         raise _BadValue("one of " + ", ".join(LOG_LEVELS))
@@ -313,6 +325,7 @@ def _log_level(value: str) -> str:
 _CORE_CHECKS: dict[str, Callable[[Any], Any]] = {
     **dict.fromkeys(PLUGIN_KINDS, _plugin_name),
     "log_level": _log_level,
+    "run_id": _run_id,
     "workers": _at_least(1),
     "prefetch": _at_least(0),
     "max_message_size": _at_least(1),

@@ -77,12 +77,17 @@ class Executor(cf.Executor):
         first = load_config(cli=cli, config_file=config)
         plugins = get_plugin_manager(first["disable_plugins"])
         cfg = load_config(plugin_settings=plugins.settings(), cli=cli, config_file=config)
+        name = f"client-{os.getpid()}"
         self._pool = Pool(
-            config=cfg, plugins=plugins, workers=worker_count(cfg), program=_main_program()
+            config=cfg,
+            plugins=plugins,
+            workers=worker_count(cfg),
+            program=_main_program(),
+            root_name=name,
         )
         self._pool.start()
         try:
-            self._rt = self._pool.connect(f"client-{os.getpid()}")
+            self._rt = self._pool.connect(name)
         except BaseException:
             self._pool.stop()
             raise

@@ -127,6 +127,174 @@ class Transport(abc.ABC):
     def connect(self, address: str, *, identity: bytes) -> Endpoint:
         """Create an endpoint that talks to the hub at ``address``."""
 
+    def open_store(
+        self, *, run_id: str | None = None, address: str | None = None, identity: str
+    ) -> BrokerStore | None:
+        """The transport's :class:`BrokerStore`, if its server is the broker.
+
+        The launcher passes ``run_id`` (a new run, or, for ``scoop worker``,
+        one to look up: opening must write nothing, so that looking up a run
+        that does not exist leaves no trace); every other process passes the
+        ``address`` of the launcher's store. The default, None,
+        means the core runs its own broker on a :class:`Hub`."""
+        return None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A future's entry in a :class:`BrokerStore`'s queue.
+
+    ``frames`` are opaque (a signed message the core made); ``losses`` is how
+    many times a worker holding it was lost, ``lost_on`` their names, comma
+    separated. ``id`` is the store's id for it (empty before it is added);
+    ``holder`` is the worker that held it, when the store says (claims)."""
+
+    frames: tuple[Frame, ...]
+    losses: int = 0
+    lost_on: str = ""
+    id: bytes = b""
+    holder: str = ""
+
+
+class BrokerStore(abc.ABC):
+    """A server that is itself the broker (Redis): a queue of futures every
+    worker takes from, a mailbox per peer, a table of shared constants.
+
+    A transport offers one through :meth:`Transport.open_store`; the core
+    then runs no broker process of its own: every peer talks to the store
+    through :class:`scoop_core.shared_broker.SharedBrokerEndpoint`. The store
+    never looks inside frames; the core signs everything it puts there.
+
+    Contract:
+
+    - One store object per process and identity; every method except
+      :meth:`wakeup` and :meth:`close` is called from one thread at a time.
+    - Queue entries are handed to one taker at a time. An entry stays
+      *pending* for its taker until :meth:`commit` lists it in ``done``.
+      :meth:`touch` says the taker still works on entries; an entry whose
+      taker has not touched it for ``min_idle`` seconds can be claimed by
+      anyone (:meth:`claim_stale`), as can every entry of a taker known to
+      be dead (:meth:`claim_from`).
+    - :meth:`commit` is atomic: its additions, mail and acknowledgements all
+      happen, or (on an error) none does.
+    - Messages to one mailbox arrive in the order they were committed.
+    - Errors: a store that cannot reach its server raises
+      :class:`scoop_core.errors.TransportClosed` whose message names the
+      server (password masked) and the cause.
+    """
+
+    address: str
+    """Where the store is, for other processes' :meth:`Transport.open_store`
+    (never holds a password)."""
+
+    @abc.abstractmethod
+    def register(self, name: str, *, worker: bool) -> int:
+        """Record this process's peer ``name``; return an index unique in the run (>= 1)."""
+
+    @abc.abstractmethod
+    def unregister(self, name: str) -> None:
+        """Peer ``name`` has left: forget it (and its liveness)."""
+
+    @abc.abstractmethod
+    def peers(self) -> dict[str, int]:
+        """Every registered peer: name -> index."""
+
+    @abc.abstractmethod
+    def workers(self) -> int:
+        """How many workers have registered."""
+
+    @abc.abstractmethod
+    def commit(
+        self,
+        *,
+        add: Sequence[Entry] = (),
+        mail: Sequence[tuple[str, Sequence[Frame]]] = (),
+        done: Sequence[bytes] = (),
+    ) -> list[bytes]:
+        """Atomically: append ``add`` to the queue, deliver each ``(peer
+        name, frames)`` of ``mail`` to that peer's mailbox, and remove the
+        entries ``done`` (acknowledged and deleted). Returns the ids of the
+        added entries, in order."""
+
+    @abc.abstractmethod
+    def take(self, count: int, timeout: float | None) -> tuple[list[Entry], list[list[Frame]]]:
+        """Up to ``count`` queue entries for this process (0: none) and the
+        messages waiting in its own mailbox.
+
+        Waits up to ``timeout`` seconds (``None``: a few seconds at most)
+        until there is one or the other, or :meth:`wakeup` is called; then
+        returns what there is, possibly nothing. Mail is deleted once it has
+        been returned."""
+
+    @abc.abstractmethod
+    def withdraw(self, entry_id: bytes) -> bool:
+        """Remove the entry if nobody has taken it yet; True if it was removed."""
+
+    @abc.abstractmethod
+    def touch(self, entry_ids: Sequence[bytes]) -> None:
+        """This process still works on these entries (resets their idle time)."""
+
+    @abc.abstractmethod
+    def claim_stale(self, min_idle: float, count: int = 100) -> list[Entry]:
+        """Take over entries whose taker has not touched them for ``min_idle``
+        seconds; each comes back with ``holder`` set to that taker."""
+
+    @abc.abstractmethod
+    def claim_from(self, name: str) -> list[Entry]:
+        """Take over every entry the (dead) taker ``name`` holds."""
+
+    @abc.abstractmethod
+    def set_const(self, name: str, frames: Sequence[Frame]) -> bool:
+        """Define a constant; False if ``name`` was already defined."""
+
+    @abc.abstractmethod
+    def constants(self) -> dict[str, list[Frame]]:
+        """Every constant defined so far."""
+
+    @abc.abstractmethod
+    def put_info(self, info: bytes) -> bool:
+        """Store the run's description; False if the run already has one
+        (its id is in use)."""
+
+    @abc.abstractmethod
+    def get_info(self) -> bytes | None:
+        """The run's description, or None if there is no such run."""
+
+    @abc.abstractmethod
+    def beat(self, ttl: float) -> None:
+        """This process is alive for the next ``ttl`` seconds."""
+
+    @abc.abstractmethod
+    def alive(self, name: str) -> bool:
+        """Whether peer ``name`` has beaten within its last ``ttl``."""
+
+    def room(self) -> int | None:
+        """How many more entries the queue takes now; None: no limit (the default).
+
+        A peer holds back what does not fit and adds it later, so a store
+        with a length limit never has to drop a future."""
+        return None
+
+    def mark_hungry(self, ttl: float) -> None:
+        """A worker found the queue empty: for ``ttl`` seconds, the run is hungry.
+
+        The default does nothing: futures are then never stolen, only taken."""
+        return None
+
+    def anyone_hungry(self) -> bool:
+        """Whether the run is hungry; answering True clears the mark, so one
+        mark brings one hand-over of spare futures."""
+        return False
+
+    @abc.abstractmethod
+    def wakeup(self) -> None:
+        """Thread-safe: make a waiting :meth:`take` return soon."""
+
+    @abc.abstractmethod
+    def close(self, *, end_run: bool = False) -> None:
+        """Disconnect; with ``end_run``, first delete every key of the run.
+        Idempotent; never raises for an unreachable server (logs instead)."""
+
 
 class Serializer(abc.ABC):
     """Turns Python objects into frames and back.

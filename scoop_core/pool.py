@@ -12,20 +12,24 @@ Workers learn what they need from environment variables starting with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import secrets
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from scoop_core import _messages as m
 from scoop_core import _runtime
+from scoop_core import shared_broker as sb
 from scoop_core.broker import Broker
 from scoop_core.config import Config
-from scoop_core.errors import LaunchError
-from scoop_core.interfaces import WorkerGroup, WorkerSpec
+from scoop_core.errors import LaunchError, TransportClosed
+from scoop_core.interfaces import BrokerStore, Endpoint, Transport, WorkerGroup, WorkerSpec
 from scoop_core.plugins.manager import PluginManager
 
 log = logging.getLogger("scoop.launcher")
@@ -57,6 +61,7 @@ class Pool:
         program: str | None = None,
         program_args: Sequence[str] = (),
         options: WorkerOptions | None = None,
+        root_name: str = "root",
     ) -> None:
         if workers < 1:
             raise LaunchError(f"a pool needs at least one worker, got {workers}")
@@ -70,19 +75,108 @@ class Pool:
             pythonpath=config["pythonpath"],
             nice=config["nice"],
         )
-        self.key = secrets.token_bytes(32)
-        self.run_id = secrets.token_hex(6)
+        self.root_name = root_name
+        self.key = _run_key()
+        self.run_id = config["run_id"] or secrets.token_hex(6)
         self.transport_name = config["transport"]
         self.transport_settings = config.section(f"transport.{self.transport_name}")
         self.transport = plugins.transport(self.transport_name).factory(self.transport_settings)
         self.serializer = plugins.serializer(config["serializer"]).factory()
         self.broker: Broker | None = None
+        # A transport whose server is the broker (Redis): no broker thread here.
+        self.store: BrokerStore | None = None
+        self._store_lock = threading.Lock()
+        self._beating = threading.Event()
+        self.key_path: str | None = None
         self.group: WorkerGroup | None = None
         self._reported: set[str] = set()
 
     # -- starting -------------------------------------------------------------
 
+    @property
+    def address(self) -> str:
+        if self.store is not None:
+            return self.store.address
+        assert self.broker is not None
+        return self.broker.address
+
     def start(self) -> Pool:
+        self.store = self.transport.open_store(run_id=self.run_id, identity=sb.LAUNCHER)
+        if self.store is not None:
+            self._start_store(self.store)
+        else:
+            self._start_broker()
+        launcher_name = self.config["launcher"]
+        launcher = self.plugins.launcher(launcher_name).factory(
+            self.config.section(f"launcher.{launcher_name}")
+        )
+        specs = [self.worker_spec(f"worker-{i}") for i in range(1, self.size + 1)]
+        try:
+            self.group = launcher.start(specs)
+        except BaseException:
+            self._end("the workers could not start")
+            raise
+        log.info("run %s: broker at %s, %d worker(s)", self.run_id, self.address, self.size)
+        return self
+
+    def _start_store(self, store: BrokerStore) -> None:
+        """The transport's server is the broker: describe the run there, and
+        keep saying the launcher lives (a program that outlives its launcher
+        then ends the run itself)."""
+        info = {
+            "program": os.path.abspath(self.program) if self.program else "",
+            "argv": [self.program, *self.program_args] if self.program else [],
+            "root": self.root_name,
+            "workers": self.size,
+            **self._limits(),
+        }
+        with self._store_lock:
+            fresh = store.put_info(sb.sign_info(info, self.key))
+        if not fresh:
+            # Another run's keys: never ours to delete.
+            self.store = None
+            store.close()
+            raise LaunchError(
+                f"run id {self.run_id} is already in use at {store.address}; "
+                "choose another --run-id (or none, for a new random one)"
+            )
+        if not os.environ.get(sb.KEY_ENV):
+            self.key_path = str(sb.write_key_file(self.run_id, self.key))
+        log.info(
+            "run %s: more workers can join with: scoop worker --transport %s --run %s "
+            "(the run's key is in %s)",
+            self.run_id,
+            self.transport_name,
+            self.run_id,
+            self.key_path or f"${sb.KEY_ENV}",
+        )
+        self._codec = m.Codec(self.key, sb.LAUNCHER.encode())
+        self._peers = sb.Peers(store)
+        self._beat()
+        threading.Thread(target=self._keep_beating, name="scoop-launcher-beat", daemon=True).start()
+
+    def _limits(self) -> dict[str, object]:
+        return {
+            "serializer": self.config["serializer"],
+            "prefetch": self.config["prefetch"],
+            "max_losses": self.config["max_losses"],
+            "heartbeat": [self.config["heartbeat_interval"], self.config["heartbeat_timeout"]],
+            "max_message_size": self.config["max_message_size"],
+        }
+
+    def _beat(self) -> None:
+        assert self.store is not None
+        try:
+            with self._store_lock:
+                self.store.beat(self.config["heartbeat_timeout"])
+        except TransportClosed as exc:
+            log.error("%s", exc)
+
+    def _keep_beating(self) -> None:
+        while not self._beating.wait(self.config["heartbeat_interval"]):
+            self._beat()
+
+    def _start_broker(self) -> None:
         self.broker = Broker(
             self.transport,
             key=self.key,
@@ -94,26 +188,15 @@ class Pool:
             max_message_size=self.config["max_message_size"],
         )
         self.broker.start()
-        launcher_name = self.config["launcher"]
-        launcher = self.plugins.launcher(launcher_name).factory(
-            self.config.section(f"launcher.{launcher_name}")
-        )
-        specs = [self.worker_spec(f"worker-{i}") for i in range(1, self.size + 1)]
-        try:
-            self.group = launcher.start(specs)
-        except BaseException:
-            self.broker.shutdown("the workers could not start")
-            raise
-        log.info("run %s: broker at %s, %d worker(s)", self.run_id, self.broker.address, self.size)
-        return self
 
     def env(self, name: str) -> dict[str, str]:
         """The environment a process of this run needs (besides the caller's)."""
-        assert self.broker is not None
         opts = self.options
         env = {
             "_SCOOP_NAME": name,
-            "_SCOOP_ADDRESS": self.broker.address,
+            "_SCOOP_ADDRESS": self.address,
+            "_SCOOP_ROOT": self.root_name,
+            "_SCOOP_MAX_LOSSES": str(self.config["max_losses"]),
             "_SCOOP_KEY": self.key.hex(),
             "_SCOOP_RUN_ID": self.run_id,
             "_SCOOP_TRANSPORT": self.transport_name,
@@ -155,8 +238,19 @@ class Pool:
 
     def connect(self, name: str) -> _runtime.RootRuntime:
         """A root runtime for this process, connected to the broker."""
-        assert self.broker is not None
-        endpoint = self.transport.connect(self.broker.address, identity=name.encode())
+        endpoint = connect_endpoint(
+            self.transport,
+            self.address,
+            name,
+            key=self.key,
+            root=self.root_name,
+            workers=self.size,
+            max_losses=self.config["max_losses"],
+            heartbeat_interval=self.config["heartbeat_interval"],
+            heartbeat_timeout=self.config["heartbeat_timeout"],
+            max_message_size=self.config["max_message_size"],
+            launcher_alive=lambda: True,  # this very process
+        )
         rt = _runtime.RootRuntime(
             endpoint,
             key=self.key,
@@ -185,16 +279,31 @@ class Pool:
                     log.warning("%s exited with status %s", name, status)
                 if self.broker is not None:
                     self.broker.peer_lost(name.encode())
+                if self.store is not None:
+                    self._recover(name)
         return ended
+
+    def _recover(self, name: str) -> None:
+        """A worker of ours died: what it held runs again elsewhere, now."""
+        assert self.store is not None
+        try:
+            with self._store_lock:
+                sb.recover(
+                    self.store,
+                    self.store.claim_from(name),
+                    key=self.key,
+                    codec=self._codec,
+                    peers=self._peers,
+                    max_losses=self.config["max_losses"],
+                    lost_by=name,
+                )
+        except TransportClosed as exc:
+            log.error("could not hand on the futures of %s: %s", name, exc)
 
     def stop(self, grace: float = 5.0) -> None:
         """Tell the workers the run is over, give them ``grace`` seconds to
         exit on their own, then make sure they are gone."""
-        joined: set[str] = set()
-        if self.broker is not None:
-            self.broker.shutdown()
-            # A worker counted as lost (frozen, say) will not answer either.
-            joined = self.broker.book.joined - self.broker.lost
+        joined = self._end()
         if self.group is not None:
             # A worker that never reached the broker did not hear the
             # shutdown and holds nothing: no reason to wait for it.
@@ -204,7 +313,75 @@ class Pool:
             ):
                 time.sleep(0.02)  # polling child processes, not synchronising a test
             self.group.stop(1.0)
+        if self.store is not None:
+            with self._store_lock:
+                self.store.close(end_run=True)
+            if self.key_path:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.key_path)
+
+    def _end(self, reason: str = "the run is over") -> set[str]:
+        """Tell every peer the run is over; the names of those that will hear it."""
+        if self.broker is not None:
+            self.broker.shutdown(reason)
+            # A worker counted as lost (frozen, say) will not answer either.
+            return self.broker.book.joined - self.broker.lost
+        if self.store is None:
+            return set()
+        self._beating.set()
+        try:
+            with self._store_lock:
+                return sb.tell_everyone(self.store, self._codec, reason, 5.0)
+        except TransportClosed as exc:
+            log.error("could not tell the workers the run is over: %s", exc)
+            return set()
+
+
+def _run_key() -> bytes:
+    """The run's secret: ``$SCOOP_RUN_KEY`` if set (to share it with workers
+    that join from elsewhere), else a new random one."""
+    given = os.environ.get(sb.KEY_ENV)
+    if not given:
+        return secrets.token_bytes(32)
+    try:
+        return sb.parse_key(given, f"${sb.KEY_ENV}")
+    except ValueError as exc:
+        raise LaunchError(str(exc)) from None
 
 
 def worker_count(config: Config) -> int:
     return int(config["workers"] or os.cpu_count() or 1)
+
+
+def connect_endpoint(
+    transport: Transport,
+    address: str,
+    name: str,
+    *,
+    key: bytes,
+    root: str,
+    workers: int,
+    max_losses: int,
+    heartbeat_interval: float,
+    heartbeat_timeout: float,
+    max_message_size: int | None,
+    launcher_alive: Callable[[], bool] | None = None,
+) -> Endpoint:
+    """This process's way to the broker: the transport's endpoint to the
+    broker's hub, or, where the transport's server is the broker, an endpoint
+    that plays the broker against that server."""
+    store = transport.open_store(address=address, identity=name)
+    if store is None:
+        return transport.connect(address, identity=name.encode())
+    return sb.SharedBrokerEndpoint(
+        store,
+        key=key,
+        name=name,
+        root=root,
+        max_losses=max_losses,
+        expected_workers=workers if name == root else 0,
+        heartbeat_interval=heartbeat_interval,
+        heartbeat_timeout=heartbeat_timeout,
+        max_message_size=max_message_size,
+        launcher_alive=launcher_alive,
+    )

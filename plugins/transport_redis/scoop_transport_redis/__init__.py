@@ -10,13 +10,16 @@ It registers the transport ``redis`` and its settings, the table
   or on a command line: workers receive settings through the environment.
 - ``prefix`` -- every key of a run lives under ``{prefix}:{run_id}:``
   (default ``scoop``), and the hub deletes them all when it closes.
-- ``maxlen`` -- trim each stream to about this many entries (0, the default:
-  never trim; messages are deleted once read anyway).
+- ``maxlen`` -- the most futures the run's queue stream holds at once (0,
+  the default: no limit). A program that submits more keeps the rest in its
+  own process and adds them as workers finish others: Redis's memory stays
+  bounded, and no entry is ever trimmed away.
 - ``expire`` -- seconds after which a key of the run expires even if nobody
   deletes it (default 86400): a safety net for runs that die.
 
-In this first increment Redis only carries messages; the core's own broker,
-in the launcher, still schedules the futures. redis-py is imported only when
+Redis is the broker: the transport offers a
+:class:`~scoop_transport_redis.store.RedisStore`, and every process of a run
+plays its part of the broker against it (see :mod:`scoop_core.shared_broker`). redis-py is imported only when
 a transport is built (see :mod:`.transport`), so listing plugins never
 imports it.
 """
@@ -83,7 +86,8 @@ def scoop_settings() -> Iterable[PluginSettings]:
                     "maxlen",
                     int,
                     0,
-                    "trim each stream to about this many entries; 0 = never trim",
+                    "the most futures queued in Redis at once; more wait in the submitting "
+                    "process; 0 = no limit",
                 ),
                 Setting(
                     "expire",

@@ -36,7 +36,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
@@ -45,6 +45,9 @@ from redis.retry import Retry
 
 from scoop_core.errors import ConfigError, LaunchError, TransportClosed
 from scoop_core.interfaces import Endpoint, Frame, Hub, Transport
+
+if TYPE_CHECKING:
+    from scoop_transport_redis.store import RedisStore
 
 __all__ = [
     "BLOCK_MS",
@@ -171,21 +174,23 @@ class _Options:
         self.expire = 86400 if expire is None else int(expire)
         if self.maxlen < 0 or self.expire <= 0:
             raise ConfigError(
-                "transport.redis.maxlen must be 0 (no trimming) or more, and "
+                "transport.redis.maxlen must be 0 (no limit) or more, and "
                 f"transport.redis.expire a positive number of seconds; got maxlen={self.maxlen}, "
                 f"expire={self.expire}"
             )
 
     def client(self, url: str) -> redis.Redis:
         """A checked client for the server at ``url``, or :class:`LaunchError` naming why not."""
+        # TCP keep-alive notices a server host that vanished; a Unix socket has no such option.
+        tcp = {} if urlsplit(url).scheme == "unix" else {"socket_keepalive": True}
         client = redis.Redis.from_url(
             url,
             username=self.username or None,
             password=self.password or None,
             socket_connect_timeout=CONNECT_TIMEOUT,
             socket_timeout=SOCKET_TIMEOUT,
-            socket_keepalive=True,
             retry=Retry(NoBackoff(), 0),
+            **tcp,
         )
         shown = mask_url(url)
         try:
@@ -229,8 +234,8 @@ class _Reader:
         self._closed = False
 
     def _xadd(self, pipe: Any, key: bytes, pieces: list[Any]) -> None:
-        trim = ("MAXLEN", "~", self._options.maxlen) if self._options.maxlen else ()
-        pipe.execute_command("XADD", key, *trim, "*", *pieces)
+        # Never trimmed (no MAXLEN): a trimmed entry would be a lost message.
+        pipe.execute_command("XADD", key, "*", *pieces)
         pipe.execute_command("EXPIRE", key, self._options.expire)
 
     def add(self, entries: Sequence[tuple[bytes, list[Any]]]) -> None:
@@ -450,3 +455,17 @@ class RedisTransport(Transport):
             self._options, client, key, f"Redis endpoint {identity!r} to {mask_url(url)}"
         )
         return RedisEndpoint(reader, base + b"broker", identity)
+
+    def open_store(
+        self, *, run_id: str | None = None, address: str | None = None, identity: str
+    ) -> RedisStore:
+        """The run's broker in Redis (see :mod:`scoop_transport_redis.store`).
+
+        The launcher passes ``run_id`` and gets a new run's store on the
+        server of these settings; any other process passes that store's
+        ``address``. ``identity`` is this process's peer name. Raises
+        ValueError for a bad address and LaunchError if the server cannot
+        be used."""
+        from scoop_transport_redis.store import RedisStore
+
+        return RedisStore.open(self._options, run_id=run_id, address=address, identity=identity)

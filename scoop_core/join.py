@@ -1,0 +1,159 @@
+"""``scoop worker``: more workers for a run that is already going.
+
+Only a transport whose server is the broker (Redis) can take workers that
+were not started by the run's launcher: they find the run in that server by
+its id, check its description with the run's key, and take futures like the
+others. The key comes from ``$SCOOP_RUN_KEY``, ``--key-file`` or the key
+file ``scoop run`` wrote (see :func:`scoop_core.shared_broker.find_run_key`);
+it reaches the workers through their environment, never their command line.
+
+On Ctrl-C (or SIGTERM) the workers hand back the futures they hold, which
+other workers run at once, then exit; the command exits 130 (143). When the
+run ends, its workers exit and so does the command, with status 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+
+from scoop_core import shared_broker as sb
+from scoop_core.config import Config
+from scoop_core.errors import LaunchError, UsageError
+from scoop_core.interfaces import WorkerSpec
+from scoop_core.local_launcher import LocalLauncher
+from scoop_core.plugins.manager import PluginManager
+from scoop_core.pool import BOOTSTRAP
+
+log = logging.getLogger("scoop.launcher")
+
+
+class _Stop(Exception):
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop(signum)
+
+
+def _run_info(
+    config: Config, plugins: PluginManager, run_id: str, key_path: str | None
+) -> tuple[str, bytes, dict[str, object]]:
+    """The run's store address, key and description; LaunchError if there is no such run."""
+    name = config["transport"]
+    transport = plugins.transport(name).factory(config.section(f"transport.{name}"))
+    store = transport.open_store(run_id=run_id, identity=f"joiner-{os.getpid()}")
+    if store is None:
+        raise UsageError(
+            f"the {name} transport has no server that keeps a run, so workers cannot join one "
+            "from elsewhere; use --transport redis"
+        )
+    try:
+        blob = store.get_info()
+        address = store.address
+    finally:
+        store.close()
+    if blob is None:
+        raise LaunchError(
+            f"there is no run {run_id} at {address}: it has ended, or the run id or server is "
+            "wrong (scoop run -v prints the run id)"
+        )
+    try:
+        key = sb.find_run_key(run_id, key_path)
+        info = sb.read_info(blob, key)
+    except ValueError as exc:
+        raise LaunchError(f"cannot join run {run_id}: {exc}") from None
+    return address, key, info
+
+
+def worker_specs(
+    config: Config,
+    *,
+    count: int,
+    address: str,
+    key: bytes,
+    run_id: str,
+    info: dict[str, object],
+    cwd: str | None = None,
+) -> list[WorkerSpec]:
+    """How to start ``count`` workers of the run described by ``info``."""
+    program = str(info.get("program") or "")
+    if program and not os.path.isfile(program):
+        raise LaunchError(
+            f"run {run_id} runs {program}, which is not on this machine: workers import the "
+            "program, so it must be at the same path here (a shared file system, or a copy)"
+        )
+    beat = info["heartbeat"]
+    interval, timeout = beat if isinstance(beat, list) else (5.0, 30.0)
+    name = config["transport"]
+    base = {
+        "_SCOOP_ADDRESS": address,
+        "_SCOOP_KEY": key.hex(),
+        "_SCOOP_RUN_ID": run_id,
+        "_SCOOP_ROOT": str(info["root"]),
+        "_SCOOP_TRANSPORT": name,
+        "_SCOOP_TRANSPORT_SETTINGS": json.dumps(config.section(f"transport.{name}")),
+        "_SCOOP_SERIALIZER": str(info["serializer"]),
+        "_SCOOP_WORKERS": str(info["workers"]),
+        "_SCOOP_PREFETCH": str(info["prefetch"]),
+        "_SCOOP_MAX_LOSSES": str(info["max_losses"]),
+        "_SCOOP_MAX_MESSAGE_SIZE": str(info["max_message_size"]),
+        "_SCOOP_HEARTBEAT": f"{interval},{timeout}",
+        "_SCOOP_LOG_LEVEL": logging.getLevelName(logging.getLogger("scoop").getEffectiveLevel()),
+        "_SCOOP_DISABLE_PLUGINS": ",".join(config["disable_plugins"]),
+    }
+    if program:
+        base["_SCOOP_PROGRAM"] = program
+        base["_SCOOP_ARGV"] = json.dumps(info.get("argv") or [program])
+    host = socket.gethostname()
+    python = config["python_interpreter"] or sys.executable
+    argv = (python, "-m", BOOTSTRAP, "worker")
+    specs = []
+    for i in range(1, count + 1):
+        worker = f"{host}-{os.getpid()}-{i}"
+        specs.append(WorkerSpec(worker, host, argv, {**base, "_SCOOP_NAME": worker}, cwd))
+    return specs
+
+
+def join(
+    config: Config,
+    plugins: PluginManager,
+    *,
+    run_id: str,
+    count: int,
+    key_path: str | None = None,
+    cwd: str | None = None,
+) -> int:
+    """Start ``count`` workers for run ``run_id`` and wait for them; the exit status."""
+    address, key, info = _run_info(config, plugins, run_id, key_path)
+    specs = worker_specs(
+        config, count=count, address=address, key=key, run_id=run_id, info=info, cwd=cwd
+    )
+    previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    group = None
+    try:
+        group = LocalLauncher().start(specs)
+        log.warning("joined run %s at %s with %d worker(s)", run_id, address, count)
+        while any(status is None for status in group.poll().values()):
+            time.sleep(0.25)  # polling child processes, not synchronising a test
+        failed = {n: s for n, s in group.poll().items() if s}
+        for worker, status in failed.items():
+            log.warning("%s exited with status %s", worker, status)
+        return 1 if failed else 0
+    except _Stop as stop:
+        log.warning("leaving run %s: the workers hand back what they hold", run_id)
+        return 128 + stop.signum
+    finally:
+        for s in previous:
+            signal.signal(s, signal.SIG_IGN)
+        if group is not None:
+            # SIGTERM: each worker hands back its futures, then exits.
+            group.stop(8.0)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
