@@ -79,6 +79,7 @@ def _setup(name: str) -> tuple[Endpoint, bytes, Serializer, int]:
         workers=context.SIZE,
         max_losses=int(_env("_SCOOP_MAX_LOSSES", "3")),
         launcher_alive=_launcher_alive(),
+        key_path=os.environ.get("_SCOOP_KEY_FILE", ""),
         **_limits(),
     )
     if isinstance(endpoint, SharedBrokerEndpoint):

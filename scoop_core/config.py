@@ -712,10 +712,17 @@ def _unknown(
     )
 
 
+NOT_SETTINGS = frozenset({"SCOOP_RUN_KEY"})
+"""``SCOOP_`` variables that are not settings: the run's key, kept out of
+every configuration layer so that it is never shown with them."""
+
+
 def _env_layer(environ: Mapping[str, str], schema: _Schema) -> _Layer:
     layer: _Layer = {}
     # Variables starting with _SCOOP_ (internal, for workers) never get here.
     for var in sorted(v for v in environ if v.startswith(_ENV_PREFIX)):
+        if var in NOT_SETTINGS:
+            continue
         key = schema.env.get(var)
         if key is None:
             # In the first pass the variable may belong to a plugin not loaded yet.

@@ -214,6 +214,8 @@ class Pool:
             "_SCOOP_DEBUG": "1" if opts.debug else "",
             **opts.extra_env,
         }
+        if self.key_path:
+            env["_SCOOP_KEY_FILE"] = self.key_path
         if self.program:
             env["_SCOOP_PROGRAM"] = os.path.abspath(self.program)
             # Workers see the program's sys.argv too: module-level code often reads it.
@@ -366,6 +368,7 @@ def connect_endpoint(
     heartbeat_timeout: float,
     max_message_size: int | None,
     launcher_alive: Callable[[], bool] | None = None,
+    key_path: str = "",
 ) -> Endpoint:
     """This process's way to the broker: the transport's endpoint to the
     broker's hub, or, where the transport's server is the broker, an endpoint
@@ -384,4 +387,5 @@ def connect_endpoint(
         heartbeat_timeout=heartbeat_timeout,
         max_message_size=max_message_size,
         launcher_alive=launcher_alive,
+        key_path=key_path,
     )

@@ -36,6 +36,7 @@ Why it is built this way:
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import hmac
 import json
@@ -192,8 +193,10 @@ class SharedBrokerEndpoint(Endpoint):
         heartbeat_timeout: float = 30.0,
         max_message_size: int | None = None,
         launcher_alive: Callable[[], bool] | None = None,
+        key_path: str = "",
     ) -> None:
         self.store = store
+        self.key_path = key_path  # the launcher's key file, which a run ending here deletes
         self.launcher_alive = launcher_alive or (lambda: store.alive(LAUNCHER))
         self.key = key
         self.name = name
@@ -238,6 +241,8 @@ class SharedBrokerEndpoint(Endpoint):
         self.send_many([frames])
 
     def send_many(self, messages: Sequence[Sequence[Frame]]) -> None:
+        if self._store_gone:
+            return  # the runtime was told the run is over; its last words go nowhere
         if self._closed:
             raise TransportClosed(f"the endpoint of {self.name} is closed")
         batch = _Batch()
@@ -576,6 +581,9 @@ class SharedBrokerEndpoint(Endpoint):
                     tell_everyone(
                         self.store, self.mailer, "the run is over", self.heartbeat_timeout
                     )
+                    if self.key_path:
+                        with contextlib.suppress(OSError):
+                            os.unlink(self.key_path)
             except TransportClosed as exc:
                 log.debug("%s: could not leave the run cleanly: %s", self.name, exc)
         self.store.close(end_run=end_run)

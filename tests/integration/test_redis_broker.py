@@ -8,6 +8,7 @@ join with ``scoop worker``.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import secrets
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -213,11 +215,15 @@ def test_a_run_id_in_use_is_refused_and_the_other_run_is_left_alone(write_progra
 JOINABLE = (
     PRELUDE
     + """
+from scoop import shared
+
 def where(i):
     time.sleep(0.02)
-    return scoop.worker
+    # A constant defined before this worker joined reaches it too.
+    return scoop.worker + "=" + shared.getConst("tag", timeout=10)
 
 if __name__ == "__main__":
+    shared.setConst(tag="blue")
     seen = set()
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -239,9 +245,10 @@ def test_a_worker_started_elsewhere_joins_a_running_run(write_program, env, srv)
         joiner = _join("elastic", env)
         out, err = run.communicate(timeout=120)
         assert run.returncode == 0, err
-        names = eval(_results(out)[0])  # a JSON list of names
+        names = json.loads(_results(out)[0])
         joined = [n for n in names if not n.startswith("worker-")]
         assert joined and joined[0].startswith(socket.gethostname()), names
+        assert all(n.endswith("=blue") for n in names), names
         # The run is over: the joined worker exits, and so does scoop worker.
         assert joiner.wait(30) == 0, joiner.stderr.read() if joiner.stderr else ""
     finally:
@@ -286,7 +293,7 @@ def test_ctrl_c_on_a_joined_worker_hands_its_futures_back(write_program, env, sr
         assert "hand back" in joiner_err
         out, err = run.communicate(timeout=120)
         assert run.returncode == 0, err
-        values = [value for value, _ in eval(_results(out)[0].replace("null", "None"))]
+        values = [value for value, _ in json.loads(_results(out)[0])]
         assert values == [i * 10 for i in range(40)]
         # What the joined worker had started ran again, on worker-1.
         for path in running_on_joiner():
@@ -404,16 +411,19 @@ if __name__ == "__main__":
     (Path(sys.argv[1]) / "total").write_text(str(total))
 """
     )
+    env = {k: v for k, v in env.items() if k != "SCOOP_RUN_KEY"}  # so a key file is written
     run = _launch(prog, env, "-n", "2", args=(str(tmp_path),))
     try:
         assert run.stdout is not None
         assert run.stdout.readline().strip() == "READY"
+        assert len(list((tmp_path / ".scoop" / "runs").glob("*.key"))) == 1
         run.kill()  # SIGKILL: the launcher's clean-up never runs
         run.wait(10)
         _wait_for((tmp_path / "total").exists, "the program to finish without its launcher", 60)
         assert (tmp_path / "total").read_text() == str(sum(range(20)))
         assert wait_gone(str(prog), 30) == []
         _wait_for(lambda: _keys(srv, prefix) == [], "the run's keys to be deleted", 10)
+        assert list((tmp_path / ".scoop" / "runs").glob("*.key")) == []
     finally:
         for pid in processes_of(str(prog)):
             os.kill(pid, signal.SIGKILL)
@@ -466,3 +476,48 @@ def test_unix_socket_and_acl_user(write_program, tmp_path):
         assert bad.returncode == 1
         assert f"unix://{sock}" in bad.stderr and password not in bad.stderr
     assert wait_gone(str(prog)) == []
+
+
+def test_maxlen_bounds_the_queue_and_loses_nothing(write_program, env, srv):
+    prefix = env["SCOOP_TRANSPORT_REDIS_PREFIX"]
+    prog = write_program(
+        PRELUDE
+        + """
+def tick(i):
+    time.sleep(0.002)
+    return i
+
+if __name__ == "__main__":
+    fs = [futures.submit(tick, i) for i in range(400)]
+    out(sum(f.result() for f in fs))
+"""
+    )
+    longest = [0]
+    stop = threading.Event()
+
+    def watch() -> None:
+        # Measures the queue's length while the run goes; synchronises nothing.
+        client = srv.client()
+        while not stop.is_set():
+            for key in client.scan_iter(match=f"{prefix}:*:queue"):
+                longest[0] = max(longest[0], int(client.xlen(key)))
+        client.close()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "scoop", "-n", "2", str(prog)],
+            cwd=prog.parent,
+            env={**env, "SCOOP_TRANSPORT_REDIS_MAXLEN": "20"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        stop.set()
+        watcher.join()
+    assert proc.returncode == 0, proc.stderr
+    assert _results(proc.stdout) == [str(sum(range(400)))]
+    assert 0 < longest[0] <= 20, f"the queue held {longest[0]} entries"
+    assert _keys(srv, prefix) == []

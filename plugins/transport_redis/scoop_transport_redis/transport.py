@@ -200,6 +200,10 @@ class _Options:
             cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if self.password:
                 cause = cause.replace(self.password, "***")
+            # A TLS port hangs up on a plain-text client: say what that likely means.
+            dropped = any(word in cause.lower() for word in ("reset", "closed"))
+            if urlsplit(url).scheme == "redis" and dropped:
+                cause += " (if that port speaks TLS, use a rediss:// URL)"
             raise LaunchError(f"cannot use Redis at {shown}: {cause}") from None
         numbers = tuple(int(n) for n in version.split(".")[:2] if n.isdigit())
         if numbers < MIN_VERSION:
