@@ -85,6 +85,7 @@ def _setup(name: str) -> tuple[Endpoint, bytes, Serializer, int]:
     if isinstance(endpoint, SharedBrokerEndpoint):
         # The run lives in the store, not in the launcher: it goes on if the
         # launcher dies, and ends when its program does.
+        _watch_orphaned(name, endpoint)
         return endpoint, key, serializer, context.SIZE
     _watch_parent(name)
     return endpoint, key, serializer, context.SIZE
@@ -131,6 +132,30 @@ def _watch_parent(name: str) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, name="scoop-parent-watch", daemon=True).start()
+
+
+def _watch_orphaned(name: str, endpoint: SharedBrokerEndpoint) -> None:
+    """A process of a run kept in a store outlives its launcher, but not
+    its own part in the run: once the launcher is gone and this process has
+    been told the run is over (or lost the store), it gets a few seconds to
+    exit on its own, then exits anyway, even from inside a user function
+    that never returns."""
+    expected = os.environ.get("_SCOOP_PARENT_PID")
+    parent = int(expected) if expected else os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        endpoint.over.wait()
+        time.sleep(_ORPHAN_GRACE)
+        log.warning("%s: its run is over and its launcher gone; exiting", name)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="scoop-orphan-watch", daemon=True).start()
+
+
+_ORPHAN_GRACE = 5.0
+"""Seconds an orphaned process whose run is over gets to exit on its own."""
 
 
 def _whole_lines() -> None:

@@ -232,6 +232,8 @@ class SharedBrokerEndpoint(Endpoint):
         self._closed = False
         self._finished = False
         self._store_gone = False
+        # Set once this process's part in the run is over (told so, or closed).
+        self.over = threading.Event()
         self._leaving = threading.Event()
         self._left = threading.Event()
 
@@ -378,6 +380,8 @@ class SharedBrokerEndpoint(Endpoint):
         batch.done.clear()
 
     def _reply(self, msg: m.Message) -> None:
+        if isinstance(msg, m.Shutdown):
+            self.over.set()
         self.inbox.append(self.local.encode(msg, to=self.identity))
 
     # -- what reaches the runtime ------------------------------------------------
@@ -567,6 +571,7 @@ class SharedBrokerEndpoint(Endpoint):
         is gone ends the run itself (tells every peer, deletes the run's keys)."""
         if self._finished:
             return
+        self.over.set()
         self._finished = True
         self._closed = True
         self.inbox.clear()

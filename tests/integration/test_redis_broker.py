@@ -521,3 +521,41 @@ if __name__ == "__main__":
     assert _results(proc.stdout) == [str(sum(range(400)))]
     assert 0 < longest[0] <= 20, f"the queue held {longest[0]} entries"
     assert _keys(srv, prefix) == []
+
+
+def test_processes_that_outlived_their_launcher_exit_once_their_run_is_over(
+    write_program, tmp_path
+):
+    # A program that never ends on its own: only the end of its run can stop it.
+    prog = write_program(
+        PRELUDE
+        + """
+def nap(i):
+    time.sleep(0.1)
+    return i
+
+if __name__ == "__main__":
+    futures.submit(nap, 0).result()
+    print("READY", flush=True)
+    while True:
+        try:
+            futures.submit(nap, 0).result()
+        except Exception:
+            time.sleep(0.05)
+"""
+    )
+    with server() as srv:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SCOOP_", "_SCOOP_"))}
+        env.update(HOME=str(tmp_path), SCOOP_TRANSPORT="redis", SCOOP_TRANSPORT_REDIS_URL=srv.url)
+        run = _launch(prog, env, "-n", "2")
+        try:
+            assert run.stdout is not None
+            assert run.stdout.readline().strip() == "READY"
+            run.kill()  # the launcher goes: the run goes on...
+            run.wait(10)
+            assert len(processes_of(str(prog))) == 3  # root and two workers
+            srv.kill()  # ...until Redis, and so the run, is gone
+            assert wait_gone(str(prog), 30) == []
+        finally:
+            for pid in processes_of(str(prog)):
+                os.kill(pid, signal.SIGKILL)
