@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
@@ -24,14 +25,13 @@ from scoop_core import __version__
 from scoop_core import log as scoop_log
 from scoop_core.config import Config, load_config
 from scoop_core.errors import ConfigError, LaunchError, PluginError, UsageError
-from scoop_core.hosts import Host, assign_workers, hosts_from_list, parse_hostfile
+from scoop_core.hosts import Host, assign_workers, hosts_from_list, is_local, parse_hostfile
+from scoop_core.interfaces import Launcher, WorkerGroup, WorkerSpec
 from scoop_core.join import join
 from scoop_core.plugins.manager import PluginManager, format_plugin_table, get_plugin_manager
 from scoop_core.pool import BOOTSTRAP, Pool, WorkerOptions, worker_count
 
 log = logging.getLogger("scoop.launcher")
-
-_LOCAL_NAMES = {"localhost", "127.0.0.1", "::1", "localhost.localdomain"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -205,6 +205,14 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         "--external-hostname", metavar="HOST", help="this machine's name as remote workers see it"
     )
     parser.add_argument(
+        "--ssh-executable",
+        metavar="PATH",
+        help="start remote workers with this ssh program instead of the built-in client",
+    )
+    parser.add_argument(
+        "--rsh", action="store_true", help="start remote workers with rsh instead of ssh"
+    )
+    parser.add_argument(
         "--broker-hostname", metavar="HOST", help="address remote workers dial to reach the broker"
     )
     parser.add_argument("--python-interpreter", metavar="PATH", help="Python that runs the workers")
@@ -284,12 +292,7 @@ def command_parser() -> _Parser:
 
 
 def _is_local(host: Host) -> bool:
-    name = host.name
-    return (
-        name in _LOCAL_NAMES
-        or name.startswith("127.")
-        or name in {socket.gethostname(), socket.getfqdn()}
-    )
+    return is_local(host.name)
 
 
 def _hosts(options: argparse.Namespace) -> list[Host]:
@@ -308,23 +311,41 @@ def _hosts(options: argparse.Namespace) -> list[Host]:
     return hosts
 
 
-def _worker_count(options: argparse.Namespace) -> int | None:
-    """Workers asked for by -n and --hosts/--hostfile; None leaves it to the config.
+def _placement(
+    config: Config, plugins: PluginManager, hosts: list[Host]
+) -> tuple[Launcher, list[Host] | None]:
+    """The launcher, and the hosts with their number of workers each (None:
+    this machine only, ``workers`` of them).
 
-    Every host must be this machine, whatever -n says; with hosts, -n follows
-    the seed's rules (:func:`scoop_core.hosts.assign_workers`), which on one
-    machine means -n workers."""
-    hosts = _hosts(options)
-    remote = sorted({host.address for host in hosts if not _is_local(host)})
-    if remote:
-        raise UsageError(
-            f"remote hosts ({', '.join(remote)}) need the ssh launcher, which this version does not have "
-            "yet; run on this machine by leaving out --hosts/--hostfile or listing only localhost"
-        )
+    Hosts given by --hosts/--hostfile win; else, with the default launcher,
+    a launcher whose ``detect()`` recognises its surroundings (a scheduler's
+    allocation) brings its own. Remote hosts with the local launcher mean
+    the ssh launcher. Hosts without a count get their number of cores, and
+    ``-n`` then follows the seed's rules (:func:`assign_workers`)."""
+    name = config["launcher"]
+    if not hosts and name == "local":
+        for record in plugins.launchers().values():
+            if record.detect is not None and record.detect():
+                log.info("running inside a %s allocation: workers go to its hosts", record.name)
+                name = record.name
+                break
+    if hosts and name == "local" and not all(_is_local(h) for h in hosts):
+        name = "ssh"
+    launcher = plugins.launcher(name).factory(config.section(f"launcher.{name}"))
     if not hosts:
-        return options.workers
-    assigned = assign_workers(hosts, options.workers, os.cpu_count() or 1)
-    return sum(host.count or 0 for host in assigned)
+        hosts = list(launcher.allocation() or [])
+        if not hosts:
+            return launcher, None
+    uncounted = [h for h in hosts if h.count is None and not _is_local(h)]
+    cores = launcher.count_cores(uncounted) if uncounted else {}
+    counted = [
+        dataclasses.replace(
+            h,
+            count=h.count or ((os.cpu_count() or 1) if _is_local(h) else cores.get(h.address, 1)),
+        )
+        for h in hosts
+    ]
+    return launcher, assign_workers(counted, config["workers"], 1)
 
 
 def _log_level(options: argparse.Namespace) -> str | None:
@@ -346,14 +367,32 @@ def _configure(options: argparse.Namespace, cli: dict[str, Any]) -> tuple[Config
     return config, plugins
 
 
-def _warn_remote_only(options: argparse.Namespace) -> None:
-    for flag, given in (
-        ("--tunnel", options.tunnel),
-        ("--external-hostname", options.external_hostname),
-        ("--broker-hostname", options.broker_hostname),
-    ):
-        if given:
-            log.warning("%s only matters with remote hosts; this run is on this machine only", flag)
+def _launcher_flags(options: argparse.Namespace, transport: str | None) -> dict[str, Any]:
+    """The seed's remote-start flags, as the settings of the plugins they concern."""
+    flags: dict[str, Any] = {}
+    if options.tunnel:
+        flags["launcher.ssh.tunnel"] = True
+    if options.ssh_executable or options.rsh:
+        flags["launcher.ssh.ssh_executable"] = options.ssh_executable or "rsh"
+    hostname = options.broker_hostname or options.external_hostname
+    if hostname and (transport or "zmq") == "zmq":
+        flags["transport.zmq.broker_hostname"] = hostname
+    return flags
+
+
+def _warn_remote_only(options: argparse.Namespace, remote: bool) -> None:
+    if not remote:
+        for flag, given in (
+            ("--tunnel", options.tunnel),
+            ("--external-hostname", options.external_hostname),
+            ("--broker-hostname", options.broker_hostname),
+            ("--ssh-executable", options.ssh_executable),
+            ("--rsh", options.rsh),
+        ):
+            if given:
+                log.warning(
+                    "%s only matters with remote hosts; this run is on this machine only", flag
+                )
     if options.brokers and options.brokers > 1:
         log.warning("-b %d: one broker serves a whole run here, so one is started", options.brokers)
 
@@ -363,9 +402,9 @@ def run_program(options: argparse.Namespace) -> int:
     program = options.program
     if not os.path.isfile(program):
         raise UsageError(f"program file {program!r} not found")
-    workers = _worker_count(options)
+    hosts = _hosts(options)
     cli = {
-        "workers": workers,
+        "workers": options.workers,
         "transport": getattr(options, "transport", None),
         "serializer": options.serializer,
         "log_level": _log_level(options),
@@ -374,9 +413,12 @@ def run_program(options: argparse.Namespace) -> int:
         "pythonpath": options.pythonpath.split(os.pathsep) if options.pythonpath else None,
         "run_id": options.run_id,
     }
+    cli.update(_launcher_flags(options, cli["transport"]))
     config, plugins = _configure(options, {k: v for k, v in cli.items() if v is not None})
     scoop_log.configure(config["log_level"])
-    _warn_remote_only(options)
+    launcher, placed = _placement(config, plugins, hosts)
+    remote = placed is not None and not all(_is_local(h) for h in placed)
+    _warn_remote_only(options, remote)
     worker_options = WorkerOptions(
         python=config["python_interpreter"] or sys.executable,
         pythonpath=config["pythonpath"],
@@ -391,10 +433,12 @@ def run_program(options: argparse.Namespace) -> int:
     pool = Pool(
         config=config,
         plugins=plugins,
-        workers=worker_count(config),
+        workers=sum(h.count or 0 for h in placed) if placed else worker_count(config),
         program=program,
         program_args=list(options.args),
         options=worker_options,
+        launcher=launcher,
+        hosts=placed,
     )
     return _supervise(pool, program, list(options.args))
 
@@ -408,26 +452,70 @@ def _raise_stop(signum: int, frame: object) -> None:
     raise _Stop(signum)
 
 
+class _Root:
+    """The root program's process: on this machine, or on the first host of
+    the run when that is another one (as in SCOOP), through the launcher."""
+
+    def __init__(self, pool: Pool, program: str, args: list[str]) -> None:
+        argv = [pool.options.python, "-m", BOOTSTRAP, "root", program, *args]
+        first = pool.hosts[0] if pool.hosts else None
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.group: WorkerGroup | None = None
+        if first is None or is_local(first.name) or pool.launcher is None:
+            self.proc = subprocess.Popen(argv, env={**os.environ, **pool.env("root")})
+        else:
+            argv[4] = os.path.abspath(program)
+            spec = WorkerSpec(
+                "root", first.address, tuple(argv), pool.env("root"), pool.options.path
+            )
+            log.info("the program runs on %s, the run's first host", first.address)
+            self.group = pool.launcher.start([spec])
+
+    def wait(self, timeout: float) -> int | None:
+        """The exit status (negative: killed by that signal), or None after ``timeout``."""
+        if self.proc is not None:
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return None
+        assert self.group is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.group.poll().get("root")
+            if status is not None or time.monotonic() >= deadline:
+                return status
+            time.sleep(0.05)  # polling the remote root's report
+
+    def stop(self, grace: float) -> None:
+        if self.group is not None:
+            self.group.stop(grace)
+            return
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 def _supervise(pool: Pool, program: str, args: list[str]) -> int:
     """Run the root next to the workers; stop everything however it ends."""
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
-    root: subprocess.Popen[bytes] | None = None
+    root: _Root | None = None
     grace = 3.0
     try:
         pool.start()
-        argv = [pool.options.python, "-m", BOOTSTRAP, "root", program, *args]
-        root = subprocess.Popen(argv, env={**os.environ, **pool.env("root")})
+        root = _Root(pool, program, args)
         while True:
-            try:
-                status = root.wait(0.25)
+            status = root.wait(0.25)
+            if status is not None:
                 break
-            except subprocess.TimeoutExpired:
-                pass
             ended = pool.exited_workers()
             if len(ended) == pool.size:
                 log.error("every worker has exited; stopping the run")
-                root.terminate()
-                root.wait()
+                root.stop(grace)
                 status = 1
                 break
         return status if status >= 0 else 128 - status
@@ -439,13 +527,8 @@ def _supervise(pool: Pool, program: str, args: list[str]) -> int:
         # Signals from here on would only interrupt the clean-up.
         for s in previous:
             signal.signal(s, signal.SIG_IGN)
-        if root is not None and root.poll() is None:
-            root.terminate()
-            try:
-                root.wait(grace)
-            except subprocess.TimeoutExpired:
-                root.kill()
-                root.wait()
+        if root is not None:
+            root.stop(grace)
         pool.stop(grace=grace)
         for s, handler in previous.items():
             signal.signal(s, handler)

@@ -21,12 +21,32 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import re
+import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from scoop_core.errors import UsageError
 
-__all__ = ["Host", "assign_workers", "hosts_from_list", "parse_host", "parse_hostfile"]
+__all__ = [
+    "Host",
+    "assign_workers",
+    "hosts_from_list",
+    "is_local",
+    "parse_host",
+    "parse_hostfile",
+]
+
+LOCAL_NAMES = frozenset({"localhost", "127.0.0.1", "::1", "localhost.localdomain"})
+
+
+def is_local(name: str) -> bool:
+    """Whether the host ``name`` (no user, no port) is this machine."""
+    return (
+        name in LOCAL_NAMES
+        or name.startswith("127.")
+        or name in {socket.gethostname(), socket.getfqdn()}
+    )
+
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\Z")
 _USER = re.compile(r"[^\s@\[\]:/]+\Z")

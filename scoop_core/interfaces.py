@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from scoop_core.hosts import Host
+
 Frame = Any
 """A buffer-protocol object: bytes, bytearray, memoryview, PickleBuffer, zmq.Frame."""
 
@@ -348,4 +350,21 @@ class Launcher(abc.ABC):
     @abc.abstractmethod
     def start(self, workers: Sequence[WorkerSpec]) -> WorkerGroup:
         """Start the workers; raise :class:`scoop_core.errors.LaunchError`
-        naming the host and cause if any cannot start (and stop the others)."""
+        naming the host and cause if any cannot start (and stop the others).
+
+        A worker's ``host`` is ``[user@]name[:port]`` as the user wrote it;
+        :func:`scoop_core.hosts.is_local` says whether it is this machine.
+        Workers on other machines get their environment through the
+        launcher's channel, never their command line: run
+        :mod:`scoop_core.remote` there (one per host) and hand it the plan."""
+
+    def allocation(self) -> Sequence[Host] | None:
+        """The hosts this launcher's surroundings give the run without being
+        asked (a scheduler's allocation), or None. Called only when the user
+        named no hosts and the plugin's ``detect()`` said yes."""
+        return None
+
+    def count_cores(self, hosts: Sequence[Host]) -> dict[str, int]:
+        """Cores of each of ``hosts`` (by ``Host.address``) that gave no
+        worker count; hosts missing from the answer get one worker."""
+        return {}

@@ -29,7 +29,15 @@ from scoop_core import shared_broker as sb
 from scoop_core.broker import Broker
 from scoop_core.config import Config
 from scoop_core.errors import LaunchError, TransportClosed
-from scoop_core.interfaces import BrokerStore, Endpoint, Transport, WorkerGroup, WorkerSpec
+from scoop_core.hosts import Host, is_local
+from scoop_core.interfaces import (
+    BrokerStore,
+    Endpoint,
+    Launcher,
+    Transport,
+    WorkerGroup,
+    WorkerSpec,
+)
 from scoop_core.plugins.manager import PluginManager
 
 log = logging.getLogger("scoop.launcher")
@@ -62,6 +70,8 @@ class Pool:
         program_args: Sequence[str] = (),
         options: WorkerOptions | None = None,
         root_name: str = "root",
+        launcher: Launcher | None = None,
+        hosts: Sequence[Host] | None = None,
     ) -> None:
         if workers < 1:
             raise LaunchError(f"a pool needs at least one worker, got {workers}")
@@ -76,6 +86,11 @@ class Pool:
             nice=config["nice"],
         )
         self.root_name = root_name
+        self.launcher = launcher
+        # Where the workers go, in order, with their number on each (None: this machine).
+        self.hosts = list(hosts) if hosts else None
+        if self.hosts and sum(h.count or 0 for h in self.hosts) != workers:
+            raise LaunchError(f"{workers} workers for hosts that take another number: {self.hosts}")
         self.key = _run_key()
         self.run_id = config["run_id"] or secrets.token_hex(6)
         self.transport_name = config["transport"]
@@ -106,13 +121,12 @@ class Pool:
             self._start_store(self.store)
         else:
             self._start_broker()
-        launcher_name = self.config["launcher"]
-        launcher = self.plugins.launcher(launcher_name).factory(
-            self.config.section(f"launcher.{launcher_name}")
-        )
-        specs = [self.worker_spec(f"worker-{i}") for i in range(1, self.size + 1)]
+        launcher = self.launcher
+        if launcher is None:
+            name = self.config["launcher"]
+            launcher = self.plugins.launcher(name).factory(self.config.section(f"launcher.{name}"))
         try:
-            self.group = launcher.start(specs)
+            self.group = launcher.start(self.worker_specs())
         except BaseException:
             self._end("the workers could not start")
             raise
@@ -181,6 +195,9 @@ class Pool:
             self.transport,
             key=self.key,
             run_id=self.run_id,
+            # Remote workers dial in, unless they come through SSH tunnels
+            # from this machine: then loopback is enough, and safer.
+            public=self.remote and not self.config.get("launcher.ssh.tunnel", False),
             expected_workers=self.size,
             max_losses=self.config["max_losses"],
             heartbeat_interval=self.config["heartbeat_interval"],
@@ -229,14 +246,25 @@ class Pool:
             env["PYTHONPATH"] = os.pathsep.join([*opts.pythonpath, *([current] if current else [])])
         return env
 
-    def worker_spec(self, name: str) -> WorkerSpec:
+    @property
+    def remote(self) -> bool:
+        """Whether some workers run on other machines (the broker must be reachable)."""
+        return bool(self.hosts) and not all(is_local(h.name) for h in self.hosts or ())
+
+    def worker_specs(self) -> list[WorkerSpec]:
+        """worker-1, worker-2... in host order (this machine's, with no hosts)."""
+        places = [h.address for h in self.hosts or () for _ in range(h.count or 0)]
+        places = places or ["127.0.0.1"] * self.size
+        return [self.worker_spec(f"worker-{i}", host) for i, host in enumerate(places, 1)]
+
+    def worker_spec(self, name: str, host: str = "127.0.0.1") -> WorkerSpec:
         opts = self.options
         argv: tuple[str, ...] = (opts.python, "-m", BOOTSTRAP, "worker")
         if opts.prolog:
             # Source the prolog in a shell, then become the worker.
             argv = ("/bin/sh", "-c", '. "$1" || exit 1; shift; exec "$@"', "sh", opts.prolog, *argv)
         env = self.env(name)
-        return WorkerSpec(name=name, host="127.0.0.1", argv=argv, env=env, cwd=opts.path)
+        return WorkerSpec(name=name, host=host, argv=argv, env=env, cwd=opts.path)
 
     def connect(self, name: str) -> _runtime.RootRuntime:
         """A root runtime for this process, connected to the broker."""

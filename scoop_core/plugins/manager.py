@@ -68,6 +68,10 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("local", "scoop_core.local_launcher"),
     ("zmq", "scoop_transport_zmq"),
     ("redis", "scoop_transport_redis"),
+    ("ssh", "scoop_launcher_ssh"),
+    ("slurm", "scoop_launcher_slurm"),
+    ("sge", "scoop_launcher_sge"),
+    ("torque", "scoop_launcher_torque"),
 )
 """``(plugin name, module)`` of every built-in plugin, registered first and in this order."""
 

@@ -1,0 +1,276 @@
+"""Workers on another host: one supervisor process per host, and its handle here.
+
+Every launcher that starts workers elsewhere (ssh, and the schedulers' own
+remote start: ``srun``, ``qrsh -inherit``, ``pbsdsh``) runs the same thing
+on each host, once: ``python -m scoop_core.remote``. That supervisor
+
+- reads one JSON line from stdin: the workers to start (name, argv,
+  environment, working directory). The run's key is in the environments,
+  so it travels through the launcher's channel, never on a command line;
+- makes itself a process group leader, so the host's workers form one
+  group, and starts them (their ``_SCOOP_PARENT_PID`` is the supervisor:
+  they exit if it dies);
+- lets their output pass through to its own stdout and stderr, which the
+  launcher forwards to the user's terminal, each line prefixed by the host;
+- writes a line ``@@scoop-exit NAME STATUS`` when a worker exits, so the
+  launcher knows at once (a lost worker's futures run elsewhere at once);
+- on the line ``stop GRACE`` terminates them (SIGTERM, then SIGKILL after
+  GRACE seconds); when stdin closes (the launcher or its connection is
+  gone) or on SIGTERM/SIGHUP/SIGINT, kills them at once. It exits when its
+  last worker has, so nothing of the run outlives it on the host.
+
+:class:`RemoteHost` is the launcher's side of one such supervisor, over any
+byte streams (an SSH channel, a subprocess's pipes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import IO, Any
+
+from scoop_core.interfaces import WorkerGroup, WorkerSpec
+
+log = logging.getLogger("scoop.launcher")
+
+EXIT_MARK = "@@scoop-exit "
+"""Starts a supervisor's line that reports a worker's exit status."""
+
+MODULE = "scoop_core.remote"
+
+
+def plan(specs: Sequence[WorkerSpec]) -> bytes:
+    """The line a supervisor reads first: the workers it starts."""
+    workers = [
+        {"name": s.name, "argv": list(s.argv), "env": dict(s.env), "cwd": s.cwd} for s in specs
+    ]
+    return json.dumps({"workers": workers}).encode() + b"\n"
+
+
+def command(python: str = "python3") -> list[str]:
+    """The command that starts a supervisor on a host."""
+    return [python, "-m", MODULE]
+
+
+# -- on the host ----------------------------------------------------------------
+
+
+class _Supervisor:
+    def __init__(self, workers: list[dict[str, Any]]) -> None:
+        self.workers = workers
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.lock = threading.Lock()
+        self.stopping = False
+
+    def start(self) -> None:
+        for w in self.workers:
+            env = {**os.environ, **w["env"], "_SCOOP_PARENT_PID": str(os.getpid())}
+            try:
+                self.procs[w["name"]] = subprocess.Popen(
+                    w["argv"], env=env, cwd=w.get("cwd") or None, stdin=subprocess.DEVNULL
+                )
+            except OSError as exc:
+                print(f"cannot start {w['name']} ({w['argv'][0]}): {exc}", file=sys.stderr)
+                self.report(w["name"], 127)
+
+    def report(self, name: str, status: int) -> None:
+        # One write of a short line: it does not interleave with the workers' lines.
+        os.write(1, f"{EXIT_MARK}{name} {status}\n".encode())
+
+    def stop(self, grace: float) -> None:
+        with self.lock:
+            self.stopping = True
+            alive = [p for p in self.procs.values() if p.poll() is None]
+        for p in alive:
+            p.terminate()
+        deadline = time.monotonic() + grace
+        for p in alive:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    def watch(self) -> None:
+        """Report each exit; return when every worker has exited."""
+        pending = dict(self.procs)
+        while pending:
+            for name, p in list(pending.items()):
+                status = p.poll()
+                if status is not None:
+                    del pending[name]
+                    self.report(name, status)
+            time.sleep(0.05)  # polling our own children
+
+
+def _listen(sup: _Supervisor) -> None:
+    """Commands from the launcher; EOF means it is gone."""
+    for raw in sys.stdin.buffer:
+        words = raw.decode(errors="replace").split()
+        if words[:1] == ["stop"]:
+            grace = float(words[1]) if len(words) > 1 else 3.0
+            threading.Thread(target=sup.stop, args=(grace,), daemon=True).start()
+    sup.stop(0.0)
+
+
+def supervise() -> int:
+    """``python -m scoop_core.remote``: run this host's workers (see the module docstring)."""
+    os.environ.pop("_SCOOP_KEY", None)
+    with contextlib.suppress(OSError):  # already a group leader (started with setsid)
+        os.setsid()
+    line = sys.stdin.buffer.readline()
+    try:
+        workers = json.loads(line)["workers"]
+    except (ValueError, KeyError, TypeError):
+        print(
+            f"{MODULE}: stdin did not start with the launcher's JSON plan; this command is run "
+            "by scoop launchers, not by hand",
+            file=sys.stderr,
+        )
+        return 2
+    sup = _Supervisor(workers)
+
+    def on_signal(signum: int, frame: object) -> None:
+        sup.stop(0.0)
+        os._exit(128 + signum)
+
+    for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(s, on_signal)
+    sup.start()
+    threading.Thread(target=_listen, args=(sup,), daemon=True).start()
+    sup.watch()
+    return 0
+
+
+# -- on the launcher's side --------------------------------------------------------------
+
+
+class RemoteHost:
+    """One host's supervisor, seen from the launcher.
+
+    ``stdin`` is written to (the plan, then commands) and closed to kill;
+    ``stdout`` and ``stderr`` are read by two threads that forward every
+    line to this process's own, prefixed ``[label] ``, and pick out the exit
+    reports. ``kill`` ends the connection itself (the SSH channel, the
+    ``srun`` process) if the supervisor does not go on its own."""
+
+    def __init__(
+        self,
+        label: str,
+        specs: Sequence[WorkerSpec],
+        stdin: IO[bytes],
+        stdout: Iterable[bytes],
+        stderr: Iterable[bytes] | None,
+        kill: Callable[[], None],
+    ) -> None:
+        self.label = label
+        # A host that runs only the run's root program: its output is the
+        # program's own, and passes through as it is.
+        self.prefix = "" if [s.name for s in specs] == ["root"] else f"[{label}] "
+        self.names = [s.name for s in specs]
+        self.statuses: dict[str, int | None] = dict.fromkeys(self.names)
+        self._stdin = stdin
+        self._kill = kill
+        self._ended = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._forward, args=(stdout, sys.stdout, True), daemon=True)
+        ]
+        if stderr is not None:
+            self._threads.append(
+                threading.Thread(
+                    target=self._forward, args=(stderr, sys.stderr, False), daemon=True
+                )
+            )
+        for t in self._threads:
+            t.start()
+        try:
+            stdin.write(plan(specs))
+            stdin.flush()
+        except OSError as exc:
+            self.lost(f"could not send the workers' plan: {exc}")
+
+    def _forward(self, lines: Iterable[bytes], out: IO[str], reports: bool) -> None:
+        try:
+            for raw in lines:
+                text = raw.decode(errors="replace").rstrip("\n")
+                if reports and text.startswith(EXIT_MARK):
+                    name, _, status = text[len(EXIT_MARK) :].rpartition(" ")
+                    if name in self.statuses:
+                        self.statuses[name] = int(status) if status.lstrip("-").isdigit() else 1
+                    continue
+                out.write(f"{self.prefix}{text}\n")
+                out.flush()
+        except (OSError, ValueError):
+            pass
+        finally:
+            if reports:
+                self.lost("its connection closed")
+
+    def lost(self, why: str) -> None:
+        """The supervisor is gone: every worker not reported yet counts as dead."""
+        if self._ended.is_set():
+            return
+        self._ended.set()
+        missing = [n for n, s in self.statuses.items() if s is None]
+        for name in missing:
+            self.statuses[name] = 255
+        if missing:
+            log.warning("%s: %s; counting its %d worker(s) as gone", self.label, why, len(missing))
+
+    def poll(self) -> dict[str, int | None]:
+        return dict(self.statuses)
+
+    def stop(self, grace: float) -> None:
+        """Terminate the workers, wait ``grace`` seconds, then cut the connection."""
+        if not self._ended.is_set():
+            try:
+                self._stdin.write(f"stop {grace}\n".encode())
+                self._stdin.flush()
+            except (OSError, ValueError):
+                pass
+            deadline = time.monotonic() + grace + 2.0
+            while time.monotonic() < deadline and not self._ended.is_set():
+                if all(s is not None for s in self.statuses.values()):
+                    break
+                time.sleep(0.02)  # waiting for the supervisor's reports
+        with contextlib.suppress(OSError, ValueError):
+            self._stdin.close()
+        self._kill()
+        for t in self._threads:
+            t.join(2.0)
+
+
+class HostGroup(WorkerGroup):
+    """The workers of several hosts (and maybe this one's) as one group."""
+
+    def __init__(self, parts: Sequence[RemoteHost | WorkerGroup]) -> None:
+        self.parts = list(parts)
+
+    def poll(self) -> dict[str, int | None]:
+        statuses: dict[str, int | None] = {}
+        for part in self.parts:
+            statuses.update(part.poll())
+        return statuses
+
+    def stop(self, grace: float) -> None:
+        threads = [threading.Thread(target=p.stop, args=(grace,)) for p in self.parts]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+
+if __name__ == "__main__":
+    status = supervise()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Not sys.exit: the thread reading stdin may hold its lock, and the
+    # interpreter's shutdown would abort on it.
+    os._exit(status)

@@ -1,0 +1,137 @@
+"""The per-host supervisor (``python -m scoop_core.remote``) and its handle.
+
+Each test runs a real supervisor as a subprocess whose pipes stand for the
+channel a launcher has to a host (what ssh, srun or qrsh give): the plan
+goes in on stdin, output and exit reports come back on stdout and stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import processes_of, wait_gone
+
+from scoop_core.interfaces import WorkerSpec
+from scoop_core.remote import HostGroup, RemoteHost, command
+
+SLEEPER = """
+import os, sys, time
+print(sys.argv[1], "has", os.environ["SECRET"], "parent", os.environ["_SCOOP_PARENT_PID"], flush=True)
+print(sys.argv[1], "on stderr", file=sys.stderr, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def marker(tmp_path: Path) -> Iterator[str]:
+    """A string on every command line of the test's processes, to find them."""
+    mark = f"scoop-remote-test-{uuid.uuid4().hex[:8]}"
+    yield mark
+    for pid in processes_of(mark):
+        os.kill(pid, signal.SIGKILL)
+
+
+def _host(specs: list[WorkerSpec]) -> tuple[RemoteHost, subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(
+        command(sys.executable),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin and proc.stdout and proc.stderr
+    return RemoteHost("nodeA", specs, proc.stdin, proc.stdout, proc.stderr, proc.kill), proc
+
+
+def _sleepers(tmp_path: Path, marker: str, names: list[str]) -> list[WorkerSpec]:
+    script = tmp_path / f"{marker}.py"
+    script.write_text(SLEEPER)
+    return [
+        WorkerSpec(n, "nodeA", (sys.executable, str(script), n), {"SECRET": "s3cr3t-" + n})
+        for n in names
+    ]
+
+
+def _wait(condition, what: str, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+def test_workers_start_report_output_and_exits_and_stop_leaves_nothing(tmp_path, marker, capfd):
+    specs = _sleepers(tmp_path, marker, ["w1", "w2"])
+    host, proc = _host(specs)
+    try:
+        _wait(lambda: len(processes_of(marker)) == 2, "both workers")
+        out_seen: list[str] = []
+
+        def said() -> bool:
+            out, err = capfd.readouterr()
+            out_seen.append(out + err)
+            text = "".join(out_seen)
+            return "[nodeA] w1 has s3cr3t-w1" in text and "[nodeA] w2 on stderr" in text
+
+        _wait(said, "the workers' output, prefixed with the host")
+        text = "".join(out_seen)
+        # Workers belong to the supervisor, whose death they watch.
+        assert f"parent {proc.pid}" in text
+        # The secret came through the pipe, never a command line.
+        for pid in processes_of(marker):
+            assert b"s3cr3t" not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        w1 = next(
+            p for p in processes_of(marker) if b"w1" in Path(f"/proc/{p}/cmdline").read_bytes()
+        )
+        os.kill(w1, signal.SIGKILL)
+        _wait(lambda: host.poll()["w1"] == -signal.SIGKILL, "the report of w1's death")
+        assert host.poll()["w2"] is None
+        HostGroup([host]).stop(2.0)
+        assert host.poll()["w2"] == -signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait()
+    assert wait_gone(marker) == []
+
+
+def test_a_lost_connection_kills_the_hosts_workers(tmp_path, marker):
+    specs = _sleepers(tmp_path, marker, ["w1", "w2", "w3"])
+    host, proc = _host(specs)
+    try:
+        _wait(lambda: len(processes_of(marker)) == 3, "three workers")
+        assert proc.stdin is not None
+        proc.stdin.close()  # the launcher, or its connection, is gone
+        assert wait_gone(marker) == []
+        _wait(lambda: all(s is not None for s in host.poll().values()), "every exit reported")
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_worker_that_cannot_start_is_reported_and_the_others_run(tmp_path, marker):
+    specs = _sleepers(tmp_path, marker, ["w1"])
+    specs.append(WorkerSpec("w2", "nodeA", ("/nonexistent/python",), {}))
+    host, proc = _host(specs)
+    try:
+        _wait(lambda: host.poll()["w2"] == 127, "the failed start's report")
+        _wait(lambda: len(processes_of(marker)) == 1, "w1")
+        HostGroup([host]).stop(1.0)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert wait_gone(marker) == []
+
+
+def test_a_supervisor_started_by_hand_explains_itself():
+    proc = subprocess.run(
+        command(sys.executable), input=b"hello\n", capture_output=True, timeout=30
+    )
+    assert proc.returncode == 2
+    assert b"run by scoop launchers, not by hand" in proc.stderr
