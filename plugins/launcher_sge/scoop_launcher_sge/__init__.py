@@ -1,24 +1,72 @@
-"""The ``sge``launcher plugin: workers on the hosts of a Grid Engine parallel job, started with qrsh -inherit.
+"""The ``sge`` launcher plugin: workers on the hosts of a Grid Engine parallel job, started with ``qrsh -inherit``.
 
-Work in progress: registered so that the name is reserved; starting workers
-is not implemented yet.
+Inside a parallel job (``qsub -pe PE N``: ``$PE_HOSTFILE`` is set)
+``python -m scoop prog.py`` picks this launcher without being asked: the
+hosts and their slots come from ``$PE_HOSTFILE`` (checked against
+``$NSLOTS``), and each host's workers are started by one ``qrsh -inherit``
+(the PE needs ``control_slaves TRUE``). Explicit ``--hosts``/``--hostfile``
+win over the allocation.
+
+Settings, the table ``[scoop.launcher.sge]`` (environment
+``SCOOP_LAUNCHER_SGE_<KEY>``):
+
+- ``python`` -- the interpreter that runs each host's supervisor; empty (the
+  default) means the launcher's own, so the hosts must share its file system.
+- ``start_timeout`` -- seconds to wait for every host's supervisor (60).
+- ``qrsh_args`` -- extra options for every ``qrsh -inherit``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from scoop_core.errors import LaunchError
-from scoop_core.interfaces import Launcher
 from scoop_core.plugins.hookspec import hookimpl
-from scoop_core.plugins.types import LauncherPlugin
+from scoop_core.plugins.types import LauncherPlugin, PluginSettings, Setting
+
+if TYPE_CHECKING:
+    from scoop_launcher_sge.launcher import SgeLauncher
+
+__all__ = ["in_allocation", "make_launcher", "scoop_launchers", "scoop_settings"]
 
 
-def make_launcher(settings: Mapping[str, Any]) -> Launcher:
-    raise LaunchError("the sge launcher is not implemented yet")
+def in_allocation(environ: Mapping[str, str] | None = None) -> bool:
+    """``detect()``: ``environ`` (default: this process's) is inside a Grid Engine parallel job."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("PE_HOSTFILE"))
+
+
+def make_launcher(settings: Mapping[str, Any]) -> SgeLauncher:
+    """The plugin's factory: a :class:`~scoop_launcher_sge.launcher.SgeLauncher`."""
+    from scoop_launcher_sge.launcher import SgeLauncher
+
+    return SgeLauncher(settings)
 
 
 @hookimpl
 def scoop_launchers() -> Iterable[LauncherPlugin]:
-    return (LauncherPlugin(name="sge", factory=make_launcher, description="workers on the hosts of a Grid Engine parallel job, started with qrsh -inherit"),)
+    return (
+        LauncherPlugin(
+            name="sge",
+            factory=make_launcher,
+            description="workers on the hosts of a Grid Engine parallel job, started with "
+            "qrsh -inherit",
+            detect=in_allocation,
+        ),
+    )
+
+
+@hookimpl
+def scoop_settings() -> Iterable[PluginSettings]:
+    from scoop_core.scheduled import COMMON_SETTINGS
+
+    return (
+        PluginSettings(
+            section="launcher.sge",
+            settings=(
+                *COMMON_SETTINGS,
+                Setting("qrsh_args", list, [], "extra options for every qrsh -inherit"),
+            ),
+        ),
+    )

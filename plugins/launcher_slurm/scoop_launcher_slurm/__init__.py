@@ -1,24 +1,90 @@
-"""The ``slurm``launcher plugin: workers on the nodes of a SLURM allocation, started with srun.
+"""The ``slurm`` launcher plugin: workers on the nodes of a SLURM job, started with ``srun``.
 
-Work in progress: registered so that the name is reserved; starting workers
-is not implemented yet.
+Inside a job (``sbatch``/``salloc``: ``SLURM_JOB_ID`` and
+``SLURM_JOB_NODELIST`` are set) ``python -m scoop prog.py`` picks this
+launcher without being asked: the hosts are the job's nodes and the workers
+per node its tasks per node (``SLURM_TASKS_PER_NODE``; see
+:func:`~scoop_launcher_slurm.nodelist.allocation_from_env`). Explicit
+``--hosts``/``--hostfile`` win over the allocation.
+
+Settings, the table ``[scoop.launcher.slurm]`` (environment
+``SCOOP_LAUNCHER_SLURM_<KEY>``):
+
+- ``python`` -- the interpreter that runs each node's supervisor; empty (the
+  default) means the launcher's own, so the nodes must share its file system.
+- ``start_timeout`` -- seconds to wait for every node's supervisor (60).
+- ``srun_args`` -- extra ``srun`` options for every step (``["--mpi=none"]``).
+
+Pure helpers: :func:`expand_nodelist` (``node[01-04,07]`` → names, no
+``scontrol`` needed) and :func:`expand_tasks_per_node` (``2(x3),1``).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from scoop_core.errors import LaunchError
-from scoop_core.interfaces import Launcher
 from scoop_core.plugins.hookspec import hookimpl
-from scoop_core.plugins.types import LauncherPlugin
+from scoop_core.plugins.types import LauncherPlugin, PluginSettings, Setting
+from scoop_launcher_slurm.nodelist import (
+    allocation_from_env,
+    expand_nodelist,
+    expand_tasks_per_node,
+)
+
+if TYPE_CHECKING:
+    from scoop_launcher_slurm.launcher import SlurmLauncher
+
+__all__ = [
+    "allocation_from_env",
+    "expand_nodelist",
+    "expand_tasks_per_node",
+    "in_allocation",
+    "make_launcher",
+    "scoop_launchers",
+    "scoop_settings",
+]
 
 
-def make_launcher(settings: Mapping[str, Any]) -> Launcher:
-    raise LaunchError("the slurm launcher is not implemented yet")
+def in_allocation(environ: Mapping[str, str] | None = None) -> bool:
+    """``detect()``: ``environ`` (default: this process's) is inside a SLURM job."""
+    env = os.environ if environ is None else environ
+    return bool(
+        (env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID"))
+        and (env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST"))
+    )
+
+
+def make_launcher(settings: Mapping[str, Any]) -> SlurmLauncher:
+    """The plugin's factory: a :class:`~scoop_launcher_slurm.launcher.SlurmLauncher`."""
+    from scoop_launcher_slurm.launcher import SlurmLauncher
+
+    return SlurmLauncher(settings)
 
 
 @hookimpl
 def scoop_launchers() -> Iterable[LauncherPlugin]:
-    return (LauncherPlugin(name="slurm", factory=make_launcher, description="workers on the nodes of a SLURM allocation, started with srun"),)
+    return (
+        LauncherPlugin(
+            name="slurm",
+            factory=make_launcher,
+            description="workers on the nodes of a SLURM job, started with srun",
+            detect=in_allocation,
+        ),
+    )
+
+
+@hookimpl
+def scoop_settings() -> Iterable[PluginSettings]:
+    from scoop_core.scheduled import COMMON_SETTINGS
+
+    return (
+        PluginSettings(
+            section="launcher.slurm",
+            settings=(
+                *COMMON_SETTINGS,
+                Setting("srun_args", list, [], "extra srun options for every job step"),
+            ),
+        ),
+    )

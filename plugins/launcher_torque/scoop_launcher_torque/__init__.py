@@ -1,24 +1,98 @@
-"""The ``torque``launcher plugin: workers on the nodes of a Torque/PBS job, started with pbsdsh or pbs_tmrsh.
+"""The ``torque`` launcher plugin: workers on the nodes of a Torque/PBS job, started with ``pbsdsh`` or ``pbs_tmrsh``.
 
-Work in progress: registered so that the name is reserved; starting workers
-is not implemented yet.
+Inside a job (``$PBS_NODEFILE`` is set) ``python -m scoop prog.py`` picks
+this launcher without being asked: the nodes and their slots come from
+``$PBS_NODEFILE`` (a node once per slot), and each node's workers are
+started by one Task Manager task. Since ``pbsdsh`` and ``pbs_tmrsh`` pass
+no stdin, that task is a relay that connects back to the launcher (see
+:mod:`scoop_launcher_torque.launcher`): the run's key is never on a
+command line. Explicit ``--hosts``/``--hostfile`` win over the allocation.
+
+Settings, the table ``[scoop.launcher.torque]`` (environment
+``SCOOP_LAUNCHER_TORQUE_<KEY>``):
+
+- ``python`` -- the interpreter that runs each node's relay and supervisor;
+  empty (the default) means the launcher's own, so the nodes must share its
+  file system.
+- ``start_timeout`` -- seconds to wait for every node to connect back (60).
+- ``remote_start`` -- ``auto`` (``pbsdsh``, else ``pbs_tmrsh``), ``pbsdsh``
+  or ``pbs_tmrsh``.
+- ``ticket_dir`` -- where the one-time tickets go: a directory the nodes
+  share; empty means ``~/.scoop/tickets``.
+- ``connect_host`` -- the name or address the nodes reach this machine by;
+  empty means its host name.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from scoop_core.errors import LaunchError
-from scoop_core.interfaces import Launcher
 from scoop_core.plugins.hookspec import hookimpl
-from scoop_core.plugins.types import LauncherPlugin
+from scoop_core.plugins.types import LauncherPlugin, PluginSettings, Setting
+
+if TYPE_CHECKING:
+    from scoop_launcher_torque.launcher import TorqueLauncher
+
+__all__ = ["in_allocation", "make_launcher", "scoop_launchers", "scoop_settings"]
 
 
-def make_launcher(settings: Mapping[str, Any]) -> Launcher:
-    raise LaunchError("the torque launcher is not implemented yet")
+def in_allocation(environ: Mapping[str, str] | None = None) -> bool:
+    """``detect()``: ``environ`` (default: this process's) is inside a Torque/PBS job."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("PBS_NODEFILE"))
+
+
+def make_launcher(settings: Mapping[str, Any]) -> TorqueLauncher:
+    """The plugin's factory: a :class:`~scoop_launcher_torque.launcher.TorqueLauncher`."""
+    from scoop_launcher_torque.launcher import TorqueLauncher
+
+    return TorqueLauncher(settings)
 
 
 @hookimpl
 def scoop_launchers() -> Iterable[LauncherPlugin]:
-    return (LauncherPlugin(name="torque", factory=make_launcher, description="workers on the nodes of a Torque/PBS job, started with pbsdsh or pbs_tmrsh"),)
+    return (
+        LauncherPlugin(
+            name="torque",
+            factory=make_launcher,
+            description="workers on the nodes of a Torque/PBS job, started with pbsdsh or "
+            "pbs_tmrsh",
+            detect=in_allocation,
+        ),
+    )
+
+
+@hookimpl
+def scoop_settings() -> Iterable[PluginSettings]:
+    from scoop_core.scheduled import COMMON_SETTINGS
+
+    return (
+        PluginSettings(
+            section="launcher.torque",
+            settings=(
+                *COMMON_SETTINGS,
+                Setting(
+                    "remote_start",
+                    str,
+                    "auto",
+                    "how tasks start on the nodes: auto (pbsdsh, else pbs_tmrsh), pbsdsh or "
+                    "pbs_tmrsh",
+                ),
+                Setting(
+                    "ticket_dir",
+                    str,
+                    "",
+                    "a directory the nodes share, for one-time connection tickets; empty: "
+                    "~/.scoop/tickets",
+                ),
+                Setting(
+                    "connect_host",
+                    str,
+                    "",
+                    "the name or address the nodes reach this machine by; empty: its host name",
+                ),
+            ),
+        ),
+    )

@@ -1,0 +1,145 @@
+"""The sge launcher in a real Grid Engine job on this machine (see sge_cluster.py).
+
+A driver program runs inside ``qsub -pe scooptest 2``, reads the
+allocation and starts its workers through a real ``qrsh -inherit``; the
+example job script runs a SCOOP program the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sge_cluster
+from sge_job import checks
+
+
+@pytest.fixture(autouse=True)
+def _scheduler_installed() -> None:
+    """Never skipped: a machine without the scheduler fails these tests, naming
+    what to install (.ci/run installs it)."""
+    missing = sge_cluster.missing()
+    if missing is not None:
+        pytest.fail(missing)
+
+
+REPO = Path(__file__).resolve().parents[3]
+
+DRIVER = textwrap.dedent(
+    """
+    import json, os, signal, sys, time
+    from pathlib import Path
+
+    from scoop_core.interfaces import WorkerSpec
+    from scoop_launcher_sge.launcher import SgeLauncher
+
+    out = Path(sys.argv[1])
+    worker = out / "worker.py"
+    worker.write_text(
+        "import os, sys, time\\n"
+        "sys.stdout.reconfigure(line_buffering=True, write_through=False)\\n"
+        "name = os.environ['_SCOOP_NAME']\\n"
+        "print(name, 'runs in job', os.environ['JOB_ID'], 'with', os.environ['SECRET'])\\n"
+        "Path = __import__('pathlib').Path\\n"
+        "Path(sys.argv[1], name).write_text(str(os.getpid()))\\n"
+        "time.sleep(600)\\n"
+    )
+
+    def wait(predicate, what, timeout=60):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                sys.exit(f"driver: timed out waiting for {what}")
+            time.sleep(0.05)
+
+    launcher = SgeLauncher({})
+    allocation = launcher.allocation()
+    specs = [
+        WorkerSpec(
+            name=f"worker-{i}",
+            host=host.name,
+            argv=(sys.executable, str(worker), str(out)),
+            env={"_SCOOP_NAME": f"worker-{i}", "SECRET": os.environ["SECRET"]},
+        )
+        for i, host in enumerate((h for h in allocation for _ in range(h.count)), start=1)
+    ]
+    group = launcher.start(specs)
+    names = [s.name for s in specs]
+    wait(lambda: all((out / n).exists() for n in names), "the workers' pid files")
+    pids = {n: int((out / n).read_text()) for n in names}
+    report = {"allocation": [[h.name, h.count] for h in allocation], "running": group.poll()}
+    os.kill(pids["worker-1"], signal.SIGKILL)
+    wait(lambda: group.poll()["worker-1"] is not None, "worker-1's death")
+    report["after_kill"] = group.poll()
+    group.stop(2.0)
+    report["after_stop"] = group.poll()
+    report["alive"] = [n for n, pid in pids.items() if os.path.exists(f"/proc/{pid}/cmdline")
+                       and open(f"/proc/{pid}/cmdline").read()]
+    print("REPORT", json.dumps(report), flush=True)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[sge_cluster.Cluster]:
+    with sge_cluster.sge_cluster() as running:
+        yield running
+
+
+def qsub(cluster: sge_cluster.Cluster, mark: str, *args: str, **extra: str) -> str:
+    """Submit with -sync y (in a timeout: a job in error state waits for ever); its output."""
+    output = Path(extra.pop("output"))
+    env = {
+        **cluster.env,
+        checks.MARK_VAR: mark,
+        "PATH": f"{Path(sys.executable).parent}:{cluster.env['PATH']}",
+        **extra,
+    }
+    done = checks.subprocess.run(
+        ["qsub", "-sync", "y", "-V", "-j", "y", "-o", str(output), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    text = output.read_text() if output.exists() else ""
+    assert done.returncode == 0, f"{done.stdout}{done.stderr}\n{text}"
+    return text
+
+
+def test_workers_start_through_qrsh_inherit_and_stop(
+    cluster: sge_cluster.Cluster, tmp_path: Path
+) -> None:
+    (tmp_path / "driver.py").write_text(DRIVER)
+    job = tmp_path / "job.sh"
+    job.write_text(f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'driver.py'} {tmp_path}\n")
+    job.chmod(0o755)
+    mark, secret = uuid.uuid4().hex, uuid.uuid4().hex
+    text = qsub(
+        cluster, mark, "-pe", cluster.pe, "2", str(job), output=str(tmp_path / "out"), SECRET=secret
+    )
+    report = json.loads(next(ln for ln in text.splitlines() if ln.startswith("REPORT "))[7:])
+    assert report["allocation"] == [[cluster.host, 2]]
+    assert set(report["running"].values()) == {None}
+    for name in ("worker-1", "worker-2"):
+        assert f"[{cluster.host}] {name} runs in job" in text and secret in text
+    assert report["after_kill"] == {"worker-1": -9, "worker-2": None}
+    assert report["after_stop"]["worker-2"] is not None
+    assert report["alive"] == []
+    assert checks.processes_marked(mark) == []
+
+
+def test_the_example_job_script_runs(cluster: sge_cluster.Cluster, tmp_path: Path) -> None:
+    mark = uuid.uuid4().hex
+    script = REPO / "examples" / "submit_files" / "sge.qsub"
+    # The script asks for the PE "smp"; here it is called scooptest.
+    text = qsub(cluster, mark, "-pe", cluster.pe, "2", str(script), output=str(tmp_path / "out"))
+    assert "map: 1000 values" in text
+    assert "running inside a sge allocation" in text
+    assert checks.processes_marked(mark) == []

@@ -1,0 +1,286 @@
+"""Checks every scheduler launcher (slurm, sge, torque) must pass, with real processes.
+
+Each plugin's tests put a stand-in for the scheduler's remote-start command
+(``srun``, ``qrsh``, ``pbsdsh``) first on ``PATH``: a script with the real
+command's command line that really starts the command on this machine,
+with the real one's stdin/stdout behaviour. :func:`check_lifecycle` then
+starts workers on two "nodes" and checks what a user would notice: output
+arrives prefixed by its node, the run's secret is on no command line, a
+killed worker is seen, and ``stop()`` leaves no process behind.
+
+The sge and torque tests import this module by path (test directories
+cannot import one another).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scoop_core.interfaces import Launcher, WorkerSpec
+
+MARK_VAR = "SCOOP_TEST_RUN"
+"""Set in the launcher's environment: every process of the run inherits it,
+so /proc shows whether anything of the run is left."""
+
+SECRET_VAR = "SCOOP_TEST_SECRET"
+"""Handed to workers in WorkerSpec.env, like the run's key: never on a command line."""
+
+WORKER = textwrap.dedent(
+    """
+    import os, sys, time
+    # Whole lines, as real workers write them (scoop_core.bootstrap): the
+    # workers of a host share its supervisor's stdout.
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True, write_through=False)
+    print(f"{os.environ['_SCOOP_NAME']} pid={os.getpid()} "
+          f"secret={os.environ['SCOOP_TEST_SECRET']} cwd={os.getcwd()}", flush=True)
+    print(f"{os.environ['_SCOOP_NAME']} says hi on stderr", file=sys.stderr, flush=True)
+    time.sleep(600)
+    """
+)
+
+
+def wait_for(
+    predicate: Callable[[], Any],
+    what: str,
+    timeout: float = 30.0,
+    context: Callable[[], str] = str,
+) -> Any:
+    """Poll ``predicate`` until it returns something true; fail naming ``what``
+    (and showing ``context()``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}\n{context()}")
+        time.sleep(0.02)
+
+
+def write_script(path: Path, body: str) -> Path:
+    """An executable Python script at ``path`` run by this interpreter."""
+    path.write_text(f"#!{sys.executable}\n" + textwrap.dedent(body))
+    path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+def job_environment(bin_dir: Path, extra: Mapping[str, str]) -> dict[str, str]:
+    """This process's environment with ``bin_dir`` first on PATH, a run mark, and ``extra``."""
+    env = dict(os.environ)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', os.defpath)}"
+    env[MARK_VAR] = uuid.uuid4().hex
+    env.update(extra)
+    return env
+
+
+def _proc_entries() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError:
+        return b""
+
+
+def processes_marked(mark: str) -> list[int]:
+    """Live processes whose environment holds ``MARK_VAR=mark`` (zombies have none)."""
+    needle = f"{MARK_VAR}={mark}".encode()
+    return [pid for pid in _proc_entries() if needle in _read(f"/proc/{pid}/environ").split(b"\0")]
+
+
+def command_lines_containing(text: str) -> list[str]:
+    """The command lines of every process that hold ``text``."""
+    found = []
+    for pid in _proc_entries():
+        cmdline = _read(f"/proc/{pid}/cmdline")
+        if text.encode() in cmdline:
+            found.append(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return found
+
+
+class Output(io.TextIOBase):
+    """A thread-safe stand-in for ``sys.stdout`` / ``sys.stderr`` that keeps
+    everything written: launchers forward remote output from their own
+    threads, and pytest's capture may lose a write that races its reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._parts: list[str] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self._parts.append(text)
+        return len(text)
+
+    @property
+    def text(self) -> str:
+        with self._lock:
+            return "".join(self._parts)
+
+
+def specs_for(
+    script: Path, placement: Sequence[tuple[str, str]], secret: str, cwd: Path
+) -> list[WorkerSpec]:
+    """One WorkerSpec per ``(name, host)``: the worker script, the secret in its env."""
+    return [
+        WorkerSpec(
+            name=name,
+            host=host,
+            argv=(sys.executable, str(script)),
+            env={"_SCOOP_NAME": name, SECRET_VAR: secret},
+            cwd=str(cwd),
+        )
+        for name, host in placement
+    ]
+
+
+def check_lifecycle(
+    launcher: Launcher,
+    placement: Sequence[tuple[str, str]],
+    mark: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    labels: Mapping[str, str] | None = None,
+) -> None:
+    """Start workers placed by ``(name, host)``, and check them through to ``stop()``.
+
+    ``labels`` maps a host to the label its output lines carry (default: the host)."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    secret = uuid.uuid4().hex
+    out, err = Output(), Output()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    group = launcher.start(specs_for(script, placement, secret, tmp_path))
+
+    def show() -> str:
+        return f"stdout:\n{out.text}\nstderr:\n{err.text}\nstatuses: {group.poll()}"
+
+    try:
+        pids: dict[str, int] = {}
+        for name, host in placement:
+            label = (labels or {}).get(host, host)
+            prefix = f"[{label}] {name} pid="
+
+            def seen(prefix: str = prefix) -> str | None:
+                for line in out.text.splitlines():
+                    if line.startswith(prefix):
+                        return line
+                return None
+
+            line = wait_for(seen, f"{prefix!r} on stdout", context=show)
+            assert f"secret={secret}" in line, line  # the env came through the plan
+            assert f"cwd={tmp_path}" in line, line
+            pids[name] = int(line.split("pid=")[1].split()[0])
+            wait_for(
+                lambda label=label, name=name: f"[{label}] {name} says hi on stderr" in err.text,
+                f"{name}'s stderr",
+                context=show,
+            )
+        assert command_lines_containing(secret) == []
+        assert set(group.poll().items()) == {(name, None) for name, _ in placement}
+
+        victim = placement[0][0]
+        os.kill(pids[victim], signal.SIGKILL)
+        wait_for(lambda: group.poll()[victim] == -signal.SIGKILL, f"{victim}'s death")
+        assert all(group.poll()[name] is None for name, _ in placement[1:])
+    finally:
+        group.stop(2.0)
+    assert processes_marked(mark) == []
+    statuses = group.poll()
+    assert all(status is not None for status in statuses.values()), statuses
+
+
+LAUNCH = """
+import sys
+from pathlib import Path
+
+from scoop_core.interfaces import WorkerSpec
+
+{make_launcher}
+placement = {placement!r}
+script = {script!r}
+group = launcher.start(
+    [
+        WorkerSpec(
+            name=name,
+            host=host,
+            argv=(sys.executable, script),
+            env={{"_SCOOP_NAME": name, "SCOOP_TEST_SECRET": "s3cret"}},
+        )
+        for name, host in placement
+    ]
+)
+print("STARTED", flush=True)
+sys.stdin.read()  # until the test kills this process
+"""
+
+
+def check_launcher_death(
+    make_launcher: str,
+    placement: Sequence[tuple[str, str]],
+    env: Mapping[str, str],
+    mark: str,
+    tmp_path: Path,
+) -> None:
+    """A launcher that dies (SIGKILL: no clean-up of its own) takes its
+    workers with it: each supervisor's stdin ends, and it kills them.
+
+    ``make_launcher`` is Python code that binds ``launcher`` in a fresh
+    process whose environment is ``env``."""
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    launch = tmp_path / "launch.py"
+    launch.write_text(
+        LAUNCH.format(make_launcher=make_launcher, placement=list(placement), script=str(script))
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(launch)],
+        env=dict(env),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        waiting = {name for name, _ in placement}
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            waiting -= {name for name in waiting if f"] {name} pid=" in line}
+            if not waiting:
+                break
+        assert not waiting, f"workers {waiting} never spoke:\n{''.join(lines)}"
+        proc.kill()
+        proc.wait()
+        wait_for(
+            lambda: processes_marked(mark) == [],
+            "the workers of a killed launcher to go",
+            context=lambda: f"left: {processes_marked(mark)}",
+        )
+    finally:
+        proc.kill()
+        proc.wait()

@@ -1,0 +1,243 @@
+"""The slurm launcher in a real SLURM job: two logical nodes on this machine (see slurm_cluster.py).
+
+A driver program runs inside ``salloc -N2 -n4``, reads the allocation and
+starts two workers on each node through real ``srun`` steps; the tests
+check what the driver saw and that nothing is left once it stops, or once
+``scancel`` cancels a step.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import slurm_cluster
+from slurm_job import checks
+
+
+@pytest.fixture(autouse=True)
+def _scheduler_installed() -> None:
+    """Never skipped: a machine without the scheduler fails these tests, naming
+    what to install (.ci/run installs it)."""
+    missing = slurm_cluster.missing()
+    if missing is not None:
+        pytest.fail(missing)
+
+
+REPO = Path(__file__).resolve().parents[3]
+
+WORKER = textwrap.dedent(
+    """
+    import os, sys, time
+    from pathlib import Path
+    sys.stdout.reconfigure(line_buffering=True, write_through=False)  # whole lines
+    name, node = os.environ["_SCOOP_NAME"], os.environ["SLURMD_NODENAME"]
+    print(f"{name} runs on {node} in step {os.environ['SLURM_STEP_ID']}", flush=True)
+    Path(sys.argv[1], name).write_text(f"{os.getpid()} {node}")
+    time.sleep(600)
+    """
+)
+
+DRIVER = textwrap.dedent(
+    """
+    import json, os, signal, sys, time
+    from pathlib import Path
+
+    from scoop_core.interfaces import WorkerSpec
+    from scoop_launcher_slurm.launcher import SlurmLauncher
+
+    out, mode = Path(sys.argv[1]), sys.argv[2]
+
+    def wait(predicate, what, timeout=60):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                sys.exit(f"driver: timed out waiting for {what}")
+            time.sleep(0.05)
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                return fh.read().split(")")[-1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    launcher = SlurmLauncher({})
+    allocation = launcher.allocation()
+    specs = [
+        WorkerSpec(
+            name=f"worker-{i}",
+            host=host.name,
+            argv=(sys.executable, str(out / "worker.py"), str(out)),
+            env={"_SCOOP_NAME": f"worker-{i}", "SCOOP_TEST_SECRET": os.environ["SECRET"]},
+        )
+        for i, host in enumerate(
+            (h for h in allocation for _ in range(h.count)), start=1
+        )
+    ]
+    group = launcher.start(specs)
+    names = [s.name for s in specs]
+    wait(lambda: all((out / n).exists() for n in names), "the workers' pid files")
+    workers = {n: (out / n).read_text().split() for n in names}
+    report = {
+        "allocation": [[h.name, h.count] for h in allocation],
+        "nodes": {n: node for n, (pid, node) in workers.items()},
+        "running": group.poll(),
+    }
+    if mode == "kill":
+        os.kill(int(workers["worker-1"][0]), signal.SIGKILL)
+        wait(lambda: group.poll()["worker-1"] is not None, "worker-1's death")
+        report["after_kill"] = group.poll()
+    elif mode == "scancel":
+        print("STEPS-READY", os.environ["SLURM_JOB_ID"], flush=True)
+        on_n2 = [n for n, node in report["nodes"].items() if node == "n2"]
+        wait(lambda: all(group.poll()[n] is not None for n in on_n2), "n2's workers to go")
+        report["after_scancel"] = group.poll()
+    group.stop(2.0)
+    report["after_stop"] = group.poll()
+    report["alive"] = [n for n, (pid, node) in workers.items() if alive(int(pid))]
+    print("REPORT", json.dumps(report), flush=True)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[slurm_cluster.Cluster]:
+    with slurm_cluster.slurm_cluster() as running:
+        yield running
+
+
+def run_driver(
+    cluster: slurm_cluster.Cluster, tmp_path: Path, mode: str
+) -> tuple[dict[str, Any], str, str]:
+    (tmp_path / "worker.py").write_text(WORKER)
+    (tmp_path / "driver.py").write_text(DRIVER)
+    mark, secret = uuid.uuid4().hex, uuid.uuid4().hex
+    env = {**cluster.env, checks.MARK_VAR: mark, "SECRET": secret}
+    argv = ["salloc", "-N2", "-n4", sys.executable, str(tmp_path / "driver.py"), str(tmp_path)]
+    proc = subprocess.Popen(
+        [*argv, mode], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("STEPS-READY"):
+                cancel_step_on(cluster, line.split()[1], "n2")
+        stderr = proc.communicate(timeout=120)[1]
+    finally:
+        proc.kill()
+        proc.wait()
+    stdout = "".join(lines)
+    reports = [line for line in lines if line.startswith("REPORT ")]
+    assert reports, f"the driver reported nothing\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    assert checks.processes_marked(mark) == []
+    assert checks.command_lines_containing(secret) == []
+    return json.loads(reports[0][len("REPORT ") :]), stdout, stderr
+
+
+def cancel_step_on(cluster: slurm_cluster.Cluster, job: str, node: str) -> None:
+    steps = cluster.run("squeue", "-h", "-s", "-j", job, "-o", "%i %N").stdout.split("\n")
+    step = next(s.split()[0] for s in steps if s.split()[1:] == [node])
+    assert cluster.run("scancel", step).returncode == 0
+
+
+def test_workers_start_on_both_nodes_through_srun_and_stop(
+    cluster: slurm_cluster.Cluster, tmp_path: Path
+) -> None:
+    report, stdout, _ = run_driver(cluster, tmp_path, "kill")
+    assert report["allocation"] == [["n1", 2], ["n2", 2]]
+    assert report["nodes"] == {
+        "worker-1": "n1",
+        "worker-2": "n1",
+        "worker-3": "n2",
+        "worker-4": "n2",
+    }
+    assert set(report["running"].values()) == {None}
+    # Each node's workers share one step, and their lines carry its name.
+    steps = dict(re.findall(r"^\[n\d\] (worker-\d) runs on n\d in step (\d+)$", stdout, re.M))
+    assert sorted(steps) == ["worker-1", "worker-2", "worker-3", "worker-4"], stdout
+    assert steps["worker-1"] == steps["worker-2"] != steps["worker-3"] == steps["worker-4"]
+    assert "[n1] worker-1 runs on n1" in stdout and "[n2] worker-4 runs on n2" in stdout
+    assert report["after_kill"]["worker-1"] == -9
+    assert None not in report["after_stop"].values()
+    assert report["alive"] == []
+
+
+def test_scancel_of_a_step_ends_its_workers_and_the_launcher_sees_it(
+    cluster: slurm_cluster.Cluster, tmp_path: Path
+) -> None:
+    report, _, _ = run_driver(cluster, tmp_path, "scancel")
+    on_n2 = [name for name, node in report["nodes"].items() if node == "n2"]
+    assert on_n2 == ["worker-3", "worker-4"]
+    assert all(report["after_scancel"][name] is not None for name in on_n2)
+    assert report["after_scancel"]["worker-1"] is None
+    assert report["alive"] == []
+
+
+def test_a_scoop_program_in_a_job_uses_its_nodes(
+    cluster: slurm_cluster.Cluster, tmp_path: Path
+) -> None:
+    mark = uuid.uuid4().hex
+    result = subprocess.run(
+        ["salloc", "-N2", "-n4", sys.executable, "-m", "scoop", "-v", "examples/map_abs.py"],
+        cwd=REPO,
+        env={**cluster.env, checks.MARK_VAR: mark},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "map: 1000 values" in result.stdout
+    assert "slurm" in result.stderr
+    assert checks.processes_marked(mark) == []
+
+
+def test_the_example_batch_script_runs(cluster: slurm_cluster.Cluster, tmp_path: Path) -> None:
+    mark = uuid.uuid4().hex
+    output = tmp_path / "job.out"
+    env = {
+        **cluster.env,
+        checks.MARK_VAR: mark,
+        # The script's `python` is this one.
+        "PATH": f"{Path(sys.executable).parent}:{cluster.env['PATH']}",
+    }
+    submitted = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            f"--chdir={REPO}",
+            f"--output={output}",
+            str(REPO / "examples" / "submit_files" / "slurm.sbatch"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert submitted.returncode == 0, submitted.stderr
+    job = submitted.stdout.strip().split(";")[0]
+    # sbatch --wait polls every ~10 s; scontrol answers at once.
+    state = checks.wait_for(
+        lambda: finished_state(cluster, job), f"job {job} to finish", timeout=120
+    )
+    text = output.read_text()
+    assert state == "COMPLETED", f"{state}\n{text}"
+    assert "map: 1000 values" in text
+    assert "running inside a slurm allocation" in text
+    assert checks.processes_marked(mark) == []
+
+
+def finished_state(cluster: slurm_cluster.Cluster, job: str) -> str | None:
+    shown = cluster.run("scontrol", "show", "job", job, "-o").stdout
+    state = next((f.split("=", 1)[1] for f in shown.split() if f.startswith("JobState=")), None)
+    return state if state in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"} else None

@@ -1,0 +1,133 @@
+"""The slurm launcher: one srun step per node, each running that node's supervisor.
+
+The remote start here is a stand-in srun (see conftest.py) that really runs
+the step's command on this machine; ``test_real_slurm.py`` uses a real one.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from scoop_launcher_slurm.launcher import SRUN_OPTIONS, SlurmLauncher
+from slurm_job import SlurmJob, checks
+
+from scoop_core.errors import LaunchError
+from scoop_core.hosts import Host
+
+PLACEMENT = [("worker-1", "n1"), ("worker-2", "n1"), ("worker-3", "n2")]
+
+
+def test_the_allocation_is_the_jobs_nodes_and_tasks(job: SlurmJob) -> None:
+    launcher = SlurmLauncher({}, environ=job.env)
+    assert launcher.allocation() == [Host(None, "n1", None, 2), Host(None, "n2", None, 1)]
+    assert launcher.count_cores([Host(None, "n2"), Host(None, "elsewhere")]) == {"n2": 1}
+
+
+def test_a_malformed_nodelist_is_a_launch_error(job: SlurmJob) -> None:
+    job.env["SLURM_JOB_NODELIST"] = "n[1-"
+    with pytest.raises(LaunchError, match=r"SLURM job's nodes: \$SLURM_JOB_NODELIST"):
+        SlurmLauncher({}, environ=job.env).allocation()
+
+
+def test_each_step_is_one_task_on_its_node_sharing_the_jobs_resources() -> None:
+    launcher = SlurmLauncher({"srun_args": ["--mpi=none"]}, environ={})
+    argv = launcher.remote_argv("/usr/bin/srun", "n2", ["python3", "-m", "x"])
+    assert argv[0] == "/usr/bin/srun" and argv[-3:] == ["python3", "-m", "x"]
+    assert {*SRUN_OPTIONS, "--nodelist=n2", "--mpi=none"} <= set(argv)
+    assert {"--overlap", "--ntasks=1", "--nodes=1", "--cpu-bind=none"} <= set(SRUN_OPTIONS)
+
+
+def test_workers_through_srun(
+    job: SlurmJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checks.check_lifecycle(
+        SlurmLauncher({}, environ=job.env), PLACEMENT, job.mark, tmp_path, monkeypatch
+    )
+
+
+def test_local_names_go_through_srun_to_this_machines_node(
+    job: SlurmJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SLURM node names need not be network names (n1 is this machine): a
+    # worker for "localhost" runs in a step on SLURMD_NODENAME's node.
+    placement = [("worker-1", "localhost"), ("worker-2", "n1"), ("worker-3", "n2")]
+    checks.check_lifecycle(
+        SlurmLauncher({}, environ=job.env),
+        placement,
+        job.mark,
+        tmp_path,
+        monkeypatch,
+        labels={"localhost": "n1"},
+    )
+
+
+def test_a_node_srun_cannot_reach_is_named_with_sruns_error(job: SlurmJob, tmp_path: Path) -> None:
+    job.env["STANDIN_DOWN_NODES"] = "n2"
+    (tmp_path / "w.py").write_text(checks.WORKER)
+    specs = checks.specs_for(tmp_path / "w.py", PLACEMENT, "s3cret", tmp_path)
+    with pytest.raises(LaunchError) as caught:
+        SlurmLauncher({}, environ=job.env).start(specs)
+    message = str(caught.value)
+    assert message.startswith("SLURM: cannot start workers on n2: srun exited with status 1")
+    assert "Communication connection failure" in message
+    assert checks.processes_marked(job.mark) == []
+
+
+def test_a_supervisor_that_cannot_start_is_reported(job: SlurmJob, tmp_path: Path) -> None:
+    # A node whose python cannot import scoop: the step ends before the ready mark.
+    (tmp_path / "w.py").write_text(checks.WORKER)
+    specs = checks.specs_for(tmp_path / "w.py", PLACEMENT[:1], "s3cret", tmp_path)
+    launcher = SlurmLauncher({"python": "/bin/false"}, environ=job.env)
+    with pytest.raises(LaunchError, match="n1: srun exited with status 1 .*printed nothing"):
+        launcher.start(specs)
+
+
+def test_a_step_that_never_starts_times_out(job: SlurmJob, tmp_path: Path) -> None:
+    sleepy = checks.write_script(tmp_path / "sleepy", "import time; time.sleep(600)\n")
+    (tmp_path / "w.py").write_text(checks.WORKER)
+    specs = checks.specs_for(tmp_path / "w.py", PLACEMENT[:1], "s3cret", tmp_path)
+    launcher = SlurmLauncher({"python": str(sleepy), "start_timeout": 0.5}, environ=job.env)
+    with pytest.raises(
+        LaunchError, match=r"n1: srun did not start the worker supervisor within 0.5 s"
+    ):
+        launcher.start(specs)
+    assert checks.processes_marked(job.mark) == []
+
+
+def test_without_srun_it_warns_and_goes_through_ssh(
+    job: SlurmJob, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    job.env["PATH"] = str(empty)
+    specs = checks.specs_for(tmp_path / "w.py", PLACEMENT, "s3cret", tmp_path)
+    with caplog.at_level(logging.WARNING, logger="scoop.launcher"), pytest.raises(LaunchError):
+        # The ssh launcher cannot reach n1 and n2, which are only SLURM's names.
+        SlurmLauncher({}, environ=job.env).start(specs)
+    warning = next(r for r in caplog.records if "on PATH" in r.getMessage())
+    assert warning.levelno == logging.WARNING
+    assert "found no srun" in warning.getMessage() and "ssh launcher" in warning.getMessage()
+
+
+def test_outside_a_job_start_says_so(tmp_path: Path) -> None:
+    specs = checks.specs_for(tmp_path / "w.py", PLACEMENT, "s3cret", tmp_path)
+    with pytest.raises(LaunchError, match="inside a SLURM job, and this process is not in one"):
+        SlurmLauncher({}, environ={}).start(specs)
+
+
+def test_no_workers_start_nothing(job: SlurmJob) -> None:
+    group = SlurmLauncher({}, environ=job.env).start([])
+    assert group.poll() == {}
+    group.stop(1.0)
+
+
+def test_a_killed_launcher_takes_its_workers_along(job: SlurmJob, tmp_path: Path) -> None:
+    checks.check_launcher_death(
+        "from scoop_launcher_slurm.launcher import SlurmLauncher\nlauncher = SlurmLauncher({})",
+        PLACEMENT,
+        job.env,
+        job.mark,
+        tmp_path,
+    )

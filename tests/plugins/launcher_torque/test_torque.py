@@ -1,0 +1,299 @@
+"""The torque launcher: $PBS_NODEFILE in real formats, and workers started through pbsdsh / pbs_tmrsh.
+
+The remote start is a stand-in (see conftest.py) that really starts the
+relay here, with the Task Manager's I/O: no stdin, output to the job's file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import stat
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scoop_launcher_torque import in_allocation
+from scoop_launcher_torque.launcher import (
+    RelayStart,
+    TorqueLauncher,
+    allocation_from_env,
+    parse_nodefile,
+)
+from torque_job import TorqueJob, checks
+
+from scoop_core.errors import ConfigError, LaunchError
+from scoop_core.hosts import Host
+from scoop_core.plugins.manager import get_plugin_manager
+
+
+def nodefile(text: str) -> list[Host]:
+    return parse_nodefile(textwrap.dedent(text), "/var/spool/torque/aux/42.server")
+
+
+# -- $PBS_NODEFILE ---------------------------------------------------------------
+
+
+def test_torque_lists_a_node_once_per_slot_in_first_seen_order() -> None:
+    # What Torque writes for -l nodes=node02:ppn=2+node01:ppn=3 (nodes in allocation order).
+    assert nodefile("node02\nnode02\nnode01\nnode01\nnode01\n") == [
+        Host(None, "node02", None, 2),
+        Host(None, "node01", None, 3),
+    ]
+
+
+def test_repeats_need_not_be_adjacent_and_fqdns_stay_whole() -> None:
+    # PBS Pro with -l place=scatter and vnodes: a node may come back later in the file.
+    assert nodefile(
+        """
+        cn001.cluster.example.org
+        cn002.cluster.example.org
+        cn001.cluster.example.org
+        """
+    ) == [
+        Host(None, "cn001.cluster.example.org", None, 2),
+        Host(None, "cn002.cluster.example.org", None, 1),
+    ]
+
+
+def test_scoops_hostfile_forms_count_as_that_many_lines() -> None:
+    assert nodefile(
+        """
+        # written by hand, SCOOP-style
+        node1 4
+        node2 workers=2
+        node1
+        node3 2 all.q@node3 UNDEFINED
+        """
+    ) == [Host(None, "node1", None, 5), Host(None, "node2", None, 2), Host(None, "node3", None, 2)]
+
+
+def test_a_malformed_line_names_the_file_and_line() -> None:
+    with pytest.raises(LaunchError, match=r"PBS_NODEFILE: /tmp/nf:2: .*'node2 two'"):
+        parse_nodefile("node1\nnode2 two\n", "/tmp/nf")
+
+
+def test_an_empty_nodefile_is_an_error() -> None:
+    with pytest.raises(LaunchError, match="lists no host"):
+        parse_nodefile("\n# nothing\n", "/tmp/nf")
+
+
+node_names = st.from_regex(r"[a-z][a-z0-9-]{0,8}(\.[a-z]{1,5})?", fullmatch=True)
+
+
+@given(st.lists(st.tuples(node_names, st.integers(1, 6)), min_size=1, max_size=8), st.randoms())
+def test_counting_lines_gives_back_the_slots(
+    slots: list[tuple[str, int]], rnd: random.Random
+) -> None:
+    expected: dict[str, int] = {}
+    for name, count in slots:
+        expected[name] = expected.get(name, 0) + count
+    lines = [name for name, count in slots for _ in range(count)]
+    first = lines[0]
+    rest = lines[1:]
+    rnd.shuffle(rest)
+    lines = [first, *rest]
+    order = list(dict.fromkeys(lines))
+    assert parse_nodefile("\n".join(lines) + "\n", "nf") == [
+        Host(None, name, None, expected[name]) for name in order
+    ]
+
+
+# -- the allocation and detect() ----------------------------------------------------
+
+
+def test_allocation_comes_from_the_nodefile(job: TorqueJob) -> None:
+    assert allocation_from_env(job.env) == [
+        Host(None, "node1", None, 2),
+        Host(None, "node2", None, 1),
+    ]
+    assert TorqueLauncher({}, environ=job.env).allocation() == allocation_from_env(job.env)
+
+
+def test_pbs_np_disagreeing_with_the_file_is_a_warning(
+    job: TorqueJob, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="scoop.launcher"):
+        hosts = allocation_from_env({**job.env, "PBS_NP": "8"})
+    assert sum(h.count or 0 for h in hosts or []) == 3
+    assert "PBS_NP is 8" in caplog.text
+
+
+def test_without_a_nodefile_pbs_np_slots_run_here() -> None:
+    import socket
+
+    env = {"PBS_JOBID": "7.server", "PBS_NP": "4"}
+    assert allocation_from_env(env) == [Host(None, socket.gethostname(), None, 4)]
+    assert allocation_from_env({}) is None
+    assert allocation_from_env({"PBS_NP": "4"}) is None
+
+
+def test_an_unreadable_nodefile_names_the_variable_and_path(tmp_path: Path) -> None:
+    missing = tmp_path / "gone"
+    with pytest.raises(LaunchError, match=rf"\$PBS_NODEFILE={missing}: No such file"):
+        allocation_from_env({"PBS_NODEFILE": str(missing)})
+
+
+def test_detect_says_yes_inside_a_job_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    record = get_plugin_manager().launcher("torque")
+    assert record.detect is not None
+    monkeypatch.delenv("PBS_NODEFILE", raising=False)
+    assert not record.detect()
+    monkeypatch.setenv("PBS_NODEFILE", "/var/spool/torque/aux/42.server")
+    assert record.detect()
+    assert in_allocation({"PBS_NODEFILE": "/x"}) and not in_allocation({"PBS_JOBID": "1"})
+
+
+def test_count_cores_answers_for_the_jobs_nodes(job: TorqueJob) -> None:
+    launcher = TorqueLauncher({}, environ=job.env)
+    hosts = [Host(None, "node1"), Host("bob", "node2", 22), Host(None, "elsewhere")]
+    assert launcher.count_cores(hosts) == {"node1": 2, "bob@node2:22": 1}
+
+
+def test_an_unknown_remote_start_lists_the_choices() -> None:
+    with pytest.raises(ConfigError, match="auto, pbsdsh, pbs_tmrsh"):
+        TorqueLauncher({"remote_start": "rsh"}, environ={})
+
+
+# -- starting workers ---------------------------------------------------------------
+
+
+PLACEMENT = [("worker-1", "node1"), ("worker-2", "node1"), ("worker-3", "node2")]
+
+
+def test_workers_through_pbsdsh(
+    job: TorqueJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launcher = TorqueLauncher({}, environ=job.env)
+    checks.check_lifecycle(launcher, PLACEMENT, job.mark, tmp_path, monkeypatch)
+    # The tickets were used once and removed; their directory is the user's alone.
+    assert list(job.tickets.iterdir()) == []
+    assert stat.S_IMODE(job.tickets.stat().st_mode) == 0o700
+
+
+def test_workers_through_pbs_tmrsh(
+    job: TorqueJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    launcher = TorqueLauncher({"remote_start": "pbs_tmrsh"}, environ=job.env)
+    checks.check_lifecycle(launcher, PLACEMENT, job.mark, tmp_path, monkeypatch)
+
+
+def test_a_node_that_cannot_start_is_named_with_pbsdshs_error(
+    job: TorqueJob, tmp_path: Path
+) -> None:
+    job.env["STANDIN_DOWN_NODES"] = "node2"
+    launcher = TorqueLauncher({}, environ=job.env)
+    specs = checks.specs_for(tmp_path / "w.py", PLACEMENT, "s3cret", tmp_path)
+    (tmp_path / "w.py").write_text(checks.WORKER)
+    with pytest.raises(LaunchError) as caught:
+        launcher.start(specs)
+    message = str(caught.value)
+    assert "node2" in message and "TM_ENOTFOUND" in message and "pbsdsh" in message
+    assert "node1" not in message
+    # node1's supervisor, which had started, was stopped with it.
+    assert checks.processes_marked(job.mark) == []
+    assert list(job.tickets.iterdir()) == []
+
+
+def test_a_connection_without_the_ticket_is_dropped(
+    job: TorqueJob, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # In place of pbsdsh: something that read the ticket's path on a command
+    # line and tries the port without the token.
+    intruder = checks.write_script(
+        tmp_path / "intruder",
+        """
+        import json, socket, sys
+        ticket = json.load(open(sys.argv[-1]))
+        with socket.create_connection((ticket["host"], ticket["port"])) as conn:
+            conn.sendall(b"0123456789abcdef0123456789abcdef stdio\\n")
+            dropped = conn.recv(1) == b""
+        print("intruder dropped" if dropped else "intruder got in", flush=True)
+        sys.exit(3)
+        """,
+    )
+    start = RelayStart(
+        "node1",
+        "intruder",
+        lambda command: [str(intruder), *command],
+        checks.specs_for(tmp_path / "w.py", PLACEMENT[:1], "s3cret", tmp_path),
+        python="python3",
+        ticket_dir=str(job.tickets),
+        connect_host="127.0.0.1",
+        environ=job.env,
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger="scoop.launcher"):
+            why = start.wait_started(time.monotonic() + 30, 30)
+    finally:
+        start.abort()
+    assert why is not None
+    assert "intruder exited with status 3" in why and "intruder dropped" in why
+    assert "did not present the ticket" in caplog.text
+    assert start.remote is None
+    assert list(job.tickets.iterdir()) == []
+
+
+def test_without_pbsdsh_or_pbs_tmrsh_it_warns_and_goes_through_ssh(
+    job: TorqueJob, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    job.env["PATH"] = str(empty)
+    launcher = TorqueLauncher({}, environ=job.env)
+    specs = checks.specs_for(tmp_path / "w.py", PLACEMENT, "s3cret", tmp_path)
+    with caplog.at_level(logging.WARNING, logger="scoop.launcher"), pytest.raises(LaunchError):
+        # The ssh launcher cannot reach node1 and node2, which exist only in the nodefile.
+        launcher.start(specs)
+    warning = next(r for r in caplog.records if "on PATH" in r.getMessage())
+    assert warning.levelno == logging.WARNING
+    assert "pbsdsh or pbs_tmrsh" in warning.getMessage() and "ssh" in warning.getMessage()
+    assert checks.processes_marked(job.mark) == []
+
+
+def test_outside_a_job_start_says_what_is_missing(tmp_path: Path) -> None:
+    launcher = TorqueLauncher({}, environ={"PATH": os.defpath})
+    specs = checks.specs_for(tmp_path / "w.py", PLACEMENT, "s3cret", tmp_path)
+    with pytest.raises(LaunchError, match="not in one .PBS_NODEFILE is not set"):
+        launcher.start(specs)
+
+
+def test_a_killed_launcher_takes_its_workers_along(job: TorqueJob, tmp_path: Path) -> None:
+    checks.check_launcher_death(
+        "from scoop_launcher_torque.launcher import TorqueLauncher\nlauncher = TorqueLauncher({})",
+        PLACEMENT,
+        job.env,
+        job.mark,
+        tmp_path,
+    )
+
+
+def test_a_task_started_without_stdin_stdout_or_stderr_still_connects(
+    job: TorqueJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The Task Manager's tasks may start with none of fds 0-2 open.
+    (tmp_path / "w.py").write_text(checks.WORKER)
+    out = checks.Output()
+    monkeypatch.setattr(sys, "stdout", out)
+    start = RelayStart(
+        "node1",
+        "sh",
+        lambda command: ["sh", "-c", 'exec "$@" <&- >&- 2>&-', "sh", *command],
+        checks.specs_for(tmp_path / "w.py", PLACEMENT[:1], "s3cret", tmp_path),
+        python=sys.executable,
+        ticket_dir=str(job.tickets),
+        connect_host="127.0.0.1",
+        environ=job.env,
+    )
+    try:
+        assert start.wait_started(time.monotonic() + 30, 30) is None
+        checks.wait_for(lambda: "[node1] worker-1 pid=" in out.text, "worker-1's output")
+        assert start.remote is not None and start.remote.poll() == {"worker-1": None}
+    finally:
+        start.abort()
+    assert checks.processes_marked(job.mark) == []
