@@ -230,3 +230,63 @@ if __name__ == "__main__":
         if run.poll() is None:
             run.kill()
     assert machines.leftovers() == {}
+
+
+def test_tunnel_reaches_a_broker_that_listens_on_loopback_only(machines, write_program):
+    prog = write_program(PROGRAM)
+    proc = subprocess.run(
+        [sys.executable, "-m", "scoop", "--tunnel", "--hosts", "h2", "h2", "h3", "-v", str(prog)],
+        cwd=prog.parent,
+        env=machines.env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    got = _result(proc)
+    assert got["squares"] == [i * i for i in range(60)]
+    assert got["hosts"] == sorted(machines.marker(a) for a in ("h2", "h3"))
+    # The broker never listened beyond this machine: the hosts came in through SSH.
+    assert "broker at tcp://127.0.0.1:" in proc.stderr, proc.stderr
+    assert machines.leftovers() == {}
+
+
+def test_worker_flags_apply_on_remote_hosts(machines, write_program, tmp_path):
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "helper_mod.py").write_text("VALUE = 'from pythonpath'\n")
+    (tmp_path / "prolog.sh").write_text("export FROM_PROLOG=yes\n")
+    (tmp_path / "work").mkdir()
+    prog = write_program(
+        """
+import json, os
+from scoop import futures
+
+def probe(_):
+    import helper_mod
+    return [helper_mod.VALUE, os.environ.get("FROM_PROLOG"), os.nice(0),
+            os.path.basename(os.getcwd()), os.environ.get("SCOOP_TEST_HOST")]
+
+if __name__ == "__main__":
+    print("RESULT " + json.dumps(list(futures.map(probe, range(4)))), flush=True)
+"""
+    )
+    proc = _run(
+        machines,
+        prog,
+        "--hosts",
+        "h2",
+        "h3",
+        "--pythonpath",
+        str(tmp_path / "lib"),
+        "--prolog",
+        str(tmp_path / "prolog.sh"),
+        "--nice",
+        "5",
+        "--path",
+        str(tmp_path / "work"),
+    )
+    assert proc.returncode == 0, proc.stderr
+    [line] = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    rows = json.loads(line[7:])
+    assert {tuple(r[:4]) for r in rows} == {("from pythonpath", "yes", 5, "work")}
+    assert {r[4] for r in rows} <= {machines.marker("h2"), machines.marker("h3")}
+    assert machines.leftovers() == {}

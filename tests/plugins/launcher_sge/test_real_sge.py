@@ -19,13 +19,16 @@ import sge_cluster
 from sge_job import checks
 
 
-@pytest.fixture(autouse=True)
+# Looked at once, at collection: before this module's own cluster starts.
+MISSING = sge_cluster.missing()
+
+
+@pytest.fixture(autouse=True, scope="module")
 def _scheduler_installed() -> None:
     """Never skipped: a machine without the scheduler fails these tests, naming
     what to install (.ci/run installs it)."""
-    missing = sge_cluster.missing()
-    if missing is not None:
-        pytest.fail(missing)
+    if MISSING is not None:
+        pytest.fail(MISSING)
 
 
 REPO = Path(__file__).resolve().parents[3]

@@ -23,13 +23,16 @@ import slurm_cluster
 from slurm_job import checks
 
 
-@pytest.fixture(autouse=True)
+# Looked at once, at collection: before this module's own cluster starts.
+MISSING = slurm_cluster.missing()
+
+
+@pytest.fixture(autouse=True, scope="module")
 def _scheduler_installed() -> None:
     """Never skipped: a machine without the scheduler fails these tests, naming
     what to install (.ci/run installs it)."""
-    missing = slurm_cluster.missing()
-    if missing is not None:
-        pytest.fail(missing)
+    if MISSING is not None:
+        pytest.fail(MISSING)
 
 
 REPO = Path(__file__).resolve().parents[3]
