@@ -18,7 +18,6 @@ import pytest
 import sge_cluster
 from sge_job import checks
 
-
 # Looked at once, at collection: before this module's own cluster starts.
 MISSING = sge_cluster.missing()
 

@@ -22,7 +22,6 @@ import pytest
 import slurm_cluster
 from slurm_job import checks
 
-
 # Looked at once, at collection: before this module's own cluster starts.
 MISSING = slurm_cluster.missing()
 
