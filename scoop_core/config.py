@@ -153,6 +153,21 @@ class Config:
         }
 
 
+_current: Config | None = None
+
+
+def current() -> Config | None:
+    """The configuration of the run this process launches (None before one
+    is configured): for a plugin that needs another plugin's settings as the
+    user gave them, for example a launcher falling back to ``ssh``."""
+    return _current
+
+
+def set_current(config: Config | None) -> None:
+    global _current
+    _current = config
+
+
 def load_config(
     *,
     plugin_settings: Iterable[PluginSettings] | None = None,

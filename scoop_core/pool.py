@@ -27,7 +27,7 @@ from scoop_core import _messages as m
 from scoop_core import _runtime
 from scoop_core import shared_broker as sb
 from scoop_core.broker import Broker
-from scoop_core.config import Config
+from scoop_core.config import Config, set_current
 from scoop_core.errors import LaunchError, TransportClosed
 from scoop_core.hosts import Host, is_local
 from scoop_core.interfaces import (
@@ -76,6 +76,7 @@ class Pool:
         if workers < 1:
             raise LaunchError(f"a pool needs at least one worker, got {workers}")
         self.config = config
+        set_current(config)  # launchers that start others read their settings here
         self.plugins = plugins
         self.size = workers
         self.program = program

@@ -491,15 +491,17 @@ def _host_name(host: str) -> str:
 
 def _delegate(kind: str, specs: Sequence[WorkerSpec]) -> WorkerGroup:
     """Start ``specs`` with the launcher plugin ``kind`` (``local`` or ``ssh``)."""
-    from scoop_core.config import load_config
+    from scoop_core.config import current, load_config
     from scoop_core.plugins.manager import get_plugin_manager
 
     plugins = get_plugin_manager()
-    try:
-        settings = load_config(plugin_settings=plugins.settings()).section(f"launcher.{kind}")
-    except ConfigError as exc:
-        log.warning("launcher.%s settings: %s; using the defaults", kind, exc)
-        settings = {}
+    config = current()  # the run's own: --config FILE and the command line included
+    if config is None:
+        try:
+            config = load_config(plugin_settings=plugins.settings())
+        except ConfigError as exc:
+            log.warning("launcher.%s settings: %s; using the defaults", kind, exc)
+    settings = config.section(f"launcher.{kind}") if config is not None else {}
     return plugins.launcher(kind).factory(settings).start(specs)
 
 

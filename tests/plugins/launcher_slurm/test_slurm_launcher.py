@@ -13,7 +13,7 @@ import pytest
 from scoop_launcher_slurm.launcher import SRUN_OPTIONS, SlurmLauncher
 from slurm_job import SlurmJob, checks
 
-from scoop_core.errors import LaunchError
+from scoop_core.errors import ConfigError, LaunchError
 from scoop_core.hosts import Host
 
 PLACEMENT = [("worker-1", "n1"), ("worker-2", "n1"), ("worker-3", "n2")]
@@ -131,3 +131,27 @@ def test_a_killed_launcher_takes_its_workers_along(job: SlurmJob, tmp_path: Path
         job.mark,
         tmp_path,
     )
+
+
+def test_hosts_outside_the_job_go_to_ssh_with_the_runs_own_settings() -> None:
+    # The run's configuration (its --config file, its command line) reaches
+    # the ssh launcher a scheduler launcher hands outside hosts to: here an
+    # ssh program of the user's choosing, which the error then names.
+    from scoop_core import config as config_module
+    from scoop_core.interfaces import WorkerSpec
+    from scoop_core.plugins.manager import get_plugin_manager
+
+    plugins = get_plugin_manager()
+    program = "/nonexistent/scoop-test-ssh"
+    run_config = config_module.load_config(
+        plugin_settings=plugins.settings(), cli={"launcher.ssh.ssh_executable": program}
+    )
+    env = {"SLURM_JOB_ID": "7", "SLURM_JOB_NODELIST": "n1", "SLURM_TASKS_PER_NODE": "1"}
+    spec = WorkerSpec("worker-1", "otherhost.invalid", ("python3", "-c", "pass"), {})
+    config_module.set_current(run_config)
+    try:
+        with pytest.raises(ConfigError) as caught:
+            SlurmLauncher({}, environ=env).start([spec])
+    finally:
+        config_module.set_current(None)
+    assert "ssh_executable" in str(caught.value) and program in str(caught.value)
