@@ -162,21 +162,32 @@ def kill_orphans(exclude: frozenset[int] = frozenset()) -> list[str]:
     return found
 
 
-def finish(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes, list[str]]:
-    """Kill what is left of a run (its process group, then any escapee),
-    collect its output, and return it with the processes that outlived the launcher."""
+def finish(
+    proc: subprocess.Popen[bytes], keep: frozenset[int] = frozenset()
+) -> tuple[bytes, bytes, list[str]]:
+    """Kill what is left of a run (its process group, then any escapee but
+    our own children ``keep``), collect its output, and return it with the
+    processes that outlived the launcher."""
     # Zombies had exited by themselves: not left running, so not reported.
     survivors = [describe(p) for p in group_members(proc.pid) if p != proc.pid]
     survivors = [d for d in survivors if not d.endswith("(exited)")]
     kill_group(proc.pid)
     proc.wait()
     # Its orphans are ours now (we are their subreaper); one may hold the pipes.
-    escaped = kill_orphans(frozenset({proc.pid}))
+    escaped = kill_orphans(keep | {proc.pid})
     out, err = proc.communicate(timeout=30)
     return out, err, survivors + [e for e in escaped if not e.endswith("(exited)")]
 
 
-def run_once(cmd: list[str], timeout: float, cwd: str, env: dict[str, str]) -> Run:
+def run_once(
+    cmd: list[str],
+    timeout: float,
+    cwd: str,
+    env: dict[str, str],
+    keep: frozenset[int] = frozenset(),
+) -> Run:
+    """Run one measurement; ``keep``: children of ours that are not the run's
+    (a server the benchmark started), spared when its leftovers are killed."""
     start = time.perf_counter()
     proc = subprocess.Popen(
         cmd,
@@ -190,14 +201,14 @@ def run_once(cmd: list[str], timeout: float, cwd: str, env: dict[str, str]) -> R
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _, err, _ = finish(proc)
+        _, err, _ = finish(proc, keep)
         return Run(False, error=f"timed out after {timeout:.0f} s; {tail(err)}")
     except BaseException:  # Ctrl-C or SIGTERM: leave nothing running
-        finish(proc)
+        finish(proc, keep)
         raise
     wall = time.perf_counter() - start
     # The launcher has exited; whatever it left behind goes too.
-    _, _, leftovers = finish(proc)
+    _, _, leftovers = finish(proc, keep)
     text = out.decode(errors="replace")
     match = RESULT_RE.search(text)
     if proc.returncode != 0 or match is None:

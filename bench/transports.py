@@ -25,9 +25,8 @@ checksum``) and of the whole process's wall time; the two transports
 alternate, and which one goes first changes every round, so both see the
 same noise on a shared machine: compare the ratios, not absolute numbers.
 Every run has a timeout and its own session, and this process is the
-subreaper of its descendants, so whatever a run leaves behind is killed. The
-one difference with run.py's ``run_once``: the Redis server is also a child
-of this process, and it must survive the cleanup after each run.
+subreaper of its descendants, so whatever a run leaves behind is killed
+(run.py's ``run_once``, told to spare the Redis server, a child of ours too).
 
     python bench/transports.py                      # both programs, 3 repeats
     python bench/transports.py --markdown --check   # exit 1 below the bar
@@ -59,14 +58,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from run import (  # noqa: E402  (bench/run.py, found through the line above)
-    RESULT_RE,
-    Run,
     Series,
     become_subreaper,
-    describe,
-    group_members,
-    kill_group,
     kill_orphans,
+    run_once,
     tail,
 )
 
@@ -76,53 +71,6 @@ TRANSPORTS = ["zmq", "redis"]
 UNITS = {"map_tiny": "items", "submit_many": "submits"}
 BAR = 0.5  # redis must reach at least this fraction of zmq's throughput
 FORBIDDEN_PORT = 6379  # someone's real Redis server, perhaps
-
-
-# -- runs (run.py's run_once, with processes to keep) ---------------------------------
-
-
-def finish(proc: subprocess.Popen[bytes], keep: frozenset[int]) -> tuple[bytes, list[str]]:
-    """Kill what is left of a run (its group, then any escapee other than
-    ``keep``) and return its stderr and the processes that outlived the launcher."""
-    survivors = [describe(p) for p in group_members(proc.pid) if p != proc.pid]
-    survivors = [d for d in survivors if not d.endswith("(exited)")]
-    kill_group(proc.pid)
-    proc.wait()
-    escaped = kill_orphans(keep | {proc.pid})
-    _, err = proc.communicate(timeout=30)
-    return err, survivors + [e for e in escaped if not e.endswith("(exited)")]
-
-
-def run_once(
-    cmd: list[str], timeout: float, cwd: str, env: dict[str, str], keep: frozenset[int]
-) -> Run:
-    start = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        err, _ = finish(proc, keep)
-        return Run(False, error=f"timed out after {timeout:.0f} s; {tail(err)}")
-    except BaseException:  # Ctrl-C or SIGTERM: leave nothing running
-        finish(proc, keep)
-        raise
-    wall = time.perf_counter() - start
-    _, leftovers = finish(proc, keep)
-    match = RESULT_RE.search(out.decode(errors="replace"))
-    if proc.returncode != 0 or match is None:
-        return Run(False, wall=wall, error=f"exit status {proc.returncode}; {tail(err or out)}")
-    run = Run(True, seconds=float(match.group(2)), wall=wall, checksum=match.group(3))
-    if leftovers:
-        run.error = f"{len(leftovers)} process(es) outlived the launcher: {'; '.join(leftovers)}"
-    return run
 
 
 # -- the throw-away Redis server -------------------------------------------------------

@@ -91,13 +91,18 @@ def _setup(name: str) -> tuple[Endpoint, bytes, Serializer, int]:
     return endpoint, key, serializer, context.SIZE
 
 
+def _parent_pid() -> int | None:
+    """The pid of the process that started us, as it told us (it may have
+    died before we got this far: compare with this, not with our parent at
+    this moment); None if it did not say."""
+    expected = os.environ.get("_SCOOP_PARENT_PID")
+    return int(expected) if expected else None
+
+
 def _launcher_alive() -> Callable[[], bool] | None:
     """Whether the process that started us still runs (None: not known here)."""
-    expected = os.environ.get("_SCOOP_PARENT_PID")
-    if not expected:
-        return None
-    parent = int(expected)
-    return lambda: os.getppid() == parent
+    parent = _parent_pid()
+    return None if parent is None else lambda: os.getppid() == parent
 
 
 def _leave_on_sigterm(endpoint: Endpoint) -> None:
@@ -117,13 +122,10 @@ def _leave_on_sigterm(endpoint: Endpoint) -> None:
 
 
 def _watch_parent(name: str) -> None:
-    """Exit if the process that started us dies, so no process of ours
-    outlives it (it may have died before we got this far: compare with the
-    pid it gave us, not with our parent at this moment)."""
-    expected = os.environ.get("_SCOOP_PARENT_PID")
-    if not expected:
+    """Exit if the process that started us dies, so no process of ours outlives it."""
+    parent = _parent_pid()
+    if parent is None:
         return
-    parent = int(expected)
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -140,8 +142,7 @@ def _watch_orphaned(name: str, endpoint: SharedBrokerEndpoint) -> None:
     been told the run is over (or lost the store), it gets a few seconds to
     exit on its own, then exits anyway, even from inside a user function
     that never returns."""
-    expected = os.environ.get("_SCOOP_PARENT_PID")
-    parent = int(expected) if expected else os.getppid()
+    parent = _parent_pid() or os.getppid()
 
     def watch() -> None:
         while os.getppid() == parent:

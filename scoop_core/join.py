@@ -14,7 +14,6 @@ run ends, its workers exit and so does the command, with status 0.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -28,7 +27,7 @@ from scoop_core.errors import LaunchError, UsageError
 from scoop_core.interfaces import WorkerSpec
 from scoop_core.local_launcher import LocalLauncher
 from scoop_core.plugins.manager import PluginManager
-from scoop_core.pool import BOOTSTRAP
+from scoop_core.pool import BOOTSTRAP, run_env
 
 log = logging.getLogger("scoop.launcher")
 
@@ -89,28 +88,16 @@ def worker_specs(
             f"run {run_id} runs {program}, which is not on this machine: workers import the "
             "program, so it must be at the same path here (a shared file system, or a copy)"
         )
-    beat = info["heartbeat"]
-    interval, timeout = beat if isinstance(beat, list) else (5.0, 30.0)
     name = config["transport"]
-    base = {
-        "_SCOOP_ADDRESS": address,
-        "_SCOOP_KEY": key.hex(),
-        "_SCOOP_RUN_ID": run_id,
-        "_SCOOP_ROOT": str(info["root"]),
-        "_SCOOP_TRANSPORT": name,
-        "_SCOOP_TRANSPORT_SETTINGS": json.dumps(config.section(f"transport.{name}")),
-        "_SCOOP_SERIALIZER": str(info["serializer"]),
-        "_SCOOP_WORKERS": str(info["workers"]),
-        "_SCOOP_PREFETCH": str(info["prefetch"]),
-        "_SCOOP_MAX_LOSSES": str(info["max_losses"]),
-        "_SCOOP_MAX_MESSAGE_SIZE": str(info["max_message_size"]),
-        "_SCOOP_HEARTBEAT": f"{interval},{timeout}",
-        "_SCOOP_LOG_LEVEL": logging.getLevelName(logging.getLogger("scoop").getEffectiveLevel()),
-        "_SCOOP_DISABLE_PLUGINS": ",".join(config["disable_plugins"]),
-    }
-    if program:
-        base["_SCOOP_PROGRAM"] = program
-        base["_SCOOP_ARGV"] = json.dumps(info.get("argv") or [program])
+    base = run_env(
+        address=address,
+        key=key,
+        run_id=run_id,
+        transport=name,
+        transport_settings=config.section(f"transport.{name}"),
+        info=info,
+        disabled_plugins=config["disable_plugins"],
+    )
     host = socket.gethostname()
     python = config["python_interpreter"] or sys.executable
     argv = (python, "-m", BOOTSTRAP, "worker")

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from scoop_core import _messages as m
 from scoop_core import _runtime
@@ -138,13 +139,7 @@ class Pool:
         """The transport's server is the broker: describe the run there, and
         keep saying the launcher lives (a program that outlives its launcher
         then ends the run itself)."""
-        info = {
-            "program": os.path.abspath(self.program) if self.program else "",
-            "argv": [self.program, *self.program_args] if self.program else [],
-            "root": self.root_name,
-            "workers": self.size,
-            **self._limits(),
-        }
+        info = self.describe()
         with self._store_lock:
             fresh = store.put_info(sb.sign_info(info, self.key))
         if not fresh:
@@ -170,8 +165,15 @@ class Pool:
         self._beat()
         threading.Thread(target=self._keep_beating, name="scoop-launcher-beat", daemon=True).start()
 
-    def _limits(self) -> dict[str, object]:
+    def describe(self) -> dict[str, object]:
+        """What a process needs to know of the run besides where and the key;
+        kept in the store for workers that join later (see :func:`run_env`)."""
         return {
+            "program": os.path.abspath(self.program) if self.program else "",
+            # Workers see the program's sys.argv too: module-level code often reads it.
+            "argv": [self.program, *self.program_args] if self.program else [],
+            "root": self.root_name,
+            "workers": self.size,
             "serializer": self.config["serializer"],
             "prefetch": self.config["prefetch"],
             "max_losses": self.config["max_losses"],
@@ -210,34 +212,25 @@ class Pool:
     def env(self, name: str) -> dict[str, str]:
         """The environment a process of this run needs (besides the caller's)."""
         opts = self.options
-        env = {
-            "_SCOOP_NAME": name,
-            "_SCOOP_ADDRESS": self.address,
-            "_SCOOP_ROOT": self.root_name,
-            "_SCOOP_MAX_LOSSES": str(self.config["max_losses"]),
-            "_SCOOP_KEY": self.key.hex(),
-            "_SCOOP_RUN_ID": self.run_id,
-            "_SCOOP_TRANSPORT": self.transport_name,
-            "_SCOOP_TRANSPORT_SETTINGS": json.dumps(self.transport_settings),
-            "_SCOOP_SERIALIZER": self.config["serializer"],
-            "_SCOOP_WORKERS": str(self.size),
-            "_SCOOP_PREFETCH": str(self.config["prefetch"]),
-            "_SCOOP_LOG_LEVEL": logging.getLevelName(
-                logging.getLogger("scoop").getEffectiveLevel()
-            ),
-            "_SCOOP_DISABLE_PLUGINS": ",".join(self.config["disable_plugins"]),
-            "_SCOOP_PARENT_PID": str(os.getpid()),
-            "_SCOOP_MAX_MESSAGE_SIZE": str(self.config["max_message_size"]),
-            "_SCOOP_HEARTBEAT": f"{self.config['heartbeat_interval']},{self.config['heartbeat_timeout']}",
-            "_SCOOP_DEBUG": "1" if opts.debug else "",
-            **opts.extra_env,
-        }
+        env = run_env(
+            address=self.address,
+            key=self.key,
+            run_id=self.run_id,
+            transport=self.transport_name,
+            transport_settings=self.transport_settings,
+            info=self.describe(),
+            disabled_plugins=self.config["disable_plugins"],
+        )
+        env.update(
+            {
+                "_SCOOP_NAME": name,
+                "_SCOOP_PARENT_PID": str(os.getpid()),
+                "_SCOOP_DEBUG": "1" if opts.debug else "",
+                **opts.extra_env,
+            }
+        )
         if self.key_path:
             env["_SCOOP_KEY_FILE"] = self.key_path
-        if self.program:
-            env["_SCOOP_PROGRAM"] = os.path.abspath(self.program)
-            # Workers see the program's sys.argv too: module-level code often reads it.
-            env["_SCOOP_ARGV"] = json.dumps([self.program, *self.program_args])
         if opts.nice is not None:
             env["_SCOOP_NICE"] = str(opts.nice)
         if opts.profile:
@@ -366,6 +359,42 @@ class Pool:
         except TransportClosed as exc:
             log.error("could not tell the workers the run is over: %s", exc)
             return set()
+
+
+def run_env(
+    *,
+    address: str,
+    key: bytes,
+    run_id: str,
+    transport: str,
+    transport_settings: Mapping[str, Any],
+    info: Mapping[str, Any],
+    disabled_plugins: Sequence[str],
+) -> dict[str, str]:
+    """The ``_SCOOP_*`` variables of a process of the run ``info`` describes
+    (:meth:`Pool.describe`): for the launcher's own processes and for workers
+    that join later (:mod:`scoop_core.join`) alike."""
+    interval, timeout = info["heartbeat"]
+    env = {
+        "_SCOOP_ADDRESS": address,
+        "_SCOOP_KEY": key.hex(),
+        "_SCOOP_RUN_ID": run_id,
+        "_SCOOP_ROOT": str(info["root"]),
+        "_SCOOP_TRANSPORT": transport,
+        "_SCOOP_TRANSPORT_SETTINGS": json.dumps(dict(transport_settings)),
+        "_SCOOP_SERIALIZER": str(info["serializer"]),
+        "_SCOOP_WORKERS": str(info["workers"]),
+        "_SCOOP_PREFETCH": str(info["prefetch"]),
+        "_SCOOP_MAX_LOSSES": str(info["max_losses"]),
+        "_SCOOP_MAX_MESSAGE_SIZE": str(info["max_message_size"]),
+        "_SCOOP_HEARTBEAT": f"{interval},{timeout}",
+        "_SCOOP_LOG_LEVEL": logging.getLevelName(logging.getLogger("scoop").getEffectiveLevel()),
+        "_SCOOP_DISABLE_PLUGINS": ",".join(disabled_plugins),
+    }
+    if info.get("program"):
+        env["_SCOOP_PROGRAM"] = str(info["program"])
+        env["_SCOOP_ARGV"] = json.dumps(info.get("argv") or [info["program"]])
+    return env
 
 
 def _run_key() -> bytes:
