@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
@@ -397,11 +398,28 @@ def _warn_remote_only(options: argparse.Namespace, remote: bool) -> None:
         log.warning("-b %d: one broker serves a whole run here, so one is started", options.brokers)
 
 
+def _compiles(program: str) -> bool:
+    """Compile the program here first: a syntax error is then reported once,
+    as Python reports it, and no worker starts (each would print it again)."""
+    try:
+        with open(program, "rb") as fh:
+            compile(fh.read(), program, "exec")
+    except (SyntaxError, ValueError) as exc:
+        # ValueError: source with null bytes.
+        print("".join(traceback.format_exception_only(exc)), end="", file=sys.stderr)
+        return False
+    except OSError as exc:
+        raise UsageError(f"cannot read the program {program!r}: {exc.strerror}") from None
+    return True
+
+
 def run_program(options: argparse.Namespace) -> int:
     """Start the pool, run the program as root, stop everything; the root's status."""
     program = options.program
     if not os.path.isfile(program):
         raise UsageError(f"program file {program!r} not found")
+    if not _compiles(program):
+        return 1
     hosts = _hosts(options)
     cli = {
         "workers": options.workers,

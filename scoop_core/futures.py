@@ -91,6 +91,28 @@ def _serial(what: str) -> bool:
     return True
 
 
+_warned_ignored: set[tuple[str, str]] = set()
+
+
+def _ignore_extra(what: str, extra: dict[str, Any]) -> None:
+    """SCOOP's ``map(func, *iterables, **kwargs)`` and its relatives accepted
+    keyword arguments they did not know (``parallelLevel=2`` in its own
+    examples) and ignored them; programs written for it pass them. Accept
+    them too, with one warning per name and function in a process."""
+    new = sorted(name for name in extra if (what, name) not in _warned_ignored)
+    if not new:
+        return
+    _warned_ignored.update((what, name) for name in new)
+    log.warning(
+        "%s ignores the keyword argument%s %s, as the original SCOOP did: "
+        "it knows only timeout; remove %s to silence this warning",
+        what,
+        "s" if len(new) > 1 else "",
+        ", ".join(f"{name}={extra[name]!r}" for name in new),
+        "them" if len(new) > 1 else "it",
+    )
+
+
 # Per-call options (see :class:`options`): read when futures are submitted.
 _max_losses: contextvars.ContextVar[int] = contextvars.ContextVar("max_losses", default=0)
 
@@ -126,14 +148,22 @@ class options:
         return self._call(submit, func, *args, **kwargs)
 
     def map(
-        self, func: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None
+        self,
+        func: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        **ignored: Any,
     ) -> Iterator[Any]:
-        return self._call(map, func, *iterables, timeout=timeout)
+        return self._call(map, func, *iterables, timeout=timeout, **ignored)
 
     def map_as_completed(
-        self, func: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None
+        self,
+        func: Callable[..., Any],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        **ignored: Any,
     ) -> Iterator[Any]:
-        return self._call(map_as_completed, func, *iterables, timeout=timeout)
+        return self._call(map_as_completed, func, *iterables, timeout=timeout, **ignored)
 
     def mapReduce(
         self,
@@ -141,8 +171,9 @@ class options:
         reductionFunc: Callable[[Any, Any], Any],
         *iterables: Iterable[Any],
         timeout: float | None = None,
+        **ignored: Any,
     ) -> Any:
-        return self._call(mapReduce, mapFunc, reductionFunc, *iterables, timeout=timeout)
+        return self._call(mapReduce, mapFunc, reductionFunc, *iterables, timeout=timeout, **ignored)
 
     def mapScan(
         self,
@@ -150,8 +181,9 @@ class options:
         reductionFunc: Callable[[Any, Any], Any],
         *iterables: Iterable[Any],
         timeout: float | None = None,
+        **ignored: Any,
     ) -> list[Any]:
-        return self._call(mapScan, mapFunc, reductionFunc, *iterables, timeout=timeout)
+        return self._call(mapScan, mapFunc, reductionFunc, *iterables, timeout=timeout, **ignored)
 
 
 def submit(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
@@ -276,15 +308,20 @@ def _map_gen(chunker: _Chunker, deadline: float | None) -> Iterator[Any]:
 
 
 def map(
-    func: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None
+    func: Callable[..., Any],
+    *iterables: Iterable[Any],
+    timeout: float | None = None,
+    **ignored: Any,
 ) -> Iterator[Any]:
     """Like the built-in ``map``, in parallel: results in the order of the inputs.
 
     Several iterables are zipped. The work starts when the generator is first
     advanced; iterating raises the exception of a call that failed, at its
     place in the order, and ``TimeoutError`` if a result is not there
-    ``timeout`` seconds after the call to ``map``."""
+    ``timeout`` seconds after the call to ``map``. Other keyword arguments
+    are ignored with a warning, as the original SCOOP ignored them."""
     _check_callable(func, "map()")
+    _ignore_extra("futures.map()", ignored)
     if _serial("futures.map()"):
         return builtins.map(func, *iterables)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -312,10 +349,14 @@ def _unordered_gen(chunker: _Chunker, deadline: float | None) -> Iterator[Any]:
 
 
 def map_as_completed(
-    func: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None
+    func: Callable[..., Any],
+    *iterables: Iterable[Any],
+    timeout: float | None = None,
+    **ignored: Any,
 ) -> Iterator[Any]:
     """Like :func:`map`, but yields each result as soon as it is there."""
     _check_callable(func, "map_as_completed()")
+    _ignore_extra("futures.map_as_completed()", ignored)
     if _serial("futures.map_as_completed()"):
         return builtins.map(func, *iterables)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -329,6 +370,7 @@ def mapReduce(
     reductionFunc: Callable[[Any, Any], Any],
     *iterables: Iterable[Any],
     timeout: float | None = None,
+    **ignored: Any,
 ) -> Any:
     """``functools.reduce(reductionFunc, map(mapFunc, *iterables))``, in parallel.
 
@@ -337,6 +379,7 @@ def mapReduce(
     ``reductionFunc`` must be associative (as for any parallel reduction)."""
     _check_callable(mapFunc, "mapReduce()")
     _check_callable(reductionFunc, "mapReduce()")
+    _ignore_extra("futures.mapReduce()", ignored)
     if _serial("futures.mapReduce()"):
         return functools.reduce(reductionFunc, builtins.map(mapFunc, *iterables))
     rt = _runtime.require("futures.mapReduce()")
@@ -360,6 +403,7 @@ def mapScan(
     reductionFunc: Callable[[Any, Any], Any],
     *iterables: Iterable[Any],
     timeout: float | None = None,
+    **ignored: Any,
 ) -> list[Any]:
     """``list(itertools.accumulate(map(mapFunc, *iterables), reductionFunc))``.
 
@@ -368,6 +412,7 @@ def mapScan(
     (the original SCOOP returned wrong values here)."""
     _check_callable(mapFunc, "mapScan()")
     _check_callable(reductionFunc, "mapScan()")
+    _ignore_extra("futures.mapScan()", ignored)
     return list(itertools.accumulate(map(mapFunc, *iterables, timeout=timeout), reductionFunc))
 
 
