@@ -33,7 +33,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import msgpack
 
@@ -456,6 +456,72 @@ def _too_big(size: int, limit: int) -> str:
     return f"{size} bytes, over the limit of {limit} bytes (setting {_SIZE_SETTING})"
 
 
+ENVELOPE_ALLOWANCE = 1024
+"""Bytes of a message kept for what is not its futures' payload frames:
+version, kind, sender and recipient (up to 255 bytes each), session,
+sequence number, the mac, list headers. Generous, so that a future that fits
+one hop (worker to broker) fits the next (broker to owner) too."""
+
+ITEM_ALLOWANCE = 64
+"""Header bytes one future adds to a batch message, at most (ids, status, counts)."""
+
+_ID_SIZE = 9  # a future id in msgpack, at most
+
+
+def payload_limit(max_size: int | None) -> int | None:
+    """The most payload bytes one future (its call, or its result) may carry
+    so that a message holding it alone fits ``max_size`` on every hop."""
+    if max_size is None:
+        return None
+    return max_size - ENVELOPE_ALLOWANCE - ITEM_ALLOWANCE
+
+
+def too_big_for_one_message(what: str, size: int, max_size: int) -> str:
+    """Why ``what`` (of ``size`` payload bytes) cannot be sent: names the
+    size, the limit and the setting that raises it."""
+    if size > max_size:
+        return f"{what} is {_too_big(size, max_size)}"
+    return (
+        f"{what} is {size} bytes, which with its message header (up to "
+        f"{ENVELOPE_ALLOWANCE + ITEM_ALLOWANCE} bytes) is over the limit of {max_size} bytes "
+        f"(setting {_SIZE_SETTING})"
+    )
+
+
+Batched = TypeVar("Batched", Task, Outcome, int)
+
+
+def item_size(item: Task | Outcome | int) -> int:
+    """Bytes ``item`` (a future on its way, an outcome, or a future id) adds to a message."""
+    if isinstance(item, int):
+        return _ID_SIZE
+    return ITEM_ALLOWANCE + sum(memoryview(_buffer(f)).nbytes for f in item.frames)
+
+
+def split_by_size(
+    items: Sequence[Batched], max_size: int | None, *, reserve: int = 0
+) -> list[list[Batched]]:
+    """``items`` (Tasks, Outcomes or future ids), in order, cut into batches
+    whose message fits ``max_size`` bytes with ``reserve`` bytes of other
+    fields. An item too big for any message is a batch of its own, for its
+    sender to refuse. No limit (``None``): one batch."""
+    if max_size is None or not items:
+        return [list(items)] if items else []
+    budget = max_size - ENVELOPE_ALLOWANCE - reserve
+    batches: list[list[Batched]] = []
+    batch: list[Batched] = []
+    used = 0
+    for item in items:
+        size = item_size(item)
+        if batch and used + size > budget:
+            batches.append(batch)
+            batch, used = [], 0
+        batch.append(item)
+        used += size
+    batches.append(batch)
+    return batches
+
+
 class VersionMismatch(ProtocolError):
     """The peer speaks another protocol version (the message names both)."""
 
@@ -578,16 +644,20 @@ class Codec:
         self._retired: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
 
     def check_size(self, payload: Sequence[Frame], what: str) -> None:
-        """Raise SerializationError if ``payload`` frames alone are over ``max_size``.
+        """Raise SerializationError if ``payload`` frames cannot travel in one
+        message of ``max_size``, header included (see :func:`payload_limit`).
 
         For callers that queue frames to be encoded later (a submit whose
         message is built by an I/O thread): the error reaches the user's
         call, naming ``what`` (for example ``"the call to f"``)."""
-        if self.max_size is None:
+        limit = payload_limit(self.max_size)
+        if limit is None or self.max_size is None:
             return
         size = sum(memoryview(f).nbytes for f in payload)
-        if size > self.max_size:
-            raise SerializationError(f"cannot send {what}: it is {_too_big(size, self.max_size)}")
+        if size > limit:
+            raise SerializationError(
+                "cannot send " + too_big_for_one_message(what, size, self.max_size)
+            )
 
     def encode(self, msg: Message, to: bytes = BROKER_IDENTITY) -> list[Frame]:
         """The frames of ``msg`` for the peer ``to``, numbered and signed."""

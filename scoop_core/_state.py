@@ -62,6 +62,7 @@ FUTURE_TRANSITIONS: dict[tuple[State, str], State] = {
     (PENDING, "cancel"): CANCELLED,
     (QUEUED, "assign"): ASSIGNED,
     (QUEUED, "cancel"): CANCELLED,
+    (QUEUED, "fail"): FAILED,  # no worker is left to run it
     (ASSIGNED, "start"): RUNNING,
     (ASSIGNED, "cancel"): CANCELLED,
     (ASSIGNED, "finish"): DONE,
@@ -172,8 +173,16 @@ class BrokerBook:
     breadth), first come first served at equal depth.
     """
 
-    def __init__(self, *, max_losses: int = 3, expected_workers: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        max_losses: int = 3,
+        expected_workers: int = 0,
+        max_message_size: int | None = None,
+    ) -> None:
         self.peers: dict[bytes, PeerRecord] = {}
+        # Messages that carry many futures are cut to fit this (see take_outbox).
+        self.max_message_size = max_message_size
         # Programs (roots, clients) are welcomed once this many workers have
         # joined, so a run starts with every worker it was launched with.
         self.expected_workers = expected_workers
@@ -437,9 +446,20 @@ class BrokerBook:
         """Fail every queued future (no worker is left to run them); how many."""
         queued = [f for f in self.futures.values() if f.state is QUEUED]
         for fut in queued:
-            fut.fire("lose")
             self._fail(fut, f"future {fut.fid:#x} cannot run: {reason}")
         return len(queued)
+
+    def _too_big(self, item: m.Task | m.Outcome) -> str:
+        """Why ``item`` cannot travel in any message ("" if it can)."""
+        limit = self.max_message_size
+        if limit is None:
+            return ""
+        size = m.item_size(item) - m.ITEM_ALLOWANCE
+        payload_limit = m.payload_limit(limit)
+        if payload_limit is None or size <= payload_limit:
+            return ""
+        what = "call" if isinstance(item, m.Task) else "result"
+        return m.too_big_for_one_message(f"the {what} of future {item.fid:#x}", size, limit)
 
     # -- outputs ----------------------------------------------------------
 
@@ -463,6 +483,13 @@ class BrokerBook:
                     fut = None
                 if fut is None:
                     break
+                task = m.Task(fut.fid, fut.parent, fut.depth, fut.frames, fut.max_losses)
+                too_big = self._too_big(task)
+                if too_big:
+                    # Its owner's settings let it through, ours cannot send it on.
+                    log.error("%s", too_big)
+                    self._fail(fut, too_big)
+                    continue
                 fut.fire("assign")
                 fut.holder = rec.peer
                 rec.holding[fut.fid] = None
@@ -470,12 +497,11 @@ class BrokerBook:
                 rec.credit -= 1
                 if rec.credit == 0:
                     takers.remove(rec)
-                batches.setdefault(rec.peer, []).append(
-                    m.Task(fut.fid, fut.parent, fut.depth, fut.frames, fut.max_losses)
-                )
+                batches.setdefault(rec.peer, []).append(task)
         for peer, tasks in batches.items():
             log.debug("handed %d future(s) to %s", len(tasks), self.peers[peer].name)
-            self._outbox.append((peer, m.Tasks(tuple(tasks))))
+            for batch in m.split_by_size(tasks, self.max_message_size):
+                self._outbox.append((peer, m.Tasks(tuple(batch))))
         hungry = sum(p.credit for p in takers)
         if hungry and not queue:
             self._steal(hungry)
@@ -525,16 +551,29 @@ class BrokerBook:
                     count -= 1
 
     def take_outbox(self) -> Outbox:
-        """Messages to send, in order; coalesced per owner where possible."""
+        """Messages to send, in order; coalesced per owner where possible,
+        in messages that each fit ``max_message_size``."""
         out = self._outbox
+        limit = self.max_message_size
         for owner, fids in self._started.items():
-            out.append((owner, m.Started(fids)))
+            for ids in m.split_by_size(fids, limit):
+                out.append((owner, m.Started(ids)))
         for owner, outcomes in self._results.items():
-            out.append((owner, m.Results(tuple(outcomes))))
+            for batch in m.split_by_size([self._sendable(o) for o in outcomes], limit):
+                out.append((owner, m.Results(tuple(batch))))
         self._outbox = []
         self._started = {}
         self._results = {}
         return out
+
+    def _sendable(self, out: m.Outcome) -> m.Outcome:
+        """``out``, or if it is too big for any message, its future's failure
+        saying so (a worker whose limit is not ours let it through)."""
+        too_big = self._too_big(out)
+        if not too_big:
+            return out
+        log.error("%s", too_big)
+        return m.Outcome(out.fid, m.LOST, out.elapsed, (too_big.encode(),))
 
     def broadcast(self, msg: m.Message) -> None:
         for peer, rec in self.peers.items():

@@ -756,12 +756,58 @@ def test_encoding_a_message_over_the_limit_raises_a_serialization_error() -> Non
 
 def test_check_size_names_what_is_too_big() -> None:
     worker = m.Codec(KEY, WORKER, max_size=LIMIT)
-    worker.check_size([b"x" * LIMIT], "the call to f")
     with pytest.raises(
         SerializationError, match=rf"the call to f.*{LIMIT + 1} bytes.*{LIMIT}.*max_message_size"
     ):
         worker.check_size([b"x" * LIMIT, b"!"], "the call to f")
     m.Codec(KEY, WORKER).check_size([bytes(10 * LIMIT)], "anything")  # no limit
+
+
+def test_check_size_keeps_room_for_the_header_of_every_hop() -> None:
+    # A call that passes the check travels alone in a message that fits, even
+    # when the broker forwards it under the longest identities there are.
+    worker = m.Codec(KEY, b"w" * 255, max_size=LIMIT)
+    broker = m.Codec(KEY, m.BROKER_IDENTITY, max_size=LIMIT)
+    limit = m.payload_limit(LIMIT)
+    assert limit is not None and limit > LIMIT // 2
+    worker.check_size([bytes(limit)], "the call to f")
+    task = m.Task(2**64 - 1, 2**64 - 1, 2**32, (bytes(limit),), 2**32)
+    assert broker.encode(m.Tasks((task,)), to=b"v" * 255)
+    with pytest.raises(SerializationError, match=r"with its message header.*max_message_size"):
+        worker.check_size([bytes(limit + 1)], "the call to f")
+
+
+@pytest.mark.parametrize("kind", ["tasks", "outcomes", "ids"])
+def test_split_by_size_makes_batches_that_each_fit(kind: str) -> None:
+    sizes = [1500, 10, 1500, 1500, 0, 700, 2900]
+    items: list[Any]
+    if kind == "tasks":
+        items = [m.Task(i, 0, 1, (bytes(n),)) for i, n in enumerate(sizes)]
+    elif kind == "outcomes":
+        items = [m.Outcome(i, m.OK, 0.5, (bytes(n), b"")) for i, n in enumerate(sizes)]
+    else:
+        items = list(range(2**40, 2**40 + 2000))
+    batches = m.split_by_size(items, LIMIT)
+    assert [x for b in batches for x in b] == items  # all of them, in order
+    assert len(batches) > 1
+    codec = m.Codec(KEY, b"w" * 255, max_size=LIMIT)
+    for batch in batches:
+        if kind == "tasks":
+            msg: m.Message = m.Tasks(tuple(batch))
+        elif kind == "outcomes":
+            msg = m.Results(tuple(batch))
+        else:
+            msg = m.Started(batch)
+        assert codec.encode(msg, to=b"v" * 255)  # fits: no SerializationError
+
+
+def test_split_by_size_gives_an_item_too_big_for_any_message_a_batch_of_its_own() -> None:
+    small = [m.Outcome(i, m.OK, 0.0, (b"x",)) for i in range(3)]
+    huge = m.Outcome(99, m.OK, 0.0, (bytes(LIMIT),))
+    batches = m.split_by_size([*small[:2], huge, small[2]], LIMIT)
+    assert batches == [small[:2], [huge], [small[2]]]
+    assert m.split_by_size(small, None) == [small]
+    assert m.split_by_size([], LIMIT) == []
 
 
 @pytest.mark.parametrize("bad", [0, -1])

@@ -55,6 +55,7 @@ EXPECTED_FUTURE_EDGES = {
     (PENDING, "cancel"): CANCELLED,
     (QUEUED, "assign"): ASSIGNED,
     (QUEUED, "cancel"): CANCELLED,
+    (QUEUED, "fail"): FAILED,  # no worker is left to run it
     (ASSIGNED, "start"): RUNNING,
     (ASSIGNED, "cancel"): CANCELLED,
     (ASSIGNED, "finish"): DONE,
@@ -476,6 +477,131 @@ def test_a_future_lost_max_losses_times_comes_back_lost(max_losses: int) -> None
     assert outcomes(run.take(ROOT)) == [(fid, m.LOST)]
     assert run.book.futures == {}
     assert run.book.queued == 0
+
+
+def test_a_queued_future_fails_when_no_worker_is_left_to_run_it() -> None:
+    # The story of issue 9, item 6: a worker dies holding futures, they are
+    # queued again, and no worker comes; the broker fails them (and lives).
+    run = Run(max_losses=3)
+    run.join(ROOT)
+    run.join(W1, slots=1)
+    fids = run.submit(ROOT, 3)
+    run.send(W1, m.Ready(2))
+    assert run.tasks_for(W1) == fids[:2]
+    assert run.book.leave(W1) == fids[:2]  # lost once: queued again
+    assert run.book.queued == 3
+
+    assert run.book.fail_queued("no worker has been connected for 30 s") == 3
+    run.flush()
+    got = [o for msg in run.take(ROOT) if isinstance(msg, m.Results) for o in msg.outcomes]
+    assert sorted((o.fid, o.status) for o in got) == [(f, m.LOST) for f in fids]
+    for out in got:
+        reason = bytes(out.frames[0]).decode()
+        assert f"{out.fid:#x}" in reason and "no worker has been connected for 30 s" in reason
+    assert run.book.futures == {} and run.book.queued == 0
+
+    # Nothing is left to fail twice, and a worker that joins later gets none of them.
+    assert run.book.fail_queued("again") == 0
+    run.join(W2, slots=1)
+    run.send(W2, m.Ready(3))
+    assert run.tasks_for(W2) == []
+    # The book goes on: new work runs.
+    (fid,) = run.submit(ROOT)
+    run.flush()
+    assert run.tasks_for(W2) == [fid]
+
+
+def test_fail_queued_leaves_futures_held_by_workers_alone(run: Run) -> None:
+    run.join(W1, slots=1)
+    held, queued = run.submit(ROOT, 2)
+    run.send(W1, m.Ready(1))
+    assert run.tasks_for(W1) == [held]
+    assert run.book.fail_queued("test") == 1
+    run.flush()
+    assert outcomes(run.take(ROOT)) == [(queued, m.LOST)]
+    run.answer(W1, [held])
+    assert outcomes(run.take(ROOT)) == [(held, m.OK)]
+    assert run.book.futures == {}
+
+
+def test_a_cancelled_queued_future_is_not_failed_again(run: Run) -> None:
+    a, b = run.submit(ROOT, 2)
+    run.send(ROOT, m.Cancel(a))
+    assert run.take(ROOT) == [m.CancelReply(a, True)]
+    assert run.book.fail_queued("test") == 1
+    run.flush()
+    assert outcomes(run.take(ROOT)) == [(b, m.LOST)]
+
+
+# -- batches that fit max_message_size ---------------------------------------------
+
+LIMIT = 10_000
+
+
+def _sizes(msgs: list[m.Message]) -> list[int]:
+    codec = m.Codec(b"k" * 32, m.BROKER_IDENTITY, max_size=LIMIT)
+    return [sum(memoryview(f).nbytes for f in codec.encode(msg, to=b"r" * 255)) for msg in msgs]
+
+
+def test_results_for_one_owner_are_sent_in_messages_that_fit() -> None:
+    # Three results that fit one by one, not together: the issue's 3 x 4 MB.
+    run = Run(max_message_size=LIMIT)
+    run.join(ROOT)
+    for w in (W1, W2, W3):
+        run.join(w, slots=1)
+    fids = run.submit(ROOT, 3)
+    for w in (W1, W2, W3):
+        run.book.handle(w, m.Ready(1))
+    run.flush()
+    held = {w: run.tasks_for(w) for w in (W1, W2, W3)}
+    for w, (fid,) in held.items():
+        big = m.Outcome(fid, m.OK, 0.1, (bytes(4000),))
+        run.book.handle(w, m.Results((big,), (fid,)))
+    run.flush()  # one turn: all three are coalesced for the root
+    msgs = run.take(ROOT)
+    assert sorted(fid for fid, _ in outcomes(msgs)) == sorted(fids)
+    assert len([msg for msg in msgs if isinstance(msg, m.Results)]) >= 2
+    assert max(_sizes(msgs)) <= LIMIT
+
+
+def test_many_started_ids_and_many_tasks_are_cut_to_fit() -> None:
+    run = Run(max_message_size=LIMIT)
+    run.join(ROOT)
+    run.join(W1, slots=1)
+    tasks = tuple(m.Task(run.index[ROOT] << 32 | n, 0, 0, (bytes(700),)) for n in range(1, 41))
+    run.send(ROOT, m.Submit(tasks[:10]))
+    run.send(ROOT, m.Submit(tasks[10:20]))
+    run.send(ROOT, m.Submit(tasks[20:30]))
+    run.send(ROOT, m.Submit(tasks[30:]))
+    run.send(W1, m.Ready(40))
+    to_worker = run.take(W1)
+    assert [t for msg in to_worker if isinstance(msg, m.Tasks) for t in msg.tasks] == list(tasks)
+    assert len(to_worker) > 1 and max(_sizes(to_worker)) <= LIMIT
+    # A worker may hand over its own futures: many ids started at once.
+    fids = [t.fid for t in tasks]
+    run.send(W1, m.Started(fids))
+    to_root = run.take(ROOT)
+    assert [f for msg in to_root if isinstance(msg, m.Started) for f in msg.fids] == fids
+
+
+def test_a_result_too_big_for_any_message_fails_its_future_saying_why() -> None:
+    # A worker with another limit let it through; the broker cannot pass it on.
+    run = Run(max_message_size=LIMIT)
+    run.join(ROOT)
+    run.join(W1, slots=1)
+    small, huge = run.submit(ROOT, 2)
+    run.send(W1, m.Ready(2))
+    assert run.tasks_for(W1) == [small, huge]
+    run.answer(W1, [small])
+    run.send(W1, m.Results((m.Outcome(huge, m.OK, 0.0, (bytes(LIMIT),)),)))
+    msgs = run.take(ROOT)
+    assert outcomes(msgs) == [(small, m.OK), (huge, m.LOST)]
+    (lost,) = [
+        o for msg in msgs if isinstance(msg, m.Results) for o in msg.outcomes if o.fid == huge
+    ]
+    reason = bytes(lost.frames[0]).decode()
+    assert str(LIMIT) in reason and "max_message_size" in reason and f"{huge:#x}" in reason
+    assert run.book.futures == {}
 
 
 def test_a_departed_owner_queued_futures_are_dropped(run: Run) -> None:
@@ -954,6 +1080,14 @@ class ExactlyOnce(RuleBasedStateMachine):
             self.book.leave(peer)
         worker.book = None
         self.deliver()
+
+    @rule()
+    def no_worker_left(self) -> None:
+        # The broker's heartbeat check found no worker for too long.
+        queued = {fid for fid, f in self.book.futures.items() if f.state is QUEUED}
+        assert self.book.fail_queued("no worker left") == len(queued)
+        self.deliver()
+        assert all(self.answers[fid] == [m.LOST] for fid in queued)
 
     @rule(peer=st.sampled_from(WORKER_PEERS))
     def rejoin(self, peer: bytes) -> None:
