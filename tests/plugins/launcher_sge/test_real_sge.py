@@ -94,12 +94,16 @@ def cluster() -> Iterator[sge_cluster.Cluster]:
 
 
 def qsub(cluster: sge_cluster.Cluster, mark: str, *args: str, **extra: str) -> str:
-    """Submit with -sync y (in a timeout: a job in error state waits for ever); its output."""
+    """Submit with -sync y (in a timeout: a job in error state waits for ever); its output.
+
+    The submitter's ``python`` (first on PATH) is this interpreter, as from
+    a virtualenv, and says so on stderr when a job runs it."""
     output = Path(extra.pop("output"))
+    bin_dir = checks.submitters_python(output.parent / "bin").parent
     env = {
         **cluster.env,
         checks.MARK_VAR: mark,
-        "PATH": f"{Path(sys.executable).parent}:{cluster.env['PATH']}",
+        "PATH": f"{bin_dir}:{cluster.env['PATH']}",
         **extra,
     }
     done = checks.subprocess.run(
@@ -142,6 +146,8 @@ def test_the_example_job_script_runs(cluster: sge_cluster.Cluster, tmp_path: Pat
     script = REPO / "examples" / "submit_files" / "sge.qsub"
     # The script asks for the PE "smp"; here it is called scooptest.
     text = qsub(cluster, mark, "-pe", cluster.pe, "2", str(script), output=str(tmp_path / "out"))
+    # Grid Engine's login shell reset PATH; the script put the submitter's back.
+    assert checks.SUBMITTERS_PYTHON in text, text
     assert "map: 1000 values" in text
     assert "running inside a sge allocation" in text
     assert checks.processes_marked(mark) == []

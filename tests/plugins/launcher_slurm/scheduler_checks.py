@@ -79,6 +79,22 @@ def write_script(path: Path, body: str) -> Path:
     return path
 
 
+SUBMITTERS_PYTHON = "python: the one first on the submitter's PATH"
+
+
+def submitters_python(bin_dir: Path) -> Path:
+    """A ``python`` in ``bin_dir`` that runs this interpreter and first says
+    :data:`SUBMITTERS_PYTHON` on stderr: put ``bin_dir`` first on PATH where a
+    job is submitted, and the job's output shows whether its ``python`` is
+    the one the user submitted with (a virtualenv's, say) or another one
+    the job's shell found."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    python = bin_dir / "python"
+    python.write_text(f'#!/bin/sh\necho "{SUBMITTERS_PYTHON}" >&2\nexec {sys.executable} "$@"\n')
+    python.chmod(0o755)
+    return python
+
+
 def job_environment(bin_dir: Path, extra: Mapping[str, str]) -> dict[str, str]:
     """This process's environment with ``bin_dir`` first on PATH, a run mark, and ``extra``."""
     env = dict(os.environ)

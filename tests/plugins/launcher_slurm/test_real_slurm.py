@@ -207,12 +207,9 @@ def test_a_scoop_program_in_a_job_uses_its_nodes(
 def test_the_example_batch_script_runs(cluster: slurm_cluster.Cluster, tmp_path: Path) -> None:
     mark = uuid.uuid4().hex
     output = tmp_path / "job.out"
-    env = {
-        **cluster.env,
-        checks.MARK_VAR: mark,
-        # The script's `python` is this one.
-        "PATH": f"{Path(sys.executable).parent}:{cluster.env['PATH']}",
-    }
+    # The script's `python` is the submitter's: this one, as from a virtualenv.
+    bin_dir = checks.submitters_python(tmp_path / "bin").parent
+    env = {**cluster.env, checks.MARK_VAR: mark, "PATH": f"{bin_dir}:{cluster.env['PATH']}"}
     submitted = subprocess.run(
         [
             "sbatch",
@@ -234,6 +231,7 @@ def test_the_example_batch_script_runs(cluster: slurm_cluster.Cluster, tmp_path:
     )
     text = output.read_text()
     assert state == "COMPLETED", f"{state}\n{text}"
+    assert checks.SUBMITTERS_PYTHON in text, text
     assert "map: 1000 values" in text
     assert "running inside a slurm allocation" in text
     assert checks.processes_marked(mark) == []

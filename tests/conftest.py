@@ -1,0 +1,156 @@
+"""The two test suites: the default run, and the cluster suite it leaves out.
+
+Most tests need Python and a ``redis-server`` (the Redis tests start their
+own). The *cluster suite* needs daemons a fresh machine lacks, started for
+real by its fixtures: sshd servers for the ssh launcher and ``--hosts``
+runs, a SLURM cluster, a Grid Engine. So that the README's test command
+passes on a fresh machine, a plain ``python -m pytest`` deselects the
+cluster suite (its fixtures never run, so none of their "not installed"
+failures either) and its last lines say how many tests that left out and
+the command that runs them:
+
+- ``python -m pytest --cluster`` runs the cluster suite alone. Run as root,
+  it first installs the packages the suite needs that are missing, with
+  ``.ci/install-packages cluster`` (the script ``.ci/run`` uses too).
+  Selected, a test whose daemon is missing fails, never skips.
+- ``-m`` with an expression naming ``cluster`` (``-m cluster``,
+  ``-m "cluster or not cluster"``) leaves the choice to that expression.
+
+A test belongs to the cluster suite if it uses a fixture in
+:data:`CLUSTER_FIXTURES` (directly or through another fixture) or carries
+``@pytest.mark.cluster``; it gets the ``cluster`` marker here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from contextlib import nullcontext
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+INSTALL = TESTS.parent / ".ci" / "install-packages"
+
+CLUSTER_FIXTURES = {
+    # where the fixture is defined (relative to tests/): its name
+    "plugins/launcher_ssh/conftest.py": "cluster",  # sshd servers on the test hosts
+    "integration/test_ssh_runs.py": "machines",  # the same hosts for --hosts runs
+    "plugins/launcher_slurm/test_real_slurm.py": "cluster",  # munged, slurmctld, slurmd
+    "plugins/launcher_sge/test_real_sge.py": "cluster",  # sge_qmaster, sge_execd
+}
+"""The fixtures that start sshd, SLURM or Grid Engine daemons. A fixture is
+visible only below its conftest's directory, or in its module."""
+
+NEEDS = "sshd, SLURM and Grid Engine"
+
+_LEFT_OUT = pytest.StashKey[int]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--cluster",
+        action="store_true",
+        help=(
+            f"run the cluster suite (tests that start {NEEDS} daemons) instead of the "
+            "default one; as root, first install the packages it lacks "
+            "(.ci/install-packages cluster)"
+        ),
+    )
+
+
+def _markexpr_names_cluster(config: pytest.Config) -> bool:
+    return re.search(r"\bcluster\b", config.getoption("markexpr") or "") is not None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With --cluster, as root: install what the cluster suite lacks, before
+    its modules are collected (they look at what is installed then)."""
+    config = session.config
+    if not config.getoption("cluster"):
+        return
+    missing = subprocess.run(
+        [str(INSTALL), "--missing", "cluster"], capture_output=True, text=True, check=True
+    ).stdout.split()
+    if not missing:
+        return
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    install = f"{shlex.quote(str(INSTALL))} cluster"
+    if os.geteuid() != 0:
+        # The tests then fail, each naming what it lacks.
+        if reporter is not None:
+            reporter.write_line(
+                f"the cluster suite needs packages that are not installed "
+                f"({' '.join(missing)}): install them as root with {install}",
+                yellow=True,
+            )
+        return
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None:
+        reporter.write_line(f"installing what the cluster suite needs: {install}", bold=True)
+    # apt-get's progress straight to the terminal.
+    with capture.global_and_fixture_disabled() if capture is not None else nullcontext():
+        sys.stdout.flush()
+        done = subprocess.run([str(INSTALL), "cluster"], check=False)
+    if done.returncode != 0:
+        raise pytest.UsageError(f"{install} failed (exit {done.returncode}): see its output above")
+
+
+def _in_cluster_suite(item: pytest.Item) -> bool:
+    if item.get_closest_marker("cluster") is not None:
+        return True
+    names = getattr(item, "fixturenames", ())
+    path = Path(item.path).resolve()
+    for where, name in CLUSTER_FIXTURES.items():
+        defined = TESTS / where
+        visible = (
+            path == defined if defined.name.startswith("test_") else defined.parent in path.parents
+        )
+        if visible and name in names:
+            return True
+    return False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    cluster = [item for item in items if _in_cluster_suite(item)]
+    for item in cluster:
+        item.add_marker(pytest.mark.cluster)
+    if _markexpr_names_cluster(config):
+        return
+    wanted = config.getoption("cluster")
+    chosen = set(map(id, cluster))
+    keep = [item for item in items if (id(item) in chosen) == wanted]
+    if len(keep) == len(items):
+        return
+    deselected = [item for item in items if (id(item) in chosen) != wanted]
+    config.hook.pytest_deselected(items=deselected)
+    items[:] = keep
+    if not wanted:
+        config.stash[_LEFT_OUT] = len(deselected)
+
+
+def _run_them(config: pytest.Config) -> str:
+    """The command that runs the cluster tests this run left out."""
+    argv = ["python", "-m", "pytest", "--cluster"]
+    if config.args_source == pytest.Config.ArgsSource.ARGS:
+        argv += config.invocation_params.args
+    return shlex.join(argv)
+
+
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
+    left_out = config.stash.get(_LEFT_OUT, 0)
+    if left_out:
+        tests = "test" if left_out == 1 else "tests"
+        terminalreporter.write_line(
+            f"{left_out} cluster {tests} not selected (they need {NEEDS}): "
+            f"run them with: {_run_them(config)}",
+            yellow=True,
+        )
