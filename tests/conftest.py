@@ -28,6 +28,7 @@ import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Generator
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -67,13 +68,17 @@ def _markexpr_names_cluster(config: pytest.Config) -> bool:
     return re.search(r"\bcluster\b", config.getoption("markexpr") or "") is not None
 
 
-@pytest.hookimpl(trylast=True)
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """With --cluster, as root: install what the cluster suite lacks, before
-    its modules are collected (they look at what is installed then)."""
-    config = session.config
-    if not config.getoption("cluster"):
-        return
+@pytest.hookimpl(wrapper=True)
+def pytest_sessionstart(session: pytest.Session) -> Generator[None]:
+    """With --cluster, as root: install what the cluster suite lacks, after
+    the session's header and before its modules are collected (they look at
+    what is installed then)."""
+    yield
+    if session.config.getoption("cluster"):
+        _install(session.config)
+
+
+def _install(config: pytest.Config) -> None:
     missing = subprocess.run(
         [str(INSTALL), "--missing", "cluster"], capture_output=True, text=True, check=True
     ).stdout.split()
