@@ -30,6 +30,7 @@ from scoop_core.errors import ScoopError
 from scoop_core.interfaces import Endpoint, Serializer
 from scoop_core.plugins.manager import get_plugin_manager
 from scoop_core.pool import connect_endpoint
+from scoop_core.run_keys import KEY_ENV
 from scoop_core.shared_broker import SharedBrokerEndpoint
 
 log = logging.getLogger("scoop.bootstrap")
@@ -40,6 +41,20 @@ def _env(name: str, default: str | None = None) -> str:
     if value is None:
         raise ScoopError(f"{name} is not set: this process must be started by the scoop launcher")
     return value
+
+
+SECRETS = ("_SCOOP_KEY", "_SCOOP_TRANSPORT_SETTINGS", KEY_ENV)
+"""Variables that can hold a secret: the run's key (ours, or the one the user
+gave the launcher) and the transport's settings (a Redis password, say).
+Each is taken out of this process's environment as soon as it is read, so
+the user's own subprocesses (a future running ``subprocess.run``) never
+inherit it. No process we start from here needs them: a host's supervisor
+gets its workers' variables in its plan, on stdin."""
+
+
+def _take_secrets() -> dict[str, str | None]:
+    """The :data:`SECRETS`, removed from the environment."""
+    return {name: os.environ.pop(name, None) for name in SECRETS}
 
 
 def _limits() -> dict[str, Any]:
@@ -63,11 +78,11 @@ def _setup(name: str) -> tuple[Endpoint, bytes, Serializer, int]:
     scoop_log.configure(_env("_SCOOP_LOG_LEVEL", "WARNING"))
     if os.environ.get("_SCOOP_LOG_FILE"):
         scoop_log.add_file(os.environ["_SCOOP_LOG_FILE"])
-    # The key stays out of the environment of the user's own subprocesses.
-    key = bytes.fromhex(os.environ.pop("_SCOOP_KEY", "") or _env("_SCOOP_KEY"))
+    secret = _take_secrets()
+    key = bytes.fromhex(secret["_SCOOP_KEY"] or _env("_SCOOP_KEY"))
     disabled = [p for p in _env("_SCOOP_DISABLE_PLUGINS", "").split(",") if p]
     plugins = get_plugin_manager(disabled)
-    settings: dict[str, Any] = json.loads(_env("_SCOOP_TRANSPORT_SETTINGS", "{}"))
+    settings: dict[str, Any] = json.loads(secret["_SCOOP_TRANSPORT_SETTINGS"] or "{}")
     transport = plugins.transport(_env("_SCOOP_TRANSPORT")).factory(settings)
     serializer = plugins.serializer(_env("_SCOOP_SERIALIZER", "cloudpickle")).factory()
     endpoint = connect_endpoint(

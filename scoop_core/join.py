@@ -4,8 +4,10 @@ Only a transport whose server is the broker (Redis) can take workers that
 were not started by the run's launcher: they find the run in that server by
 its id, check its description with the run's key, and take futures like the
 others. The key comes from ``$SCOOP_RUN_KEY``, ``--key-file`` or the key
-file ``scoop run`` wrote (see :func:`scoop_core.shared_broker.find_run_key`);
-it reaches the workers through their environment, never their command line.
+file ``scoop run`` wrote (see :func:`scoop_core.run_keys.find_run_key`, which
+reads a key file only if it is a regular file of this user's that nobody
+else can read); it reaches the workers through their environment, never
+their command line.
 
 On Ctrl-C (or SIGTERM) the workers hand back the futures they hold, which
 other workers run at once, then exit; the command exits 130 (143). When the
@@ -28,6 +30,7 @@ from scoop_core.interfaces import WorkerSpec
 from scoop_core.local_launcher import LocalLauncher
 from scoop_core.plugins.manager import PluginManager
 from scoop_core.pool import BOOTSTRAP, run_env
+from scoop_core.run_keys import find_run_key
 
 log = logging.getLogger("scoop.launcher")
 
@@ -64,7 +67,7 @@ def _run_info(
             "wrong (scoop run -v prints the run id)"
         )
     try:
-        key = sb.find_run_key(run_id, key_path)
+        key = find_run_key(run_id, key_path)
         info = sb.read_info(blob, key)
     except ValueError as exc:
         raise LaunchError(f"cannot join run {run_id}: {exc}") from None

@@ -150,6 +150,7 @@ class Pool:
                 f"run id {self.run_id} is already in use at {store.address}; "
                 "choose another --run-id (or none, for a new random one)"
             )
+        self._codec = m.Codec(self.key, sb.LAUNCHER.encode())
         if not os.environ.get(sb.KEY_ENV):
             self.key_path = str(sb.write_key_file(self.run_id, self.key))
         log.info(
@@ -160,7 +161,6 @@ class Pool:
             self.run_id,
             self.key_path or f"${sb.KEY_ENV}",
         )
-        self._codec = m.Codec(self.key, sb.LAUNCHER.encode())
         self._peers = sb.Peers(store)
         self._beat()
         threading.Thread(target=self._keep_beating, name="scoop-launcher-beat", daemon=True).start()

@@ -46,7 +46,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from scoop_core import _messages as m
 from scoop_core._state import lost_reason
@@ -631,45 +630,5 @@ def read_info(blob: bytes, key: bytes) -> dict[str, object]:
     return info
 
 
-KEY_ENV = "SCOOP_RUN_KEY"
-"""An environment variable holding a run's key (hex), for launcher and workers alike."""
-
-
-def key_file(run_id: str) -> Path:
-    """Where ``scoop run`` leaves a run's key for ``scoop worker``, on a
-    shared-storage home directory typically seen by every node."""
-    return Path.home() / ".scoop" / "runs" / f"{run_id}.key"
-
-
-def write_key_file(run_id: str, key: bytes) -> Path:
-    path = key_file(run_id)
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key.hex() + "\n")
-    return path
-
-
-def parse_key(text: str, where: str) -> bytes:
-    try:
-        key = bytes.fromhex(text.strip())
-    except ValueError:
-        key = b""
-    if len(key) < 16:
-        raise ValueError(f"{where} does not hold a run key (at least 32 hex digits)")
-    return key
-
-
-def find_run_key(run_id: str, path: str | None = None) -> bytes:
-    """A joining worker's key: ``path``, else ``$SCOOP_RUN_KEY``, else the key file."""
-    if path is None and os.environ.get(KEY_ENV):
-        return parse_key(os.environ[KEY_ENV], f"${KEY_ENV}")
-    file = Path(path) if path else key_file(run_id)
-    try:
-        text = file.read_text()
-    except OSError as exc:
-        raise ValueError(
-            f"no key for run {run_id}: cannot read {file} ({exc.strerror}); set {KEY_ENV} "
-            "to the run's key or pass --key-file (scoop run writes the key file on its machine)"
-        ) from None
-    return parse_key(text, str(file))
+# The run-key helpers live in scoop_core.run_keys; the launcher still finds them here.
+from scoop_core.run_keys import KEY_ENV, parse_key, write_key_file  # noqa: E402, F401
