@@ -72,6 +72,12 @@ CORE_SETTINGS: tuple[Setting, ...] = (
         3,
         "Times a future may be lost with its worker before it fails with WorkerLostError.",
     ),
+    Setting(
+        "max_restarts",
+        int,
+        10,
+        "Dead workers the launcher replaces per host in a run; 0 turns replacing off.",
+    ),
     Setting("prefetch", int, 2, "Futures a worker holds beyond the ones it runs."),
     Setting(
         "run_id",
@@ -345,6 +351,7 @@ _CORE_CHECKS: dict[str, Callable[[Any], Any]] = {
     "prefetch": _at_least(0),
     "max_message_size": _at_least(1),
     "max_losses": _at_least(1),
+    "max_restarts": _at_least(0),
     "heartbeat_interval": _at_least(0, strict=True),
     "heartbeat_timeout": _at_least(0, strict=True),
 }

@@ -30,6 +30,10 @@ class LocalWorkers(WorkerGroup):
     def poll(self) -> dict[str, int | None]:
         return {name: p.poll() for name, p in self.processes.items()}
 
+    def replace(self, dead: str, spec: WorkerSpec) -> None:
+        """Start ``spec`` on this machine in place of the worker ``dead``."""
+        self.processes[spec.name] = _start(spec)
+
     def pids(self) -> dict[str, int]:
         return {name: p.pid for name, p in self.processes.items()}
 
@@ -55,14 +59,18 @@ class LocalLauncher(Launcher):
         processes: dict[str, subprocess.Popen[bytes]] = {}
         try:
             for spec in workers:
-                env = {**os.environ, **spec.env}
-                processes[spec.name] = subprocess.Popen(list(spec.argv), env=env, cwd=spec.cwd)
-        except OSError as exc:
+                processes[spec.name] = _start(spec)
+        except LaunchError:
             LocalWorkers(processes).stop(2.0)
-            raise LaunchError(
-                f"cannot start worker {spec.argv[0]!r} on this machine: {exc}"
-            ) from exc
+            raise
         return LocalWorkers(processes)
+
+
+def _start(spec: WorkerSpec) -> subprocess.Popen[bytes]:
+    try:
+        return subprocess.Popen(list(spec.argv), env={**os.environ, **spec.env}, cwd=spec.cwd)
+    except OSError as exc:
+        raise LaunchError(f"cannot start worker {spec.argv[0]!r} on this machine: {exc}") from exc
 
 
 @hookimpl

@@ -4,7 +4,7 @@ Both ways of running share it: the launcher (``python -m scoop prog.py``),
 which adds a root process, and :class:`scoop_core.Executor`, whose own
 process is the root. A pool makes the run's secret key and id, binds the
 broker, starts the workers through a launcher plugin, and stops everything
-it started.
+it started, and replaces a worker that dies while the run goes on.
 
 Workers learn what they need from environment variables starting with
 ``_SCOOP_`` (never from the command line, which ``ps`` shows to everyone).
@@ -40,6 +40,7 @@ from scoop_core.interfaces import (
     WorkerSpec,
 )
 from scoop_core.plugins.manager import PluginManager
+from scoop_core.remote import Replaceable
 
 log = logging.getLogger("scoop.launcher")
 
@@ -107,6 +108,12 @@ class Pool:
         self.key_path: str | None = None
         self.group: WorkerGroup | None = None
         self._reported: set[str] = set()
+        # Replacing workers that die (max_restarts per host).
+        self._places: dict[str, str] = {}  # worker name -> the host it runs on
+        self._restarts: dict[str, int] = {}  # host -> workers replaced there
+        self._replaced: set[str] = set()  # dead workers a replacement stands in for
+        self._next_worker = workers + 1
+        self._stopping = False
 
     # -- starting -------------------------------------------------------------
 
@@ -258,6 +265,7 @@ class Pool:
             # Source the prolog in a shell, then become the worker.
             argv = ("/bin/sh", "-c", '. "$1" || exit 1; shift; exec "$@"', "sh", opts.prolog, *argv)
         env = self.env(name)
+        self._places[name] = host
         return WorkerSpec(name=name, host=host, argv=argv, env=env, cwd=opts.path)
 
     def connect(self, name: str) -> _runtime.RootRuntime:
@@ -291,21 +299,77 @@ class Pool:
     # -- watching and stopping ----------------------------------------------------
 
     def exited_workers(self) -> dict[str, int]:
-        """Workers whose process has ended, with their status. Each is reported
-        to the broker once, so the futures it held run elsewhere."""
+        """Workers whose process has ended and whom no replacement stands in
+        for, with their status: the run has no worker left when there are
+        :attr:`size` of them. Each exit is reported to the broker once, so
+        the futures it held run elsewhere, and the worker is replaced if it
+        died (:meth:`_replace`)."""
         if self.group is None:
             return {}
         ended = {n: s for n, s in self.group.poll().items() if s is not None}
         for name, status in ended.items():
             if name not in self._reported:
                 self._reported.add(name)
-                if status != 0:
-                    log.warning("%s exited with status %s", name, status)
                 if self.broker is not None:
                     self.broker.peer_lost(name.encode())
                 if self.store is not None:
                     self._recover(name)
-        return ended
+                if status != 0:
+                    self._replace(name, status)
+        return {n: s for n, s in ended.items() if n not in self._replaced}
+
+    def _replace(self, dead: str, status: int) -> None:
+        """Start a new worker where ``dead`` ran, as Dask's nanny does.
+
+        Only for a worker that died (a nonzero status: killed, crashed,
+        ``os._exit``) while the run goes on; one that exits with 0 left on
+        purpose. Bounded per host by ``max_restarts``, so that something
+        which kills every worker there (a future that crashes its worker
+        each time it runs, a broken environment) ends instead of looping;
+        such a future fails with WorkerLostError after ``max_losses``."""
+        died = f"{dead} exited with status {status}"
+        host = self._places.get(dead, "127.0.0.1")
+        where = f"host {host}" if self.hosts else "this machine"
+        group = self.group
+        if self._stopping:
+            log.warning("%s", died)
+            return
+        done, limit = self._restarts.get(host, 0), self.config["max_restarts"]
+        if limit == 0:
+            log.warning("%s; not replaced (max_restarts = 0)", died)
+            return
+        if not isinstance(group, Replaceable):
+            log.warning("%s; not replaced: its launcher cannot start workers later", died)
+            return
+        if done >= limit:
+            log.error(
+                "%s and is not replaced: %d worker(s) on %s were replaced already "
+                "(max_restarts = %d). Something there kills every worker: a future that "
+                "crashes its worker whenever it runs, or a broken environment; fix it, "
+                "or raise max_restarts",
+                died,
+                done,
+                where,
+                limit,
+            )
+            return
+        name = f"worker-{self._next_worker}"
+        self._next_worker += 1
+        self._restarts[host] = done + 1
+        try:
+            group.replace(dead, self.worker_spec(name, host))
+        except LaunchError as exc:
+            log.error("%s and could not be replaced: %s", died, exc)
+            return
+        self._replaced.add(dead)
+        log.warning(
+            "%s; %s replaces it (restart %d of max_restarts = %d on %s)",
+            died,
+            name,
+            done + 1,
+            limit,
+            where,
+        )
 
     def _recover(self, name: str) -> None:
         """A worker of ours died: what it held runs again elsewhere, now."""
@@ -327,6 +391,7 @@ class Pool:
     def stop(self, grace: float = 5.0) -> None:
         """Tell the workers the run is over, give them ``grace`` seconds to
         exit on their own, then make sure they are gone."""
+        self._stopping = True  # workers exiting from here on are not replaced
         joined = self._end()
         if self.group is not None:
             # A worker that never reached the broker did not hear the

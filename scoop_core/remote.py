@@ -14,10 +14,14 @@ on each host, once: ``python -m scoop_core.remote``. That supervisor
   launcher forwards to the user's terminal, each line prefixed by the host;
 - writes a line ``@@scoop-exit NAME STATUS`` when a worker exits, so the
   launcher knows at once (a lost worker's futures run elsewhere at once);
+- on the line ``start WORKER`` (one worker of the plan's form, as JSON)
+  starts that worker too: the launcher's replacement for one that died;
 - on the line ``stop GRACE`` terminates them (SIGTERM, then SIGKILL after
   GRACE seconds); when stdin closes (the launcher or its connection is
-  gone) or on SIGTERM/SIGHUP/SIGINT, kills them at once. It exits when its
-  last worker has, so nothing of the run outlives it on the host.
+  gone) or on SIGTERM/SIGHUP/SIGINT, kills them at once. It exits once it
+  is stopping and its last worker has exited, so nothing of the run
+  outlives it on the host; until then it stays, even with no worker left,
+  for the launcher may send replacements.
 
 :class:`RemoteHost` is the launcher's side of one such supervisor, over any
 byte streams (an SSH channel, a subprocess's pipes).
@@ -35,8 +39,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import IO, Any
+from typing import IO, Any, Protocol, runtime_checkable
 
+from scoop_core.errors import LaunchError
 from scoop_core.interfaces import WorkerGroup, WorkerSpec
 
 log = logging.getLogger("scoop.launcher")
@@ -47,12 +52,22 @@ EXIT_MARK = "@@scoop-exit "
 MODULE = "scoop_core.remote"
 
 
+@runtime_checkable
+class Replaceable(Protocol):
+    """A worker group that can start a worker in place of one that died."""
+
+    def replace(self, dead: str, spec: WorkerSpec) -> None:
+        """Start ``spec`` where the worker ``dead`` ran; raise
+        :class:`~scoop_core.errors.LaunchError` if it cannot be started."""
+
+
+def _worker(spec: WorkerSpec) -> dict[str, Any]:
+    return {"name": spec.name, "argv": list(spec.argv), "env": dict(spec.env), "cwd": spec.cwd}
+
+
 def plan(specs: Sequence[WorkerSpec]) -> bytes:
     """The line a supervisor reads first: the workers it starts."""
-    workers = [
-        {"name": s.name, "argv": list(s.argv), "env": dict(s.env), "cwd": s.cwd} for s in specs
-    ]
-    return json.dumps({"workers": workers}).encode() + b"\n"
+    return json.dumps({"workers": [_worker(s) for s in specs]}).encode() + b"\n"
 
 
 def command(python: str = "python3") -> list[str]:
@@ -67,19 +82,28 @@ class _Supervisor:
     def __init__(self, workers: list[dict[str, Any]]) -> None:
         self.workers = workers
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.lock = threading.Lock()
+        # Reentrant: the signal handler stops the workers from the main
+        # thread, which may hold it (in watch) at that moment.
+        self.lock = threading.RLock()
         self.stopping = False
 
     def start(self) -> None:
         for w in self.workers:
-            env = {**os.environ, **w["env"], "_SCOOP_PARENT_PID": str(os.getpid())}
-            try:
-                self.procs[w["name"]] = subprocess.Popen(
-                    w["argv"], env=env, cwd=w.get("cwd") or None, stdin=subprocess.DEVNULL
-                )
-            except OSError as exc:
-                print(f"cannot start {w['name']} ({w['argv'][0]}): {exc}", file=sys.stderr)
-                self.report(w["name"], 127)
+            self.add(w)
+
+    def add(self, w: dict[str, Any]) -> None:
+        """Start one worker (unless stopping: then it is reported as never run)."""
+        env = {**os.environ, **w["env"], "_SCOOP_PARENT_PID": str(os.getpid())}
+        with self.lock:
+            if not self.stopping:
+                try:
+                    self.procs[w["name"]] = subprocess.Popen(
+                        w["argv"], env=env, cwd=w.get("cwd") or None, stdin=subprocess.DEVNULL
+                    )
+                    return
+                except OSError as exc:
+                    print(f"cannot start {w['name']} ({w['argv'][0]}): {exc}", file=sys.stderr)
+        self.report(w["name"], 127)
 
     def report(self, name: str, status: int) -> None:
         # One write of a short line: it does not interleave with the workers' lines.
@@ -99,24 +123,36 @@ class _Supervisor:
                 p.kill()
 
     def watch(self) -> None:
-        """Report each exit; return when every worker has exited."""
-        pending = dict(self.procs)
-        while pending:
-            for name, p in list(pending.items()):
+        """Report each exit; return once stopping and every worker has exited."""
+        reported: set[str] = set()
+        while True:
+            with self.lock:
+                procs = list(self.procs.items())
+                over = self.stopping
+            running = False
+            for name, p in procs:
+                if name in reported:
+                    continue
                 status = p.poll()
-                if status is not None:
-                    del pending[name]
+                if status is None:
+                    running = True
+                else:
+                    reported.add(name)
                     self.report(name, status)
+            if over and not running:
+                return
             time.sleep(0.05)  # polling our own children
 
 
 def _listen(sup: _Supervisor) -> None:
     """Commands from the launcher; EOF means it is gone."""
     for raw in sys.stdin.buffer:
-        words = raw.decode(errors="replace").split()
-        if words[:1] == ["stop"]:
-            grace = float(words[1]) if len(words) > 1 else 3.0
+        command, _, rest = raw.decode(errors="replace").strip().partition(" ")
+        if command == "stop":
+            grace = float(rest) if rest else 3.0
             threading.Thread(target=sup.stop, args=(grace,), daemon=True).start()
+        elif command == "start":
+            sup.add(json.loads(rest))
     sup.stop(0.0)
 
 
@@ -227,6 +263,20 @@ class RemoteHost:
     def poll(self) -> dict[str, int | None]:
         return dict(self.statuses)
 
+    def replace(self, dead: str, spec: WorkerSpec) -> None:
+        """Have the supervisor start ``spec`` in place of the worker ``dead``."""
+        if self._ended.is_set():
+            raise LaunchError(
+                f"{self.label}: cannot start {spec.name}: the host's supervisor is gone"
+            )
+        self.statuses[spec.name] = None
+        try:
+            self._stdin.write(f"start {json.dumps(_worker(spec))}\n".encode())
+            self._stdin.flush()
+        except (OSError, ValueError) as exc:
+            del self.statuses[spec.name]
+            raise LaunchError(f"{self.label}: cannot start {spec.name}: {exc}") from exc
+
     def stop(self, grace: float) -> None:
         """Terminate the workers, wait ``grace`` seconds, then cut the connection."""
         if not self._ended.is_set():
@@ -258,6 +308,13 @@ class HostGroup(WorkerGroup):
         for part in self.parts:
             statuses.update(part.poll())
         return statuses
+
+    def replace(self, dead: str, spec: WorkerSpec) -> None:
+        """Start ``spec`` on the host where the worker ``dead`` ran."""
+        part = next((p for p in self.parts if dead in p.poll()), None)
+        if not isinstance(part, Replaceable):
+            raise LaunchError(f"the launcher that started {dead} cannot start workers later")
+        part.replace(dead, spec)
 
     def stop(self, grace: float) -> None:
         threads = [threading.Thread(target=p.stop, args=(grace,)) for p in self.parts]
