@@ -22,6 +22,7 @@ every process of the run, so:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -137,14 +138,23 @@ def _remove_stale(path: Path) -> None:
     path.unlink()
 
 
-def read_private_file(path: Path | str, what: str = "the run's key") -> str:
+def read_private_file(path: Path | str, what: str = "the run's key", *, follow: bool = True) -> str:
     """The text of ``path``, a secret: ValueError unless it is a regular file
     of this user's that group and others cannot use (the message names the
-    path and the fix). A FIFO is refused without blocking."""
+    path and the fix). A FIFO is refused without blocking; so is a symbolic
+    link unless ``follow`` (a link the user made to their key file is theirs
+    to make; a file written for one process to read, such as a ticket, is
+    never a link)."""
     flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    if not follow:
+        flags |= os.O_NOFOLLOW
     try:
         fd = os.open(path, flags)
     except OSError as exc:
+        if exc.errno == errno.ELOOP and not follow:
+            raise ValueError(
+                f"{path} is a symbolic link: {what} is read only from a file written for it"
+            ) from None
         raise ValueError(f"cannot read {what} from {path} ({exc.strerror})") from None
     try:
         info = os.fstat(fd)
@@ -159,8 +169,8 @@ def read_private_file(path: Path | str, what: str = "the run's key") -> str:
         mode = stat.S_IMODE(info.st_mode)
         if mode & 0o077:
             raise ValueError(
-                f"{path} is readable by other users (mode {mode:04o}): anyone who reads "
-                f"{what} can run code in the run; chmod 600 {path}"
+                f"{path} is open to other users (mode {mode:04o}): whoever reads {what} "
+                f"can run code in the run; chmod 600 {path}"
             )
         os.set_blocking(fd, True)
         with os.fdopen(fd, encoding="utf-8", errors="replace", closefd=False) as fh:

@@ -251,7 +251,7 @@ def test_scoop_worker_reads_only_a_private_key_file_of_its_own(
         os.mkfifo(fifo, 0o600)
 
         refused = {
-            shared: f"{shared} is readable by other users (mode 0644)",
+            shared: f"{shared} is open to other users (mode 0644)",
             theirs: f"{theirs} belongs to uid {NOBODY.pw_uid}, not to you (uid 0)",
             fifo: f"{fifo} is not a regular file",
         }

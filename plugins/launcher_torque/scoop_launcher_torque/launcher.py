@@ -13,12 +13,16 @@ output file, so the plan cannot travel down a pipe as it does through
 1. the launcher listens on a fresh port (every interface) and writes a
    *ticket* -- its host name, that port and a one-time token -- to a file
    created with mode 0600 in ``ticket_dir`` (default ``~/.scoop/tickets``,
-   which the nodes share, as they share the home directory);
+   which the nodes share, as they share the home directory), a directory
+   of the user's with mode 0700, as is ``~/.scoop``;
 2. ``pbsdsh -h NODE -o python -m scoop_launcher_torque.relay TICKET`` starts
    the relay: only the ticket's *path* is on a command line;
-3. the relay reads and deletes the ticket, connects back twice presenting
-   the token (a connection without it is dropped), and becomes the node's
-   supervisor with those connections as its stdin/stdout and stderr;
+3. the relay reads and deletes the ticket (only a private file of the
+   user's: see the relay), connects back twice presenting the token, and
+   becomes the node's supervisor with those connections as its stdin/stdout
+   and stderr. The launcher serves every connection to its port at once: one
+   that does not present the token within a few seconds is dropped, and an
+   idle one never holds up the relay's;
 4. the launcher sends the plan (with the run's key) over the connection.
    Closing it, or the launcher dying, ends the supervisor's stdin: it kills
    its workers, as over ``srun``.
@@ -36,17 +40,21 @@ import json
 import logging
 import os
 import secrets
+import selectors
 import socket
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, cast
 
 from scoop_core.errors import ConfigError
 from scoop_core.hosts import Host
 from scoop_core.interfaces import WorkerSpec
 from scoop_core.remote import RemoteHost
+from scoop_core.run_keys import private_dir
 from scoop_core.scheduled import (
     HostStart,
     SchedulerLauncher,
@@ -75,7 +83,12 @@ REMOTE_STARTS: dict[str, tuple[str, ...]] = {
 }
 """The values of the ``remote_start`` setting, and the commands each tries in turn."""
 
-_HELLO_TIMEOUT = 10.0
+_HELLO_TIMEOUT = 5.0
+"""Seconds a connection to the launcher's port has to present the ticket's token."""
+_HELLO_MAX = 256
+"""Bytes of a hello line (token, space, stream name, newline) at most."""
+_MAX_PENDING = 64
+"""Connections waiting to say hello at once; past that, the oldest is dropped."""
 _TAIL_LINES = 20
 
 
@@ -135,9 +148,10 @@ class TorqueLauncher(SchedulerLauncher):
             )
         self.tools = REMOTE_STARTS[choice]
         home = self.environ.get("HOME") or os.path.expanduser("~")
-        self.ticket_dir = str(
-            self.settings.get("ticket_dir") or os.path.join(home, ".scoop", "tickets")
-        )
+        given = self.settings.get("ticket_dir")
+        self.ticket_dir = str(given or os.path.join(home, ".scoop", "tickets"))
+        # ~/.scoop too is the user's alone; a directory of their choosing, from itself down.
+        self._private_from = self.ticket_dir if given else os.path.join(home, ".scoop")
         self.connect_host = str(self.settings.get("connect_host") or socket.gethostname())
 
     def read_allocation(self) -> list[Host] | None:
@@ -150,6 +164,7 @@ class TorqueLauncher(SchedulerLauncher):
         return [tool, "-h", node, "-o", *command]
 
     def start_host(self, tool: str, node: str, specs: Sequence[WorkerSpec]) -> HostStart:
+        private_dir(Path(self.ticket_dir), Path(self._private_from))
         return RelayStart(
             node,
             os.path.basename(tool),
@@ -199,7 +214,7 @@ class RelayStart(HostStart):
                     "token": self._token,
                 },
             )
-        except OSError:
+        except BaseException:
             self.listener.close()
             raise
         try:
@@ -245,42 +260,102 @@ class RelayStart(HostStart):
             self.settled.set()
 
     def _accept(self) -> None:
-        self.listener.settimeout(0.2)
-        try:
-            while not (self.settled.is_set() or self.closing.is_set()):
-                try:
-                    conn, _ = self.listener.accept()
-                except TimeoutError:
-                    continue
-                stream = self._hello(conn)
-                if stream is None or stream in self._conns:
-                    conn.close()
-                    continue
-                self._conns[stream] = conn
-                if len(self._conns) == len(STREAMS):
-                    self._connected()
-        except OSError:
-            pass  # the listener was closed: the start was aborted
-        finally:
-            self.listener.close()
+        """Take the relay's two connections. Every connection is served at
+        once (one selector for them all): one that sends nothing, or not the
+        ticket's token, within :data:`_HELLO_TIMEOUT` is dropped, and never
+        holds up the others -- anyone on the network can connect here."""
+        pending: dict[socket.socket, _Hello] = {}
+        with selectors.DefaultSelector() as selector:
+            try:
+                self.listener.setblocking(False)
+                selector.register(self.listener, selectors.EVENT_READ)
+                while not (self.settled.is_set() or self.closing.is_set()):
+                    now = time.monotonic()
+                    for conn, hello in list(pending.items()):
+                        if now >= hello.deadline:
+                            log.warning(
+                                "%s: dropped a connection that sent no ticket within %g s",
+                                self.node,
+                                _HELLO_TIMEOUT,
+                            )
+                            self._drop(selector, pending, conn)
+                    wait = min([0.2, *(h.deadline - now for h in pending.values())])
+                    for key, _ in selector.select(max(wait, 0.0)):
+                        if key.fileobj is self.listener:
+                            self._take(selector, pending)
+                        else:
+                            self._read_hello(selector, pending, cast(socket.socket, key.fileobj))
+            except OSError:
+                pass  # the listener was closed: the start was aborted
+            finally:
+                for conn in list(pending):
+                    self._drop(selector, pending, conn)
+                self.listener.close()
 
-    def _hello(self, conn: socket.socket) -> str | None:
-        """The stream a connection announces, if it knows the token."""
-        conn.settimeout(_HELLO_TIMEOUT)
-        line = b""
+    def _take(self, selector: selectors.BaseSelector, pending: dict[socket.socket, _Hello]) -> None:
         try:
-            while not line.endswith(b"\n") and len(line) < 256:
-                chunk = conn.recv(256 - len(line))
-                if not chunk:
-                    return None
-                line += chunk
+            conn, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        if len(pending) >= _MAX_PENDING:
+            # Connections held open to crowd the relay out: the oldest goes first.
+            self._drop(selector, pending, next(iter(pending)))
+        conn.setblocking(False)
+        pending[conn] = _Hello(time.monotonic() + _HELLO_TIMEOUT)
+        selector.register(conn, selectors.EVENT_READ)
+
+    def _read_hello(
+        self,
+        selector: selectors.BaseSelector,
+        pending: dict[socket.socket, _Hello],
+        conn: socket.socket,
+    ) -> None:
+        """Read what ``conn`` sent of its hello line; once whole, keep the
+        connection as the stream it names if it knows the token."""
+        hello = pending[conn]
+        try:
+            # Up to the line's end and no further: what follows is the supervisor's.
+            seen = conn.recv(_HELLO_MAX - len(hello.line), socket.MSG_PEEK)
+            end = seen.find(b"\n")
+            chunk = conn.recv(end + 1 if end >= 0 else len(seen))
+        except BlockingIOError:
+            return
         except OSError:
-            return None
+            chunk = b""
+        if not chunk:
+            self._drop(selector, pending, conn)
+            return
+        hello.line += chunk
+        if not hello.line.endswith(b"\n") and len(hello.line) < _HELLO_MAX:
+            return
+        selector.unregister(conn)
+        del pending[conn]
+        stream = self._hello(bytes(hello.line))
+        if stream is None or stream in self._conns:
+            conn.close()
+            return
+        conn.setblocking(True)
+        self._conns[stream] = conn
+        if len(self._conns) == len(STREAMS):
+            self._connected()
+
+    @staticmethod
+    def _drop(
+        selector: selectors.BaseSelector,
+        pending: dict[socket.socket, _Hello],
+        conn: socket.socket,
+    ) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            selector.unregister(conn)
+        pending.pop(conn, None)
+        conn.close()
+
+    def _hello(self, line: bytes) -> str | None:
+        """The stream a hello ``line`` announces, if it knows the token."""
         token, _, stream = line.decode(errors="replace").strip().partition(" ")
         if not hmac.compare_digest(token.encode(), self._token.encode()) or stream not in STREAMS:
             log.warning("%s: dropped a connection that did not present the ticket", self.node)
             return None
-        conn.settimeout(None)
         return stream
 
     def _connected(self) -> None:
@@ -349,6 +424,14 @@ class RelayStart(HostStart):
             os.unlink(self.ticket)
 
 
+@dataclass
+class _Hello:
+    """A connection's hello line as far as it has arrived, and when it must be whole."""
+
+    deadline: float
+    line: bytearray = field(default_factory=bytearray)
+
+
 class _SendSide:
     """The writing half of a connection, as a file: closing it ends the
     supervisor's stdin (the connection stays open for its output)."""
@@ -377,8 +460,9 @@ def _listen() -> socket.socket:
 
 
 def _write_ticket(directory: str, ticket: Mapping[str, object]) -> str:
-    """Write ``ticket`` to a new file only this user can read; return its path."""
-    os.makedirs(directory, mode=0o700, exist_ok=True)
+    """Write ``ticket`` to a new file only this user can read, in a directory
+    only this user can use (:func:`~scoop_core.run_keys.private_dir`); its path."""
+    private_dir(Path(directory))
     path = os.path.join(directory, f"scoop-{secrets.token_hex(8)}.ticket")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:

@@ -8,7 +8,11 @@ a *ticket* (its host, that port and a one-time token) to a file only the
 user can read, in a directory the nodes share; only the file's path goes on
 the command line. This relay, started on the node:
 
-1. reads the ticket and deletes it;
+1. reads the ticket and deletes it. It uses a ticket only if it is a
+   regular file (not a symbolic link: it is opened with ``O_NOFOLLOW``) of
+   the user's own with no permission for group or others, as the launcher
+   writes it: whoever could write a ticket the relay accepts could make it
+   connect to them and receive the plan, with the run's key;
 2. opens two connections back to the launcher, each starting with
    ``TOKEN stdio`` / ``TOKEN stderr``;
 3. makes the first one its stdin and stdout and the second its stderr, and
@@ -29,6 +33,7 @@ import socket
 import sys
 
 from scoop_core.remote import supervise
+from scoop_core.run_keys import read_private_file
 
 STREAMS = ("stdio", "stderr")
 """The connections a relay opens, in order, each announced by its name after the token."""
@@ -50,15 +55,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     path = args[0]
     try:
-        with open(path, encoding="utf-8") as fh:
-            ticket = json.load(fh)
-        host, port, token = str(ticket["host"]), int(ticket["port"]), str(ticket["token"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        _say(f"cannot read the launcher's ticket {path}: {exc}")
+        text = read_private_file(path, "the launcher's ticket", follow=False)
+    except ValueError as exc:
+        _say(f"refused the launcher's ticket: {exc}")
         return 2
     finally:
         with contextlib.suppress(OSError):  # one use only, whatever happens
             os.unlink(path)
+    try:
+        ticket = json.loads(text)
+        host, port, token = str(ticket["host"]), int(ticket["port"]), str(ticket["token"])
+    except (ValueError, KeyError, TypeError) as exc:
+        _say(f"cannot read the launcher's ticket {path}: {exc}")
+        return 2
     try:
         conns = [_connect(host, port, f"{token} {stream}\n") for stream in STREAMS]
     except OSError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pwd
 import random
 import stat
 import sys
@@ -174,6 +175,7 @@ def test_workers_through_pbsdsh(
     # The tickets were used once and removed; their directory is the user's alone.
     assert list(job.tickets.iterdir()) == []
     assert stat.S_IMODE(job.tickets.stat().st_mode) == 0o700
+    assert stat.S_IMODE(job.tickets.parent.stat().st_mode) == 0o700  # ~/.scoop too
 
 
 def test_workers_through_pbs_tmrsh(
@@ -296,4 +298,121 @@ def test_a_task_started_without_stdin_stdout_or_stderr_still_connects(
         assert start.remote is not None and start.remote.poll() == {"worker-1": None}
     finally:
         start.abort()
+    assert checks.processes_marked(job.mark) == []
+
+
+# -- tickets and the relay's listener --------------------------------------------------
+
+TAMPER = """
+import os, shutil, sys
+ticket = sys.argv[-1]
+how = os.environ["TAMPER"]
+if how == "0644":  # readable by every user of the node
+    os.chmod(ticket, 0o644)
+elif how == "nobody":  # another user's file where the ticket should be
+    os.chown(ticket, NOBODY, NOBODY)
+elif how == "symlink":  # a link to a file with the same content
+    shutil.copy(ticket, ticket + ".real")
+    os.chmod(ticket + ".real", 0o600)
+    os.replace(ticket, ticket + ".old")
+    os.symlink(ticket + ".real", ticket)
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving the ticket to nobody needs root")
+@pytest.mark.parametrize(
+    ("how", "why"),
+    [
+        ("0644", "is open to other users (mode 0644)"),
+        ("nobody", f"belongs to uid {pwd.getpwnam('nobody').pw_uid}, not to you (uid 0)"),
+        ("symlink", "is a symbolic link"),
+    ],
+)
+def test_a_ticket_others_can_read_or_that_is_not_the_users_is_refused(
+    job: TorqueJob, tmp_path: Path, how: str, why: str
+) -> None:
+    # Between the launcher and the relay, the ticket is changed: the relay
+    # must not connect wherever such a file says, nor hand it the plan.
+    tamper = checks.write_script(
+        tmp_path / "tamper", TAMPER.replace("NOBODY", str(pwd.getpwnam("nobody").pw_uid))
+    )
+    start = RelayStart(
+        "node1",
+        "tamper",
+        lambda command: [str(tamper), *command],
+        checks.specs_for(tmp_path / "w.py", PLACEMENT[:1], "s3cret", tmp_path),
+        python=sys.executable,
+        ticket_dir=str(job.tickets),
+        connect_host="127.0.0.1",
+        environ={**job.env, "TAMPER": how},
+    )
+    try:
+        message = start.wait_started(time.monotonic() + 30, 30)
+    finally:
+        start.abort()
+    assert message is not None
+    assert "tamper exited with status 2" in message, message
+    assert f"refused the launcher's ticket: {start.ticket} {why}" in message, message
+    assert start.remote is None
+    assert [p.name for p in job.tickets.iterdir() if p.suffix == ".ticket"] == []
+    assert checks.processes_marked(job.mark) == []
+
+
+IDLER = """
+import json, os, socket, subprocess, sys
+ticket = json.load(open(sys.argv[-1]))
+# A local user's process: the port is in /proc/net/tcp for all to see.
+idler = subprocess.Popen(
+    [sys.executable, "-c", '''
+import socket, sys, time
+conn = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+print("connected", flush=True)
+begun = time.monotonic()
+conn.settimeout(60)
+dropped = conn.recv(1) == b""
+with open(sys.argv[3], "w") as fh:
+    fh.write(f"{dropped} {time.monotonic() - begun:.1f}")
+''', ticket["host"], str(ticket["port"]), os.environ["IDLER_REPORT"]],
+    stdout=subprocess.PIPE,
+)
+assert idler.stdout.readline() == b"connected\\n"
+os.execv(os.environ["REAL_PBSDSH"], [os.environ["REAL_PBSDSH"], *sys.argv[1:]])
+"""
+
+
+def test_an_idle_connection_to_the_relays_port_does_not_delay_the_start(
+    job: TorqueJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "w.py").write_text(checks.WORKER)
+    specs = checks.specs_for(tmp_path / "w.py", PLACEMENT[:1], "s3cret", tmp_path)
+    monkeypatch.setattr(sys, "stdout", checks.Output())
+
+    def start_time(environ: dict[str, str]) -> float:
+        began = time.monotonic()
+        group = TorqueLauncher({}, environ=environ).start(specs)
+        took = time.monotonic() - began
+        group.stop(2.0)
+        return took
+
+    plain = start_time(job.env)
+    # pbsdsh, with another process connecting to the launcher's port first
+    # and sending nothing.
+    idle_bin = tmp_path / "idle-bin"
+    idle_bin.mkdir()
+    checks.write_script(idle_bin / "pbsdsh", IDLER)
+    report = tmp_path / "idler"
+    idled = start_time(
+        {
+            **job.env,
+            "PATH": f"{idle_bin}{os.pathsep}{job.env['PATH']}",
+            "REAL_PBSDSH": str(job.bin / "pbsdsh"),
+            "IDLER_REPORT": str(report),
+        }
+    )
+    assert idled < plain + 3.0, f"{idled:.1f} s with an idle connection, {plain:.1f} s without"
+    # The idle connection was dropped, at the latest after the hello deadline.
+    text = checks.wait_for(lambda: report.exists() and report.read_text(), "the idler's report")
+    dropped, after = text.split()
+    assert dropped == "True" and float(after) <= 6.0, text
     assert checks.processes_marked(job.mark) == []
