@@ -18,7 +18,8 @@ Settings, the table ``[scoop.launcher.torque]`` (environment
 - ``remote_start`` -- ``auto`` (``pbsdsh``, else ``pbs_tmrsh``), ``pbsdsh``
   or ``pbs_tmrsh``.
 - ``ticket_dir`` -- where the one-time tickets go: a directory the nodes
-  share; empty means ``~/.scoop/tickets``.
+  share; empty means ``~/.scoop/tickets``. It is made (or kept) 0700 and
+  must be the user's; a ticket is used only if no other user can read it.
 - ``connect_host`` -- the name or address the nodes reach this machine by;
   empty means its host name.
 """

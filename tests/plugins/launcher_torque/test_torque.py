@@ -359,6 +359,44 @@ def test_a_ticket_others_can_read_or_that_is_not_the_users_is_refused(
     assert checks.processes_marked(job.mark) == []
 
 
+def test_a_connection_that_sends_nothing_is_dropped_at_the_hello_deadline(
+    job: TorqueJob, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # In place of pbsdsh: a process that connects to the port and says nothing.
+    silent = checks.write_script(
+        tmp_path / "silent",
+        """
+        import json, socket, sys, time
+        ticket = json.load(open(sys.argv[-1]))
+        with socket.create_connection((ticket["host"], ticket["port"])) as conn:
+            begun = time.monotonic()
+            conn.settimeout(60)
+            dropped = conn.recv(1) == b""
+        print(f"silent dropped={dropped} after {time.monotonic() - begun:.1f} s", flush=True)
+        sys.exit(3)
+        """,
+    )
+    start = RelayStart(
+        "node1",
+        "silent",
+        lambda command: [str(silent), *command],
+        checks.specs_for(tmp_path / "w.py", PLACEMENT[:1], "s3cret", tmp_path),
+        python="python3",
+        ticket_dir=str(job.tickets),
+        connect_host="127.0.0.1",
+        environ=job.env,
+    )
+    try:
+        with caplog.at_level(logging.WARNING, logger="scoop.launcher"):
+            why = start.wait_started(time.monotonic() + 30, 30)
+    finally:
+        start.abort()
+    assert why is not None and "silent dropped=True after" in why, why
+    after = float(why.split("silent dropped=True after ")[1].split()[0])
+    assert 4.0 <= after <= 7.0, why  # the 5 s deadline, not the start's 30 s
+    assert "dropped a connection that sent no ticket within 5 s" in caplog.text
+
+
 IDLER = """
 import json, os, socket, subprocess, sys
 ticket = json.load(open(sys.argv[-1]))
