@@ -682,9 +682,22 @@ class Codec:
     def decode(self, frames: Sequence[Frame], peer: bytes | None = None) -> Message:
         """Check, parse and record one message; ProtocolError for anything wrong.
 
-        ``peer`` is who the transport says sent it (a hub's peer identity;
-        :data:`BROKER_IDENTITY` for an endpoint): a message signed as from
-        anybody else is refused."""
+        ``peer`` is who the transport says sent it (for a broker, the peer
+        bound to the connection it came on; :data:`BROKER_IDENTITY` for an
+        endpoint): a message signed as from anybody else is refused."""
+        return self.decode_from(frames, peer)[1]
+
+    def decode_from(
+        self, frames: Sequence[Frame], peer: bytes | None = None, *, take_over: bool = True
+    ) -> tuple[bytes, Message]:
+        """:meth:`decode`, and who signed the message.
+
+        With ``take_over=False``, a message that would start a new session
+        for a sender whose session is current is refused, and nothing is
+        recorded: a broker reads so what comes on a connection not yet bound
+        to a peer, so that a second connection cannot end a live peer's
+        session by claiming its name (while a message that continues the
+        live session, from a peer that reconnected, is accepted)."""
         cls, fields, payload = _open(frames, self.key, self.max_size)
         if len(fields) < 4:
             raise ProtocolError("message header has no sender, recipient, session and sequence")
@@ -722,9 +735,13 @@ class Codec:
                     "(a process that has left the run or restarted)"
                 )
             elif current is not None:
+                if not take_over:
+                    raise ProtocolError(
+                        f"{sender!r} is connected already: another connection may not take its name"
+                    )
                 self._retire(sender, current[0])
             self._sessions[sender] = (session, seq)
-        return msg
+        return sender, msg
 
     def forget(self, sender: bytes) -> None:
         """End ``sender``'s session (it left the run): its messages are refused

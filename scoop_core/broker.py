@@ -6,26 +6,82 @@ hands decoded messages to the book; what the book queues is signed and
 sent. Payload frames are forwarded as they came: the broker never unpickles.
 Other threads talk to it only through :meth:`Broker.peer_lost` and
 :meth:`Broker.shutdown`, which queue a request and wake the hub.
+
+Names are bound to connections here, at the broker's edge. The hub reports
+an opaque connection id for each message, not a name: a transport cannot
+tell who is at the other end of a socket, and letting a connection name
+itself (ZeroMQ's ROUTER identities with handover did) let any process that
+could connect take over ``root`` and read its traffic. So:
+
+- A connection is bound to a peer's name when a ``Hello`` signed by that
+  name (the run's key, a fresh session) arrives on it. From then on only
+  messages signed by that name are read from it, and messages to that peer
+  go to that connection only.
+- A connection that claims a name bound to another live connection with a
+  new session is refused (logged once) and gets nothing; the live peer's
+  session is left as it was (``Codec.decode_from(take_over=False)``).
+  A replayed ``Hello`` is refused by the codec (old sequence number, or a
+  session that ended).
+- A message that continues a live peer's session (next sequence number)
+  on a new connection is that peer come back after its connection broke:
+  the name moves to the new connection. Only the key's holder can sign it.
+- When a peer leaves (``Bye``, lost), its name is unbound and its session
+  ended, so a new process may take the name with a new ``Hello``; a
+  connection of a peer counted as lost that speaks again is told to exit.
+
+The book (:class:`~scoop_core._state.BrokerBook`) and the codec see names
+only, as before.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from scoop_core import _messages as m
 from scoop_core._state import BrokerBook
 from scoop_core.errors import ProtocolError, SerializationError
-from scoop_core.interfaces import Transport
+from scoop_core.interfaces import Hub, Transport
 
 log = logging.getLogger("scoop.broker")
 
 # How many messages to take in before dispatching and sending: bounds the
 # latency one busy peer can add for the others.
 _BATCH = 512
+
+
+def supported(method: Callable[..., Any], **options: Any) -> dict[str, Any]:
+    """The ``options`` that ``method`` declares (all of them if it takes
+    ``**kwargs``): the keyword arguments that came later to
+    :meth:`Transport.bind` and :meth:`Transport.connect` reach a transport
+    written before them only if it asks, the way pluggy calls a hook."""
+    try:
+        params = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return options
+    names = {p.name for p in params}
+    return {k: v for k, v in options.items() if k in names}
+
+
+def bind_hub(
+    transport: Transport,
+    *,
+    run_id: str,
+    public: bool,
+    local: bool = False,
+    key: bytes | None = None,
+    max_message_size: int | None = None,
+) -> Hub:
+    """``transport.bind(...)`` with every option the transport takes."""
+    extra = supported(transport.bind, local=local, key=key, max_message_size=max_message_size)
+    return transport.bind(run_id=run_id, public=public, **extra)
 
 
 class Broker:
@@ -36,6 +92,7 @@ class Broker:
         key: bytes,
         run_id: str,
         public: bool = False,
+        local: bool = False,
         max_losses: int = 3,
         expected_workers: int = 0,
         join_timeout: float = 10.0,
@@ -45,14 +102,26 @@ class Broker:
     ) -> None:
         self.key = key
         self.codec = m.Codec(key, m.BROKER_IDENTITY, max_size=max_message_size)
-        self.hub = transport.bind(run_id=run_id, public=public)
+        self.hub = bind_hub(
+            transport,
+            run_id=run_id,
+            public=public,
+            local=local,
+            key=key,
+            max_message_size=max_message_size,
+        )
         self.address = self.hub.address
         self.book = BrokerBook(max_losses=max_losses, expected_workers=expected_workers)
         self.join_timeout = join_timeout
         self._requests: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._running = False
         self._thread = threading.Thread(target=self._loop, name="scoop-broker", daemon=True)
-        self._rejected: set[bytes] = set()
+        self._rejected: set[bytes] = set()  # connections whose refusal was logged
+        # Peer name <-> connection id (see the module's docstring).
+        self._conn_of: dict[bytes, bytes] = {}
+        self._name_of: dict[bytes, bytes] = {}
+        # Connections of peers counted as lost: name, to tell them if they speak.
+        self._lost_conns: dict[bytes, bytes] = {}
         self._closing_until = 0.0
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
@@ -77,6 +146,7 @@ class Broker:
         def _leave() -> None:
             self.book.leave(identity)
             self.lost.add(identity.decode(errors="replace"))
+            self._unbind(identity, lost=True)
 
         self._request(_leave)
 
@@ -111,6 +181,7 @@ class Broker:
                     item = hub.recv(0) if count < _BATCH else None
                 while not self._requests.empty():
                     self._requests.get_nowait()()
+                self._unbind_departed()
                 if book.parked and time.monotonic() > join_deadline:
                     log.warning(
                         "%d of %d workers joined within %g s; starting with those",
@@ -124,9 +195,13 @@ class Broker:
                 book.dispatch()
                 outgoing = []
                 for peer, msg in book.take_outbox():
+                    conn = self._conn_of.get(peer)
+                    if conn is None:
+                        log.debug("dropped %s to %r: not connected", type(msg).__name__, peer)
+                        continue
                     frames = self._encode(peer, msg)
                     if frames is not None:
-                        outgoing.append((peer, frames))
+                        outgoing.append((conn, frames))
                 if outgoing:
                     hub.send_many(outgoing)
         except Exception:
@@ -142,9 +217,6 @@ class Broker:
             self._last_beat = now
             book.broadcast(m.Heartbeat(0))
             log.info("heartbeat to %d peer(s)", len(book.peers))
-        for peer in [p for p in self._last_heard if p not in book.peers]:
-            del self._last_heard[peer]  # said goodbye
-            self.codec.forget(peer)
         for peer, rec in list(book.peers.items()):
             silent = now - self._last_heard.get(peer, now)
             if silent > self.heartbeat_timeout:
@@ -155,8 +227,7 @@ class Broker:
                 )
                 book.leave(peer)
                 self.lost.add(rec.name)
-                self._last_heard.pop(peer, None)
-                self.codec.forget(peer)
+                self._unbind(peer, lost=True)
         if book.workers:
             self._workers_seen = now
         elif now - self._workers_seen > self.heartbeat_timeout:
@@ -175,34 +246,80 @@ class Broker:
             log.error("could not send %s to %r: %s", type(msg).__name__, peer, exc)
             return None
 
-    def _send(self, peer: bytes, msg: m.Message) -> None:
+    def _send(self, conn: bytes, peer: bytes, msg: m.Message) -> None:
         frames = self._encode(peer, msg)
         if frames is not None:
-            self.hub.send(peer, frames)
+            self.hub.send(conn, frames)
 
-    def _receive(self, peer: bytes, frames: list[object]) -> None:
+    # -- names and connections ---------------------------------------------------
+
+    def _bind(self, conn: bytes, sender: bytes, msg: m.Message) -> bool:
+        """A message signed by ``sender`` came on ``conn``, bound to nobody
+        (the codec accepted it without ending a live session): bind them, if
+        it is a ``Hello`` or ``sender`` reconnected. False: refused."""
+        old = self._conn_of.get(sender)
+        if old is not None:
+            # The codec took it as the next message of sender's live session.
+            log.info("%s reconnected", sender.decode(errors="replace"))
+            del self._name_of[old]
+        elif not isinstance(msg, m.Hello) or msg.name.encode() != sender:
+            # Signed, but no way to join: end the session it started.
+            self.codec.forget(sender)
+            what = "a Hello for another name" if isinstance(msg, m.Hello) else "no Hello first"
+            self._refuse(conn, f"{type(msg).__name__} signed by {sender!r} with {what}")
+            return False
+        self._conn_of[sender] = conn
+        self._name_of[conn] = sender
+        return True
+
+    def _unbind(self, peer: bytes, *, lost: bool = False) -> None:
+        """``peer`` left the run: forget its connection, end its session."""
+        conn = self._conn_of.pop(peer, None)
+        if conn is not None:
+            del self._name_of[conn]
+            if lost:
+                self._lost_conns[conn] = peer
+        self._last_heard.pop(peer, None)
+        self.codec.forget(peer)
+
+    def _unbind_departed(self) -> None:
+        for peer in [p for p in self._conn_of if p not in self.book.peers]:
+            self._unbind(peer)
+
+    def _refuse(self, conn: bytes, reason: str) -> None:
+        # Logged once per connection: a flood of forged messages must not flood the log.
+        if conn not in self._rejected:
+            self._rejected.add(conn)
+            log.warning("rejected a message from peer %r: %s", conn, reason)
+
+    def _receive(self, conn: bytes, frames: list[object]) -> None:
+        name = self._name_of.get(conn)
         try:
-            msg = self.codec.decode(frames, peer)
+            if name is not None:
+                sender, msg = name, self.codec.decode(frames, name)
+            else:
+                sender, msg = self.codec.decode_from(frames, take_over=False)
         except ProtocolError as exc:
-            # Logged once per peer: a flood of forged messages must not flood the log.
-            if peer not in self._rejected:
-                self._rejected.add(peer)
-                log.warning("rejected a message from peer %r: %s", peer, exc)
-                if isinstance(exc, m.VersionMismatch):
-                    # It reads our version first, so it learns why.
-                    self._send(peer, m.Refused(str(exc)))
-            return
-        self._last_heard[peer] = time.monotonic()
-        try:
-            self.book.handle(peer, msg)
-        except ProtocolError as exc:
-            log.warning("ignored %s from peer %r: %s", type(msg).__name__, peer, exc)
-            if peer not in self.book.peers and not isinstance(msg, m.Hello):
+            self._refuse(conn, str(exc))
+            if isinstance(exc, m.VersionMismatch) and conn not in self._name_of:
+                # It reads our version first, so it learns why.
+                self._send(conn, conn, m.Refused(str(exc)))
+            lost = self._lost_conns.pop(conn, None)
+            if lost is not None:
                 # A peer we counted as lost is alive after all: its futures
                 # already run elsewhere, so it must not go on alone.
-                self._send(peer, m.Shutdown("the broker counted this peer as lost"))
-                self._last_heard.pop(peer, None)
+                self._send(conn, lost, m.Shutdown("the broker counted this peer as lost"))
+            return
+        if name is None and not self._bind(conn, sender, msg):
+            return
+        self._last_heard[sender] = time.monotonic()
+        try:
+            self.book.handle(sender, msg)
+        except ProtocolError as exc:
+            log.warning("ignored %s from peer %r: %s", type(msg).__name__, sender, exc)
         except Exception:
             # A well-signed but malformed message (a peer of another version,
             # or a bug): the broker must outlive it.
-            log.exception("could not apply %s from peer %r", type(msg).__name__, peer)
+            log.exception("could not apply %s from peer %r", type(msg).__name__, sender)
+        if sender not in self.book.peers:
+            self._unbind(sender)  # said goodbye

@@ -65,7 +65,13 @@ CORE_SETTINGS: tuple[Setting, ...] = (
         30.0,
         "Seconds without a heartbeat after which a peer counts as lost.",
     ),
-    Setting("max_message_size", int, 1 << 31, "Largest message accepted, in bytes."),
+    Setting(
+        "max_message_size",
+        int,
+        256 << 20,
+        "Largest message accepted, in bytes (256 MiB: room for one future's large arrays; "
+        "the broker refuses a bigger frame before buffering it).",
+    ),
     Setting(
         "max_losses",
         int,

@@ -31,6 +31,15 @@ class Hub(abc.ABC):
     Contract:
 
     - ``address`` is a string a peer passes to :meth:`Transport.connect`.
+    - The ``peer`` that :meth:`recv` reports, and :meth:`send` takes, is an
+      opaque *connection id*: the same for every message of one endpoint's
+      connection, different for two connections at once even if they were
+      given the same ``identity``, and never one connection's id for
+      another's messages. It is not a name: the broker binds a peer's name
+      to it when an authenticated ``Hello`` arrives on it. Where the
+      transport can, it chooses the id itself rather than let the dialling
+      side choose (a ZeroMQ ROUTER without handover); a connection that
+      dials again after a break may get a new id.
     - :meth:`send` and :meth:`recv` are called from one thread at a time (the
       broker's); only :meth:`wakeup` and :meth:`close` may come from another.
     - Messages from one peer arrive in the order that peer sent them, whole
@@ -82,9 +91,10 @@ class Endpoint(abc.ABC):
 
     Contract: as for :class:`Hub`, but with no peer names, since an endpoint
     talks only to the hub. The ``peer`` a hub reports for this endpoint's
-    messages is the ``identity`` given to :meth:`Transport.connect`.
-    Messages sent before the hub is reachable are queued, not lost, so a
-    worker may start before the broker binds.
+    messages is a connection id of the hub's (see :class:`Hub`), not the
+    ``identity`` given to :meth:`Transport.connect`, which names the
+    endpoint in logs only. Messages sent before the hub is reachable are
+    queued, not lost, so a worker may start before the broker binds.
     """
 
     @abc.abstractmethod
@@ -115,19 +125,42 @@ class Transport(abc.ABC):
     A transport is built by its plugin's factory from the plugin's settings
     (a mapping, already validated against the plugin's declared settings).
     It must be usable in a child process after its settings are passed on,
-    so everything a worker needs to connect is in ``address`` plus settings.
+    so everything a worker needs to connect is in ``address``, settings and
+    the run's key.
+
+    Options that came later are keyword arguments a transport may add to
+    :meth:`bind` and :meth:`connect` (with defaults); the core passes each
+    only to a method that declares it (or ``**kwargs``), so a transport
+    written without them keeps working:
+
+    - ``bind(..., local=False)``: True when every peer is a process of
+      this machine started for the run (not even an SSH tunnel): the hub
+      should then use an endpoint other users of the machine cannot open
+      at all, if the transport has one (ZeroMQ: an ``ipc://`` socket in a
+      directory only this user may enter).
+    - ``bind(..., key=None)`` and ``connect(..., key=None)``: the run's
+      secret, which every peer has. A transport may derive credentials from
+      it so that only the run's processes can connect (ZeroMQ: CurveZMQ
+      client keys), but never puts it in ``address``.
+    - ``bind(..., max_message_size=None)``: the core's bound on one message,
+      in bytes (None: none). A transport should refuse a bigger one before
+      it buffers it, where it can (ZeroMQ: ``ZMQ_MAXMSGSIZE``, per frame).
     """
 
     @abc.abstractmethod
     def bind(self, *, run_id: str, public: bool = False) -> Hub:
         """Create the broker's hub.
 
-        ``public`` is False for a run whose peers are all on this machine:
-        the hub must then listen on loopback only."""
+        ``public`` is False when every peer dials from this machine (a local
+        run, or remote workers that come through SSH tunnels): the hub must
+        then be unreachable from other machines (loopback only)."""
 
     @abc.abstractmethod
     def connect(self, address: str, *, identity: bytes) -> Endpoint:
-        """Create an endpoint that talks to the hub at ``address``."""
+        """Create an endpoint that talks to the hub at ``address``.
+
+        ``identity`` is this peer's name, for logs; it is not what the hub
+        reports as the peer (see :class:`Hub`)."""
 
     def open_store(
         self, *, run_id: str | None = None, address: str | None = None, identity: str

@@ -27,7 +27,7 @@ from typing import Any
 from scoop_core import _messages as m
 from scoop_core import _runtime
 from scoop_core import shared_broker as sb
-from scoop_core.broker import Broker
+from scoop_core.broker import Broker, supported
 from scoop_core.config import Config, set_current
 from scoop_core.errors import LaunchError, TransportClosed
 from scoop_core.hosts import Host, is_local
@@ -208,6 +208,8 @@ class Pool:
             # Remote workers dial in, unless they come through SSH tunnels
             # from this machine: then loopback is enough, and safer.
             public=self.remote and not self.config.get("launcher.ssh.tunnel", False),
+            # Every process on this machine, as this user: a socket nobody else can open.
+            local=not self.remote and not any(h.user for h in self.hosts or ()),
             expected_workers=self.size,
             max_losses=self.config["max_losses"],
             heartbeat_interval=self.config["heartbeat_interval"],
@@ -498,7 +500,9 @@ def connect_endpoint(
     that plays the broker against that server."""
     store = transport.open_store(address=address, identity=name)
     if store is None:
-        return transport.connect(address, identity=name.encode())
+        return transport.connect(
+            address, identity=name.encode(), **supported(transport.connect, key=key)
+        )
     return sb.SharedBrokerEndpoint(
         store,
         key=key,

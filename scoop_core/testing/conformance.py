@@ -48,7 +48,7 @@ __all__ = [
     "check_large_frame",
     "check_many_endpoints",
     "check_ordering",
-    "check_peer_identity",
+    "check_connection_ids",
     "check_recv_poll",
     "check_recv_timeout",
     "check_round_trip",
@@ -257,12 +257,11 @@ def check_forward_received_frames(make_transport: MakeTransport) -> None:
     identities = [b"check-sender", b"check-first", b"check-second"]
     frames = [b"envelope", bytes(range(256)) * 1024]
     with _opened(make_transport, identities) as (hub, [sender, first, second]):
-        for endpoint in (first, second):
-            _hello(hub, endpoint)
+        conns = {b"check-first": _hello(hub, first), b"check-second": _hello(hub, second)}
         sender.send(frames)
         _, received = _hub_recv(hub, "a message to relay")
         for identity, endpoint in ((b"check-first", first), (b"check-second", second)):
-            hub.send(identity, received)
+            hub.send(conns[identity], received)
             relayed = _endpoint_recv(endpoint, f"relayed frames to {identity!r}")
             _expect_frames(relayed, frames, f"frames the hub received, relayed to {identity!r}")
             endpoint.send(relayed)
@@ -270,14 +269,48 @@ def check_forward_received_frames(make_transport: MakeTransport) -> None:
             _expect_frames(back, frames, f"frames {identity!r} received, sent back to the hub")
 
 
-def check_peer_identity(make_transport: MakeTransport) -> None:
-    """The peer id the hub reports is exactly the ``identity`` given to ``connect``."""
-    with _opened(make_transport) as (hub, [endpoint]):
-        peer = _hello(hub, endpoint)
+def check_connection_ids(make_transport: MakeTransport, quiet: float = 0.5) -> None:
+    """The hub reports one connection id (bytes) per endpoint, the same for
+    every message of it; two endpoints that connect with the same
+    ``identity`` get two ids, and neither takes the other's messages.
+
+    This is what keeps a process that connects under a peer's name from
+    taking that peer's traffic: names are bound to connection ids by the
+    broker, never by the transport.
+    """
+    with _opened(make_transport, [IDENTITY, IDENTITY]) as (hub, [first, second]):
+        first_id = _hello(hub, first)
+        second.send([b"second"])
+        second_id, frames = _hub_recv(hub, "the second endpoint's first message")
+        _expect_frames(frames, [b"second"], "the second endpoint's first message")
         _expect(
-            type(peer) is bytes and peer == IDENTITY,
-            f"the hub must report the peer as the identity given to connect, {IDENTITY!r}, "
-            f"as bytes; got {peer!r}",
+            type(first_id) is bytes and type(second_id) is bytes,
+            f"connection ids must be bytes, got {first_id!r} and {second_id!r}",
+        )
+        _expect(
+            first_id != second_id,
+            f"two endpoints connected with the same identity {IDENTITY!r} got the same "
+            f"connection id {first_id!r}: the later one could take the earlier one's messages",
+        )
+        first.send([b"first again"])
+        again, frames = _hub_recv(hub, "the first endpoint's second message")
+        _expect_frames(frames, [b"first again"], "the first endpoint's second message")
+        _expect(
+            again == first_id,
+            f"an endpoint's connection id changed between messages: {first_id!r}, then {again!r}",
+        )
+        hub.send(first_id, [b"for the first"])
+        _expect_frames(
+            _endpoint_recv(first, "a message to the first endpoint"),
+            [b"for the first"],
+            "a message to the first endpoint's connection id",
+        )
+        # A bounded wait that is itself the check: nothing may reach the second.
+        stray = second.recv(quiet)
+        _expect(
+            stray is None,
+            f"the second endpoint of identity {IDENTITY!r} received {stray!r}, "
+            "sent to the first one's connection id",
         )
 
 
@@ -333,16 +366,19 @@ def check_many_endpoints(make_transport: MakeTransport, peers: int = 5, each: in
             for identity, endpoint in zip(identities, endpoints, strict=True):
                 endpoint.send([identity, b"%d" % seq])
         next_seq = dict.fromkeys(identities, 0)
+        tags: dict[bytes, bytes] = {}  # connection id -> the identity its messages carry
         for _ in range(peers * each):
             peer, frames = _hub_recv(hub, "messages from several endpoints")
-            _expect(peer in next_seq, f"the hub reported an unknown peer {peer!r}")
+            tag = tags.setdefault(peer, _bytes(frames[0]))
+            _expect(tag in next_seq, f"a message tagged with an unknown sender {tag!r}")
             _expect_frames(
                 frames,
-                [peer, b"%d" % next_seq[peer]],
-                f"message {next_seq[peer]} from {peer!r} (tagged with its sender)",
+                [tag, b"%d" % next_seq[tag]],
+                f"message {next_seq[tag]} from connection {peer!r} of {tag!r} "
+                "(tagged with its sender, in order, one connection id per endpoint)",
             )
-            next_seq[peer] += 1
-            hub.send(peer, [b"reply to", peer, frames[1]])
+            next_seq[tag] += 1
+            hub.send(peer, [b"reply to", tag, frames[1]])
         for identity, endpoint in zip(identities, endpoints, strict=True):
             for seq in range(each):
                 _expect_frames(
@@ -519,10 +555,10 @@ def check_send_to_unknown_peer(make_transport: MakeTransport) -> None:
     with _opened(lambda: transport) as (hub, [endpoint]):
         leaving = transport.connect(hub.address, identity=b"check-leaving")
         try:
-            _hello(hub, leaving)
+            gone = _hello(hub, leaving)
         finally:
             leaving.close()
-        for peer in (b"check-nobody", b"check-leaving"):
+        for peer in (b"check-nobody", gone):
             _in_thread(partial(hub.send, peer, [b"lost"]), QUICK, f"Hub.send to {peer!r}")
         # The hub still works for the peers that are there.
         peer = _hello(hub, endpoint)
@@ -544,7 +580,6 @@ def check_fresh_transport_connects(make_transport: MakeTransport) -> None:
         endpoint = make_transport().connect(hub.address, identity=IDENTITY)
         try:
             peer = _hello(hub, endpoint)
-            _expect(peer == IDENTITY, f"expected peer {IDENTITY!r}, got {peer!r}")
             hub.send(peer, [b"welcome"])
             _expect_frames(
                 _endpoint_recv(endpoint, "a reply through a second transport instance"),
@@ -560,7 +595,7 @@ TRANSPORT_CHECKS: tuple[Callable[[MakeTransport], None], ...] = (
     check_round_trip,
     check_frame_types,
     check_forward_received_frames,
-    check_peer_identity,
+    check_connection_ids,
     check_ordering,
     check_send_many,
     check_many_endpoints,

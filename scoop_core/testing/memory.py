@@ -3,7 +3,9 @@
 :class:`MemoryTransport` implements the :class:`~scoop_core.interfaces.Transport`
 contract with no sockets: a hub is a mailbox registered under an address like
 ``memory://<run_id>-<n>`` in a process-global table, and an endpoint is a
-mailbox the hub finds by the endpoint's identity. Frames are handed over as
+mailbox the hub finds by a connection id the transport makes up for it
+(``memory-<n>``, never the identity the endpoint was given: two endpoints
+of one identity are two connections, as the contract asks). Frames are handed over as
 the very objects the sender passed (no copy, no join), so a test sees exactly
 what a zero-copy transport would deliver, and senders must not mutate a frame
 after sending it (the same rule as ZeroMQ's ``copy=False``).
@@ -89,7 +91,7 @@ class _Mailbox(Generic[_Item]):
 
 
 class _Station:
-    """What lives at one address: the hub's inbox and the endpoints' inboxes by identity.
+    """What lives at one address: the hub's inbox and the endpoints' inboxes by connection id.
 
     An endpoint may connect before the hub binds (the contract lets a worker
     start first), so a station can exist before its hub; ``bound`` tells.
@@ -108,6 +110,7 @@ class _Station:
 _stations: dict[str, _Station] = {}
 _stations_lock = threading.Lock()
 _counter = itertools.count(1)
+_connections = itertools.count(1)
 
 
 def _check_frames(frames: Sequence[Frame]) -> list[Frame]:
@@ -161,9 +164,8 @@ class MemoryEndpoint(Endpoint):
         self._inbox: _Mailbox[list[Frame]] = _Mailbox()
         self._closed = False
         with _stations_lock:
-            # A later endpoint with the same identity takes the name over, as a
-            # reconnecting worker does with ZeroMQ's ROUTER_HANDOVER.
-            station.peers[identity] = self._inbox
+            self._conn = b"memory-%d" % next(_connections)
+            station.peers[self._conn] = self._inbox
 
     def send(self, frames: Sequence[Frame]) -> None:
         message = _check_frames(frames)
@@ -173,7 +175,7 @@ class MemoryEndpoint(Endpoint):
             )
         # The hub's inbox refuses once the hub is closed: the message is dropped,
         # as it would be by a transport whose broker went away.
-        self._station.inbox.put((self._identity, message))
+        self._station.inbox.put((self._conn, message))
 
     def recv(self, timeout: float | None) -> list[Frame] | None:
         return self._inbox.get(timeout)
@@ -187,8 +189,8 @@ class MemoryEndpoint(Endpoint):
             if self._closed:
                 return
             self._closed = True
-            if station.peers.get(self._identity) is self._inbox:
-                del station.peers[self._identity]
+            if station.peers.get(self._conn) is self._inbox:
+                del station.peers[self._conn]
             # A station made by an early connect whose hub never came: forget it.
             if (
                 not station.bound
@@ -209,9 +211,17 @@ class MemoryTransport(Transport):
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
         self.settings: Mapping[str, Any] = dict(settings or {})
 
-    def bind(self, *, run_id: str, public: bool = False) -> MemoryHub:
-        # ``public`` changes nothing: a memory hub is never reachable from
-        # outside this process anyway.
+    def bind(
+        self,
+        *,
+        run_id: str,
+        public: bool = False,
+        local: bool = False,
+        key: bytes | None = None,
+        max_message_size: int | None = None,
+    ) -> MemoryHub:
+        # None of the options changes anything: a memory hub is never
+        # reachable from outside this process, and frames are not buffered.
         address = f"{SCHEME}{run_id}-{next(_counter)}"
         with _stations_lock:
             station = _stations.setdefault(address, _Station(address))
@@ -219,7 +229,7 @@ class MemoryTransport(Transport):
         log.debug("memory hub bound at %s", address)
         return MemoryHub(station)
 
-    def connect(self, address: str, *, identity: bytes) -> MemoryEndpoint:
+    def connect(self, address: str, *, identity: bytes, key: bytes | None = None) -> MemoryEndpoint:
         if not isinstance(address, str) or not address.startswith(SCHEME):
             raise ValueError(
                 f"the memory transport connects to {SCHEME}... addresses only, got {address!r}"

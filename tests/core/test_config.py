@@ -71,7 +71,7 @@ def test_defaults_when_nothing_is_given(tmp_path: Path) -> None:
     assert config["log_level"] == "WARNING"
     assert config["disable_plugins"] == []
     assert config["heartbeat_interval"] == 5.0
-    assert config["max_message_size"] == 1 << 31
+    assert config["max_message_size"] == 256 << 20
     assert config["prefetch"] == 2
     assert config.section("transport.zmq") == {"interface": "*", "port": 0, "ipv6": False}
     assert set(config.values) == set(config.sources)

@@ -52,11 +52,36 @@ def test_endpoint_may_connect_before_the_hub_binds() -> None:
         hub = transport.bind(run_id=run_id)
         try:
             assert hub.address == next_address
-            assert hub.recv(5) == (b"early", [b"sent before bind"])
+            got = hub.recv(5)
+            assert got is not None and got[1] == [b"sent before bind"]
         finally:
             hub.close()
     finally:
         endpoint.close()
+
+
+def test_an_endpoint_is_known_by_a_connection_id_not_by_its_identity() -> None:
+    # Two endpoints given one name are two connections: the second does not
+    # take over what is sent to the first (ZeroMQ's ROUTER_HANDOVER did).
+    transport = MemoryTransport()
+    hub = transport.bind(run_id="names")
+    first = transport.connect(hub.address, identity=b"root")
+    second = transport.connect(hub.address, identity=b"root")
+    try:
+        first.send([b"first"])
+        second.send([b"second"])
+        got = [hub.recv(5), hub.recv(5)]
+        assert all(g is not None for g in got)
+        conns = {bytes(g[1][0]): g[0] for g in got if g is not None}
+        assert b"root" not in conns.values()
+        assert conns[b"first"] != conns[b"second"]
+        hub.send(conns[b"first"], [b"to the first"])
+        assert first.recv(5) == [b"to the first"]
+        assert second.recv(0) is None
+    finally:
+        first.close()
+        second.close()
+        hub.close()
 
 
 def test_addresses_of_other_transports_are_refused() -> None:
@@ -72,7 +97,7 @@ def test_an_empty_message_is_refused() -> None:
         with pytest.raises(ValueError, match="at least one frame"):
             endpoint.send([])
         with pytest.raises(ValueError, match="at least one frame"):
-            hub.send(b"w", [])
+            hub.send(b"memory-1", [])
     finally:
         endpoint.close()
         hub.close()
@@ -114,7 +139,9 @@ class _FaultyTransport(MemoryTransport):
         super().__init__()
         self._fault = fault
 
-    def connect(self, address: str, *, identity: bytes) -> Endpoint:  # type: ignore[override]
+    def connect(  # type: ignore[override]
+        self, address: str, *, identity: bytes, key: bytes | None = None
+    ) -> Endpoint:
         return _FaultyEndpoint(super().connect(address, identity=identity), self._fault)
 
 

@@ -2,17 +2,44 @@
 
 Why these choices:
 
-- ROUTER/DEALER gives each peer a name (its DEALER identity), keeps each
-  peer's messages in order and whole, and needs no server: the broker binds,
-  peers dial, and a peer may dial before the broker has bound.
+- ROUTER/DEALER keeps each peer's messages in order and whole, and needs no
+  server: the broker binds, peers dial, and a peer may dial before the
+  broker has bound.
+- Peers do not choose their routing id. A DEALER could name itself, and a
+  ROUTER with ``ROUTER_HANDOVER`` gives a name to whoever claims it last,
+  so any process able to connect could take over ``root`` and read its
+  traffic. Our DEALERs set no identity: the ROUTER numbers each connection
+  itself, and the hub reports that number as an opaque connection id. The
+  broker binds a peer's name to a connection when a signed ``Hello``
+  arrives on it (see :mod:`scoop_core.broker`). A stranger may still pick
+  an id of its own, but an id is not a name, and no handover means it
+  cannot take over another connection's id either.
+- A run on one machine listens on an ``ipc://`` socket in a fresh
+  directory only this user may enter (mode 0700, removed when the hub
+  closes): other users of the machine cannot even connect, which no TCP
+  port on loopback can promise. Runs with other machines (and SSH
+  tunnels, which need a port) use TCP.
+- A TCP hub speaks CurveZMQ by default (``curve``): every connection is
+  encrypted, and a ZAP handler admits only clients whose Curve key is the
+  run's, a key pair every peer derives from the run's secret key (which it
+  has from its environment). A process without the key cannot finish the
+  handshake, so it can send nothing at all, not even a frame to buffer.
+  The hub's own key pair is new for each run and its public key travels in
+  its address (``tcp://host:port#curve=<64 hex digits>``); hex rather than
+  Z85, whose alphabet holds ``# : $ &`` and other characters that address
+  parsers and shells take for their own. The core's HMAC still
+  authenticates every message: Curve only keeps strangers off the socket.
+- ``ZMQ_MAXMSGSIZE`` is set on the hub from the core's ``max_message_size``
+  (plus a little for Curve's framing), or lower with this plugin's own
+  ``max_message_size``: libzmq counts it per frame, and drops a peer that
+  announces a bigger frame before reading it, so nobody can make the
+  broker buffer one. libzmq has no bound on a whole multipart message;
+  ipc and Curve are what keep strangers from sending one.
 - High-water marks are off (0). The core does its own flow control, and a
   ROUTER at its high-water mark would otherwise drop messages silently.
 - ``ROUTER_MANDATORY`` makes a send to an unknown peer fail loudly inside
   libzmq; :meth:`ZmqHub.send` turns that into the silent drop the contract
   asks for, logged at DEBUG, instead of queueing for a peer that never comes.
-- ``ROUTER_HANDOVER`` lets a peer that reconnects under the same identity
-  (a TCP hiccup the ROUTER has not noticed yet) take its name back instead of
-  being ignored.
 - Frames go out with ``copy=False`` and come back as :class:`zmq.Frame`
   objects, so a large buffer is never copied by us (pyzmq still copies small
   frames itself, below ``zmq.COPY_THRESHOLD``, where that is faster). A
@@ -24,30 +51,23 @@ Why these choices:
 - Each hub and endpoint owns its own ``zmq.Context``, so ``close()`` can
   terminate it and so wait (at most :data:`LINGER_MS`) for the last messages
   to flush: a worker's final ``Bye`` goes out before its process exits.
-- ``max_message_size`` sets ``ZMQ_MAXMSGSIZE`` on the hub: libzmq counts it
-  per frame, and disconnects a peer that announces a bigger frame before
-  reading it, so strangers cannot make the broker buffer huge frames. The
-  bound on a whole message is the core's (``[scoop] max_message_size``).
-- With ``curve`` on, the hub makes a CurveZMQ key pair per run and appends
-  its public key to its address (``tcp://host:port#curve=<64 hex digits>``),
-  which is how every peer, in any process, learns it; each endpoint makes
-  its own key pair. Hex rather than Z85, whose alphabet holds ``# : $ &``
-  and other characters that address parsers and shells take for their own.
-  No ZAP handler: any peer that knows the server key may finish the
-  handshake, and the core's HMAC decides what it may say. A plain socket
-  cannot talk to a Curve hub at all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import ipaddress
 import logging
 import math
+import os
+import shutil
 import socket
+import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import zmq
@@ -56,7 +76,7 @@ from zmq.utils import z85
 from scoop_core.errors import ConfigError, LaunchError, TransportClosed
 from scoop_core.interfaces import Endpoint, Frame, Hub, Transport
 
-__all__ = ["LINGER_MS", "ZmqEndpoint", "ZmqHub", "ZmqTransport"]
+__all__ = ["LINGER_MS", "ZmqEndpoint", "ZmqHub", "ZmqTransport", "client_keys"]
 
 log = logging.getLogger("scoop.transport.zmq")
 
@@ -66,14 +86,93 @@ LINGER_MS = 2000
 CURVE_MARK = "#curve="
 """Separates a Curve hub's TCP address from its public key (hex) in ``Hub.address``."""
 
+CURVE_ALLOWANCE = 4096
+"""Bytes added to the core's message bound for ``ZMQ_MAXMSGSIZE``: a frame
+the core lets through must not be refused for Curve's few bytes of framing."""
+
+ZAP_DOMAIN = "scoop"
+
 _LOOPBACK = "127.0.0.1"
 _ANY_INTERFACE = {"*", "0.0.0.0", "::", "[::]"}
+_IPC_NAME = "broker"
+# sun_path holds 108 bytes on Linux, 104 on macOS; keep under both.
+_IPC_PATH_MAX = 100
+_ZAP_MAX_LOGGED = 100
 
 
 def _message(frames: Sequence[Frame]) -> list[Frame]:
     if not frames:
         raise ValueError("a message needs at least one frame, got an empty sequence")
     return list(frames)
+
+
+def client_keys(key: bytes) -> tuple[bytes, bytes]:
+    """The run's CurveZMQ client key pair ``(public, secret)``, Z85-encoded,
+    derived from the run's secret ``key``: every peer of the run makes the
+    same pair, and the hub admits no other."""
+    secret = hmac.new(key, b"scoop-core zmq curve client key", hashlib.sha256).digest()
+    secret_z85 = z85.encode(secret)
+    return zmq.curve_public(secret_z85), secret_z85
+
+
+class _Zap(threading.Thread):
+    """A ZAP handler (ZeroMQ RFC 27) for one hub's context: admits CURVE
+    clients whose public key is ``allowed`` (raw 32 bytes), refuses the rest,
+    and logs a refused address once."""
+
+    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], allowed: bytes, describe: str):
+        super().__init__(name="scoop-zap", daemon=True)
+        self._allowed = allowed
+        self._describe = describe
+        self._sock: zmq.Socket[bytes] = context.socket(zmq.REP)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        # Bound before the hub's socket is, so no handshake goes unchecked.
+        self._sock.bind("inproc://zeromq.zap.01")
+        self._stop_r, self._stop_w = socket.socketpair()
+        self._refused: set[bytes] = set()
+
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._sock, zmq.POLLIN)
+        poller.register(self._stop_r.fileno(), zmq.POLLIN)
+        try:
+            while True:
+                events = dict(poller.poll())
+                if self._stop_r.fileno() in events:
+                    return
+                try:
+                    request = self._sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    continue
+                self._sock.send_multipart(self._answer(request))
+        finally:
+            self._sock.close(linger=0)
+
+    def _answer(self, request: list[bytes]) -> list[bytes]:
+        if len(request) < 6:
+            return [b"1.0", request[1] if len(request) > 1 else b"", b"500", b"malformed", b"", b""]
+        version, request_id, _domain, address, _identity, mechanism, *credentials = request
+        if (
+            mechanism == b"CURVE"
+            and credentials
+            and hmac.compare_digest(credentials[0], self._allowed)
+        ):
+            return [version, request_id, b"200", b"OK", b"", b""]
+        if address not in self._refused and len(self._refused) < _ZAP_MAX_LOGGED:
+            self._refused.add(address)
+            log.warning(
+                "%s: refused a connection from %s: its Curve key is not this run's",
+                self._describe,
+                address.decode(errors="replace") or "?",
+            )
+        return [version, request_id, b"400", b"not a key of this run", b"", b""]
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self._stop_w.send(b"\0")
+        self.join(LINGER_MS / 1000 + 5)
+        self._stop_r.close()
+        self._stop_w.close()
 
 
 class _Socket:
@@ -83,13 +182,15 @@ class _Socket:
     send/recv, and close); ZeroMQ sockets are not thread-safe, and close may
     come from another thread. ``_wake_lock`` guards the wake-up flag and the
     socket pair, so that a wakeup() racing close() never writes to a closed
-    (and possibly reused) file descriptor.
+    (and possibly reused) file descriptor. ``before_term`` and ``after_term``
+    are called by :meth:`close` around terminating the context (a ZAP
+    handler's socket must be closed first; an ipc directory removed after).
     """
 
     def __init__(self, kind: int, describe: str) -> None:
         self._describe = describe
-        self._context = zmq.Context(io_threads=1)
-        self.sock: zmq.Socket[bytes] = self._context.socket(kind)
+        self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context(io_threads=1)
+        self.sock: zmq.Socket[bytes] = self.context.socket(kind)
         self.sock.setsockopt(zmq.LINGER, LINGER_MS)
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
@@ -103,6 +204,8 @@ class _Socket:
         self._wake_lock = threading.Lock()
         self._wake_pending = False
         self._closed = False
+        self.before_term: list[Callable[[], None]] = []
+        self.after_term: list[Callable[[], None]] = []
 
     def send(self, frames: list[Frame]) -> None:
         with self._io_lock:
@@ -171,7 +274,11 @@ class _Socket:
             self._poke()
         with self._io_lock:
             self.sock.close(linger=LINGER_MS)
-            self._context.term()
+            for call in self.before_term:
+                call()
+            self.context.term()
+            for call in self.after_term:
+                call()
             with self._wake_lock:
                 self._wake_r.close()
                 self._wake_w.close()
@@ -179,7 +286,10 @@ class _Socket:
 
 
 class ZmqHub(Hub):
-    """The broker's ROUTER socket. Build it with :meth:`ZmqTransport.bind`."""
+    """The broker's ROUTER socket. Build it with :meth:`ZmqTransport.bind`.
+
+    The peers it reports are the ROUTER's routing ids: connection ids that
+    the ROUTER makes up for our own peers (which set no identity)."""
 
     def __init__(self, core: _Socket, address: str) -> None:
         self.address = address
@@ -237,7 +347,7 @@ def _require_curve() -> None:
 
 
 def _split_address(address: str) -> tuple[str, bytes | None]:
-    """``(tcp url, Z85 server key or None)`` from a hub address."""
+    """``(url, Z85 server key or None)`` from a hub address."""
     url, mark, key = address.partition(CURVE_MARK)
     if not mark:
         return url, None
@@ -265,16 +375,33 @@ def _is_ipv6(host: str) -> bool:
         return False
 
 
+def _ipc_directory() -> str | None:
+    """A new directory only this user may enter (``mkdtemp`` makes it 0700),
+    short enough for a socket path; None where ipc cannot be had."""
+    if not zmq.has("ipc"):
+        return None
+    for parent in (None, "/tmp"):
+        try:
+            directory = tempfile.mkdtemp(prefix="scoop-", dir=parent)
+        except OSError:
+            continue
+        if len(os.path.join(directory, _IPC_NAME)) <= _IPC_PATH_MAX:
+            return directory
+        os.rmdir(directory)
+    return None
+
+
 class ZmqTransport(Transport):
-    """Creates ROUTER hubs and DEALER endpoints over TCP.
+    """Creates ROUTER hubs and DEALER endpoints over ipc or TCP.
 
     ``settings`` are the ``[scoop.transport.zmq]`` keys: ``interface`` (where
-    a public hub listens, ``"*"`` for all), ``port`` (0 for a free one),
-    ``broker_hostname`` (the host name peers dial for a public hub; by
-    default this machine's fully qualified name), ``max_message_size`` (the
-    largest frame a hub accepts, 0 for no bound) and ``curve`` (encrypt with
-    CurveZMQ). An empty mapping means the defaults. Endpoints need none of
-    them: whether to use Curve, and the hub's key, come with the address.
+    a public hub listens, ``"*"`` for all), ``port`` (a TCP hub's port, 0 for
+    a free one), ``broker_hostname`` (the host name peers dial for a public
+    hub; by default this machine's fully qualified name),
+    ``max_message_size`` (the largest frame a hub accepts, 0: the core's
+    bound alone) and ``curve`` (CurveZMQ on TCP hubs, on unless false). An
+    empty mapping means the defaults. Endpoints need none of them: whether
+    to use Curve, and the hub's key, come with the address.
     """
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
@@ -288,9 +415,7 @@ class ZmqTransport(Transport):
                 f"transport.zmq.max_message_size must be 0 (no limit) or a number of bytes, "
                 f"got {self.max_message_size}"
             )
-        self.curve = bool(settings.get("curve"))
-        if self.curve:
-            _require_curve()
+        self.curve = bool(settings.get("curve", True))
 
     def _advertised_host(self, bind_host: str) -> str:
         if self.broker_hostname:
@@ -303,28 +428,70 @@ class ZmqTransport(Transport):
                 pass  # an interface name such as eth0: not something peers can dial
         return socket.getfqdn()
 
-    def bind(self, *, run_id: str, public: bool = False) -> ZmqHub:
-        bind_host = self.interface if public else _LOOPBACK
-        url_host = _host_for_url(bind_host)
-        core = _Socket(zmq.ROUTER, f"ZeroMQ hub of run {run_id}")
+    def _frame_limit(self, max_message_size: int | None) -> int:
+        limits = [self.max_message_size] if self.max_message_size else []
+        if max_message_size:
+            limits.append(max_message_size + CURVE_ALLOWANCE)
+        return min(limits, default=0)
+
+    def bind(
+        self,
+        *,
+        run_id: str,
+        public: bool = False,
+        local: bool = False,
+        key: bytes | None = None,
+        max_message_size: int | None = None,
+    ) -> ZmqHub:
+        describe = f"ZeroMQ hub of run {run_id}"
+        directory = _ipc_directory() if local and not public else None
+        core = _Socket(zmq.ROUTER, describe)
+        if directory is not None:
+            core.after_term.append(_rmtree_later(directory))
         try:
             core.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
-            core.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-            if self.max_message_size:
-                core.sock.setsockopt(zmq.MAXMSGSIZE, self.max_message_size)
-            if self.curve:
-                public_key, secret_key = zmq.curve_keypair()
-                core.sock.setsockopt(zmq.CURVE_SERVER, 1)
-                core.sock.setsockopt(zmq.CURVE_SECRETKEY, secret_key)
-            if _is_ipv6(bind_host):
-                core.sock.setsockopt(zmq.IPV6, 1)
+            limit = self._frame_limit(max_message_size)
+            if limit:
+                core.sock.setsockopt(zmq.MAXMSGSIZE, limit)
+            if directory is not None:
+                address = f"ipc://{os.path.join(directory, _IPC_NAME)}"
+                self._bind_ipc(core, address)
+            else:
+                address = self._bind_tcp(core, describe, public=public, key=key)
+        except BaseException:
+            core.close()
+            raise
+        log.debug("hub of run %s: peers dial %s", run_id, address)
+        return ZmqHub(core, address)
+
+    def _bind_ipc(self, core: _Socket, address: str) -> None:
+        try:
+            core.sock.bind(address)
+        except zmq.ZMQError as exc:
+            raise LaunchError(f"cannot bind the ZeroMQ broker to {address}: {exc}") from exc
+
+    def _bind_tcp(self, core: _Socket, describe: str, *, public: bool, key: bytes | None) -> str:
+        bind_host = self.interface if public else _LOOPBACK
+        url_host = _host_for_url(bind_host)
+        if self.curve:
+            _require_curve()
+            public_key, secret_key = zmq.curve_keypair()
+            if key is not None:
+                zap = _Zap(core.context, z85.decode(client_keys(key)[0]), describe)
+                zap.start()
+                core.before_term.append(zap.stop)
+                core.sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN.encode())
+            core.sock.setsockopt(zmq.CURVE_SERVER, 1)
+            core.sock.setsockopt(zmq.CURVE_SECRETKEY, secret_key)
+        if _is_ipv6(bind_host):
+            core.sock.setsockopt(zmq.IPV6, 1)
+        try:
             if self.port:
                 core.sock.bind(f"tcp://{url_host}:{self.port}")
                 port = self.port
             else:
                 port = core.sock.bind_to_random_port(f"tcp://{url_host}")
         except zmq.ZMQError as exc:
-            core.close()
             raise LaunchError(
                 f"cannot bind the ZeroMQ broker to tcp://{url_host}:{self.port or '*'}: {exc}. "
                 "Choose another port (setting transport.zmq.port, 0 for a free one) "
@@ -334,13 +501,13 @@ class ZmqTransport(Transport):
         address = f"tcp://{_host_for_url(host)}:{port}"
         if self.curve:
             address += CURVE_MARK + z85.decode(public_key).hex()
-        log.debug(
-            "hub of run %s listening on tcp://%s:%d, peers dial %s", run_id, url_host, port, address
-        )
-        return ZmqHub(core, address)
+        log.debug("%s listening on tcp://%s:%d", describe, url_host, port)
+        return address
 
-    def connect(self, address: str, *, identity: bytes) -> ZmqEndpoint:
-        # ZeroMQ reserves identities starting with a zero byte, and caps them at 255 bytes.
+    def connect(self, address: str, *, identity: bytes, key: bytes | None = None) -> ZmqEndpoint:
+        # The identity names the endpoint in logs only: the hub numbers
+        # connections itself (see the module's docstring). It is still
+        # checked, so that a name ZeroMQ could not carry fails early.
         if not isinstance(identity, bytes) or not 0 < len(identity) <= 255 or identity[0] == 0:
             raise ValueError(
                 f"a ZeroMQ identity must be 1 to 255 bytes not starting with a zero byte, got {identity!r}"
@@ -350,9 +517,8 @@ class ZmqTransport(Transport):
             _require_curve()
         core = _Socket(zmq.DEALER, f"ZeroMQ endpoint {identity!r} to {url}")
         try:
-            core.sock.setsockopt(zmq.IDENTITY, identity)
             if server_key is not None:
-                public_key, secret_key = zmq.curve_keypair()
+                public_key, secret_key = client_keys(key) if key else zmq.curve_keypair()
                 core.sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
                 core.sock.setsockopt(zmq.CURVE_PUBLICKEY, public_key)
                 core.sock.setsockopt(zmq.CURVE_SECRETKEY, secret_key)
@@ -363,6 +529,11 @@ class ZmqTransport(Transport):
             core.close()
             raise ValueError(
                 f"cannot connect to the ZeroMQ broker at {address!r}: {exc}; "
-                "expected an address like tcp://host:port, as the hub reports it"
+                "expected an address like tcp://host:port or ipc:///path, as the hub reports it"
             ) from exc
         return ZmqEndpoint(core)
+
+
+def _rmtree_later(directory: str) -> Callable[[], None]:
+    """A call that removes ``directory`` (an ipc hub's), whatever is left in it."""
+    return lambda: shutil.rmtree(directory, ignore_errors=True)

@@ -1,10 +1,18 @@
-"""The ZeroMQ transport keeps the Transport contract, listens where it should, and moves bytes unchanged."""
+"""The ZeroMQ transport keeps the Transport contract, listens where it should, and moves bytes unchanged.
+
+The contract is checked on every kind of hub the transport makes: TCP with
+CurveZMQ (the default), TCP with Curve and the run's key (only the run's
+processes may connect), plain TCP, and the ipc socket of a run on one machine.
+"""
 
 from __future__ import annotations
 
+import os
 import socket
+import stat
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import zmq
@@ -19,14 +27,45 @@ from scoop_core.interfaces import Endpoint, Hub, Transport
 from scoop_core.plugins.types import PluginSettings, TransportPlugin
 from scoop_core.testing import TRANSPORT_CHECKS, check_transport
 
+KEY = bytes(range(32))
+
 
 def make_transport() -> ZmqTransport:
     return ZmqTransport({})
 
 
+class RunTransport(ZmqTransport):
+    """The transport as a run uses it: hubs bound with the run's key (and,
+    with ``local``, as for a run on one machine), endpoints given the key."""
+
+    def __init__(self, settings: dict[str, Any] | None = None, *, key: bytes = KEY, **options: Any):
+        super().__init__(settings)
+        self.key = key
+        self.options = options
+
+    def bind(self, **kwargs: Any) -> Any:  # type: ignore[override]
+        return super().bind(**{**kwargs, "key": self.key, **self.options})
+
+    def connect(self, address: str, *, identity: bytes, key: bytes | None = None) -> Any:
+        return super().connect(address, identity=identity, key=self.key)
+
+
+KINDS: dict[str, Callable[[], Transport]] = {
+    "curve": make_transport,
+    "curve-with-run-key": RunTransport,
+    "plain-tcp": lambda: ZmqTransport({"curve": False}),
+    "ipc": lambda: RunTransport(local=True),
+}
+
+
+def _port(address: str) -> int:
+    return int(address.partition(CURVE_MARK)[0].rpartition(":")[2])
+
+
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("check", TRANSPORT_CHECKS, ids=lambda check: check.__name__)
-def test_zmq_transport_passes(check: Callable[[Callable[[], Transport]], None]) -> None:
-    check(make_transport)
+def test_zmq_transport_passes(check: Callable[[Callable[[], Transport]], None], kind: str) -> None:
+    check(KINDS[kind])
 
 
 def test_check_transport_runs_every_check() -> None:
@@ -99,17 +138,58 @@ def _non_loopback_address() -> str | None:
     return None if address.startswith("127.") or address == "0.0.0.0" else address
 
 
-def test_a_local_run_listens_on_loopback_only() -> None:
+def test_a_hub_for_tunnels_listens_on_loopback_only() -> None:
     hub = make_transport().bind(run_id="loopback", public=False)
     try:
         assert hub.address.startswith("tcp://127.0.0.1:")
-        port = int(hub.address.rpartition(":")[2])
+        port = _port(hub.address)
         outside = _non_loopback_address()
         if outside is not None:
             with pytest.raises(OSError):
                 socket.create_connection((outside, port), timeout=5).close()
     finally:
         hub.close()
+
+
+def test_a_local_run_listens_on_a_socket_only_its_user_may_open() -> None:
+    hub = RunTransport(local=True).bind(run_id="local", public=False)
+    path = hub.address.removeprefix("ipc://")
+    directory = os.path.dirname(path)
+    try:
+        assert hub.address.startswith("ipc:///")
+        info = os.stat(directory)
+        # Only the owner may enter: another user cannot reach the socket inside.
+        assert stat.S_IMODE(info.st_mode) == 0o700
+        assert info.st_uid == os.getuid()
+        assert stat.S_ISSOCK(os.stat(path).st_mode)
+    finally:
+        hub.close()
+    assert not os.path.exists(directory), "the hub left its ipc directory behind"
+
+
+def test_a_local_hub_has_no_tcp_port() -> None:
+    # A hub's TCP listening socket would show in /proc/net/tcp; an ipc one does not.
+    before = _listening_inodes()
+    hub = RunTransport(local=True).bind(run_id="no-port")
+    try:
+        assert _listening_inodes() == before
+    finally:
+        hub.close()
+
+
+def _listening_inodes() -> set[str]:
+    """Socket inodes of TCP sockets of this machine in LISTEN state (0A)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            next(lines)
+            found |= {f.split()[9] for f in lines if f.split()[3] == "0A"}
+    own = set()
+    for fd in os.listdir("/proc/self/fd"):
+        target = os.readlink(f"/proc/self/fd/{fd}") if os.path.islink(f"/proc/self/fd/{fd}") else ""
+        if target.startswith("socket:["):
+            own.add(target[8:-1])
+    return found & own
 
 
 def test_a_public_hub_hands_out_a_dialable_host() -> None:
@@ -121,7 +201,6 @@ def test_a_public_hub_hands_out_a_dialable_host() -> None:
             endpoint.send([b"hello"])
             got = hub.recv(20)
             assert got is not None
-            assert got[0] == b"remote"
             assert [bytes(memoryview(f)) for f in got[1]] == [b"hello"]
         finally:
             endpoint.close()
@@ -140,7 +219,7 @@ def test_a_public_hub_names_this_machine_by_default() -> None:
 def test_a_configured_port_is_used_and_a_taken_one_is_reported() -> None:
     first = make_transport().bind(run_id="port")
     try:
-        port = int(first.address.rpartition(":")[2])
+        port = _port(first.address)
         with pytest.raises(LaunchError, match=f"{port}.*transport.zmq.port"):
             ZmqTransport({"port": port}).bind(run_id="port-again")
     finally:
@@ -148,24 +227,25 @@ def test_a_configured_port_is_used_and_a_taken_one_is_reported() -> None:
     # The port is free again once the first hub closed.
     again = ZmqTransport({"port": port}).bind(run_id="port-reused")
     try:
-        assert again.address == f"tcp://127.0.0.1:{port}"
+        assert again.address.partition(CURVE_MARK)[0] == f"tcp://127.0.0.1:{port}"
     finally:
         again.close()
 
 
 def test_a_worker_may_connect_and_send_before_the_broker_binds() -> None:
-    probe = make_transport().bind(run_id="early")
+    # Without Curve: a Curve hub's key is new for each bind, so the address
+    # of the probe would not do.
+    plain = {"curve": False}
+    probe = ZmqTransport(plain).bind(run_id="early")
     address = probe.address
     probe.close()  # now nothing listens there, until the hub below binds the same port
     endpoint = make_transport().connect(address, identity=b"early")
     try:
         endpoint.send([b"sent before bind"])
-        port = int(address.rpartition(":")[2])
-        hub = ZmqTransport({"port": port}).bind(run_id="early")
+        hub = ZmqTransport({**plain, "port": _port(address)}).bind(run_id="early")
         try:
             got = hub.recv(20)
             assert got is not None, "the message sent before the bind never arrived"
-            assert got[0] == b"early"
             assert [bytes(memoryview(f)) for f in got[1]] == [b"sent before bind"]
         finally:
             hub.close()
@@ -197,7 +277,7 @@ def test_the_plugin_registers_zmq_and_its_settings() -> None:
         "port": 0,
         "broker_hostname": "",
         "max_message_size": 0,
-        "curve": False,
+        "curve": True,
     }
 
 
@@ -219,12 +299,6 @@ needs_curve = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built with
 
 def make_curve_transport() -> ZmqTransport:
     return ZmqTransport({"curve": True})
-
-
-@needs_curve
-@pytest.mark.parametrize("check", TRANSPORT_CHECKS, ids=lambda check: check.__name__)
-def test_zmq_transport_with_curve_passes(check: Callable[[Callable[[], Transport]], None]) -> None:
-    check(make_curve_transport)
 
 
 @needs_curve
@@ -273,7 +347,7 @@ def test_a_plain_client_cannot_talk_to_a_curve_hub() -> None:
         try:
             endpoint.send([b"encrypted"])
             got = hub.recv(20)
-            assert got is not None and got[0] == b"curve-client"
+            assert got is not None and [bytes(f) for f in got[1]] == [b"encrypted"]
             assert plain.poll(200) == 0
         finally:
             endpoint.close()
@@ -289,12 +363,40 @@ def test_a_curve_address_with_a_bad_key_is_refused() -> None:
         make_transport().connect(f"tcp://127.0.0.1:1{CURVE_MARK}nothex", identity=b"w")
 
 
+@needs_curve
+def test_a_hub_with_the_run_key_admits_only_the_runs_processes(caplog: Any) -> None:
+    hub = RunTransport().bind(run_id="zap")
+    try:
+        stranger = RunTransport(key=bytes(32)).connect(hub.address, identity=b"root")
+        try:
+            stranger.send([b"from another key"])
+            member = RunTransport().connect(hub.address, identity=b"root")
+            try:
+                member.send([b"from the run"])
+                got = hub.recv(20)
+                assert got is not None and [bytes(f) for f in got[1]] == [b"from the run"]
+                assert _silent_for(hub, 0.5), "a client with another key reached the hub"
+                hub.send(got[0], [b"reply"])
+                reply = member.recv(20)
+                assert reply is not None and [bytes(f) for f in reply] == [b"reply"]
+                assert stranger.recv(0.2) is None
+            finally:
+                member.close()
+        finally:
+            stranger.close()
+    finally:
+        hub.close()
+    assert "its Curve key is not this run's" in caplog.text
+
+
 def test_curve_without_libzmq_support_names_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(zmq_transport.zmq, "has", lambda capability: False)
+    monkeypatch.setattr(zmq_transport.zmq, "has", lambda capability: capability != "curve")
     with pytest.raises(ConfigError, match=r"transport\.zmq\.curve"):
-        ZmqTransport({"curve": True})
+        ZmqTransport({"curve": True}).bind(run_id="no-curve", public=True)
     with pytest.raises(ConfigError, match=r"transport\.zmq\.curve"):
         make_transport().connect(f"tcp://127.0.0.1:1{CURVE_MARK}{'00' * 32}", identity=b"w")
+    # A run on one machine needs no Curve.
+    RunTransport(local=True).bind(run_id="ipc-without-curve").close()
 
 
 def test_a_negative_frame_limit_is_refused() -> None:
@@ -302,20 +404,33 @@ def test_a_negative_frame_limit_is_refused() -> None:
         ZmqTransport({"max_message_size": -1})
 
 
-def test_a_frame_over_the_hubs_limit_is_dropped_and_smaller_ones_still_arrive() -> None:
-    hub = ZmqTransport({"max_message_size": 1024}).bind(run_id="maxmsgsize")
+@pytest.mark.parametrize(
+    ("settings", "bound", "fits"),
+    [
+        ({"max_message_size": 1024}, None, 1024),  # this plugin's own setting
+        ({}, 64 * 1024, 64 * 1024),  # the core's max_message_size, handed to bind
+        ({"max_message_size": 1024}, 64 * 1024, 1024),  # the lower of the two
+    ],
+)
+def test_a_frame_over_the_hubs_limit_is_dropped_and_smaller_ones_still_arrive(
+    settings: dict[str, int], bound: int | None, fits: int
+) -> None:
+    # Plain TCP, so that the plain socket below can talk to the hub at all.
+    hub = ZmqTransport({**settings, "curve": False}).bind(
+        run_id="maxmsgsize", max_message_size=bound
+    )
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
         flooder = _raw_dealer(context, hub.address)
         for _ in range(20):
-            flooder.send_multipart([b"envelope", bytes(1025)])
+            flooder.send_multipart([b"envelope", bytes(fits + zmq_transport.CURVE_ALLOWANCE + 1)])
         assert _silent_for(hub, 0.5), "a frame over the limit reached the hub"
         endpoint = make_transport().connect(hub.address, identity=b"fits")
         try:
-            endpoint.send([b"x" * 1024, b"y" * 1024])  # the bound is per frame
+            endpoint.send([b"x" * fits, b"y" * fits])  # the bound is per frame
             got = hub.recv(20)
-            assert got is not None and got[0] == b"fits"
-            assert [len(memoryview(f)) for f in got[1]] == [1024, 1024]
+            assert got is not None
+            assert [len(memoryview(f)) for f in got[1]] == [fits, fits]
         finally:
             endpoint.close()
         flooder.close()

@@ -1,0 +1,400 @@
+"""A stranger on the broker's socket, during a real run: it takes no name and costs no memory.
+
+A *stranger* is a separate process with a plain pyzmq DEALER socket and no
+run key. It knows the broker's address (the launcher logs it) and connects
+under the names of the run's peers, ``root`` and ``worker-1``, each name
+from its own connection, the way a ROUTER with handover once let anyone
+take a name over and read that peer's traffic. It sends a forged ``Hello``
+under each name, then listens. Whatever it does:
+
+- it reads nothing, not one message;
+- the run finishes with the right results and exit status 0 (before, the
+  real root was never heard from again and the run died 30 s later);
+- the broker says what it refused, once.
+
+The runs: a run on one machine (``-n 2``: an ipc socket in a private
+directory, which a process of the same user, like this stranger, may
+still open: the names are what is tested there); a ``--hosts`` run, whose
+broker listens on every interface with CurveZMQ, started through an
+rsh stand-in that runs the "remote" command here, so no sshd is needed;
+and the same ``--hosts`` run with Curve turned off, where only the binding
+of names to connections stands between the stranger and the run.
+
+Then what a run on one machine promises other users: its socket is in a
+directory only its user may enter, there is no TCP port, and the directory
+is gone when the run ends. And the memory a stranger can make the broker
+spend: frames over ``max_message_size`` are refused by libzmq before they
+are buffered, so the launcher's peak memory hardly moves.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO
+
+import pytest
+from conftest import wait_gone
+
+WAIT = 60.0
+
+PROGRAM = """
+import os, sys, time
+from scoop import futures
+
+
+def square(x):
+    return x * x
+
+
+if __name__ == "__main__":
+    first = sum(futures.map(square, range(100)))
+    print("READY", flush=True)
+    deadline = time.monotonic() + 90
+    while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:
+        time.sleep(0.01)  # waiting for the test's go-ahead, with a deadline
+    second = sum(futures.map(square, range(500)))
+    print("RESULT", first, second, flush=True)
+"""
+
+EXPECTED = f"RESULT {sum(x * x for x in range(100))} {sum(x * x for x in range(500))}"
+
+STRANGER = '''
+"""Not part of the run: knows the broker's address, not its key."""
+import os, sys, time
+import msgpack, zmq
+from zmq.utils import z85
+
+address, names, stop = sys.argv[1:4]
+url, _, server_key = address.partition("#curve=")
+context = zmq.Context()
+sockets = []
+for name in names.split(","):
+    for curve in ([False, True] if server_key else [False]):
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IDENTITY, name.encode())  # the name it would take over
+        sock.setsockopt(zmq.LINGER, 0)
+        if curve:  # the server's public key is in the address; its own keys are made up
+            public, secret = zmq.curve_keypair()
+            sock.setsockopt(zmq.CURVE_SERVERKEY, z85.encode(bytes.fromhex(server_key)))
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+        sock.connect(url)
+        header = msgpack.packb(
+            [2, 1, name.encode(), b"broker", os.urandom(16), 1, "root", name, os.getpid(), "h", 1],
+            use_bin_type=True,
+        )
+        sock.send_multipart([header, os.urandom(32)])  # a Hello under a mac nobody can check
+        sockets.append(sock)
+print("SENT", flush=True)
+poller = zmq.Poller()
+for sock in sockets:
+    poller.register(sock, zmq.POLLIN)
+messages = size = 0
+deadline = time.monotonic() + 150
+while not os.path.exists(stop) and time.monotonic() < deadline:
+    for sock, _ in poller.poll(50):
+        frames = sock.recv_multipart()
+        messages += 1
+        size += sum(len(f) for f in frames)
+print("READ", messages, size, flush=True)
+for sock in sockets:
+    sock.close()
+context.term()
+'''
+
+FLOODER = '''
+"""Not part of the run: sends frames over the broker's limit, and times each disconnect."""
+import sys, time
+import zmq
+
+address, size, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+context = zmq.Context()
+sock = context.socket(zmq.DEALER)
+sock.setsockopt(zmq.LINGER, 0)
+monitor = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+sock.connect(address.partition("#")[0])
+big = bytearray(size)
+for _ in range(count):
+    start = time.monotonic()
+    sock.send_multipart([b"header", big], copy=False)
+    event = monitor.recv_multipart()  # the broker hung up: the frame was refused
+    print("DROPPED", f"{time.monotonic() - start:.3f}", flush=True)
+sock.disable_monitor()
+monitor.close()
+sock.close()
+context.term()
+print("DONE", flush=True)
+'''
+
+RSH = """#!/bin/sh
+# An rsh stand-in: "rsh host command" runs the command on this machine.
+shift
+exec /bin/sh -c "$1"
+"""
+
+
+def _lines(stream: IO[str], into: list[str]) -> None:
+    for line in stream:
+        into.append(line)
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.01)  # polling a condition with a deadline
+
+
+class Run:
+    """``python -m scoop -v FLAGS prog.py GO``, its output read as it comes."""
+
+    def __init__(self, tmp_path: Path, flags: list[str], env: dict[str, str]) -> None:
+        self.program = tmp_path / "prog.py"
+        self.program.write_text(textwrap.dedent(PROGRAM))
+        self.go = tmp_path / "go"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "scoop", "-v", *flags, str(self.program), str(self.go)],
+            cwd=tmp_path,
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._readers = [
+            threading.Thread(target=_lines, args=(self.proc.stdout, self.out), daemon=True),
+            threading.Thread(target=_lines, args=(self.proc.stderr, self.err), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.err)
+
+    def address(self) -> str:
+        wait_for(lambda: "broker at " in self.stderr, "the launcher logging the broker's address")
+        found = re.search(r"broker at (\S+), \d+ worker", self.stderr)
+        assert found, self.stderr
+        return found.group(1)
+
+    def ready(self) -> None:
+        wait_for(lambda: "READY\n" in self.out, f"the program's first map\n{self.stderr[-2000:]}")
+
+    def finish(self, timeout: float = 90) -> float:
+        """Let the program go on; the seconds until the run exited."""
+        start = time.monotonic()
+        self.go.touch()
+        self.proc.wait(timeout)
+        elapsed = time.monotonic() - start
+        for reader in self._readers:
+            reader.join(10)
+        return elapsed
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+@pytest.fixture
+def start_run(tmp_path: Path) -> Iterator[Callable[..., Run]]:
+    runs: list[Run] = []
+
+    def start(flags: list[str], env: dict[str, str] | None = None) -> Run:
+        runs.append(Run(tmp_path, flags, env or {}))
+        return runs[-1]
+
+    yield start
+    for run in runs:
+        run.kill()
+        assert wait_gone(str(run.program)) == [], "processes of the run were left running"
+
+
+def helper(tmp_path: Path, source: str, *args: str) -> subprocess.Popen[str]:
+    script = tmp_path / f"helper-{len(list(tmp_path.glob('helper-*')))}.py"
+    script.write_text(textwrap.dedent(source))
+    return subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, text=True)
+
+
+def rsh_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    rsh = tmp_path / "rsh"
+    rsh.write_text(RSH)
+    rsh.chmod(0o755)
+    return {"SCOOP_LAUNCHER_SSH_SSH_EXECUTABLE": str(rsh), **extra}
+
+
+RUNS = {
+    # name: (flags, environment maker, what the broker logs about the stranger)
+    "one-machine": (["-n", "2"], lambda tmp: {}, "rejected a message from peer b'{name}'"),
+    "hosts-curve": (
+        ["--hosts", "h1", "h1", "h1"],
+        rsh_env,
+        "refused a connection from ",
+    ),
+    "hosts-plain-tcp": (
+        ["--hosts", "h1", "h1", "h1"],
+        lambda tmp: rsh_env(tmp, SCOOP_TRANSPORT_ZMQ_CURVE="false"),
+        "rejected a message from peer b'{name}'",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", RUNS)
+def test_a_stranger_under_a_peers_name_reads_nothing_and_the_run_finishes(
+    tmp_path: Path, start_run: Callable[..., Run], kind: str
+) -> None:
+    flags, make_env, logged = RUNS[kind]
+    run = start_run(flags, make_env(tmp_path))
+    address = run.address()
+    if kind == "one-machine":
+        assert address.startswith("ipc://"), address
+    else:
+        assert address.startswith("tcp://") and ("#curve=" in address) == (kind == "hosts-curve")
+    run.ready()
+
+    stop = tmp_path / "stop"
+    stranger = helper(tmp_path, STRANGER, address, "root,worker-1", str(stop))
+    try:
+        assert stranger.stdout is not None
+        assert stranger.stdout.readline().strip() == "SENT"
+        for name in ("root", "worker-1"):
+            line = logged.format(name=name)
+            wait_for(lambda line=line: line in run.stderr, f"the broker refusing {line!r}")
+        took = run.finish()
+        stop.touch()
+        out, _ = stranger.communicate(timeout=WAIT)
+    finally:
+        stop.touch()
+        if stranger.poll() is None:
+            stranger.kill()
+            stranger.wait(5)
+    stderr = run.stderr
+    assert run.proc.returncode == 0, stderr[-3000:]
+    assert f"{EXPECTED}\n" in run.out, stderr[-3000:]
+    assert "READ 0 0" in out, f"the stranger read the run's traffic: {out}"
+    # Well within the 30 s heartbeat timeout that ended such runs before.
+    assert took < 20, f"the run's second map took {took:.1f} s"
+    if logged.startswith("rejected"):
+        for name in ("root", "worker-1"):
+            assert stderr.count(logged.format(name=name)) == 1, "a stranger is logged once"
+    print(f"{kind}: stranger read nothing, run exit 0, second map {took:.2f} s")
+
+
+def _listening_tcp_inodes(pid: int) -> set[str]:
+    """Inodes of the TCP sockets in LISTEN state that process ``pid`` holds."""
+    listening = set()
+    for table in ("tcp", "tcp6"):
+        with open(f"/proc/{pid}/net/{table}") as rows:
+            next(rows)
+            listening |= {row.split()[9] for row in rows if row.split()[3] == "0A"}
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            held.add(target[len("socket:[") : -1])
+    return listening & held
+
+
+def test_a_run_on_one_machine_listens_where_only_its_user_can_reach(
+    tmp_path: Path, start_run: Callable[..., Run]
+) -> None:
+    run = start_run(["-n", "2"])
+    address = run.address()
+    run.ready()
+    path = Path(address.removeprefix("ipc://"))
+    directory = path.parent
+    info = directory.stat()
+    assert stat.S_IMODE(info.st_mode) == 0o700, oct(info.st_mode)
+    assert info.st_uid == os.getuid()
+    assert stat.S_ISSOCK(path.stat().st_mode)
+    # The launcher, where the broker runs, listens on no TCP port at all.
+    assert _listening_tcp_inodes(run.proc.pid) == set()
+    if os.geteuid() == 0:
+        # Another user cannot even reach the socket: the directory stops it.
+        # An interpreter that user may run (this virtualenv may be in root's home).
+        python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+        probe = subprocess.run(
+            [
+                python,
+                "-c",
+                "import socket, sys\n"
+                "s = socket.socket(socket.AF_UNIX)\n"
+                "try:\n    s.connect(sys.argv[1])\nexcept PermissionError:\n    print('DENIED')\n"
+                "else:\n    print('CONNECTED')\n",
+                str(path),
+            ],
+            user="nobody",
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+        )
+        assert probe.stdout.strip() == "DENIED", probe
+    assert run.finish() < 20
+    assert run.proc.returncode == 0, run.stderr[-3000:]
+    assert f"{EXPECTED}\n" in run.out
+    assert not directory.exists(), "the run left its socket's directory behind"
+
+
+def _memory(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of process ``pid``, in bytes."""
+    found = {}
+    with open(f"/proc/{pid}/status") as lines:
+        for line in lines:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                found[key] = int(value.split()[0]) * 1024
+    return found
+
+
+def test_frames_over_the_limit_from_a_stranger_cost_the_broker_no_memory(
+    tmp_path: Path, start_run: Callable[..., Run]
+) -> None:
+    # The default max_message_size, 256 MiB, and 400 MB frames: what grew a
+    # broker to 429 MB before libzmq was told the limit.
+    run = start_run(["-n", "2"])
+    address = run.address()
+    run.ready()
+    before = _memory(run.proc.pid)
+    count, size = 3, 400_000_000
+    flooder = helper(tmp_path, FLOODER, address, str(size), str(count))
+    try:
+        out, _ = flooder.communicate(timeout=WAIT)
+    finally:
+        if flooder.poll() is None:
+            flooder.kill()
+            flooder.wait(5)
+    drops = [float(line.split()[1]) for line in out.splitlines() if line.startswith("DROPPED")]
+    assert len(drops) == count and "DONE" in out, out
+    after = _memory(run.proc.pid)
+    grown = after["VmHWM"] - before["VmHWM"]
+    assert grown < 32 << 20, f"the launcher's peak memory grew by {grown >> 20} MiB: {after}"
+    took = run.finish()
+    assert run.proc.returncode == 0, run.stderr[-3000:]
+    assert f"{EXPECTED}\n" in run.out
+    print(
+        f"launcher VmRSS {before['VmRSS'] >> 20} -> {after['VmRSS'] >> 20} MiB, "
+        f"peak {before['VmHWM'] >> 20} -> {after['VmHWM'] >> 20} MiB; "
+        f"{count} frames of {size} bytes each dropped within {max(drops):.3f} s; "
+        f"run finished {took:.2f} s after"
+    )
