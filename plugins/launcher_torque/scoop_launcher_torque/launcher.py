@@ -295,7 +295,7 @@ class RelayStart(HostStart):
     def _take(self, selector: selectors.BaseSelector, pending: dict[socket.socket, _Hello]) -> None:
         try:
             conn, _ = self.listener.accept()
-        except BlockingIOError:
+        except (BlockingIOError, ConnectionAbortedError):  # gone before we took it
             return
         if len(pending) >= _MAX_PENDING:
             # Connections held open to crowd the relay out: the oldest goes first.
