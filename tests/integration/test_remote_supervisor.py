@@ -19,13 +19,19 @@ from pathlib import Path
 import pytest
 from conftest import processes_of, wait_gone
 
+from scoop_core.errors import LaunchError
 from scoop_core.interfaces import WorkerSpec
 from scoop_core.remote import HostGroup, RemoteHost, command
 
+# Each line in one write: two workers share the supervisor's stdout, and a
+# line written in pieces (print's arguments, unbuffered) would interleave.
 SLEEPER = """
 import os, sys, time
-print(sys.argv[1], "has", os.environ["SECRET"], "parent", os.environ["_SCOOP_PARENT_PID"], flush=True)
-print(sys.argv[1], "on stderr", file=sys.stderr, flush=True)
+name, env = sys.argv[1], os.environ
+sys.stdout.write(f"{name} has {env['SECRET']} parent {env['_SCOOP_PARENT_PID']}\\n")
+sys.stdout.flush()
+sys.stderr.write(f"{name} on stderr\\n")
+sys.stderr.flush()
 time.sleep(120)
 """
 
@@ -123,6 +129,44 @@ def test_a_worker_that_cannot_start_is_reported_and_the_others_run(tmp_path, mar
         _wait(lambda: host.poll()["w2"] == 127, "the failed start's report")
         _wait(lambda: len(processes_of(marker)) == 1, "w1")
         HostGroup([host]).stop(1.0)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert wait_gone(marker) == []
+
+
+def test_the_launcher_replaces_dead_workers_through_the_supervisor(tmp_path, marker, capfd):
+    specs = _sleepers(tmp_path, marker, ["w1"])
+    host, proc = _host(specs)
+    try:
+        _wait(lambda: len(processes_of(marker)) == 1, "w1")
+        [w1] = processes_of(marker)
+        os.kill(w1, signal.SIGKILL)
+        _wait(lambda: host.poll()["w1"] == -signal.SIGKILL, "the report of w1's death")
+        # No worker is left on the host; the supervisor stays for a replacement.
+        [w2] = _sleepers(tmp_path, marker, ["w2"])
+        host.replace("w1", w2)
+        assert host.poll()["w2"] is None
+        _wait(lambda: len(processes_of(marker)) == 1, "w2, started in w1's place")
+        seen: list[str] = []
+
+        def said() -> bool:
+            out, err = capfd.readouterr()
+            seen.append(out + err)
+            return "[nodeA] w2 has s3cr3t-w2" in "".join(seen)
+
+        _wait(said, "w2's output, with its own environment")
+        assert f"parent {proc.pid}" in "".join(seen)
+        # A worker the supervisor cannot start is reported like any exit.
+        host.replace("w1", WorkerSpec("w3", "nodeA", ("/nonexistent/python",), {}))
+        _wait(lambda: host.poll()["w3"] == 127, "the failed replacement's report")
+        HostGroup([host]).stop(2.0)
+        assert host.poll()["w2"] == -signal.SIGTERM
+        assert proc.wait(10) == 0
+        # Once stopped, the supervisor and its connection are gone: nothing starts.
+        [w4] = _sleepers(tmp_path, marker, ["w4"])
+        with pytest.raises(LaunchError, match="nodeA: cannot start w4"):
+            host.replace("w2", w4)
     finally:
         proc.kill()
         proc.wait()
