@@ -20,6 +20,7 @@ from datetime import datetime
 
 import pytest
 from conftest import processes_of, wait_gone
+from test_ssh_runs import Machines, _run, machines  # noqa: F401 (a fixture)
 
 PRELUDE = """
 import ctypes, json, os, signal, sys, time
@@ -255,3 +256,28 @@ if __name__ == "__main__":
             proc.wait()
         for pid in processes_of(str(prog)):
             os.kill(pid, signal.SIGKILL)
+
+
+@pytest.mark.cluster
+def test_a_remote_worker_killed_by_its_future_is_replaced_on_its_host(
+    machines: Machines,  # noqa: F811 (the fixture imported above)
+    write_program,
+):
+    # Every worker on another host (the first host runs the program): each
+    # replacement is started there by the host's supervisor.
+    prog = write_program(
+        ONE_DEADLY.replace("CRASH", "os._exit(1)").replace("live = back_to(2)", "live = back_to(3)")
+    )
+    proc = _run(machines, prog, "--hosts", "h1", "h2", "h2", timeout=180)
+    message, squares, workers, (detect, recover) = _results(proc)
+    assert "was lost with its worker 3 times" in message
+    assert squares == [i * i for i in range(20)]
+    replaced = _replacements(proc.stderr)
+    assert [new for _, new in replaced] == ["worker-4", "worker-5", "worker-6"], proc.stderr
+    assert re.findall(r"replaces it \(restart \d of max_restarts = 10 on host (h\d)\)", proc.stderr)
+    assert len(workers) == 3 and set(workers) & {"worker-4", "worker-5", "worker-6"}
+    assert machines.leftovers() == {}
+    print(
+        f"remote: three losses became WorkerLostError {detect:.2f} s after submitting; "
+        f"three live workers again {recover:.2f} s later ({', '.join(workers)})"
+    )
