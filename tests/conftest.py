@@ -23,6 +23,7 @@ A test belongs to the cluster suite if it uses a fixture in
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import shlex
@@ -44,8 +45,9 @@ CLUSTER_FIXTURES = {
     "plugins/launcher_slurm/test_real_slurm.py": "cluster",  # munged, slurmctld, slurmd
     "plugins/launcher_sge/test_real_sge.py": "cluster",  # sge_qmaster, sge_execd
 }
-"""The fixtures that start sshd, SLURM or Grid Engine daemons. A fixture is
-visible only below its conftest's directory, or in its module."""
+"""The fixtures that start sshd, SLURM or Grid Engine daemons."""
+
+_CLUSTER_FIXTURES = {(TESTS / where, name) for where, name in CLUSTER_FIXTURES.items()}
 
 NEEDS = "sshd, SLURM and Grid Engine"
 
@@ -109,14 +111,12 @@ def _install(config: pytest.Config) -> None:
 def _in_cluster_suite(item: pytest.Item) -> bool:
     if item.get_closest_marker("cluster") is not None:
         return True
-    names = getattr(item, "fixturenames", ())
-    path = Path(item.path).resolve()
-    for where, name in CLUSTER_FIXTURES.items():
-        defined = TESTS / where
-        visible = (
-            path == defined if defined.name.startswith("test_") else defined.parent in path.parents
-        )
-        if visible and name in names:
+    # The fixtures this test uses, directly or through others, by the file
+    # that defines each (so a fixture imported into another module counts).
+    used = getattr(item, "_fixtureinfo", None)
+    for name, definitions in getattr(used, "name2fixturedefs", {}).items():
+        code = getattr(inspect.unwrap(definitions[-1].func), "__code__", None)
+        if code is not None and (Path(code.co_filename).resolve(), name) in _CLUSTER_FIXTURES:
             return True
     return False
 
