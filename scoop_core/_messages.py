@@ -476,13 +476,13 @@ def payload_limit(max_size: int | None) -> int | None:
     return max_size - ENVELOPE_ALLOWANCE - ITEM_ALLOWANCE
 
 
-def too_big_for_one_message(what: str, size: int, max_size: int) -> str:
-    """Why ``what`` (of ``size`` payload bytes) cannot be sent: names the
-    size, the limit and the setting that raises it."""
+def too_big_for_one_message(size: int, max_size: int) -> str:
+    """Why a future's ``size`` payload bytes cannot be sent: names the size,
+    the limit and the setting that raises it."""
     if size > max_size:
-        return f"{what} is {_too_big(size, max_size)}"
+        return _too_big(size, max_size)
     return (
-        f"{what} is {size} bytes, which with its message header (up to "
+        f"{size} bytes, which with its message header (up to "
         f"{ENVELOPE_ALLOWANCE + ITEM_ALLOWANCE} bytes) is over the limit of {max_size} bytes "
         f"(setting {_SIZE_SETTING})"
     )
@@ -656,7 +656,7 @@ class Codec:
         size = sum(memoryview(f).nbytes for f in payload)
         if size > limit:
             raise SerializationError(
-                "cannot send " + too_big_for_one_message(what, size, self.max_size)
+                f"cannot send {what}: it is {too_big_for_one_message(size, self.max_size)}"
             )
 
     def encode(self, msg: Message, to: bytes = BROKER_IDENTITY) -> list[Frame]:

@@ -423,23 +423,54 @@ class ThreadedRuntime(Runtime):
             if batch:
                 self._encode_submit(batch, encoded)
                 batch = []
-            encoded.append(self.codec.encode(item))
+            self._encode(item, encoded)
         if batch:
             self._encode_submit(batch, encoded)
         if encoded:
             endpoint.send_many(encoded)
         self._last_sent = time.monotonic()
 
+    def _encode(self, msg: m.Message, encoded: list[list[Frame]]) -> bool:
+        """Append the frames of ``msg`` to ``encoded``. A message that cannot
+        be encoded is reported (:meth:`unsendable`), never raised: the I/O
+        thread outlives it."""
+        try:
+            encoded.append(self.codec.encode(msg))
+        except Exception as exc:
+            self.unsendable(msg, exc, encoded)
+            return False
+        return True
+
+    def unsendable(self, msg: m.Message, exc: Exception, encoded: list[list[Frame]]) -> None:
+        """In the I/O thread: ``msg`` could not be encoded (``exc``). Append
+        what can be sent instead to ``encoded``; the base class logs it."""
+        log.error("%s could not send a %s message: %s", self.name, type(msg).__name__, exc)
+
     def _encode_submit(self, tasks: list[m.Task], encoded: list[list[Frame]]) -> None:
+        """New futures in Submit messages that each fit max_message_size; a
+        future that fits no message fails with SerializationError."""
+        for batch in m.split_by_size(tasks, self.codec.max_size):
+            if len(batch) > 1 and self._encode_tasks(batch, encoded):
+                continue
+            for task in batch:  # alone, or the size estimate was off: one each
+                self._encode_tasks([task], encoded)
+
+    def _encode_tasks(self, tasks: list[m.Task], encoded: list[list[Frame]]) -> bool:
+        """Append one Submit of ``tasks`` to ``encoded``; if it cannot be
+        encoded, False, and a lone task's future fails saying why."""
         try:
             encoded.append(self.codec.encode(m.Submit(tuple(tasks))))
-        except SerializationError:
+        except Exception as exc:
             if len(tasks) == 1:
-                raise
-            # Over max_message_size together: send the halves apart.
-            half = len(tasks) // 2
-            self._encode_submit(tasks[:half], encoded)
-            self._encode_submit(tasks[half:], encoded)
+                fid = tasks[0].fid
+                log.error("%s could not send future %#x: %s", self.name, fid, exc)
+                fut = self._owned.pop(fid, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(
+                        SerializationError(f"cannot send future {fid:#x} to the broker: {exc}")
+                    )
+            return False
+        return True
 
     def _keep_alive(self) -> float:
         """Heartbeats: say we live when we have been quiet; notice when the

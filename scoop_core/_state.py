@@ -459,7 +459,10 @@ class BrokerBook:
         if payload_limit is None or size <= payload_limit:
             return ""
         what = "call" if isinstance(item, m.Task) else "result"
-        return m.too_big_for_one_message(f"the {what} of future {item.fid:#x}", size, limit)
+        return (
+            f"the broker cannot pass on the {what} of future {item.fid:#x}: it is "
+            + m.too_big_for_one_message(size, limit)
+        )
 
     # -- outputs ----------------------------------------------------------
 

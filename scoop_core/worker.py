@@ -256,11 +256,15 @@ class WorkerRuntime(ThreadedRuntime):
         with self._lock:
             jobs = self.book.steal(count)
         tasks, kept = [], []
+        limit = m.payload_limit(self.codec.max_size)
         for job in jobs:
             try:
                 frames = self.serializer.dumps(job.payload)
             except Exception:
                 kept.append(job)
+                continue
+            if limit is not None and sum(memoryview(f).nbytes for f in frames) > limit:
+                kept.append(job)  # too big to travel: it runs here
                 continue
             t = job.task
             tasks.append(m.Task(t.fid, t.parent, t.depth, tuple(frames), t.max_losses))
@@ -269,7 +273,7 @@ class WorkerRuntime(ThreadedRuntime):
                 self.book.adopt(job.task, job.payload, stealable=False)
             spare = self.book.spare
         if tasks:
-            self._send(m.Submit(tuple(tasks)))
+            self._send_tasks(tasks)
         self._send(m.Spare(spare))
         self._reported_spare = spare
 
@@ -317,6 +321,7 @@ class WorkerRuntime(ThreadedRuntime):
         fid = job.task.fid
         start = time.perf_counter()
         status = m.OK
+        payload: Any = None
         try:
             payload = self.serializer.loads(job.task.frames)
             if not isinstance(payload, Chunk):
@@ -337,6 +342,10 @@ class WorkerRuntime(ThreadedRuntime):
         frames = self._dump_outcome(value)
         if frames is None:
             status, frames = m.RAISED, self._dump_unsendable(value)
+        else:
+            too_big = self._too_big(frames, payload)
+            if too_big is not None:
+                status, frames = m.RAISED, too_big
         self._announced.discard(fid)
         with self._lock:
             self.book.finish(fid, status == m.OK)
@@ -366,6 +375,51 @@ class WorkerRuntime(ThreadedRuntime):
             result.values, portable(result.error, self.serializer.dumps) if result.error else None
         )
 
+    def _too_big(self, frames: list[Any], payload: Any) -> list[Any] | None:
+        """If a result's ``frames`` cannot travel in one message, the frames
+        of the SerializationError its owner gets instead (else None)."""
+        max_size = self.codec.max_size
+        limit = m.payload_limit(max_size)
+        if limit is None or max_size is None:
+            return None
+        size = sum(memoryview(f).nbytes for f in frames)
+        if size <= limit:
+            return None
+        fn = getattr(payload, "fn", None)
+        name = getattr(fn, "__qualname__", None) or _short(fn)
+        what = f"the result of {name}" if fn is not None else "a result"
+        if isinstance(payload, Chunk):
+            what += f" (a chunk of {len(payload.items)} item(s) of a map)"
+        return self._error_frames(
+            SerializationError(
+                f"{what} cannot be sent back from {self.name}: it is "
+                f"{m.too_big_for_one_message(size, max_size)}; return less, or raise the limit"
+            )
+        )
+
+    def _error_frames(self, error: Exception) -> list[Any]:
+        return self.serializer.dumps(RemoteException(error, "", f"Raised by {self.name}\n"))
+
+    def unsendable(self, msg: m.Message, exc: Exception, encoded: list[list[Any]]) -> None:
+        """A Results message too big after all (a size estimate was off):
+        each outcome goes alone, and one that still cannot go becomes its
+        future's SerializationError."""
+        if not isinstance(msg, m.Results):
+            super().unsendable(msg, exc, encoded)
+            return
+        if msg.started and not self._encode(m.Results((), msg.started), encoded):
+            return
+        for out in msg.outcomes:
+            try:
+                encoded.append(self.codec.encode(m.Results((out,))))
+            except Exception as alone:
+                log.error("%s could not send the result of %#x: %s", self.name, out.fid, alone)
+                error = SerializationError(
+                    f"cannot send the result of future {out.fid:#x}: {alone}"
+                )
+                failed = m.Outcome(out.fid, m.RAISED, out.elapsed, tuple(self._error_frames(error)))
+                self._encode(m.Results((failed,)), encoded)
+
     def _dump_unsendable(self, value: Any) -> list[Any]:
         try:
             self.serializer.dumps(value)
@@ -376,7 +430,7 @@ class WorkerRuntime(ThreadedRuntime):
             f"the result {_short(value)} cannot be sent back from the worker ({reason}); "
             "return plain data instead"
         )
-        return self.serializer.dumps(RemoteException(error, "", f"Raised by {self.name}\n"))
+        return self._error_frames(error)
 
     # -- the loop -------------------------------------------------------------
 
@@ -447,7 +501,13 @@ class WorkerRuntime(ThreadedRuntime):
             started = tuple(j.task.fid for j in self._started if j.task.fid in self.book.jobs)
             self._started = []
         if self._results or started:
-            self._send(m.Results(tuple(self._results), started))
+            # Several results that fit one by one may not fit together.
+            batches = m.split_by_size(
+                self._results, self.codec.max_size, reserve=m.item_size(0) * len(started)
+            )
+            for batch in batches or [[]]:
+                self._send(m.Results(tuple(batch), started))
+                started = ()
             self._results = []
 
     def _take_messages(self, timeout: float) -> None:

@@ -295,3 +295,129 @@ if __name__ == "__main__":
     assert proc.returncode == 1
     assert "not reached" not in proc.stdout
     assert "every worker has exited" in proc.stderr
+
+
+# -- queued futures with no worker left to run them (issue 9, item 6) -------------
+
+
+@pytest.mark.both_transports
+def test_when_every_worker_freezes_the_root_gets_worker_lost_error_promptly(
+    write_program, scoop_run, tmp_path
+):
+    # Both workers freeze on their first future: the broker counts them as
+    # lost (heartbeat_timeout), queues their futures again, and with no
+    # worker left for another heartbeat_timeout fails what is queued. The
+    # broker must live through that, and the run end as its root says.
+    prog = write_program(
+        PRELUDE
+        + """
+from scoop_core.errors import WorkerLostError
+
+def freeze(i):
+    os.kill(os.getpid(), signal.SIGSTOP)
+    return i
+
+if __name__ == "__main__":
+    start = time.monotonic()
+    fs = [futures.submit(freeze, i) for i in range(6)]
+    errors = []
+    for f in fs:
+        try:
+            f.result(timeout=20)
+            errors.append("no error")
+        except WorkerLostError as exc:
+            errors.append(str(exc))
+    out(time.monotonic() - start)
+    out(errors)
+    try:
+        futures.submit(freeze, 99).result(timeout=20)
+    except WorkerLostError as exc:
+        out(["later", str(exc), time.monotonic() - start])
+"""
+    )
+    proc = scoop_run(prog, flags=("-n", "2"), env=FAST_HEARTBEAT, timeout=90)
+    got = results(proc)
+    took, errors = got[0], got[1]
+    assert len(errors) == 6
+    assert all("cannot run: no worker has been connected" in e for e in errors), errors
+    # Silence (1.5 s) counts a worker lost, then no worker for 1.5 s fails
+    # the queue: about 3 s; far from the 86 s the broker's death cost.
+    assert 2.5 <= took < 20
+    # A future submitted once no worker is left fails the same way.
+    assert got[2][0] == "later" and "cannot run" in got[2][1]
+    assert "the broker failed" not in proc.stderr and "ProtocolError" not in proc.stderr
+    print(
+        f"all workers frozen: WorkerLostError after {took:.2f} s, a later future after "
+        f"{got[2][2] - took:.2f} s more; exit {proc.returncode}"
+    )
+
+
+@pytest.mark.both_transports
+def test_an_uncaught_worker_lost_error_ends_the_run_with_status_1(write_program, scoop_run):
+    prog = write_program(
+        PRELUDE
+        + """
+def freeze():
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+if __name__ == "__main__":
+    fs = [futures.submit(freeze) for _ in range(2)]
+    fs[0].result(timeout=20)
+    out("not reached")
+"""
+    )
+    start = time.monotonic()
+    proc = scoop_run(prog, flags=("-n", "2"), env=FAST_HEARTBEAT, timeout=90)
+    took = time.monotonic() - start
+    assert proc.returncode == 1, proc.stderr
+    assert "not reached" not in proc.stdout
+    assert "WorkerLostError" in proc.stderr and "cannot run" in proc.stderr
+    assert took < 30
+    print(f"uncaught WorkerLostError: the run ended with status 1 in {took:.2f} s")
+
+
+def test_when_every_worker_of_an_executor_is_killed_its_futures_fail_promptly(
+    write_program, scoop_run, tmp_path
+):
+    # An embedding program's pool has no launcher watching its workers: the
+    # broker alone notices that none is left (no heartbeat), and fails the
+    # queued futures instead of dying.
+    prog = write_program(
+        PRELUDE
+        + """
+from scoop_core import Executor
+from scoop_core.errors import WorkerLostError
+
+def deadly(i):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+if __name__ == "__main__":
+    with Executor(2) as pool:
+        start = time.monotonic()
+        fs = [pool.submit(deadly, i) for i in range(6)]
+        errors = []
+        for f in fs:
+            try:
+                f.result(timeout=20)
+                errors.append("no error")
+            except WorkerLostError as exc:
+                errors.append(str(exc))
+        out(time.monotonic() - start)
+        out(errors)
+    out("closed")
+"""
+    )
+    start = time.monotonic()
+    proc = scoop_run(prog, flags=(), command=[sys.executable], env=FAST_HEARTBEAT, timeout=90)
+    total = time.monotonic() - start
+    got = results(proc)
+    took, errors = got[0], got[1]
+    assert len(errors) == 6
+    assert all("cannot run: no worker has been connected" in e for e in errors), errors
+    assert 2.5 <= took < 20
+    assert got[2] == "closed"
+    assert "the broker failed" not in proc.stderr and "ProtocolError" not in proc.stderr
+    print(
+        f"every worker killed: WorkerLostError after {took:.2f} s; the program ended "
+        f"(exit {proc.returncode}) after {total:.2f} s"
+    )
