@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from scoop_core import _messages as m
-from scoop_core._calls import Call, Chunk, RemoteException
+from scoop_core._calls import Call, Chunk, ChunkResult, RemoteException
 from scoop_core._future import Event, Future, new_event
 from scoop_core.errors import (
     ConstantError,
@@ -50,6 +50,19 @@ def _short(obj: Any, limit: int = 80) -> str:
     except Exception:
         text = f"<{type(obj).__qualname__} object>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class ChunkCut(SerializationError):
+    """The results of a chunk of a map did not fit one message: the worker
+    sent back the first ``done`` values, and the owner runs the other items
+    again as a new chunk (it keeps the chunks of a map it has in flight)."""
+
+    def __init__(self, message: str, done: int) -> None:
+        super().__init__(message)
+        self.done = done
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (str(self), self.done)
 
 
 def describe_unpicklable(
@@ -112,6 +125,9 @@ class Runtime:
         self._seq = 0
         self._seq_lock = threading.Lock()
         self._owned: dict[int, Future] = {}
+        # Chunks of maps in flight, to run again the items whose results
+        # did not fit the chunk's message (see ChunkCut).
+        self._chunks: dict[int, Chunk] = {}
         self._replies: dict[tuple[str, Any], Future] = {}
         self.constants: dict[str, Any] = {}
         self._const_events: list[Event] = []
@@ -196,8 +212,10 @@ class Runtime:
             fut.nbytes = sum(memoryview(f).nbytes for f in frames)
             tasks.append(m.Task(fut.fid, parent, depth + 1, tuple(frames), max_losses))
             futures.append(fut)
-        for fut in futures:
+        for fut, payload in zip(futures, payloads, strict=True):
             self._owned[fut.fid] = fut
+            if isinstance(payload, Chunk) and not payload.fold:
+                self._chunks[fut.fid] = payload
         self._send_tasks(tasks)
         return futures
 
@@ -318,6 +336,7 @@ class Runtime:
     def _on_results(self, outcomes: Iterable[m.Outcome]) -> None:
         for out in outcomes:
             fut = self._owned.pop(out.fid, None)
+            chunk = self._chunks.pop(out.fid, None)
             if fut is None:
                 continue
             fut.elapsed = out.elapsed
@@ -341,11 +360,50 @@ class Runtime:
                 )
                 continue
             if out.status == m.OK:
-                fut.set_result(value)
+                if (
+                    chunk is not None
+                    and isinstance(value, ChunkResult)
+                    and value.error is not None
+                    and isinstance(value.error.exc, ChunkCut)
+                ):
+                    self._run_rest(fut, chunk, value)
+                else:
+                    fut.set_result(value)
             elif isinstance(value, RemoteException):
                 fut.set_exception(value.rebuild())
             else:
                 fut.set_exception(ProtocolError(f"future {out.fid:#x} failed with {value!r}"))
+
+    def _run_rest(self, fut: Future, chunk: Chunk, got: ChunkResult) -> None:
+        """A chunk came back cut (ChunkCut): run the items it did not bring
+        back as a new chunk, then finish ``fut`` with all the values."""
+        rest = Chunk(chunk.fn, chunk.items[len(got.values) :], chunk.fold, chunk.reducer)
+        log.info(
+            "%s: the results of a chunk of %d items did not fit one message; "
+            "running the last %d again",
+            self.name,
+            len(chunk.items),
+            len(rest.items),
+        )
+        try:
+            (follow,) = self.submit([rest])
+        except Exception as exc:
+            fut.set_exception(exc)
+            return
+
+        def done(follow: Any) -> None:
+            if follow.cancelled():
+                fut.mark_cancelled()
+                return
+            error = follow.exception()
+            if error is not None:
+                fut.set_exception(error)
+                return
+            tail: ChunkResult = follow.result()
+            fut.elapsed += follow.elapsed
+            fut.set_result(ChunkResult(got.values + tail.values, tail.error))
+
+        follow.add_done_callback(done)
 
     def _on_shutdown(self, reason: str) -> None:
         self.shutdown_reason = reason
@@ -355,6 +413,7 @@ class Runtime:
             if not fut.done():
                 fut.set_exception(error)
         self._owned.clear()
+        self._chunks.clear()
         for reply in self._replies.values():
             if not reply.done():
                 reply.set_exception(error)

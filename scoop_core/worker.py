@@ -31,7 +31,7 @@ from scoop_core import _calls, _future
 from scoop_core import _messages as m
 from scoop_core._calls import Call, Chunk, ChunkResult, RemoteException, capture, portable
 from scoop_core._future import Future
-from scoop_core._runtime import ThreadedRuntime, _short
+from scoop_core._runtime import ChunkCut, ThreadedRuntime, _short
 from scoop_core._state import Job, WorkerBook
 from scoop_core.errors import SerializationError
 from scoop_core.interfaces import Endpoint, Serializer
@@ -268,6 +268,8 @@ class WorkerRuntime(ThreadedRuntime):
                 continue
             t = job.task
             tasks.append(m.Task(t.fid, t.parent, t.depth, tuple(frames), t.max_losses))
+            if isinstance(job.payload, Chunk) and not job.payload.fold:
+                self._chunks[t.fid] = job.payload  # its results may come back cut
         with self._lock:
             for job in kept:
                 self.book.adopt(job.task, job.payload, stealable=False)
@@ -343,9 +345,9 @@ class WorkerRuntime(ThreadedRuntime):
         if frames is None:
             status, frames = m.RAISED, self._dump_unsendable(value)
         else:
-            too_big = self._too_big(frames, payload)
-            if too_big is not None:
-                status, frames = m.RAISED, too_big
+            instead = self._too_big(frames, payload, value, status == m.OK)
+            if instead is not None:
+                status, frames = instead
         self._announced.discard(fid)
         with self._lock:
             self.book.finish(fid, status == m.OK)
@@ -375,27 +377,68 @@ class WorkerRuntime(ThreadedRuntime):
             result.values, portable(result.error, self.serializer.dumps) if result.error else None
         )
 
-    def _too_big(self, frames: list[Any], payload: Any) -> list[Any] | None:
-        """If a result's ``frames`` cannot travel in one message, the frames
-        of the SerializationError its owner gets instead (else None)."""
-        max_size = self.codec.max_size
-        limit = m.payload_limit(max_size)
-        if limit is None or max_size is None:
+    def _too_big(
+        self, frames: list[Any], payload: Any, value: Any, ok: bool
+    ) -> tuple[int, list[Any]] | None:
+        """None if a result's ``frames`` fit one message; else the status and
+        frames to send instead: a map chunk's first values that fit (see
+        ChunkCut), or the SerializationError its owner gets."""
+        limit = m.payload_limit(self.codec.max_size)
+        if limit is None:
             return None
         size = sum(memoryview(f).nbytes for f in frames)
         if size <= limit:
             return None
+        if (
+            ok
+            and isinstance(payload, Chunk)
+            and not payload.fold
+            and isinstance(value, ChunkResult)
+        ):
+            cut = self._cut_chunk(value, payload, limit)
+            if cut is not None:
+                return m.OK, cut  # a chunk's result, whose error says where it stopped
+        return m.RAISED, self._error_frames(self._size_error(size, payload))
+
+    def _size_error(self, size: int, payload: Any, *, one_item: bool = False) -> SerializationError:
         fn = getattr(payload, "fn", None)
         name = getattr(fn, "__qualname__", None) or _short(fn)
         what = f"the result of {name}" if fn is not None else "a result"
-        if isinstance(payload, Chunk):
+        if isinstance(payload, Chunk) and not one_item:
             what += f" (a chunk of {len(payload.items)} item(s) of a map)"
-        return self._error_frames(
-            SerializationError(
-                f"{what} cannot be sent back from {self.name}: it is "
-                f"{m.too_big_for_one_message(size, max_size)}; return less, or raise the limit"
-            )
+        assert self.codec.max_size is not None
+        return SerializationError(
+            f"{what} cannot be sent back from {self.name}: it is "
+            f"{m.too_big_for_one_message(size, self.codec.max_size)}; return less, or raise the limit"
         )
+
+    def _cut_chunk(self, result: ChunkResult, payload: Chunk, limit: int) -> list[Any] | None:
+        """The frames of the first values of a map chunk's ``result`` that fit
+        one message, marked ChunkCut so that the owner runs the other items
+        again. If the first alone does not fit, the chunk fails there."""
+        room, count, first = limit - 1024, 0, 0  # 1 KiB for the ChunkResult around the values
+        for value in result.values:
+            size = sum(memoryview(f).nbytes for f in self.serializer.dumps(value))
+            first = first or size
+            room -= size
+            if room < 0:
+                break
+            count += 1
+        if count == 0 and first:
+            error = self._size_error(first, payload, one_item=True)
+            failed = ChunkResult([], RemoteException(error, "", f"Raised by {self.name}\n"))
+            return self.serializer.dumps(failed)
+        while count > 0:
+            cut = ChunkCut(
+                f"only {count} of {len(payload.items)} results of a chunk fit one message", count
+            )
+            frames = self.serializer.dumps(
+                ChunkResult(result.values[:count], RemoteException(cut, "", ""))
+            )
+            if sum(memoryview(f).nbytes for f in frames) <= limit:
+                return frames
+            count -= 1
+        return None
 
     def _error_frames(self, error: Exception) -> list[Any]:
         return self.serializer.dumps(RemoteException(error, "", f"Raised by {self.name}\n"))

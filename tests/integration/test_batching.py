@@ -71,6 +71,33 @@ if __name__ == "__main__":
 
 
 @pytest.mark.both_transports
+def test_a_map_whose_chunks_of_results_do_not_fit_one_message_returns_every_value(
+    write_program, scoop_run
+):
+    # Quick items with small calls: map sends them in growing chunks, whose
+    # 4 MB results do not fit one message together. Every value arrives, in
+    # order; so do those of a map run inside a future on a worker.
+    prog = write_program(
+        PRELUDE
+        + """
+def nested(n):
+    return [digest(v) for v in futures.map(blob, range(n))]
+
+if __name__ == "__main__":
+    start = time.monotonic()
+    got = [digest(v) for v in futures.map(blob, range(24))]
+    out(got == [expected(i) for i in range(24)])
+    out(futures.submit(nested, 12).result() == [expected(i) for i in range(12)])
+    out(time.monotonic() - start)
+"""
+    )
+    got = results(scoop_run(prog, env=ENV, timeout=60))
+    assert got[0] is True
+    assert got[1] is True
+    print(f"maps of 24 and 12 results of 4 MB each under a 10 MB limit took {got[2]:.2f} s")
+
+
+@pytest.mark.both_transports
 def test_one_result_over_the_limit_fails_alone_and_the_run_goes_on(write_program, scoop_run):
     prog = write_program(
         PRELUDE
