@@ -52,6 +52,11 @@ def _short(obj: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _part(chunk: Chunk, start: int, stop: int) -> Chunk:
+    """Items ``start:stop`` of ``chunk``, as a chunk of their own."""
+    return Chunk(chunk.fn, chunk.items[start:stop], chunk.fold, chunk.reducer)
+
+
 class ChunkCut(SerializationError):
     """The results of a chunk of a map did not fit one message: the worker
     sent back the first ``done`` values, and the owner runs the other items
@@ -127,7 +132,7 @@ class Runtime:
         self._owned: dict[int, Future] = {}
         # Chunks of maps in flight, to run again the items whose results
         # did not fit the chunk's message (see ChunkCut).
-        self._chunks: dict[int, Chunk] = {}
+        self._chunks: dict[int, tuple[Chunk, int]] = {}  # and its max_losses
         self._replies: dict[tuple[str, Any], Future] = {}
         self.constants: dict[str, Any] = {}
         self._const_events: list[Event] = []
@@ -202,21 +207,41 @@ class Runtime:
         if self.closed:
             raise NotLaunchedError(f"the pool is shut down ({self.shutdown_reason or 'closed'})")
         parent, depth = self.current_parent()
-        tasks, futures = [], []
+        tasks, futures, sent, split = [], [], [], []
+        limit = m.payload_limit(self.codec.max_size)
         for payload in payloads:
             frames = self.dumps_payload(payload)
+            nbytes = sum(memoryview(f).nbytes for f in frames)
+            if (
+                limit is not None
+                and nbytes > limit
+                and isinstance(payload, Chunk)
+                and not payload.fold
+                and len(payload.items) > 1
+            ):
+                # Items that fit one by one but not as one chunk: in halves.
+                fut = Future(self._next_fid())
+                fut.nbytes = nbytes
+                split.append((fut, payload))
+                futures.append(fut)
+                continue
             self.codec.check_size(
                 frames, f"the call to {getattr(payload.fn, '__qualname__', payload.fn)}"
             )
             fut = Future(self._next_fid(), self.cancel)
-            fut.nbytes = sum(memoryview(f).nbytes for f in frames)
+            fut.nbytes = nbytes
             tasks.append(m.Task(fut.fid, parent, depth + 1, tuple(frames), max_losses))
             futures.append(fut)
-        for fut, payload in zip(futures, payloads, strict=True):
+            sent.append((fut, payload))
+        for fut, payload in sent:
             self._owned[fut.fid] = fut
             if isinstance(payload, Chunk) and not payload.fold:
-                self._chunks[fut.fid] = payload
+                self._chunks[fut.fid] = (payload, max_losses)
         self._send_tasks(tasks)
+        for fut, chunk in split:
+            half = len(chunk.items) // 2
+            halves = [_part(chunk, 0, half), _part(chunk, half, len(chunk.items))]
+            self._join(fut, [], self.submit(halves, max_losses=max_losses))
         return futures
 
     def _send_tasks(self, tasks: list[m.Task]) -> None:
@@ -374,36 +399,56 @@ class Runtime:
             else:
                 fut.set_exception(ProtocolError(f"future {out.fid:#x} failed with {value!r}"))
 
-    def _run_rest(self, fut: Future, chunk: Chunk, got: ChunkResult) -> None:
+    def _run_rest(self, fut: Future, chunk: tuple[Chunk, int], got: ChunkResult) -> None:
         """A chunk came back cut (ChunkCut): run the items it did not bring
         back as a new chunk, then finish ``fut`` with all the values."""
-        rest = Chunk(chunk.fn, chunk.items[len(got.values) :], chunk.fold, chunk.reducer)
+        payload, max_losses = chunk
+        rest = _part(payload, len(got.values), len(payload.items))
         log.info(
             "%s: the results of a chunk of %d items did not fit one message; "
             "running the last %d again",
             self.name,
-            len(chunk.items),
+            len(payload.items),
             len(rest.items),
         )
         try:
-            (follow,) = self.submit([rest])
+            follow = self.submit([rest], max_losses=max_losses)
         except Exception as exc:
             fut.set_exception(exc)
             return
+        self._join(fut, got.values, follow)
 
-        def done(follow: Any) -> None:
-            if follow.cancelled():
-                fut.mark_cancelled()
-                return
-            error = follow.exception()
-            if error is not None:
-                fut.set_exception(error)
-                return
-            tail: ChunkResult = follow.result()
-            fut.elapsed += follow.elapsed
-            fut.set_result(ChunkResult(got.values + tail.values, tail.error))
+    def _join(self, fut: Future, head: list[Any], parts: list[Future]) -> None:
+        """Once every one of ``parts`` (futures of consecutive pieces of one
+        chunk) is done, finish ``fut`` as that chunk: ``head``, then their
+        values in order, up to the first error."""
+        left = [len(parts)]
+        lock = threading.Lock()
 
-        follow.add_done_callback(done)
+        def one_done(_: Any) -> None:
+            with lock:
+                left[0] -= 1
+                if left[0]:
+                    return
+            values = list(head)
+            for part in parts:
+                if part.cancelled():
+                    fut.mark_cancelled()
+                    return
+                error = part.exception()
+                if error is not None:
+                    fut.set_exception(error)
+                    return
+                got: ChunkResult = part.result()
+                fut.elapsed += part.elapsed
+                values.extend(got.values)
+                if got.error is not None:
+                    fut.set_result(ChunkResult(values, got.error))
+                    return
+            fut.set_result(ChunkResult(values, None))
+
+        for part in parts:
+            part.add_done_callback(one_done)
 
     def _on_shutdown(self, reason: str) -> None:
         self.shutdown_reason = reason

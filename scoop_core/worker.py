@@ -269,7 +269,7 @@ class WorkerRuntime(ThreadedRuntime):
             t = job.task
             tasks.append(m.Task(t.fid, t.parent, t.depth, tuple(frames), t.max_losses))
             if isinstance(job.payload, Chunk) and not job.payload.fold:
-                self._chunks[t.fid] = job.payload  # its results may come back cut
+                self._chunks[t.fid] = (job.payload, t.max_losses)  # may come back cut
         with self._lock:
             for job in kept:
                 self.book.adopt(job.task, job.payload, stealable=False)

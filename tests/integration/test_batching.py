@@ -178,6 +178,28 @@ if __name__ == "__main__":
 
 
 @pytest.mark.both_transports
+def test_a_map_whose_chunks_of_calls_do_not_fit_one_message_runs_every_item(
+    write_program, scoop_run
+):
+    # map sizes its chunks for 4 MB of calls; under a 1 MB limit a chunk of
+    # 300 kB arguments is sent in pieces that fit, and every value returns.
+    prog = write_program(
+        PRELUDE
+        + """
+if __name__ == "__main__":
+    start = time.monotonic()
+    args = [blob(i, 300_000) for i in range(40)]
+    got = list(futures.map(digest, args))
+    out(got == [expected(i, 300_000) for i in range(40)])
+    out(time.monotonic() - start)
+"""
+    )
+    got = results(scoop_run(prog, env={"SCOOP_MAX_MESSAGE_SIZE": "1000000"}, timeout=60))
+    assert got[0] is True
+    print(f"a map of 40 calls of 300 kB under a 1 MB limit took {got[1]:.2f} s")
+
+
+@pytest.mark.both_transports
 def test_futures_stolen_from_a_worker_travel_in_batches_that_fit(write_program, scoop_run):
     prog = write_program(
         PRELUDE
