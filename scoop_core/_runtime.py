@@ -287,6 +287,7 @@ class Runtime:
             raise SerializationError(
                 f"cannot share constant {name!r}: {_short(value)} cannot be pickled ({type(exc).__name__}: {exc})"
             ) from exc
+        self.codec.check_size(frames, f"shared constant {name!r}")
         reply = self._expect(("const", name))
         self._send(m.SetConst(name, tuple(frames)))
         error = reply.result()

@@ -162,6 +162,15 @@ if __name__ == "__main__":
             out(str(exc))
     fs.append(futures.submit(digest, blob(2)))
     out([f.result() == expected(i * 2) for i, f in enumerate(fs)])
+    # So is a shared constant too big for one message.
+    from scoop import shared
+    try:
+        shared.setConst(big=blob(3, {LIMIT - 500}))
+        out("no error")
+    except SerializationError as exc:
+        out(str(exc))
+    shared.setConst(fits=blob(4))
+    out(futures.submit(digest, shared.getConst("fits")).result() == expected(4))
     out(time.monotonic() - start)
 """
     )
@@ -174,7 +183,9 @@ if __name__ == "__main__":
         assert str(LIMIT) in message and "max_message_size" in message
     assert "header" in got[3]
     assert got[4] == [True, True]
-    print(f"8 + 4 calls of 4 MB under a 10 MB limit ran in {got[5]:.2f} s")
+    assert "shared constant 'big'" in got[5] and str(LIMIT) in got[5]
+    assert got[6] is True
+    print(f"8 + 4 calls of 4 MB under a 10 MB limit ran in {got[7]:.2f} s")
 
 
 @pytest.mark.both_transports
