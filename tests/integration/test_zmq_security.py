@@ -20,6 +20,11 @@ rsh stand-in that runs the "remote" command here, so no sshd is needed;
 and the same ``--hosts`` run with Curve turned off, where only the binding
 of names to connections stands between the stranger and the run.
 
+Then the broker's edge itself, driven by peers that hold the key: a live
+peer's name cannot be taken by a second connection even so, a replayed
+``Hello`` is refused, a peer whose connection broke keeps its name, and a
+name is free again once its peer has left.
+
 Then what a run on one machine promises other users: its socket is in a
 directory only its user may enter, there is no TCP port, and the directory
 is gone when the run ends. And the memory a stranger can make the broker
@@ -29,6 +34,7 @@ are buffered, so the launcher's peak memory hardly moves.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -39,11 +45,16 @@ import textwrap
 import threading
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 from conftest import wait_gone
+from scoop_transport_zmq.transport import ZmqTransport
+
+from scoop_core import _messages as m
+from scoop_core.broker import Broker
 
 WAIT = 60.0
 
@@ -127,8 +138,11 @@ big = bytearray(size)
 for _ in range(count):
     start = time.monotonic()
     sock.send_multipart([b"header", big], copy=False)
-    event = monitor.recv_multipart()  # the broker hung up: the frame was refused
-    print("DROPPED", f"{time.monotonic() - start:.3f}", flush=True)
+    if monitor.poll(15000):  # the broker hung up: the frame was refused
+        monitor.recv_multipart()
+        print("DROPPED", f"{time.monotonic() - start:.3f}", flush=True)
+    else:
+        print("KEPT", flush=True)
 sock.disable_monitor()
 monitor.close()
 sock.close()
@@ -183,6 +197,10 @@ class Run:
     @property
     def stderr(self) -> str:
         return "".join(self.err)
+
+    def logged(self, text: str) -> bool:
+        """Whether the launcher has logged ``text`` so far."""
+        return text in self.stderr
 
     def address(self) -> str:
         wait_for(lambda: "broker at " in self.stderr, "the launcher logging the broker's address")
@@ -240,7 +258,7 @@ def rsh_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {"SCOOP_LAUNCHER_SSH_SSH_EXECUTABLE": str(rsh), **extra}
 
 
-RUNS = {
+RUNS: dict[str, tuple[list[str], Callable[[Path], dict[str, str]], str]] = {
     # name: (flags, environment maker, what the broker logs about the stranger)
     "one-machine": (["-n", "2"], lambda tmp: {}, "rejected a message from peer b'{name}'"),
     "hosts-curve": (
@@ -274,9 +292,8 @@ def test_a_stranger_under_a_peers_name_reads_nothing_and_the_run_finishes(
     try:
         assert stranger.stdout is not None
         assert stranger.stdout.readline().strip() == "SENT"
-        for name in ("root", "worker-1"):
-            line = logged.format(name=name)
-            wait_for(lambda line=line: line in run.stderr, f"the broker refusing {line!r}")
+        for line in [logged.format(name=name) for name in ("root", "worker-1")]:
+            wait_for(partial(run.logged, line), f"the broker refusing {line!r}")
         took = run.finish()
         stop.touch()
         out, _ = stranger.communicate(timeout=WAIT)
@@ -384,11 +401,11 @@ def test_frames_over_the_limit_from_a_stranger_cost_the_broker_no_memory(
         if flooder.poll() is None:
             flooder.kill()
             flooder.wait(5)
-    drops = [float(line.split()[1]) for line in out.splitlines() if line.startswith("DROPPED")]
-    assert len(drops) == count and "DONE" in out, out
     after = _memory(run.proc.pid)
     grown = after["VmHWM"] - before["VmHWM"]
     assert grown < 32 << 20, f"the launcher's peak memory grew by {grown >> 20} MiB: {after}"
+    drops = [float(line.split()[1]) for line in out.splitlines() if line.startswith("DROPPED")]
+    assert len(drops) == count and "DONE" in out, out
     took = run.finish()
     assert run.proc.returncode == 0, run.stderr[-3000:]
     assert f"{EXPECTED}\n" in run.out
@@ -398,3 +415,160 @@ def test_frames_over_the_limit_from_a_stranger_cost_the_broker_no_memory(
         f"{count} frames of {size} bytes each dropped within {max(drops):.3f} s; "
         f"run finished {took:.2f} s after"
     )
+
+
+# -- the broker's edge, with peers that hold the key ------------------------------------
+
+KEY = bytes(range(32))
+
+
+class Peer:
+    """A peer of the run as its runtime would be: an endpoint and a codec with the key."""
+
+    def __init__(self, address: str, name: str) -> None:
+        self.address = address
+        self.name = name
+        self.codec = m.Codec(KEY, name.encode())
+        self.endpoint = self._connect()
+
+    def _connect(self) -> Any:
+        return ZmqTransport({}).connect(self.address, identity=self.name.encode(), key=KEY)
+
+    def reconnect(self) -> None:
+        """A new connection, the same process (session) behind it."""
+        self.endpoint.close()
+        self.endpoint = self._connect()
+
+    def send(self, msg: m.Message) -> None:
+        self.endpoint.send(self.codec.encode(msg))
+
+    def hello(self) -> None:
+        self.send(m.Hello(m.ROOT, self.name, os.getpid(), "here", 0))
+
+    def recv(self, timeout: float) -> m.Message | None:
+        """The next message from the broker, or None after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            frames = self.endpoint.recv(left)
+            if frames is not None:
+                msg = self.codec.decode(frames, m.BROKER_IDENTITY)
+                if not isinstance(msg, m.Heartbeat):
+                    return msg
+        return None
+
+    def expect(self, kind: type[m.Message]) -> m.Message:
+        msg = self.recv(WAIT)
+        assert isinstance(msg, kind), f"{self.name} expected a {kind.__name__}, got {msg!r}"
+        return msg
+
+
+class BrokerLog(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+    def count(self, text: str) -> int:
+        return sum(text in line for line in list(self.lines))
+
+
+@pytest.fixture
+def broker() -> Iterator[tuple[Broker, BrokerLog]]:
+    handler = BrokerLog()
+    logger = logging.getLogger("scoop.broker")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    running = Broker(ZmqTransport({}), key=KEY, run_id="edge", local=True)
+    running.start()
+    try:
+        yield running, handler
+    finally:
+        running.shutdown()
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@pytest.fixture
+def peers(broker: tuple[Broker, BrokerLog]) -> Iterator[Callable[[str], Peer]]:
+    made: list[Peer] = []
+
+    def make(name: str) -> Peer:
+        made.append(Peer(broker[0].address, name))
+        return made[-1]
+
+    yield make
+    for peer in made:
+        peer.endpoint.close()
+
+
+def test_a_second_connection_cannot_take_a_live_name_even_with_the_key(
+    broker: tuple[Broker, BrokerLog], peers: Callable[[str], Peer]
+) -> None:
+    _, log = broker
+    root = peers("root")
+    root.hello()
+    root.expect(m.Welcome)
+    impostor = peers("root")  # another process: the key, the name, its own session
+    impostor.hello()
+    impostor.send(m.SetConst("stolen", (b"x",)))
+    wait_for(lambda: log.count("is connected already") > 0, "the broker refusing the impostor")
+    # The real root is served as before; a constant it defines reaches a
+    # peer that joins later, never the impostor.
+    root.send(m.SetConst("answer", (b"42",)))
+    assert root.expect(m.ConstReply) == m.ConstReply("answer", "")
+    late = peers("late")
+    late.hello()
+    welcome = late.expect(m.Welcome)
+    assert isinstance(welcome, m.Welcome)
+    assert [c.name for c in welcome.constants] == ["answer"]
+    assert impostor.recv(0.5) is None, "the impostor was sent something"
+    assert log.count("is connected already") == 1, "refused, and logged once"
+
+
+def test_a_replayed_hello_on_another_connection_is_refused(
+    broker: tuple[Broker, BrokerLog], peers: Callable[[str], Peer]
+) -> None:
+    _, log = broker
+    root = peers("root")
+    captured = [bytes(memoryview(f)) for f in root.codec.encode(m.Hello(m.ROOT, "root", 1, "h", 0))]
+    root.endpoint.send(captured)
+    root.expect(m.Welcome)
+    replayer = peers("root")
+    replayer.endpoint.send(captured)
+    wait_for(lambda: log.count("replayed") > 0, "the broker refusing the replay")
+    assert replayer.recv(0.5) is None
+    root.send(m.SetConst("still", (b"here",)))
+    assert root.expect(m.ConstReply) == m.ConstReply("still", "")
+
+
+def test_a_peer_whose_connection_broke_keeps_its_name(
+    broker: tuple[Broker, BrokerLog], peers: Callable[[str], Peer]
+) -> None:
+    _, log = broker
+    root = peers("root")
+    root.hello()
+    root.expect(m.Welcome)
+    root.reconnect()  # a new connection id at the hub, the same session
+    root.send(m.SetConst("after", (b"reconnecting",)))
+    assert root.expect(m.ConstReply) == m.ConstReply("after", "")
+    assert log.count("root reconnected") == 1
+
+
+def test_a_name_is_free_again_once_its_peer_has_left(
+    broker: tuple[Broker, BrokerLog], peers: Callable[[str], Peer]
+) -> None:
+    first = peers("root")
+    first.hello()
+    first.expect(m.Welcome)
+    first.send(m.Bye("done"))
+    running, _ = broker
+    wait_for(lambda: b"root" not in running.book.peers, "the broker seeing the goodbye")
+    second = peers("root")  # a new process of the same name
+    second.hello()
+    second.expect(m.Welcome)
+    # The first one's session has ended: its messages are refused.
+    first.send(m.SetConst("late", (b"x",)))
+    assert first.recv(0.5) is None

@@ -43,7 +43,7 @@ class RunTransport(ZmqTransport):
         self.key = key
         self.options = options
 
-    def bind(self, **kwargs: Any) -> Any:  # type: ignore[override]
+    def bind(self, **kwargs: Any) -> Any:
         return super().bind(**{**kwargs, "key": self.key, **self.options})
 
     def connect(self, address: str, *, identity: bytes, key: bytes | None = None) -> Any:
