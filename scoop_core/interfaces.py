@@ -179,26 +179,33 @@ class Transport(abc.ABC):
 class Entry:
     """A future's entry in a :class:`BrokerStore`'s queue.
 
-    ``frames`` are opaque (a signed message the core made); ``losses`` is how
-    many times a worker holding it was lost, ``lost_on`` their names, comma
-    separated. ``id`` is the store's id for it (empty before it is added);
-    ``holder`` is the worker that held it, when the store says (claims)."""
+    ``frames`` are opaque: a record the core signed, which holds everything
+    the core acts on (the future, its owner, how often it was lost and
+    queued); an entry the store cannot read back as it wrote it (a field it
+    never writes, a frame missing) comes with no frames, for the core to
+    refuse. ``id`` is the store's id for it (empty before it is added);
+    ``holder`` is the taker that held it, when the store says (claims): the
+    store's own bookkeeping, which the core only names in messages."""
 
     frames: tuple[Frame, ...]
-    losses: int = 0
-    lost_on: str = ""
     id: bytes = b""
     holder: str = ""
 
 
 class BrokerStore(abc.ABC):
     """A server that is itself the broker (Redis): a queue of futures every
-    worker takes from, a mailbox per peer, a table of shared constants.
+    worker takes from, a mailbox per peer, tables of shared constants, peer
+    records and taken marks.
 
     A transport offers one through :meth:`Transport.open_store`; the core
     then runs no broker process of its own: every peer talks to the store
     through :class:`scoop_core.shared_broker.SharedBrokerEndpoint`. The store
-    never looks inside frames; the core signs everything it puts there.
+    never looks inside frames or records; the core signs everything it puts
+    there with the run's key and checks everything it reads back, since
+    anyone who can write to the server can write there too. So a store
+    keeps no field the core would act on outside a signed record, and
+    offers the ``drop_*`` methods, which delete a record the core refused
+    only if it is still the same (never a good one written meanwhile).
 
     Contract:
 
@@ -213,6 +220,8 @@ class BrokerStore(abc.ABC):
     - :meth:`commit` is atomic: its additions, mail and acknowledgements all
       happen, or (on an error) none does.
     - Messages to one mailbox arrive in the order they were committed.
+    - Records (peers, constants, marks) are opaque bytes, returned exactly
+      as they were stored.
     - Errors: a store that cannot reach its server raises
       :class:`scoop_core.errors.TransportClosed` whose message names the
       server (password masked) and the cause.
@@ -223,20 +232,24 @@ class BrokerStore(abc.ABC):
     (never holds a password)."""
 
     @abc.abstractmethod
-    def register(self, name: str, *, worker: bool) -> int:
-        """Record this process's peer ``name``; return an index unique in the run (>= 1)."""
+    def new_index(self) -> int:
+        """A peer index unique in the run (>= 1), for a peer about to :meth:`register`."""
+
+    @abc.abstractmethod
+    def register(self, name: str, record: bytes) -> None:
+        """Store peer ``name``'s ``record`` (the core's, signed), replacing any."""
 
     @abc.abstractmethod
     def unregister(self, name: str) -> None:
-        """Peer ``name`` has left: forget it (and its liveness)."""
+        """Peer ``name`` has left: forget its record (and its liveness)."""
 
     @abc.abstractmethod
-    def peers(self) -> dict[str, int]:
-        """Every registered peer: name -> index."""
+    def peers(self) -> dict[str, bytes]:
+        """Every peer record there is: name -> record."""
 
     @abc.abstractmethod
-    def workers(self) -> int:
-        """How many workers have registered."""
+    def drop_peer(self, name: str, record: bytes) -> bool:
+        """Delete ``name``'s record if it is still ``record``; True if deleted."""
 
     @abc.abstractmethod
     def commit(
@@ -259,7 +272,8 @@ class BrokerStore(abc.ABC):
         Waits up to ``timeout`` seconds (``None``: a few seconds at most)
         until there is one or the other, or :meth:`wakeup` is called; then
         returns what there is, possibly nothing. Mail is deleted once it has
-        been returned."""
+        been returned; a message the store cannot read back as it wrote it
+        comes as an empty list, for the core to refuse."""
 
     @abc.abstractmethod
     def withdraw(self, entry_id: bytes) -> bool:
@@ -279,12 +293,28 @@ class BrokerStore(abc.ABC):
         """Take over every entry the (dead) taker ``name`` holds."""
 
     @abc.abstractmethod
-    def set_const(self, name: str, frames: Sequence[Frame]) -> bool:
-        """Define a constant; False if ``name`` was already defined."""
+    def mark_taken(self, marks: Sequence[tuple[bytes, bytes]]) -> list[bytes | None]:
+        """For each ``(token, record)``, in order: keep ``record`` as the
+        token's mark unless the token has one already. Returns, for each,
+        None where it was kept, else the mark already there. Marks last as
+        long as the run; the core makes a copied queue entry detectable
+        with them."""
 
     @abc.abstractmethod
-    def constants(self) -> dict[str, list[Frame]]:
-        """Every constant defined so far."""
+    def drop_mark(self, token: bytes, record: bytes) -> bool:
+        """Delete ``token``'s mark if it is still ``record``; True if deleted."""
+
+    @abc.abstractmethod
+    def set_const(self, name: str, record: bytes) -> bool:
+        """Define a constant (its signed record); False if ``name`` was already defined."""
+
+    @abc.abstractmethod
+    def constants(self) -> dict[str, bytes]:
+        """Every constant's record there is: name -> record."""
+
+    @abc.abstractmethod
+    def drop_const(self, name: str, record: bytes) -> bool:
+        """Delete constant ``name`` if its record is still ``record``; True if deleted."""
 
     @abc.abstractmethod
     def put_info(self, info: bytes) -> bool:
@@ -296,8 +326,11 @@ class BrokerStore(abc.ABC):
         """The run's description, or None if there is no such run."""
 
     @abc.abstractmethod
-    def beat(self, ttl: float) -> None:
-        """This process is alive for the next ``ttl`` seconds."""
+    def beat(self, ttl: float, record: bytes | None = None) -> None:
+        """This process is alive for the next ``ttl`` seconds. With
+        ``record``, also store it again as this peer's record, unless the
+        run's peer records are gone altogether (the run ended): a record
+        someone overwrote is back within a heartbeat."""
 
     @abc.abstractmethod
     def alive(self, name: str) -> bool:

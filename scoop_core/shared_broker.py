@@ -13,10 +13,34 @@ Why it is built this way:
 - A run's state is in the store, not in the launcher: the launcher may die
   and the run goes on; workers started anywhere (``scoop worker``) join a
   running run by opening the store.
-- A queue entry is one future, signed with the run's key (:func:`_messages.encode`,
-  no sender or sequence number: any worker may read it, and read it again
-  after a claim). An entry that fails the check is deleted unread: nothing
-  written there by someone without the key is ever unpickled.
+- Anyone who can write to the store's server can write into the run, so
+  everything a process acts on is signed with the run's key and checked
+  before it is decoded or used: queue entries, mail, constants, peer
+  records, taken marks and the run's description. The signature is the
+  messages' HMAC-SHA256 (:func:`scoop_core._messages._mac`), over a header
+  that names what the record is (so one kind cannot pass for another, nor a
+  constant for another name), and the size is checked against
+  ``max_message_size`` before the HMAC is computed. Whatever fails the
+  check is deleted unread, and each process says so once per kind of
+  record, however many there are.
+- A queue entry is one future with all the store used to keep beside it:
+  its owner (to whom its result goes: never looked up in the store's
+  peer records, which only name mailboxes for constants and the end of the
+  run), how many times it was lost and where, and its *attempt*, which
+  every queuing of the future (lost, handed back, stolen) increases.
+- A copy of a signed entry (someone added the same fields again) must not
+  run the future twice. A worker that takes an entry first records a
+  signed *taken mark* for (future, attempt) naming that very entry and
+  itself (``HSETNX``): if another entry already has the mark, this one is a
+  copy, and is deleted unrun; the worker also remembers the last
+  (future, attempt) pairs it took, which no change in the store can undo.
+- An entry claimed from a silent taker counts as lost only if its mark
+  names it: that taker did take it. With no mark, nobody of the run took it
+  (something without the key read it from the queue, or its taker died
+  before it marked it): it is queued again as it was, without a loss, after
+  the claimer marks it. With a mark naming another entry, it is a copy.
+  So neither a forged loss count nor an outsider holding entries can fail
+  a future, and a future lost with its worker runs again once.
 - Mail between peers goes through each sender's :class:`~scoop_core._messages.Codec`,
   so replays and spoofed senders are refused as on a hub.
 - A worker touches the entries it holds every heartbeat; entries of a
@@ -28,6 +52,8 @@ Why it is built this way:
   that removes the finished entries: a result is delivered if and only if
   its entry is gone. A future run twice (its worker was only slow) gives
   two results; the owner reads the first and drops the other.
+- A peer writes its record again at every heartbeat, so a record someone
+  overwrote (and a reader then deleted) is back within a heartbeat.
 - Stealing: a worker with nothing to do marks the run hungry; a worker
   holding spare futures of its own sees that and hands half of them to the
   queue, where the hungry one takes them.
@@ -37,7 +63,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import hashlib
 import hmac
 import json
 import logging
@@ -45,7 +70,10 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import msgpack
 
 from scoop_core import _messages as m
 from scoop_core._state import lost_reason
@@ -66,20 +94,297 @@ HUNGRY_MARK = 0.1
 HUNGRY_TTL = 0.5
 """Seconds a mark of hunger lasts if nobody answers it."""
 
+RECORD_ALLOWANCE = 1024
+"""Bytes a signed record may have beyond ``max_message_size``: its header
+and mac around a payload that fitted in one message."""
+
+REMEMBERED = 1 << 16
+"""How many (future, attempt) pairs a worker remembers having taken."""
+
+
+# -- signed records -------------------------------------------------------------------
+#
+# Two forms, both signed with the run's key by the messages' own mac:
+# frames ``[header, *payload, mac]`` for stream entries (large payloads stay
+# separate frames), and one ``mac + body`` blob for hash fields. A header
+# or body is the msgpack list ``[PROTOCOL_VERSION, kind, *fields]``; a
+# kind is a string, where every message kind is a number, so no record
+# passes for a message nor a message for a record.
+
+ENTRY = "queue entry"
+CONSTANT = "constant"
+PEER = "peer record"
+MARK = "taken mark"
+INFO = "run description"
+
+
+def _limit(max_size: int | None) -> int | None:
+    return None if max_size is None else max_size + RECORD_ALLOWANCE
+
+
+def _too_big(what: str, size: int, limit: int | None) -> None:
+    if limit is not None and size > limit:
+        raise ProtocolError(f"{what} of {size} bytes, over the limit of {limit} bytes")
+
+
+def _parse(header: bytes, kind: str) -> list[Any]:
+    try:
+        head = msgpack.unpackb(header, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"unreadable {kind}: {exc}") from None
+    if not isinstance(head, list) or len(head) < 2 or head[:2] != [m.PROTOCOL_VERSION, kind]:
+        raise ProtocolError(f"not a {kind} of this protocol version")
+    return head[2:]
+
+
+def seal_frames(key: bytes, kind: str, fields: list[Any], payload: Sequence[Frame]) -> list[Frame]:
+    """A stream entry's frames: ``fields`` and ``payload`` under the run's mac."""
+    header = msgpack.packb([m.PROTOCOL_VERSION, kind, *fields], use_bin_type=True)
+    return [header, *payload, m._mac(key, header, payload)]
+
+
+def open_frames(
+    frames: Sequence[Frame], key: bytes, kind: str, max_size: int | None
+) -> tuple[list[Any], list[Frame]]:
+    """``(fields, payload)`` of frames :func:`seal_frames` made; ProtocolError
+    for anything else. The size is checked first, then the mac, and only
+    then is anything parsed."""
+    if len(frames) < 2:
+        raise ProtocolError(f"a {kind} needs at least 2 frames, got {len(frames)}")
+    _too_big(f"a {kind}", sum(memoryview(f).nbytes for f in frames), _limit(max_size))
+    header, payload, mac = bytes(frames[0]), list(frames[1:-1]), bytes(frames[-1])
+    if len(mac) != m.MAC_SIZE or not hmac.compare_digest(mac, m._mac(key, header, payload)):
+        raise ProtocolError("bad or missing HMAC: not written with this run's key")
+    return _parse(header, kind), payload
+
+
+def seal_record(key: bytes, kind: str, fields: list[Any]) -> bytes:
+    """A hash field's value: ``fields`` under the run's mac, as one blob."""
+    body = msgpack.packb([m.PROTOCOL_VERSION, kind, *fields], use_bin_type=True)
+    return m._mac(key, body, ()) + body
+
+
+def open_record(blob: bytes, key: bytes, kind: str, max_size: int | None) -> list[Any]:
+    """The fields of a blob :func:`seal_record` made; ProtocolError for anything else."""
+    _too_big(f"a {kind}", len(blob), _limit(max_size))
+    mac, body = blob[: m.MAC_SIZE], blob[m.MAC_SIZE :]
+    if len(mac) != m.MAC_SIZE or not hmac.compare_digest(mac, m._mac(key, body, ())):
+        raise ProtocolError("bad or missing HMAC: not written with this run's key")
+    return _parse(body, kind)
+
+
+class _Refusals:
+    """Says once per kind of record, in this process, that it deleted one
+    (a flood of forged entries must not flood the log), and counts them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def note(self, who: str, kind: str, what: str, why: object) -> None:
+        with self._lock:
+            self.counts[kind] += 1
+            first = self.counts[kind] == 1
+        if first:
+            log.warning(
+                "%s: deleted %s (%s); more of these are deleted without a word",
+                who,
+                what,
+                why,
+            )
+
+
+refusals = _Refusals()
+
+
+def _shown(name: str) -> str:
+    """A name someone else may have written, short and on one line, for a message."""
+    return repr(name[:40] + ("..." if len(name) > 40 else ""))
+
+
+def _text_field(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError(f"malformed record: bad {what} {value!r:.40}")
+    return value
+
+
+def _int_field(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ProtocolError(f"malformed record: bad {what} {value!r:.40}")
+    return value
+
+
+# -- queue entries ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Queued:
+    """What a queue entry says: the future, its owner, its attempt (each
+    queuing of it counts one), and how many times and where it was lost."""
+
+    task: m.Task
+    owner: str
+    attempt: int = 0
+    losses: int = 0
+    lost_on: tuple[str, ...] = ()
+
+    @property
+    def token(self) -> bytes:
+        """Names this queuing of this future, for its taken mark."""
+        return b"%x:%d" % (self.task.fid, self.attempt)
+
+    def again(self, lost_on: str | None = None) -> Queued:
+        """The entry of the next queuing, with one more loss if it was ``lost_on`` a worker."""
+        if lost_on is None:
+            return replace(self, attempt=self.attempt + 1)
+        return replace(
+            self,
+            attempt=self.attempt + 1,
+            losses=self.losses + 1,
+            lost_on=(*self.lost_on, lost_on),
+        )
+
+
+def entry_for(queued: Queued, key: bytes) -> Entry:
+    """The signed queue entry of ``queued``."""
+    t = queued.task
+    head = [queued.owner, t.fid, t.parent, t.depth, t.max_losses]
+    head += [queued.attempt, queued.losses, list(queued.lost_on)]
+    return Entry(tuple(seal_frames(key, ENTRY, head, t.frames)))
+
+
+def read_entry(entry: Entry, key: bytes, max_size: int | None = None) -> Queued:
+    """What a queue entry says; ProtocolError if it is not signed with ``key``."""
+    fields, payload = open_frames(entry.frames, key, ENTRY, max_size)
+    if len(fields) != 8 or not isinstance(fields[7], list):
+        raise ProtocolError("malformed queue entry")
+    owner = _text_field(fields[0], "owner")
+    fid, parent, depth, max_losses, attempt, losses = (_int_field(v, "number") for v in fields[1:7])
+    lost_on = tuple(_text_field(n, "worker name") for n in fields[7])
+    task = m.Task(fid, parent, depth, tuple(payload), max_losses)
+    return Queued(task, owner, attempt, losses, lost_on)
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A taken mark: which entry of a (future, attempt) was taken, and by whom."""
+
+    entry_id: bytes
+    holder: str
+
+
+def seal_mark(key: bytes, token: bytes, entry_id: bytes, holder: str) -> bytes:
+    return seal_record(key, MARK, [token, entry_id, holder])
+
+
+def read_mark(blob: bytes, key: bytes, token: bytes) -> Mark:
+    fields = open_record(blob, key, MARK, None)
+    if len(fields) != 3 or fields[0] != token or not isinstance(fields[1], bytes):
+        raise ProtocolError("a taken mark for another future, or malformed")
+    return Mark(fields[1], _text_field(fields[2], "holder"))
+
+
+def _marks(
+    store: BrokerStore, key: bytes, holder: str, pairs: Sequence[tuple[Queued, bytes]]
+) -> list[Mark | None]:
+    """Mark each ``(queued, entry id)`` as taken by ``holder``: None where we
+    marked it, else the mark of the entry that was marked before. A mark
+    that is not the run's is deleted and ours written instead."""
+    if not pairs:
+        return []
+    tokens = [q.token for q, _ in pairs]
+    there = store.mark_taken(
+        [
+            (t, seal_mark(key, t, entry_id, holder))
+            for t, (_, entry_id) in zip(tokens, pairs, strict=True)
+        ]
+    )
+    found: list[Mark | None] = []
+    for token, (_, entry_id), blob in zip(tokens, pairs, there, strict=True):
+        if blob is None:
+            found.append(None)
+            continue
+        try:
+            found.append(read_mark(blob, key, token))
+            continue
+        except ProtocolError as exc:
+            refusals.note(holder, "mark", "a taken mark", exc)
+            store.drop_mark(token, blob)
+        [again] = store.mark_taken([(token, seal_mark(key, token, entry_id, holder))])
+        # Still another's after ours was refused: leave this entry be, as a copy.
+        found.append(None if again is None else Mark(b"", ""))
+    return found
+
+
+# -- peer records ------------------------------------------------------------------------
+
+
+def seal_peer(key: bytes, name: str, index: int, role: str) -> bytes:
+    return seal_record(key, PEER, [name, index, role])
+
 
 class Peers:
-    """Peer names by index (a future's id holds its owner's index), read from
-    the store when an unknown index turns up."""
+    """The run's peers as their signed records say: names, indices, roles.
 
-    def __init__(self, store: BrokerStore) -> None:
+    Records that are not the run's are deleted as they are read. An index,
+    once known, keeps its name (indices are never reused), so a record
+    rewritten later changes nothing here. Without ``key`` it knows nobody
+    (a caller that only passes it on)."""
+
+    def __init__(
+        self, store: BrokerStore, key: bytes | None = None, *, who: str = LAUNCHER
+    ) -> None:
         self.store = store
+        self.key = key
+        self.who = who
         self._names: dict[int, str] = {}
+
+    def records(self) -> dict[str, tuple[int, str]]:
+        """Every peer with a good record: name -> (index, role)."""
+        good: dict[str, tuple[int, str]] = {}
+        if self.key is None:
+            return good
+        for name, blob in self.store.peers().items():
+            try:
+                fields = open_record(blob, self.key, PEER, None)
+                if len(fields) != 3 or fields[0] != name:
+                    raise ProtocolError("a record of another peer, or malformed")
+                good[name] = (_int_field(fields[1], "index"), _text_field(fields[2], "role"))
+            except ProtocolError as exc:
+                refusals.note(self.who, "peer", f"the peer record {_shown(name)}", exc)
+                self.store.drop_peer(name, blob)
+        return good
+
+    def names(self) -> list[str]:
+        return list(self.records())
+
+    def workers(self) -> int:
+        return sum(1 for _, role in self.records().values() if role == m.WORKER)
 
     def owner(self, fid: int) -> str | None:
         index = fid >> 32
         if index not in self._names:
-            self._names = {i: n for n, i in self.store.peers().items()}
+            for name, (i, _) in self.records().items():
+                self._names.setdefault(i, name)
         return self._names.get(index)
+
+
+# -- constants ------------------------------------------------------------------------------
+
+
+def seal_const(key: bytes, name: str, frames: Sequence[Frame]) -> bytes:
+    return seal_record(key, CONSTANT, [name, [memoryview(f).tobytes() for f in frames]])
+
+
+def read_const(blob: bytes, key: bytes, name: str, max_size: int | None) -> list[Frame]:
+    fields = open_record(blob, key, CONSTANT, max_size)
+    if len(fields) != 2 or fields[0] != name or not isinstance(fields[1], list):
+        raise ProtocolError("a record of another constant, or malformed")
+    frames = fields[1]
+    if not frames or not all(isinstance(f, bytes) for f in frames):
+        raise ProtocolError("malformed constant")
+    # As from a socket: out-of-band buffers come back writable.
+    return frames[:1] + [bytearray(f) for f in frames[1:]]
 
 
 @dataclass
@@ -87,7 +392,7 @@ class _Batch:
     """What one turn of messages will change in the store, in one commit."""
 
     add: list[tuple[int, Entry]] = field(default_factory=list)
-    requeue: list[Entry] = field(default_factory=list)  # handed back, queued again as they are
+    requeue: list[Entry] = field(default_factory=list)  # handed back: queued again
     results: dict[str, list[m.Outcome]] = field(default_factory=dict)
     started: dict[str, list[int]] = field(default_factory=dict)
     mail: list[tuple[str, m.Message]] = field(default_factory=list)
@@ -99,56 +404,56 @@ class _Batch:
         )
 
 
-def entry_for(task: m.Task, key: bytes) -> Entry:
-    """The queue entry of a new future."""
-    return Entry(tuple(m.encode(m.Tasks((task,)), key)))
-
-
-def read_entry(entry: Entry, key: bytes) -> m.Task:
-    """The future in a queue entry; ProtocolError if it is not signed with ``key``."""
-    msg = m.decode(entry.frames, key)
-    if not isinstance(msg, m.Tasks) or len(msg.tasks) != 1:
-        raise ProtocolError(f"a queue entry holds a {type(msg).__name__} message, not one future")
-    return msg.tasks[0]
-
-
 def recover(
     store: BrokerStore,
     entries: Iterable[Entry],
     *,
     key: bytes,
     codec: m.Codec,
-    peers: Peers,
+    peers: Peers | None = None,
     max_losses: int,
     lost_by: str = "",
+    max_size: int | None = None,
 ) -> list[int]:
-    """Entries whose worker was lost: queue them again with one more loss, or
-    fail them (their owner gets a LOST outcome) once their future's
-    ``max_losses`` is reached. Returns the ids of the futures queued again."""
-    add: list[Entry] = []
-    failed: dict[str, list[m.Outcome]] = {}
+    """Entries claimed from a taker that was lost: queue each again with
+    one more loss, or fail it (its owner gets a LOST outcome) once its
+    future's ``max_losses`` is reached. Only an entry its taker marked
+    counts as lost (see the module's docstring); copies are deleted. Returns
+    the ids of the futures queued again. (``peers`` is not needed: an entry
+    names its owner.)"""
+    me = codec.sender.decode(errors="replace")
     done: list[bytes] = []
-    requeued: list[int] = []
+    claimed: list[tuple[Queued, bytes]] = []
     for entry in entries:
         done.append(entry.id)
         try:
-            task = read_entry(entry, key)
+            claimed.append((read_entry(entry, key, max_size), entry.id))
         except ProtocolError as exc:
-            log.warning("deleted a queue entry that is not this run's: %s", exc)
+            refusals.note(me, "queue", "a queue entry", exc)
+    add: list[Entry] = []
+    failed: dict[str, list[m.Outcome]] = {}
+    requeued: list[int] = []
+    for (queued, entry_id), mark in zip(claimed, _marks(store, key, me, claimed), strict=True):
+        fid = queued.task.fid
+        if mark is None:
+            # Nobody of the run took it: no loss.
+            add.append(entry_for(queued.again(), key))
+            requeued.append(fid)
             continue
-        names = [n for n in entry.lost_on.split(",") if n]
-        names.append(lost_by or entry.holder or "a worker")
-        losses = entry.losses + 1
-        if losses >= (task.max_losses or max_losses):
-            reason = lost_reason(task.fid, losses, names)
+        if mark.entry_id != entry_id:
+            refusals.note(
+                me, "queue", f"a copy of the queue entry of future {fid:#x}", "a future runs once"
+            )
+            continue
+        lost = queued.again(lost_on=mark.holder or lost_by or "a worker")
+        if lost.losses >= (queued.task.max_losses or max_losses):
+            reason = lost_reason(fid, lost.losses, list(lost.lost_on))
             log.warning("%s", reason)
-            owner = peers.owner(task.fid)
-            if owner is not None:
-                outcome = m.Outcome(task.fid, m.LOST, 0.0, (reason.encode(),))
-                failed.setdefault(owner, []).append(outcome)
+            outcome = m.Outcome(fid, m.LOST, 0.0, (reason.encode(),))
+            failed.setdefault(queued.owner, []).append(outcome)
         else:
-            add.append(Entry(entry.frames, losses, ",".join(names)))
-            requeued.append(task.fid)
+            add.append(entry_for(lost, key))
+            requeued.append(fid)
     mail = [
         (owner, codec.encode(m.Results(tuple(outs)), to=owner.encode()))
         for owner, outs in failed.items()
@@ -202,6 +507,7 @@ class SharedBrokerEndpoint(Endpoint):
         self.identity = name.encode()
         self.root = root
         self.max_losses = max_losses
+        self.max_size = max_message_size
         self.expected_workers = expected_workers
         self.join_timeout = join_timeout
         self.heartbeat_interval = heartbeat_interval
@@ -210,12 +516,17 @@ class SharedBrokerEndpoint(Endpoint):
         self.local = m.Codec(key, m.BROKER_IDENTITY, max_size=max_message_size)
         # Talks to the other peers through their mailboxes.
         self.mailer = m.Codec(key, self.identity, max_size=max_message_size)
-        self.peers = Peers(store)
+        self.peers = Peers(store, key, who=name)
         self.role = ""
         self.index = 0
+        self._record: bytes | None = None  # our signed peer record, once registered
         self.credit = 0
         self.spare = 0
-        self.held: dict[int, Entry] = {}  # futures this worker runs: fid -> entry
+        # Futures this worker runs: fid -> (entry id, what the entry says).
+        self.held: dict[int, tuple[bytes, Queued]] = {}
+        # The (future, attempt) pairs taken here lately: a copy is refused
+        # even if someone deleted the taken marks.
+        self._taken: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.started: set[int] = set()  # those of them that started
         self._recalling: set[int] = set()  # asked back from our runtime for a hungry worker
         self.submitted: dict[int, bytes] = {}  # futures we own, not done: fid -> entry id
@@ -227,7 +538,6 @@ class SharedBrokerEndpoint(Endpoint):
         self._last_hungry = 0.0
         self._last_steal_check = 0.0
         self._root_seen = False
-        self._rejected_entries = 0
         self._closed = False
         self._finished = False
         self._store_gone = False
@@ -265,15 +575,15 @@ class SharedBrokerEndpoint(Endpoint):
                 if task.fid >> 32 != self.index:
                     log.warning("%s: refused future %#x it does not own", self.name, task.fid)
                     continue
-                batch.add.append((task.fid, entry_for(task, self.key)))
+                batch.add.append((task.fid, entry_for(Queued(task, self.name), self.key)))
         elif isinstance(msg, m.Results):
             self._note_started(msg.started, batch)
             for out in msg.outcomes:
                 self.started.discard(out.fid)
-                entry = self.held.pop(out.fid, None)
-                if entry is not None:
-                    batch.done.append(entry.id)
-                owner = self.peers.owner(out.fid)
+                held = self.held.pop(out.fid, None)
+                if held is not None:
+                    batch.done.append(held[0])
+                owner = held[1].owner if held is not None else self.peers.owner(out.fid)
                 if owner is None:
                     log.warning(
                         "%s: future %#x has no known owner; result dropped", self.name, out.fid
@@ -285,10 +595,10 @@ class SharedBrokerEndpoint(Endpoint):
         elif isinstance(msg, m.CancelReply):
             # The answer to a recall: a future not started goes back to the queue.
             self._recalling.discard(msg.fid)
-            entry = self.held.pop(msg.fid, None) if msg.cancelled else None
-            if entry is not None:
-                batch.requeue.append(Entry(entry.frames, entry.losses, entry.lost_on))
-                batch.done.append(entry.id)
+            held = self.held.pop(msg.fid, None) if msg.cancelled else None
+            if held is not None:
+                batch.requeue.append(entry_for(held[1].again(), self.key))
+                batch.done.append(held[0])
         elif isinstance(msg, m.Ready):
             self.credit += max(0, msg.count)
         elif isinstance(msg, m.Spare):
@@ -306,9 +616,9 @@ class SharedBrokerEndpoint(Endpoint):
                 self.submitted.pop(msg.fid, None)
             self._reply(m.CancelReply(msg.fid, cancelled))
         elif isinstance(msg, m.SetConst):
-            if self.store.set_const(msg.name, msg.frames):
+            if self._set_const(msg.name, msg.frames):
                 self._reply(m.ConstReply(msg.name, ""))
-                for peer in self.store.peers():
+                for peer in self.peers.names():
                     if peer not in (self.name, LAUNCHER):
                         batch.mail.append((peer, m.Const(msg.name, msg.frames)))
             else:
@@ -323,29 +633,50 @@ class SharedBrokerEndpoint(Endpoint):
             self._hand_back()
         # Heartbeat: nothing to do (nobody forwards it).
 
+    def _set_const(self, name: str, frames: Sequence[Frame]) -> bool:
+        """Define a constant; a record of that name that is not the run's
+        is deleted, and does not stand in the way."""
+        record = seal_const(self.key, name, frames)
+        if self.store.set_const(name, record):
+            return True
+        there = self.store.constants().get(name)
+        if there is None or self._const(name, there) is not None:
+            return False
+        return self.store.set_const(name, record)
+
+    def _const(self, name: str, record: bytes) -> m.Constant | None:
+        """The constant a record holds; None (and the record deleted) if it is not the run's."""
+        try:
+            return m.Constant(name, tuple(read_const(record, self.key, name, self.max_size)))
+        except ProtocolError as exc:
+            refusals.note(self.name, "constant", f"the shared constant {_shown(name)}", exc)
+            self.store.drop_const(name, record)
+            return None
+
     def _note_started(self, fids: Iterable[int], batch: _Batch) -> None:
         """Futures we hold began running: their owners learn it (``running()``)."""
         for fid in fids:
-            if fid in self.held and fid not in self.started:
+            held = self.held.get(fid)
+            if held is not None and fid not in self.started:
                 self.started.add(fid)
-                owner = self.peers.owner(fid)
-                if owner is not None:
-                    batch.started.setdefault(owner, []).append(fid)
+                batch.started.setdefault(held[1].owner, []).append(fid)
 
     def _hello(self, msg: m.Hello) -> None:
         self.role = msg.role
-        self.index = self.store.register(self.name, worker=msg.role == m.WORKER)
+        self.index = self.store.new_index()
+        self._record = seal_peer(self.key, self.name, self.index, msg.role)
+        self.store.register(self.name, self._record)
         self.store.beat(self.heartbeat_timeout)
         log.debug("%s joined the run as peer %d", self.name, self.index)
-        if msg.role != m.WORKER and self.store.workers() < self.expected_workers:
+        if msg.role != m.WORKER and self.peers.workers() < self.expected_workers:
             self._welcome_due = time.monotonic() + self.join_timeout
         else:
             self._welcome()
 
     def _welcome(self) -> None:
         self._welcome_due = None
-        consts = tuple(m.Constant(k, tuple(v)) for k, v in self.store.constants().items())
-        self._reply(m.Welcome(self.index, consts))
+        consts = [self._const(k, v) for k, v in self.store.constants().items()]
+        self._reply(m.Welcome(self.index, tuple(c for c in consts if c is not None)))
 
     def _commit(self, batch: _Batch) -> None:
         if self._backlog or batch.add:
@@ -420,12 +751,12 @@ class SharedBrokerEndpoint(Endpoint):
     def _duties(self) -> None:
         now = time.monotonic()
         if self._welcome_due is not None and (
-            now > self._welcome_due or self.store.workers() >= self.expected_workers
+            now > self._welcome_due or self.peers.workers() >= self.expected_workers
         ):
             if now > self._welcome_due:
                 log.warning(
                     "%d of %d workers joined within %g s; starting with those",
-                    self.store.workers(),
+                    self.peers.workers(),
                     self.expected_workers,
                     self.join_timeout,
                 )
@@ -437,9 +768,9 @@ class SharedBrokerEndpoint(Endpoint):
         if now < self._next_duty or not self.role:
             return
         self._next_duty = now + self.heartbeat_interval
-        self.store.beat(self.heartbeat_timeout)
+        self.store.beat(self.heartbeat_timeout, self._record)
         if self.held:
-            self.store.touch([e.id for e in self.held.values()])
+            self.store.touch([entry_id for entry_id, _ in self.held.values()])
         if self.role == m.WORKER:
             stale = self.store.claim_stale(self.heartbeat_timeout)
             for holder in sorted({e.holder or "a worker" for e in stale}):
@@ -454,8 +785,8 @@ class SharedBrokerEndpoint(Endpoint):
                     stale,
                     key=self.key,
                     codec=self.mailer,
-                    peers=self.peers,
                     max_losses=self.max_losses,
+                    max_size=self.max_size,
                 )
             if self.root:
                 if self.store.alive(self.root):
@@ -490,27 +821,59 @@ class SharedBrokerEndpoint(Endpoint):
             self._reply(m.Cancel(fid))
         log.info("%s hands back %d future(s) for an idle worker", self.name, len(self._recalling))
 
-    def _arrived(self, entries: list[Entry], mail: list[list[Frame]]) -> None:
-        tasks, bad = [], []
+    def _admit(self, entries: list[Entry]) -> tuple[list[tuple[bytes, Queued]], list[bytes]]:
+        """The entries this worker may run, ``(entry id, what it says)``, and
+        the ids of the others, to delete: those not signed with the run's
+        key, and copies of an entry taken before (here, or marked taken)."""
+        fresh: list[tuple[Queued, bytes]] = []
+        bad: list[bytes] = []
         for entry in entries:
             try:
-                task = read_entry(entry, self.key)
+                queued = read_entry(entry, self.key, self.max_size)
             except ProtocolError as exc:
-                self._rejected_entries += 1
-                if self._rejected_entries == 1:
-                    log.warning(
-                        "%s: deleted a queue entry that is not this run's: %s", self.name, exc
-                    )
+                refusals.note(self.name, "queue", "a queue entry", exc)
                 bad.append(entry.id)
                 continue
-            self.held[task.fid] = entry
-            tasks.append(task)
+            if queued.token in self._taken:
+                self._copy(queued)
+                bad.append(entry.id)
+                continue
+            self._taken[queued.token] = None
+            if len(self._taken) > REMEMBERED:
+                self._taken.popitem(last=False)
+            fresh.append((queued, entry.id))
+        admitted = []
+        for (queued, entry_id), mark in zip(
+            fresh, _marks(self.store, self.key, self.name, fresh), strict=True
+        ):
+            if mark is None:
+                admitted.append((entry_id, queued))
+            else:
+                self._copy(queued)
+                bad.append(entry_id)
+        return admitted, bad
+
+    def _copy(self, queued: Queued) -> None:
+        fid = queued.task.fid
+        refusals.note(
+            self.name,
+            "queue",
+            f"a copy of the queue entry of future {fid:#x}",
+            "a future runs once",
+        )
+
+    def _arrived(self, entries: list[Entry], mail: list[list[Frame]]) -> None:
+        admitted, bad = self._admit(entries)
         if bad:
             self.store.commit(done=bad)
+        tasks = []
+        for entry_id, queued in admitted:
+            self.held[queued.task.fid] = (entry_id, queued)
+            tasks.append(queued.task)
         if tasks:
             self.credit = max(0, self.credit - len(tasks))
             self._reply(m.Tasks(tuple(tasks)))
-        elif self.role == m.WORKER and self.credit and not mail:
+        elif self.role == m.WORKER and self.credit and not entries and not mail:
             now = time.monotonic()
             if now - self._last_hungry > HUNGRY_MARK:
                 self._last_hungry = now
@@ -519,7 +882,7 @@ class SharedBrokerEndpoint(Endpoint):
             try:
                 msg = self.mailer.decode(frames)
             except ProtocolError as exc:
-                log.warning("%s: dropped a message from its mailbox: %s", self.name, exc)
+                refusals.note(self.name, "mail", "a message in its mailbox", exc)
                 continue
             if isinstance(msg, m.Results):
                 for out in msg.outcomes:
@@ -538,13 +901,13 @@ class SharedBrokerEndpoint(Endpoint):
         """Queue again, unchanged, every future this worker holds (it leaves by choice)."""
         if not self.held:
             return
-        entries = list(self.held.values())
+        held = list(self.held.values())
         self.held.clear()
         self.store.commit(
-            add=[Entry(e.frames, e.losses, e.lost_on) for e in entries],
-            done=[e.id for e in entries],
+            add=[entry_for(queued.again(), self.key) for _, queued in held],
+            done=[entry_id for entry_id, _ in held],
         )
-        log.warning("%s left; handed back %d future(s)", self.name, len(entries))
+        log.warning("%s left; handed back %d future(s)", self.name, len(held))
 
     def leave(self, timeout: float) -> bool:
         """From any thread: hand back what this worker holds, then stop it.
@@ -598,7 +961,8 @@ def tell_everyone(store: BrokerStore, codec: m.Codec, reason: str, wait: float) 
     leave (a worker busy with a future reads its mail in its I/O thread
     at once, but must not find its mailbox deleted first). Returns the
     peers told that were alive then (a frozen worker will not leave)."""
-    told = {p for p in store.peers() if p != LAUNCHER and p.encode() != codec.sender}
+    peers = Peers(store, codec.key, who=codec.sender.decode(errors="replace"))
+    told = {p for p in peers.names() if p != LAUNCHER and p.encode() != codec.sender}
     alive = {p for p in told if store.alive(p)}
     shutdown = m.Shutdown(reason)
     store.commit(mail=[(p, codec.encode(shutdown, to=p.encode())) for p in told])
@@ -611,20 +975,26 @@ def tell_everyone(store: BrokerStore, codec: m.Codec, reason: str, wait: float) 
     return alive
 
 
+INFO_LIMIT = 1 << 20
+"""The most bytes a run's description may have (it is a few hundred)."""
+
+
 def sign_info(info: dict[str, object], key: bytes) -> bytes:
-    """The run's description as stored: JSON and its HMAC, so that a worker
-    joining later imports only what the run's launcher wrote."""
-    body = json.dumps(info, sort_keys=True).encode()
-    return hmac.new(key, body, hashlib.sha256).hexdigest().encode() + b" " + body
+    """The run's description as stored: JSON in a signed record, so that a
+    worker joining later imports only what the run's launcher wrote."""
+    return seal_record(key, INFO, [json.dumps(info, sort_keys=True)])
 
 
 def read_info(blob: bytes, key: bytes) -> dict[str, object]:
     """The description :func:`sign_info` made; ValueError if ``key`` is not the run's."""
-    mac, _, body = blob.partition(b" ")
-    expected = hmac.new(key, body, hashlib.sha256).hexdigest().encode()
-    if not hmac.compare_digest(mac, expected):
-        raise ValueError("the run's description is not signed with this key")
-    info = json.loads(body)
+    try:
+        fields = open_record(blob, key, INFO, INFO_LIMIT)
+    except ProtocolError as exc:
+        raise ValueError(f"the run's description is not signed with this key ({exc})") from None
+    try:
+        info = json.loads(fields[0]) if len(fields) == 1 and isinstance(fields[0], str) else None
+    except ValueError:
+        info = None
     if not isinstance(info, dict):
         raise ValueError("the run's description is not a JSON object")
     return info

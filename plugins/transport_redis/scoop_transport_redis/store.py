@@ -13,8 +13,10 @@ Why these choices:
   is a touch (it resets the idle time without counting a delivery), and
   ``XAUTOCLAIM`` hands over what a silent taker held.
 - An entry's fields are ``f0``, ``f1``, ... the frames, as binary values
-  (as on the hub's streams), ``l`` the losses and ``o`` the names it was
-  lost on, these two only when set.
+  (as on the hub's streams), and nothing else: everything the core acts on
+  is inside the frames, under the core's signature. An entry or a letter
+  with any other field was not written by a store; it comes back with no
+  frames, which the core refuses (and deletes).
 - Each peer has a mailbox stream, ``...:mail:{name hex}``, read through its
   own group ``scoop``, so one ``XREADGROUP BLOCK`` waits for the queue and
   the mailbox at once. Mail read is acknowledged and deleted in the same
@@ -32,18 +34,28 @@ Why these choices:
   ``count``, one pipeline) and only if both are empty blocks on both.
 - :meth:`RedisStore.commit` is one ``MULTI``/``EXEC`` round trip: the
   additions, the mail and the acknowledgements happen together or not at all.
-- The constants are one hash, ``...:consts``: a field per constant, holding
-  the msgpack list of its frames, so ``HSETNX`` defines one at most once.
-- The peers are a hash ``...:peers`` (name -> index, from the counter
-  ``...:index``); ``...:workers`` counts the workers that registered;
-  ``...:info`` is the run's description (``SET NX``: a run id in use is
+- Records are hashes of opaque values the core signed: ``...:consts``
+  (a field per constant, so ``HSETNX`` defines one at most once),
+  ``...:peers`` (a field per peer; indices come from the counter
+  ``...:index``) and ``...:taken`` (a field per taken queue entry's token,
+  written with ``HSETNX`` and read back in the same ``MULTI``). A record
+  the core refused is deleted by a script that checks it is still the
+  same, so a good record written meanwhile is never lost. Field names come
+  back decoded with ``surrogateescape``, so any bytes an attacker used
+  name the field again when it is deleted.
+- ``...:info`` is the run's description (``SET NX``: a run id in use is
   refused); ``...:alive:{name hex}`` is a peer's heartbeat (``SET PX``);
   ``...:hungry`` is a worker's mark that it found the queue empty (``SET
-  PX``), which ``anyone_hungry`` reads and clears in one ``DEL``.
+  PX``), which ``anyone_hungry`` reads and clears in one ``DEL``. What
+  these say is not signed, and a writer without the key can only make a
+  run slower or end it with them: nothing in them is unpickled or routes
+  anything.
 - Every key gets an ``EXPIRE`` when it is written, pipelined in the same
   round trip, and :meth:`RedisStore.beat` renews the run's long-lived
   keys: a run that dies leaves nothing behind for longer than ``expire``,
-  and a live run never loses its constants.
+  and a live run never loses its constants. With a record, a beat also
+  writes the peer's record again, by a script that does so only while the
+  peers hash exists (a run that ended is not brought back).
 - ``wakeup()`` is the hub's: a flag, and one tiny entry (field ``w``) in
   the process's own mailbox through another connection of the client's
   pool, which ends a blocked ``XREADGROUP`` at once.
@@ -65,7 +77,6 @@ from contextlib import contextmanager
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-import msgpack
 import redis
 
 from scoop_core.errors import LaunchError, TransportClosed
@@ -80,7 +91,6 @@ from scoop_transport_redis.transport import (
     _Options,
     _split_address,
     _strip_password,
-    _value,
     mask_url,
 )
 
@@ -95,22 +105,25 @@ MIN_STORE_VERSION = (6, 2)
 """``XAUTOCLAIM`` and ``XPENDING ... IDLE`` came with Redis 6.2."""
 
 _WAKE = b"w"
-_LOSSES = b"l"
-_LOST_ON = b"o"
 _RAW_REPLIES = ("XREADGROUP", "XAUTOCLAIM", "XCLAIM", "XPENDING", "SET", "HGETALL")
+_LONG_LIVED = ("queue", "peers", "index", "consts", "taken", "info")
 
-# Atomic, so no reader sees a peer without its index; KEYS: index, peers,
-# workers; ARGV: name, "1" for a worker, expire.
-_REGISTER = """
-local index = redis.call('INCR', KEYS[1])
-redis.call('HSET', KEYS[2], ARGV[1], index)
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-if ARGV[2] == '1' then
-  redis.call('INCR', KEYS[3])
-  redis.call('EXPIRE', KEYS[3], ARGV[3])
+# Deletes a record the core refused, only if it is still that one;
+# KEYS: the hash; ARGV: field, record.
+_DROP_IF = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
 end
-return index
+return 0
+"""
+
+# A peer's record again, unless the run's records are gone; KEYS: peers;
+# ARGV: name, record.
+_REASSERT = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return 0
 """
 
 # Starts a run: its description, if it has none yet, and the queue's group;
@@ -159,18 +172,31 @@ def _stored_frames(fields: Mapping[bytes, bytes]) -> list[Frame]:
     return frames[:1] + [bytearray(f) for f in frames[1:]]
 
 
+def _written_frames(fields: Mapping[bytes, bytes]) -> list[Frame]:
+    """The frames of an entry as a store wrote it; none if it has any other field."""
+    frames = _stored_frames(fields)
+    return frames if len(frames) == len(fields) else []
+
+
 def _queue_entry(entry_id: bytes, fields: Mapping[bytes, bytes], holder: str = "") -> Entry:
-    return Entry(
-        tuple(_stored_frames(fields)),
-        int(fields.get(_LOSSES, b"0")),
-        fields.get(_LOST_ON, b"").decode(errors="replace"),
-        entry_id,
-        holder,
-    )
+    return Entry(tuple(_written_frames(fields)), entry_id, holder)
 
 
 def _text(value: bytes | str) -> str:
     return value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _name(value: bytes | str) -> str:
+    """A field name as text that encodes back to the same bytes (:func:`_field`)."""
+    return value.decode(errors="surrogateescape") if isinstance(value, bytes) else str(value)
+
+
+def _field(name: str) -> bytes:
+    return name.encode(errors="surrogateescape")
+
+
+def _records(raw: Any) -> dict[str, bytes]:
+    return {_name(name): bytes(value) for name, value in _fields(raw or []).items()}
 
 
 class RedisStore(BrokerStore):
@@ -315,34 +341,40 @@ class RedisStore(BrokerStore):
 
     # -- peers ---------------------------------------------------------------------
 
-    def register(self, name: str, *, worker: bool) -> int:
+    def _drop_if(self, key: bytes, field: bytes, record: bytes) -> bool:
+        with self._io():
+            return bool(self._client.execute_command("EVAL", _DROP_IF, 1, key, field, record))
+
+    def new_index(self) -> int:
+        with self._io():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.execute_command("INCR", self._key("index"))
+            pipe.execute_command("EXPIRE", self._key("index"), self._options.expire)
+            return int(pipe.execute()[0])
+
+    def register(self, name: str, record: bytes) -> None:
         with self._io():
             pipe = self._client.pipeline(transaction=False)
-            keys = (self._key("index"), self._key("peers"), self._key("workers"))
-            args = (name, "1" if worker else "0", self._options.expire)
-            pipe.execute_command("EVAL", _REGISTER, len(keys), *keys, *args)
+            pipe.execute_command("HSET", self._key("peers"), _field(name), record)
+            pipe.execute_command("EXPIRE", self._key("peers"), self._options.expire)
             self._create_group(pipe, self._queue)
             self._create_group(pipe, self._mailbox(name))
-            index = int(self._execute_ignoring_busygroup(pipe)[0])
+            self._execute_ignoring_busygroup(pipe)
             self._groups_ready = self._groups_ready or name == self.identity
-            return index
 
     def unregister(self, name: str) -> None:
         with self._io():
             pipe = self._client.pipeline(transaction=True)
-            pipe.execute_command("HDEL", self._key("peers"), name)
+            pipe.execute_command("HDEL", self._key("peers"), _field(name))
             pipe.execute_command("DEL", self._alive_key(name))
             pipe.execute()
 
-    def peers(self) -> dict[str, int]:
+    def peers(self) -> dict[str, bytes]:
         with self._io():
-            raw = self._client.execute_command("HGETALL", self._key("peers"))
-        return {_text(name): int(index) for name, index in _fields(raw or []).items()}
+            return _records(self._client.execute_command("HGETALL", self._key("peers")))
 
-    def workers(self) -> int:
-        with self._io():
-            count = self._client.execute_command("GET", self._key("workers"))
-        return int(count or 0)
+    def drop_peer(self, name: str, record: bytes) -> bool:
+        return self._drop_if(self._key("peers"), _field(name), record)
 
     # -- the queue and the mailboxes -------------------------------------------------
 
@@ -353,14 +385,7 @@ class RedisStore(BrokerStore):
         mail: Sequence[tuple[str, Sequence[Frame]]] = (),
         done: Sequence[bytes] = (),
     ) -> list[bytes]:
-        pieces = []
-        for entry in add:
-            fields = _entry(entry.frames)
-            if entry.losses:
-                fields += (_LOSSES, str(entry.losses))
-            if entry.lost_on:
-                fields += (_LOST_ON, entry.lost_on.encode())
-            pieces.append(fields)
+        pieces = [_entry(entry.frames) for entry in add]
         letters = [(self._mailbox(peer), _entry(frames)) for peer, frames in mail]
         if not (pieces or letters or done):
             return []
@@ -452,7 +477,7 @@ class RedisStore(BrokerStore):
                         continue
                     self._mail_read.append(entry_id)
                     if _WAKE not in fields:
-                        mail.append(_stored_frames(fields))
+                        mail.append(_written_frames(fields))
         return entries, mail
 
     def withdraw(self, entry_id: bytes) -> bool:
@@ -525,23 +550,41 @@ class RedisStore(BrokerStore):
 
     # -- constants, the run's description, heartbeats ------------------------------
 
-    def set_const(self, name: str, frames: Sequence[Frame]) -> bool:
-        blob = msgpack.packb([_value(frame) for frame in frames])
+    # -- records: taken marks, constants ---------------------------------------------
+
+    def mark_taken(self, marks: Sequence[tuple[bytes, bytes]]) -> list[bytes | None]:
+        if not marks:
+            return []
+        key = self._key("taken")
+        with self._io():
+            pipe = self._client.pipeline(transaction=True)
+            for token, record in marks:
+                pipe.execute_command("HSETNX", key, token, record)
+                pipe.execute_command("HGET", key, token)
+            pipe.execute_command("EXPIRE", key, self._options.expire)
+            replies = pipe.execute()
+        return [
+            None if kept else bytes(there)
+            for kept, there in zip(replies[0:-1:2], replies[1:-1:2], strict=True)
+        ]
+
+    def drop_mark(self, token: bytes, record: bytes) -> bool:
+        return self._drop_if(self._key("taken"), token, record)
+
+    def set_const(self, name: str, record: bytes) -> bool:
         with self._io():
             pipe = self._client.pipeline(transaction=False)
-            pipe.execute_command("HSETNX", self._key("consts"), name, blob)
+            pipe.execute_command("HSETNX", self._key("consts"), _field(name), record)
             pipe.execute_command("EXPIRE", self._key("consts"), self._options.expire)
             created = pipe.execute()[0]
         return bool(created)
 
-    def constants(self) -> dict[str, list[Frame]]:
+    def constants(self) -> dict[str, bytes]:
         with self._io():
-            raw = self._client.execute_command("HGETALL", self._key("consts"))
-        constants: dict[str, list[Frame]] = {}
-        for name, blob in _fields(raw or []).items():
-            frames = msgpack.unpackb(blob)
-            constants[_text(name)] = frames[:1] + [bytearray(f) for f in frames[1:]]
-        return constants
+            return _records(self._client.execute_command("HGETALL", self._key("consts")))
+
+    def drop_const(self, name: str, record: bytes) -> bool:
+        return self._drop_if(self._key("consts"), _field(name), record)
 
     def put_info(self, info: bytes) -> bool:
         with self._io():
@@ -556,15 +599,19 @@ class RedisStore(BrokerStore):
             info = self._client.execute_command("GET", self._key("info"))
         return None if info is None else bytes(info)
 
-    def beat(self, ttl: float) -> None:
+    def beat(self, ttl: float, record: bytes | None = None) -> None:
         expire = self._options.expire
         with self._io():
             pipe = self._client.pipeline(transaction=False)
             pipe.execute_command(
                 "SET", self._alive_key(self.identity), b"1", "PX", max(1, int(ttl * 1000))
             )
+            if record is not None:
+                pipe.execute_command(
+                    "EVAL", _REASSERT, 1, self._key("peers"), _field(self.identity), record
+                )
             # A run that lives longer than ``expire`` keeps its keys while anyone beats.
-            for name in ("queue", "peers", "index", "workers", "consts", "info"):
+            for name in _LONG_LIVED:
                 pipe.execute_command("EXPIRE", self._key(name), expire)
             pipe.execute_command("EXPIRE", self._mail, expire)
             pipe.execute()
