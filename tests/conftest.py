@@ -148,9 +148,13 @@ def _run_them(config: pytest.Config) -> str:
     return shlex.join(argv)
 
 
+@pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_terminal_summary(
     terminalreporter: pytest.TerminalReporter, config: pytest.Config
-) -> None:
+) -> Generator[None]:
+    # Around the terminal reporter's own summaries: after them, this is the
+    # line just above the final counts.
+    yield
     left_out = config.stash.get(_LEFT_OUT, 0)
     if left_out:
         tests = "test" if left_out == 1 else "tests"
