@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -239,6 +240,8 @@ if __name__ == "__main__":
     )
     try:
         assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], 60)
+        assert ready, "the program never got ready"
         line = proc.stdout.readline()
         assert line.split() == ["READY", "2"], line
         before = processes_of(str(prog))
