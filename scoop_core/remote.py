@@ -265,11 +265,14 @@ class RemoteHost:
 
     def replace(self, dead: str, spec: WorkerSpec) -> None:
         """Have the supervisor start ``spec`` in place of the worker ``dead``."""
+        self.statuses[spec.name] = None
+        # Checked once the name is in: lost() sets _ended before it marks the
+        # missing workers, so either it marks this one or this sees it ended.
         if self._ended.is_set():
+            del self.statuses[spec.name]
             raise LaunchError(
                 f"{self.label}: cannot start {spec.name}: the host's supervisor is gone"
             )
-        self.statuses[spec.name] = None
         try:
             self._stdin.write(f"start {json.dumps(_worker(spec))}\n".encode())
             self._stdin.flush()
