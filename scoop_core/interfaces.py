@@ -204,8 +204,8 @@ class BrokerStore(abc.ABC):
     there with the run's key and checks everything it reads back, since
     anyone who can write to the server can write there too. So a store
     keeps no field the core would act on outside a signed record, and
-    offers the ``drop_*`` methods, which delete a record the core refused
-    only if it is still the same (never a good one written meanwhile).
+    offers the ``drop_*`` methods, which delete records the core refused
+    only if they are still the same (never a good one written meanwhile).
 
     Contract:
 
@@ -248,8 +248,8 @@ class BrokerStore(abc.ABC):
         """Every peer record there is: name -> record."""
 
     @abc.abstractmethod
-    def drop_peer(self, name: str, record: bytes) -> bool:
-        """Delete ``name``'s record if it is still ``record``; True if deleted."""
+    def drop_peers(self, records: Mapping[str, bytes]) -> int:
+        """Delete each ``name: record`` whose record is still that; how many were deleted."""
 
     @abc.abstractmethod
     def commit(
@@ -313,8 +313,8 @@ class BrokerStore(abc.ABC):
         """Every constant's record there is: name -> record."""
 
     @abc.abstractmethod
-    def drop_const(self, name: str, record: bytes) -> bool:
-        """Delete constant ``name`` if its record is still ``record``; True if deleted."""
+    def drop_consts(self, records: Mapping[str, bytes]) -> int:
+        """Delete each constant ``name: record`` whose record is still that; how many were deleted."""
 
     @abc.abstractmethod
     def put_info(self, info: bytes) -> bool:

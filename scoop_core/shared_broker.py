@@ -311,9 +311,14 @@ def _marks(
             refusals.note(holder, "mark", "a taken mark", exc)
             store.drop_mark(token, blob)
         [again] = store.mark_taken([(token, seal_mark(key, token, entry_id, holder))])
-        # Still another's after ours was refused: leave this entry be, as a copy.
-        found.append(None if again is None else Mark(b"", ""))
+        # Marked again meanwhile (by whom, we cannot tell): this entry is not
+        # the one marked, so it is left be, as a copy.
+        found.append(None if again is None else _UNKNOWN)
     return found
+
+
+_UNKNOWN = Mark(b"", "")
+"""The mark of some entry other than ours, whoever took it."""
 
 
 # -- peer records ------------------------------------------------------------------------
@@ -344,6 +349,7 @@ class Peers:
         good: dict[str, tuple[int, str]] = {}
         if self.key is None:
             return good
+        bad: dict[str, bytes] = {}
         for name, blob in self.store.peers().items():
             try:
                 fields = open_record(blob, self.key, PEER, None)
@@ -352,7 +358,8 @@ class Peers:
                 good[name] = (_int_field(fields[1], "index"), _text_field(fields[2], "role"))
             except ProtocolError as exc:
                 refusals.note(self.who, "peer", f"the peer record {_shown(name)}", exc)
-                self.store.drop_peer(name, blob)
+                bad[name] = blob
+        self.store.drop_peers(bad)
         return good
 
     def names(self) -> list[str]:
@@ -524,10 +531,10 @@ class SharedBrokerEndpoint(Endpoint):
         self.spare = 0
         # Futures this worker runs: fid -> (entry id, what the entry says).
         self.held: dict[int, tuple[bytes, Queued]] = {}
+        self.started: set[int] = set()  # those of them that started
         # The (future, attempt) pairs taken here lately: a copy is refused
         # even if someone deleted the taken marks.
         self._taken: collections.OrderedDict[bytes, None] = collections.OrderedDict()
-        self.started: set[int] = set()  # those of them that started
         self._recalling: set[int] = set()  # asked back from our runtime for a hungry worker
         self.submitted: dict[int, bytes] = {}  # futures we own, not done: fid -> entry id
         # Futures held back while the store's queue is full (its length limit).
@@ -640,18 +647,23 @@ class SharedBrokerEndpoint(Endpoint):
         if self.store.set_const(name, record):
             return True
         there = self.store.constants().get(name)
-        if there is None or self._const(name, there) is not None:
+        if there is None or self._constants({name: there}):
             return False
         return self.store.set_const(name, record)
 
-    def _const(self, name: str, record: bytes) -> m.Constant | None:
-        """The constant a record holds; None (and the record deleted) if it is not the run's."""
-        try:
-            return m.Constant(name, tuple(read_const(record, self.key, name, self.max_size)))
-        except ProtocolError as exc:
-            refusals.note(self.name, "constant", f"the shared constant {_shown(name)}", exc)
-            self.store.drop_const(name, record)
-            return None
+    def _constants(self, records: dict[str, bytes]) -> list[m.Constant]:
+        """The constants in ``records``; those that are not the run's are deleted."""
+        good, bad = [], {}
+        for name, record in records.items():
+            try:
+                frames = read_const(record, self.key, name, self.max_size)
+            except ProtocolError as exc:
+                refusals.note(self.name, "constant", f"the shared constant {_shown(name)}", exc)
+                bad[name] = record
+                continue
+            good.append(m.Constant(name, tuple(frames)))
+        self.store.drop_consts(bad)
+        return good
 
     def _note_started(self, fids: Iterable[int], batch: _Batch) -> None:
         """Futures we hold began running: their owners learn it (``running()``)."""
@@ -675,8 +687,7 @@ class SharedBrokerEndpoint(Endpoint):
 
     def _welcome(self) -> None:
         self._welcome_due = None
-        consts = [self._const(k, v) for k, v in self.store.constants().items()]
-        self._reply(m.Welcome(self.index, tuple(c for c in consts if c is not None)))
+        self._reply(m.Welcome(self.index, tuple(self._constants(self.store.constants()))))
 
     def _commit(self, batch: _Batch) -> None:
         if self._backlog or batch.add:

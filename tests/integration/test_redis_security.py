@@ -17,12 +17,14 @@ printed), never for a fixed time.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
 import random
 import re
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -144,13 +146,17 @@ class Run:
         (self.dir / name).touch()
 
     def close(self) -> None:
+        """Stop what a failed test left running; check a passed one left nothing."""
+        left = [] if self.prog is None else wait_gone(str(self.prog))
+        for pid in left:  # the root and workers of a run whose launcher was killed
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         for proc in self.procs:
             if proc.poll() is None:
                 proc.kill()
-                proc.communicate()
+            proc.communicate()
         self.attacker.close()
-        if self.prog is not None:
-            assert wait_gone(str(self.prog)) == [], "processes of the run were left running"
+        assert left == [], "processes of the run were left running"
 
 
 @pytest.fixture
@@ -444,11 +450,12 @@ def test_a_flood_of_forged_entries_changes_nothing(run: Run) -> None:
     assert run.runs() == list(range(rounds * 50)), "a future ran twice or not at all"
     assert not run.proof.exists(), "something an attacker wrote was unpickled"
     assert "Traceback" not in err and "exited with status" not in err, err
-    # Each process says once per kind of state what it deleted; no flood of warnings.
-    assert _said(err, r"deleted ") <= 3 * 4, err
+    # Each process (launcher, root, two workers) says once per kind of
+    # record (queue entry, mail, constant, peer record, taken mark) what it
+    # deleted: no flood of warnings.
+    assert 1 <= _said(err, r"deleted ") <= 4 * 5, err
     assert joiner.returncode == 0
     print(f"{FLOOD} forged entries and fields; {rounds} rounds of 50 futures in {took:.1f} s")
-    print("\n".join(line for line in err.splitlines() if "deleted" in line))
 
 
 # -- an oversized entry ---------------------------------------------------------------------

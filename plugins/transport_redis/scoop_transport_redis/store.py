@@ -341,9 +341,14 @@ class RedisStore(BrokerStore):
 
     # -- peers ---------------------------------------------------------------------
 
-    def _drop_if(self, key: bytes, field: bytes, record: bytes) -> bool:
+    def _drop_if(self, key: bytes, records: Mapping[bytes, bytes]) -> int:
+        if not records:
+            return 0
         with self._io():
-            return bool(self._client.execute_command("EVAL", _DROP_IF, 1, key, field, record))
+            pipe = self._client.pipeline(transaction=False)
+            for field, record in records.items():
+                pipe.execute_command("EVAL", _DROP_IF, 1, key, field, record)
+            return sum(int(n) for n in pipe.execute())
 
     def new_index(self) -> int:
         with self._io():
@@ -373,8 +378,8 @@ class RedisStore(BrokerStore):
         with self._io():
             return _records(self._client.execute_command("HGETALL", self._key("peers")))
 
-    def drop_peer(self, name: str, record: bytes) -> bool:
-        return self._drop_if(self._key("peers"), _field(name), record)
+    def drop_peers(self, records: Mapping[str, bytes]) -> int:
+        return self._drop_if(self._key("peers"), {_field(n): r for n, r in records.items()})
 
     # -- the queue and the mailboxes -------------------------------------------------
 
@@ -569,7 +574,7 @@ class RedisStore(BrokerStore):
         ]
 
     def drop_mark(self, token: bytes, record: bytes) -> bool:
-        return self._drop_if(self._key("taken"), token, record)
+        return bool(self._drop_if(self._key("taken"), {token: record}))
 
     def set_const(self, name: str, record: bytes) -> bool:
         with self._io():
@@ -583,8 +588,8 @@ class RedisStore(BrokerStore):
         with self._io():
             return _records(self._client.execute_command("HGETALL", self._key("consts")))
 
-    def drop_const(self, name: str, record: bytes) -> bool:
-        return self._drop_if(self._key("consts"), _field(name), record)
+    def drop_consts(self, records: Mapping[str, bytes]) -> int:
+        return self._drop_if(self._key("consts"), {_field(n): r for n, r in records.items()})
 
     def put_info(self, info: bytes) -> bool:
         with self._io():
