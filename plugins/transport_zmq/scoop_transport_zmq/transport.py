@@ -18,7 +18,10 @@ Why these choices:
   directory only this user may enter (mode 0700, removed when the hub
   closes): other users of the machine cannot even connect, which no TCP
   port on loopback can promise. Runs with other machines (and SSH
-  tunnels, which need a port) use TCP.
+  tunnels, which need a port) use TCP. A launcher killed outright (SIGKILL)
+  cannot remove its directory; the next hub of the same user removes such
+  leftovers (its own ``scoop-zmq-*`` directories whose socket nobody
+  listens on any more).
 - A TCP hub speaks CurveZMQ by default (``curve``): every connection is
   encrypted, and a ZAP handler admits only clients whose Curve key is the
   run's, a key pair every peer derives from the run's secret key (which it
@@ -95,6 +98,7 @@ ZAP_DOMAIN = "scoop"
 _LOOPBACK = "127.0.0.1"
 _ANY_INTERFACE = {"*", "0.0.0.0", "::", "[::]"}
 _IPC_NAME = "broker"
+_IPC_PREFIX = "scoop-zmq-"
 # sun_path holds 108 bytes on Linux, 104 on macOS; keep under both.
 _IPC_PATH_MAX = 100
 _ZAP_MAX_LOGGED = 100
@@ -380,15 +384,49 @@ def _ipc_directory() -> str | None:
     short enough for a socket path; None where ipc cannot be had."""
     if not zmq.has("ipc"):
         return None
-    for parent in (None, "/tmp"):
+    for parent in (tempfile.gettempdir(), "/tmp"):
+        _remove_leftovers(parent)
         try:
-            directory = tempfile.mkdtemp(prefix="scoop-", dir=parent)
+            directory = tempfile.mkdtemp(prefix=_IPC_PREFIX, dir=parent)
         except OSError:
             continue
         if len(os.path.join(directory, _IPC_NAME)) <= _IPC_PATH_MAX:
             return directory
         os.rmdir(directory)
     return None
+
+
+def _remove_leftovers(parent: str) -> None:
+    """Remove this user's hub directories in ``parent`` whose socket refuses
+    connections: their launcher was killed before it could. A directory
+    without a socket yet (a hub being made) or with a live one is left."""
+    af_unix = getattr(socket, "AF_UNIX", None)
+    if af_unix is None:
+        return
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if not (
+                entry.name.startswith(_IPC_PREFIX)
+                and entry.is_dir(follow_symlinks=False)
+                and entry.stat(follow_symlinks=False).st_uid == os.getuid()
+            ):
+                continue
+        except OSError:
+            continue
+        probe = socket.socket(af_unix, socket.SOCK_STREAM)
+        try:
+            probe.connect(os.path.join(entry.path, _IPC_NAME))
+        except ConnectionRefusedError:
+            log.debug("removing %s, left by a hub that is gone", entry.path)
+            shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:
+            pass
+        finally:
+            probe.close()
 
 
 class ZmqTransport(Transport):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -167,6 +169,37 @@ def test_a_local_run_listens_on_a_socket_only_its_user_may_open() -> None:
     assert not os.path.exists(directory), "the hub left its ipc directory behind"
 
 
+def test_a_local_hub_removes_what_a_killed_one_left_and_nothing_else() -> None:
+    # A launcher killed outright leaves its directory; the next hub removes
+    # it, and leaves a live hub's alone.
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, sys\n"
+            "from scoop_transport_zmq.transport import ZmqTransport\n"
+            "hub = ZmqTransport({}).bind(run_id='killed', local=True)\n"
+            "print(hub.address, flush=True)\n"
+            "os._exit(0)\n",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    left = os.path.dirname(killed.stdout.strip().removeprefix("ipc://"))
+    assert os.path.isdir(left), killed
+    live = RunTransport(local=True).bind(run_id="live")
+    try:
+        fresh = RunTransport(local=True).bind(run_id="fresh")
+        fresh.close()
+        assert not os.path.exists(left), "a dead hub's directory was left"
+        assert os.path.exists(live.address.removeprefix("ipc://")), (
+            "a live hub's socket was removed"
+        )
+    finally:
+        live.close()
+
+
 def test_a_local_hub_has_no_tcp_port() -> None:
     # A hub's TCP listening socket would show in /proc/net/tcp; an ipc one does not.
     before = _listening_inodes()
@@ -282,9 +315,6 @@ def test_the_plugin_registers_zmq_and_its_settings() -> None:
 
 
 def test_listing_the_plugin_does_not_import_zmq() -> None:
-    import subprocess
-    import sys
-
     code = (
         "import sys, scoop_transport_zmq as p; p.scoop_transports(); p.scoop_settings(); "
         "sys.exit('zmq' in sys.modules)"
