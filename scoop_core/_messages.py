@@ -20,7 +20,9 @@ Rules of this module:
   or replayed, so the broker can drop a bad message and carry on.
 - Messages that carry many futures (``Submit``, ``Tasks``, ``Results``)
   exist so that ``map`` sends items in batches: one transport message for
-  many futures.
+  many futures. Whoever builds one cuts it with :func:`split_by_size`, so
+  that futures that fit one by one never make a message over the limit
+  together; :func:`payload_limit` is what one future may carry.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ if __name__ == "__main__":
     out(time.monotonic() - start)
 """
     )
-    proc = scoop_run(prog, env=ENV, timeout=60)
+    proc = scoop_run(prog, env=ENV, timeout=30)
     got = results(proc)
     assert got[0] == [True] * 12
     assert got[1] == [True] * 3
@@ -91,7 +91,7 @@ if __name__ == "__main__":
     out(time.monotonic() - start)
 """
     )
-    got = results(scoop_run(prog, env=ENV, timeout=60))
+    got = results(scoop_run(prog, env=ENV, timeout=30))
     assert got[0] is True
     assert got[1] is True
     print(f"maps of 24 and 12 results of 4 MB each under a 10 MB limit took {got[2]:.2f} s")
@@ -120,7 +120,7 @@ if __name__ == "__main__":
     out(time.monotonic() - start)
 """
     )
-    proc = scoop_run(prog, env=ENV, timeout=60)
+    proc = scoop_run(prog, env=ENV, timeout=30)
     got = results(proc)
     assert got[0] == ["ok", True]
     assert got[2] == ["ok", True]
@@ -174,7 +174,7 @@ if __name__ == "__main__":
     out(time.monotonic() - start)
 """
     )
-    proc = scoop_run(prog, env=ENV, timeout=60)
+    proc = scoop_run(prog, env=ENV, timeout=30)
     got = results(proc)
     assert got[0] == [True] * 8
     assert got[1] == [True] * 4
@@ -205,7 +205,7 @@ if __name__ == "__main__":
     out(time.monotonic() - start)
 """
     )
-    got = results(scoop_run(prog, env={"SCOOP_MAX_MESSAGE_SIZE": "1000000"}, timeout=60))
+    got = results(scoop_run(prog, env={"SCOOP_MAX_MESSAGE_SIZE": "1000000"}, timeout=30))
     assert got[0] is True
     print(f"a map of 40 calls of 300 kB under a 1 MB limit took {got[1]:.2f} s")
 
@@ -232,6 +232,6 @@ if __name__ == "__main__":
     out(time.monotonic() - start)
 """
     )
-    got = results(scoop_run(prog, env=ENV, timeout=60))
+    got = results(scoop_run(prog, env=ENV, timeout=30))
     assert got[0] is True
     print(f"a worker's 8 children of 4 MB each ran in {got[1]:.2f} s")
