@@ -339,6 +339,7 @@ class Runtime:
         elif isinstance(msg, m.CancelReply):
             if msg.cancelled:
                 fut = self._owned.pop(msg.fid, None)
+                self._chunks.pop(msg.fid, None)
                 if fut is not None:
                     fut.mark_cancelled()
             reply = self._replies.pop(("cancel", msg.fid), None)
