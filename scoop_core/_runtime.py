@@ -630,7 +630,11 @@ class ThreadedRuntime(Runtime):
                 timeout = min(self.io_tick(), self._keep_alive())
         except Exception:
             log.exception("the I/O thread of %s failed", self.name)
-            self._on_shutdown("its I/O thread failed")
+            self.on_io_failed()
+
+    def on_io_failed(self) -> None:
+        """The I/O thread died: nothing can be sent or heard any more."""
+        self._on_shutdown("its I/O thread failed")
 
     def stop_io(self) -> None:
         """Send what is queued, then stop the I/O thread and close the endpoint."""

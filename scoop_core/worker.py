@@ -237,6 +237,13 @@ class WorkerRuntime(ThreadedRuntime):
         logging.shutdown()
         os._exit(1)
 
+    def on_io_failed(self) -> None:
+        # Deaf and mute, it would hold its futures for ever, and never hear
+        # that the run is over: exit, so that they run elsewhere.
+        log.error("%s: its I/O thread failed; exiting", self.name)
+        logging.shutdown()
+        os._exit(1)
+
     def io_tick(self) -> float:
         """Say that the running future started once it has run a few ms."""
         job = self._current
