@@ -3,12 +3,20 @@
 Why these choices:
 
 - Every key of a run lives under ``{prefix}:{run_id}:``: the stream
-  ``...:broker`` that the hub reads, and ``...:peer:{identity hex}`` that
-  each peer reads. A stream keeps each writer's messages in order, and one
+  ``...:broker`` that the hub reads, and ``...:peer:{connection id hex}``
+  that each endpoint reads. A stream keeps each writer's messages in order, and one
   entry holds one whole message, so messages arrive in order and whole.
-- An entry's fields are ``p`` (the sender's identity, on the broker stream)
+- An entry's fields are ``p`` (the sender's connection id, on the broker stream)
   and ``f0``, ``f1``, ... the frames, as binary values: no re-encoding and
   no joining, so a large buffer reaches Redis as it is.
+- Each endpoint draws a fresh random *connection id* when it connects, and
+  reads ``...:peer:{connection id hex}``; the hub reports that id (field
+  ``p``) as the sender of each message, and answers to it. The identity an
+  endpoint is given names nobody in Redis, so a second endpoint under the
+  same identity neither takes nor shares the first one's stream; binding
+  names to connections is the broker's work, after an authenticated hello.
+  (Runs with Redis use the broker store, :mod:`scoop_transport_redis.store`,
+  not this pair; it serves the conformance suite and the benchmark.)
 - Each ``XADD`` is pipelined with an ``EXPIRE`` of its key: one round trip,
   and a run that dies leaves nothing behind for longer than ``expire``.
 - A reader keeps the id of the last entry it read, so ``XREAD`` never sees an
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 import threading
 import time
 from collections import deque
@@ -71,6 +80,9 @@ BLOCK_MS = 2000
 
 BATCH = 512
 """The most entries one ``XREAD`` fetches."""
+
+CONNECTION_ID_SIZE = 16
+"""Random bytes of an endpoint's connection id: nobody guesses another's."""
 
 MIN_VERSION = (5, 0)
 """Streams came with Redis 5.0."""
@@ -348,7 +360,8 @@ class _Reader:
 
 
 class RedisHub(Hub):
-    """The broker's end: reads ``{base}broker``, writes ``{base}peer:{hex}``.
+    """The broker's end: reads ``{base}broker``, writes ``{base}peer:{hex}``,
+    where ``hex`` is the connection id the endpoint's entries carry.
 
     Build it with :meth:`RedisTransport.bind`."""
 
@@ -387,21 +400,22 @@ class RedisHub(Hub):
 
 
 class RedisEndpoint(Endpoint):
-    """A peer's end: writes ``{base}broker``, reads its own ``{base}peer:{hex}``.
+    """A peer's end: writes ``{base}broker``, reads its own ``{base}peer:{hex}``,
+    named by its connection id.
 
     Build it with :meth:`RedisTransport.connect`."""
 
-    def __init__(self, reader: _Reader, broker_key: bytes, identity: bytes) -> None:
+    def __init__(self, reader: _Reader, broker_key: bytes, connection: bytes) -> None:
         self._reader = reader
         self._broker_key = broker_key
-        self._identity = identity
+        self._connection = connection
 
     def send(self, frames: Sequence[Frame]) -> None:
         self.send_many([frames])
 
     def send_many(self, messages: Sequence[Sequence[Frame]]) -> None:
         self._reader.add(
-            [(self._broker_key, _entry(frames, self._identity)) for frames in messages]
+            [(self._broker_key, _entry(frames, self._connection)) for frames in messages]
         )
 
     def recv(self, timeout: float | None) -> list[Frame] | None:
@@ -454,11 +468,12 @@ class RedisTransport(Transport):
         url, base_text = _split_address(address)
         client = self._options.client(url)
         base = (base_text + ":").encode()
-        key = base + b"peer:" + identity.hex().encode()
+        connection = secrets.token_bytes(CONNECTION_ID_SIZE)
+        key = base + b"peer:" + connection.hex().encode()
         reader = _Reader(
             self._options, client, key, f"Redis endpoint {identity!r} to {mask_url(url)}"
         )
-        return RedisEndpoint(reader, base + b"broker", identity)
+        return RedisEndpoint(reader, base + b"broker", connection)
 
     def open_store(
         self, *, run_id: str | None = None, address: str | None = None, identity: str
