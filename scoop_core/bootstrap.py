@@ -21,6 +21,7 @@ import threading
 import time
 import traceback
 import types
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -52,8 +53,24 @@ inherit it. No process we start from here needs them: a host's supervisor
 gets its workers' variables in its plan, on stdin."""
 
 
+def _user_secret(name: str, value: str) -> bool:
+    """A ``SCOOP_*`` setting of the user's that holds a secret (the README
+    suggests ``SCOOP_TRANSPORT_REDIS_PASSWORD``; a URL may carry one). Our
+    processes have their settings from ``_SCOOP_TRANSPORT_SETTINGS``, so the
+    user's own subprocesses need not inherit these either."""
+    if not name.startswith("SCOOP_"):
+        return False
+    if "PASSWORD" in name:
+        return True
+    return name.endswith("_URL") and bool(urllib.parse.urlsplit(value).password)
+
+
 def _take_secrets() -> dict[str, str | None]:
-    """The :data:`SECRETS`, removed from the environment."""
+    """The :data:`SECRETS`, removed from the environment, and the user's
+    secret ``SCOOP_*`` settings dropped from it."""
+    for name, value in list(os.environ.items()):
+        if _user_secret(name, value):
+            del os.environ[name]
     return {name: os.environ.pop(name, None) for name in SECRETS}
 
 

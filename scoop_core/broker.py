@@ -111,7 +111,11 @@ class Broker:
             max_message_size=max_message_size,
         )
         self.address = self.hub.address
-        self.book = BrokerBook(max_losses=max_losses, expected_workers=expected_workers)
+        self.book = BrokerBook(
+            max_losses=max_losses,
+            expected_workers=expected_workers,
+            max_message_size=max_message_size,
+        )
         self.join_timeout = join_timeout
         self._requests: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._running = False

@@ -26,6 +26,11 @@ __all__ = [
 ]
 
 
+PROGRAM_IMPORT_FAILED = 3
+"""Exit status of a worker that could not import the program. The launcher
+does not replace such a worker: its replacement would fail the same way."""
+
+
 class ScoopError(Exception):
     """Base class of every error scoop-core raises on its own account."""
 

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from scoop_core import _messages as m
-from scoop_core import _runtime
+from scoop_core import _runtime, run_keys
 from scoop_core import shared_broker as sb
 from scoop_core.broker import Broker, supported
 from scoop_core.config import Config, set_current
-from scoop_core.errors import LaunchError, TransportClosed
+from scoop_core.errors import PROGRAM_IMPORT_FAILED, LaunchError, TransportClosed
 from scoop_core.hosts import Host, is_local
 from scoop_core.interfaces import (
     BrokerStore,
@@ -158,15 +158,15 @@ class Pool:
                 "choose another --run-id (or none, for a new random one)"
             )
         self._codec = m.Codec(self.key, sb.LAUNCHER.encode())
-        if not os.environ.get(sb.KEY_ENV):
-            self.key_path = str(sb.write_key_file(self.run_id, self.key))
+        if not os.environ.get(run_keys.KEY_ENV):
+            self.key_path = str(run_keys.write_key_file(self.run_id, self.key))
         log.info(
             "run %s: more workers can join with: scoop worker --transport %s --run %s "
             "(the run's key is in %s)",
             self.run_id,
             self.transport_name,
             self.run_id,
-            self.key_path or f"${sb.KEY_ENV}",
+            self.key_path or f"${run_keys.KEY_ENV}",
         )
         self._peers = sb.Peers(store)
         self._beat()
@@ -336,6 +336,9 @@ class Pool:
         if self._stopping:
             log.warning("%s", died)
             return
+        if status == PROGRAM_IMPORT_FAILED:
+            log.warning("%s; not replaced: it could not import the program", died)
+            return
         done, limit = self._restarts.get(host, 0), self.config["max_restarts"]
         if limit == 0:
             log.warning("%s; not replaced (max_restarts = 0)", died)
@@ -467,11 +470,11 @@ def run_env(
 def _run_key() -> bytes:
     """The run's secret: ``$SCOOP_RUN_KEY`` if set (to share it with workers
     that join from elsewhere), else a new random one."""
-    given = os.environ.get(sb.KEY_ENV)
+    given = os.environ.get(run_keys.KEY_ENV)
     if not given:
         return secrets.token_bytes(32)
     try:
-        return sb.parse_key(given, f"${sb.KEY_ENV}")
+        return run_keys.parse_key(given, f"${run_keys.KEY_ENV}")
     except ValueError as exc:
         raise LaunchError(str(exc)) from None
 

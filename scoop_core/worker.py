@@ -33,7 +33,7 @@ from scoop_core._calls import Call, Chunk, ChunkResult, RemoteException, capture
 from scoop_core._future import Future
 from scoop_core._runtime import ChunkCut, ThreadedRuntime, _short
 from scoop_core._state import Job, WorkerBook
-from scoop_core.errors import SerializationError
+from scoop_core.errors import PROGRAM_IMPORT_FAILED, SerializationError
 from scoop_core.interfaces import Endpoint, Serializer
 
 log = logging.getLogger("scoop.worker")
@@ -590,7 +590,7 @@ class WorkerRuntime(ThreadedRuntime):
         except BaseException:
             log.exception("%s could not import the program %s", self.name, program)
             self._running = False
-            raise SystemExit(1) from None
+            raise SystemExit(PROGRAM_IMPORT_FAILED) from None
 
 
 def set_worker_name(name: str) -> None:

@@ -299,12 +299,13 @@ if __name__ == "__main__":
 """
 
 
-@pytest.fixture(params=["zmq", "redis"])
+@pytest.fixture(params=["zmq", "redis", "redis-password-in-env"])
 def secret_run(
     request: pytest.FixtureRequest, home: Path, tmp_path: Path
 ) -> Iterator[tuple[dict[str, str], list[str], list[str]]]:
     """Environment and flags of a run over ZeroMQ, or over a Redis that takes
-    a password (given in a config file); the secrets to look for."""
+    a password (given in a config file, or in the environment variable the
+    README suggests); the secrets to look for."""
     key = secrets.token_hex(32)
     env = clean_env(HOME=str(home), SCOOP_RUN_KEY=key, PROBE_MARK="seen")
     if request.param == "zmq":
@@ -313,9 +314,13 @@ def secret_run(
     password = "pw-" + secrets.token_hex(8)
     with _start_redis()(password) as url:
         config = tmp_path / "scoop.toml"
+        in_file = f'password = "{password}"\n'
+        if request.param == "redis-password-in-env":
+            env["SCOOP_TRANSPORT_REDIS_PASSWORD"] = password
+            in_file = ""
         config.write_text(
             f'[scoop.transport.redis]\nurl = "{url.replace(f":{password}@", "")}"\n'
-            f'password = "{password}"\nprefix = "t{uuid.uuid4().hex[:8]}"\n'
+            f'{in_file}prefix = "t{uuid.uuid4().hex[:8]}"\n'
         )
         config.chmod(0o600)
         yield env, ["--transport", "redis", "--config", str(config)], [key, password]

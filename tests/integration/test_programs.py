@@ -172,3 +172,25 @@ def test_keyword_arguments_scoop_ignored_are_ignored_with_one_warning(scoop_run,
     assert any("futures.map_as_completed()" in w and "chunksize=4" in w for w in root)
     assert 1 <= len(warnings) - len(root) <= 2, proc.stderr
     assert "TypeError" not in proc.stderr
+
+
+RAISES_ON_WORKERS = """
+import scoop
+from scoop import futures
+
+if not scoop.IS_ORIGIN:
+    raise RuntimeError("this program cannot be imported by a worker")
+
+if __name__ == "__main__":
+    print(list(futures.map(abs, [-1, -2])))
+"""
+
+
+def test_workers_that_cannot_import_the_program_are_not_replaced(scoop_run, write_program):
+    # A replacement would fail the same way: no crash loop of restarts.
+    proc = scoop_run(write_program(RAISES_ON_WORKERS), timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.count("RuntimeError: this program cannot be imported by a worker") == 2
+    assert proc.stderr.count("not replaced: it could not import the program") == 2
+    assert "replaces it" not in proc.stderr
+    assert "every worker has exited" in proc.stderr

@@ -182,6 +182,10 @@ def test_workers_that_end_on_their_own_are_reported_with_their_status(
     wait_until(lambda: group.poll()["w1"] is not None, 10.0, "w1's exit reported")
     output.wait_for("[h1] bye", "w2 says")
     assert group.poll() == {"w1": 3, "w2": None}
+    assert not [p for p in cluster["h1"].processes() if b"exit(3)" in cmdline(p)]
+    # h1's supervisor stays while the run lasts, to start a replacement
+    # there, and goes with the run.
+    group.stop(1.0)
     wait_until(
         lambda: not [p for p in cluster["h1"].processes() if b"scoop_core" in cmdline(p)],
         5.0,
