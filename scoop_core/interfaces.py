@@ -343,6 +343,23 @@ class BrokerStore(abc.ABC):
         with a length limit never has to drop a future."""
         return None
 
+    def waiting(self, min_idle: float) -> list[Entry]:
+        """Every entry that no live taker works on: those nobody has taken,
+        and those whose taker has not touched them for ``min_idle`` seconds
+        (``holder`` set to that taker). For a peer that fails the futures it
+        owns when no worker is left to run them.
+
+        The default lists none: queued futures then wait for a worker."""
+        return []
+
+    def remove_waiting(self, entry_ids: Sequence[bytes], min_idle: float) -> list[bytes]:
+        """Atomically, for each entry: delete it if it is still as
+        :meth:`waiting` lists it (nobody took it, or its taker has not
+        touched it for ``min_idle`` seconds), so that no taker can run it
+        after this. Returns the ids deleted, in order; an entry a taker took
+        or touched meanwhile stays."""
+        return []
+
     def mark_hungry(self, ttl: float) -> None:
         """A worker found the queue empty: for ``ttl`` seconds, the run is hungry.
 

@@ -52,6 +52,16 @@ Why it is built this way:
   that removes the finished entries: a result is delivered if and only if
   its entry is gone. A future run twice (its worker was only slow) gives
   two results; the owner reads the first and drops the other.
+- Messages that carry many futures (tasks to our runtime, results and
+  starts to an owner) are cut to fit ``max_message_size``, as the ZeroMQ
+  broker cuts them; a message that still cannot be encoded is logged and
+  dropped, and a call or result too big for any message fails its future
+  saying why: no encode error stops a process's I/O thread.
+- With no live worker for ``heartbeat_timeout`` (as the ZeroMQ broker
+  counts them), each program fails the queued futures it owns with
+  :class:`WorkerLostError`: entries nobody took, and those of a taker
+  silent that long, deleted first in one atomic step, so a worker that
+  wakes up or joins later cannot take them too.
 - A peer writes its record again at every heartbeat, so a record someone
   overwrote (and a reader then deleted) is back within a heartbeat.
 - Stealing: a worker with nothing to do marks the run hungry; a worker
@@ -77,7 +87,7 @@ import msgpack
 
 from scoop_core import _messages as m
 from scoop_core._state import lost_reason
-from scoop_core.errors import ProtocolError, TransportClosed
+from scoop_core.errors import ProtocolError, SerializationError, TransportClosed
 from scoop_core.interfaces import BrokerStore, Endpoint, Entry, Frame
 
 log = logging.getLogger("scoop.broker")
@@ -462,8 +472,9 @@ def recover(
             add.append(entry_for(lost, key))
             requeued.append(fid)
     mail = [
-        (owner, codec.encode(m.Results(tuple(outs)), to=owner.encode()))
+        (owner, codec.encode(m.Results(tuple(part)), to=owner.encode()))
         for owner, outs in failed.items()
+        for part in m.split_by_size(outs, codec.max_size)
     ]
     if done:
         store.commit(add=add, mail=mail, done=done)
@@ -545,6 +556,9 @@ class SharedBrokerEndpoint(Endpoint):
         self._last_hungry = 0.0
         self._last_steal_check = 0.0
         self._root_seen = False
+        # When a live worker was last seen (for futures we own that wait in
+        # the queue: with none for heartbeat_timeout, they fail).
+        self._workers_seen = time.monotonic()
         self._closed = False
         self._finished = False
         self._store_gone = False
@@ -699,15 +713,20 @@ class SharedBrokerEndpoint(Endpoint):
             del self._backlog[:fit]
         if not batch:
             return
-        mail = [(peer, self.mailer.encode(msg, to=peer.encode())) for peer, msg in batch.mail]
+        mail: list[tuple[str, list[Frame]]] = []
+        for peer, msg in batch.mail:
+            self._post(mail, peer, msg)
+        limit = self.max_size
         for owner, fids in batch.started.items():
             # Those that also finished in this turn need no word of their start.
             finished = {o.fid for o in batch.results.get(owner, ())}
             running = [f for f in fids if f not in finished]
-            if running:
-                mail.append((owner, self.mailer.encode(m.Started(running), to=owner.encode())))
+            for some in m.split_by_size(running, limit):
+                self._post(mail, owner, m.Started(some))
         for owner, outs in batch.results.items():
-            mail.append((owner, self.mailer.encode(m.Results(tuple(outs)), to=owner.encode())))
+            # Cut to fit: results that fit one by one may not fit together.
+            for part in m.split_by_size([self._sendable(o) for o in outs], limit):
+                self._post(mail, owner, m.Results(tuple(part)))
         ids = self.store.commit(
             add=[e for _, e in batch.add] + batch.requeue, mail=mail, done=batch.done
         )
@@ -720,10 +739,46 @@ class SharedBrokerEndpoint(Endpoint):
         batch.mail.clear()
         batch.done.clear()
 
+    def _post(self, mail: list[tuple[str, list[Frame]]], peer: str, msg: m.Message) -> None:
+        """Add ``msg`` for ``peer`` to ``mail``. A message too big to encode
+        is said loudly and dropped: it must not stop this process's I/O
+        (callers cut batches to fit, so only a message of one item can be)."""
+        try:
+            mail.append((peer, self.mailer.encode(msg, to=peer.encode())))
+        except SerializationError as exc:
+            log.error("%s could not send %s to %s: %s", self.name, type(msg).__name__, peer, exc)
+
+    def _too_big(self, item: m.Task | m.Outcome) -> str:
+        """Why ``item`` cannot travel in any message ("" if it can)."""
+        limit = self.max_size
+        payload_limit = m.payload_limit(limit)
+        size = m.item_size(item) - m.ITEM_ALLOWANCE
+        if limit is None or payload_limit is None or size <= payload_limit:
+            return ""
+        what = "call" if isinstance(item, m.Task) else "result"
+        return (
+            f"{self.name} cannot pass on the {what} of future {item.fid:#x}: it is "
+            + m.too_big_for_one_message(size, limit)
+        )
+
+    def _sendable(self, out: m.Outcome) -> m.Outcome:
+        """``out``, or if it is too big for any message, its future's failure
+        saying so (a runtime whose limit is not ours let it through)."""
+        too_big = self._too_big(out)
+        if not too_big:
+            return out
+        log.error("%s", too_big)
+        return m.Outcome(out.fid, m.LOST, out.elapsed, (too_big.encode(),))
+
     def _reply(self, msg: m.Message) -> None:
         if isinstance(msg, m.Shutdown):
             self.over.set()
-        self.inbox.append(self.local.encode(msg, to=self.identity))
+        try:
+            self.inbox.append(self.local.encode(msg, to=self.identity))
+        except SerializationError as exc:
+            # Callers cut batches to fit; whatever slips through is said
+            # loudly, and must not stop this process's I/O.
+            log.error("%s could not pass on %s: %s", self.name, type(msg).__name__, exc)
 
     # -- what reaches the runtime ------------------------------------------------
 
@@ -805,8 +860,47 @@ class SharedBrokerEndpoint(Endpoint):
                 elif self._root_seen:
                     self._reply(m.Shutdown(f"the run's program ({self.root}) is gone"))
                     return
+        elif self.submitted or self._backlog:
+            self._no_worker_left(now)
         # The runtime counts a silent broker as lost: we are its broker.
         self._reply(m.Heartbeat(0))
+
+    def _no_worker_left(self, now: float) -> None:
+        """As the ZeroMQ broker does: once no worker has been alive for
+        ``heartbeat_timeout``, fail the queued futures we own (nobody would
+        run them). A worker that took one and was then silent that long too
+        counts as not there; each entry is deleted before it is failed, so a
+        worker that wakes up or joins later cannot also take it."""
+        for name, (_, role) in self.peers.records().items():
+            if role == m.WORKER and self.store.alive(name):
+                self._workers_seen = now
+                return
+        silent = now - self._workers_seen
+        if silent <= self.heartbeat_timeout:
+            return
+        reason = f"no worker has been connected for {silent:.0f} s"
+        doomed: dict[bytes, int] = {}
+        for entry in self.store.waiting(self.heartbeat_timeout):
+            try:
+                queued = read_entry(entry, self.key, self.max_size)
+            except ProtocolError:
+                continue  # not ours to judge here: its taker refuses and deletes it
+            if queued.owner == self.name:
+                doomed[entry.id] = queued.task.fid
+        removed = self.store.remove_waiting(list(doomed), self.heartbeat_timeout)
+        fids = [doomed[entry_id] for entry_id in removed]
+        fids += [fid for fid, _ in self._backlog]
+        self._backlog.clear()
+        if not fids:
+            return
+        log.error("no worker left: %d queued future(s) failed", len(fids))
+        outcomes = []
+        for fid in fids:
+            self.submitted.pop(fid, None)
+            text = f"future {fid:#x} cannot run: {reason}"
+            outcomes.append(m.Outcome(fid, m.LOST, 0.0, (text.encode(),)))
+        for outs in m.split_by_size(outcomes, self.max_size):
+            self._reply(m.Results(tuple(outs)))
 
     def _unstarted(self) -> list[int]:
         return [f for f in self.held if f not in self.started and f not in self._recalling]
@@ -875,15 +969,28 @@ class SharedBrokerEndpoint(Endpoint):
 
     def _arrived(self, entries: list[Entry], mail: list[list[Frame]]) -> None:
         admitted, bad = self._admit(entries)
-        if bad:
-            self.store.commit(done=bad)
+        failed: list[tuple[str, m.Message]] = []
         tasks = []
         for entry_id, queued in admitted:
+            too_big = self._too_big(queued.task)
+            if too_big:
+                # Its owner's settings let it through, ours cannot pass it on.
+                log.error("%s", too_big)
+                bad.append(entry_id)
+                outcome = m.Outcome(queued.task.fid, m.LOST, 0.0, (too_big.encode(),))
+                failed.append((queued.owner, m.Results((outcome,))))
+                continue
             self.held[queued.task.fid] = (entry_id, queued)
             tasks.append(queued.task)
+        if bad:
+            letters: list[tuple[str, list[Frame]]] = []
+            for owner, msg in failed:
+                self._post(letters, owner, msg)
+            self.store.commit(mail=letters, done=bad)
         if tasks:
             self.credit = max(0, self.credit - len(tasks))
-            self._reply(m.Tasks(tuple(tasks)))
+            for part in m.split_by_size(tasks, self.max_size):
+                self._reply(m.Tasks(tuple(part)))
         elif self.role == m.WORKER and self.credit and not entries and not mail:
             now = time.monotonic()
             if now - self._last_hungry > HUNGRY_MARK:
@@ -898,8 +1005,15 @@ class SharedBrokerEndpoint(Endpoint):
             if isinstance(msg, m.Results):
                 for out in msg.outcomes:
                     self.submitted.pop(out.fid, None)
-                msg = m.Results(msg.outcomes)
-            elif not isinstance(msg, m.Const | m.Shutdown | m.Heartbeat | m.Started):
+                # Cut again: our envelope is not the sender's.
+                for outs in m.split_by_size(msg.outcomes, self.max_size):
+                    self._reply(m.Results(tuple(outs)))
+                continue
+            if isinstance(msg, m.Started):
+                for fids in m.split_by_size(msg.fids, self.max_size):
+                    self._reply(m.Started(fids))
+                continue
+            if not isinstance(msg, m.Const | m.Shutdown | m.Heartbeat):
                 log.warning(
                     "%s: ignored a %s message in its mailbox", self.name, type(msg).__name__
                 )

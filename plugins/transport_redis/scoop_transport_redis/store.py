@@ -29,6 +29,10 @@ Why these choices:
   :meth:`RedisStore.take`. They start at ``0``, not ``$``, so whenever one
   is created, nothing already in its stream is missed (mail sent to a peer
   before it opened the store, say).
+- :meth:`RedisStore.waiting` lists the queue (``XRANGE``) beside its
+  pending entries (``XPENDING``); :meth:`RedisStore.remove_waiting` deletes
+  each entry by a script that first checks, in the same step, that nobody
+  took it or that its taker has been idle long enough.
 - ``COUNT`` applies to each stream of one ``XREADGROUP``, so :meth:`take`
   first looks without blocking (mailbox up to :data:`BATCH`, queue up to
   ``count``, one pipeline) and only if both are empty blocks on both.
@@ -105,7 +109,7 @@ MIN_STORE_VERSION = (6, 2)
 """``XAUTOCLAIM`` and ``XPENDING ... IDLE`` came with Redis 6.2."""
 
 _WAKE = b"w"
-_RAW_REPLIES = ("XREADGROUP", "XAUTOCLAIM", "XCLAIM", "XPENDING", "SET", "HGETALL")
+_RAW_REPLIES = ("XREADGROUP", "XAUTOCLAIM", "XCLAIM", "XPENDING", "XRANGE", "SET", "HGETALL")
 _LONG_LIVED = ("queue", "peers", "index", "consts", "taken", "info")
 
 # Deletes a record the core refused, only if it is still that one;
@@ -146,6 +150,26 @@ if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) > 0 then
   return 0
 end
 return redis.call('XDEL', KEYS[1], ARGV[2])
+"""
+
+
+# Deletes each entry that nobody took, or whose taker has not touched it
+# for a while; KEYS: queue; ARGV: group, min idle (ms), ids. Returns 1 or 0
+# per id: deleted or not.
+_REMOVE_WAITING = """
+local deleted = {}
+for i = 3, #ARGV do
+  local rows = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  local gone = 0
+  if #rows == 0 or tonumber(rows[1][3]) >= tonumber(ARGV[2]) then
+    if #rows > 0 then
+      redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
+    end
+    gone = redis.call('XDEL', KEYS[1], ARGV[i])
+  end
+  deleted[#deleted + 1] = gone
+end
+return deleted
 """
 
 
@@ -525,6 +549,47 @@ class RedisStore(BrokerStore):
             if holder != self.identity:  # our own stale entries stay ours
                 entries.append(_queue_entry(entry_id, _fields(raw), holder))
         return entries
+
+    def waiting(self, min_idle: float) -> list[Entry]:
+        idle = max(0, int(min_idle * 1000))
+        with self._io():
+            # Who holds what first, then the entries: an entry taken in
+            # between looks untaken here, and remove_waiting leaves it be.
+            held: dict[bytes, tuple[str, int]] = {}
+            start: bytes = b"-"
+            while True:
+                rows = self._client.execute_command(
+                    "XPENDING", self._queue, GROUP, start, "+", BATCH
+                )
+                for row in rows or ():
+                    held[bytes(row[0])] = (_text(row[1]), int(row[2]))
+                if not rows or len(rows) < BATCH:
+                    break
+                start = b"(" + bytes(rows[-1][0])
+            entries: list[Entry] = []
+            start = b"-"
+            while True:
+                items = self._client.execute_command(
+                    "XRANGE", self._queue, start, "+", "COUNT", BATCH
+                )
+                for entry_id, raw in items or ():
+                    holder, idle_ms = held.get(bytes(entry_id), ("", idle))
+                    if idle_ms >= idle:
+                        entries.append(_queue_entry(bytes(entry_id), _fields(raw), holder))
+                if not items or len(items) < BATCH:
+                    break
+                start = b"(" + bytes(items[-1][0])
+        return entries
+
+    def remove_waiting(self, entry_ids: Sequence[bytes], min_idle: float) -> list[bytes]:
+        if not entry_ids:
+            return []
+        idle = max(0, int(min_idle * 1000))
+        with self._io():
+            deleted = self._client.execute_command(
+                "EVAL", _REMOVE_WAITING, 1, self._queue, GROUP, idle, *entry_ids
+            )
+        return [bytes(i) for i, gone in zip(entry_ids, deleted or (), strict=True) if int(gone)]
 
     def claim_from(self, name: str) -> list[Entry]:
         if name == self.identity:

@@ -279,6 +279,38 @@ def test_an_entry_deleted_while_held_is_not_handed_out_again(
     assert raw.xpending(run_key(launcher, "queue"), GROUP)["pending"] == 0
 
 
+def test_waiting_entries_are_those_untaken_or_of_a_silent_taker_and_go_atomically(
+    launcher: RedisStore, peer: OpenStore, raw: redis.Redis
+) -> None:
+    busy, silent, late = peer("busy-worker"), peer("silent-worker"), peer("late-worker")
+    ids = launcher.commit(add=[task(1), task(2), task(3)])
+    assert [e.id for e in busy.take(1, 0)[0]] == [ids[0]]
+    assert [e.id for e in silent.take(1, 0)[0]] == [ids[1]]
+    queue = run_key(launcher, "queue")
+
+    def silence() -> None:
+        # As if its taker had not touched it for a minute.
+        raw.execute_command("XCLAIM", queue, GROUP, "silent-worker", 0, ids[1], "IDLE", 60_000)
+
+    silence()
+    waiting = launcher.waiting(30)
+    assert [(e.id, e.holder, e.frames[0]) for e in waiting] == [
+        (ids[1], "silent-worker", b"task-2"),
+        (ids[2], "", b"task-3"),
+    ]
+    # The silent taker woke up and touched its entry before it was removed:
+    # that one stays, as does the busy one's; the untaken one goes.
+    silent.touch([ids[1]])
+    assert launcher.remove_waiting(ids, 30) == [ids[2]]
+    silence()
+    assert launcher.remove_waiting(ids, 30) == [ids[1]]
+    assert launcher.remove_waiting(ids, 30) == []
+    assert late.take(5, 0) == ([], [])
+    assert [e.id for e in launcher.waiting(0)] == [ids[0]]
+    assert raw.xlen(queue) == 1
+    assert raw.xpending(queue, GROUP)["pending"] == 1
+
+
 def test_indices_are_unique_and_peer_records_come_back_as_stored(
     launcher: RedisStore, peer: OpenStore
 ) -> None:
