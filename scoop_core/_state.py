@@ -17,6 +17,16 @@ Rules of this module (after h11's ``_state.py``):
 - Finished futures leave no trace: their records are deleted as soon as the
   outcome is forwarded, so the broker's memory follows what is in flight,
   not what has run.
+- A worker that dies charges a loss to every future it held: the broker
+  cannot tell which one killed it, nor which had already run (a worker
+  sends results in batches). A future with a loss is a *suspect*, and a
+  suspect only runs where it is the one future that can be charged: on a
+  worker that holds no other future of anyone else, and that is given none
+  while it holds the suspect. So an innocent future is charged at most
+  once, and a future that kills every worker it runs on is charged alone
+  until it fails at ``max_losses``. (A worker's own futures may join it:
+  if it dies they die with it, unread, and charge nobody; and they are
+  what a future running there may be waiting for.)
 """
 
 from __future__ import annotations
@@ -142,6 +152,7 @@ class PeerRecord:
     holding: dict[int, None] = field(default_factory=dict)  # in the order handed over
     spare: int = 0  # unstarted futures of its own it reported
     stealing: bool = False  # a Steal was sent and not answered yet
+    suspects: int = 0  # how many of the futures it holds have been lost before
 
     @property
     def is_worker(self) -> bool:
@@ -152,6 +163,10 @@ class PeerRecord:
 
 
 Outbox = list[tuple[bytes, m.Message]]
+
+# A worker's queue of its own futures is cleared of dispatched ones when it
+# grows past this, or past twice what was left at the last clearing.
+_OWN_CAP = 64
 
 
 def lost_reason(fid: int, losses: int, workers: list[str]) -> str:
@@ -201,6 +216,11 @@ class BrokerBook:
         self._cancelling: dict[int, bytes] = {}
         # Futures asked back from a busy worker for an idle one.
         self._recalling: set[int] = set()
+        # Each worker's own queued futures (it gave them up for others to
+        # steal), also in _queue: a worker that holds a suspect may still
+        # take these, which its running futures may be waiting for.
+        self._own: dict[bytes, list[tuple[int, int, int]]] = {}
+        self._own_cap: dict[bytes, int] = {}
 
     # -- inputs -----------------------------------------------------------
 
@@ -246,6 +266,9 @@ class BrokerBook:
         rec.fire("welcome")
         self.peers[peer] = rec
         self.joined.add(msg.name)
+        if rec.is_worker:
+            self._own[peer] = []
+            self._own_cap[peer] = _OWN_CAP
         log.debug("peer %s (%s, %d slots) joined", msg.name, msg.role, rec.slots)
         if not rec.is_worker and len(self.workers) < self.expected_workers:
             self.parked.append(peer)
@@ -285,7 +308,20 @@ class BrokerBook:
 
     def _push(self, fut: FutureRecord) -> None:
         self._seq += 1
-        heapq.heappush(self._queue, (-fut.depth, self._seq, fut.fid))
+        entry = (-fut.depth, self._seq, fut.fid)
+        heapq.heappush(self._queue, entry)
+        own = self._own.get(fut.owner)
+        if own is not None:
+            heapq.heappush(own, entry)
+            if len(own) > self._own_cap[fut.owner]:
+                # Entries of futures dispatched from _queue: drop them.
+                own[:] = [e for e in own if self._is_queued(e[2])]
+                heapq.heapify(own)
+                self._own_cap[fut.owner] = max(_OWN_CAP, 2 * len(own))
+
+    def _is_queued(self, fid: int) -> bool:
+        fut = self.futures.get(fid)
+        return fut is not None and fut.state is QUEUED
 
     def _ready(self, rec: PeerRecord, count: int) -> None:
         if not rec.is_worker or count < 0:
@@ -321,11 +357,17 @@ class BrokerBook:
             self._results.setdefault(fut.owner, []).append(out)
 
     def _release(self, holder: PeerRecord, fut: FutureRecord) -> None:
-        holder.holding.pop(fut.fid, None)
+        self._unhold(holder, fut)
         self._recalling.discard(fut.fid)
+        del self.futures[fut.fid]
+
+    def _unhold(self, holder: PeerRecord, fut: FutureRecord) -> None:
+        if fut.fid in holder.holding:
+            del holder.holding[fut.fid]
+            if fut.losses:
+                holder.suspects -= 1
         if not holder.holding and holder.state is BUSY:
             holder.fire("free")
-        del self.futures[fut.fid]
 
     def _cancel(self, rec: PeerRecord, fid: int) -> None:
         fut = self.futures.get(fid)
@@ -356,9 +398,7 @@ class BrokerBook:
         if owner is None:
             # A recall: the worker handed it back unstarted; queue it again.
             if cancelled:
-                rec.holding.pop(fid, None)
-                if not rec.holding and rec.state is BUSY:
-                    rec.fire("free")
+                self._unhold(rec, fut)
                 fut.holder = None
                 fut.fire("recall")
                 self._push(fut)
@@ -382,23 +422,33 @@ class BrokerBook:
                 self._outbox.append((peer, m.Const(name, frames)))
 
     def leave(self, peer: bytes) -> list[int]:
-        """``peer`` is gone (said Bye, or stopped answering). Its futures are
-        queued again; futures it owned lose their reader and are cancelled.
+        """``peer`` is gone (said Bye, or stopped answering). The futures it
+        held are charged a loss each and queued again (suspects from now on,
+        see :meth:`dispatch`), or failed at ``max_losses``; futures it owned
+        lose their reader and are cancelled, and charge nobody.
         Returns the ids of the futures that were queued again."""
         rec = self.peers.get(peer)
         if rec is None or rec.state is GONE:
             return []
         rec.fire("leave")
         rec.credit = 0
+        rec.suspects = 0
+        self._own.pop(peer, None)
+        self._own_cap.pop(peer, None)
         requeued = []
         for fid in sorted(rec.holding):
             fut = self.futures[fid]
             fut.fire("lose")
-            fut.losses += 1
-            fut.lost_on.append(rec.name)
             fut.holder = None
             self._recalling.discard(fid)
             owner = self._cancelling.pop(fid, None)
+            if fut.owner == peer:
+                # Its own: nobody is left to read it, and it charges nobody.
+                fut.fire("cancel")
+                del self.futures[fid]
+                continue
+            fut.losses += 1
+            fut.lost_on.append(rec.name)
             if owner is not None:
                 # Its owner asked to cancel it: do so rather than run it again.
                 fut.fire("cancel")
@@ -469,38 +519,44 @@ class BrokerBook:
     def dispatch(self) -> None:
         """Hand queued futures to workers that asked for them, the least
         loaded first; if workers sit idle while others hold futures they have
-        not started, ask those back (work stealing)."""
+        not started, ask those back (work stealing).
+
+        A suspect (a future lost before) goes to a worker that holds no
+        future of anyone else; if there is none, the least loaded worker is
+        kept for it (given nothing new but its own futures) until it is.
+        A worker that holds a suspect, or is kept for one, takes only its
+        own futures. First-time futures pay one test for all this."""
         takers = [p for p in self.peers.values() if p.credit > 0 and p.state in (IDLE, BUSY)]
         if not takers:
             return
+        # Workers that take only their own futures this time.
+        closed = [p for p in takers if p.suspects]
+        if closed:
+            takers = [p for p in takers if not p.suspects]
         batches: dict[bytes, list[m.Task]] = {}
+        held_back: list[tuple[int, int, int]] = []
         queue, futures = self._queue, self.futures
         while queue and takers:
             for rec in sorted(takers, key=lambda p: (len(p.holding), -p.credit)):
                 fut = None
                 while queue:
-                    _, _, fid = heapq.heappop(queue)
-                    fut = futures.get(fid)
+                    entry = heapq.heappop(queue)
+                    fut = futures.get(entry[2])
                     if fut is not None and fut.state is QUEUED:
                         break
                     fut = None
                 if fut is None:
                     break
-                task = m.Task(fut.fid, fut.parent, fut.depth, fut.frames, fut.max_losses)
-                too_big = self._too_big(task)
-                if too_big:
-                    # Its owner's settings let it through, ours cannot send it on.
-                    log.error("%s", too_big)
-                    self._fail(fut, too_big)
-                    continue
-                fut.fire("assign")
-                fut.holder = rec.peer
-                rec.holding[fut.fid] = None
-                rec.fire("assign")
-                rec.credit -= 1
-                if rec.credit == 0:
-                    takers.remove(rec)
-                batches.setdefault(rec.peer, []).append(task)
+                if fut.losses:
+                    # Rare: every pass that meets a suspect ends here, and
+                    # the next pass sorts the takers that are left again.
+                    self._place_suspect(fut, entry, takers, closed, held_back, batches)
+                    break
+                self._assign(rec, fut, takers, batches)
+        for entry in held_back:
+            heapq.heappush(queue, entry)
+        for rec in closed:
+            self._take_own(rec, batches)
         for peer, tasks in batches.items():
             log.debug("handed %d future(s) to %s", len(tasks), self.peers[peer].name)
             for batch in m.split_by_size(tasks, self.max_message_size):
@@ -511,6 +567,84 @@ class BrokerBook:
         idle = sum(p.credit for p in takers if not p.holding)
         if idle > len(self._recalling):
             self._recall(idle - len(self._recalling))
+
+    def _assign(
+        self,
+        rec: PeerRecord,
+        fut: FutureRecord,
+        takers: list[PeerRecord],
+        batches: dict[bytes, list[m.Task]],
+    ) -> None:
+        """Hand ``fut`` to ``rec`` (in this dispatch's ``batches``), or fail
+        it if it cannot travel; ``rec`` leaves ``takers`` once its credit is used."""
+        task = m.Task(fut.fid, fut.parent, fut.depth, fut.frames, fut.max_losses)
+        too_big = self._too_big(task)
+        if too_big:
+            # Its owner's settings let it through, ours cannot send it on.
+            log.error("%s", too_big)
+            self._fail(fut, too_big)
+            return
+        fut.fire("assign")
+        fut.holder = rec.peer
+        rec.holding[fut.fid] = None
+        if fut.losses:
+            rec.suspects += 1
+        rec.fire("assign")
+        rec.credit -= 1
+        if rec.credit == 0 and rec in takers:
+            takers.remove(rec)
+        batches.setdefault(rec.peer, []).append(task)
+
+    def _holds_only_own(self, rec: PeerRecord) -> bool:
+        futures, peer = self.futures, rec.peer
+        return all(futures[fid].owner == peer for fid in rec.holding)
+
+    def _place_suspect(
+        self,
+        fut: FutureRecord,
+        entry: tuple[int, int, int],
+        takers: list[PeerRecord],
+        closed: list[PeerRecord],
+        held_back: list[tuple[int, int, int]],
+        batches: dict[bytes, list[m.Task]],
+    ) -> None:
+        """Hand the suspect ``fut`` to a taker that holds no future of anyone
+        else (the least loaded), or to its owner; else hold it back and keep
+        the least loaded taker for it. Whoever takes it is closed from now on."""
+        free = [p for p in takers if self._holds_only_own(p)]
+        owner = self.peers.get(fut.owner)
+        rec: PeerRecord | None = None
+        if free:
+            rec = min(free, key=lambda p: (len(p.holding), p.index))
+        elif owner is not None and owner.credit > 0 and (owner in takers or owner in closed):
+            rec = owner  # if it dies, so does the suspect's reader: nobody is charged
+        if rec is None:
+            held_back.append(entry)
+            if takers:
+                # Given nothing new, it will hold nothing before long.
+                kept = min(takers, key=lambda p: (len(p.holding), p.index))
+                takers.remove(kept)
+                closed.append(kept)
+                log.debug("keeping %s for suspect future %#x", kept.name, fut.fid)
+            return
+        log.info(
+            "running future %#x (lost %d time(s) before) alone on %s",
+            fut.fid,
+            fut.losses,
+            rec.name,
+        )
+        self._assign(rec, fut, takers, batches)
+        if rec in takers:
+            takers.remove(rec)
+            closed.append(rec)
+
+    def _take_own(self, rec: PeerRecord, batches: dict[bytes, list[m.Task]]) -> None:
+        """Hand a closed worker the queued futures it owns, while it has credit."""
+        own = self._own.get(rec.peer)
+        while own and rec.credit > 0:
+            fut = self.futures.get(heapq.heappop(own)[2])
+            if fut is not None and fut.state is QUEUED:
+                self._assign(rec, fut, [], batches)
 
     def _steal(self, hungry: int) -> None:
         """Ask workers with spare futures of their own to hand half of them

@@ -412,8 +412,9 @@ def test_a_departed_worker_futures_run_elsewhere_exactly_once(run: Run) -> None:
     assert W1 not in run.book.peers
     assert run.book.queued == 2
 
+    # Lost once, they are suspects: W2 gets them one at a time.
     run.send(W2, m.Ready(2))
-    assert run.tasks_for(W2) == fids
+    assert run.tasks_for(W2) == fids[:1]
     # A late answer from the departed worker is refused and reaches nobody.
     with pytest.raises(ProtocolError, match="unknown peer"):
         run.book.handle(W1, m.Results((m.Outcome(fids[0], m.OK, 0.0, (b"stale",)),)))
@@ -421,7 +422,9 @@ def test_a_departed_worker_futures_run_elsewhere_exactly_once(run: Run) -> None:
     assert run.take(ROOT) == []
     assert run.book.futures[fids[0]].holder == W2
 
-    run.answer(W2, fids)
+    run.answer(W2, fids[:1])
+    assert run.tasks_for(W2) == fids[1:]
+    run.answer(W2, fids[1:])
     assert outcomes(run.take(ROOT)) == [(fids[0], m.OK), (fids[1], m.OK)]
     assert run.book.futures == {}
 
@@ -509,6 +512,177 @@ def test_a_queued_future_fails_when_no_worker_is_left_to_run_it() -> None:
     (fid,) = run.submit(ROOT)
     run.flush()
     assert run.tasks_for(W2) == [fid]
+
+
+# -- suspects: a future lost before runs alone ------------------------------------
+
+
+def _held(run: Run, peer: bytes) -> list[int]:
+    return list(run.book.peers[peer].holding)
+
+
+def test_a_worker_that_dies_holding_21_futures_charges_each_once_and_then_each_runs_alone() -> None:
+    # The story of a killer among quick squares: the worker ran some of them
+    # (their results still in its send buffer), had not started others, and
+    # died running the killer. All 21 are charged once; then each runs on a
+    # worker that holds nothing else, so only the killer is charged again.
+    run = Run(max_losses=3)
+    run.join(ROOT)
+    run.join(W1, slots=1)
+    fids = run.submit(ROOT, 21)
+    killer = fids[10]
+    run.send(W1, m.Ready(21))
+    assert run.tasks_for(W1) == fids
+    run.send(W1, m.Started(fids[:11]))
+    assert run.book.leave(W1) == fids
+    assert all(run.book.futures[f].losses == 1 for f in fids)
+
+    workers = [b"w%d" % n for n in range(2, 10)]
+    live: list[bytes] = []
+    for peer in workers[:2]:
+        run.join(peer, slots=1)
+        live.append(peer)
+        run.send(peer, m.Ready(8))  # as a worker with a long prefetch asks
+    done: list[int] = []
+    deaths = 0
+    while run.book.futures:
+        for peer in list(live):
+            for msg in run.take(peer):
+                assert isinstance(msg, m.Tasks) and len(msg.tasks) == 1, msg
+            held = _held(run, peer)
+            if not held:
+                continue
+            (fid,) = held  # a suspect, and nothing else
+            if fid == killer:
+                lost_before = {f: run.book.futures[f].losses for f in run.book.futures}
+                run.book.leave(peer)
+                run.flush()
+                deaths += 1
+                # Only the killer was charged.
+                for f, losses in lost_before.items():
+                    if f in run.book.futures:
+                        assert run.book.futures[f].losses == losses + (f == killer)
+                live.remove(peer)
+                new = workers[len(live) + deaths]
+                run.join(new, slots=1)
+                live.append(new)
+                run.send(new, m.Ready(8))
+            else:
+                assert run.book.futures[fid].losses == 1  # an innocent: never 2
+                run.answer(peer, [fid])
+                done.append(fid)
+    assert deaths == 2  # its 2nd and 3rd losses
+    assert sorted(done) == sorted(f for f in fids if f != killer)
+    got = dict(outcomes(run.take(ROOT)))
+    assert got == {f: (m.LOST if f == killer else m.OK) for f in fids}
+
+
+def test_a_worker_holding_a_suspect_is_given_nothing_else_until_it_is_done(run: Run) -> None:
+    run.join(W1, slots=1)
+    (suspect,) = run.submit(ROOT)
+    run.send(W1, m.Ready(1))
+    run.book.leave(W1)
+    run.join(W2, slots=1)
+    run.send(W2, m.Ready(3))
+    assert run.tasks_for(W2) == [suspect]
+    first_time = run.submit(ROOT, 2)
+    assert run.tasks_for(W2) == []  # its credit waits
+    run.join(W3, slots=1)
+    run.send(W3, m.Ready(1))
+    assert run.tasks_for(W3) == first_time[:1]
+    run.answer(W2, [suspect])
+    assert run.tasks_for(W2) == first_time[1:]  # the rest of its credit
+    assert outcomes(run.take(ROOT)) == [(suspect, m.OK)]
+
+
+def test_a_suspect_waits_for_a_worker_that_holds_nothing_and_that_worker_is_kept_for_it(
+    run: Run,
+) -> None:
+    run.join(W2, slots=1)
+    run.send(W2, m.Ready(2))
+    busy = run.submit(ROOT, 2)
+    assert run.tasks_for(W2) == busy
+    run.join(W1, slots=1)
+    (suspect,) = run.submit(ROOT)
+    run.send(W1, m.Ready(1))
+    assert run.tasks_for(W1) == [suspect]
+    run.book.leave(W1)
+    # W2 holds two futures and asks for more: the suspect is not for it,
+    # and while the suspect waits W2 gets no new work either, so it drains.
+    later = run.submit(ROOT, 3)
+    run.send(W2, m.Ready(4))
+    assert run.tasks_for(W2) == []
+    run.answer(W2, busy[:1])
+    assert run.tasks_for(W2) == []
+    run.answer(W2, busy[1:])
+    assert run.tasks_for(W2) == [suspect]  # alone...
+    run.answer(W2, [suspect])
+    assert run.tasks_for(W2) == later  # ...then the others
+    assert outcomes(run.take(ROOT)) == [(f, m.OK) for f in [*busy, suspect]]
+
+
+def test_a_suspect_recalled_from_a_worker_goes_alone_to_an_idle_one(run: Run) -> None:
+    run.join(W1, slots=1)
+    (suspect,) = run.submit(ROOT)
+    run.send(W1, m.Ready(1))
+    run.book.leave(W1)
+    # W2 runs a child of its own, then takes the suspect behind it (it
+    # holds nothing of anyone else).
+    run.join(W2, slots=1)
+    own = run.task(W2, depth=1)
+    run.send(W2, m.Submit((own,)))
+    run.send(W2, m.Ready(2))
+    assert run.tasks_for(W2) == [own.fid, suspect]
+    # An idle worker: the suspect, not started, is asked back for it, and
+    # goes to it alone; a first-time future waits.
+    run.join(W3, slots=1)
+    run.send(W3, m.Ready(2))
+    assert run.take(W2) == [m.Cancel(suspect)]
+    run.send(W2, m.CancelReply(suspect, True))
+    assert run.tasks_for(W3) == [suspect]
+    (first_time,) = run.submit(ROOT)
+    assert run.tasks_for(W3) == []
+    assert run.book.futures[first_time].state is QUEUED
+    run.answer(W3, [suspect])
+    assert run.tasks_for(W3) == [first_time]
+
+
+def test_a_worker_holding_a_suspect_still_takes_its_own_futures(run: Run) -> None:
+    # The suspect runs on W2 and waits for children W2 gave up for others
+    # to steal; W2 is the only worker with credit, so they must come back to it.
+    run.join(W1, slots=1)
+    (suspect,) = run.submit(ROOT)
+    run.send(W1, m.Ready(1))
+    run.book.leave(W1)
+    run.join(W2, slots=1)
+    run.send(W2, m.Ready(4))
+    assert run.tasks_for(W2) == [suspect]
+    (root_future,) = run.submit(ROOT)
+    children = (run.task(W2, depth=1), run.task(W2, depth=1))
+    run.send(W2, m.Submit(children))
+    assert run.tasks_for(W2) == [t.fid for t in children]
+    assert run.book.futures[root_future].state is QUEUED
+    # It dies: the suspect is charged; its own children die with it, unread.
+    assert run.book.leave(W2) == [suspect]
+    run.flush()
+    assert run.book.futures[suspect].losses == 2
+    assert set(run.book.futures) == {suspect, root_future}
+
+
+def test_a_worker_holding_a_suspect_is_not_hungry_for_others_spare_futures(run: Run) -> None:
+    run.join(W1, slots=1)
+    (suspect,) = run.submit(ROOT)
+    run.send(W1, m.Ready(1))
+    run.book.leave(W1)
+    run.join(W2, slots=1)
+    run.join(W3, slots=1)
+    run.send(W3, m.Spare(6))
+    run.send(W2, m.Ready(3))
+    assert run.tasks_for(W2) == [suspect]
+    # W2's credit is left, but it could take none of W3's futures: no steal.
+    assert run.take(W3) == []
+    run.answer(W2, [suspect])
+    assert run.take(W3) == [m.Steal(2)]  # for the 2 it still asks for
 
 
 def test_fail_queued_leaves_futures_held_by_workers_alone(run: Run) -> None:
@@ -1119,6 +1293,14 @@ class ExactlyOnce(RuleBasedStateMachine):
         assert not duplicates
         assert set(self.answers) <= self.submitted
         assert set(self.book.futures) == self.submitted - set(self.answers)
+
+    @invariant()
+    def a_suspect_is_the_only_future_its_worker_holds(self) -> None:
+        for rec in self.book.workers:
+            held = [self.book.futures[fid] for fid in rec.holding]
+            if any(f.losses for f in held):
+                assert len(held) == 1, held
+            assert rec.suspects == sum(1 for f in held if f.losses)
 
     @invariant()
     def no_worker_holds_more_than_it_asked_for(self) -> None:
