@@ -48,6 +48,17 @@ Why it is built this way:
   (or at once by the launcher, which sees its own workers die) and queued
   again with one more loss, or failed with :class:`WorkerLostError` once
   the future's ``max_losses`` is reached.
+- A future lost with a worker before (its signed loss count is 1 or more)
+  runs alone, since it may be what killed that worker: the worker that
+  takes it hands back what came with it and asks its runtime back the
+  futures it holds and has not started, gives it to its runtime only once
+  everything else it held is finished (results committed) or queued again
+  (without a loss), and takes nothing else until it is done. So the
+  futures that travelled with a killer are charged at most that first
+  loss, and only the killer reaches ``max_losses``. If what the worker
+  still runs has not finished within ``heartbeat_timeout`` (it may wait
+  for children only this worker would take), the future goes back to the
+  queue, without a loss, for a worker that holds nothing.
 - Results go straight to their owner's mailbox, in the same atomic commit
   that removes the finished entries: a result is delivered if and only if
   its entry is gone. A future run twice (its worker was only slow) gives
@@ -547,6 +558,11 @@ class SharedBrokerEndpoint(Endpoint):
         # even if someone deleted the taken marks.
         self._taken: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self._recalling: set[int] = set()  # asked back from our runtime for a hungry worker
+        # A future lost before runs alone here: its id while we hold it, and
+        # its entry while it waits for the others we hold to be gone.
+        self._alone: int | None = None
+        self._aside: Queued | None = None
+        self._aside_since = 0.0
         self.submitted: dict[int, bytes] = {}  # futures we own, not done: fid -> entry id
         # Futures held back while the store's queue is full (its length limit).
         self._backlog: list[tuple[int, Entry]] = []
@@ -587,6 +603,7 @@ class SharedBrokerEndpoint(Endpoint):
                     continue
                 self._handle(msg, batch)
             self._commit(batch)
+            self._deliver_alone()
         except TransportClosed as exc:
             self._store_lost(exc)
 
@@ -601,6 +618,8 @@ class SharedBrokerEndpoint(Endpoint):
             self._note_started(msg.started, batch)
             for out in msg.outcomes:
                 self.started.discard(out.fid)
+                if out.fid == self._alone:
+                    self._alone = None
                 held = self.held.pop(out.fid, None)
                 if held is not None:
                     batch.done.append(held[0])
@@ -797,9 +816,8 @@ class SharedBrokerEndpoint(Endpoint):
             if self._backlog:
                 self._commit(_Batch())
             if not self.inbox:
-                entries, mail = self.store.take(
-                    self.credit if self.role == m.WORKER else 0, self._wait(timeout)
-                )
+                taking = self.role == m.WORKER and self._alone is None
+                entries, mail = self.store.take(self.credit if taking else 0, self._wait(timeout))
                 self._arrived(entries, mail)
         except TransportClosed as exc:
             self._store_lost(exc)
@@ -838,6 +856,7 @@ class SharedBrokerEndpoint(Endpoint):
         if self.held:
             self.store.touch([entry_id for entry_id, _ in self.held.values()])
         if self.role == m.WORKER:
+            self._give_up_alone(now)
             stale = self.store.claim_stale(self.heartbeat_timeout)
             for holder in sorted({e.holder or "a worker" for e in stale}):
                 log.warning(
@@ -903,7 +922,13 @@ class SharedBrokerEndpoint(Endpoint):
             self._reply(m.Results(tuple(outs)))
 
     def _unstarted(self) -> list[int]:
-        return [f for f in self.held if f not in self.started and f not in self._recalling]
+        """Futures we hold that our runtime has not started (a future that
+        runs alone is not among them: it is not given up for a hungry worker)."""
+        return [
+            f
+            for f in self.held
+            if f not in self.started and f not in self._recalling and f != self._alone
+        ]
 
     def _could_give(self) -> bool:
         """Whether a hungry worker could have something of ours: spare
@@ -958,6 +983,55 @@ class SharedBrokerEndpoint(Endpoint):
                 bad.append(entry_id)
         return admitted, bad
 
+    def _run_alone(self, entry_id: bytes, queued: Queued) -> None:
+        """Hold ``queued``, a future lost with a worker before, and run it
+        alone: ask our runtime back every future it holds and has not
+        started, and hand it over once the others are finished (their
+        results committed) or back in the queue. Nothing else is taken
+        until it is done."""
+        fid = queued.task.fid
+        self.held[fid] = (entry_id, queued)
+        self._alone = fid
+        self._aside = queued
+        self._aside_since = time.monotonic()
+        recalled = [f for f in self._unstarted() if f != fid]
+        for other in recalled:
+            self._recalling.add(other)
+            self._reply(m.Cancel(other))
+        log.info(
+            "%s runs future %#x alone (lost %d time(s) before); handing back %d future(s)",
+            self.name,
+            fid,
+            queued.losses,
+            len(recalled),
+        )
+        self._deliver_alone()
+
+    def _deliver_alone(self) -> None:
+        """Hand the future set aside to our runtime once it is all we hold."""
+        aside = self._aside
+        if aside is None or len(self.held) > 1:
+            return
+        self._aside = None
+        self.credit = max(0, self.credit - 1)
+        self._reply(m.Tasks((aside.task,)))
+
+    def _give_up_alone(self, now: float) -> None:
+        """The future set aside has waited ``heartbeat_timeout`` for the
+        others we run (which may wait for children that only we would have
+        taken): it goes back to the queue for a worker that holds nothing,
+        without a loss, and we take futures again."""
+        aside = self._aside
+        if aside is None or now - self._aside_since <= self.heartbeat_timeout:
+            return
+        fid = aside.task.fid
+        held = self.held.pop(fid, None)
+        self._aside = None
+        self._alone = None
+        if held is not None:
+            self.store.commit(add=[entry_for(aside.again(), self.key)], done=[held[0]])
+        log.info("%s hands back future %#x: what it runs did not finish in time", self.name, fid)
+
     def _copy(self, queued: Queued) -> None:
         fid = queued.task.fid
         refusals.note(
@@ -980,16 +1054,30 @@ class SharedBrokerEndpoint(Endpoint):
                 outcome = m.Outcome(queued.task.fid, m.LOST, 0.0, (too_big.encode(),))
                 failed.append((queued.owner, m.Results((outcome,))))
                 continue
+            tasks.append((entry_id, queued))
+        requeue: list[Entry] = []
+        suspect = None
+        if self._alone is None:
+            suspect = next((t for t in tasks if t[1].losses >= 1), None)
+        if suspect is not None or self._alone is not None:
+            # A future lost before runs alone: what came with it goes back
+            # to the queue, without a loss.
+            back = [t for t in tasks if t is not suspect]
+            requeue = [entry_for(queued.again(), self.key) for _, queued in back]
+            bad += [entry_id for entry_id, _ in back]
+            tasks = []
+        for entry_id, queued in tasks:
             self.held[queued.task.fid] = (entry_id, queued)
-            tasks.append(queued.task)
         if bad:
             letters: list[tuple[str, list[Frame]]] = []
             for owner, msg in failed:
                 self._post(letters, owner, msg)
-            self.store.commit(mail=letters, done=bad)
+            self.store.commit(add=requeue, mail=letters, done=bad)
+        if suspect is not None:
+            self._run_alone(*suspect)
         if tasks:
             self.credit = max(0, self.credit - len(tasks))
-            for part in m.split_by_size(tasks, self.max_size):
+            for part in m.split_by_size([queued.task for _, queued in tasks], self.max_size):
                 self._reply(m.Tasks(tuple(part)))
         elif self.role == m.WORKER and self.credit and not entries and not mail:
             now = time.monotonic()
@@ -1028,6 +1116,7 @@ class SharedBrokerEndpoint(Endpoint):
             return
         held = list(self.held.values())
         self.held.clear()
+        self._alone = self._aside = None
         self.store.commit(
             add=[entry_for(queued.again(), self.key) for _, queued in held],
             done=[entry_id for entry_id, _ in held],
