@@ -628,7 +628,7 @@ class BrokerBook:
                 log.debug("keeping %s for suspect future %#x", kept.name, fut.fid)
             return
         log.info(
-            "running future %#x (lost %d time(s) before) alone on %s",
+            "future %#x, lost %d time(s) before, goes to %s as a suspect",
             fut.fid,
             fut.losses,
             rec.name,
