@@ -37,17 +37,22 @@ def square_or_die(x):
     return x * x
 """
 
-# Twenty quick squares submitted just before a future that kills its
-# worker the moment it starts, and twenty after: the killer shares every
-# batch its worker takes.
+# Twenty quick squares mapped and twenty submitted just before a future
+# that kills its worker the moment it starts, and twenty after: the killer
+# shares every batch its worker takes.
 SUBMITS = (
     PRELUDE
     + """
 if __name__ == "__main__":
     start = time.monotonic()
+    mapped = futures.map(square, range(20))
     fs = [futures.submit(square, i) for i in range(20)]
     bad = futures.submit(deadly)
     fs += [futures.submit(square, i) for i in range(20, 40)]
+    try:
+        out(list(mapped))
+    except WorkerLostError as exc:
+        out(str(exc))
     errors = []
     values = []
     for f in fs:
@@ -110,9 +115,10 @@ def test_only_the_future_that_kills_its_worker_fails(write_program, scoop_run):
     start = time.monotonic()
     proc = scoop_run(prog, flags=("-n", "2"), timeout=120)
     took = time.monotonic() - start
-    message, values, errors, after, inside = _results(proc)
+    mapped, message, values, errors, after, inside = _results(proc)
     assert "was lost with its worker 3 times" in message
     # Every square came back right; none failed with the killer.
+    assert mapped == [i * i for i in range(20)]
     assert errors == []
     assert values == [i * i for i in range(40)]
     assert after == [i * i for i in range(10)]
@@ -122,7 +128,8 @@ def test_only_the_future_that_kills_its_worker_fails(write_program, scoop_run):
     assert len(failed) == 1 and failed[0] in message, proc.stderr
     assert _deaths(proc.stderr) == 3, proc.stderr
     print(
-        f"submits: 40 squares right, the killer failed after 3 deaths; "
+        f"submits: 20 mapped and 40 submitted squares right, the killer failed after "
+        f"3 deaths; "
         f"{inside:.2f} s in the program, {took:.2f} s in all"
     )
 
