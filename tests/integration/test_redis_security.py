@@ -392,10 +392,16 @@ def test_a_flood_of_forged_entries_changes_nothing(run: Run) -> None:
     proc = run.launch(ROUNDS)
     queue = run.key("queue")
     _wait_for(lambda: len(run.peers()) >= 3, "the root and both workers to register")
-    _wait_for(lambda: run.attacker.xlen(queue) >= 5, "futures in the queue")
+    entries: list[dict[bytes, bytes]] = []
+
+    def queued() -> bool:
+        # Read in the same look that counts them: workers empty the queue fast.
+        entries[:] = [fields for _, fields in run.attacker.xrange(queue, count=20)]
+        return len(entries) >= 5
+
+    _wait_for(queued, "futures in the queue")
     rng = random.Random(20261204)
     evil = pickle.dumps(Evil(str(run.proof)))
-    entries = [fields for _, fields in run.attacker.xrange(queue, count=20)]
     samples = [v for fields in entries for v in fields.values()]
     peer_records = list(run.peers().values())
     consts = list(run.attacker.hgetall(run.key("consts")).values())
