@@ -6,8 +6,10 @@ the broker runs each suspect on a worker that holds nothing else, so an
 innocent one completes and the killer is the only one charged again, until
 it fails with WorkerLostError at ``max_losses`` (3 by default).
 
-Real runs through ``python -m scoop -n 2`` on ZeroMQ; every other result is
-checked, and the broker's log must name exactly one future lost 3 times.
+Real runs through ``python -m scoop -n 2`` on ZeroMQ (the killer among
+submitted futures, among a map's items, and nested under a future); every
+other result is checked, and the broker's log must name exactly one future
+lost 3 times.
 """
 
 from __future__ import annotations
@@ -95,6 +97,37 @@ if __name__ == "__main__":
 """
 )
 
+# The killer is a nested future: one item of a map that a top-level future
+# runs, beside seven top-level futures that run the same map without it.
+# Its worker dies with its parent (and whatever else it held); only the
+# parent, whose work kills every worker it runs on, fails.
+NESTED = (
+    PRELUDE
+    + """
+def leaf(x):
+    if x < 0:
+        os._exit(1)
+    time.sleep(0.005)
+    return x * x
+
+def parent(n, deadly):
+    xs = list(range(n)) + ([-1] if deadly else [])
+    return sum(futures.map(leaf, xs))
+
+if __name__ == "__main__":
+    start = time.monotonic()
+    fs = [futures.submit(parent, 20, i == 3) for i in range(8)]
+    sums = []
+    for f in fs:
+        try:
+            sums.append(f.result())
+        except WorkerLostError as exc:
+            sums.append(str(exc))
+    out(sums)
+    out(time.monotonic() - start)
+"""
+)
+
 
 def _results(proc: subprocess.CompletedProcess[str]) -> list:
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
@@ -154,5 +187,23 @@ def test_a_killer_among_a_maps_items_fails_its_chunk_only(write_program, scoop_r
     print(
         f"map: {len(got)} items before the killer's chunk came back right, the chunk "
         f"failed after 3 deaths, 40 submitted squares right; "
+        f"{inside:.2f} s in the program, {took:.2f} s in all"
+    )
+
+
+def test_a_killer_nested_under_a_future_fails_that_future_only(write_program, scoop_run):
+    prog = write_program(NESTED)
+    start = time.monotonic()
+    proc = scoop_run(prog, flags=("-n", "2"), timeout=120)
+    took = time.monotonic() - start
+    sums, inside = _results(proc)
+    right = sum(i * i for i in range(20))
+    assert [s for i, s in enumerate(sums) if i != 3] == [right] * 7
+    assert "was lost with its worker 3 times" in sums[3]
+    failed = _failed_futures(proc.stderr)
+    assert len(failed) == 1 and failed[0] in sums[3], proc.stderr
+    assert _deaths(proc.stderr) == 3, proc.stderr
+    print(
+        f"nested: 7 sums right, the parent of the killer failed after 3 deaths; "
         f"{inside:.2f} s in the program, {took:.2f} s in all"
     )
