@@ -57,6 +57,12 @@ def _part(chunk: Chunk, start: int, stop: int) -> Chunk:
     return Chunk(chunk.fn, chunk.items[start:stop], chunk.fold, chunk.reducer)
 
 
+ALONE_LOSSES = 2
+"""How often each item of a lost chunk, run alone, may be lost with its
+worker: the first loss may be shared with the item at fault (they can meet
+on one worker again); after it each runs alone, so a second one is its own."""
+
+
 class ChunkCut(SerializationError):
     """The results of a chunk of a map did not fit one message: the worker
     sent back the first ``done`` values, and the owner runs the other items
@@ -372,9 +378,11 @@ class Runtime:
                 continue
             if out.status == m.LOST:
                 reason = bytes(memoryview(out.frames[0])).decode() if out.frames else ""
-                fut.set_exception(
-                    WorkerLostError(reason or f"future {out.fid:#x} was lost with its worker")
-                )
+                lost = WorkerLostError(reason or f"future {out.fid:#x} was lost with its worker")
+                if chunk is not None and len(chunk[0].items) > 1 and not chunk[0].fold:
+                    self._run_alone(fut, chunk[0], lost)
+                else:
+                    fut.set_exception(lost)
                 continue
             try:
                 value = self.serializer.loads(out.frames)
@@ -420,10 +428,33 @@ class Runtime:
             return
         self._join(fut, got.values, follow)
 
-    def _join(self, fut: Future, head: list[Any], parts: list[Future]) -> None:
+    def _run_alone(self, fut: Future, chunk: Chunk, lost: WorkerLostError) -> None:
+        """A chunk of a map was lost with its workers ``max_losses`` times: one
+        of its items kills them, and the others only shared its fate. Run each
+        item alone, so that only the one at fault fails (at its place in the
+        map); the others' values come back as if the chunk had not been lost."""
+        log.warning(
+            "%s: a chunk of %d items of a map was lost with its workers; "
+            "running each item alone so that only the one at fault fails",
+            self.name,
+            len(chunk.items),
+        )
+        alone = [_part(chunk, i, i + 1) for i in range(len(chunk.items))]
+        try:
+            parts = self.submit(alone, max_losses=ALONE_LOSSES)
+        except Exception:
+            fut.set_exception(lost)
+            return
+        self._join(fut, [], parts, lost_in_place=True)
+
+    def _join(
+        self, fut: Future, head: list[Any], parts: list[Future], *, lost_in_place: bool = False
+    ) -> None:
         """Once every one of ``parts`` (futures of consecutive pieces of one
         chunk) is done, finish ``fut`` as that chunk: ``head``, then their
-        values in order, up to the first error."""
+        values in order, up to the first error. With ``lost_in_place``, a
+        part lost with its workers ends the values there, as an item that
+        raised would, instead of failing the whole chunk."""
         left = [len(parts)]
         lock = threading.Lock()
 
@@ -438,6 +469,9 @@ class Runtime:
                     fut.mark_cancelled()
                     return
                 error = part.exception()
+                if lost_in_place and isinstance(error, WorkerLostError):
+                    fut.set_result(ChunkResult(values, RemoteException(error, f"{error}\n")))
+                    return
                 if error is not None:
                     fut.set_exception(error)
                     return

@@ -167,26 +167,27 @@ def test_only_the_future_that_kills_its_worker_fails(write_program, scoop_run):
     )
 
 
-def test_a_killer_among_a_maps_items_fails_its_chunk_only(write_program, scoop_run):
+def test_a_killer_among_a_maps_items_fails_at_its_place_only(write_program, scoop_run):
     killer = 25
     prog = write_program(MAPPED.replace("KILLER", str(killer)))
     start = time.monotonic()
     proc = scoop_run(prog, flags=("-n", "2"), timeout=120)
     took = time.monotonic() - start
     error, got, values, inside = _results(proc)
-    assert error is not None and "was lost with its worker 3 times" in error
-    # The map gave the items before the killer's chunk, right, and then the
-    # killer's error; no chunk before it failed with it.
-    assert got == [i * i for i in range(len(got))]
-    assert len(got) <= killer
+    # The killer's chunk was lost max_losses times, then each of its items
+    # ran alone: the map gave every item before the killer, right, then the
+    # killer's own error.
+    assert error is not None and "was lost with its worker 2 times" in error
+    assert got == [i * i for i in range(killer)]
+    assert "running each item alone so that only the one at fault fails" in proc.stderr
     # Every separately submitted square came back right.
     assert values == [i * i for i in range(40)]
     failed = _failed_futures(proc.stderr)
-    assert len(failed) == 1 and failed[0] in error, proc.stderr
-    assert _deaths(proc.stderr) == 3, proc.stderr
+    assert len(failed) == 2 and failed[1] in error, proc.stderr  # the chunk, then the item
+    assert _deaths(proc.stderr) == 3 + 2, proc.stderr
     print(
-        f"map: {len(got)} items before the killer's chunk came back right, the chunk "
-        f"failed after 3 deaths, 40 submitted squares right; "
+        f"map: the {len(got)} items before the killer came back right, then its error "
+        f"after 5 deaths, 40 submitted squares right; "
         f"{inside:.2f} s in the program, {took:.2f} s in all"
     )
 
