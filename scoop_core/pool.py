@@ -168,7 +168,6 @@ class Pool:
             self.run_id,
             self.key_path or f"${run_keys.KEY_ENV}",
         )
-        self._peers = sb.Peers(store)
         self._beat()
         threading.Thread(target=self._keep_beating, name="scoop-launcher-beat", daemon=True).start()
 
@@ -386,9 +385,9 @@ class Pool:
                     self.store.claim_from(name),
                     key=self.key,
                     codec=self._codec,
-                    peers=self._peers,
                     max_losses=self.config["max_losses"],
                     lost_by=name,
+                    max_size=self.config["max_message_size"],
                 )
         except TransportClosed as exc:
             log.error("could not hand on the futures of %s: %s", name, exc)

@@ -438,7 +438,6 @@ def recover(
     *,
     key: bytes,
     codec: m.Codec,
-    peers: Peers | None = None,
     max_losses: int,
     lost_by: str = "",
     max_size: int | None = None,
@@ -447,8 +446,7 @@ def recover(
     one more loss, or fail it (its owner gets a LOST outcome) once its
     future's ``max_losses`` is reached. Only an entry its taker marked
     counts as lost (see the module's docstring); copies are deleted. Returns
-    the ids of the futures queued again. (``peers`` is not needed: an entry
-    names its owner.)"""
+    the ids of the futures queued again."""
     me = codec.sender.decode(errors="replace")
     done: list[bytes] = []
     claimed: list[tuple[Queued, bytes]] = []
@@ -1212,7 +1210,3 @@ def read_info(blob: bytes, key: bytes) -> dict[str, object]:
     if not isinstance(info, dict):
         raise ValueError("the run's description is not a JSON object")
     return info
-
-
-# The run-key helpers live in scoop_core.run_keys; the launcher still finds them here.
-from scoop_core.run_keys import KEY_ENV, parse_key, write_key_file  # noqa: E402, F401
