@@ -454,6 +454,34 @@ def _buffer(frame: Frame) -> Frame:
     return buf if buf is not None else frame
 
 
+def _nbytes(frame: Frame) -> int:
+    """``memoryview(frame).nbytes``, without making a view of bytes or of a view."""
+    kind = type(frame)
+    if kind is bytes:
+        return len(frame)
+    if kind is memoryview:
+        return frame.nbytes
+    return memoryview(frame).nbytes
+
+
+def _frame_nbytes(frame: Frame) -> int:
+    """``memoryview(_buffer(frame)).nbytes`` (bytes and views have no ``.buffer``)."""
+    kind = type(frame)
+    if kind is bytes:
+        return len(frame)
+    if kind is memoryview:
+        return frame.nbytes
+    return memoryview(_buffer(frame)).nbytes
+
+
+def frames_nbytes(frames: Sequence[Frame]) -> int:
+    """The bytes in ``frames`` (buffers, or zmq.Frames): the sum of their
+    ``memoryview(...).nbytes``, cheaply for the common one bytes frame."""
+    if len(frames) == 1:
+        return _frame_nbytes(frames[0])
+    return sum(map(_frame_nbytes, frames))
+
+
 def _too_big(size: int, limit: int) -> str:
     return f"{size} bytes, over the limit of {limit} bytes (setting {_SIZE_SETTING})"
 
@@ -497,19 +525,27 @@ def item_size(item: Task | Outcome | int) -> int:
     """Bytes ``item`` (a future on its way, an outcome, or a future id) adds to a message."""
     if isinstance(item, int):
         return _ID_SIZE
-    return ITEM_ALLOWANCE + sum(memoryview(_buffer(f)).nbytes for f in item.frames)
+    return ITEM_ALLOWANCE + frames_nbytes(item.frames)
 
 
 def split_by_size(
-    items: Sequence[Batched], max_size: int | None, *, reserve: int = 0
+    items: Sequence[Batched],
+    max_size: int | None,
+    *,
+    reserve: int = 0,
+    total: int | None = None,
 ) -> list[list[Batched]]:
     """``items`` (Tasks, Outcomes or future ids), in order, cut into batches
     whose message fits ``max_size`` bytes with ``reserve`` bytes of other
     fields. An item too big for any message is a batch of its own, for its
-    sender to refuse. No limit (``None``): one batch."""
+    sender to refuse. No limit (``None``): one batch. ``total``, the sum of
+    the items' :func:`item_size` if the caller knows it, spares sizing each
+    item again when they all fit one message."""
     if max_size is None or not items:
         return [list(items)] if items else []
     budget = max_size - ENVELOPE_ALLOWANCE - reserve
+    if total is not None and total <= budget:
+        return [list(items)]
     batches: list[list[Batched]] = []
     batch: list[Batched] = []
     used = 0
@@ -557,12 +593,13 @@ def _open(
     if len(frames) < 2:
         raise ProtocolError(f"a message needs at least 2 frames, got {len(frames)}")
     try:
+        payload = [_buffer(f) for f in frames[1:-1]]
         if max_size is not None:
-            size = sum(memoryview(_buffer(f)).nbytes for f in frames)
+            # In frame order, as a sum of memoryview(_buffer(f)).nbytes.
+            size = _frame_nbytes(frames[0]) + sum(map(_nbytes, payload)) + _frame_nbytes(frames[-1])
             if size > max_size:
                 raise ProtocolError(f"refused a message of {_too_big(size, max_size)}")
         header = _bytes(frames[0])
-        payload = [_buffer(f) for f in frames[1:-1]]
         mac = _bytes(frames[-1])
         expected = _mac(key, header, payload)
     except (TypeError, ValueError, BufferError) as exc:
@@ -655,7 +692,7 @@ class Codec:
         limit = payload_limit(self.max_size)
         if limit is None or self.max_size is None:
             return
-        size = sum(memoryview(f).nbytes for f in payload)
+        size = sum(map(_nbytes, payload))
         if size > limit:
             raise SerializationError(
                 f"cannot send {what}: it is {too_big_for_one_message(size, self.max_size)}"
@@ -673,7 +710,7 @@ class Codec:
             payload,
         )
         if self.max_size is not None:
-            size = sum(memoryview(f).nbytes for f in frames)
+            size = sum(map(_nbytes, frames))
             if size > self.max_size:
                 raise SerializationError(
                     f"cannot send a {type(msg).__name__} message of {_too_big(size, self.max_size)}; "

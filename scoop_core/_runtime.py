@@ -217,23 +217,19 @@ class Runtime:
         limit = m.payload_limit(self.codec.max_size)
         for payload in payloads:
             frames = self.dumps_payload(payload)
-            nbytes = sum(memoryview(f).nbytes for f in frames)
-            if (
-                limit is not None
-                and nbytes > limit
-                and isinstance(payload, Chunk)
-                and not payload.fold
-                and len(payload.items) > 1
-            ):
-                # Items that fit one by one but not as one chunk: in halves.
-                fut = Future(self._next_fid())
-                fut.nbytes = nbytes
-                split.append((fut, payload))
-                futures.append(fut)
-                continue
-            self.codec.check_size(
-                frames, f"the call to {getattr(payload.fn, '__qualname__', payload.fn)}"
-            )
+            nbytes = m.frames_nbytes(frames)
+            if limit is not None and nbytes > limit:
+                if isinstance(payload, Chunk) and not payload.fold and len(payload.items) > 1:
+                    # Items that fit one by one but not as one chunk: in halves.
+                    fut = Future(self._next_fid())
+                    fut.nbytes = nbytes
+                    split.append((fut, payload))
+                    futures.append(fut)
+                    continue
+                # Raises: over the limit that check_size applies too.
+                self.codec.check_size(
+                    frames, f"the call to {getattr(payload.fn, '__qualname__', payload.fn)}"
+                )
             fut = Future(self._next_fid(), self.cancel)
             fut.nbytes = nbytes
             tasks.append(m.Task(fut.fid, parent, depth + 1, tuple(frames), max_losses))

@@ -216,6 +216,8 @@ class BrokerBook:
         self._cancelling: dict[int, bytes] = {}
         # Futures asked back from a busy worker for an idle one.
         self._recalling: set[int] = set()
+        # Bytes of each worker's batch of this dispatch (sum of item_size).
+        self._batch_bytes: dict[bytes, int] = {}
         # Each worker's own queued futures (it gave them up for others to
         # steal), also in _queue: a worker that holds a suspect may still
         # take these, which its running futures may be waiting for.
@@ -499,12 +501,12 @@ class BrokerBook:
             self._fail(fut, f"future {fut.fid:#x} cannot run: {reason}")
         return len(queued)
 
-    def _too_big(self, item: m.Task | m.Outcome) -> str:
-        """Why ``item`` cannot travel in any message ("" if it can)."""
+    def _too_big(self, item: m.Task | m.Outcome, size: int) -> str:
+        """Why ``item``, whose frames hold ``size`` bytes, cannot travel in
+        any message ("" if it can)."""
         limit = self.max_message_size
         if limit is None:
             return ""
-        size = m.item_size(item) - m.ITEM_ALLOWANCE
         payload_limit = m.payload_limit(limit)
         if payload_limit is None or size <= payload_limit:
             return ""
@@ -534,6 +536,7 @@ class BrokerBook:
         if closed:
             takers = [p for p in takers if not p.suspects]
         batches: dict[bytes, list[m.Task]] = {}
+        self._batch_bytes = {}
         held_back: list[tuple[int, int, int]] = []
         queue, futures = self._queue, self.futures
         while queue and takers:
@@ -559,7 +562,8 @@ class BrokerBook:
             self._take_own(rec, batches)
         for peer, tasks in batches.items():
             log.debug("handed %d future(s) to %s", len(tasks), self.peers[peer].name)
-            for batch in m.split_by_size(tasks, self.max_message_size):
+            total = self._batch_bytes[peer]
+            for batch in m.split_by_size(tasks, self.max_message_size, total=total):
                 self._outbox.append((peer, m.Tasks(tuple(batch))))
         hungry = sum(p.credit for p in takers)
         if hungry and not queue:
@@ -578,9 +582,11 @@ class BrokerBook:
         """Hand ``fut`` to ``rec`` (in this dispatch's ``batches``), or fail
         it if it cannot travel; ``rec`` leaves ``takers`` once its credit is used."""
         task = m.Task(fut.fid, fut.parent, fut.depth, fut.frames, fut.max_losses)
-        too_big = self._too_big(task)
-        if too_big:
+        size = m.frames_nbytes(task.frames)
+        limit = m.payload_limit(self.max_message_size)
+        if limit is not None and size > limit:
             # Its owner's settings let it through, ours cannot send it on.
+            too_big = self._too_big(task, size)
             log.error("%s", too_big)
             self._fail(fut, too_big)
             return
@@ -594,6 +600,8 @@ class BrokerBook:
         if rec.credit == 0 and rec in takers:
             takers.remove(rec)
         batches.setdefault(rec.peer, []).append(task)
+        sizes = self._batch_bytes
+        sizes[rec.peer] = sizes.get(rec.peer, 0) + m.ITEM_ALLOWANCE + size  # its item_size
 
     def _holds_only_own(self, rec: PeerRecord) -> bool:
         futures, peer = self.futures, rec.peer
@@ -692,25 +700,37 @@ class BrokerBook:
         in messages that each fit ``max_message_size``."""
         out = self._outbox
         limit = self.max_message_size
+        id_size = m.item_size(0)
         for owner, fids in self._started.items():
-            for ids in m.split_by_size(fids, limit):
+            for ids in m.split_by_size(fids, limit, total=id_size * len(fids)):
                 out.append((owner, m.Started(ids)))
         for owner, outcomes in self._results.items():
-            for batch in m.split_by_size([self._sendable(o) for o in outcomes], limit):
+            total: int | None = None
+            if limit is not None:
+                outcomes, total = self._sendable(outcomes)
+            for batch in m.split_by_size(outcomes, limit, total=total):
                 out.append((owner, m.Results(tuple(batch))))
         self._outbox = []
         self._started = {}
         self._results = {}
         return out
 
-    def _sendable(self, out: m.Outcome) -> m.Outcome:
-        """``out``, or if it is too big for any message, its future's failure
-        saying so (a worker whose limit is not ours let it through)."""
-        too_big = self._too_big(out)
-        if not too_big:
-            return out
-        log.error("%s", too_big)
-        return m.Outcome(out.fid, m.LOST, out.elapsed, (too_big.encode(),))
+    def _sendable(self, outcomes: list[m.Outcome]) -> tuple[list[m.Outcome], int]:
+        """``outcomes``, each one too big for any message replaced by its
+        future's failure saying so (a worker whose limit is not ours let it
+        through); and the sum of their :func:`~m.item_size`."""
+        sendable, total = [], 0
+        limit = m.payload_limit(self.max_message_size)
+        for out in outcomes:
+            size = m.frames_nbytes(out.frames)
+            if limit is not None and size > limit:
+                too_big = self._too_big(out, size)
+                log.error("%s", too_big)
+                out = m.Outcome(out.fid, m.LOST, out.elapsed, (too_big.encode(),))
+                size = m.frames_nbytes(out.frames)
+            sendable.append(out)
+            total += m.ITEM_ALLOWANCE + size
+        return sendable, total
 
     def broadcast(self, msg: m.Message) -> None:
         for peer, rec in self.peers.items():

@@ -130,6 +130,7 @@ class WorkerRuntime(ThreadedRuntime):
         self._timers: list[tuple[float, int, GreenletEvent]] = []
         self._timer_seq = 0
         self._results: list[m.Outcome] = []
+        self._results_size = 0  # the sum of their m.item_size
         self._started: list[Job] = []
         self._announced: set[int] = set()
         self._running = True
@@ -349,16 +350,22 @@ class WorkerRuntime(ThreadedRuntime):
         elapsed = time.perf_counter() - start
         self._adapt_prefetch(elapsed)
         frames = self._dump_outcome(value)
+        size = -1
         if frames is None:
             status, frames = m.RAISED, self._dump_unsendable(value)
         else:
-            instead = self._too_big(frames, payload, value, status == m.OK)
+            size = m.frames_nbytes(frames)
+            instead = self._too_big(frames, size, payload, value, status == m.OK)
             if instead is not None:
                 status, frames = instead
+                size = -1
+        if size < 0:
+            size = m.frames_nbytes(frames)
         self._announced.discard(fid)
         with self._lock:
             self.book.finish(fid, status == m.OK)
         self._results.append(m.Outcome(fid, status, elapsed, tuple(frames)))
+        self._results_size += m.ITEM_ALLOWANCE + size  # its item_size
 
     def _dump_outcome(self, value: Any) -> list[Any] | None:
         try:
@@ -385,16 +392,13 @@ class WorkerRuntime(ThreadedRuntime):
         )
 
     def _too_big(
-        self, frames: list[Any], payload: Any, value: Any, ok: bool
+        self, frames: list[Any], size: int, payload: Any, value: Any, ok: bool
     ) -> tuple[int, list[Any]] | None:
-        """None if a result's ``frames`` fit one message; else the status and
-        frames to send instead: a map chunk's first values that fit (see
-        ChunkCut), or the SerializationError its owner gets."""
+        """None if a result's ``frames`` (``size`` bytes) fit one message;
+        else the status and frames to send instead: a map chunk's first
+        values that fit (see ChunkCut), or the SerializationError its owner gets."""
         limit = m.payload_limit(self.codec.max_size)
-        if limit is None:
-            return None
-        size = sum(memoryview(f).nbytes for f in frames)
-        if size <= limit:
+        if limit is None or size <= limit:
             return None
         if (
             ok
@@ -525,6 +529,7 @@ class WorkerRuntime(ThreadedRuntime):
         if self.shutdown_reason:
             # Let the broker know we heard it, so it closes without waiting for us.
             self._results = []
+            self._results_size = 0
             self._send(m.Bye("shutdown"))
         else:
             self._flush()
@@ -553,12 +558,16 @@ class WorkerRuntime(ThreadedRuntime):
         if self._results or started:
             # Several results that fit one by one may not fit together.
             batches = m.split_by_size(
-                self._results, self.codec.max_size, reserve=m.item_size(0) * len(started)
+                self._results,
+                self.codec.max_size,
+                reserve=m.item_size(0) * len(started),
+                total=self._results_size,
             )
             for batch in batches or [[]]:
                 self._send(m.Results(tuple(batch), started))
                 started = ()
             self._results = []
+            self._results_size = 0
 
     def _take_messages(self, timeout: float) -> None:
         """Apply what the I/O thread received, waiting up to ``timeout`` for some."""
