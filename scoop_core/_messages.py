@@ -466,12 +466,7 @@ def _nbytes(frame: Frame) -> int:
 
 def _frame_nbytes(frame: Frame) -> int:
     """``memoryview(_buffer(frame)).nbytes`` (bytes and views have no ``.buffer``)."""
-    kind = type(frame)
-    if kind is bytes:
-        return len(frame)
-    if kind is memoryview:
-        return frame.nbytes
-    return memoryview(_buffer(frame)).nbytes
+    return _nbytes(frame if type(frame) in (bytes, memoryview) else _buffer(frame))
 
 
 def frames_nbytes(frames: Sequence[Frame]) -> int:

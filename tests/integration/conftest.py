@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -49,6 +49,37 @@ def wait_gone(marker: str, timeout: float = 10.0) -> list[int]:
         time.sleep(0.05)
         left = processes_of(marker)
     return left
+
+
+def go_ahead_program(first: int, second: int) -> str:
+    """A program that maps ``square`` over ``range(first)``, prints READY,
+    waits (with a deadline) until the file named by its first argument
+    exists, maps over ``range(second)`` and prints ``RESULT <sum> <sum>``:
+    for tests that attack a run between its two maps."""
+    return f"""
+import os, sys, time
+from scoop import futures
+
+
+def square(x):
+    return x * x
+
+
+if __name__ == "__main__":
+    first = sum(futures.map(square, range({first})))
+    print("READY", flush=True)
+    deadline = time.monotonic() + 90
+    while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:
+        time.sleep(0.01)  # waiting for the test's go-ahead, with a deadline
+    second = sum(futures.map(square, range({second})))
+    print("RESULT", first, second, flush=True)
+"""
+
+
+def read_lines(stream: IO[str], into: list[str]) -> None:
+    """Append every line of ``stream`` to ``into`` (run in a thread)."""
+    for line in stream:
+        into.append(line)
 
 
 @pytest.fixture

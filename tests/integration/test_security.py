@@ -26,11 +26,10 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import IO
 
 import pytest
 import zmq
-from conftest import wait_gone
+from conftest import go_ahead_program, read_lines, wait_gone
 from scoop_transport_zmq.transport import ZmqTransport
 
 from scoop_core import _messages as m
@@ -290,29 +289,7 @@ def test_a_replayed_message_is_refused_over_the_real_transport(tmp_path: Path) -
         hub.close()
 
 
-PROGRAM = """
-import os, sys, time
-from scoop import futures
-
-
-def square(x):
-    return x * x
-
-
-if __name__ == "__main__":
-    first = sum(futures.map(square, range(50)))
-    print("READY", flush=True)
-    deadline = time.monotonic() + 60
-    while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:
-        time.sleep(0.01)  # waiting for the test's go-ahead, with a deadline
-    second = sum(futures.map(square, range(300)))
-    print("RESULT", first, second, flush=True)
-"""
-
-
-def _lines(stream: IO[str], into: list[str]) -> None:
-    for line in stream:
-        into.append(line)
+PROGRAM = go_ahead_program(50, 300)
 
 
 def test_a_run_gives_the_right_answer_while_a_stranger_floods_its_broker(tmp_path: Path) -> None:
@@ -330,8 +307,8 @@ def test_a_run_gives_the_right_answer_while_a_stranger_floods_its_broker(tmp_pat
     out: list[str] = []
     err: list[str] = []
     readers = [
-        threading.Thread(target=_lines, args=(run.stdout, out), daemon=True),
-        threading.Thread(target=_lines, args=(run.stderr, err), daemon=True),
+        threading.Thread(target=read_lines, args=(run.stdout, out), daemon=True),
+        threading.Thread(target=read_lines, args=(run.stderr, err), daemon=True),
     ]
     for reader in readers:
         reader.start()

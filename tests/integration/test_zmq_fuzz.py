@@ -29,9 +29,8 @@ import textwrap
 import threading
 import time
 from pathlib import Path
-from typing import IO
 
-from conftest import wait_gone
+from conftest import read_lines, wait_gone
 
 MESSAGES = 100_000
 
@@ -193,11 +192,6 @@ context.term()
 '''
 
 
-def _lines(stream: IO[str], into: list[str]) -> None:
-    for line in stream:
-        into.append(line)
-
-
 def test_a_running_broker_survives_100000_broken_messages(tmp_path: Path) -> None:
     program = tmp_path / "prog.py"
     program.write_text(textwrap.dedent(PROGRAM))
@@ -214,8 +208,8 @@ def test_a_running_broker_survives_100000_broken_messages(tmp_path: Path) -> Non
     out: list[str] = []
     err: list[str] = []
     readers = [
-        threading.Thread(target=_lines, args=(run.stdout, out), daemon=True),
-        threading.Thread(target=_lines, args=(run.stderr, err), daemon=True),
+        threading.Thread(target=read_lines, args=(run.stdout, out), daemon=True),
+        threading.Thread(target=read_lines, args=(run.stderr, err), daemon=True),
     ]
     for reader in readers:
         reader.start()

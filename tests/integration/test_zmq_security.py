@@ -47,10 +47,10 @@ import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import pytest
-from conftest import wait_gone
+from conftest import go_ahead_program, read_lines, wait_gone
 from scoop_transport_zmq.transport import ZmqTransport
 
 from scoop_core import _messages as m
@@ -58,24 +58,7 @@ from scoop_core.broker import Broker
 
 WAIT = 60.0
 
-PROGRAM = """
-import os, sys, time
-from scoop import futures
-
-
-def square(x):
-    return x * x
-
-
-if __name__ == "__main__":
-    first = sum(futures.map(square, range(100)))
-    print("READY", flush=True)
-    deadline = time.monotonic() + 90
-    while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:
-        time.sleep(0.01)  # waiting for the test's go-ahead, with a deadline
-    second = sum(futures.map(square, range(500)))
-    print("RESULT", first, second, flush=True)
-"""
+PROGRAM = go_ahead_program(100, 500)
 
 EXPECTED = f"RESULT {sum(x * x for x in range(100))} {sum(x * x for x in range(500))}"
 
@@ -157,11 +140,6 @@ exec /bin/sh -c "$1"
 """
 
 
-def _lines(stream: IO[str], into: list[str]) -> None:
-    for line in stream:
-        into.append(line)
-
-
 def wait_for(condition: Callable[[], object], what: str, timeout: float = WAIT) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -188,8 +166,8 @@ class Run:
         self.out: list[str] = []
         self.err: list[str] = []
         self._readers = [
-            threading.Thread(target=_lines, args=(self.proc.stdout, self.out), daemon=True),
-            threading.Thread(target=_lines, args=(self.proc.stderr, self.err), daemon=True),
+            threading.Thread(target=read_lines, args=(self.proc.stdout, self.out), daemon=True),
+            threading.Thread(target=read_lines, args=(self.proc.stderr, self.err), daemon=True),
         ]
         for reader in self._readers:
             reader.start()
