@@ -32,7 +32,7 @@ from scoop_core.interfaces import Endpoint, Serializer
 from scoop_core.plugins.manager import get_plugin_manager
 from scoop_core.pool import connect_endpoint
 from scoop_core.run_keys import KEY_ENV
-from scoop_core.shared_broker import SharedBrokerEndpoint
+from scoop_core.store_driver import SharedBrokerEndpoint
 
 log = logging.getLogger("scoop.bootstrap")
 

@@ -1,4 +1,4 @@
-"""The broker: moves messages between peers around :class:`~scoop_core._state.BrokerBook`.
+"""The broker: moves messages between peers around :class:`~scoop_core.broker_policy.BrokerPolicy`.
 
 It runs in a thread of the launcher (or of an embedding program), owns the
 transport's hub, checks every message's HMAC before anything else, and
@@ -29,7 +29,7 @@ could connect take over ``root`` and read its traffic. So:
   ended, so a new process may take the name with a new ``Hello``; a
   connection of a peer counted as lost that speaks again is told to exit.
 
-The book (:class:`~scoop_core._state.BrokerBook`) and the codec see names
+The book (:class:`~scoop_core.broker_policy.BrokerPolicy`) and the codec see names
 only, as before.
 """
 
@@ -44,7 +44,7 @@ from collections.abc import Callable
 from typing import Any
 
 from scoop_core import _messages as m
-from scoop_core._state import BrokerBook
+from scoop_core.broker_policy import BrokerPolicy
 from scoop_core.errors import ProtocolError, SerializationError
 from scoop_core.interfaces import Hub, Transport
 
@@ -111,7 +111,7 @@ class Broker:
             max_message_size=max_message_size,
         )
         self.address = self.hub.address
-        self.book = BrokerBook(
+        self.book = BrokerPolicy(
             max_losses=max_losses,
             expected_workers=expected_workers,
             max_message_size=max_message_size,

@@ -199,7 +199,7 @@ class BrokerStore(abc.ABC):
 
     A transport offers one through :meth:`Transport.open_store`; the core
     then runs no broker process of its own: every peer talks to the store
-    through :class:`scoop_core.shared_broker.SharedBrokerEndpoint`. The store
+    through :class:`scoop_core.store_driver.SharedBrokerEndpoint`. The store
     never looks inside frames or records; the core signs everything it puts
     there with the run's key and checks everything it reads back, since
     anyone who can write to the server can write there too. So a store
@@ -439,7 +439,7 @@ class Launcher(abc.ABC):
         :func:`scoop_core.hosts.is_local` says whether it is this machine.
         Workers on other machines get their environment through the
         launcher's channel, never their command line: run
-        :mod:`scoop_core.remote` there (one per host) and hand it the plan."""
+        :mod:`scoop_core.host_supervisor` there (one per host) and hand it the plan."""
 
     def allocation(self) -> Sequence[Host] | None:
         """The hosts this launcher's surroundings give the run without being

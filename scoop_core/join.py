@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 
-from scoop_core import shared_broker as sb
+from scoop_core import store_driver as sb
 from scoop_core.config import Config
 from scoop_core.errors import LaunchError, UsageError
 from scoop_core.interfaces import WorkerSpec

@@ -26,10 +26,11 @@ from typing import Any
 
 from scoop_core import _messages as m
 from scoop_core import _runtime, run_keys
-from scoop_core import shared_broker as sb
+from scoop_core import store_driver as sb
 from scoop_core.broker import Broker, supported
 from scoop_core.config import Config, set_current
 from scoop_core.errors import PROGRAM_IMPORT_FAILED, LaunchError, TransportClosed
+from scoop_core.host_supervisor import Replaceable
 from scoop_core.hosts import Host, is_local
 from scoop_core.interfaces import (
     BrokerStore,
@@ -40,7 +41,6 @@ from scoop_core.interfaces import (
     WorkerSpec,
 )
 from scoop_core.plugins.manager import PluginManager
-from scoop_core.remote import Replaceable
 
 log = logging.getLogger("scoop.launcher")
 

@@ -5,7 +5,7 @@ Each future runs in its own greenlet. When it waits (``result()``, ``map``,
 the scheduler, the main greenlet here, which reads messages, delivers
 results, resumes greenlets whose wait is over, and starts other futures.
 The worker asks the broker for futures while fewer than ``prefetch`` are
-ready to run here (see :class:`scoop_core._state.WorkerBook`), so futures
+ready to run here (see :class:`scoop_core.worker_book.WorkerBook`), so futures
 blocked on their children never hold a worker's capacity hostage.
 
 Everything happens in one thread: greenlets switch only where a future
@@ -32,9 +32,9 @@ from scoop_core import _messages as m
 from scoop_core._calls import Call, Chunk, ChunkResult, RemoteException, capture, portable
 from scoop_core._future import Future
 from scoop_core._runtime import ChunkCut, ThreadedRuntime, _short
-from scoop_core._state import Job, WorkerBook
 from scoop_core.errors import PROGRAM_IMPORT_FAILED, SerializationError
 from scoop_core.interfaces import Endpoint, Serializer
+from scoop_core.worker_book import Job, WorkerBook
 
 log = logging.getLogger("scoop.worker")
 

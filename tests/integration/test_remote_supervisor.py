@@ -1,4 +1,4 @@
-"""The per-host supervisor (``python -m scoop_core.remote``) and its handle.
+"""The per-host supervisor (``python -m scoop_core.host_supervisor``) and its handle.
 
 Each test runs a real supervisor as a subprocess whose pipes stand for the
 channel a launcher has to a host (what ssh, srun or qrsh give): the plan
@@ -20,8 +20,8 @@ import pytest
 from conftest import processes_of, wait_gone
 
 from scoop_core.errors import LaunchError
+from scoop_core.host_supervisor import HostGroup, RemoteHost, command
 from scoop_core.interfaces import WorkerSpec
-from scoop_core.remote import HostGroup, RemoteHost, command
 
 # Each line in one write: two workers share the supervisor's stdout, and a
 # line written in pieces (print's arguments, unbuffered) would interleave.

@@ -59,7 +59,7 @@ def scoop_launchers() -> Iterable[LauncherPlugin]:
 
 @hookimpl
 def scoop_settings() -> Iterable[PluginSettings]:
-    from scoop_core.scheduled import COMMON_SETTINGS
+    from scoop_core.scheduler_launcher import COMMON_SETTINGS
 
     return (
         PluginSettings(

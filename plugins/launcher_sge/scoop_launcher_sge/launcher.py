@@ -24,7 +24,7 @@ import shlex
 from collections.abc import Mapping, Sequence
 
 from scoop_core.hosts import Host
-from scoop_core.scheduled import SchedulerLauncher, read_host_file, slots_per_host
+from scoop_core.scheduler_launcher import SchedulerLauncher, read_host_file, slots_per_host
 
 __all__ = ["SgeLauncher", "allocation_from_env", "parse_pe_hostfile"]
 

@@ -1,6 +1,6 @@
 """The ``slurm`` launcher: one ``srun`` job step per node, running that node's supervisor.
 
-Each node's workers are started by one supervisor (:mod:`scoop_core.remote`)
+Each node's workers are started by one supervisor (:mod:`scoop_core.host_supervisor`)
 that ``srun`` runs as a one-task step on that node, so they stay inside the
 job's cgroups and limits, are accounted to the job, and die with it
 (``scancel``). The step is started with:
@@ -31,7 +31,7 @@ from collections.abc import Mapping, Sequence
 
 from scoop_core.errors import LaunchError
 from scoop_core.hosts import Host
-from scoop_core.scheduled import SchedulerLauncher
+from scoop_core.scheduler_launcher import SchedulerLauncher
 from scoop_launcher_slurm.nodelist import allocation_from_env
 
 __all__ = ["SRUN_OPTIONS", "SlurmLauncher"]

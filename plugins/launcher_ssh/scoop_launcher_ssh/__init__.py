@@ -27,7 +27,7 @@ It registers the launcher ``ssh`` and its settings, the table
 
 Nothing here prompts: keys come from ``IdentityFile``, ``~/.ssh/id_*`` or an
 ssh-agent; a key with a passphrase needs the agent. On each host one
-supervisor (:mod:`scoop_core.remote`) starts that host's workers in one
+supervisor (:mod:`scoop_core.host_supervisor`) starts that host's workers in one
 process group, gets their environment (the run's key among it) through the
 SSH channel, forwards their output prefixed with the host, and leaves
 nothing behind when the run ends. paramiko is imported only when the

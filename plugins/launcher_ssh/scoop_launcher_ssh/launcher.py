@@ -1,7 +1,7 @@
 """The ``ssh`` launcher: one supervisor per host, started over SSH, in parallel.
 
 For each remote host it logs in (at most ``connections`` hosts at a time,
-each within ``connect_timeout``), runs the :mod:`scoop_core.remote`
+each within ``connect_timeout``), runs the :mod:`scoop_core.host_supervisor`
 supervisor there, waits until that supervisor says it runs, and only then,
 once every host is ready, hands each its plan: the workers' argv,
 environment and directory, through the SSH channel. So a run either starts
@@ -29,10 +29,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from scoop_core.errors import ConfigError, LaunchError
+from scoop_core.host_supervisor import HostGroup, RemoteHost
 from scoop_core.hosts import Host, is_local, parse_host
 from scoop_core.interfaces import Launcher, WorkerGroup, WorkerSpec
 from scoop_core.local_launcher import LocalLauncher
-from scoop_core.remote import HostGroup, RemoteHost
 from scoop_launcher_ssh.address import BrokerAddress, parse_address
 from scoop_launcher_ssh.parallel import Attempt, close_all, run_all
 from scoop_launcher_ssh.session import Client, Session
@@ -50,8 +50,8 @@ READY = "@@scoop-ssh-ready"
 # The supervisor's last thread may still be reading stdin when it returns; leaving
 # with os._exit spares Python's shutdown a fight over that stream's lock.
 _BOOT = (
-    "import os, sys; from scoop_core import remote; "
-    f'print("{READY}", flush=True); code = remote.supervise(); '
+    "import os, sys; from scoop_core import host_supervisor; "
+    f'print("{READY}", flush=True); code = host_supervisor.supervise(); '
     "sys.stdout.flush(); sys.stderr.flush(); os._exit(code)"
 )
 

@@ -51,11 +51,11 @@ from pathlib import Path
 from typing import IO, cast
 
 from scoop_core.errors import ConfigError
+from scoop_core.host_supervisor import RemoteHost
 from scoop_core.hosts import Host
 from scoop_core.interfaces import WorkerSpec
-from scoop_core.remote import RemoteHost
 from scoop_core.run_keys import private_dir
-from scoop_core.scheduled import (
+from scoop_core.scheduler_launcher import (
     HostStart,
     SchedulerLauncher,
     end_process,

@@ -16,7 +16,7 @@ the command line. This relay, started on the node:
 2. opens two connections back to the launcher, each starting with
    ``TOKEN stdio`` / ``TOKEN stderr``;
 3. makes the first one its stdin and stdout and the second its stderr, and
-   becomes the supervisor (:func:`scoop_core.remote.supervise`), which reads
+   becomes the supervisor (:func:`scoop_core.host_supervisor.supervise`), which reads
    its plan from the launcher over the connection. When the launcher closes
    it (or dies), the supervisor's stdin ends and it kills its workers.
 
@@ -32,7 +32,7 @@ import os
 import socket
 import sys
 
-from scoop_core.remote import supervise
+from scoop_core.host_supervisor import supervise
 from scoop_core.run_keys import read_private_file
 
 STREAMS = ("stdio", "stderr")

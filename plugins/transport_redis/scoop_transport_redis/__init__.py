@@ -19,7 +19,7 @@ It registers the transport ``redis`` and its settings, the table
 
 Redis is the broker: the transport offers a
 :class:`~scoop_transport_redis.store.RedisStore`, and every process of a run
-plays its part of the broker against it (see :mod:`scoop_core.shared_broker`).
+plays its part of the broker against it (see :mod:`scoop_core.store_driver`).
 Anyone who can write to the server can write into a run's keys: the core
 signs everything of a run kept there with the run's key and checks it
 before use, and the store keeps nothing the core acts on outside what it

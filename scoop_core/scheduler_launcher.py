@@ -11,17 +11,17 @@ does the rest, the same way for every scheduler:
    this machine's node. Hosts outside the allocation, which only an
    explicit ``--hosts``/``--hostfile`` can name, go to the ``local``
    launcher (this machine) or the ``ssh`` launcher (any other).
-2. **Start** one supervisor (:mod:`scoop_core.remote`) per node, through the
+2. **Start** one supervisor (:mod:`scoop_core.host_supervisor`) per node, through the
    scheduler's command, so the workers live inside the job's limits and are
    killed with it. Each node's plan, with the run's key, goes to the
-   supervisor's stdin (:class:`~scoop_core.remote.RemoteHost`), never on a
+   supervisor's stdin (:class:`~scoop_core.host_supervisor.RemoteHost`), never on a
    command line: down the command's own stdin (``srun``, ``qrsh``), or over
    a connection the node opens back where the command passes none (the
    torque plugin's relay). Node names are the scheduler's, not network
    names, so a node is reached through the scheduler even when it is this
    machine.
 3. **Wait** until each supervisor prints :data:`READY_MARK` (``python -m
-   scoop_core.scheduled`` does, on stdout and stderr, once scoop
+   scoop_core.scheduler_launcher`` does, on stdout and stderr, once scoop
    is importable there and before it reads its plan), or its command exits,
    or ``start_timeout`` passes. Error output before the mark is the
    scheduler command's own: it is logged (INFO), not shown as the node's.
@@ -52,10 +52,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from scoop_core.errors import ConfigError, LaunchError, UsageError
+from scoop_core.host_supervisor import HostGroup, RemoteHost, supervise
 from scoop_core.hosts import Host, is_local, parse_host, parse_hostfile
 from scoop_core.interfaces import Launcher, WorkerGroup, WorkerSpec
 from scoop_core.plugins.types import Setting
-from scoop_core.remote import HostGroup, RemoteHost, supervise
 
 __all__ = [
     "COMMON_SETTINGS",
@@ -75,7 +75,7 @@ READY_MARK = "@@scoop-ready"
 """The first line a supervisor started by a scheduler prints, on stdout and
 on stderr: it runs, and reads its plan next."""
 
-MODULE = "scoop_core.scheduled"
+MODULE = "scoop_core.scheduler_launcher"
 
 COMMON_SETTINGS: tuple[Setting, ...] = (
     Setting(
@@ -516,7 +516,7 @@ def _in_parallel(calls: Sequence[Callable[[], None]]) -> None:
 
 
 def _ready_and_supervise() -> int:
-    """``python -m scoop_core.scheduled``: say so on stdout and on
+    """``python -m scoop_core.scheduler_launcher``: say so on stdout and on
     stderr (which tells the supervisor's error output from the scheduler
     command's), then supervise."""
     for out in (sys.stdout, sys.stderr):

@@ -1,4 +1,4 @@
-"""Every state transition of futures, workers and the broker's bookkeeping.
+"""The broker's policy: who runs what, who waits for what, without I/O.
 
 Rules of this module (after h11's ``_state.py``):
 
@@ -6,7 +6,7 @@ Rules of this module (after h11's ``_state.py``):
   ``FUTURE_TRANSITIONS`` and ``WORKER_TRANSITIONS``; nothing else changes a
   state. An event that is illegal in the current state raises
   :class:`~scoop_core.errors.ProtocolError` and leaves the state unchanged.
-- Nothing here does I/O. :class:`BrokerBook` takes decoded messages and
+- Nothing here does I/O. :class:`BrokerPolicy` takes decoded messages and
   queues the messages to send in an outbox; :class:`WorkerBook` tracks the
   futures a worker holds. The broker and worker loops only move bytes in and
   out, so tests drive these classes directly.
@@ -35,88 +35,26 @@ import heapq
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from scoop_core import _messages as m
 from scoop_core.errors import ProtocolError
 from scoop_core.interfaces import Frame
+from scoop_core.states import (
+    ASSIGNED,
+    BUSY,
+    CONNECTING,
+    FUTURE_TRANSITIONS,
+    GONE,
+    IDLE,
+    PENDING,
+    QUEUED,
+    WORKER_TRANSITIONS,
+    Event,
+    State,
+    transition,
+)
 
 log = logging.getLogger("scoop.broker")
-
-
-class State:
-    """A named sentinel; identity is what matters."""
-
-    __slots__ = ("name",)
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-# Future lifecycle.
-PENDING = State("PENDING")  # created by its owner, not yet at the broker
-QUEUED = State("QUEUED")  # in the broker's queue
-ASSIGNED = State("ASSIGNED")  # handed to a worker, not started yet
-RUNNING = State("RUNNING")  # a worker is running it
-WAITING = State("WAITING")  # running, but blocked on futures of its own
-DONE = State("DONE")
-FAILED = State("FAILED")
-CANCELLED = State("CANCELLED")
-LOST = State("LOST")  # its worker went away; about to be queued again or failed
-
-FUTURE_TRANSITIONS: dict[tuple[State, str], State] = {
-    (PENDING, "submit"): QUEUED,
-    (PENDING, "cancel"): CANCELLED,
-    (QUEUED, "assign"): ASSIGNED,
-    (QUEUED, "cancel"): CANCELLED,
-    (QUEUED, "fail"): FAILED,  # no worker is left to run it
-    (ASSIGNED, "start"): RUNNING,
-    (ASSIGNED, "cancel"): CANCELLED,
-    (ASSIGNED, "finish"): DONE,
-    (ASSIGNED, "raise"): FAILED,
-    (ASSIGNED, "lose"): LOST,
-    (ASSIGNED, "recall"): QUEUED,
-    (RUNNING, "block"): WAITING,
-    (RUNNING, "finish"): DONE,
-    (RUNNING, "raise"): FAILED,
-    (RUNNING, "lose"): LOST,
-    (WAITING, "resume"): RUNNING,
-    (WAITING, "lose"): LOST,
-    (LOST, "requeue"): QUEUED,
-    (LOST, "fail"): FAILED,
-    (LOST, "cancel"): CANCELLED,
-}
-
-# Worker lifecycle, as the broker sees it.
-CONNECTING = State("CONNECTING")
-IDLE = State("IDLE")
-BUSY = State("BUSY")
-DRAINING = State("DRAINING")
-GONE = State("GONE")
-
-WORKER_TRANSITIONS: dict[tuple[State, str], State] = {
-    (CONNECTING, "welcome"): IDLE,
-    (IDLE, "assign"): BUSY,
-    (BUSY, "assign"): BUSY,
-    (BUSY, "free"): IDLE,
-    (IDLE, "drain"): DRAINING,
-    (BUSY, "drain"): DRAINING,
-    (CONNECTING, "leave"): GONE,
-    (IDLE, "leave"): GONE,
-    (BUSY, "leave"): GONE,
-    (DRAINING, "leave"): GONE,
-}
-
-
-def transition(table: dict[tuple[State, str], State], state: State, event: str) -> State:
-    """The state after ``event``; ProtocolError if the table has no such edge."""
-    try:
-        return table[state, event]
-    except KeyError:
-        raise ProtocolError(f"event {event!r} is illegal in state {state!r}") from None
 
 
 @dataclass(eq=False)
@@ -134,7 +72,7 @@ class FutureRecord:
     max_losses: int = 0  # 0: the book's
     lost_on: list[str] = field(default_factory=list)  # names of the workers it died with
 
-    def fire(self, event: str) -> None:
+    def fire(self, event: Event) -> None:
         self.state = transition(FUTURE_TRANSITIONS, self.state, event)
 
 
@@ -158,7 +96,7 @@ class PeerRecord:
     def is_worker(self) -> bool:
         return self.slots > 0
 
-    def fire(self, event: str) -> None:
+    def fire(self, event: Event) -> None:
         self.state = transition(WORKER_TRANSITIONS, self.state, event)
 
 
@@ -178,7 +116,7 @@ def lost_reason(fid: int, losses: int, workers: list[str]) -> str:
     )
 
 
-class BrokerBook:
+class BrokerPolicy:
     """Who runs what, who waits for what: the broker without its I/O.
 
     Feed it messages with :meth:`handle` (and departures with :meth:`leave`),
@@ -265,7 +203,7 @@ class BrokerBook:
             raise ProtocolError(f"peer {peer!r} said hello twice")
         rec = PeerRecord(peer, self._next_index, msg.role, msg.name, max(0, msg.slots))
         self._next_index += 1
-        rec.fire("welcome")
+        rec.fire(Event.WELCOME)
         self.peers[peer] = rec
         self.joined.add(msg.name)
         if rec.is_worker:
@@ -304,7 +242,7 @@ class BrokerBook:
             fut = FutureRecord(
                 t.fid, rec.peer, t.parent, t.depth, t.frames, max_losses=t.max_losses
             )
-            fut.fire("submit")
+            fut.fire(Event.SUBMIT)
             self.futures[t.fid] = fut
             self._push(fut)
 
@@ -343,7 +281,7 @@ class BrokerBook:
         for fid in fids:
             fut = self._held(rec, fid)
             if fut is not None:
-                fut.fire("start")
+                fut.fire(Event.START)
                 self._started.setdefault(fut.owner, []).append(fid)
 
     def _finish(self, rec: PeerRecord, outcomes: Iterable[m.Outcome]) -> None:
@@ -352,9 +290,9 @@ class BrokerBook:
             if fut is None:
                 continue
             if out.status == m.CANCELLED:
-                fut.fire("cancel")
+                fut.fire(Event.CANCEL)
             else:
-                fut.fire("finish" if out.status == m.OK else "raise")
+                fut.fire(Event.FINISH if out.status == m.OK else Event.RAISE)
             self._release(rec, fut)
             self._results.setdefault(fut.owner, []).append(out)
 
@@ -369,7 +307,7 @@ class BrokerBook:
             if fut.losses:
                 holder.suspects -= 1
         if not holder.holding and holder.state is BUSY:
-            holder.fire("free")
+            holder.fire(Event.FREE)
 
     def _cancel(self, rec: PeerRecord, fid: int) -> None:
         fut = self.futures.get(fid)
@@ -377,7 +315,7 @@ class BrokerBook:
             self._outbox.append((rec.peer, m.CancelReply(fid, False)))
             return
         if fut.state is QUEUED:
-            fut.fire("cancel")
+            fut.fire(Event.CANCEL)
             del self.futures[fid]  # its heap entry is skipped when popped
             self._outbox.append((rec.peer, m.CancelReply(fid, True)))
         elif fut.state is ASSIGNED and fut.holder is not None:
@@ -402,11 +340,11 @@ class BrokerBook:
             if cancelled:
                 self._unhold(rec, fut)
                 fut.holder = None
-                fut.fire("recall")
+                fut.fire(Event.RECALL)
                 self._push(fut)
             return
         if cancelled:
-            fut.fire("cancel")
+            fut.fire(Event.CANCEL)
             self._release(rec, fut)
         self._outbox.append((owner, m.CancelReply(fid, cancelled)))
 
@@ -432,7 +370,7 @@ class BrokerBook:
         rec = self.peers.get(peer)
         if rec is None or rec.state is GONE:
             return []
-        rec.fire("leave")
+        rec.fire(Event.LEAVE)
         rec.credit = 0
         rec.suspects = 0
         self._own.pop(peer, None)
@@ -440,20 +378,20 @@ class BrokerBook:
         requeued = []
         for fid in sorted(rec.holding):
             fut = self.futures[fid]
-            fut.fire("lose")
+            fut.fire(Event.LOSE)
             fut.holder = None
             self._recalling.discard(fid)
             owner = self._cancelling.pop(fid, None)
             if fut.owner == peer:
                 # Its own: nobody is left to read it, and it charges nobody.
-                fut.fire("cancel")
+                fut.fire(Event.CANCEL)
                 del self.futures[fid]
                 continue
             fut.losses += 1
             fut.lost_on.append(rec.name)
             if owner is not None:
                 # Its owner asked to cancel it: do so rather than run it again.
-                fut.fire("cancel")
+                fut.fire(Event.CANCEL)
                 del self.futures[fid]
                 self._outbox.append((owner, m.CancelReply(fid, True)))
             elif fut.losses >= (fut.max_losses or self.max_losses):
@@ -461,7 +399,7 @@ class BrokerBook:
                 log.warning("%s", reason)
                 self._fail(fut, reason)
             else:
-                fut.fire("requeue")
+                fut.fire(Event.REQUEUE)
                 self._push(fut)
                 requeued.append(fid)
         rec.holding.clear()
@@ -470,7 +408,7 @@ class BrokerBook:
         orphans = [f for f in self.futures.values() if f.owner == peer]
         for fut in orphans:
             if fut.state is QUEUED:
-                fut.fire("cancel")
+                fut.fire(Event.CANCEL)
                 del self.futures[fut.fid]
             elif fut.state is ASSIGNED and fut.holder is not None:
                 self._cancelling[fut.fid] = peer
@@ -488,7 +426,7 @@ class BrokerBook:
         return requeued
 
     def _fail(self, fut: FutureRecord, reason: str) -> None:
-        fut.fire("fail")
+        fut.fire(Event.FAIL)
         del self.futures[fut.fid]
         self._results.setdefault(fut.owner, []).append(
             m.Outcome(fut.fid, m.LOST, 0.0, (reason.encode(),))
@@ -590,12 +528,12 @@ class BrokerBook:
             log.error("%s", too_big)
             self._fail(fut, too_big)
             return
-        fut.fire("assign")
+        fut.fire(Event.ASSIGN)
         fut.holder = rec.peer
         rec.holding[fut.fid] = None
         if fut.losses:
             rec.suspects += 1
-        rec.fire("assign")
+        rec.fire(Event.ASSIGN)
         rec.credit -= 1
         if rec.credit == 0 and rec in takers:
             takers.remove(rec)
@@ -744,139 +682,3 @@ class BrokerBook:
     @property
     def queued(self) -> int:
         return sum(1 for f in self.futures.values() if f.state is QUEUED)
-
-
-@dataclass(eq=False)
-class Job:
-    """A future held by a worker.
-
-    A *local* job was submitted by a future running on this same worker: it
-    keeps its call as an object (``payload``) and is pickled only if another
-    worker steals it."""
-
-    task: m.Task
-    state: State = ASSIGNED
-    local: bool = False
-    payload: Any = None
-    stealable: bool = True  # False once its payload proved unpicklable
-
-    def fire(self, event: str) -> None:
-        self.state = transition(FUTURE_TRANSITIONS, self.state, event)
-
-
-class WorkerBook:
-    """The futures one worker holds, and how many more it should ask for.
-
-    A worker asks for work while fewer than ``prefetch`` futures are ready
-    to run here; futures blocked on children do not count, so a worker whose
-    futures all wait on others asks for more and runs those: that is why
-    nested futures never deadlock, even with one worker.
-
-    Futures submitted by futures running here stay here (``adopt``) and run
-    deepest first, as a recursive program would; the broker only learns how
-    many are waiting (``spare``), and an idle worker elsewhere may take the
-    oldest, shallowest ones (``steal``): the biggest pieces of the tree.
-    """
-
-    def __init__(self, *, prefetch: int = 2) -> None:
-        self.prefetch = max(1, prefetch)
-        self.jobs: dict[int, Job] = {}
-        self._queue: list[tuple[int, int, Job]] = []
-        self._seq = 0
-        self.unstarted = 0  # jobs in the queue that have not started
-        self.spare = 0  # of those, the local ones
-        self.asked = 0  # credit granted to the broker and not yet used
-
-    def _push(self, job: Job) -> None:
-        self._seq += 1
-        heapq.heappush(self._queue, (-job.task.depth, self._seq, job))
-        self.unstarted += 1
-        if job.local:
-            self.spare += 1
-
-    def _left_queue(self, job: Job) -> None:
-        self.unstarted -= 1
-        if job.local:
-            self.spare -= 1
-
-    def receive(self, tasks: tuple[m.Task, ...]) -> None:
-        """Futures from the broker (which we asked for)."""
-        if len(tasks) > self.asked:
-            raise ProtocolError(
-                f"the broker sent {len(tasks)} futures, more futures than were asked for ({self.asked})"
-            )
-        fids = {t.fid for t in tasks}
-        if len(fids) != len(tasks) or not fids.isdisjoint(self.jobs):
-            raise ProtocolError("a future was received twice")
-        for t in tasks:
-            job = Job(t)
-            self.jobs[t.fid] = job
-            self._push(job)
-        self.asked -= len(tasks)
-
-    def adopt(self, task: m.Task, payload: Any, *, stealable: bool = True) -> Job:
-        """A future submitted here, to run here unless stolen."""
-        if task.fid in self.jobs:
-            raise ProtocolError(f"future {task.fid:#x} adopted twice")
-        job = Job(task, local=True, payload=payload, stealable=stealable)
-        self.jobs[task.fid] = job
-        self._push(job)
-        return job
-
-    def next_job(self) -> Job | None:
-        queue = self._queue
-        while queue:
-            job = heapq.heappop(queue)[2]
-            if job.state is ASSIGNED:
-                self._left_queue(job)
-                job.fire("start")
-                return job
-        return None
-
-    def steal(self, count: int) -> list[Job]:
-        """Give up to ``count`` unstarted local jobs, shallowest and oldest first."""
-        candidates = sorted(
-            (e for e in self._queue if e[2].local and e[2].stealable and e[2].state is ASSIGNED),
-            key=lambda e: (-e[0], e[1]),
-        )[: max(0, count)]
-        jobs = []
-        for _, _, job in candidates:
-            job.fire("recall")
-            self._left_queue(job)
-            del self.jobs[job.task.fid]
-            jobs.append(job)
-        return jobs
-
-    def block(self, fid: int) -> None:
-        self._job(fid).fire("block")
-
-    def resume(self, fid: int) -> None:
-        self._job(fid).fire("resume")
-
-    def _job(self, fid: int) -> Job:
-        try:
-            return self.jobs[fid]
-        except KeyError:
-            raise ProtocolError(f"future {fid:#x} is not held here") from None
-
-    def finish(self, fid: int, ok: bool) -> None:
-        self._job(fid).fire("finish" if ok else "raise")
-        del self.jobs[fid]
-
-    def cancel(self, fid: int) -> bool:
-        """Cancel a future that has not started; False if it has (or is unknown)."""
-        job = self.jobs.get(fid)
-        if job is None or job.state is not ASSIGNED:
-            return False
-        job.fire("cancel")
-        self._left_queue(job)
-        del self.jobs[fid]
-        return True
-
-    def wanted(self, runnable: int) -> int:
-        """How many more futures to ask for, given ``runnable`` ready greenlets."""
-        want = self.prefetch - self.unstarted - runnable - self.asked
-        if want > 0:
-            self.asked += want
-            return want
-        return 0

@@ -97,7 +97,7 @@ from typing import Any
 import msgpack
 
 from scoop_core import _messages as m
-from scoop_core._state import lost_reason
+from scoop_core.broker_policy import lost_reason
 from scoop_core.errors import ProtocolError, SerializationError, TransportClosed
 from scoop_core.interfaces import BrokerStore, Endpoint, Entry, Frame
 

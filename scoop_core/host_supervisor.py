@@ -2,7 +2,7 @@
 
 Every launcher that starts workers elsewhere (ssh, and the schedulers' own
 remote start: ``srun``, ``qrsh -inherit``, ``pbsdsh``) runs the same thing
-on each host, once: ``python -m scoop_core.remote``. That supervisor
+on each host, once: ``python -m scoop_core.host_supervisor``. That supervisor
 
 - reads one JSON line from stdin: the workers to start (name, argv,
   environment, working directory). The run's key is in the environments,
@@ -49,7 +49,7 @@ log = logging.getLogger("scoop.launcher")
 EXIT_MARK = "@@scoop-exit "
 """Starts a supervisor's line that reports a worker's exit status."""
 
-MODULE = "scoop_core.remote"
+MODULE = "scoop_core.host_supervisor"
 
 
 @runtime_checkable
@@ -157,7 +157,7 @@ def _listen(sup: _Supervisor) -> None:
 
 
 def supervise() -> int:
-    """``python -m scoop_core.remote``: run this host's workers (see the module docstring)."""
+    """``python -m scoop_core.host_supervisor``: run this host's workers (see the module docstring)."""
     os.environ.pop("_SCOOP_KEY", None)
     with contextlib.suppress(OSError):  # already a group leader (started with setsid)
         os.setsid()

@@ -19,13 +19,14 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from scoop_core import _messages as m
-from scoop_core._state import (
+from scoop_core.broker_policy import BrokerPolicy, FutureRecord, PeerRecord
+from scoop_core.errors import ProtocolError
+from scoop_core.states import (
     ASSIGNED,
     BUSY,
     CANCELLED,
     CONNECTING,
     DONE,
-    DRAINING,
     FAILED,
     FUTURE_TRANSITIONS,
     GONE,
@@ -36,68 +37,60 @@ from scoop_core._state import (
     RUNNING,
     WAITING,
     WORKER_TRANSITIONS,
-    BrokerBook,
-    FutureRecord,
-    Job,
-    PeerRecord,
+    Event,
     State,
-    WorkerBook,
     transition,
 )
-from scoop_core.errors import ProtocolError
+from scoop_core.worker_book import Job, WorkerBook
 
 # -- the transition tables ---------------------------------------------------------
 
 # The lifecycles as DESIGN.md tells them, written out here so that a change to
-# the tables in _state.py has to be a deliberate change to this list too.
+# the tables in states.py has to be a deliberate change to this list too.
 EXPECTED_FUTURE_EDGES = {
-    (PENDING, "submit"): QUEUED,
-    (PENDING, "cancel"): CANCELLED,
-    (QUEUED, "assign"): ASSIGNED,
-    (QUEUED, "cancel"): CANCELLED,
-    (QUEUED, "fail"): FAILED,  # no worker is left to run it
-    (ASSIGNED, "start"): RUNNING,
-    (ASSIGNED, "cancel"): CANCELLED,
-    (ASSIGNED, "finish"): DONE,
-    (ASSIGNED, "raise"): FAILED,
-    (ASSIGNED, "lose"): LOST,
-    (ASSIGNED, "recall"): QUEUED,
-    (RUNNING, "block"): WAITING,
-    (RUNNING, "finish"): DONE,
-    (RUNNING, "raise"): FAILED,
-    (RUNNING, "lose"): LOST,
-    (WAITING, "resume"): RUNNING,
-    (WAITING, "lose"): LOST,
-    (LOST, "requeue"): QUEUED,
-    (LOST, "fail"): FAILED,
-    (LOST, "cancel"): CANCELLED,
+    (PENDING, Event.SUBMIT): QUEUED,
+    (PENDING, Event.CANCEL): CANCELLED,
+    (QUEUED, Event.ASSIGN): ASSIGNED,
+    (QUEUED, Event.CANCEL): CANCELLED,
+    (QUEUED, Event.FAIL): FAILED,  # no worker is left to run it
+    (ASSIGNED, Event.START): RUNNING,
+    (ASSIGNED, Event.CANCEL): CANCELLED,
+    (ASSIGNED, Event.FINISH): DONE,
+    (ASSIGNED, Event.RAISE): FAILED,
+    (ASSIGNED, Event.LOSE): LOST,
+    (ASSIGNED, Event.RECALL): QUEUED,
+    (RUNNING, Event.BLOCK): WAITING,
+    (RUNNING, Event.FINISH): DONE,
+    (RUNNING, Event.RAISE): FAILED,
+    (RUNNING, Event.LOSE): LOST,
+    (WAITING, Event.RESUME): RUNNING,
+    (WAITING, Event.LOSE): LOST,
+    (LOST, Event.REQUEUE): QUEUED,
+    (LOST, Event.FAIL): FAILED,
+    (LOST, Event.CANCEL): CANCELLED,
 }
 EXPECTED_WORKER_EDGES = {
-    (CONNECTING, "welcome"): IDLE,
-    (IDLE, "assign"): BUSY,
-    (BUSY, "assign"): BUSY,
-    (BUSY, "free"): IDLE,
-    (IDLE, "drain"): DRAINING,
-    (BUSY, "drain"): DRAINING,
-    (CONNECTING, "leave"): GONE,
-    (IDLE, "leave"): GONE,
-    (BUSY, "leave"): GONE,
-    (DRAINING, "leave"): GONE,
+    (CONNECTING, Event.WELCOME): IDLE,
+    (IDLE, Event.ASSIGN): BUSY,
+    (BUSY, Event.ASSIGN): BUSY,
+    (BUSY, Event.FREE): IDLE,
+    (CONNECTING, Event.LEAVE): GONE,
+    (IDLE, Event.LEAVE): GONE,
+    (BUSY, Event.LEAVE): GONE,
 }
 FUTURE_STATES = (PENDING, QUEUED, ASSIGNED, RUNNING, WAITING, DONE, FAILED, CANCELLED, LOST)
-FUTURE_EVENTS = sorted({event for _, event in EXPECTED_FUTURE_EDGES} | {"bogus"})
-WORKER_STATES = (CONNECTING, IDLE, BUSY, DRAINING, GONE)
-WORKER_EVENTS = sorted({event for _, event in EXPECTED_WORKER_EDGES} | {"bogus"})
+EVENTS = list(Event)
+WORKER_STATES = (CONNECTING, IDLE, BUSY, GONE)
 
 
-def _edge_id(edge: tuple[tuple[State, str], State]) -> str:
+def _edge_id(edge: tuple[tuple[State, Event], State]) -> str:
     (state, event), after = edge
-    return f"{state!r}-{event}->{after!r}"
+    return f"{state!r}-{event.value}->{after!r}"
 
 
-def _pair_id(pair: tuple[State, str]) -> str:
+def _pair_id(pair: tuple[State, Event]) -> str:
     state, event = pair
-    return f"{state!r}-{event}"
+    return f"{state!r}-{event.value}"
 
 
 def _future(state: State = PENDING) -> FutureRecord:
@@ -118,7 +111,7 @@ def test_the_tables_are_the_documented_lifecycles() -> None:
 
 
 @pytest.mark.parametrize("edge", EXPECTED_FUTURE_EDGES.items(), ids=_edge_id)
-def test_every_legal_future_transition(edge: tuple[tuple[State, str], State]) -> None:
+def test_every_legal_future_transition(edge: tuple[tuple[State, Event], State]) -> None:
     (before, event), after = edge
     assert transition(FUTURE_TRANSITIONS, before, event) is after
     # The broker's record and the worker's job both follow the same table.
@@ -131,7 +124,7 @@ def test_every_legal_future_transition(edge: tuple[tuple[State, str], State]) ->
 
 
 @pytest.mark.parametrize("edge", EXPECTED_WORKER_EDGES.items(), ids=_edge_id)
-def test_every_legal_worker_transition(edge: tuple[tuple[State, str], State]) -> None:
+def test_every_legal_worker_transition(edge: tuple[tuple[State, Event], State]) -> None:
     (before, event), after = edge
     assert transition(WORKER_TRANSITIONS, before, event) is after
     peer = _peer(before)
@@ -142,21 +135,21 @@ def test_every_legal_worker_transition(edge: tuple[tuple[State, str], State]) ->
 ILLEGAL_FUTURE_PAIRS = [
     (state, event)
     for state in FUTURE_STATES
-    for event in FUTURE_EVENTS
+    for event in EVENTS
     if (state, event) not in EXPECTED_FUTURE_EDGES
 ]
 ILLEGAL_WORKER_PAIRS = [
     (state, event)
     for state in WORKER_STATES
-    for event in WORKER_EVENTS
+    for event in EVENTS
     if (state, event) not in EXPECTED_WORKER_EDGES
 ]
 
 
 @pytest.mark.parametrize("pair", ILLEGAL_FUTURE_PAIRS, ids=_pair_id)
-def test_illegal_future_events_raise_and_change_nothing(pair: tuple[State, str]) -> None:
+def test_illegal_future_events_raise_and_change_nothing(pair: tuple[State, Event]) -> None:
     state, event = pair
-    with pytest.raises(ProtocolError, match=rf"{event!r} is illegal in state {state!r}"):
+    with pytest.raises(ProtocolError, match=rf"{event.value!r} is illegal in state {state!r}"):
         transition(FUTURE_TRANSITIONS, state, event)
     fut = _future(state)
     with pytest.raises(ProtocolError):
@@ -169,10 +162,10 @@ def test_illegal_future_events_raise_and_change_nothing(pair: tuple[State, str])
 
 
 @pytest.mark.parametrize("pair", ILLEGAL_WORKER_PAIRS, ids=_pair_id)
-def test_illegal_worker_events_raise_and_change_nothing(pair: tuple[State, str]) -> None:
+def test_illegal_worker_events_raise_and_change_nothing(pair: tuple[State, Event]) -> None:
     state, event = pair
     peer = _peer(state)
-    with pytest.raises(ProtocolError, match=rf"{event!r} is illegal in state {state!r}"):
+    with pytest.raises(ProtocolError, match=rf"{event.value!r} is illegal in state {state!r}"):
         peer.fire(event)
     assert peer.state is state
 
@@ -198,14 +191,14 @@ def test_a_lost_future_is_never_left_lost() -> None:
 def test_a_future_lifecycle_from_submission_to_done() -> None:
     fut = _future()
     for event, state in [
-        ("submit", QUEUED),
-        ("assign", ASSIGNED),
-        ("start", RUNNING),
-        ("block", WAITING),
-        ("resume", RUNNING),
-        ("block", WAITING),
-        ("resume", RUNNING),
-        ("finish", DONE),
+        (Event.SUBMIT, QUEUED),
+        (Event.ASSIGN, ASSIGNED),
+        (Event.START, RUNNING),
+        (Event.BLOCK, WAITING),
+        (Event.RESUME, RUNNING),
+        (Event.BLOCK, WAITING),
+        (Event.RESUME, RUNNING),
+        (Event.FINISH, DONE),
     ]:
         fut.fire(event)
         assert fut.state is state
@@ -213,7 +206,7 @@ def test_a_future_lifecycle_from_submission_to_done() -> None:
 
 def test_a_lost_future_runs_again() -> None:
     fut = _future(RUNNING)
-    for event, state in [("lose", LOST), ("requeue", QUEUED), ("assign", ASSIGNED)]:
+    for event, state in [(Event.LOSE, LOST), (Event.REQUEUE, QUEUED), (Event.ASSIGN, ASSIGNED)]:
         fut.fire(event)
         assert fut.state is state
 
@@ -228,7 +221,7 @@ class Run:
     """A broker book and the mailboxes of the fake peers around it."""
 
     def __init__(self, **book_options: int) -> None:
-        self.book = BrokerBook(**book_options)
+        self.book = BrokerPolicy(**book_options)
         self.inbox: dict[bytes, list[m.Message]] = defaultdict(list)
         self.index: dict[bytes, int] = {}
         self.seq: dict[bytes, int] = defaultdict(int)
@@ -1156,7 +1149,7 @@ class ExactlyOnce(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.book = BrokerBook(max_losses=3)
+        self.book = BrokerPolicy(max_losses=3)
         self.workers = {peer: FakeWorker(peer) for peer in WORKER_PEERS}
         self.submitted: set[int] = set()
         self.orphaned: set[int] = set()  # submitted by a worker that left since
