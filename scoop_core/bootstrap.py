@@ -25,7 +25,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from scoop_core import _runtime, context
+from scoop_core import context, runtime
 from scoop_core import log as scoop_log
 from scoop_core.errors import ScoopError
 from scoop_core.interfaces import Endpoint, Serializer
@@ -225,7 +225,7 @@ def run_worker() -> int:
         **_limits(),
     )
     rt.start(30.0)
-    _runtime.set_current(rt)
+    runtime.set_current(rt)
     program = os.environ.get("_SCOOP_PROGRAM")
     if program:
         sys.path.insert(0, os.path.dirname(program))
@@ -248,11 +248,11 @@ def run_root(program: str, args: list[str]) -> int:
     _whole_lines()
     endpoint, key, serializer, size = _setup(name)
     context.IS_ORIGIN = True
-    rt = _runtime.RootRuntime(
+    rt = runtime.RootRuntime(
         endpoint, key=key, serializer=serializer, name=name, workers=size, **_limits()
     )
     rt.start()
-    _runtime.set_current(rt)
+    runtime.set_current(rt)
     sys.argv = [program, *args]
     sys.path[0] = os.path.dirname(os.path.abspath(program))
     code = 0

@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from scoop_core import _messages as m
+from scoop_core import messages as m
 from scoop_core.broker_policy import BrokerPolicy
 from scoop_core.errors import ProtocolError, SerializationError
 from scoop_core.interfaces import Hub, Transport

@@ -36,7 +36,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from scoop_core import _messages as m
+from scoop_core import messages as m
 from scoop_core.errors import ProtocolError
 from scoop_core.interfaces import Frame
 from scoop_core.states import (

@@ -22,11 +22,12 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from scoop_core import _runtime, context
-from scoop_core._calls import Call
-from scoop_core._future import Future, wait_futures
+from scoop_core import context, runtime
+from scoop_core.calls import Call
 from scoop_core.config import load_config
 from scoop_core.errors import LaunchError
+from scoop_core.future import Future, wait_futures
+from scoop_core.map_chunks import Chunker, ordered_values
 from scoop_core.plugins.manager import get_plugin_manager
 from scoop_core.pool import Pool, worker_count
 
@@ -91,8 +92,8 @@ class Executor(cf.Executor):
         except BaseException:
             self._pool.stop()
             raise
-        self._previous = _runtime.current()
-        _runtime.set_current(self._rt)
+        self._previous = runtime.current()
+        runtime.set_current(self._rt)
         self._previous_size = context.SIZE
         context.SIZE = self._pool.size
         self._shutdown = False
@@ -119,14 +120,12 @@ class Executor(cf.Executor):
     ) -> Iterator[Any]:
         """Results in input order; the work starts at once. ``chunksize`` is
         accepted for compatibility: chunk sizes adapt on their own."""
-        from scoop_core.futures import _Chunker, _map_gen
-
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         deadline = None if timeout is None else time.monotonic() + timeout
-        chunker = _Chunker(self._rt, fn, iterables)
+        chunker = Chunker(self._rt, fn, iterables)
         chunker.fill()
-        return _map_gen(chunker, deadline)
+        return ordered_values(chunker, deadline)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop taking futures; with ``wait``, return when they are all done
@@ -138,7 +137,7 @@ class Executor(cf.Executor):
             return
         self._shutdown = True
         if cancel_futures:
-            self._rt.cancel_nowait(f.fid for f in list(self._rt._owned.values()))
+            self._rt.cancel_nowait(f.fid for f in list(self._rt.owned()))
         if wait:
             self._finish()
         else:
@@ -152,12 +151,12 @@ class Executor(cf.Executor):
         if self._finisher is not None and self._finisher is not threading.current_thread():
             self._finisher.join()
             return
-        wait_futures(list(self._rt._owned.values()))
+        wait_futures(list(self._rt.owned()))
         self._rt.close()
         self._pool.stop()
         _open_pools.discard(self)
-        if _runtime.current() is self._rt:
-            _runtime.set_current(self._previous)
+        if runtime.current() is self._rt:
+            runtime.set_current(self._previous)
             context.SIZE = self._previous_size
 
     def __del__(self) -> None:

@@ -20,15 +20,14 @@ import contextvars
 import functools
 import itertools
 import logging
-import operator
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from scoop_core import _runtime
-from scoop_core._calls import Call, Chunk, ChunkResult
-from scoop_core._future import (
+from scoop_core import runtime
+from scoop_core.calls import Call
+from scoop_core.errors import CancelledError, TimeoutError
+from scoop_core.future import (
     ALL_COMPLETED,
     FIRST_COMPLETED,
     FIRST_EXCEPTION,
@@ -37,7 +36,14 @@ from scoop_core._future import (
     as_completed,
     wait_futures,
 )
-from scoop_core.errors import CancelledError, TimeoutError
+from scoop_core.map_chunks import (
+    Chunker,
+    chunk_values,
+    ordered_chunks,
+    ordered_values,
+    time_left,
+    values_as_completed,
+)
 
 __all__ = [
     "ALL_COMPLETED",
@@ -59,12 +65,6 @@ __all__ = [
 
 log = logging.getLogger("scoop.futures")
 
-# Chunk sizing: aim for chunks that take this long on a worker, within bounds.
-_TARGET_SECONDS = 0.02
-_TARGET_BYTES = 4 << 20
-_MAX_CHUNK = 8192
-_CHUNKS_PER_WORKER = 4  # chunks in flight per worker, so none waits for work
-
 _warned_serial = False
 
 
@@ -78,7 +78,7 @@ def _check_callable(fn: Any, what: str) -> None:
 def _serial(what: str) -> bool:
     """True (after one warning) when there is no pool and ``what`` runs serially."""
     global _warned_serial
-    rt = _runtime.current()
+    rt = runtime.current()
     if rt is not None and not rt.closed:
         return False
     if not _warned_serial:
@@ -86,7 +86,7 @@ def _serial(what: str) -> bool:
         logging.getLogger("scoop").warning(
             "SCOOP is not running, so %s runs serially in this process; %s",
             what,
-            _runtime.LAUNCH_HINT,
+            runtime.LAUNCH_HINT,
         )
     return True
 
@@ -189,122 +189,8 @@ class options:
 def submit(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
     """Run ``func(*args, **kwargs)`` on a worker; return its :class:`Future`."""
     _check_callable(func, "submit()")
-    rt = _runtime.require("futures.submit()")
+    rt = runtime.require("futures.submit()")
     return rt.submit([Call(func, args, kwargs)], max_losses=_max_losses.get())[0]
-
-
-class _Chunker:
-    """Cuts the zipped iterables into chunks and keeps a bounded number in flight."""
-
-    def __init__(
-        self,
-        rt: _runtime.Runtime,
-        fn: Callable[..., Any],
-        iterables: tuple[Iterable[Any], ...],
-        fold: str = "",
-        reducer: Callable[[Any, Any], Any] | None = None,
-    ) -> None:
-        self.rt = rt
-        self.max_losses = _max_losses.get()
-        self.fn = fn
-        self.fold = fold
-        self.reducer = reducer
-        self.items = zip(*iterables, strict=False)
-        hints = [operator.length_hint(it, -1) for it in iterables]
-        self.remaining = min(hints) if hints and min(hints) >= 0 else -1
-        self.exhausted = False
-        self.inflight: deque[tuple[Future, int]] = deque()
-        self.max_inflight = max(2, self.rt.workers * _CHUNKS_PER_WORKER)
-        self.size = 1  # grows once chunks report how long an item takes
-        self.item_seconds = -1.0
-        self.item_bytes = 0.0
-
-    def _learn(self, fut: Future, count: int) -> None:
-        if count <= 0:
-            return
-        per_item = fut.elapsed / count
-        self.item_seconds = (
-            per_item if self.item_seconds < 0 else 0.5 * (self.item_seconds + per_item)
-        )
-        size = _MAX_CHUNK if self.item_seconds <= 0 else int(_TARGET_SECONDS / self.item_seconds)
-        if self.item_bytes > 0:
-            size = min(size, int(_TARGET_BYTES / self.item_bytes))
-        self.size = max(1, min(_MAX_CHUNK, size))
-
-    def _next_size(self) -> int:
-        size = self.size
-        if self.remaining > 0:
-            # Leave enough chunks for every worker near the end.
-            size = min(size, max(1, -(-self.remaining // (2 * self.rt.workers))))
-        return size
-
-    def fill(self) -> None:
-        """Submit chunks until the window is full or the items run out."""
-        batch: list[Chunk] = []
-        counts: list[int] = []
-        while not self.exhausted and len(self.inflight) + len(batch) < self.max_inflight:
-            items = list(itertools.islice(self.items, self._next_size()))
-            if not items:
-                self.exhausted = True
-                break
-            if self.remaining > 0:
-                self.remaining = max(0, self.remaining - len(items))
-            batch.append(Chunk(self.fn, items, self.fold, self.reducer))
-            counts.append(len(items))
-            if self.item_seconds < 0 and len(self.inflight) + len(batch) >= 2 * self.rt.workers:
-                break  # wait to learn item cost before sending more single items
-        if batch:
-            futures = self.rt.submit(batch, max_losses=self.max_losses)
-            for fut, count in zip(futures, counts, strict=True):
-                self.inflight.append((fut, count))
-            # The call was pickled once to be sent: its size bounds chunk sizes.
-            # (Futures that stay on this worker are not pickled: no bound.)
-            if self.item_bytes == 0 and futures[0].nbytes:
-                self.item_bytes = max(1.0, futures[0].nbytes / counts[0])
-
-    def done(self, fut: Future, count: int) -> ChunkResult:
-        self._learn(fut, count)
-        result: ChunkResult = fut.result(0)
-        return result
-
-    def abandon(self) -> None:
-        self.rt.cancel_nowait(f.fid for f, _ in self.inflight if not f.done())
-        self.inflight.clear()
-
-
-def _left(deadline: float | None) -> float | None:
-    """Seconds left until ``deadline`` (0 once passed: a result that is
-    already there is still returned; only a missing one times out)."""
-    if deadline is None:
-        return None
-    return max(0.0, deadline - time.monotonic())
-
-
-def _values(result: ChunkResult) -> list[Any]:
-    if result.error is not None:
-        raise result.error.rebuild()
-    return result.values
-
-
-def _ordered_chunks(chunker: _Chunker, deadline: float | None) -> Iterator[ChunkResult]:
-    try:
-        chunker.fill()
-        while chunker.inflight:
-            fut, count = chunker.inflight[0]
-            fut.result(_left(deadline))
-            chunker.inflight.popleft()
-            result = chunker.done(fut, count)
-            chunker.fill()
-            yield result
-    finally:
-        chunker.abandon()
-
-
-def _map_gen(chunker: _Chunker, deadline: float | None) -> Iterator[Any]:
-    for result in _ordered_chunks(chunker, deadline):
-        yield from result.values
-        if result.error is not None:
-            raise result.error.rebuild()
 
 
 def map(
@@ -325,27 +211,9 @@ def map(
     if _serial("futures.map()"):
         return builtins.map(func, *iterables)
     deadline = None if timeout is None else time.monotonic() + timeout
-    chunker = _Chunker(_runtime.require("futures.map()"), func, iterables)
+    chunker = Chunker(runtime.require("futures.map()"), func, iterables)
     chunker.fill()  # the work starts now, as in SCOOP, not at the first next()
-    return _map_gen(chunker, deadline)
-
-
-def _unordered_gen(chunker: _Chunker, deadline: float | None) -> Iterator[Any]:
-    try:
-        chunker.fill()
-        while chunker.inflight:
-            wait_futures([f for f, _ in chunker.inflight], _left(deadline), FIRST_COMPLETED)
-            finished = [(f, n) for f, n in chunker.inflight if f.done()]
-            if not finished and deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError()
-            for pair in finished:
-                chunker.inflight.remove(pair)
-            results = [chunker.done(f, n) for f, n in finished]
-            chunker.fill()
-            for result in results:
-                yield from _values(result)
-    finally:
-        chunker.abandon()
+    return ordered_values(chunker, deadline)
 
 
 def map_as_completed(
@@ -360,9 +228,9 @@ def map_as_completed(
     if _serial("futures.map_as_completed()"):
         return builtins.map(func, *iterables)
     deadline = None if timeout is None else time.monotonic() + timeout
-    chunker = _Chunker(_runtime.require("futures.map_as_completed()"), func, iterables)
+    chunker = Chunker(runtime.require("futures.map_as_completed()"), func, iterables)
     chunker.fill()
-    return _unordered_gen(chunker, deadline)
+    return values_as_completed(chunker, deadline)
 
 
 def mapReduce(
@@ -382,10 +250,10 @@ def mapReduce(
     _ignore_extra("futures.mapReduce()", ignored)
     if _serial("futures.mapReduce()"):
         return functools.reduce(reductionFunc, builtins.map(mapFunc, *iterables))
-    rt = _runtime.require("futures.mapReduce()")
+    rt = runtime.require("futures.mapReduce()")
     deadline = None if timeout is None else time.monotonic() + timeout
-    chunker = _Chunker(rt, mapFunc, iterables, "reduce", reductionFunc)
-    level = [_values(r)[0] for r in _ordered_chunks(chunker, deadline)]
+    chunker = Chunker(rt, mapFunc, iterables, "reduce", reductionFunc, max_losses=_max_losses.get())
+    level = [chunk_values(r)[0] for r in ordered_chunks(chunker, deadline)]
     if not level:
         raise TypeError("mapReduce() of empty iterables: there is nothing to reduce")
     while len(level) > 1:
@@ -394,7 +262,7 @@ def mapReduce(
         ]
         futures = rt.submit(pairs, max_losses=chunker.max_losses)
         odd = [level[-1]] if len(level) % 2 else []
-        level = [f.result(_left(deadline)) for f in futures] + odd
+        level = [f.result(time_left(deadline)) for f in futures] + odd
     return level[0]
 
 
@@ -429,10 +297,10 @@ def wait(
 def shutdown(wait: bool = True, cancel_futures: bool = False) -> None:
     """Cancel this process's queued futures (``cancel_futures``), then wait for
     the rest (``wait``). The pool itself stops when the program ends."""
-    rt = _runtime.current()
+    rt = runtime.current()
     if rt is None:
         return
-    owned = list(rt._owned.values())
+    owned = list(rt.owned())
     if cancel_futures:
         for fut in owned:
             fut.cancel()

@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from scoop_core import _messages as m
-from scoop_core import _runtime, run_keys
+from scoop_core import messages as m
+from scoop_core import run_keys, runtime
 from scoop_core import store_driver as sb
 from scoop_core.broker import Broker, supported
 from scoop_core.config import Config, set_current
@@ -269,7 +269,7 @@ class Pool:
         self._places[name] = host
         return WorkerSpec(name=name, host=host, argv=argv, env=env, cwd=opts.path)
 
-    def connect(self, name: str) -> _runtime.RootRuntime:
+    def connect(self, name: str) -> runtime.RootRuntime:
         """A root runtime for this process, connected to the broker."""
         endpoint = connect_endpoint(
             self.transport,
@@ -284,7 +284,7 @@ class Pool:
             max_message_size=self.config["max_message_size"],
             launcher_alive=lambda: True,  # this very process
         )
-        rt = _runtime.RootRuntime(
+        rt = runtime.RootRuntime(
             endpoint,
             key=self.key,
             serializer=self.serializer,

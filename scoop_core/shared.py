@@ -12,18 +12,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from scoop_core import _runtime
+from scoop_core import runtime
 from scoop_core.errors import ConstantError, ConstantNotFound
 
 __all__ = ["getConst", "get_const", "setConst", "set_const"]
 
-_MISSING: Any = _runtime._MISSING
+_MISSING: Any = runtime.MISSING
 _local: dict[str, Any] = {}
 
 
 def setConst(**kwargs: Any) -> None:
     """Define shared constants: ``shared.setConst(size=10, table=data)``."""
-    rt = _runtime.current()
+    rt = runtime.current()
     for name, value in kwargs.items():
         if rt is None:
             if name in _local:
@@ -42,7 +42,7 @@ def getConst(name: str, timeout: float | None = 0.1, default: Any = _MISSING) ->
     defined elsewhere to arrive. A constant whose value is ``None`` returns
     ``None``; a constant that does not exist returns ``default`` if given,
     else raises :class:`~scoop_core.errors.ConstantNotFound` (a ``KeyError``)."""
-    rt = _runtime.current()
+    rt = runtime.current()
     if rt is not None:
         return rt.get_const(name, timeout, default)
     if name in _local:

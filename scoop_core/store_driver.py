@@ -17,7 +17,7 @@ Why it is built this way:
   everything a process acts on is signed with the run's key and checked
   before it is decoded or used: queue entries, mail, constants, peer
   records, taken marks and the run's description. The signature is the
-  messages' HMAC-SHA256 (:func:`scoop_core._messages._mac`), over a header
+  messages' HMAC-SHA256 (:func:`scoop_core.messages.mac_of`), over a header
   that names what the record is (so one kind cannot pass for another, nor a
   constant for another name), and the size is checked against
   ``max_message_size`` before the HMAC is computed. Whatever fails the
@@ -41,7 +41,7 @@ Why it is built this way:
   the claimer marks it. With a mark naming another entry, it is a copy.
   So neither a forged loss count nor an outsider holding entries can fail
   a future, and a future lost with its worker runs again once.
-- Mail between peers goes through each sender's :class:`~scoop_core._messages.Codec`,
+- Mail between peers goes through each sender's :class:`~scoop_core.messages.Codec`,
   so replays and spoofed senders are refused as on a hub.
 - A worker touches the entries it holds every heartbeat; entries of a
   worker silent for ``heartbeat_timeout`` are claimed by another worker
@@ -96,7 +96,7 @@ from typing import Any
 
 import msgpack
 
-from scoop_core import _messages as m
+from scoop_core import messages as m
 from scoop_core.broker_policy import lost_reason
 from scoop_core.errors import ProtocolError, SerializationError, TransportClosed
 from scoop_core.interfaces import BrokerStore, Endpoint, Entry, Frame
@@ -161,7 +161,7 @@ def _parse(header: bytes, kind: str) -> list[Any]:
 def seal_frames(key: bytes, kind: str, fields: list[Any], payload: Sequence[Frame]) -> list[Frame]:
     """A stream entry's frames: ``fields`` and ``payload`` under the run's mac."""
     header = msgpack.packb([m.PROTOCOL_VERSION, kind, *fields], use_bin_type=True)
-    return [header, *payload, m._mac(key, header, payload)]
+    return [header, *payload, m.mac_of(key, header, payload)]
 
 
 def open_frames(
@@ -174,7 +174,7 @@ def open_frames(
         raise ProtocolError(f"a {kind} needs at least 2 frames, got {len(frames)}")
     _too_big(f"a {kind}", sum(memoryview(f).nbytes for f in frames), _limit(max_size))
     header, payload, mac = bytes(frames[0]), list(frames[1:-1]), bytes(frames[-1])
-    if len(mac) != m.MAC_SIZE or not hmac.compare_digest(mac, m._mac(key, header, payload)):
+    if len(mac) != m.MAC_SIZE or not hmac.compare_digest(mac, m.mac_of(key, header, payload)):
         raise ProtocolError("bad or missing HMAC: not written with this run's key")
     return _parse(header, kind), payload
 
@@ -182,14 +182,14 @@ def open_frames(
 def seal_record(key: bytes, kind: str, fields: list[Any]) -> bytes:
     """A hash field's value: ``fields`` under the run's mac, as one blob."""
     body = msgpack.packb([m.PROTOCOL_VERSION, kind, *fields], use_bin_type=True)
-    return m._mac(key, body, ()) + body
+    return m.mac_of(key, body, ()) + body
 
 
 def open_record(blob: bytes, key: bytes, kind: str, max_size: int | None) -> list[Any]:
     """The fields of a blob :func:`seal_record` made; ProtocolError for anything else."""
     _too_big(f"a {kind}", len(blob), _limit(max_size))
     mac, body = blob[: m.MAC_SIZE], blob[m.MAC_SIZE :]
-    if len(mac) != m.MAC_SIZE or not hmac.compare_digest(mac, m._mac(key, body, ())):
+    if len(mac) != m.MAC_SIZE or not hmac.compare_digest(mac, m.mac_of(key, body, ())):
         raise ProtocolError("bad or missing HMAC: not written with this run's key")
     return _parse(body, kind)
 

@@ -27,13 +27,13 @@ from typing import Any
 
 import greenlet
 
-from scoop_core import _calls, _future
-from scoop_core import _messages as m
-from scoop_core._calls import Call, Chunk, ChunkResult, RemoteException, capture, portable
-from scoop_core._future import Future
-from scoop_core._runtime import ChunkCut, ThreadedRuntime, _short
+from scoop_core import calls, future
+from scoop_core import messages as m
+from scoop_core.calls import Call, Chunk, ChunkResult, RemoteException, capture, portable
 from scoop_core.errors import PROGRAM_IMPORT_FAILED, SerializationError
+from scoop_core.future import Future
 from scoop_core.interfaces import Endpoint, Serializer
+from scoop_core.runtime import ChunkCut, ThreadedRuntime, short_repr
 from scoop_core.worker_book import Job, WorkerBook
 
 log = logging.getLogger("scoop.worker")
@@ -383,7 +383,7 @@ class WorkerRuntime(ThreadedRuntime):
                 self.serializer.dumps(value)
             except Exception as exc:
                 error = SerializationError(
-                    f"the result {_short(value)} cannot be sent back from the worker "
+                    f"the result {short_repr(value)} cannot be sent back from the worker "
                     f"({type(exc).__name__}: {exc})"
                 )
                 return ChunkResult(result.values[:n], capture(error))
@@ -413,7 +413,7 @@ class WorkerRuntime(ThreadedRuntime):
 
     def _size_error(self, size: int, payload: Any, *, one_item: bool = False) -> SerializationError:
         fn = getattr(payload, "fn", None)
-        name = getattr(fn, "__qualname__", None) or _short(fn)
+        name = getattr(fn, "__qualname__", None) or short_repr(fn)
         what = f"the result of {name}" if fn is not None else "a result"
         if isinstance(payload, Chunk) and not one_item:
             what += f" (a chunk of {len(payload.items)} item(s) of a map)"
@@ -481,7 +481,7 @@ class WorkerRuntime(ThreadedRuntime):
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
         error = SerializationError(
-            f"the result {_short(value)} cannot be sent back from the worker ({reason}); "
+            f"the result {short_repr(value)} cannot be sent back from the worker ({reason}); "
             "return plain data instead"
         )
         return self._error_frames(error)
@@ -491,7 +491,7 @@ class WorkerRuntime(ThreadedRuntime):
     def serve(self, program: str | None = None) -> None:
         """Run futures until the broker says the run is over."""
         self.hub = greenlet.getcurrent()
-        _future.greenlet_event = self.event
+        future.greenlet_event = self.event
         if program:
             importer = TaskGreenlet(lambda: self._import_program(program))
             self.ready.append(importer)
@@ -603,4 +603,4 @@ class WorkerRuntime(ThreadedRuntime):
 
 
 def set_worker_name(name: str) -> None:
-    _calls.WORKER_NAME = name
+    calls.WORKER_NAME = name

@@ -12,7 +12,7 @@ import heapq
 from dataclasses import dataclass
 from typing import Any
 
-from scoop_core import _messages as m
+from scoop_core import messages as m
 from scoop_core.errors import ProtocolError
 from scoop_core.states import ASSIGNED, FUTURE_TRANSITIONS, Event, State, transition
 

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from scoop_core import _messages as m
+from scoop_core import messages as m
 from scoop_core.errors import ProtocolError, SerializationError
 from scoop_core.interfaces import Frame
 

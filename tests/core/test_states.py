@@ -18,7 +18,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
-from scoop_core import _messages as m
+from scoop_core import messages as m
 from scoop_core.broker_policy import BrokerPolicy, FutureRecord, PeerRecord
 from scoop_core.errors import ProtocolError
 from scoop_core.states import (

@@ -29,7 +29,7 @@ import pytest
 import redis
 from conftest import processes_of, wait_gone
 
-from scoop_core import _messages as m
+from scoop_core import messages as m
 
 PRELUDE = """
 import json, os, sys, time

@@ -32,8 +32,8 @@ import zmq
 from conftest import go_ahead_program, read_lines, wait_gone
 from scoop_transport_zmq.transport import ZmqTransport
 
-from scoop_core import _messages as m
-from scoop_core import _runtime
+from scoop_core import messages as m
+from scoop_core import runtime
 from scoop_core.broker import Broker
 from scoop_core.serialization import CloudpickleSerializer
 
@@ -213,9 +213,9 @@ def in_thread(fn: Callable[[], object], what: str, timeout: float = WAIT) -> Non
 PLAIN = {"curve": False}
 
 
-def connect_root(address: str, name: str) -> _runtime.RootRuntime:
+def connect_root(address: str, name: str) -> runtime.RootRuntime:
     endpoint = ZmqTransport(PLAIN).connect(address, identity=name.encode())
-    rt = _runtime.RootRuntime(endpoint, key=KEY, serializer=CloudpickleSerializer(), name=name)
+    rt = runtime.RootRuntime(endpoint, key=KEY, serializer=CloudpickleSerializer(), name=name)
     rt.start(WAIT)
     return rt
 
@@ -226,7 +226,7 @@ def test_a_foreign_process_gets_nothing_unpickled_and_the_broker_keeps_serving(
     marker = tmp_path / "marker"
     broker = Broker(ZmqTransport(PLAIN), key=KEY, run_id="security")
     broker.start()
-    roots: list[_runtime.RootRuntime] = []
+    roots: list[runtime.RootRuntime] = []
     try:
         # A legitimate peer, which would unpickle any constant the broker accepted.
         roots.append(connect_root(broker.address, "root"))

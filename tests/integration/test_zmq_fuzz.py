@@ -60,7 +60,7 @@ FUZZER = '''
 """Not part of the run: no key, plain sockets, a seeded generator of broken messages."""
 import os, pickle, random, sys, time
 import msgpack, zmq
-from scoop_core import _messages as m
+from scoop_core import messages as m
 
 address, marker, count, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 rng = random.Random(seed)

@@ -53,7 +53,7 @@ import pytest
 from conftest import go_ahead_program, read_lines, wait_gone
 from scoop_transport_zmq.transport import ZmqTransport
 
-from scoop_core import _messages as m
+from scoop_core import messages as m
 from scoop_core.broker import Broker
 
 WAIT = 60.0

@@ -20,9 +20,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from scoop_core import _messages as m
-from scoop_core._calls import Call, Chunk, ChunkResult, RemoteException
-from scoop_core._future import Event, Future, new_event
+from scoop_core import messages as m
+from scoop_core.calls import Call, Chunk, ChunkResult, RemoteException
 from scoop_core.errors import (
     ConstantError,
     ConstantNotFound,
@@ -32,11 +31,12 @@ from scoop_core.errors import (
     SerializationError,
     WorkerLostError,
 )
+from scoop_core.future import Event, Future, new_event
 from scoop_core.interfaces import Endpoint, Frame, Serializer
 
 log = logging.getLogger("scoop.runtime")
 
-_MISSING: Any = object()
+MISSING: Any = object()
 
 LAUNCH_HINT = (
     "launch the program with `python -m scoop yourprogram.py` (or `scoop run yourprogram.py`), "
@@ -44,7 +44,7 @@ LAUNCH_HINT = (
 )
 
 
-def _short(obj: Any, limit: int = 80) -> str:
+def short_repr(obj: Any, limit: int = 80) -> str:
     try:
         text = repr(obj)
     except Exception:
@@ -81,7 +81,7 @@ def describe_unpicklable(
 ) -> SerializationError:
     """A SerializationError that names the piece of ``payload`` that cannot be sent."""
     fn = payload.fn
-    fname = getattr(fn, "__qualname__", None) or _short(fn)
+    fname = getattr(fn, "__qualname__", None) or short_repr(fn)
     parts: list[tuple[str, Any]] = [(f"the function {fname}", fn)]
     if isinstance(payload, Call):
         parts += [(f"argument {i + 1} of {fname}()", a) for i, a in enumerate(payload.args)]
@@ -99,7 +99,7 @@ def describe_unpicklable(
             serializer.dumps(obj)
         except Exception as inner:
             return SerializationError(
-                f"cannot send {what} to a worker: {_short(obj)} cannot be pickled "
+                f"cannot send {what} to a worker: {short_repr(obj)} cannot be pickled "
                 f"({type(inner).__name__}: {inner}). Pass something picklable, for example "
                 "plain data, or a top-level function instead of a local one"
             )
@@ -143,6 +143,10 @@ class Runtime:
         self.constants: dict[str, Any] = {}
         self._const_events: list[Event] = []
         self.shutdown_reason = ""
+
+    def owned(self) -> list[Future]:
+        """The futures this process submitted that have no outcome yet."""
+        return list(self._owned.values())
 
     # -- to be provided by the process kind ---------------------------------
 
@@ -287,7 +291,7 @@ class Runtime:
             frames = self.serializer.dumps(value)
         except Exception as exc:
             raise SerializationError(
-                f"cannot share constant {name!r}: {_short(value)} cannot be pickled ({type(exc).__name__}: {exc})"
+                f"cannot share constant {name!r}: {short_repr(value)} cannot be pickled ({type(exc).__name__}: {exc})"
             ) from exc
         self.codec.check_size(frames, f"shared constant {name!r}")
         reply = self._expect(("const", name))
@@ -297,12 +301,12 @@ class Runtime:
             raise ConstantError(error)
         self.constants[name] = value
 
-    def get_const(self, name: str, timeout: float | None, default: Any = _MISSING) -> Any:
+    def get_const(self, name: str, timeout: float | None, default: Any = MISSING) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         while name not in self.constants:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                if default is not _MISSING:
+                if default is not MISSING:
                     return default
                 known = ", ".join(sorted(self.constants)) or "none"
                 raise ConstantNotFound(

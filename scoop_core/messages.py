@@ -417,7 +417,7 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
 }
 
 
-def _mac(key: bytes, header: bytes, payload: Sequence[Frame]) -> bytes:
+def mac_of(key: bytes, header: bytes, payload: Sequence[Frame]) -> bytes:
     mac = hmac.new(key, digestmod=hashlib.sha256)
     mac.update(_LEN.pack(len(header)))
     mac.update(header)
@@ -430,7 +430,7 @@ def _mac(key: bytes, header: bytes, payload: Sequence[Frame]) -> bytes:
 
 def _sign(key: bytes, head: list[Any], payload: list[Frame]) -> list[Frame]:
     header = msgpack.packb(head, use_bin_type=True)
-    return [header, *payload, _mac(key, header, payload)]
+    return [header, *payload, mac_of(key, header, payload)]
 
 
 def encode(message: Message, key: bytes) -> list[Frame]:
@@ -596,7 +596,7 @@ def _open(
                 raise ProtocolError(f"refused a message of {_too_big(size, max_size)}")
         header = _bytes(frames[0])
         mac = _bytes(frames[-1])
-        expected = _mac(key, header, payload)
+        expected = mac_of(key, header, payload)
     except (TypeError, ValueError, BufferError) as exc:
         raise ProtocolError(f"a frame is not a readable buffer: {exc}") from None
     _check_version(header)

@@ -1,0 +1,164 @@
+"""How a map travels: its items cut into chunks whose size adapts to the
+work, a bounded number of chunks in flight, and their results read back in
+order or as they complete.
+
+Shared by :mod:`scoop_core.futures` (``map``, ``map_as_completed``,
+``mapReduce``, ``mapScan``) and :class:`scoop_core.Executor`'s ``map``.
+Chunks aim to take ``TARGET_SECONDS`` on a worker, so tiny items travel by
+the thousand and slow ones one at a time; a bounded window keeps an endless
+iterable from being read whole into memory.
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from scoop_core import runtime
+from scoop_core.calls import Chunk, ChunkResult
+from scoop_core.errors import TimeoutError
+from scoop_core.future import FIRST_COMPLETED, Future, wait_futures
+
+# Chunk sizing: aim for chunks that take this long on a worker, within bounds.
+TARGET_SECONDS = 0.02
+TARGET_BYTES = 4 << 20
+MAX_CHUNK = 8192
+CHUNKS_PER_WORKER = 4  # chunks in flight per worker, so none waits for work
+
+
+class Chunker:
+    """Cuts the zipped iterables into chunks and keeps a bounded number in flight."""
+
+    def __init__(
+        self,
+        rt: runtime.Runtime,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        fold: str = "",
+        reducer: Callable[[Any, Any], Any] | None = None,
+        *,
+        max_losses: int = 0,
+    ) -> None:
+        self.rt = rt
+        self.max_losses = max_losses
+        self.fn = fn
+        self.fold = fold
+        self.reducer = reducer
+        self.items = zip(*iterables, strict=False)
+        hints = [operator.length_hint(it, -1) for it in iterables]
+        self.remaining = min(hints) if hints and min(hints) >= 0 else -1
+        self.exhausted = False
+        self.inflight: deque[tuple[Future, int]] = deque()
+        self.max_inflight = max(2, self.rt.workers * CHUNKS_PER_WORKER)
+        self.size = 1  # grows once chunks report how long an item takes
+        self.item_seconds = -1.0
+        self.item_bytes = 0.0
+
+    def _learn(self, fut: Future, count: int) -> None:
+        if count <= 0:
+            return
+        per_item = fut.elapsed / count
+        self.item_seconds = (
+            per_item if self.item_seconds < 0 else 0.5 * (self.item_seconds + per_item)
+        )
+        size = MAX_CHUNK if self.item_seconds <= 0 else int(TARGET_SECONDS / self.item_seconds)
+        if self.item_bytes > 0:
+            size = min(size, int(TARGET_BYTES / self.item_bytes))
+        self.size = max(1, min(MAX_CHUNK, size))
+
+    def _next_size(self) -> int:
+        size = self.size
+        if self.remaining > 0:
+            # Leave enough chunks for every worker near the end.
+            size = min(size, max(1, -(-self.remaining // (2 * self.rt.workers))))
+        return size
+
+    def fill(self) -> None:
+        """Submit chunks until the window is full or the items run out."""
+        batch: list[Chunk] = []
+        counts: list[int] = []
+        while not self.exhausted and len(self.inflight) + len(batch) < self.max_inflight:
+            items = list(itertools.islice(self.items, self._next_size()))
+            if not items:
+                self.exhausted = True
+                break
+            if self.remaining > 0:
+                self.remaining = max(0, self.remaining - len(items))
+            batch.append(Chunk(self.fn, items, self.fold, self.reducer))
+            counts.append(len(items))
+            if self.item_seconds < 0 and len(self.inflight) + len(batch) >= 2 * self.rt.workers:
+                break  # wait to learn item cost before sending more single items
+        if batch:
+            futures = self.rt.submit(batch, max_losses=self.max_losses)
+            for fut, count in zip(futures, counts, strict=True):
+                self.inflight.append((fut, count))
+            # The call was pickled once to be sent: its size bounds chunk sizes.
+            # (Futures that stay on this worker are not pickled: no bound.)
+            if self.item_bytes == 0 and futures[0].nbytes:
+                self.item_bytes = max(1.0, futures[0].nbytes / counts[0])
+
+    def done(self, fut: Future, count: int) -> ChunkResult:
+        self._learn(fut, count)
+        result: ChunkResult = fut.result(0)
+        return result
+
+    def abandon(self) -> None:
+        self.rt.cancel_nowait(f.fid for f, _ in self.inflight if not f.done())
+        self.inflight.clear()
+
+
+def time_left(deadline: float | None) -> float | None:
+    """Seconds left until ``deadline`` (0 once passed: a result that is
+    already there is still returned; only a missing one times out)."""
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic())
+
+
+def chunk_values(result: ChunkResult) -> list[Any]:
+    if result.error is not None:
+        raise result.error.rebuild()
+    return result.values
+
+
+def ordered_chunks(chunker: Chunker, deadline: float | None) -> Iterator[ChunkResult]:
+    try:
+        chunker.fill()
+        while chunker.inflight:
+            fut, count = chunker.inflight[0]
+            fut.result(time_left(deadline))
+            chunker.inflight.popleft()
+            result = chunker.done(fut, count)
+            chunker.fill()
+            yield result
+    finally:
+        chunker.abandon()
+
+
+def ordered_values(chunker: Chunker, deadline: float | None) -> Iterator[Any]:
+    for result in ordered_chunks(chunker, deadline):
+        yield from result.values
+        if result.error is not None:
+            raise result.error.rebuild()
+
+
+def values_as_completed(chunker: Chunker, deadline: float | None) -> Iterator[Any]:
+    try:
+        chunker.fill()
+        while chunker.inflight:
+            wait_futures([f for f, _ in chunker.inflight], time_left(deadline), FIRST_COMPLETED)
+            finished = [(f, n) for f, n in chunker.inflight if f.done()]
+            if not finished and deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError()
+            for pair in finished:
+                chunker.inflight.remove(pair)
+            results = [chunker.done(f, n) for f, n in finished]
+            chunker.fill()
+            for result in results:
+                yield from chunk_values(result)
+    finally:
+        chunker.abandon()
