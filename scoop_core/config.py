@@ -6,9 +6,11 @@ There is one precedence, each layer overriding the one before::
 
 The TOML file is the first of: the ``config_file`` given (and only that one),
 ``scoop.toml`` in the working directory (table ``[scoop]``), or the
-``[tool.scoop]`` table of ``pyproject.toml`` there. Plugins declare their own
-keys (:class:`~scoop_core.plugins.types.PluginSettings`); they live in
-sub-tables such as ``[scoop.transport.zmq]`` and in variables such as
+``[tool.scoop]`` table of ``pyproject.toml`` there. Transport and launcher
+plugins declare their own keys on their records (``settings``, a tuple of
+:class:`~scoop_core.plugins.types.Setting`); they live in the section named
+after the record's kind and name, that is in sub-tables such as
+``[scoop.transport.zmq]`` and in variables such as
 ``SCOOP_TRANSPORT_ZMQ_PORT``.
 
 Loading happens in two passes because the launcher needs ``disable_plugins``
@@ -29,13 +31,13 @@ import logging
 import os
 import re
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from scoop_core.errors import ConfigError
-from scoop_core.plugins.types import PluginSettings, Setting, normalize_name
+from scoop_core.plugins.types import SETTING_TYPES, Setting, normalize_name
 
 __all__ = ["CORE_SETTINGS", "PLUGIN_KINDS", "Config", "load_config"]
 
@@ -101,7 +103,6 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _ENV_PREFIX = "SCOOP_"
 _CLI_SOURCE = "command line"
 _DEFAULT_SOURCE = "default"
-_ALLOWED_TYPES = (str, int, float, bool, list)
 _EXPECTED = {
     str: "a string",
     int: "an integer",
@@ -182,7 +183,7 @@ def set_current(config: Config | None) -> None:
 
 def load_config(
     *,
-    plugin_settings: Iterable[PluginSettings] | None = None,
+    plugin_settings: Mapping[str, Sequence[Setting]] | None = None,
     cli: Mapping[str, Any] | None = None,
     config_file: str | os.PathLike[str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
@@ -192,9 +193,10 @@ def load_config(
 
     ``plugin_settings=None`` is the first pass: only core keys are checked,
     plugin tables, dotted command-line keys and unknown ``SCOOP_*`` variables
-    are left alone (they may belong to a plugin not loaded yet). With a list
-    of :class:`PluginSettings`, plugin tables are checked too, and every
-    declared plugin key gets a value.
+    are left alone (they may belong to a plugin not loaded yet). With every
+    plugin's settings by section (``{"transport.zmq": (Setting(...), ...)}``,
+    as :meth:`~scoop_core.plugins.manager.PluginManager.settings` gives them),
+    plugin tables are checked too, and every declared plugin key gets a value.
 
     ``cli`` maps dotted keys to values the user gave on the command line;
     ``None`` values count as not given (argparse's default). ``config_file``
@@ -232,14 +234,14 @@ def load_config(
 class _Schema:
     """Every key known in this pass, keyed by dotted name."""
 
-    def __init__(self, plugin_settings: Iterable[PluginSettings] | None) -> None:
+    def __init__(self, plugin_settings: Mapping[str, Sequence[Setting]] | None) -> None:
         self.settings: dict[str, Setting] = {s.name: s for s in CORE_SETTINGS}
         # None in the first pass: plugin tables cannot be checked yet.
         self.sections: set[str] | None = None
         if plugin_settings is not None:
             self.sections = set()
-            for declared in plugin_settings:
-                self._add_section(declared)
+            for section, declared in plugin_settings.items():
+                self._add_section(section, declared)
             for section in self.sections:
                 if section in self.settings:
                     raise ConfigError(
@@ -259,9 +261,8 @@ class _Schema:
     def plugins(self) -> bool:
         return self.sections is not None
 
-    def _add_section(self, declared: PluginSettings) -> None:
+    def _add_section(self, section: str, declared: Sequence[Setting]) -> None:
         assert self.sections is not None
-        section = declared.section
         parts = section.split(".")
         if not all(parts) or (parts[0] in self.settings and parts[0] not in PLUGIN_KINDS):
             raise ConfigError(f"plugin settings section {section!r} is not a valid section name")
@@ -272,8 +273,8 @@ class _Schema:
                 f"plugin settings section {section!r} clashes with the plugin selection key"
             )
         self.sections.add(section)
-        for setting in declared.settings:
-            if not setting.name or "." in setting.name or setting.type not in _ALLOWED_TYPES:
+        for setting in declared:
+            if not setting.name or "." in setting.name or setting.type not in SETTING_TYPES:
                 raise ConfigError(
                     f"setting {setting.name!r} of section {section!r} needs a name without "
                     f"dots and a type among str, int, float, bool, list"

@@ -18,33 +18,31 @@ return records from them:
     from typing import Any
 
     from scoop_core.interfaces import Transport
-    from scoop_core.plugins import PluginSettings, Setting, TransportPlugin, hookimpl
+    from scoop_core.plugins import Setting, TransportPlugin, hookimpl
 
 
     def make_transport(settings: Mapping[str, Any]) -> Transport:
-        from mypkg.transport import MyTransport  # heavy: imported only when chosen
+        from mypkg.transport import TcpTransport  # heavy: imported only when chosen
 
-        return MyTransport(url=settings["url"])
+        return TcpTransport(interface=settings["interface"], port=settings["port"])
 
 
     @hookimpl
     def scoop_transports() -> Iterable[TransportPlugin]:
-        return [TransportPlugin(name="mytransport", factory=make_transport)]
-
-
-    @hookimpl
-    def scoop_settings() -> Iterable[PluginSettings]:
         return [
-            PluginSettings(
-                section="transport.mytransport",
-                settings=(Setting("url", str, "tcp://127.0.0.1:7000", help="bus address"),),
+            TransportPlugin(
+                name="mytcp",
+                factory=make_transport,
+                settings=(
+                    Setting("interface", str, "0.0.0.0", help="where a public hub listens"),
+                    Setting("port", int, 0, help="the hub's port; 0 picks a free one"),
+                ),
             )
         ]
 
-A module may implement any subset of the four hooks (``scoop_transports``,
-``scoop_serializers``, ``scoop_launchers``, ``scoop_settings``). None takes
-arguments; each is called once per process when the plugin manager loads,
-never on a hot path.
+A module may implement any subset of the three hooks (``scoop_transports``,
+``scoop_serializers``, ``scoop_launchers``). None takes arguments; each is
+called once per process when the plugin manager loads, never on a hot path.
 
 **2. An entry point.** Declare the module in your distribution's
 ``pyproject.toml``, in the entry-point group ``scoop``; the entry point's
@@ -60,26 +58,35 @@ registers, with your distribution's name and version and its status.
 
 **3. Records.** Hooks return the frozen records re-exported here:
 :class:`TransportPlugin`, :class:`SerializerPlugin` and
-:class:`LauncherPlugin` (a name, a ``factory`` and a description) and
-:class:`PluginSettings` (a config section and its :class:`Setting` keys).
+:class:`LauncherPlugin` (a name, a ``factory`` and a description).
 Names are normalised (``My_Transport`` is ``my-transport``); users select
 records by name, and a name claimed by two plugins is an error that names
 both distributions when it is selected.
 
-**4. Heavy imports go inside factories.** Listing plugins, or running on
+**4. Settings.** A transport or launcher declares its configuration keys on
+its record, ``settings=(Setting(...), ...)``; they live in the section
+named after its kind and name (``transport.mytcp``: the table
+``[scoop.transport.mytcp]``, the variables ``SCOOP_TRANSPORT_MYTCP_<KEY>``),
+and ``factory`` receives their validated values. Settings reach worker
+processes as JSON, so every default must survive a JSON round trip
+(``json.loads(json.dumps(value)) == value``, same type): a record declaring
+one that does not is refused when it is made, naming the plugin and the
+setting.
+
+**5. Heavy imports go inside factories.** Listing plugins, or running on
 another transport, must not import your client library: import it inside
 ``factory`` (and keep ``detect`` cheap), never at the top of the plugin
 module.
 
-**5. Failures.** A plugin that fails to import, whose hook raises, or whose
+**6. Failures.** A plugin that fails to import, whose hook raises, or whose
 hook returns anything but its records, is skipped with a warning on the
 ``scoop.plugins`` logger and listed by ``scoop plugins`` with status
 ``error: ...``; it never stops other plugins. Users turn a plugin off with
 ``SCOOP_DISABLE_PLUGINS=myname`` or ``disable_plugins = ["myname"]`` in the
-configuration (a record name, such as ``mytransport``, turns off that record
+configuration (a record name, such as ``mytcp``, turns off that record
 only).
 
-**6. Conformance.** Test a transport with the suite every built-in passes,
+**7. Conformance.** Test a transport with the suite every built-in passes,
 :func:`scoop_core.testing.check_transport`, given a function that builds a
 fresh transport:
 
@@ -91,7 +98,7 @@ fresh transport:
 
 
     def test_my_transport_keeps_the_contract():
-        check_transport(lambda: make_transport({"url": "tcp://127.0.0.1:7000"}))
+        check_transport(lambda: make_transport({"interface": "0.0.0.0", "port": 0}))
 """
 
 from __future__ import annotations
@@ -99,7 +106,6 @@ from __future__ import annotations
 from scoop_core.plugins.hookspec import hookimpl
 from scoop_core.plugins.types import (
     LauncherPlugin,
-    PluginSettings,
     SerializerPlugin,
     Setting,
     TransportPlugin,
@@ -108,7 +114,6 @@ from scoop_core.plugins.types import (
 
 __all__ = [
     "LauncherPlugin",
-    "PluginSettings",
     "SerializerPlugin",
     "Setting",
     "TransportPlugin",

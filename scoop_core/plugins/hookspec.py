@@ -19,12 +19,7 @@ from collections.abc import Iterable
 
 import pluggy
 
-from scoop_core.plugins.types import (
-    LauncherPlugin,
-    PluginSettings,
-    SerializerPlugin,
-    TransportPlugin,
-)
+from scoop_core.plugins.types import LauncherPlugin, SerializerPlugin, TransportPlugin
 
 PROJECT_NAME = "scoop"
 """The pluggy project name, and the entry-point group plugins are found in."""
@@ -40,7 +35,12 @@ def scoop_transports() -> Iterable[TransportPlugin]:  # type: ignore[empty-body]
 
     A transport is chosen by name (``scoop --transport NAME`` or the
     ``transport`` key of the configuration), then built by calling its
-    ``factory`` with the validated settings of section ``transport.NAME``.
+    ``factory`` with the validated values of the ``settings`` its record
+    declares: the section ``transport.NAME`` (the table
+    ``[scoop.transport.NAME]``, the variables ``SCOOP_TRANSPORT_NAME_<KEY>``).
+    Workers receive those values as JSON, so every default must survive a
+    JSON round trip; a record whose default does not is refused when it is
+    made, naming the plugin and the setting.
 
     **When:** called once per process, when the plugin manager loads, in the
     root, the broker and every worker alike.
@@ -59,23 +59,27 @@ def scoop_transports() -> Iterable[TransportPlugin]:  # type: ignore[empty-body]
         from typing import Any
 
         from scoop_core.interfaces import Transport
-        from scoop_core.plugins import TransportPlugin, hookimpl
+        from scoop_core.plugins import Setting, TransportPlugin, hookimpl
 
 
         def make_transport(settings: Mapping[str, Any]) -> Transport:
-            # Imported here so that listing plugins never imports the client.
-            from mypkg.transport import MyTransport
+            # Imported here so that listing plugins never imports the transport's code.
+            from mypkg.transport import TcpTransport
 
-            return MyTransport(url=settings["url"])
+            return TcpTransport(interface=settings["interface"], port=settings["port"])
 
 
         @hookimpl
         def scoop_transports() -> Iterable[TransportPlugin]:
             return [
                 TransportPlugin(
-                    name="mytransport",
+                    name="mytcp",
                     factory=make_transport,
-                    description="messages over my message bus",
+                    description="length-prefixed frames over plain TCP",
+                    settings=(
+                        Setting("interface", str, "0.0.0.0", help="where a public hub listens"),
+                        Setting("port", int, 0, help="the hub's port; 0 picks a free one"),
+                    ),
                 )
             ]
     """
@@ -132,7 +136,9 @@ def scoop_launchers() -> Iterable[LauncherPlugin]:  # type: ignore[empty-body]
     A launcher is chosen by name (the ``launcher`` key of the configuration),
     or picked without being asked when its ``detect()`` returns True (for
     example inside a scheduler allocation). Its ``factory`` is called with the
-    validated settings of section ``launcher.NAME``.
+    validated values of the ``settings`` its record declares, the section
+    ``launcher.NAME``. A launcher that starts workers through a scheduler's
+    own command subclasses :class:`~scoop_core.scheduler_launcher.SchedulerLauncher`.
 
     **When:** called once per process, when the plugin manager loads; only
     the root ever calls a launcher's ``factory`` or ``detect``.
@@ -152,7 +158,8 @@ def scoop_launchers() -> Iterable[LauncherPlugin]:  # type: ignore[empty-body]
         from typing import Any
 
         from scoop_core.interfaces import Launcher
-        from scoop_core.plugins import LauncherPlugin, hookimpl
+        from scoop_core.plugins import LauncherPlugin, Setting, hookimpl
+        from scoop_core.scheduler_launcher import COMMON_SETTINGS
 
 
         def in_allocation() -> bool:
@@ -163,7 +170,7 @@ def scoop_launchers() -> Iterable[LauncherPlugin]:  # type: ignore[empty-body]
         def make_launcher(settings: Mapping[str, Any]) -> Launcher:
             from mypkg.launcher import MySchedLauncher
 
-            return MySchedLauncher(partition=settings["partition"])
+            return MySchedLauncher(settings)
 
 
         @hookimpl
@@ -174,48 +181,9 @@ def scoop_launchers() -> Iterable[LauncherPlugin]:  # type: ignore[empty-body]
                     factory=make_launcher,
                     description="workers on the nodes of a MySched allocation",
                     detect=in_allocation,
-                )
-            ]
-    """
-
-
-@hookspec
-def scoop_settings() -> Iterable[PluginSettings]:  # type: ignore[empty-body]
-    """Declare a plugin's configuration keys, so the config layer accepts and checks them.
-
-    Each :class:`~scoop_core.plugins.types.PluginSettings` names a section
-    (``"transport.mytransport"`` is the table ``[scoop.transport.mytransport]``
-    in ``scoop.toml`` and the variables ``SCOOP_TRANSPORT_MYTRANSPORT_<KEY>``)
-    and the :class:`~scoop_core.plugins.types.Setting` records it holds. A
-    transport or launcher named ``NAME`` receives the validated values of
-    section ``transport.NAME`` or ``launcher.NAME`` in its ``factory``.
-
-    **When:** called once per process, when the plugin manager loads, before
-    any configuration is read.
-
-    **Results:** collected from every plugin (not first-result). A section
-    declared by two plugins is reported as a conflict, naming both
-    distributions.
-
-    **Returns:** an iterable of :class:`~scoop_core.plugins.types.PluginSettings`.
-
-    **Example:**
-
-    .. code-block:: python
-
-        from collections.abc import Iterable
-
-        from scoop_core.plugins import PluginSettings, Setting, hookimpl
-
-
-        @hookimpl
-        def scoop_settings() -> Iterable[PluginSettings]:
-            return [
-                PluginSettings(
-                    section="transport.mytransport",
                     settings=(
-                        Setting("url", str, "tcp://127.0.0.1:7000", help="where the bus listens"),
-                        Setting("timeout", float, 5.0, help="seconds to wait for the bus"),
+                        *COMMON_SETTINGS,
+                        Setting("run_args", list, [], help="extra options for every mysched-run"),
                     ),
                 )
             ]

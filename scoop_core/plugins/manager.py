@@ -19,10 +19,15 @@ Rules, in the words of ``docs/plugins.md``:
   claimed by two plugins names both distributions and how to disable one.
 - Disabling: each name in ``disabled`` (and in ``SCOOP_DISABLE_PLUGINS``) is
   a *plugin* name if some plugin is registered under it, which turns the
-  whole plugin off without importing it; otherwise it is a *record* name
-  (or settings section), which turns off just those records. Plugin names
-  win so that a built-in and a third-party plugin claiming the same record
-  name can always be told apart.
+  whole plugin off without importing it; otherwise it is a *record* name,
+  which turns off just those records. Plugin names win so that a built-in
+  and a third-party plugin claiming the same record name can always be
+  told apart.
+- Settings come with their records: :meth:`PluginManager.settings` gives
+  the section of every transport and launcher that loaded, disabled ones
+  included (a configuration may keep a table for a transport it does not
+  use today), but not those claimed by two plugins, whose sections would
+  be ambiguous.
 """
 
 from __future__ import annotations
@@ -45,8 +50,8 @@ from scoop_core.errors import PluginError
 from scoop_core.plugins import hookspec
 from scoop_core.plugins.types import (
     LauncherPlugin,
-    PluginSettings,
     SerializerPlugin,
+    Setting,
     TransportPlugin,
     normalize_name,
 )
@@ -79,10 +84,10 @@ ENTRY_POINT_GROUP = hookspec.PROJECT_NAME
 DISABLE_ENV_VAR = "SCOOP_DISABLE_PLUGINS"
 BUILTIN_DISTRIBUTION = "scoop-core"
 
-Kind = Literal["transport", "serializer", "launcher", "settings", "?"]
+Kind = Literal["transport", "serializer", "launcher", "?"]
 """What a :class:`PluginInfo` row registers; ``"?"`` for a plugin whose hooks were not called."""
 
-Record = TransportPlugin | SerializerPlugin | LauncherPlugin | PluginSettings
+Record = TransportPlugin | SerializerPlugin | LauncherPlugin
 _R = TypeVar("_R", TransportPlugin, SerializerPlugin, LauncherPlugin)
 
 # (kind, hook name, record type): one line per hook in hookspec.py.
@@ -90,7 +95,6 @@ _HOOKS: tuple[tuple[Kind, str, type], ...] = (
     ("transport", "scoop_transports", TransportPlugin),
     ("serializer", "scoop_serializers", SerializerPlugin),
     ("launcher", "scoop_launchers", LauncherPlugin),
-    ("settings", "scoop_settings", PluginSettings),
 )
 
 
@@ -99,8 +103,8 @@ class PluginInfo:
     """One row of ``scoop plugins``: a record some plugin registers, and its status.
 
     ``name`` is the plugin's name (the entry point's name, or the built-in's
-    name in :data:`BUILTIN_PLUGINS`); ``registers`` is the record's name (a
-    settings section for kind ``"settings"``). A plugin that is disabled or
+    name in :data:`BUILTIN_PLUGINS`); ``registers`` is the record's name. A
+    plugin that is disabled or
     failed before its hooks were called has one row, with kind ``"?"`` and
     registers ``"-"``. ``status`` is ``"enabled"``, ``"disabled"`` or
     ``"error: <one-line reason>"``.
@@ -162,6 +166,7 @@ class PluginManager:
         self._unavailable: dict[Kind, dict[str, str]] = {kind: {} for kind, _, _ in _HOOKS}
         # Plugins that contribute nothing, with the reason, for selection hints.
         self._missing_plugins: dict[str, str] = {}
+        self._settings: dict[str, tuple[Setting, ...]] = {}
 
         sources = [_builtin_source(name, module) for name, module in builtins]
         if entry_points:
@@ -184,9 +189,12 @@ class PluginManager:
         """Every selectable launcher, by name."""
         return _typed(self._records["launcher"], LauncherPlugin)
 
-    def settings(self) -> list[PluginSettings]:
-        """The settings sections of every enabled plugin, in load order."""
-        return [s for s in self._records["settings"].values() if isinstance(s, PluginSettings)]
+    def settings(self) -> dict[str, tuple[Setting, ...]]:
+        """Each transport's and launcher's settings by section (``"transport.zmq"``), in load order.
+
+        What :func:`scoop_core.config.load_config` takes as ``plugin_settings``.
+        """
+        return dict(self._settings)
 
     def transport(self, name: str) -> TransportPlugin:
         """The transport called ``name``; :class:`PluginError` says why if there is none."""
@@ -253,9 +261,9 @@ class PluginManager:
 
         claims: dict[tuple[Kind, str], list[_Source]] = {}
         for source, kind, record in found:
-            claims.setdefault((kind, _record_name(record)), []).append(source)
+            claims.setdefault((kind, record.name), []).append(source)
         for source, kind, record in found:
-            name = _record_name(record)
+            name = record.name
             owners = claims[(kind, name)]
             if name in off_records:
                 status = "disabled"
@@ -273,8 +281,10 @@ class PluginManager:
             else:
                 status = "enabled"
                 self._records[kind][name] = record
+            if len(owners) == 1 and isinstance(record, TransportPlugin | LauncherPlugin):
+                self._settings[record.section] = record.settings
             self._rows.append(source.info(kind, name, status))
-        unused = off_records - {_record_name(record) for _, _, record in found}
+        unused = off_records - {record.name for _, _, record in found}
         if unused:
             log.info("disabled names match no plugin or record: %s", ", ".join(sorted(unused)))
 
@@ -357,12 +367,6 @@ def _is_iterable(value: object) -> bool:
     except TypeError:
         return False
     return True
-
-
-def _record_name(record: Record) -> str:
-    if isinstance(record, PluginSettings):
-        return normalize_name(record.section)
-    return record.name
 
 
 def _typed(records: dict[str, Record], record_type: type[_R]) -> dict[str, _R]:

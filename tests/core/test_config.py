@@ -17,28 +17,22 @@ from hypothesis import strategies as st
 
 from scoop_core.config import CORE_SETTINGS, Config, _key_lines, load_config
 from scoop_core.errors import ConfigError
-from scoop_core.plugins.types import PluginSettings, Setting
+from scoop_core.plugins.types import Setting
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
-PLUGINS = [
-    PluginSettings(
-        section="transport.zmq",
-        settings=(
-            Setting("interface", str, "*", "Interface to bind."),
-            Setting("port", int, 0, "Port to bind; 0 picks a free one."),
-            Setting("ipv6", bool, False),
-        ),
+PLUGINS = {
+    "transport.zmq": (
+        Setting("interface", str, "*", "Interface to bind."),
+        Setting("port", int, 0, "Port to bind; 0 picks a free one."),
+        Setting("ipv6", bool, False),
     ),
-    PluginSettings(
-        section="transport.redis",
-        settings=(
-            Setting("url", str, "redis://localhost:6379/0"),
-            Setting("block_ms", float, 100.0),
-            Setting("hosts", list, []),
-        ),
+    "transport.redis": (
+        Setting("url", str, "redis://localhost:6379/0"),
+        Setting("block_ms", float, 100.0),
+        Setting("hosts", list, []),
     ),
-]
+}
 
 
 def write(directory: Path, name: str, text: str) -> Path:
@@ -505,14 +499,12 @@ def test_first_pass_does_not_warn_about_plugin_variables(
 
 
 def test_plugin_declarations_that_cannot_be_told_apart_are_refused(tmp_path: Path) -> None:
-    clash = [
-        PluginSettings("transport.zmq", (Setting("tls_cert", str),)),
-        PluginSettings("transport.zmq.tls", (Setting("cert", str),)),
-    ]
+    clash = {
+        "transport.zmq": (Setting("tls_cert", str),),
+        "transport.zmq.tls": (Setting("cert", str),),
+    }
     assert "SCOOP_TRANSPORT_ZMQ_TLS_CERT" in config_error(tmp_path, plugin_settings=clash)
-    assert "'workers'" in config_error(
-        tmp_path, plugin_settings=[PluginSettings("workers", (Setting("x", int),))]
-    )
+    assert "'workers'" in config_error(tmp_path, plugin_settings={"workers": (Setting("x", int),)})
 
 
 # --- the Config object ---

@@ -392,13 +392,13 @@ def test_a_bad_hook_skips_its_plugin_only(
     site: Path, caplog: pytest.LogCaptureFixture, source: str, reason: str
 ) -> None:
     header = """
-        from scoop_core.plugins import PluginSettings, SerializerPlugin, Setting, hookimpl
+        from scoop_core.plugins import LauncherPlugin, SerializerPlugin, Setting, hookimpl
         from scoop_core.serialization import PickleSerializer
 
 
         @hookimpl
-        def scoop_settings():
-            return [PluginSettings("serializer.badplug", (Setting("level", int, 1),))]
+        def scoop_launchers():
+            return [LauncherPlugin("badplug", dict, settings=(Setting("level", int, 1),))]
         """
     make_fake_distribution(
         site, "badplug", "0.3", textwrap.dedent(header) + textwrap.dedent(source)
@@ -412,7 +412,8 @@ def test_a_bad_hook_skips_its_plugin_only(
     assert status.startswith("error: ") and reason in status
     # The plugin contributes nothing, not even its well-formed records.
     assert [i for i in pm.plugins() if i.name == "badplug"] == [row(pm, "badplug")]
-    assert pm.settings() == []
+    assert pm.settings() == {}
+    assert pm.launchers() == {}
     assert {"good", "pickle", "cloudpickle"} <= set(pm.serializers())
     assert any("badplug 0.3" in r.getMessage() for r in caplog.records)
 
@@ -437,6 +438,123 @@ def test_a_broken_builtin_stops_loading(site: Path) -> None:
         PluginError, match=r"built-in plugin 'bad'.*returned 42, not a SerializerPlugin"
     ):
         PluginManager(builtins=(("bad", "bad_builtin"),))
+
+
+# -- settings on the records ------------------------------------------------------
+
+SETTINGS_PLUGIN = """
+    from scoop_core.plugins import LauncherPlugin, Setting, TransportPlugin, hookimpl
+
+
+    def refuse(settings):
+        raise AssertionError("loading plugins builds nothing")
+
+
+    @hookimpl
+    def scoop_transports():
+        return [
+            TransportPlugin(
+                "My_Bus",
+                refuse,
+                settings=[Setting("url", str, "tcp://bus:7000"), Setting("hosts", list, [])],
+            )
+        ]
+
+
+    @hookimpl
+    def scoop_launchers():
+        return [LauncherPlugin("my-bus", refuse, settings=(Setting("url", int, 3),))]
+    """
+
+
+def test_settings_live_in_the_section_of_their_records_kind_and_name(
+    site: Path, tmp_path: Path
+) -> None:
+    from scoop_core.config import load_config
+
+    make_fake_distribution(site, "busplug", "1.0", SETTINGS_PLUGIN)
+    pm = PluginManager(builtins=())
+
+    assert list(pm.settings()) == ["transport.my-bus", "launcher.my-bus"]
+    assert pm.transport("my-bus").section == "transport.my-bus"
+    environ = {"SCOOP_TRANSPORT_MY_BUS_HOSTS": "a, b", "SCOOP_LAUNCHER_MY_BUS_URL": "5"}
+    config = load_config(plugin_settings=pm.settings(), cwd=tmp_path, environ=environ)
+    assert config.section("transport.my-bus") == {"url": "tcp://bus:7000", "hosts": ["a", "b"]}
+    assert config.section("launcher.my-bus") == {"url": 5}
+
+
+def test_a_disabled_records_settings_stay_declared(site: Path, tmp_path: Path) -> None:
+    from scoop_core.config import load_config
+
+    make_fake_distribution(site, "busplug", "1.0", SETTINGS_PLUGIN)
+    (tmp_path / "scoop.toml").write_text('[scoop.transport.my-bus]\nurl = "tcp://other:1"\n')
+    pm = PluginManager(disabled=["my-bus"], builtins=())
+
+    assert pm.transports() == {}
+    # The user's table for a transport turned off today is still valid.
+    config = load_config(plugin_settings=pm.settings(), cwd=tmp_path, environ={})
+    assert config["transport.my-bus.url"] == "tcp://other:1"
+
+
+def test_an_unknown_plugin_setting_names_its_line_and_a_close_name(
+    site: Path, tmp_path: Path
+) -> None:
+    from scoop_core.config import load_config
+    from scoop_core.errors import ConfigError
+
+    make_fake_distribution(site, "busplug", "1.0", SETTINGS_PLUGIN)
+    (tmp_path / "scoop.toml").write_text('[scoop]\n\n[scoop.transport.my-bus]\nulr = "x"\n')
+    pm = PluginManager(builtins=())
+
+    with pytest.raises(ConfigError) as err:
+        load_config(plugin_settings=pm.settings(), cwd=tmp_path, environ={})
+    message = str(err.value)
+    assert message.startswith("scoop.toml:4: unknown key 'ulr' in [scoop.transport.my-bus]")
+    assert "did you mean 'url'?" in message
+
+
+BAD_DEFAULTS = {
+    "not-a-number": ('Setting("ratio", float, float("nan"))', "default nan, which does not"),
+    "infinite": ('Setting("ratio", float, float("inf"))', "survive a JSON round trip"),
+    "tuple-for-list": ('Setting("hosts", list, ("a",))', "default ('a',) (tuple), not a list"),
+    "wrong-type": ('Setting("port", int, "80")', "default '80' (str), not int"),
+    "bytes": ('Setting("key", str, b"k")', "default b'k' (bytes), not str"),
+    "unknown-type": ('Setting("when", dict, {})', "has type <class 'dict'>; choose one of"),
+    "twice": ('Setting("a", str, ""), Setting("a", str, "")', "setting 'a' is declared twice"),
+}
+
+
+@pytest.mark.parametrize("declared, reason", BAD_DEFAULTS.values(), ids=BAD_DEFAULTS.keys())
+def test_a_setting_workers_could_not_receive_is_refused_at_registration(
+    site: Path, caplog: pytest.LogCaptureFixture, declared: str, reason: str
+) -> None:
+    source = f"""
+        from scoop_core.plugins import Setting, TransportPlugin, hookimpl
+
+
+        @hookimpl
+        def scoop_transports():
+            return [TransportPlugin("bus", dict, settings=({declared},))]
+        """
+    make_fake_distribution(site, "busplug", "1.0", source)
+
+    with caplog.at_level(logging.WARNING, logger="scoop.plugins"):
+        pm = PluginManager(builtins=())
+
+    status = row(pm, "busplug").status
+    assert status.startswith("error: scoop_transports() raised ValueError: transport 'bus': ")
+    assert reason in status
+    assert pm.settings() == {}
+    assert any("busplug 1.0" in r.getMessage() and reason in r.getMessage() for r in caplog.records)
+
+
+def test_every_builtin_default_survives_json() -> None:
+    pytest.importorskip("scoop_transport_zmq")
+    import json
+
+    for section, settings in PluginManager(entry_points=False).settings().items():
+        for setting in settings:
+            assert json.loads(json.dumps(setting.default)) == setting.default, (section, setting)
 
 
 # -- the listing ---------------------------------------------------------------

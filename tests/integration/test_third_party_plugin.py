@@ -30,7 +30,7 @@ LOOPBACK_SOURCE = '''
 import os
 
 from scoop_core.interfaces import Transport
-from scoop_core.plugins import PluginSettings, Setting, TransportPlugin, hookimpl
+from scoop_core.plugins import Setting, TransportPlugin, hookimpl
 from scoop_transport_zmq import make_transport
 
 
@@ -55,15 +55,12 @@ class LoopbackZmq(Transport):
 
 @hookimpl
 def scoop_transports():
-    return [TransportPlugin("loopback-zmq", LoopbackZmq, "ZeroMQ, recording who uses it")]
-
-
-@hookimpl
-def scoop_settings():
     return [
-        PluginSettings(
-            "transport.loopback-zmq",
-            (Setting("marker_dir", str, "", "where each process leaves <pid>-<role>"),),
+        TransportPlugin(
+            "loopback-zmq",
+            LoopbackZmq,
+            "ZeroMQ, recording who uses it",
+            settings=(Setting("marker_dir", str, "", "where each process leaves <pid>-<role>"),),
         )
     ]
 '''
@@ -255,7 +252,6 @@ def test_scoop_plugins_lists_the_plugin_and_the_broken_one(plugin_env):
         "VERSION": "1.2.3",
         "STATUS": "enabled",
     }
-    assert rows[("loopback", "transport.loopback-zmq")]["KIND"] == "settings"
     assert rows[("zmq", "zmq")]["STATUS"] == "enabled"
     broken = rows[("broken", "-")]
     assert (broken["DISTRIBUTION"], broken["VERSION"]) == ("scoop-broken", "0.1")

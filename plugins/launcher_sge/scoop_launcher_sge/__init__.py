@@ -23,12 +23,12 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from scoop_core.plugins.hookspec import hookimpl
-from scoop_core.plugins.types import LauncherPlugin, PluginSettings, Setting
+from scoop_core.plugins.types import LauncherPlugin, Setting
 
 if TYPE_CHECKING:
     from scoop_launcher_sge.launcher import SgeLauncher
 
-__all__ = ["in_allocation", "make_launcher", "scoop_launchers", "scoop_settings"]
+__all__ = ["in_allocation", "make_launcher", "scoop_launchers"]
 
 
 def in_allocation(environ: Mapping[str, str] | None = None) -> bool:
@@ -46,6 +46,8 @@ def make_launcher(settings: Mapping[str, Any]) -> SgeLauncher:
 
 @hookimpl
 def scoop_launchers() -> Iterable[LauncherPlugin]:
+    from scoop_core.scheduler_launcher import COMMON_SETTINGS
+
     return (
         LauncherPlugin(
             name="sge",
@@ -53,17 +55,6 @@ def scoop_launchers() -> Iterable[LauncherPlugin]:
             description="workers on the hosts of a Grid Engine parallel job, started with "
             "qrsh -inherit",
             detect=in_allocation,
-        ),
-    )
-
-
-@hookimpl
-def scoop_settings() -> Iterable[PluginSettings]:
-    from scoop_core.scheduler_launcher import COMMON_SETTINGS
-
-    return (
-        PluginSettings(
-            section="launcher.sge",
             settings=(
                 *COMMON_SETTINGS,
                 Setting("qrsh_args", list, [], "extra options for every qrsh -inherit"),

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from scoop_core.plugins.hookspec import hookimpl
-from scoop_core.plugins.types import LauncherPlugin, PluginSettings, Setting
+from scoop_core.plugins.types import LauncherPlugin, Setting
 from scoop_launcher_slurm.nodelist import (
     allocation_from_env,
     expand_nodelist,
@@ -43,7 +43,6 @@ __all__ = [
     "in_allocation",
     "make_launcher",
     "scoop_launchers",
-    "scoop_settings",
 ]
 
 
@@ -65,23 +64,14 @@ def make_launcher(settings: Mapping[str, Any]) -> SlurmLauncher:
 
 @hookimpl
 def scoop_launchers() -> Iterable[LauncherPlugin]:
+    from scoop_core.scheduler_launcher import COMMON_SETTINGS
+
     return (
         LauncherPlugin(
             name="slurm",
             factory=make_launcher,
             description="workers on the nodes of a SLURM job, started with srun",
             detect=in_allocation,
-        ),
-    )
-
-
-@hookimpl
-def scoop_settings() -> Iterable[PluginSettings]:
-    from scoop_core.scheduler_launcher import COMMON_SETTINGS
-
-    return (
-        PluginSettings(
-            section="launcher.slurm",
             settings=(
                 *COMMON_SETTINGS,
                 Setting("srun_args", list, [], "extra srun options for every job step"),

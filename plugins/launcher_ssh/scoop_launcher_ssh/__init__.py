@@ -40,12 +40,12 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from scoop_core.plugins.hookspec import hookimpl
-from scoop_core.plugins.types import LauncherPlugin, PluginSettings, Setting
+from scoop_core.plugins.types import LauncherPlugin, Setting
 
 if TYPE_CHECKING:
     from scoop_launcher_ssh.launcher import SshLauncher
 
-__all__ = ["HOST_KEY_POLICIES", "SshLauncher", "make_launcher", "scoop_launchers", "scoop_settings"]
+__all__ = ["HOST_KEY_POLICIES", "SshLauncher", "make_launcher", "scoop_launchers"]
 
 HOST_KEY_POLICIES = ("reject", "accept-new", "warn")
 """The values ``host_key_policy`` accepts."""
@@ -74,15 +74,6 @@ def scoop_launchers() -> Iterable[LauncherPlugin]:
             name="ssh",
             factory=make_launcher,
             description="workers on other machines over SSH (paramiko, or an ssh/rsh program)",
-        ),
-    )
-
-
-@hookimpl
-def scoop_settings() -> Iterable[PluginSettings]:
-    return (
-        PluginSettings(
-            section="launcher.ssh",
             settings=(
                 Setting(
                     "connect_timeout",

@@ -31,12 +31,12 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from scoop_core.plugins.hookspec import hookimpl
-from scoop_core.plugins.types import LauncherPlugin, PluginSettings, Setting
+from scoop_core.plugins.types import LauncherPlugin, Setting
 
 if TYPE_CHECKING:
     from scoop_launcher_torque.launcher import TorqueLauncher
 
-__all__ = ["in_allocation", "make_launcher", "scoop_launchers", "scoop_settings"]
+__all__ = ["in_allocation", "make_launcher", "scoop_launchers"]
 
 
 def in_allocation(environ: Mapping[str, str] | None = None) -> bool:
@@ -54,6 +54,8 @@ def make_launcher(settings: Mapping[str, Any]) -> TorqueLauncher:
 
 @hookimpl
 def scoop_launchers() -> Iterable[LauncherPlugin]:
+    from scoop_core.scheduler_launcher import COMMON_SETTINGS
+
     return (
         LauncherPlugin(
             name="torque",
@@ -61,17 +63,6 @@ def scoop_launchers() -> Iterable[LauncherPlugin]:
             description="workers on the nodes of a Torque/PBS job, started with pbsdsh or "
             "pbs_tmrsh",
             detect=in_allocation,
-        ),
-    )
-
-
-@hookimpl
-def scoop_settings() -> Iterable[PluginSettings]:
-    from scoop_core.scheduler_launcher import COMMON_SETTINGS
-
-    return (
-        PluginSettings(
-            section="launcher.torque",
             settings=(
                 *COMMON_SETTINGS,
                 Setting(

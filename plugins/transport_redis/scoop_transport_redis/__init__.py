@@ -33,12 +33,12 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from scoop_core.plugins.hookspec import hookimpl
-from scoop_core.plugins.types import PluginSettings, Setting, TransportPlugin
+from scoop_core.plugins.types import Setting, TransportPlugin
 
 if TYPE_CHECKING:
     from scoop_transport_redis.transport import RedisTransport
 
-__all__ = ["RedisTransport", "make_transport", "scoop_settings", "scoop_transports"]
+__all__ = ["RedisTransport", "make_transport", "scoop_transports"]
 
 
 def make_transport(settings: Mapping[str, Any]) -> RedisTransport:
@@ -64,15 +64,6 @@ def scoop_transports() -> Iterable[TransportPlugin]:
             name="redis",
             factory=make_transport,
             description="Redis Streams through a Redis server (>= 5.0) you run",
-        ),
-    )
-
-
-@hookimpl
-def scoop_settings() -> Iterable[PluginSettings]:
-    return (
-        PluginSettings(
-            section="transport.redis",
             settings=(
                 Setting(
                     "url",

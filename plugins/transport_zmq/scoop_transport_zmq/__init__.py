@@ -33,12 +33,12 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from scoop_core.plugins.hookspec import hookimpl
-from scoop_core.plugins.types import PluginSettings, Setting, TransportPlugin
+from scoop_core.plugins.types import Setting, TransportPlugin
 
 if TYPE_CHECKING:
     from scoop_transport_zmq.transport import ZmqTransport
 
-__all__ = ["ZmqTransport", "make_transport", "scoop_settings", "scoop_transports"]
+__all__ = ["ZmqTransport", "make_transport", "scoop_transports"]
 
 
 def make_transport(settings: Mapping[str, Any]) -> ZmqTransport:
@@ -64,15 +64,6 @@ def scoop_transports() -> Iterable[TransportPlugin]:
             name="zmq",
             factory=make_transport,
             description="ZeroMQ ROUTER/DEALER over ipc or TCP; embedded, no server to start (default)",
-        ),
-    )
-
-
-@hookimpl
-def scoop_settings() -> Iterable[PluginSettings]:
-    return (
-        PluginSettings(
-            section="transport.zmq",
             settings=(
                 Setting(
                     "interface",

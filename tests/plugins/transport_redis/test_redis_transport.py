@@ -11,12 +11,12 @@ from contextlib import AbstractContextManager
 
 import pytest
 import redis
-from scoop_transport_redis import scoop_settings, scoop_transports
+from scoop_transport_redis import scoop_transports
 from scoop_transport_redis.transport import RedisTransport, mask_url
 
 from scoop_core.errors import LaunchError
 from scoop_core.interfaces import Transport
-from scoop_core.plugins.types import PluginSettings, TransportPlugin
+from scoop_core.plugins.types import TransportPlugin
 from scoop_core.testing import TRANSPORT_CHECKS, check_transport
 
 
@@ -134,7 +134,7 @@ def test_unreachable_redis_fails_quickly_naming_the_url() -> None:
 def test_listing_plugins_does_not_import_redis() -> None:
     code = (
         "import sys, scoop_transport_redis as p; list(p.scoop_transports()); "
-        "list(p.scoop_settings()); from scoop_core.plugins.manager import get_plugin_manager; "
+        "from scoop_core.plugins.manager import get_plugin_manager; "
         "get_plugin_manager(); assert 'redis' not in sys.modules, 'redis was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -143,9 +143,8 @@ def test_listing_plugins_does_not_import_redis() -> None:
 def test_the_plugin_registers_transport_and_settings() -> None:
     [record] = scoop_transports()
     assert isinstance(record, TransportPlugin) and record.name == "redis"
-    [section] = scoop_settings()
-    assert isinstance(section, PluginSettings) and section.section == "transport.redis"
-    assert {s.name for s in section.settings} == {
+    assert record.section == "transport.redis"
+    assert {s.name for s in record.settings} == {
         "url",
         "username",
         "password",

@@ -20,13 +20,13 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from scoop_transport_zmq import scoop_settings, scoop_transports
+from scoop_transport_zmq import scoop_transports
 from scoop_transport_zmq import transport as zmq_transport
 from scoop_transport_zmq.transport import CURVE_MARK, ZmqTransport
 
 from scoop_core.errors import ConfigError, LaunchError
 from scoop_core.interfaces import Endpoint, Hub, Transport
-from scoop_core.plugins.types import PluginSettings, TransportPlugin
+from scoop_core.plugins.types import TransportPlugin
 from scoop_core.testing import TRANSPORT_CHECKS, check_transport
 
 KEY = bytes(range(32))
@@ -302,10 +302,8 @@ def test_the_plugin_registers_zmq_and_its_settings() -> None:
     assert isinstance(plugin, TransportPlugin)
     assert plugin.name == "zmq"
     assert isinstance(plugin.factory({}), ZmqTransport)
-    [declared] = scoop_settings()
-    assert isinstance(declared, PluginSettings)
-    assert declared.section == "transport.zmq"
-    assert {s.name: s.default for s in declared.settings} == {
+    assert plugin.section == "transport.zmq"
+    assert {s.name: s.default for s in plugin.settings} == {
         "interface": "*",
         "port": 0,
         "broker_hostname": "",
@@ -316,8 +314,7 @@ def test_the_plugin_registers_zmq_and_its_settings() -> None:
 
 def test_listing_the_plugin_does_not_import_zmq() -> None:
     code = (
-        "import sys, scoop_transport_zmq as p; p.scoop_transports(); p.scoop_settings(); "
-        "sys.exit('zmq' in sys.modules)"
+        "import sys, scoop_transport_zmq as p; p.scoop_transports(); sys.exit('zmq' in sys.modules)"
     )
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
