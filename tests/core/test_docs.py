@@ -1,15 +1,20 @@
-"""docs/plugins.md documents every hook, with its signature and example, and every record field.
+"""docs/plugins.md documents every hook, record field and public name, and its examples run.
 
-The hooks and records are discovered from the code (pluggy's spec marker,
-dataclass fields), so adding a hook or a field without documenting it fails
-here.
+The hooks, records and names are discovered from the code (pluggy's spec
+marker, dataclass fields, ``__all__`` and the interfaces' methods), so adding
+one without documenting it fails here. Every Python block of the page is
+either a hook's example, loaded as a plugin, or a file of the plugin package
+the page builds (its first line names the file), and those files are
+written out and their tests run with pytest, as a plugin author would.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import re
+import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
@@ -18,6 +23,10 @@ from typing import Any
 
 import pytest
 
+import scoop_core.plugins
+import scoop_core.scheduler_launcher
+import scoop_core.testing
+from scoop_core import interfaces
 from scoop_core.plugins import hookspec, types
 from scoop_core.plugins.manager import PluginManager
 
@@ -34,6 +43,43 @@ RECORDS = [
     for obj in vars(types).values()
     if dataclasses.is_dataclass(obj) and obj.__module__ == types.__name__
 ]
+
+
+# The modules a plugin author works with: each name they export must be in the docs.
+EXPORTING = (scoop_core.plugins, scoop_core.testing, scoop_core.scheduler_launcher)
+
+
+def public_names() -> list[str]:
+    """Every public name of the plugin interfaces, as ``module.name`` or ``Class.member``."""
+    names = [f"{module.__name__}.{name}" for module in EXPORTING for name in module.__all__]
+    for name, obj in vars(interfaces).items():
+        if name.startswith("_") or getattr(obj, "__module__", None) != interfaces.__name__:
+            continue
+        names.append(f"{interfaces.__name__}.{name}")
+        if inspect.isclass(obj):
+            names += [f"{name}.{member}" for member in vars(obj) if not member.startswith("_")]
+    names.append(f"{interfaces.__name__}.Frame")
+    launcher = scoop_core.scheduler_launcher.SchedulerLauncher
+    names += [f"SchedulerLauncher.{m}" for m in vars(launcher) if not m.startswith("_")]
+    return sorted(set(names))
+
+
+FILE_LINE = re.compile(r"# ([\w./]+\.py)\n")
+
+
+def python_blocks() -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```$", DOC, re.S | re.M)
+
+
+def page_files() -> dict[str, str]:
+    """The files of the plugin package the page builds: path -> text."""
+    files = {}
+    for block in python_blocks():
+        match = FILE_LINE.match(block)
+        if match:
+            assert match.group(1) not in files, f"docs/plugins.md writes {match.group(1)} twice"
+            files[match.group(1)] = block
+    return files
 
 
 class _AsWritten(str):
@@ -76,9 +122,7 @@ def section(heading: str) -> str:
 
 
 def test_hooks_and_signatures_are_found() -> None:
-    assert {"scoop_transports", "scoop_serializers", "scoop_launchers", "scoop_settings"} <= set(
-        HOOKS
-    )
+    assert {"scoop_transports", "scoop_serializers", "scoop_launchers"} <= set(HOOKS)
     assert (
         signature_as_written(hookspec.scoop_transports)
         == "scoop_transports() -> Iterable[TransportPlugin]"
@@ -120,3 +164,39 @@ def test_record_fields_are_documented(record: type) -> None:
     text = section(f"`{record.__name__}`")
     for field in dataclasses.fields(record):
         assert f"| `{field.name}` |" in text, f"{record.__name__}.{field.name} is not documented"
+
+
+@pytest.mark.parametrize("name", public_names())
+def test_public_name_is_in_the_docs(name: str) -> None:
+    short = name.rsplit(".", 1)[-1]
+    assert re.search(rf"\b{re.escape(short)}\b", DOC), f"docs/plugins.md never names {name}"
+
+
+def test_every_python_example_runs_here() -> None:
+    hook_examples = {example(func) for func in HOOKS.values()}
+    for block in python_blocks():
+        assert block.strip("\n") in hook_examples or FILE_LINE.match(block), (
+            "a Python block of docs/plugins.md is neither a hook's example nor a file of the "
+            f"example package (first line '# path/to/file.py'):\n{block[:300]}"
+        )
+    assert {"mypkg/plugin.py", "mypkg/transport.py", "mypkg/launcher.py"} <= set(page_files())
+
+
+def test_the_example_package_passes_its_own_tests(tmp_path: Path) -> None:
+    for path, text in page_files().items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    (tmp_path / "mypkg" / "__init__.py").touch()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    env.pop("SCOOP_DISABLE_PLUGINS", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert " passed" in result.stdout and "skipped" not in result.stdout
