@@ -8,8 +8,8 @@ starts workers on two "nodes" and checks what a user would notice: output
 arrives prefixed by its node, the run's secret is on no command line, a
 killed worker is seen, and ``stop()`` leaves no process behind.
 
-The sge and torque tests import this module by path (test directories
-cannot import one another).
+It sits beside ``tests/plugins/conftest.py``, so every plugin's tests
+import it by name.
 """
 
 from __future__ import annotations
@@ -210,11 +210,11 @@ def check_lifecycle(
             assert f"secret={secret}" in line, line  # the env came through the plan
             assert f"cwd={tmp_path}" in line, line
             pids[name] = int(line.split("pid=")[1].split()[0])
-            wait_for(
-                lambda label=label, name=name: f"[{label}] {name} says hi on stderr" in err.text,
-                f"{name}'s stderr",
-                context=show,
-            )
+
+            def said(text: str = f"[{label}] {name} says hi on stderr") -> bool:
+                return text in err.text
+
+            wait_for(said, f"{name}'s stderr", context=show)
         assert command_lines_containing(secret) == []
         assert set(group.poll().items()) == {(name, None) for name, _ in placement}
 

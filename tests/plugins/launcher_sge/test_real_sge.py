@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import scheduler_checks as checks
 import sge_cluster
-from sge_job import checks
 
 # Looked at once, at collection: before this module's own cluster starts.
 MISSING = sge_cluster.missing()

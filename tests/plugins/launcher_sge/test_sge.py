@@ -1,6 +1,6 @@
 """The sge launcher: $PE_HOSTFILE and $NSLOTS, and workers started through qrsh -inherit.
 
-The remote start is a stand-in (see conftest.py) that really runs the
+The remote start is a stand-in (see ../scheduler_jobs.py) that really runs the
 command here, through a shell as Grid Engine does.
 """
 
@@ -11,9 +11,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import scheduler_checks as checks
+from scheduler_jobs import SchedulerJob
 from scoop_launcher_sge import in_allocation
 from scoop_launcher_sge.launcher import SgeLauncher, allocation_from_env, parse_pe_hostfile
-from sge_job import SgeJob, checks
 
 from scoop_core.errors import LaunchError
 from scoop_core.hosts import Host
@@ -53,7 +54,7 @@ def test_a_malformed_line_names_the_file_and_line() -> None:
 
 
 def test_allocation_reads_the_file_and_checks_nslots(
-    job: SgeJob, caplog: pytest.LogCaptureFixture
+    job: SchedulerJob, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert allocation_from_env(job.env) == [
         Host(None, "node1", None, 2),
@@ -100,7 +101,7 @@ PLACEMENT = [("worker-1", "node1"), ("worker-2", "node1"), ("worker-3", "node2")
 
 
 def test_workers_through_qrsh_inherit(
-    job: SgeJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    job: SchedulerJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checks.check_lifecycle(
         SgeLauncher({}, environ=job.env), PLACEMENT, job.mark, tmp_path, monkeypatch
@@ -108,7 +109,7 @@ def test_workers_through_qrsh_inherit(
 
 
 def test_a_python_path_with_spaces_survives_qrshs_shell(
-    job: SgeJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    job: SchedulerJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spaced = tmp_path / "my python"
     spaced.mkdir()
@@ -117,7 +118,7 @@ def test_a_python_path_with_spaces_survives_qrshs_shell(
     checks.check_lifecycle(launcher, PLACEMENT[:1], job.mark, tmp_path, monkeypatch)
 
 
-def test_a_host_qrsh_refuses_is_named_with_qrshs_error(job: SgeJob, tmp_path: Path) -> None:
+def test_a_host_qrsh_refuses_is_named_with_qrshs_error(job: SchedulerJob, tmp_path: Path) -> None:
     job.env["STANDIN_DOWN_HOSTS"] = "node2"
     (tmp_path / "w.py").write_text(checks.WORKER)
     specs = checks.specs_for(tmp_path / "w.py", PLACEMENT, "s3cret", tmp_path)
@@ -130,7 +131,7 @@ def test_a_host_qrsh_refuses_is_named_with_qrshs_error(job: SgeJob, tmp_path: Pa
     assert checks.processes_marked(job.mark) == []
 
 
-def test_a_killed_launcher_takes_its_workers_along(job: SgeJob, tmp_path: Path) -> None:
+def test_a_killed_launcher_takes_its_workers_along(job: SchedulerJob, tmp_path: Path) -> None:
     checks.check_launcher_death(
         "from scoop_launcher_sge.launcher import SgeLauncher\nlauncher = SgeLauncher({})",
         PLACEMENT,

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import scheduler_checks as checks
 import slurm_cluster
-from slurm_job import checks
 
 # Looked at once, at collection: before this module's own cluster starts.
 MISSING = slurm_cluster.missing()

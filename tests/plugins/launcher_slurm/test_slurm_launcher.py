@@ -1,6 +1,6 @@
 """The slurm launcher: one srun step per node, each running that node's supervisor.
 
-The remote start here is a stand-in srun (see conftest.py) that really runs
+The remote start here is a stand-in srun (see ../scheduler_jobs.py) that really runs
 the step's command on this machine; ``test_real_slurm.py`` uses a real one.
 """
 
@@ -10,8 +10,9 @@ import logging
 from pathlib import Path
 
 import pytest
+import scheduler_checks as checks
+from scheduler_jobs import SchedulerJob
 from scoop_launcher_slurm.launcher import SRUN_OPTIONS, SlurmLauncher
-from slurm_job import SlurmJob, checks
 
 from scoop_core.errors import ConfigError, LaunchError
 from scoop_core.hosts import Host
@@ -19,13 +20,13 @@ from scoop_core.hosts import Host
 PLACEMENT = [("worker-1", "n1"), ("worker-2", "n1"), ("worker-3", "n2")]
 
 
-def test_the_allocation_is_the_jobs_nodes_and_tasks(job: SlurmJob) -> None:
+def test_the_allocation_is_the_jobs_nodes_and_tasks(job: SchedulerJob) -> None:
     launcher = SlurmLauncher({}, environ=job.env)
     assert launcher.allocation() == [Host(None, "n1", None, 2), Host(None, "n2", None, 1)]
     assert launcher.count_cores([Host(None, "n2"), Host(None, "elsewhere")]) == {"n2": 1}
 
 
-def test_a_malformed_nodelist_is_a_launch_error(job: SlurmJob) -> None:
+def test_a_malformed_nodelist_is_a_launch_error(job: SchedulerJob) -> None:
     job.env["SLURM_JOB_NODELIST"] = "n[1-"
     with pytest.raises(LaunchError, match=r"SLURM job's nodes: \$SLURM_JOB_NODELIST"):
         SlurmLauncher({}, environ=job.env).allocation()
@@ -40,7 +41,7 @@ def test_each_step_is_one_task_on_its_node_sharing_the_jobs_resources() -> None:
 
 
 def test_workers_through_srun(
-    job: SlurmJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    job: SchedulerJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     checks.check_lifecycle(
         SlurmLauncher({}, environ=job.env), PLACEMENT, job.mark, tmp_path, monkeypatch
@@ -48,7 +49,7 @@ def test_workers_through_srun(
 
 
 def test_local_names_go_through_srun_to_this_machines_node(
-    job: SlurmJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    job: SchedulerJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # SLURM node names need not be network names (n1 is this machine): a
     # worker for "localhost" runs in a step on SLURMD_NODENAME's node.
@@ -63,7 +64,9 @@ def test_local_names_go_through_srun_to_this_machines_node(
     )
 
 
-def test_a_node_srun_cannot_reach_is_named_with_sruns_error(job: SlurmJob, tmp_path: Path) -> None:
+def test_a_node_srun_cannot_reach_is_named_with_sruns_error(
+    job: SchedulerJob, tmp_path: Path
+) -> None:
     job.env["STANDIN_DOWN_NODES"] = "n2"
     (tmp_path / "w.py").write_text(checks.WORKER)
     specs = checks.specs_for(tmp_path / "w.py", PLACEMENT, "s3cret", tmp_path)
@@ -75,7 +78,7 @@ def test_a_node_srun_cannot_reach_is_named_with_sruns_error(job: SlurmJob, tmp_p
     assert checks.processes_marked(job.mark) == []
 
 
-def test_a_supervisor_that_cannot_start_is_reported(job: SlurmJob, tmp_path: Path) -> None:
+def test_a_supervisor_that_cannot_start_is_reported(job: SchedulerJob, tmp_path: Path) -> None:
     # A node whose python cannot import scoop: the step ends before the ready mark.
     (tmp_path / "w.py").write_text(checks.WORKER)
     specs = checks.specs_for(tmp_path / "w.py", PLACEMENT[:1], "s3cret", tmp_path)
@@ -84,7 +87,7 @@ def test_a_supervisor_that_cannot_start_is_reported(job: SlurmJob, tmp_path: Pat
         launcher.start(specs)
 
 
-def test_a_step_that_never_starts_times_out(job: SlurmJob, tmp_path: Path) -> None:
+def test_a_step_that_never_starts_times_out(job: SchedulerJob, tmp_path: Path) -> None:
     sleepy = checks.write_script(tmp_path / "sleepy", "import time; time.sleep(600)\n")
     (tmp_path / "w.py").write_text(checks.WORKER)
     specs = checks.specs_for(tmp_path / "w.py", PLACEMENT[:1], "s3cret", tmp_path)
@@ -97,7 +100,7 @@ def test_a_step_that_never_starts_times_out(job: SlurmJob, tmp_path: Path) -> No
 
 
 def test_without_srun_it_warns_and_goes_through_ssh(
-    job: SlurmJob, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    job: SchedulerJob, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     empty = tmp_path / "empty-bin"
     empty.mkdir()
@@ -117,13 +120,13 @@ def test_outside_a_job_start_says_so(tmp_path: Path) -> None:
         SlurmLauncher({}, environ={}).start(specs)
 
 
-def test_no_workers_start_nothing(job: SlurmJob) -> None:
+def test_no_workers_start_nothing(job: SchedulerJob) -> None:
     group = SlurmLauncher({}, environ=job.env).start([])
     assert group.poll() == {}
     group.stop(1.0)
 
 
-def test_a_killed_launcher_takes_its_workers_along(job: SlurmJob, tmp_path: Path) -> None:
+def test_a_killed_launcher_takes_its_workers_along(job: SchedulerJob, tmp_path: Path) -> None:
     checks.check_launcher_death(
         "from scoop_launcher_slurm.launcher import SlurmLauncher\nlauncher = SlurmLauncher({})",
         PLACEMENT,

@@ -1,6 +1,6 @@
 """The torque launcher: $PBS_NODEFILE in real formats, and workers started through pbsdsh / pbs_tmrsh.
 
-The remote start is a stand-in (see conftest.py) that really starts the
+The remote start is a stand-in (see ../scheduler_jobs.py) that really starts the
 relay here, with the Task Manager's I/O: no stdin, output to the job's file.
 """
 
@@ -17,8 +17,10 @@ import time
 from pathlib import Path
 
 import pytest
+import scheduler_checks as checks
 from hypothesis import given
 from hypothesis import strategies as st
+from scheduler_jobs import SchedulerJob
 from scoop_launcher_torque import in_allocation
 from scoop_launcher_torque.launcher import (
     RelayStart,
@@ -26,7 +28,6 @@ from scoop_launcher_torque.launcher import (
     allocation_from_env,
     parse_nodefile,
 )
-from torque_job import TorqueJob, checks
 
 from scoop_core.errors import ConfigError, LaunchError
 from scoop_core.hosts import Host
@@ -108,7 +109,7 @@ def test_counting_lines_gives_back_the_slots(
 # -- the allocation and detect() ----------------------------------------------------
 
 
-def test_allocation_comes_from_the_nodefile(job: TorqueJob) -> None:
+def test_allocation_comes_from_the_nodefile(job: SchedulerJob) -> None:
     assert allocation_from_env(job.env) == [
         Host(None, "node1", None, 2),
         Host(None, "node2", None, 1),
@@ -117,7 +118,7 @@ def test_allocation_comes_from_the_nodefile(job: TorqueJob) -> None:
 
 
 def test_pbs_np_disagreeing_with_the_file_is_a_warning(
-    job: TorqueJob, caplog: pytest.LogCaptureFixture
+    job: SchedulerJob, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="scoop.launcher"):
         hosts = allocation_from_env({**job.env, "PBS_NP": "8"})
@@ -150,7 +151,7 @@ def test_detect_says_yes_inside_a_job_only(monkeypatch: pytest.MonkeyPatch) -> N
     assert in_allocation({"PBS_NODEFILE": "/x"}) and not in_allocation({"PBS_JOBID": "1"})
 
 
-def test_count_cores_answers_for_the_jobs_nodes(job: TorqueJob) -> None:
+def test_count_cores_answers_for_the_jobs_nodes(job: SchedulerJob) -> None:
     launcher = TorqueLauncher({}, environ=job.env)
     hosts = [Host(None, "node1"), Host("bob", "node2", 22), Host(None, "elsewhere")]
     assert launcher.count_cores(hosts) == {"node1": 2, "bob@node2:22": 1}
@@ -168,7 +169,7 @@ PLACEMENT = [("worker-1", "node1"), ("worker-2", "node1"), ("worker-3", "node2")
 
 
 def test_workers_through_pbsdsh(
-    job: TorqueJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    job: SchedulerJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     launcher = TorqueLauncher({}, environ=job.env)
     checks.check_lifecycle(launcher, PLACEMENT, job.mark, tmp_path, monkeypatch)
@@ -179,14 +180,14 @@ def test_workers_through_pbsdsh(
 
 
 def test_workers_through_pbs_tmrsh(
-    job: TorqueJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    job: SchedulerJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     launcher = TorqueLauncher({"remote_start": "pbs_tmrsh"}, environ=job.env)
     checks.check_lifecycle(launcher, PLACEMENT, job.mark, tmp_path, monkeypatch)
 
 
 def test_a_node_that_cannot_start_is_named_with_pbsdshs_error(
-    job: TorqueJob, tmp_path: Path
+    job: SchedulerJob, tmp_path: Path
 ) -> None:
     job.env["STANDIN_DOWN_NODES"] = "node2"
     launcher = TorqueLauncher({}, environ=job.env)
@@ -203,7 +204,7 @@ def test_a_node_that_cannot_start_is_named_with_pbsdshs_error(
 
 
 def test_a_connection_without_the_ticket_is_dropped(
-    job: TorqueJob, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    job: SchedulerJob, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # In place of pbsdsh: something that read the ticket's path on a command
     # line and tries the port without the token.
@@ -242,7 +243,7 @@ def test_a_connection_without_the_ticket_is_dropped(
 
 
 def test_without_pbsdsh_or_pbs_tmrsh_it_warns_and_goes_through_ssh(
-    job: TorqueJob, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    job: SchedulerJob, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     empty = tmp_path / "empty-bin"
     empty.mkdir()
@@ -265,7 +266,7 @@ def test_outside_a_job_start_says_what_is_missing(tmp_path: Path) -> None:
         launcher.start(specs)
 
 
-def test_a_killed_launcher_takes_its_workers_along(job: TorqueJob, tmp_path: Path) -> None:
+def test_a_killed_launcher_takes_its_workers_along(job: SchedulerJob, tmp_path: Path) -> None:
     checks.check_launcher_death(
         "from scoop_launcher_torque.launcher import TorqueLauncher\nlauncher = TorqueLauncher({})",
         PLACEMENT,
@@ -276,7 +277,7 @@ def test_a_killed_launcher_takes_its_workers_along(job: TorqueJob, tmp_path: Pat
 
 
 def test_a_task_started_without_stdin_stdout_or_stderr_still_connects(
-    job: TorqueJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    job: SchedulerJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The Task Manager's tasks may start with none of fds 0-2 open.
     (tmp_path / "w.py").write_text(checks.WORKER)
@@ -330,7 +331,7 @@ os.execvp(sys.argv[1], sys.argv[1:])
     ],
 )
 def test_a_ticket_others_can_read_or_that_is_not_the_users_is_refused(
-    job: TorqueJob, tmp_path: Path, how: str, why: str
+    job: SchedulerJob, tmp_path: Path, how: str, why: str
 ) -> None:
     # Between the launcher and the relay, the ticket is changed: the relay
     # must not connect wherever such a file says, nor hand it the plan.
@@ -360,7 +361,7 @@ def test_a_ticket_others_can_read_or_that_is_not_the_users_is_refused(
 
 
 def test_a_connection_that_sends_nothing_is_dropped_at_the_hello_deadline(
-    job: TorqueJob, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    job: SchedulerJob, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # In place of pbsdsh: a process that connects to the port and says nothing.
     silent = checks.write_script(
@@ -420,7 +421,7 @@ os.execv(os.environ["REAL_PBSDSH"], [os.environ["REAL_PBSDSH"], *sys.argv[1:]])
 
 
 def test_an_idle_connection_to_the_relays_port_does_not_delay_the_start(
-    job: TorqueJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    job: SchedulerJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (tmp_path / "w.py").write_text(checks.WORKER)
     specs = checks.specs_for(tmp_path / "w.py", PLACEMENT[:1], "s3cret", tmp_path)
