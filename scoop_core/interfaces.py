@@ -1,4 +1,4 @@
-"""The contracts between the core and its plugins: Transport, Serializer, Launcher.
+"""The contracts between the core and its plugins: transports, stores, serializers, launchers.
 
 Each interface is an abstract base class whose docstrings state the whole
 contract (ordering, thread-safety, close, errors), so that a third-party
@@ -162,18 +162,6 @@ class Transport(abc.ABC):
         ``identity`` is this peer's name, for logs; it is not what the hub
         reports as the peer (see :class:`Hub`)."""
 
-    def open_store(
-        self, *, run_id: str | None = None, address: str | None = None, identity: str
-    ) -> BrokerStore | None:
-        """The transport's :class:`BrokerStore`, if its server is the broker.
-
-        The launcher passes ``run_id`` (a new run, or, for ``scoop worker``,
-        one to look up: opening must write nothing, so that looking up a run
-        that does not exist leaves no trace); every other process passes the
-        ``address`` of the launcher's store. The default, None,
-        means the core runs its own broker on a :class:`Hub`."""
-        return None
-
 
 @dataclass(frozen=True)
 class Entry:
@@ -193,63 +181,68 @@ class Entry:
 
 
 class BrokerStore(abc.ABC):
-    """A server that is itself the broker (Redis): a queue of futures every
-    worker takes from, a mailbox per peer, tables of shared constants, peer
-    records and taken marks.
+    """Shared storage that stands in for a broker process (Redis, say).
 
-    A transport offers one through :meth:`Transport.open_store`; the core
-    then runs no broker process of its own: every peer talks to the store
-    through :class:`scoop_core.store_driver.SharedBrokerEndpoint`. The store
-    never looks inside frames or records; the core signs everything it puts
-    there with the run's key and checks everything it reads back, since
-    anyone who can write to the server can write there too. So a store
-    keeps no field the core would act on outside a signed record, and
-    offers the ``drop_*`` methods, which delete records the core refused
-    only if they are still the same (never a good one written meanwhile).
+    A :class:`StoreTransport` offers one through
+    :meth:`StoreTransport.open_store`; the core then runs no broker of its
+    own: every peer plays its part of the broker against the store, through
+    :class:`scoop_core.store_driver.SharedBrokerEndpoint`. A store keeps
+    and hands out; it decides nothing. It provides four things:
+
+    1. A *queue* of entries with *leases*. :meth:`commit` appends entries;
+       :meth:`take` hands each to one taker, leased to the taking store's
+       :attr:`identity`, until a :meth:`commit` lists it in ``done``.
+       :meth:`renew` keeps a lease; an entry whose lease was not renewed
+       for a while can be taken over (:meth:`claim_expired`), as can every
+       entry of a holder known to be dead (:meth:`claim_from`). An entry
+       nobody holds can be removed (:meth:`withdraw`) and listed
+       (:meth:`queued`).
+    2. A *mailbox* per peer name, written by :meth:`commit` and read by the
+       :meth:`take` of the store whose :attr:`identity` is that name.
+    3. *Record tables*: named maps from a name to opaque bytes, created by
+       their first :meth:`put_records` with ``replace=False``. The core
+       uses the tables ``peers``, ``constants``, ``marks`` and ``run``; a
+       store accepts any table name made of ASCII letters, digits, ``-``
+       and ``_`` (ValueError otherwise).
+    4. *Liveness*: a counter (:meth:`new_index`) and flags that go down by
+       themselves (:meth:`flag`, :meth:`flagged`).
 
     Contract:
 
-    - One store object per process and identity; every method except
-      :meth:`wakeup` and :meth:`close` is called from one thread at a time.
-    - Queue entries are handed to one taker at a time. An entry stays
-      *pending* for its taker until :meth:`commit` lists it in ``done``.
-      :meth:`touch` says the taker still works on entries; an entry whose
-      taker has not touched it for ``min_idle`` seconds can be claimed by
-      anyone (:meth:`claim_stale`), as can every entry of a taker known to
-      be dead (:meth:`claim_from`).
-    - :meth:`commit` is atomic: its additions, mail and acknowledgements all
-      happen, or (on an error) none does.
-    - Messages to one mailbox arrive in the order they were committed.
-    - Records (peers, constants, marks) are opaque bytes, returned exactly
-      as they were stored.
+    - One store object per process and identity. Every method except
+      :meth:`wakeup` and :meth:`close` is called from one thread at a time;
+      those two may come from any thread, at any time.
+    - :meth:`commit` is atomic: its additions, mail and removals all happen,
+      or (on an error) none does; no other store sees part of one.
+    - Entries are taken oldest first; an entry is leased to one holder at a
+      time, and never handed to a second taker while its lease holds.
+    - Messages to one mailbox arrive in the order they were committed, each
+      once.
+    - Frames and records are opaque: returned exactly as they were stored
+      (any bytes, the empty record included). The store never looks inside
+      them. The core signs everything it puts there with the run's key and
+      checks everything it reads back, since anyone who can write to the
+      server can write there too; that is why records can be deleted only
+      if they are still the same (:meth:`drop_records`: never a good one
+      written meanwhile), and why flags carry no data: the core never acts
+      on a flag in a way that gets anything run, unpickled or misrouted.
+    - Clocks (leases, flags) are the store's: durations in seconds, measured
+      by the store or its server, never against the callers' wall clocks.
     - Errors: a store that cannot reach its server raises
       :class:`scoop_core.errors.TransportClosed` whose message names the
-      server (password masked) and the cause.
+      server (password masked) and the cause; so does any method but
+      :meth:`wakeup` and :meth:`close` on a closed store.
     """
 
     address: str
-    """Where the store is, for other processes' :meth:`Transport.open_store`
+    """Where the store is, for other processes' :meth:`StoreTransport.open_store`
     (never holds a password)."""
 
-    @abc.abstractmethod
-    def new_index(self) -> int:
-        """A peer index unique in the run (>= 1), for a peer about to :meth:`register`."""
+    identity: str
+    """The peer name this store object takes entries, holds leases and reads
+    mail as (given to :meth:`StoreTransport.open_store`)."""
 
-    @abc.abstractmethod
-    def register(self, name: str, record: bytes) -> None:
-        """Store peer ``name``'s ``record`` (the core's, signed), replacing any."""
-
-    @abc.abstractmethod
-    def unregister(self, name: str) -> None:
-        """Peer ``name`` has left: forget its record (and its liveness)."""
-
-    @abc.abstractmethod
-    def peers(self) -> dict[str, bytes]:
-        """Every peer record there is: name -> record."""
-
-    @abc.abstractmethod
-    def drop_peers(self, records: Mapping[str, bytes]) -> int:
-        """Delete each ``name: record`` whose record is still that; how many were deleted."""
+    # -- the queue and the mailboxes ----------------------------------------------
 
     @abc.abstractmethod
     def commit(
@@ -259,82 +252,57 @@ class BrokerStore(abc.ABC):
         mail: Sequence[tuple[str, Sequence[Frame]]] = (),
         done: Sequence[bytes] = (),
     ) -> list[bytes]:
-        """Atomically: append ``add`` to the queue, deliver each ``(peer
-        name, frames)`` of ``mail`` to that peer's mailbox, and remove the
-        entries ``done`` (acknowledged and deleted). Returns the ids of the
-        added entries, in order."""
+        """Atomically: append ``add`` to the queue, in order; deliver each
+        ``(peer name, frames)`` of ``mail`` to that peer's mailbox, in order;
+        and remove the entries ``done`` (whoever holds them; an id that is
+        not in the queue is ignored). Returns the ids of the added entries,
+        in order: distinct, non-empty bytes. An entry or a letter needs at
+        least one frame (ValueError)."""
 
     @abc.abstractmethod
     def take(self, count: int, timeout: float | None) -> tuple[list[Entry], list[list[Frame]]]:
-        """Up to ``count`` queue entries for this process (0: none) and the
-        messages waiting in its own mailbox.
+        """Up to ``count`` entries nobody holds (0: none), oldest first, each
+        now leased to :attr:`identity`, and the messages waiting in the
+        mailbox of :attr:`identity`, in order.
 
         Waits up to ``timeout`` seconds (``None``: a few seconds at most)
-        until there is one or the other, or :meth:`wakeup` is called; then
-        returns what there is, possibly nothing. Mail is deleted once it has
-        been returned; a message the store cannot read back as it wrote it
-        comes as an empty list, for the core to refuse."""
+        until there is one or the other, or :meth:`wakeup` is called, or the
+        store is closed; then returns what there is, possibly nothing. Mail
+        is deleted once it has been returned. An entry or a message the
+        store cannot read back as it was written (someone else wrote it)
+        comes with no frames, for the core to refuse."""
 
     @abc.abstractmethod
-    def withdraw(self, entry_id: bytes) -> bool:
-        """Remove the entry if nobody has taken it yet; True if it was removed."""
+    def renew(self, entry_ids: Sequence[bytes]) -> None:
+        """This process still works on these entries it holds: their leases
+        start again now. Ids of entries it does not hold are ignored."""
 
     @abc.abstractmethod
-    def touch(self, entry_ids: Sequence[bytes]) -> None:
-        """This process still works on these entries (resets their idle time)."""
+    def claim_expired(self, lease: float, count: int = 100) -> list[Entry]:
+        """Take over up to ``count`` entries whose holder has not taken or
+        renewed them for ``lease`` seconds; each comes back with ``holder``
+        set to that holder, and is now leased to :attr:`identity`. Entries
+        this store itself holds are not among them."""
 
     @abc.abstractmethod
-    def claim_stale(self, min_idle: float, count: int = 100) -> list[Entry]:
-        """Take over entries whose taker has not touched them for ``min_idle``
-        seconds; each comes back with ``holder`` set to that taker."""
+    def claim_from(self, holder: str) -> list[Entry]:
+        """Take over every entry ``holder`` (a taker known to be dead) holds,
+        whatever its lease; each comes back with ``holder`` set. ValueError
+        if ``holder`` is :attr:`identity`."""
 
     @abc.abstractmethod
-    def claim_from(self, name: str) -> list[Entry]:
-        """Take over every entry the (dead) taker ``name`` holds."""
+    def withdraw(self, entry_ids: Sequence[bytes]) -> list[str | None]:
+        """Remove each entry nobody holds; for each id, in order: ``None``
+        if it was removed (so nobody will ever take it), else the name of
+        the identity that holds it now (it stays), or ``""`` if the queue
+        has no such entry (done, withdrawn, or never there). Atomic for
+        each entry: a taker cannot take one between the look and the
+        removal."""
 
     @abc.abstractmethod
-    def mark_taken(self, marks: Sequence[tuple[bytes, bytes]]) -> list[bytes | None]:
-        """For each ``(token, record)``, in order: keep ``record`` as the
-        token's mark unless the token has one already. Returns, for each,
-        None where it was kept, else the mark already there. Marks last as
-        long as the run; the core makes a copied queue entry detectable
-        with them."""
-
-    @abc.abstractmethod
-    def drop_mark(self, token: bytes, record: bytes) -> bool:
-        """Delete ``token``'s mark if it is still ``record``; True if deleted."""
-
-    @abc.abstractmethod
-    def set_const(self, name: str, record: bytes) -> bool:
-        """Define a constant (its signed record); False if ``name`` was already defined."""
-
-    @abc.abstractmethod
-    def constants(self) -> dict[str, bytes]:
-        """Every constant's record there is: name -> record."""
-
-    @abc.abstractmethod
-    def drop_consts(self, records: Mapping[str, bytes]) -> int:
-        """Delete each constant ``name: record`` whose record is still that; how many were deleted."""
-
-    @abc.abstractmethod
-    def put_info(self, info: bytes) -> bool:
-        """Store the run's description; False if the run already has one
-        (its id is in use)."""
-
-    @abc.abstractmethod
-    def get_info(self) -> bytes | None:
-        """The run's description, or None if there is no such run."""
-
-    @abc.abstractmethod
-    def beat(self, ttl: float, record: bytes | None = None) -> None:
-        """This process is alive for the next ``ttl`` seconds. With
-        ``record``, also store it again as this peer's record, unless the
-        run's peer records are gone altogether (the run ended): a record
-        someone overwrote is back within a heartbeat."""
-
-    @abc.abstractmethod
-    def alive(self, name: str) -> bool:
-        """Whether peer ``name`` has beaten within its last ``ttl``."""
+    def queued(self) -> list[Entry]:
+        """Every entry nobody holds, oldest first (for rare scans, such as
+        cleaning up after a dead peer; it need not be fast)."""
 
     def room(self) -> int | None:
         """How many more entries the queue takes now; None: no limit (the default).
@@ -343,42 +311,86 @@ class BrokerStore(abc.ABC):
         with a length limit never has to drop a future."""
         return None
 
-    def waiting(self, min_idle: float) -> list[Entry]:
-        """Every entry that no live taker works on: those nobody has taken,
-        and those whose taker has not touched them for ``min_idle`` seconds
-        (``holder`` set to that taker). For a peer that fails the futures it
-        owns when no worker is left to run them.
+    # -- record tables ------------------------------------------------------------
 
-        The default lists none: queued futures then wait for a worker."""
-        return []
+    @abc.abstractmethod
+    def put_records(
+        self, table: str, records: Sequence[tuple[str, bytes]], *, replace: bool = False
+    ) -> list[bytes | None]:
+        """Store each ``(name, record)`` in ``table``, in order.
 
-    def remove_waiting(self, entry_ids: Sequence[bytes], min_idle: float) -> list[bytes]:
-        """Atomically, for each entry: delete it if it is still as
-        :meth:`waiting` lists it (nobody took it, or its taker has not
-        touched it for ``min_idle`` seconds), so that no taker can run it
-        after this. Returns the ids deleted, in order; an entry a taker took
-        or touched meanwhile stays."""
-        return []
+        With ``replace=False``: store it unless the name has a record
+        already (creating the table if need be); returns, for each, None
+        where it was stored, else the record already there (so a name is
+        defined once: the second of two equal names gets the first's
+        record). With ``replace=True``: store it over any record, but only
+        into a table that exists, so a run whose tables were deleted at its
+        end stays ended; returns None for each. Atomic for each record."""
 
-    def mark_hungry(self, ttl: float) -> None:
-        """A worker found the queue empty: for ``ttl`` seconds, the run is hungry.
+    @abc.abstractmethod
+    def records(self, table: str) -> dict[str, bytes]:
+        """Every record of ``table``: name -> exactly the bytes stored (empty
+        if there is no such table)."""
 
-        The default does nothing: futures are then never stolen, only taken."""
-        return None
+    @abc.abstractmethod
+    def drop_records(self, table: str, records: Mapping[str, bytes]) -> int:
+        """Delete each ``name: record`` of ``table`` whose record is still
+        exactly that (compare and delete, atomically); how many were deleted."""
 
-    def anyone_hungry(self) -> bool:
-        """Whether the run is hungry; answering True clears the mark, so one
-        mark brings one hand-over of spare futures."""
-        return False
+    # -- liveness ---------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def new_index(self) -> int:
+        """A number unique in the run, >= 1 (a peer's index)."""
+
+    @abc.abstractmethod
+    def flag(self, name: str, ttl: float) -> None:
+        """Raise flag ``name`` for ``ttl`` seconds; raising it again restarts
+        its clock. ``ttl <= 0`` lowers it now. Flags are the run's: every
+        store of the run sees them."""
+
+    @abc.abstractmethod
+    def flagged(self, name: str) -> bool:
+        """Whether flag ``name`` is up."""
+
+    # -- wake-ups and the end ---------------------------------------------------------
 
     @abc.abstractmethod
     def wakeup(self) -> None:
-        """Thread-safe: make a waiting :meth:`take` return soon."""
+        """Thread-safe and cheap: make a :meth:`take` waiting in another
+        thread return soon; a wake-up with no waiting ``take`` makes the
+        next one return at once (it is not lost)."""
 
     @abc.abstractmethod
     def close(self, *, end_run: bool = False) -> None:
-        """Disconnect; with ``end_run``, first delete every key of the run.
-        Idempotent; never raises for an unreachable server (logs instead)."""
+        """Disconnect; with ``end_run``, first delete everything of the run
+        (queue, mailboxes, tables, flags, counter), for every store of it.
+        A :meth:`take` waiting in another thread returns. Idempotent; never
+        raises for an unreachable server (logs instead)."""
+
+
+class StoreTransport(abc.ABC):
+    """A transport whose server is the broker: it offers a :class:`BrokerStore`.
+
+    Built, like a :class:`Transport`, by its plugin's factory from the
+    plugin's settings, and usable in a child process after its settings are
+    passed on. A store-only transport implements just :meth:`open_store`;
+    the core tells it from a hub-based one with
+    ``isinstance(transport, StoreTransport)``.
+    """
+
+    @abc.abstractmethod
+    def open_store(
+        self, *, run_id: str | None = None, address: str | None = None, identity: str
+    ) -> BrokerStore:
+        """This process's store object for one run, taking entries as ``identity``.
+
+        The launcher passes ``run_id`` (a new run, or, for ``scoop worker``,
+        one to look up: opening must write nothing, so that looking up a run
+        that does not exist leaves no trace); every other process passes the
+        ``address`` of the launcher's store. Exactly one of the two (else
+        ValueError). Raises :class:`scoop_core.errors.LaunchError` naming
+        the server if it cannot be used."""
 
 
 class Serializer(abc.ABC):

@@ -26,7 +26,7 @@ import time
 from scoop_core import store_driver as sb
 from scoop_core.config import Config
 from scoop_core.errors import LaunchError, UsageError
-from scoop_core.interfaces import WorkerSpec
+from scoop_core.interfaces import StoreTransport, WorkerSpec
 from scoop_core.local_launcher import LocalLauncher
 from scoop_core.plugins.manager import PluginManager
 from scoop_core.pool import BOOTSTRAP, run_env
@@ -50,14 +50,14 @@ def _run_info(
     """The run's store address, key and description; LaunchError if there is no such run."""
     name = config["transport"]
     transport = plugins.transport(name).factory(config.section(f"transport.{name}"))
-    store = transport.open_store(run_id=run_id, identity=f"joiner-{os.getpid()}")
-    if store is None:
+    if not isinstance(transport, StoreTransport):
         raise UsageError(
             f"the {name} transport has no server that keeps a run, so workers cannot join one "
             "from elsewhere; use --transport redis"
         )
+    store = transport.open_store(run_id=run_id, identity=f"joiner-{os.getpid()}")
     try:
-        blob = store.get_info()
+        blob = store.records(sb.RUN).get("info")
         address = store.address
     finally:
         store.close()

@@ -36,6 +36,7 @@ from scoop_core.interfaces import (
     BrokerStore,
     Endpoint,
     Launcher,
+    StoreTransport,
     Transport,
     WorkerGroup,
     WorkerSpec,
@@ -125,8 +126,8 @@ class Pool:
         return self.broker.address
 
     def start(self) -> Pool:
-        self.store = self.transport.open_store(run_id=self.run_id, identity=sb.LAUNCHER)
-        if self.store is not None:
+        if isinstance(self.transport, StoreTransport):
+            self.store = self.transport.open_store(run_id=self.run_id, identity=sb.LAUNCHER)
             self._start_store(self.store)
         else:
             self._start_broker()
@@ -148,7 +149,8 @@ class Pool:
         then ends the run itself)."""
         info = self.describe()
         with self._store_lock:
-            fresh = store.put_info(sb.sign_info(info, self.key))
+            [there] = store.put_records(sb.RUN, [("info", sb.sign_info(info, self.key))])
+        fresh = there is None
         if not fresh:
             # Another run's keys: never ours to delete.
             self.store = None
@@ -191,7 +193,7 @@ class Pool:
         assert self.store is not None
         try:
             with self._store_lock:
-                self.store.beat(self.config["heartbeat_timeout"])
+                self.store.flag(sb.alive_flag(sb.LAUNCHER), self.config["heartbeat_timeout"])
         except TransportClosed as exc:
             log.error("%s", exc)
 
@@ -483,7 +485,7 @@ def worker_count(config: Config) -> int:
 
 
 def connect_endpoint(
-    transport: Transport,
+    transport: Transport | StoreTransport,
     address: str,
     name: str,
     *,
@@ -500,13 +502,12 @@ def connect_endpoint(
     """This process's way to the broker: the transport's endpoint to the
     broker's hub, or, where the transport's server is the broker, an endpoint
     that plays the broker against that server."""
-    store = transport.open_store(address=address, identity=name)
-    if store is None:
+    if not isinstance(transport, StoreTransport):
         return transport.connect(
             address, identity=name.encode(), **supported(transport.connect, key=key)
         )
     return sb.SharedBrokerEndpoint(
-        store,
+        transport.open_store(address=address, identity=name),
         key=key,
         name=name,
         root=root,

@@ -115,6 +115,18 @@ HUNGRY_MARK = 0.1
 HUNGRY_TTL = 0.5
 """Seconds a mark of hunger lasts if nobody answers it."""
 
+PEERS, CONSTANTS, MARKS, RUN = "peers", "constants", "marks", "run"
+"""The store's record tables: peer records, shared constants, taken marks, the run's description."""
+
+HUNGRY = "hungry"
+"""The store's flag a worker raises when it found the queue empty."""
+
+
+def alive_flag(name: str) -> str:
+    """The store's flag that says peer ``name`` is alive (raised every heartbeat)."""
+    return f"alive:{name}"
+
+
 RECORD_ALLOWANCE = 1024
 """Bytes a signed record may have beyond ``max_message_size``: its header
 and mac around a payload that fitted in one message."""
@@ -314,11 +326,12 @@ def _marks(
     if not pairs:
         return []
     tokens = [q.token for q, _ in pairs]
-    there = store.mark_taken(
+    there = store.put_records(
+        MARKS,
         [
-            (t, seal_mark(key, t, entry_id, holder))
+            (t.decode(), seal_mark(key, t, entry_id, holder))
             for t, (_, entry_id) in zip(tokens, pairs, strict=True)
-        ]
+        ],
     )
     found: list[Mark | None] = []
     for token, (_, entry_id), blob in zip(tokens, pairs, there, strict=True):
@@ -330,8 +343,10 @@ def _marks(
             continue
         except ProtocolError as exc:
             refusals.note(holder, "mark", "a taken mark", exc)
-            store.drop_mark(token, blob)
-        [again] = store.mark_taken([(token, seal_mark(key, token, entry_id, holder))])
+            store.drop_records(MARKS, {token.decode(): blob})
+        [again] = store.put_records(
+            MARKS, [(token.decode(), seal_mark(key, token, entry_id, holder))]
+        )
         # Marked again meanwhile (by whom, we cannot tell): this entry is not
         # the one marked, so it is left be, as a copy.
         found.append(None if again is None else _UNKNOWN)
@@ -371,7 +386,7 @@ class Peers:
         if self.key is None:
             return good
         bad: dict[str, bytes] = {}
-        for name, blob in self.store.peers().items():
+        for name, blob in self.store.records(PEERS).items():
             try:
                 fields = open_record(blob, self.key, PEER, None)
                 if len(fields) != 3 or fields[0] != name:
@@ -380,7 +395,7 @@ class Peers:
             except ProtocolError as exc:
                 refusals.note(self.who, "peer", f"the peer record {_shown(name)}", exc)
                 bad[name] = blob
-        self.store.drop_peers(bad)
+        self.store.drop_records(PEERS, bad)
         return good
 
     def names(self) -> list[str]:
@@ -528,7 +543,7 @@ class SharedBrokerEndpoint(Endpoint):
     ) -> None:
         self.store = store
         self.key_path = key_path  # the launcher's key file, which a run ending here deletes
-        self.launcher_alive = launcher_alive or (lambda: store.alive(LAUNCHER))
+        self.launcher_alive = launcher_alive or (lambda: store.flagged(alive_flag(LAUNCHER)))
         self.key = key
         self.name = name
         self.identity = name.encode()
@@ -649,7 +664,7 @@ class SharedBrokerEndpoint(Endpoint):
                 del self._backlog[held_back[0]]
                 cancelled = True
             else:
-                cancelled = entry_id is not None and self.store.withdraw(entry_id)
+                cancelled = entry_id is not None and self.store.withdraw([entry_id])[0] is None
             if cancelled:
                 self.submitted.pop(msg.fid, None)
             self._reply(m.CancelReply(msg.fid, cancelled))
@@ -675,12 +690,12 @@ class SharedBrokerEndpoint(Endpoint):
         """Define a constant; a record of that name that is not the run's
         is deleted, and does not stand in the way."""
         record = seal_const(self.key, name, frames)
-        if self.store.set_const(name, record):
+        [there] = self.store.put_records(CONSTANTS, [(name, record)])
+        if there is None:
             return True
-        there = self.store.constants().get(name)
-        if there is None or self._constants({name: there}):
+        if self._constants({name: there}):
             return False
-        return self.store.set_const(name, record)
+        return self.store.put_records(CONSTANTS, [(name, record)])[0] is None
 
     def _constants(self, records: dict[str, bytes]) -> list[m.Constant]:
         """The constants in ``records``; those that are not the run's are deleted."""
@@ -693,7 +708,7 @@ class SharedBrokerEndpoint(Endpoint):
                 bad[name] = record
                 continue
             good.append(m.Constant(name, tuple(frames)))
-        self.store.drop_consts(bad)
+        self.store.drop_records(CONSTANTS, bad)
         return good
 
     def _note_started(self, fids: Iterable[int], batch: _Batch) -> None:
@@ -708,8 +723,10 @@ class SharedBrokerEndpoint(Endpoint):
         self.role = msg.role
         self.index = self.store.new_index()
         self._record = seal_peer(self.key, self.name, self.index, msg.role)
-        self.store.register(self.name, self._record)
-        self.store.beat(self.heartbeat_timeout)
+        [there] = self.store.put_records(PEERS, [(self.name, self._record)])
+        if there is not None and there != self._record:
+            self.store.put_records(PEERS, [(self.name, self._record)], replace=True)
+        self.store.flag(alive_flag(self.name), self.heartbeat_timeout)
         log.debug("%s joined the run as peer %d", self.name, self.index)
         if msg.role != m.WORKER and self.peers.workers() < self.expected_workers:
             self._welcome_due = time.monotonic() + self.join_timeout
@@ -718,7 +735,7 @@ class SharedBrokerEndpoint(Endpoint):
 
     def _welcome(self) -> None:
         self._welcome_due = None
-        self._reply(m.Welcome(self.index, tuple(self._constants(self.store.constants()))))
+        self._reply(m.Welcome(self.index, tuple(self._constants(self.store.records(CONSTANTS)))))
 
     def _commit(self, batch: _Batch) -> None:
         if self._backlog or batch.add:
@@ -845,17 +862,21 @@ class SharedBrokerEndpoint(Endpoint):
             self._welcome()
         if self._could_give() and now - self._last_steal_check > STEAL_CHECK:
             self._last_steal_check = now
-            if self.store.anyone_hungry():
+            if self.store.flagged(HUNGRY):
+                self.store.flag(HUNGRY, 0)  # one mark of hunger, one hand-over
                 self._give()
         if now < self._next_duty or not self.role:
             return
         self._next_duty = now + self.heartbeat_interval
-        self.store.beat(self.heartbeat_timeout, self._record)
+        self.store.flag(alive_flag(self.name), self.heartbeat_timeout)
+        if self._record is not None:
+            # Only while the run's peer table exists: an ended run is not brought back.
+            self.store.put_records(PEERS, [(self.name, self._record)], replace=True)
         if self.held:
-            self.store.touch([entry_id for entry_id, _ in self.held.values()])
+            self.store.renew([entry_id for entry_id, _ in self.held.values()])
         if self.role == m.WORKER:
             self._give_up_alone(now)
-            stale = self.store.claim_stale(self.heartbeat_timeout)
+            stale = self.store.claim_expired(self.heartbeat_timeout)
             for holder in sorted({e.holder or "a worker" for e in stale}):
                 log.warning(
                     "%s has been silent for over %g s (heartbeat_timeout); counting it as lost",
@@ -872,7 +893,7 @@ class SharedBrokerEndpoint(Endpoint):
                     max_size=self.max_size,
                 )
             if self.root:
-                if self.store.alive(self.root):
+                if self.store.flagged(alive_flag(self.root)):
                     self._root_seen = True
                 elif self._root_seen:
                     self._reply(m.Shutdown(f"the run's program ({self.root}) is gone"))
@@ -889,23 +910,35 @@ class SharedBrokerEndpoint(Endpoint):
         counts as not there; each entry is deleted before it is failed, so a
         worker that wakes up or joins later cannot also take it."""
         for name, (_, role) in self.peers.records().items():
-            if role == m.WORKER and self.store.alive(name):
+            if role == m.WORKER and self.store.flagged(alive_flag(name)):
                 self._workers_seen = now
                 return
         silent = now - self._workers_seen
         if silent <= self.heartbeat_timeout:
             return
         reason = f"no worker has been connected for {silent:.0f} s"
+        # Entries of a taker silent that long come back first, as a worker would claim them.
+        stale = self.store.claim_expired(self.heartbeat_timeout)
+        if stale:
+            recover(
+                self.store,
+                stale,
+                key=self.key,
+                codec=self.mailer,
+                max_losses=self.max_losses,
+                max_size=self.max_size,
+            )
         doomed: dict[bytes, int] = {}
-        for entry in self.store.waiting(self.heartbeat_timeout):
+        for entry in self.store.queued():
             try:
                 queued = read_entry(entry, self.key, self.max_size)
             except ProtocolError:
                 continue  # not ours to judge here: its taker refuses and deletes it
             if queued.owner == self.name:
                 doomed[entry.id] = queued.task.fid
-        removed = self.store.remove_waiting(list(doomed), self.heartbeat_timeout)
-        fids = [doomed[entry_id] for entry_id in removed]
+        ids = list(doomed)
+        answers = self.store.withdraw(ids) if ids else []
+        fids = [doomed[i] for i, held in zip(ids, answers, strict=True) if held is None]
         fids += [fid for fid, _ in self._backlog]
         self._backlog.clear()
         if not fids:
@@ -1081,7 +1114,7 @@ class SharedBrokerEndpoint(Endpoint):
             now = time.monotonic()
             if now - self._last_hungry > HUNGRY_MARK:
                 self._last_hungry = now
-                self.store.mark_hungry(HUNGRY_TTL)
+                self.store.flag(HUNGRY, HUNGRY_TTL)
         for frames in mail:
             try:
                 msg = self.mailer.decode(frames)
@@ -1153,7 +1186,9 @@ class SharedBrokerEndpoint(Endpoint):
         if not self._store_gone:
             try:
                 self._hand_back()
-                self.store.unregister(self.name)
+                if self._record is not None:
+                    self.store.drop_records(PEERS, {self.name: self._record})
+                self.store.flag(alive_flag(self.name), 0)
                 if self.role == m.ROOT and not self.launcher_alive():
                     log.info("%s ends the run itself: its launcher is gone", self.name)
                     end_run = True
@@ -1175,12 +1210,12 @@ def tell_everyone(store: BrokerStore, codec: m.Codec, reason: str, wait: float) 
     peers told that were alive then (a frozen worker will not leave)."""
     peers = Peers(store, codec.key, who=codec.sender.decode(errors="replace"))
     told = {p for p in peers.names() if p != LAUNCHER and p.encode() != codec.sender}
-    alive = {p for p in told if store.alive(p)}
+    alive = {p for p in told if store.flagged(alive_flag(p))}
     shutdown = m.Shutdown(reason)
     store.commit(mail=[(p, codec.encode(shutdown, to=p.encode())) for p in told])
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        staying = [p for p in store.peers() if p in alive and store.alive(p)]
+        staying = [p for p in store.records(PEERS) if p in alive and store.flagged(alive_flag(p))]
         if not staying:
             break
         time.sleep(0.02)  # polling the store for departures

@@ -13,11 +13,43 @@
 
   Each check is also in :data:`TRANSPORT_CHECKS`, to parametrize a test over
   them and see every failure by name.
+- :class:`MemoryStoreTransport` (with :class:`MemoryStore` and
+  :class:`MemoryStoreServer`) -- an in-process broker store: the core's
+  store path (no broker process; every peer plays its part against shared
+  storage) runs with threads of one process.
+- :func:`check_store` -- the conformance suite every
+  :class:`~scoop_core.interfaces.BrokerStore` passes (the in-memory one
+  included), with :data:`STORE_CHECKS` to parametrize over. A store
+  transport's tests call it with ``make_store(identity, address)``, which
+  opens a store for a new run when ``address`` is None, else on that run::
+
+      from scoop_core.testing import check_store
+
+      def test_my_store_keeps_the_contract():
+          transport = MyStoreTransport({})
+
+          def make_store(identity, address):
+              if address is None:
+                  return transport.open_store(run_id=new_run_id(), identity=identity)
+              return transport.open_store(address=address, identity=identity)
+
+          check_store(make_store)
 """
 
 from __future__ import annotations
 
 from scoop_core.testing.conformance import TRANSPORT_CHECKS, check_transport
 from scoop_core.testing.memory import MemoryTransport
+from scoop_core.testing.memory_store import MemoryStore, MemoryStoreServer, MemoryStoreTransport
+from scoop_core.testing.store_conformance import STORE_CHECKS, check_store
 
-__all__ = ["TRANSPORT_CHECKS", "MemoryTransport", "check_transport"]
+__all__ = [
+    "STORE_CHECKS",
+    "TRANSPORT_CHECKS",
+    "MemoryStore",
+    "MemoryStoreServer",
+    "MemoryStoreTransport",
+    "MemoryTransport",
+    "check_store",
+    "check_transport",
+]

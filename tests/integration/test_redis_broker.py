@@ -167,7 +167,7 @@ def _info_exists(srv: Server, prefix: str, run_id: str) -> Callable[[], bool]:
     def check() -> bool:
         client = srv.client()
         try:
-            return bool(client.exists(f"{prefix}:{run_id}:info"))
+            return bool(client.exists(f"{prefix}:{run_id}:table:run"))
         finally:
             client.close()
 
@@ -196,7 +196,7 @@ def test_the_run_id_is_shown_at_v_and_can_be_chosen(write_program, env, srv):
 def test_a_run_id_in_use_is_refused_and_the_other_run_is_left_alone(write_program, env, srv):
     prefix = env["SCOOP_TRANSPORT_REDIS_PREFIX"]
     client = srv.client()
-    client.set(f"{prefix}:busy:info", b"another run")
+    client.hset(f"{prefix}:busy:table:run", "info", b"another run")
     client.close()
     prog = write_program(PRELUDE + "\nif __name__ == '__main__':\n    out(1)\n")
     proc = subprocess.run(
@@ -209,7 +209,7 @@ def test_a_run_id_in_use_is_refused_and_the_other_run_is_left_alone(write_progra
     )
     assert proc.returncode == 1
     assert "run id busy is already in use" in proc.stderr
-    assert _keys(srv, prefix) == [f"{prefix}:busy:info".encode()]
+    assert _keys(srv, prefix) == [f"{prefix}:busy:table:run".encode()]
 
 
 JOINABLE = (

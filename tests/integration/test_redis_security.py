@@ -3,7 +3,7 @@
 Each test starts a real run (launcher, root, workers: processes) over a
 redis-server started for this module (never the one on 6379), and attacks
 it from a plain ``redis.Redis`` client, the way another user of that server
-could: a crafted pickle in the constants hash, a forged loss count on a queue
+could: a crafted pickle in the constants table, a forged loss count on a queue
 entry, a rewritten peer record, a copied queue entry, and a flood of random,
 truncated and bit-flipped entries and fields. Each test asserts what a user
 would notice: nothing an attacker wrote is unpickled (the pickles would
@@ -136,7 +136,7 @@ class Run:
         return proc
 
     def peers(self) -> dict[bytes, bytes]:
-        return dict(self.attacker.hgetall(self.key("peers")))
+        return dict(self.attacker.hgetall(self.key("table:peers")))
 
     def runs(self) -> list[int]:
         path = self.dir / "runs"
@@ -183,7 +183,7 @@ def _said(err: str, pattern: str) -> int:
     return sum(1 for line in err.splitlines() if re.search(pattern, line))
 
 
-# -- (a) a crafted pickle in the constants hash ---------------------------------------
+# -- (a) a crafted pickle in the constants table ---------------------------------------
 
 CONSTANTS = """
 def tagged(i):
@@ -199,10 +199,10 @@ if __name__ == "__main__":
 
 def test_a_crafted_pickle_constant_is_deleted_unread(run: Run) -> None:
     proc = run.launch(CONSTANTS)
-    _wait_for(lambda: run.attacker.exists(run.key("info")), "the run to start")
+    _wait_for(lambda: run.attacker.exists(run.key("table:run")), "the run to start")
     # The stored form of a constant today: a msgpack list of its pickled frames.
     crafted = msgpack.packb([pickle.dumps(Evil(str(run.proof)))])
-    run.attacker.hset(run.key("consts"), "evil", crafted)
+    run.attacker.hset(run.key("table:constants"), "evil", crafted)
     joiner = run.join()  # a welcome that surely comes after the attack
 
     def joined() -> bool:
@@ -211,11 +211,11 @@ def test_a_crafted_pickle_constant_is_deleted_unread(run: Run) -> None:
 
     _wait_for(joined, "the joined worker to register")
     _wait_for(
-        lambda: not run.attacker.hexists(run.key("consts"), "evil") or run.proof.exists(),
+        lambda: not run.attacker.hexists(run.key("table:constants"), "evil") or run.proof.exists(),
         "the crafted constant to be deleted",
     )
     assert not run.proof.exists(), "a constant written without the run's key was unpickled"
-    assert run.attacker.hexists(run.key("consts"), "tag"), "the run's own constant is kept"
+    assert run.attacker.hexists(run.key("table:constants"), "tag"), "the run's own constant is kept"
     run.go()
     out, err = _finish(proc)
     _, joiner_err = joiner.communicate(timeout=30)
@@ -296,7 +296,9 @@ def test_a_rewritten_peer_record_misroutes_nothing(run: Run) -> None:
     # Whatever the root's record is, copy it under another name and over a
     # worker's: a reader trusting the hash would send the root's results
     # to the mailbox of "evil" or of worker-2.
-    run.attacker.hset(run.key("peers"), mapping={b"evil": peers[root], b"worker-2": peers[root]})
+    run.attacker.hset(
+        run.key("table:peers"), mapping={b"evil": peers[root], b"worker-2": peers[root]}
+    )
     evil = run.mailbox("evil")
     run.go()
     deadline = time.monotonic() + 60
@@ -404,7 +406,7 @@ def test_a_flood_of_forged_entries_changes_nothing(run: Run) -> None:
     evil = pickle.dumps(Evil(str(run.proof)))
     samples = [v for fields in entries for v in fields.values()]
     peer_records = list(run.peers().values())
-    consts = list(run.attacker.hgetall(run.key("consts")).values())
+    consts = list(run.attacker.hgetall(run.key("table:constants")).values())
     mailboxes = [run.mailbox(n.decode()) for n in run.peers()]
     streams = [queue, *mailboxes]
     written = 0
@@ -423,9 +425,9 @@ def test_a_flood_of_forged_entries_changes_nothing(run: Run) -> None:
             pipe.xadd(stream, fields)
         elif kind == 2:
             value = _mangled(rng, consts, msgpack.packb([evil]))
-            pipe.hset(run.key("consts"), f"c{n}", value)
+            pipe.hset(run.key("table:constants"), f"c{n}", value)
         else:
-            pipe.hset(run.key("peers"), f"p{n}", _mangled(rng, peer_records, evil))
+            pipe.hset(run.key("table:peers"), f"p{n}", _mangled(rng, peer_records, evil))
         written += 1
         if len(pipe) >= 2000:
             pipe.execute()
@@ -434,7 +436,7 @@ def test_a_flood_of_forged_entries_changes_nothing(run: Run) -> None:
     # A worker that joins now reads every constant and peer record there is.
     joiner = run.join()
     _wait_for(
-        lambda: run.attacker.hlen(run.key("consts")) == 1 or run.proof.exists(),
+        lambda: run.attacker.hlen(run.key("table:constants")) == 1 or run.proof.exists(),
         "the forged constants to be deleted",
         45,
     )

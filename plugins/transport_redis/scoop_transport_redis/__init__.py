@@ -6,10 +6,10 @@ It registers the transport ``redis`` and its settings, the table
 - ``url`` -- the Redis server: ``redis://host:port/db``, ``rediss://`` for
   TLS, ``unix:///path/to/socket``. Default ``redis://127.0.0.1:6379/0``.
 - ``username`` and ``password`` -- Redis ACL credentials (a password in the
-  URL works too). The password never appears in the hub's address, in logs
+  URL works too). The password never appears in the store's address, in logs
   or on a command line: workers receive settings through the environment.
 - ``prefix`` -- every key of a run lives under ``{prefix}:{run_id}:``
-  (default ``scoop``), and the hub deletes them all when it closes.
+  (default ``scoop``), and the launcher deletes them all when the run ends.
 - ``maxlen`` -- the most futures the run's queue stream holds at once (0,
   the default: no limit). A program that submits more keeps the rest in its
   own process and adds them as workers finish others: Redis's memory stays

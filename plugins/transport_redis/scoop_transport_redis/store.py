@@ -1,68 +1,63 @@
-"""The Redis broker store: Redis itself schedules the futures, with streams and consumer groups.
+"""The Redis broker store: Redis itself keeps and hands out the futures, with streams and consumer groups.
 
 Why these choices:
 
-- Every key of a run lives under ``{prefix}:{run_id}:``, as for the hub, and
-  the store's address has the hub's form, ``URL#PREFIX:RUN_ID`` (never with
-  a password: each process takes credentials from its own settings).
-- The queue of futures is one stream, ``...:queue``, read through one
-  consumer group, ``scoop``, by consumers named after the peers. The group
-  is what hands an entry to exactly one taker and keeps it *pending* for
-  that taker until it is acknowledged: ``XACK`` + ``XDEL`` in the commit
-  that carries the result. ``XCLAIM ... JUSTID`` with no minimum idle time
-  is a touch (it resets the idle time without counting a delivery), and
-  ``XAUTOCLAIM`` hands over what a silent taker held.
-- An entry's fields are ``f0``, ``f1``, ... the frames, as binary values
-  (as on the hub's streams), and nothing else: everything the core acts on
-  is inside the frames, under the core's signature. An entry or a letter
-  with any other field was not written by a store; it comes back with no
-  frames, which the core refuses (and deletes).
+- Every key of a run lives under ``{prefix}:{run_id}:``, and the store's
+  address is ``URL#PREFIX:RUN_ID`` (never with a password: each process
+  takes credentials from its own settings).
+- The queue is one stream, ``...:queue``, read through one consumer group,
+  ``scoop``, by consumers named after the peers. The group is what hands an
+  entry to exactly one taker and keeps it *pending* (leased) for that taker
+  until it is acknowledged: ``XACK`` + ``XDEL`` in the commit that carries
+  the result. ``XCLAIM ... JUSTID`` with no minimum idle time renews a lease
+  (it resets the idle time without counting a delivery), ``XAUTOCLAIM``
+  hands over what a silent taker held, and ``XPENDING`` names the holders.
+- An entry's fields are ``f0``, ``f1``, ... the frames, as binary values,
+  and nothing else: everything the core acts on is inside the frames, under
+  the core's signature. An entry or a letter with any other field was not
+  written by a store; it comes back with no frames, which the core refuses.
 - Each peer has a mailbox stream, ``...:mail:{name hex}``, read through its
   own group ``scoop``, so one ``XREADGROUP BLOCK`` waits for the queue and
   the mailbox at once. Mail read is acknowledged and deleted in the same
   pipeline as the next read.
 - Opening a store writes nothing: a process that only looks (a run id in
   use, ``scoop worker --run`` reading the run's description) leaves no key
-  behind. The groups are created (``XGROUP CREATE ... MKSTREAM``, an
-  existing one is fine) by the successful :meth:`RedisStore.put_info` that
-  starts a run, by :meth:`RedisStore.register`, and by a process's first
-  :meth:`RedisStore.take`. They start at ``0``, not ``$``, so whenever one
-  is created, nothing already in its stream is missed (mail sent to a peer
-  before it opened the store, say).
-- :meth:`RedisStore.waiting` lists the queue (``XRANGE``) beside its
-  pending entries (``XPENDING``); :meth:`RedisStore.remove_waiting` deletes
-  each entry by a script that first checks, in the same step, that nobody
-  took it or that its taker has been idle long enough.
+  behind. A store object creates the groups it reads through (``XGROUP
+  CREATE ... MKSTREAM``, an existing one is fine) before its first use of
+  the queue. They start at ``0``, not ``$``, so whenever one is created,
+  nothing already in its stream is missed (mail sent to a peer before it
+  opened the store, say).
 - ``COUNT`` applies to each stream of one ``XREADGROUP``, so :meth:`take`
   first looks without blocking (mailbox up to :data:`BATCH`, queue up to
   ``count``, one pipeline) and only if both are empty blocks on both.
 - :meth:`RedisStore.commit` is one ``MULTI``/``EXEC`` round trip: the
-  additions, the mail and the acknowledgements happen together or not at all.
-- Records are hashes of opaque values the core signed: ``...:consts``
-  (a field per constant, so ``HSETNX`` defines one at most once),
-  ``...:peers`` (a field per peer; indices come from the counter
-  ``...:index``) and ``...:taken`` (a field per taken queue entry's token,
-  written with ``HSETNX`` and read back in the same ``MULTI``). A record
-  the core refused is deleted by a script that checks it is still the
-  same, so a good record written meanwhile is never lost. Field names come
-  back decoded with ``surrogateescape``, so any bytes an attacker used
-  name the field again when it is deleted.
-- ``...:info`` is the run's description (``SET NX``: a run id in use is
-  refused); ``...:alive:{name hex}`` is a peer's heartbeat (``SET PX``);
-  ``...:hungry`` is a worker's mark that it found the queue empty (``SET
-  PX``), which ``anyone_hungry`` reads and clears in one ``DEL``. What
-  these say is not signed, and a writer without the key can only make a
-  run slower or end it with them: nothing in them is unpickled or routes
-  anything.
+  additions, the mail and the removals happen together or not at all.
+- :meth:`RedisStore.withdraw` is one script: for each entry, who holds it
+  (``XPENDING``), and if nobody, ``XDEL``, in one step no taker can come
+  between. :meth:`RedisStore.queued` lists the holders first, then the
+  queue (``XRANGE``): an entry taken in between looks unheld there, and a
+  withdraw that follows leaves it be.
+- A record table is a hash, ``...:table:{name}``: a script stores a record
+  once (``HSETNX``, and ``HGET`` of what is there); records
+  replaced are written by a script that does so only while the hash exists
+  (a run that ended is not brought back); a record the core refused is
+  deleted by a script that checks it is still the same, so a good record
+  written meanwhile is never lost. Names come back decoded with
+  ``surrogateescape``, so any bytes an attacker used name the field again
+  when it is deleted. The set ``...:tables`` lists the tables, so that the
+  keys of all of them can be kept alive.
+- A flag is a key ``...:flag:{name hex}`` set with ``PX`` (lowered: ``DEL``);
+  the run's counter is ``...:index`` (``INCR``). Flags are not signed, and a
+  writer without the key can only make a run slower or end it with them:
+  nothing in them is unpickled or routes anything.
 - Every key gets an ``EXPIRE`` when it is written, pipelined in the same
-  round trip, and :meth:`RedisStore.beat` renews the run's long-lived
-  keys: a run that dies leaves nothing behind for longer than ``expire``,
-  and a live run never loses its constants. With a record, a beat also
-  writes the peer's record again, by a script that does so only while the
-  peers hash exists (a run that ended is not brought back).
-- ``wakeup()`` is the hub's: a flag, and one tiny entry (field ``w``) in
-  the process's own mailbox through another connection of the client's
-  pool, which ends a blocked ``XREADGROUP`` at once.
+  round trip, and a raised flag (every peer raises its own each heartbeat)
+  renews the run's long-lived keys, at most every :data:`KEEP_EVERY`
+  seconds: a run that dies leaves nothing behind for longer than
+  ``expire``, and a live run never loses its constants.
+- ``wakeup()`` sets a flag, and adds one tiny entry (field ``w``) to the
+  process's own mailbox through another connection of the client's pool,
+  which ends a blocked ``XREADGROUP`` at once.
 - Replies are parsed from the wire (RESP2 or RESP3), not through redis-py's
   reply callbacks, whose shapes differ between versions.
 - Any Redis error becomes :class:`~scoop_core.errors.TransportClosed` naming
@@ -74,6 +69,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -108,9 +104,12 @@ GROUP = b"scoop"
 MIN_STORE_VERSION = (6, 2)
 """``XAUTOCLAIM`` and ``XPENDING ... IDLE`` came with Redis 6.2."""
 
+KEEP_EVERY = 30.0
+"""Seconds between two renewals, by one store object, of the expiry of the run's keys."""
+
 _WAKE = b"w"
-_RAW_REPLIES = ("XREADGROUP", "XAUTOCLAIM", "XCLAIM", "XPENDING", "XRANGE", "SET", "HGETALL")
-_LONG_LIVED = ("queue", "peers", "index", "consts", "taken", "info")
+_RAW_REPLIES = ("XREADGROUP", "XAUTOCLAIM", "XCLAIM", "XPENDING", "XRANGE", "HGETALL", "EVAL")
+_TABLE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 # Deletes a record the core refused, only if it is still that one;
 # KEYS: the hash; ARGV: field, record.
@@ -121,55 +120,74 @@ end
 return 0
 """
 
-# A peer's record again, unless the run's records are gone; KEYS: peers;
-# ARGV: name, record.
-_REASSERT = """
+# Stores each record unless its name has one; lists the table (and renews
+# its expiry) only if one was stored, so a store that only looked at a run
+# changes nothing there. KEYS: the hash, the set of tables; ARGV: expire,
+# table name, field, record, field, record... Returns, for each, 1 where
+# stored, else the record there.
+_PUT_ONCE = """
+local answers = {}
+local stored = false
+for i = 3, #ARGV, 2 do
+  if redis.call('HSETNX', KEYS[1], ARGV[i], ARGV[i + 1]) == 1 then
+    answers[#answers + 1] = 1
+    stored = true
+  else
+    answers[#answers + 1] = redis.call('HGET', KEYS[1], ARGV[i])
+  end
+end
+if stored then
+  redis.call('SADD', KEYS[2], ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[1])
+end
+return answers
+"""
+
+# Records over any there, unless the table is gone; KEYS: the hash;
+# ARGV: field, record, field, record...
+_REPLACE = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  redis.call('HSET', KEYS[1], unpack(ARGV))
 end
 return 0
 """
 
-# Starts a run: its description, if it has none yet, and the queue's group;
-# KEYS: info, queue; ARGV: info, expire, group.
-_PUT_INFO = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  return 0
-end
-local made = redis.pcall('XGROUP', 'CREATE', KEYS[2], ARGV[3], '0', 'MKSTREAM')
-if type(made) == 'table' and made.err and not string.find(made.err, 'BUSYGROUP') then
-  return redis.error_reply(made.err)
-end
-redis.call('EXPIRE', KEYS[2], ARGV[2])
-return 1
-"""
-
-# Deletes an entry nobody has taken; KEYS: queue; ARGV: group, id.
+# For each id: 1 if nobody held the entry and it was deleted, the holder's
+# name if somebody holds it, 0 if the queue has no such entry (a pending id
+# whose entry is gone is acknowledged on the way); KEYS: queue; ARGV:
+# group, ids.
 _WITHDRAW = """
-if #redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1) > 0 then
-  return 0
+local answers = {}
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  local rows = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  if #redis.call('XRANGE', KEYS[1], id, id) == 0 then
+    if #rows > 0 then
+      redis.call('XACK', KEYS[1], ARGV[1], id)
+    end
+    answers[i - 1] = 0
+  elseif #rows > 0 then
+    answers[i - 1] = rows[1][2]
+  else
+    redis.call('XDEL', KEYS[1], id)
+    answers[i - 1] = 1
+  end
 end
-return redis.call('XDEL', KEYS[1], ARGV[2])
+return answers
 """
 
-
-# Deletes each entry that nobody took, or whose taker has not touched it
-# for a while; KEYS: queue; ARGV: group, min idle (ms), ids. Returns 1 or 0
-# per id: deleted or not.
-_REMOVE_WAITING = """
-local deleted = {}
-for i = 3, #ARGV do
-  local rows = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
-  local gone = 0
-  if #rows == 0 or tonumber(rows[1][3]) >= tonumber(ARGV[2]) then
-    if #rows > 0 then
-      redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
-    end
-    gone = redis.call('XDEL', KEYS[1], ARGV[i])
-  end
-  deleted[#deleted + 1] = gone
+# Renews the expiry of the run's long-lived keys and of every table;
+# KEYS: queue, index, the set of tables, our mailbox; ARGV: expire,
+# the tables' key prefix.
+_KEEP = """
+for i = 1, #KEYS do
+  redis.call('EXPIRE', KEYS[i], ARGV[1])
 end
-return deleted
+for _, name in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  redis.call('EXPIRE', ARGV[2] .. name, ARGV[1])
+end
+return 0
 """
 
 
@@ -259,6 +277,7 @@ class RedisStore(BrokerStore):
         self._wake_pending = False
         self._closed = False
         self._groups_ready = False  # the queue's and our mailbox's groups exist
+        self._keep_due = 0.0  # when a raised flag next renews the expiry of the run's keys
         for command in _RAW_REPLIES:
             client.set_response_callback(command, lambda reply, **_: reply)
 
@@ -316,8 +335,15 @@ class RedisStore(BrokerStore):
     def _mailbox(self, peer: str) -> bytes:
         return self._base + b"mail:" + peer.encode().hex().encode()
 
-    def _alive_key(self, peer: str) -> bytes:
-        return self._base + b"alive:" + peer.encode().hex().encode()
+    def _flag_key(self, name: str) -> bytes:
+        return self._base + b"flag:" + name.encode(errors="surrogateescape").hex().encode()
+
+    def _table(self, table: str) -> bytes:
+        if not isinstance(table, str) or not _TABLE_NAME.fullmatch(table):
+            raise ValueError(
+                f"a table name is made of ASCII letters, digits, '-' and '_', got {table!r}"
+            )
+        return self._base + b"table:" + table.encode()
 
     def _create_group(self, pipe: Any, key: bytes) -> None:
         pipe.execute_command("XGROUP", "CREATE", key, GROUP, b"0", "MKSTREAM")
@@ -363,47 +389,18 @@ class RedisStore(BrokerStore):
             pipe.execute_command("XACK", self._queue, GROUP, *self._queue_gone)
             self._queue_gone = []
 
-    # -- peers ---------------------------------------------------------------------
-
-    def _drop_if(self, key: bytes, records: Mapping[bytes, bytes]) -> int:
-        if not records:
-            return 0
-        with self._io():
-            pipe = self._client.pipeline(transaction=False)
-            for field, record in records.items():
-                pipe.execute_command("EVAL", _DROP_IF, 1, key, field, record)
-            return sum(int(n) for n in pipe.execute())
-
-    def new_index(self) -> int:
-        with self._io():
-            pipe = self._client.pipeline(transaction=True)
-            pipe.execute_command("INCR", self._key("index"))
-            pipe.execute_command("EXPIRE", self._key("index"), self._options.expire)
-            return int(pipe.execute()[0])
-
-    def register(self, name: str, record: bytes) -> None:
-        with self._io():
-            pipe = self._client.pipeline(transaction=False)
-            pipe.execute_command("HSET", self._key("peers"), _field(name), record)
-            pipe.execute_command("EXPIRE", self._key("peers"), self._options.expire)
-            self._create_group(pipe, self._queue)
-            self._create_group(pipe, self._mailbox(name))
-            self._execute_ignoring_busygroup(pipe)
-            self._groups_ready = self._groups_ready or name == self.identity
-
-    def unregister(self, name: str) -> None:
-        with self._io():
-            pipe = self._client.pipeline(transaction=True)
-            pipe.execute_command("HDEL", self._key("peers"), _field(name))
-            pipe.execute_command("DEL", self._alive_key(name))
-            pipe.execute()
-
-    def peers(self) -> dict[str, bytes]:
-        with self._io():
-            return _records(self._client.execute_command("HGETALL", self._key("peers")))
-
-    def drop_peers(self, records: Mapping[str, bytes]) -> int:
-        return self._drop_if(self._key("peers"), {_field(n): r for n, r in records.items()})
+    def _queue_group(self) -> bool:
+        """Make sure the queue's group exists if the queue does (under ``_io``); False if
+        there is no queue (nothing was ever added, or the run ended): a look at the
+        queue then writes nothing."""
+        if self._groups_ready:
+            return True
+        try:
+            self._client.execute_command("XGROUP", "CREATE", self._queue, GROUP, b"0")
+        except redis.ResponseError as exc:
+            if not str(exc).startswith("BUSYGROUP"):
+                return False
+        return True
 
     # -- the queue and the mailboxes -------------------------------------------------
 
@@ -509,25 +506,35 @@ class RedisStore(BrokerStore):
                         mail.append(_written_frames(fields))
         return entries, mail
 
-    def withdraw(self, entry_id: bytes) -> bool:
+    def withdraw(self, entry_ids: Sequence[bytes]) -> list[str | None]:
+        if not entry_ids:
+            return []
         with self._io():
-            deleted = self._client.execute_command(
-                "EVAL", _WITHDRAW, 1, self._queue, GROUP, entry_id
+            if not self._queue_group():
+                return [""] * len(entry_ids)
+            answers = self._client.execute_command(
+                "EVAL", _WITHDRAW, 1, self._queue, GROUP, *entry_ids
             )
-        return bool(deleted)
+        return [
+            _text(a) if isinstance(a, bytes | str) else (None if int(a) else "") for a in answers
+        ]
 
-    def touch(self, entry_ids: Sequence[bytes]) -> None:
+    def renew(self, entry_ids: Sequence[bytes]) -> None:
         if not entry_ids:
             return
         with self._io():
+            if not self._queue_group():
+                return
             self._client.execute_command(
                 "XCLAIM", self._queue, GROUP, self._consumer, 0, *entry_ids, "JUSTID"
             )
 
-    def claim_stale(self, min_idle: float, count: int = 100) -> list[Entry]:
-        idle = max(0, int(min_idle * 1000))
+    def claim_expired(self, lease: float, count: int = 100) -> list[Entry]:
+        idle = max(0, int(lease * 1000))
         count = max(1, int(count))
         with self._io():
+            if not self._queue_group():
+                return []
             # In one transaction, so the holders XPENDING names are those XAUTOCLAIM took from.
             pipe = self._client.pipeline(transaction=True)
             pipe.execute_command("XPENDING", self._queue, GROUP, "IDLE", idle, "-", "+", count)
@@ -550,19 +557,19 @@ class RedisStore(BrokerStore):
                 entries.append(_queue_entry(entry_id, _fields(raw), holder))
         return entries
 
-    def waiting(self, min_idle: float) -> list[Entry]:
-        idle = max(0, int(min_idle * 1000))
+    def queued(self) -> list[Entry]:
         with self._io():
+            if not self._queue_group():
+                return []
             # Who holds what first, then the entries: an entry taken in
-            # between looks untaken here, and remove_waiting leaves it be.
-            held: dict[bytes, tuple[str, int]] = {}
+            # between looks unheld here, and a withdraw leaves it be.
+            held: set[bytes] = set()
             start: bytes = b"-"
             while True:
                 rows = self._client.execute_command(
                     "XPENDING", self._queue, GROUP, start, "+", BATCH
                 )
-                for row in rows or ():
-                    held[bytes(row[0])] = (_text(row[1]), int(row[2]))
+                held.update(bytes(row[0]) for row in rows or ())
                 if not rows or len(rows) < BATCH:
                     break
                 start = b"(" + bytes(rows[-1][0])
@@ -573,30 +580,21 @@ class RedisStore(BrokerStore):
                     "XRANGE", self._queue, start, "+", "COUNT", BATCH
                 )
                 for entry_id, raw in items or ():
-                    holder, idle_ms = held.get(bytes(entry_id), ("", idle))
-                    if idle_ms >= idle:
-                        entries.append(_queue_entry(bytes(entry_id), _fields(raw), holder))
+                    if bytes(entry_id) not in held:
+                        entries.append(_queue_entry(bytes(entry_id), _fields(raw)))
                 if not items or len(items) < BATCH:
                     break
                 start = b"(" + bytes(items[-1][0])
         return entries
 
-    def remove_waiting(self, entry_ids: Sequence[bytes], min_idle: float) -> list[bytes]:
-        if not entry_ids:
-            return []
-        idle = max(0, int(min_idle * 1000))
-        with self._io():
-            deleted = self._client.execute_command(
-                "EVAL", _REMOVE_WAITING, 1, self._queue, GROUP, idle, *entry_ids
-            )
-        return [bytes(i) for i, gone in zip(entry_ids, deleted or (), strict=True) if int(gone)]
-
-    def claim_from(self, name: str) -> list[Entry]:
-        if name == self.identity:
-            raise ValueError(f"a store cannot claim the entries of its own peer {name!r}")
-        consumer = name.encode()
+    def claim_from(self, holder: str) -> list[Entry]:
+        if holder == self.identity:
+            raise ValueError(f"a store cannot claim the entries of its own identity {holder!r}")
+        consumer = holder.encode()
         entries: list[Entry] = []
         with self._io():
+            if not self._queue_group():
+                return []
             previous: list[bytes] = []
             while True:
                 rows = self._client.execute_command(
@@ -612,94 +610,78 @@ class RedisStore(BrokerStore):
                 for item in claimed or ():
                     if item is None or item[1] is None:
                         continue
-                    entries.append(_queue_entry(item[0], _fields(item[1]), name))
+                    entries.append(_queue_entry(item[0], _fields(item[1]), holder))
                 gone = set(ids) - {bytes(e.id) for e in entries}
                 self._queue_gone += sorted(gone)
             self._client.execute_command("XGROUP", "DELCONSUMER", self._queue, GROUP, consumer)
         return entries
 
-    # -- constants, the run's description, heartbeats ------------------------------
+    # -- record tables ---------------------------------------------------------------
 
-    # -- records: taken marks, constants ---------------------------------------------
-
-    def mark_taken(self, marks: Sequence[tuple[bytes, bytes]]) -> list[bytes | None]:
-        if not marks:
+    def put_records(
+        self, table: str, records: Sequence[tuple[str, bytes]], *, replace: bool = False
+    ) -> list[bytes | None]:
+        key = self._table(table)
+        if not records:
             return []
-        key = self._key("taken")
+        pieces = [part for name, record in records for part in (_field(name), record)]
+        with self._io():
+            if replace:
+                pipe = self._client.pipeline(transaction=False)
+                pipe.execute_command("EVAL", _REPLACE, 1, key, *pieces)
+                pipe.execute_command("EXPIRE", key, self._options.expire)
+                pipe.execute()
+                return [None] * len(records)
+            keys = (key, self._key("tables"))
+            answers = self._client.execute_command(
+                "EVAL", _PUT_ONCE, len(keys), *keys, self._options.expire, table, *pieces
+            )
+        return [None if isinstance(a, int) else bytes(a) for a in answers]
+
+    def records(self, table: str) -> dict[str, bytes]:
+        key = self._table(table)
+        with self._io():
+            return _records(self._client.execute_command("HGETALL", key))
+
+    def drop_records(self, table: str, records: Mapping[str, bytes]) -> int:
+        key = self._table(table)
+        if not records:
+            return 0
+        with self._io():
+            pipe = self._client.pipeline(transaction=False)
+            for name, record in records.items():
+                pipe.execute_command("EVAL", _DROP_IF, 1, key, _field(name), record)
+            return sum(int(n) for n in pipe.execute())
+
+    # -- liveness ----------------------------------------------------------------------
+
+    def new_index(self) -> int:
         with self._io():
             pipe = self._client.pipeline(transaction=True)
-            for token, record in marks:
-                pipe.execute_command("HSETNX", key, token, record)
-                pipe.execute_command("HGET", key, token)
-            pipe.execute_command("EXPIRE", key, self._options.expire)
-            replies = pipe.execute()
-        return [
-            None if kept else bytes(there)
-            for kept, there in zip(replies[0:-1:2], replies[1:-1:2], strict=True)
-        ]
+            pipe.execute_command("INCR", self._key("index"))
+            pipe.execute_command("EXPIRE", self._key("index"), self._options.expire)
+            return int(pipe.execute()[0])
 
-    def drop_mark(self, token: bytes, record: bytes) -> bool:
-        return bool(self._drop_if(self._key("taken"), {token: record}))
-
-    def set_const(self, name: str, record: bytes) -> bool:
+    def flag(self, name: str, ttl: float) -> None:
+        key = self._flag_key(name)
         with self._io():
+            if ttl <= 0:
+                self._client.execute_command("DEL", key)
+                return
             pipe = self._client.pipeline(transaction=False)
-            pipe.execute_command("HSETNX", self._key("consts"), _field(name), record)
-            pipe.execute_command("EXPIRE", self._key("consts"), self._options.expire)
-            created = pipe.execute()[0]
-        return bool(created)
-
-    def constants(self) -> dict[str, bytes]:
-        with self._io():
-            return _records(self._client.execute_command("HGETALL", self._key("consts")))
-
-    def drop_consts(self, records: Mapping[str, bytes]) -> int:
-        return self._drop_if(self._key("consts"), {_field(n): r for n, r in records.items()})
-
-    def put_info(self, info: bytes) -> bool:
-        with self._io():
-            keys = (self._key("info"), self._queue)
-            made = self._client.execute_command(
-                "EVAL", _PUT_INFO, len(keys), *keys, info, self._options.expire, GROUP
-            )
-        return bool(made)
-
-    def get_info(self) -> bytes | None:
-        with self._io():
-            info = self._client.execute_command("GET", self._key("info"))
-        return None if info is None else bytes(info)
-
-    def beat(self, ttl: float, record: bytes | None = None) -> None:
-        expire = self._options.expire
-        with self._io():
-            pipe = self._client.pipeline(transaction=False)
-            pipe.execute_command(
-                "SET", self._alive_key(self.identity), b"1", "PX", max(1, int(ttl * 1000))
-            )
-            if record is not None:
-                pipe.execute_command(
-                    "EVAL", _REASSERT, 1, self._key("peers"), _field(self.identity), record
-                )
-            # A run that lives longer than ``expire`` keeps its keys while anyone beats.
-            for name in _LONG_LIVED:
-                pipe.execute_command("EXPIRE", self._key(name), expire)
-            pipe.execute_command("EXPIRE", self._mail, expire)
+            pipe.execute_command("SET", key, b"1", "PX", max(1, math.ceil(ttl * 1000)))
+            now = time.monotonic()
+            if now >= self._keep_due:
+                # A run that lives longer than ``expire`` keeps its keys while anyone is alive.
+                self._keep_due = now + KEEP_EVERY
+                keys = (self._queue, self._key("index"), self._key("tables"), self._mail)
+                tables = self._base + b"table:"
+                pipe.execute_command("EVAL", _KEEP, len(keys), *keys, self._options.expire, tables)
             pipe.execute()
 
-    def alive(self, name: str) -> bool:
+    def flagged(self, name: str) -> bool:
         with self._io():
-            return bool(self._client.execute_command("EXISTS", self._alive_key(name)))
-
-    def mark_hungry(self, ttl: float) -> None:
-        with self._io():
-            self._client.execute_command(
-                "SET", self._key("hungry"), b"1", "PX", max(1, int(ttl * 1000))
-            )
-
-    def anyone_hungry(self) -> bool:
-        # DEL answers and clears at once: one mark, one hand-over.
-        with self._io():
-            return bool(self._client.execute_command("DEL", self._key("hungry")))
+            return bool(self._client.execute_command("EXISTS", self._flag_key(name)))
 
     # -- wake-ups and the end -----------------------------------------------------
 
