@@ -115,8 +115,11 @@ class Broker:
             max_losses=max_losses,
             expected_workers=expected_workers,
             max_message_size=max_message_size,
+            heartbeat_interval=heartbeat_interval,
+            heartbeat_timeout=heartbeat_timeout,
+            join_timeout=join_timeout,
+            now=time.monotonic(),
         )
-        self.join_timeout = join_timeout
         self._requests: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._running = False
         self._thread = threading.Thread(target=self._loop, name="scoop-broker", daemon=True)
@@ -128,10 +131,6 @@ class Broker:
         self._lost_conns: dict[bytes, bytes] = {}
         self._closing_until = 0.0
         self.heartbeat_interval = heartbeat_interval
-        self.heartbeat_timeout = heartbeat_timeout
-        self._last_heard: dict[bytes, float] = {}
-        self._last_beat = 0.0
-        self._workers_seen = time.monotonic()
         self.lost: set[str] = set()  # names of peers counted as lost (not a goodbye)
 
     def start(self) -> None:
@@ -173,7 +172,6 @@ class Broker:
 
     def _loop(self) -> None:
         hub, book = self.hub, self.book
-        join_deadline = time.monotonic() + self.join_timeout
         wait = min(1.0, self.heartbeat_interval)
         try:
             while self._running or (book.peers and time.monotonic() < self._closing_until):
@@ -186,16 +184,11 @@ class Broker:
                 while not self._requests.empty():
                     self._requests.get_nowait()()
                 self._unbind_departed()
-                if book.parked and time.monotonic() > join_deadline:
-                    log.warning(
-                        "%d of %d workers joined within %g s; starting with those",
-                        len(book.workers),
-                        book.expected_workers,
-                        self.join_timeout,
-                    )
-                    book.release_parked()
                 if self._running:
-                    self._keep_alive()
+                    book.tick(time.monotonic())
+                    for peer in book.take_lost():
+                        self.lost.add(peer.decode(errors="replace"))
+                        self._unbind(peer, lost=True)
                 book.dispatch()
                 outgoing = []
                 for peer, msg in book.take_outbox():
@@ -211,35 +204,6 @@ class Broker:
         except Exception:
             log.exception("the broker failed")
             raise
-
-    def _keep_alive(self) -> None:
-        """Heartbeats to every peer; peers silent past the timeout are lost
-        (their futures run again elsewhere); with no worker left for that
-        long, queued futures fail instead of waiting for ever."""
-        book, now = self.book, time.monotonic()
-        if now - self._last_beat >= self.heartbeat_interval:
-            self._last_beat = now
-            book.broadcast(m.Heartbeat(0))
-            log.info("heartbeat to %d peer(s)", len(book.peers))
-        for peer, rec in list(book.peers.items()):
-            silent = now - self._last_heard.get(peer, now)
-            if silent > self.heartbeat_timeout:
-                log.warning(
-                    "%s has been silent for %.0f s (heartbeat_timeout); counting it as lost",
-                    rec.name,
-                    silent,
-                )
-                book.leave(peer)
-                self.lost.add(rec.name)
-                self._unbind(peer, lost=True)
-        if book.workers:
-            self._workers_seen = now
-        elif now - self._workers_seen > self.heartbeat_timeout:
-            failed = book.fail_queued(
-                f"no worker has been connected for {now - self._workers_seen:.0f} s"
-            )
-            if failed:
-                log.error("no worker left: %d queued future(s) failed", failed)
 
     def _encode(self, peer: bytes, msg: m.Message) -> list[object] | None:
         try:
@@ -283,7 +247,6 @@ class Broker:
             del self._name_of[conn]
             if lost:
                 self._lost_conns[conn] = peer
-        self._last_heard.pop(peer, None)
         self.codec.forget(peer)
 
     def _unbind_departed(self) -> None:
@@ -316,7 +279,6 @@ class Broker:
             return
         if name is None and not self._bind(conn, sender, msg):
             return
-        self._last_heard[sender] = time.monotonic()
         try:
             self.book.handle(sender, msg)
         except ProtocolError as exc:

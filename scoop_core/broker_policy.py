@@ -1,32 +1,53 @@
 """The broker's policy: who runs what, who waits for what, without I/O.
 
-Rules of this module (after h11's ``_state.py``):
+One policy decides where every future goes, whatever the transport. It is
+driven from outside, in the manner of h11's connection object: messages
+and store events in (:meth:`BrokerPolicy.handle`, :meth:`~BrokerPolicy.tick`
+and the store-side inputs below), decisions out (:meth:`~BrokerPolicy.take_outbox`,
+messages to peers, and :meth:`~BrokerPolicy.take_store_ops`). Two drivers feed it:
 
-- States are named sentinels; the legal transitions are the tables
-  ``FUTURE_TRANSITIONS`` and ``WORKER_TRANSITIONS``; nothing else changes a
-  state. An event that is illegal in the current state raises
-  :class:`~scoop_core.errors.ProtocolError` and leaves the state unchanged.
-- Nothing here does I/O. :class:`BrokerPolicy` takes decoded messages and
-  queues the messages to send in an outbox; :class:`WorkerBook` tracks the
-  futures a worker holds. The broker and worker loops only move bytes in and
-  out, so tests drive these classes directly.
-- Every future has exactly one holder at a time: the broker's queue or one
-  worker. A hand-over is recorded when it happens, and an outcome is only
-  accepted from the worker that holds the future, so a future is never
-  returned twice (a late answer from a worker that lost it is dropped).
+- the ZeroMQ broker thread (:mod:`scoop_core.broker`): one policy for the
+  whole run, every peer local to it, the queue in its memory;
+- on a store-backed transport (:mod:`scoop_core.store_driver`), every peer's
+  endpoint holds a policy of its own (``shared_queue=True``) whose one local
+  peer is that process's runtime. The queue is the store's: a future its
+  runtime submits is *enqueued* there; entries the store hands this peer
+  *arrive* here and are dispatched to the runtime by the same rules; what
+  concerns a future owned elsewhere travels to its owner's policy as mail.
+  The owner's policy is the only one that queues a future (again): a
+  holder hands futures back to it (:class:`~scoop_core.messages.Returned`),
+  and decides nothing about them.
+
+Rules:
+
+- Every state change goes through the transition tables of
+  :mod:`scoop_core.states` (``fire``); an illegal event raises
+  :class:`~scoop_core.errors.ProtocolError` and changes nothing.
+- Every future has exactly one holder at a time: the queue or one worker.
+  A hand-over is recorded when it happens, and an outcome is only accepted
+  from the worker that holds the future (on a store, where the owner does
+  not learn who took it, from the first peer that answers), so a future is
+  never returned twice.
 - Finished futures leave no trace: their records are deleted as soon as the
-  outcome is forwarded, so the broker's memory follows what is in flight,
-  not what has run.
-- A worker that dies charges a loss to every future it held: the broker
-  cannot tell which one killed it, nor which had already run (a worker
-  sends results in batches). A future with a loss is a *suspect*, and a
-  suspect only runs where it is the one future that can be charged: on a
-  worker that holds no other future of anyone else, and that is given none
-  while it holds the suspect. So an innocent future is charged at most
-  once, and a future that kills every worker it runs on is charged alone
-  until it fails at ``max_losses``. (A worker's own futures may join it:
-  if it dies they die with it, unread, and charge nobody; and they are
-  what a future running there may be waiting for.)
+  outcome is forwarded, so memory follows what is in flight.
+- A worker that dies charges a loss to every future it held: nobody can
+  tell which one killed it, nor which had already run (a worker sends
+  results in batches). A future with a loss is a *suspect*, and a suspect
+  only runs where it is the one future that can be charged: on a worker
+  that holds no other future of anyone else, and that is given none while
+  it holds the suspect (its unstarted futures are asked back). So an
+  innocent future is charged at most once, and a future that kills every
+  worker it runs on is charged alone until it fails at ``max_losses``.
+  (A worker's own futures may join it: if it dies they die with it,
+  unread, and charge nobody; and they are what a future running there may
+  be waiting for.)
+- A peer that says goodbye hands back what it holds without a loss: only a
+  death is charged. The futures a departed peer owned have nobody to read
+  them: those not started are cancelled, wherever they are.
+- With no worker for ``heartbeat_timeout``, queued futures fail rather than
+  wait for ever.
+- A shared constant is defined once per run: the first definition wins and
+  every peer learns it; a second one is refused, naming the constant.
 """
 
 from __future__ import annotations
@@ -48,6 +69,8 @@ from scoop_core.states import (
     IDLE,
     PENDING,
     QUEUED,
+    RUNNING,
+    WAITING,
     WORKER_TRANSITIONS,
     Event,
     State,
@@ -59,7 +82,13 @@ log = logging.getLogger("scoop.broker")
 
 @dataclass(eq=False)
 class FutureRecord:
-    """The broker's record of one future in flight."""
+    """A policy's record of one future in flight.
+
+    ``owner`` and ``holder`` are peer ids: local peers of this policy, or
+    (on a store) the names of peers elsewhere. On a store, ``away`` means
+    the future is in the store's queue or held by a worker this policy does
+    not know; ``entry`` is its entry there and ``attempt`` how many times it
+    was queued before."""
 
     fid: int
     owner: bytes
@@ -69,16 +98,23 @@ class FutureRecord:
     state: State = PENDING
     holder: bytes | None = None
     losses: int = 0
-    max_losses: int = 0  # 0: the book's
+    max_losses: int = 0  # 0: the policy's
     lost_on: list[str] = field(default_factory=list)  # names of the workers it died with
+    away: bool = False
+    entry: bytes = b""
+    attempt: int = 0
 
     def fire(self, event: Event) -> None:
         self.state = transition(FUTURE_TRANSITIONS, self.state, event)
 
+    @property
+    def task(self) -> m.Task:
+        return m.Task(self.fid, self.parent, self.depth, self.frames, self.max_losses)
+
 
 @dataclass(eq=False)
 class PeerRecord:
-    """The broker's record of one connected peer (root, worker or client)."""
+    """A policy's record of one local peer (root, worker or client)."""
 
     peer: bytes
     index: int
@@ -91,6 +127,7 @@ class PeerRecord:
     spare: int = 0  # unstarted futures of its own it reported
     stealing: bool = False  # a Steal was sent and not answered yet
     suspects: int = 0  # how many of the futures it holds have been lost before
+    heard: float = 0.0  # when it last spoke (tick's clock)
 
     @property
     def is_worker(self) -> bool:
@@ -99,6 +136,54 @@ class PeerRecord:
     def fire(self, event: Event) -> None:
         self.state = transition(WORKER_TRANSITIONS, self.state, event)
 
+
+# -- what a store-backed driver does for the policy -------------------------------
+
+
+@dataclass(frozen=True)
+class Enqueue:
+    """Put this future (its owner is local) in the store's queue, as attempt
+    ``fut.attempt``; then tell :meth:`BrokerPolicy.enqueued` its entry id."""
+
+    fut: FutureRecord
+
+
+@dataclass(frozen=True)
+class Ack:
+    """The store's entry ``entry`` is done with: remove it, in the same
+    commit as the mail of this turn (a result is delivered if and only if
+    its entry is gone)."""
+
+    entry: bytes
+
+
+@dataclass(frozen=True)
+class Withdraw:
+    """Take future ``fid`` (entry ``entry``) out of the store's queue if
+    nobody holds it; then tell :meth:`BrokerPolicy.withdrawn` what happened."""
+
+    fid: int
+    entry: bytes
+
+
+@dataclass(frozen=True)
+class DefineConst:
+    """Define the shared constant ``name`` in the store if it is not
+    defined; then tell :meth:`BrokerPolicy.const_defined` whether it was."""
+
+    name: str
+    frames: tuple[Frame, ...]
+    asker: bytes
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """Mail ``msg`` to every peer of the run but this one."""
+
+    msg: m.Message
+
+
+StoreOp = Enqueue | Ack | Withdraw | DefineConst | Broadcast
 
 Outbox = list[tuple[bytes, m.Message]]
 
@@ -116,11 +201,33 @@ def lost_reason(fid: int, losses: int, workers: list[str]) -> str:
     )
 
 
+def const_conflict(name: str) -> str:
+    """Why a second definition of a shared constant is refused."""
+    return f"shared constant {name!r} is already defined; a constant is defined once per run"
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A future the store handed to this peer: what its signed entry says."""
+
+    task: m.Task
+    owner: bytes
+    entry: bytes
+    attempt: int = 0
+    losses: int = 0
+    lost_on: tuple[str, ...] = ()
+
+
 class BrokerPolicy:
     """Who runs what, who waits for what: the broker without its I/O.
 
-    Feed it messages with :meth:`handle` (and departures with :meth:`leave`),
-    call :meth:`dispatch`, then send what :meth:`take_outbox` returns.
+    Feed it messages with :meth:`handle` (from local peers) and
+    :meth:`handle_mail` (on a store, from peers elsewhere), the clock with
+    :meth:`tick`, then call :meth:`dispatch` and send what
+    :meth:`take_outbox` returns; on a store, also carry out
+    :meth:`take_store_ops` and report back through :meth:`enqueued`,
+    :meth:`arrived`, :meth:`withdrawn` and :meth:`const_defined`.
+
     Dispatch order: deepest future first (a nested future's children before
     new top-level work, which keeps a recursive tree from spreading out in
     breadth), first come first served at equal depth.
@@ -132,28 +239,51 @@ class BrokerPolicy:
         max_losses: int = 3,
         expected_workers: int = 0,
         max_message_size: int | None = None,
+        heartbeat_interval: float = 5.0,
+        heartbeat_timeout: float = 30.0,
+        join_timeout: float = 10.0,
+        shared_queue: bool = False,
+        now: float = 0.0,
     ) -> None:
         self.peers: dict[bytes, PeerRecord] = {}
         # Messages that carry many futures are cut to fit this (see take_outbox).
         self.max_message_size = max_message_size
         # Programs (roots, clients) are welcomed once this many workers have
-        # joined, so a run starts with every worker it was launched with.
+        # joined (or join_timeout passed), so a run starts with every worker
+        # it was launched with.
         self.expected_workers = expected_workers
+        self.join_timeout = join_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        # On a store, the queue is the store's and peers elsewhere are names.
+        self.shared_queue = shared_queue
+        self.remote_workers = 0  # on a store: live workers elsewhere (its driver counts them)
+        self.next_index = 1  # the index the next peer gets (on a store: the store's)
         self.parked: list[bytes] = []
         self.joined: set[str] = set()  # names of every peer that ever joined
         self.futures: dict[int, FutureRecord] = {}
         self.constants: dict[str, tuple[Frame, ...]] = {}
         self.max_losses = max_losses
+        self.now = now
+        self._join_deadline = now + join_timeout
+        self._last_beat = now
+        self._workers_seen = now
+        self._lost_peers: list[bytes] = []
         self._queue: list[tuple[int, int, int]] = []
         self._seq = 0
-        self._next_index = 1
         self._outbox: Outbox = []
+        self._ops: list[StoreOp] = []
         self._started: dict[bytes, list[int]] = {}
         self._results: dict[bytes, list[m.Outcome]] = {}
-        # Cancels forwarded to a worker and not answered yet: fid -> owner.
+        # Cancels forwarded to a holder and not answered yet: fid -> owner.
         self._cancelling: dict[int, bytes] = {}
-        # Futures asked back from a busy worker for an idle one.
+        # Futures asked back from a busy worker (for an idle one, or a suspect).
         self._recalling: set[int] = set()
+        # Futures asked out of the store's queue: fid -> why (cancel, or the
+        # reason it fails).
+        self._withdrawing: dict[int, str] = {}
+        # Suspects waiting here for a worker of this policy to be free: since when.
+        self._held_back: dict[int, float] = {}
         # Bytes of each worker's batch of this dispatch (sum of item_size).
         self._batch_bytes: dict[bytes, int] = {}
         # Each worker's own queued futures (it gave them up for others to
@@ -162,17 +292,19 @@ class BrokerPolicy:
         self._own: dict[bytes, list[tuple[int, int, int]]] = {}
         self._own_cap: dict[bytes, int] = {}
 
-    # -- inputs -----------------------------------------------------------
+    # -- messages from local peers -------------------------------------------
 
     def handle(self, peer: bytes, msg: m.Message) -> None:
-        """Apply one message from ``peer``. Raises ProtocolError if it is
-        illegal (unknown peer, foreign future); nothing is changed then."""
+        """Apply one message from the local peer ``peer``. Raises
+        ProtocolError if it is illegal (unknown peer, foreign future);
+        nothing is changed then."""
         if isinstance(msg, m.Hello):
             self._hello(peer, msg)
             return
         rec = self.peers.get(peer)
         if rec is None or rec.state is GONE:
             raise ProtocolError(f"message {type(msg).__name__} from unknown peer {peer!r}")
+        rec.heard = self.now
         if isinstance(msg, m.Submit):
             self._submit(rec, msg.tasks)
         elif isinstance(msg, m.Ready):
@@ -181,28 +313,51 @@ class BrokerPolicy:
             rec.spare = max(0, msg.count)
             rec.stealing = False
         elif isinstance(msg, m.Started):
-            self._start(rec, msg.fids)
+            self._start(peer, msg.fids)
         elif isinstance(msg, m.Results):
-            self._start(rec, msg.started)
-            self._finish(rec, msg.outcomes)
+            self._finish(peer, msg.outcomes)
         elif isinstance(msg, m.Cancel):
-            self._cancel(rec, msg.fid)
+            self._cancel(peer, msg.fid)
         elif isinstance(msg, m.CancelReply):
-            self._cancel_reply(rec, msg.fid, msg.cancelled)
+            self._cancel_reply(peer, msg.fid, msg.cancelled)
+        elif isinstance(msg, m.RecallReply):
+            self._recall_reply(rec, msg.fid, msg.recalled)
         elif isinstance(msg, m.SetConst):
-            self._set_const(rec, msg.name, msg.frames)
+            self._set_const(peer, msg.name, msg.frames)
         elif isinstance(msg, m.Bye):
-            self.leave(peer)
+            self.leave(peer, lost=False)
         elif isinstance(msg, m.Heartbeat):
             pass
         else:
             raise ProtocolError(f"a peer may not send {type(msg).__name__}")
 
+    def handle_mail(self, sender: bytes, msg: m.Message) -> None:
+        """On a store: apply one message from ``sender``, a peer elsewhere
+        (its driver checked who signed it). ProtocolError if a peer may not
+        send it."""
+        if isinstance(msg, m.Started):
+            self._start(sender, msg.fids)
+        elif isinstance(msg, m.Results):
+            self._finish(sender, msg.outcomes)
+        elif isinstance(msg, m.Cancel):
+            self._cancel(sender, msg.fid)
+        elif isinstance(msg, m.CancelReply):
+            self._cancel_reply(sender, msg.fid, msg.cancelled)
+        elif isinstance(msg, m.Returned):
+            self._returned(sender, msg)
+        elif isinstance(msg, m.Const | m.Shutdown | m.Heartbeat):
+            for peer, rec in self.peers.items():
+                if rec.state is not GONE:
+                    self._outbox.append((peer, msg))
+        else:
+            raise ProtocolError(f"a peer may not mail {type(msg).__name__}")
+
     def _hello(self, peer: bytes, msg: m.Hello) -> None:
         if peer in self.peers and self.peers[peer].state is not GONE:
             raise ProtocolError(f"peer {peer!r} said hello twice")
-        rec = PeerRecord(peer, self._next_index, msg.role, msg.name, max(0, msg.slots))
-        self._next_index += 1
+        rec = PeerRecord(peer, self.next_index, msg.role, msg.name, max(0, msg.slots))
+        rec.heard = self.now
+        self.next_index += 1
         rec.fire(Event.WELCOME)
         self.peers[peer] = rec
         self.joined.add(msg.name)
@@ -210,12 +365,15 @@ class BrokerPolicy:
             self._own[peer] = []
             self._own_cap[peer] = _OWN_CAP
         log.debug("peer %s (%s, %d slots) joined", msg.name, msg.role, rec.slots)
-        if not rec.is_worker and len(self.workers) < self.expected_workers:
+        if not rec.is_worker and not self._enough_workers():
             self.parked.append(peer)
             return
         self._welcome(rec)
-        if rec.is_worker and self.parked and len(self.workers) >= self.expected_workers:
+        if rec.is_worker and self.parked and self._enough_workers():
             self.release_parked()
+
+    def _enough_workers(self) -> bool:
+        return len(self.workers) + self.remote_workers >= self.expected_workers
 
     def _welcome(self, rec: PeerRecord) -> None:
         consts = tuple(m.Constant(k, v) for k, v in self.constants.items())
@@ -244,7 +402,11 @@ class BrokerPolicy:
             )
             fut.fire(Event.SUBMIT)
             self.futures[t.fid] = fut
-            self._push(fut)
+            if self.shared_queue:
+                fut.away = True
+                self._ops.append(Enqueue(fut))
+            else:
+                self._push(fut)
 
     def _push(self, fut: FutureRecord) -> None:
         self._seq += 1
@@ -261,44 +423,81 @@ class BrokerPolicy:
 
     def _is_queued(self, fid: int) -> bool:
         fut = self.futures.get(fid)
-        return fut is not None and fut.state is QUEUED
+        return fut is not None and fut.state is QUEUED and not fut.away
+
+    def _queue_again(self, fut: FutureRecord, lost_on: str = "") -> None:
+        """``fut`` (QUEUED) runs again, somewhere: in this policy's queue;
+        on a store, in the store's queue as its next attempt if its owner is
+        local, else back to its owner (who queues it again)."""
+        if not self.shared_queue:
+            self._push(fut)
+            return
+        self._held_back.pop(fut.fid, None)
+        if fut.entry and not fut.away:
+            self._ops.append(Ack(fut.entry))
+        if fut.owner in self.peers:
+            fut.attempt += 1
+            fut.away = True
+            fut.entry = b""
+            self._ops.append(Enqueue(fut))
+            return
+        del self.futures[fut.fid]
+        self._outbox.append((fut.owner, m.Returned([fut.fid], [fut.attempt], lost_on)))
 
     def _ready(self, rec: PeerRecord, count: int) -> None:
         if not rec.is_worker or count < 0:
             raise ProtocolError(f"{rec.name} asked for {count} futures but runs none")
         rec.credit += count
 
-    def _held(self, rec: PeerRecord, fid: int) -> FutureRecord | None:
+    def _held(self, peer: bytes, fid: int) -> FutureRecord | None:
+        """The future ``fid`` if ``peer`` holds it. On a store, the owner
+        does not learn who took its future: the first peer elsewhere that
+        speaks of it is taken as its holder."""
         fut = self.futures.get(fid)
-        if fut is None or fut.holder != rec.peer:
-            # A late word about a future this worker no longer holds (it was
-            # cancelled, or re-run after the worker was thought lost).
-            log.debug("dropping news of future %#x from %s, which does not hold it", fid, rec.name)
+        if fut is not None and fut.holder is None and fut.away and peer not in self.peers:
+            self._taken_elsewhere(fut, peer)
+        if fut is None or fut.holder != peer:
+            # A late word about a future this peer no longer holds (it was
+            # cancelled, or re-run after its worker was thought lost).
+            log.debug("dropping news of future %#x from %r, which does not hold it", fid, peer)
             return None
         return fut
 
-    def _start(self, rec: PeerRecord, fids: Iterable[int]) -> None:
+    def _taken_elsewhere(self, fut: FutureRecord, holder: bytes) -> None:
+        """On a store: the owner learns that ``holder`` took ``fut`` (its
+        first word about it, or the store's answer to a withdrawal)."""
+        if fut.state is QUEUED:
+            fut.fire(Event.ASSIGN)
+        fut.holder = holder
+
+    def _start(self, peer: bytes, fids: Iterable[int]) -> None:
         for fid in fids:
-            fut = self._held(rec, fid)
-            if fut is not None:
+            fut = self._held(peer, fid)
+            if fut is not None and fut.state is ASSIGNED:
                 fut.fire(Event.START)
                 self._started.setdefault(fut.owner, []).append(fid)
 
-    def _finish(self, rec: PeerRecord, outcomes: Iterable[m.Outcome]) -> None:
+    def _finish(self, peer: bytes, outcomes: Iterable[m.Outcome]) -> None:
         for out in outcomes:
-            fut = self._held(rec, out.fid)
+            fut = self._held(peer, out.fid)
             if fut is None:
                 continue
             if out.status == m.CANCELLED:
                 fut.fire(Event.CANCEL)
             else:
                 fut.fire(Event.FINISH if out.status == m.OK else Event.RAISE)
-            self._release(rec, fut)
+            self._release(fut)
             self._results.setdefault(fut.owner, []).append(out)
 
-    def _release(self, holder: PeerRecord, fut: FutureRecord) -> None:
-        self._unhold(holder, fut)
+    def _release(self, fut: FutureRecord) -> None:
+        """``fut`` is finished: forget it (on a store, its entry goes if we held it)."""
+        holder = self.peers.get(fut.holder) if fut.holder is not None else None
+        if holder is not None:
+            self._unhold(holder, fut)
         self._recalling.discard(fut.fid)
+        self._held_back.pop(fut.fid, None)
+        if fut.entry and not fut.away:
+            self._ops.append(Ack(fut.entry))
         del self.futures[fut.fid]
 
     def _unhold(self, holder: PeerRecord, fut: FutureRecord) -> None:
@@ -309,64 +508,95 @@ class BrokerPolicy:
         if not holder.holding and holder.state is BUSY:
             holder.fire(Event.FREE)
 
-    def _cancel(self, rec: PeerRecord, fid: int) -> None:
+    # -- cancelling ----------------------------------------------------------------
+
+    def _cancel(self, asker: bytes, fid: int) -> None:
         fut = self.futures.get(fid)
-        if fut is None or fut.owner != rec.peer:
-            self._outbox.append((rec.peer, m.CancelReply(fid, False)))
+        if fut is None or fut.owner != asker:
+            self._outbox.append((asker, m.CancelReply(fid, False)))
             return
-        if fut.state is QUEUED:
+        if fut.state is QUEUED and fut.away:
+            # In the store's queue: take it out, if nobody has taken it.
+            self._withdraw(fut, "cancel")
+        elif fut.state is QUEUED:
             fut.fire(Event.CANCEL)
-            del self.futures[fid]  # its heap entry is skipped when popped
-            self._outbox.append((rec.peer, m.CancelReply(fid, True)))
+            self._release(fut)  # its heap entry is skipped when popped
+            self._outbox.append((asker, m.CancelReply(fid, True)))
         elif fut.state is ASSIGNED and fut.holder is not None:
             # Only the worker knows whether it has started it: ask.
-            self._cancelling[fid] = rec.peer
+            self._cancelling[fid] = asker
             self._outbox.append((fut.holder, m.Cancel(fid)))
         else:
-            self._outbox.append((rec.peer, m.CancelReply(fid, False)))
+            self._outbox.append((asker, m.CancelReply(fid, False)))
 
-    def _cancel_reply(self, rec: PeerRecord, fid: int, cancelled: bool) -> None:
+    def _withdraw(self, fut: FutureRecord, why: str) -> None:
+        if fut.fid in self._withdrawing:
+            return
+        self._withdrawing[fut.fid] = why
+        if fut.entry:
+            self._ops.append(Withdraw(fut.fid, fut.entry))
+        # else: not in the store yet; enqueued() withdraws it once it is.
+
+    def _cancel_reply(self, holder: bytes, fid: int, cancelled: bool) -> None:
         owner = self._cancelling.pop(fid, None)
-        self._recalling.discard(fid)
-        fut = self._held(rec, fid)
+        fut = self._held(holder, fid)
         if fut is None:
             # It finished (or was lost) before the worker read the cancel:
             # the owner still waits for an answer.
             if owner is not None:
                 self._outbox.append((owner, m.CancelReply(fid, False)))
             return
-        if owner is None:
-            # A recall: the worker handed it back unstarted; queue it again.
-            if cancelled:
-                self._unhold(rec, fut)
-                fut.holder = None
-                fut.fire(Event.RECALL)
-                self._push(fut)
-            return
         if cancelled:
             fut.fire(Event.CANCEL)
-            self._release(rec, fut)
-        self._outbox.append((owner, m.CancelReply(fid, cancelled)))
+            self._release(fut)
+        if owner is not None:
+            self._outbox.append((owner, m.CancelReply(fid, cancelled)))
 
-    def _set_const(self, rec: PeerRecord, name: str, frames: tuple[Frame, ...]) -> None:
-        if name in self.constants:
-            error = (
-                f"shared constant {name!r} is already defined; a constant is defined once per run"
-            )
-            self._outbox.append((rec.peer, m.ConstReply(name, error)))
+    def _recall_reply(self, rec: PeerRecord, fid: int, recalled: bool) -> None:
+        self._recalling.discard(fid)
+        fut = self._held(rec.peer, fid)
+        if fut is None:
+            return
+        if not recalled:
+            if fut.state is ASSIGNED:  # it had started: say so, and ask no more
+                self._start(rec.peer, [fid])
+            return
+        # Handed back unstarted: queue it again, without a loss.
+        self._unhold(rec, fut)
+        fut.holder = None
+        fut.fire(Event.RECALL)
+        self._queue_again(fut)
+
+    # -- constants --------------------------------------------------------------------
+
+    def _set_const(self, asker: bytes, name: str, frames: tuple[Frame, ...]) -> None:
+        if self.shared_queue:
+            self._ops.append(DefineConst(name, frames, asker))
+        else:
+            self.const_defined(name, frames, asker, name not in self.constants)
+
+    def const_defined(self, name: str, frames: tuple[Frame, ...], asker: bytes, ok: bool) -> None:
+        """The constant ``name`` was defined now (``ok``), or was already."""
+        if not ok:
+            self._outbox.append((asker, m.ConstReply(name, const_conflict(name))))
             return
         self.constants[name] = frames
-        self._outbox.append((rec.peer, m.ConstReply(name, "")))
+        self._outbox.append((asker, m.ConstReply(name, "")))
         for peer, other in self.peers.items():
-            if peer != rec.peer and other.state is not GONE:
+            if peer != asker and other.state is not GONE:
                 self._outbox.append((peer, m.Const(name, frames)))
+        if self.shared_queue:
+            self._ops.append(Broadcast(m.Const(name, frames)))
 
-    def leave(self, peer: bytes) -> list[int]:
-        """``peer`` is gone (said Bye, or stopped answering). The futures it
-        held are charged a loss each and queued again (suspects from now on,
-        see :meth:`dispatch`), or failed at ``max_losses``; futures it owned
-        lose their reader and are cancelled, and charge nobody.
-        Returns the ids of the futures that were queued again."""
+    # -- losses and departures -----------------------------------------------------
+
+    def leave(self, peer: bytes, *, lost: bool = True) -> list[int]:
+        """The local peer ``peer`` is gone: it died or stopped answering
+        (``lost``), or said goodbye. The futures it held run again, each
+        charged a loss if it died (a suspect from then on, see
+        :meth:`dispatch`) or failed at ``max_losses``; the futures it owned
+        lose their reader: those not started are cancelled, and charge
+        nobody. Returns the ids of the futures queued again."""
         rec = self.peers.get(peer)
         if rec is None or rec.state is GONE:
             return []
@@ -378,66 +608,255 @@ class BrokerPolicy:
         requeued = []
         for fid in sorted(rec.holding):
             fut = self.futures[fid]
-            fut.fire(Event.LOSE)
-            fut.holder = None
-            self._recalling.discard(fid)
-            owner = self._cancelling.pop(fid, None)
             if fut.owner == peer:
                 # Its own: nobody is left to read it, and it charges nobody.
+                fut.fire(Event.LOSE)
                 fut.fire(Event.CANCEL)
-                del self.futures[fid]
+                self._release(fut)
                 continue
-            fut.losses += 1
-            fut.lost_on.append(rec.name)
-            if owner is not None:
-                # Its owner asked to cancel it: do so rather than run it again.
-                fut.fire(Event.CANCEL)
-                del self.futures[fid]
-                self._outbox.append((owner, m.CancelReply(fid, True)))
-            elif fut.losses >= (fut.max_losses or self.max_losses):
-                reason = lost_reason(fid, fut.losses, fut.lost_on)
-                log.warning("%s", reason)
-                self._fail(fut, reason)
-            else:
-                fut.fire(Event.REQUEUE)
-                self._push(fut)
+            if self._lose(fut, rec.name, charge=lost):
                 requeued.append(fid)
         rec.holding.clear()
-        # Its own futures now have nobody to read them: cancel those not
-        # started (asking their holders); running ones finish, unread.
-        orphans = [f for f in self.futures.values() if f.owner == peer]
-        for fut in orphans:
-            if fut.state is QUEUED:
-                fut.fire(Event.CANCEL)
-                del self.futures[fut.fid]
-            elif fut.state is ASSIGNED and fut.holder is not None:
-                self._cancelling[fut.fid] = peer
-                self._outbox.append((fut.holder, m.Cancel(fut.fid)))
+        self._orphan(peer)
         del self.peers[peer]
         self._started.pop(peer, None)
         self._results.pop(peer, None)
         if requeued:
             log.warning(
-                "%s left holding %d future(s); queued again: %s",
+                "%s %s holding %d future(s); queued again: %s",
                 rec.name,
+                "was lost" if lost else "left",
                 len(requeued),
                 ", ".join(f"{f:#x}" for f in requeued),
             )
         return requeued
 
+    def _orphan(self, owner: bytes) -> None:
+        """Cancel the unstarted futures of ``owner``, which has left (asking
+        their holders); running ones finish, unread."""
+        for fut in [f for f in self.futures.values() if f.owner == owner]:
+            if fut.state is QUEUED and fut.away:
+                self._withdraw(fut, "cancel")
+            elif fut.state is QUEUED:
+                fut.fire(Event.CANCEL)
+                self._release(fut)
+            elif fut.state is ASSIGNED and fut.holder is not None:
+                self._cancelling[fut.fid] = owner
+                self._outbox.append((fut.holder, m.Cancel(fut.fid)))
+
+    def _lose(self, fut: FutureRecord, worker: str, *, charge: bool = True) -> bool:
+        """``fut``'s holder went away (``worker`` names it): queue it again,
+        with a loss if ``charge``, or fail or cancel it. True if queued again."""
+        fid = fut.fid
+        holder = self.peers.get(fut.holder) if fut.holder is not None else None
+        if holder is not None:
+            self._unhold(holder, fut)
+        if fut.state is QUEUED:
+            fut.fire(Event.ASSIGN)  # on a store, its owner learns it was taken only now
+        fut.fire(Event.LOSE)
+        fut.holder = None
+        self._recalling.discard(fid)
+        asker = self._cancelling.pop(fid, None)
+        if charge:
+            fut.losses += 1
+            fut.lost_on.append(worker)
+        if asker is not None:
+            # Its owner asked to cancel it: do so rather than run it again.
+            fut.fire(Event.CANCEL)
+            self._release(fut)
+            self._outbox.append((asker, m.CancelReply(fid, True)))
+            return False
+        if fut.losses >= (fut.max_losses or self.max_losses):
+            reason = lost_reason(fid, fut.losses, fut.lost_on)
+            log.warning("%s", reason)
+            self._fail(fut, reason)
+            return False
+        fut.fire(Event.REQUEUE)
+        self._queue_again(fut, worker if charge else "")
+        return True
+
+    def _returned(self, sender: bytes, msg: m.Returned) -> None:
+        """On a store: futures this policy owns came back from the store
+        (see :class:`~scoop_core.messages.Returned`)."""
+        if len(msg.fids) != len(msg.attempts):
+            raise ProtocolError("malformed Returned message: ids and attempts differ")
+        requeued = []
+        for fid, attempt in zip(msg.fids, msg.attempts, strict=True):
+            fut = self.futures.get(fid)
+            if fut is None or fut.owner not in self.peers or fut.attempt != attempt:
+                continue  # finished meanwhile, or word of an older attempt
+            if fut.state not in (QUEUED, ASSIGNED, RUNNING, WAITING) or not fut.away:
+                continue
+            if self._lose(
+                fut, msg.lost_on or sender.decode(errors="replace"), charge=bool(msg.lost_on)
+            ):
+                requeued.append(fid)
+        if requeued and msg.lost_on:
+            log.warning(
+                "%s was lost holding %d future(s) of ours; queued again: %s",
+                msg.lost_on,
+                len(requeued),
+                ", ".join(f"{f:#x}" for f in requeued),
+            )
+
     def _fail(self, fut: FutureRecord, reason: str) -> None:
         fut.fire(Event.FAIL)
-        del self.futures[fut.fid]
+        self._release(fut)
         self._results.setdefault(fut.owner, []).append(
             m.Outcome(fut.fid, m.LOST, 0.0, (reason.encode(),))
         )
 
     def fail_queued(self, reason: str) -> int:
-        """Fail every queued future (no worker is left to run them); how many."""
-        queued = [f for f in self.futures.values() if f.state is QUEUED]
-        for fut in queued:
-            self._fail(fut, f"future {fut.fid:#x} cannot run: {reason}")
-        return len(queued)
+        """Fail every queued future (no worker is left to run them); how many
+        (on a store, those in its queue fail once they are taken out of it)."""
+        failed = 0
+        for fut in [f for f in self.futures.values() if f.state is QUEUED]:
+            if fut.away:
+                self._withdraw(fut, reason)
+            else:
+                self._fail(fut, f"future {fut.fid:#x} cannot run: {reason}")
+                failed += 1
+        return failed
+
+    # -- what a store-backed driver reports -------------------------------------------
+
+    def enqueued(self, fid: int, entry: bytes) -> None:
+        """The store's entry for future ``fid`` (an :class:`Enqueue` done)."""
+        fut = self.futures.get(fid)
+        if fut is None or not fut.away or fut.entry:
+            return
+        fut.entry = entry
+        if fid in self._withdrawing:
+            self._ops.append(Withdraw(fid, entry))
+
+    def arrived(self, arrivals: Iterable[Arrival]) -> None:
+        """Futures the store handed this peer (its local workers asked for them)."""
+        for a in arrivals:
+            fut = self.futures.get(a.task.fid)
+            if fut is not None:
+                # One of our own, back from the store's queue.
+                if not fut.away or fut.state is not QUEUED:
+                    self._ops.append(Ack(a.entry))  # an entry it no longer needs
+                    continue
+                fut.away = False
+                fut.entry = a.entry
+                fut.attempt = a.attempt
+            else:
+                t = a.task
+                fut = FutureRecord(
+                    t.fid, a.owner, t.parent, t.depth, t.frames, max_losses=t.max_losses
+                )
+                fut.fire(Event.SUBMIT)
+                fut.entry, fut.attempt = a.entry, a.attempt
+                fut.losses, fut.lost_on = a.losses, list(a.lost_on)
+                self.futures[t.fid] = fut
+            self._push(fut)
+
+    def withdrawn(self, fid: int, holder: str | None) -> None:
+        """What became of a :class:`Withdraw`: ``None``: taken out of the
+        store's queue; a name: that peer holds it; ``""``: it is no longer
+        there (done, or queued again under another entry)."""
+        why = self._withdrawing.pop(fid, None)
+        fut = self.futures.get(fid)
+        if why is None or fut is None or not fut.away or fut.state is not QUEUED:
+            return
+        owner = fut.owner
+        if holder is None:
+            fut.entry = b""
+            if why == "cancel":
+                fut.fire(Event.CANCEL)
+                self._release(fut)
+                if self.peers.get(owner) is not None:
+                    self._outbox.append((owner, m.CancelReply(fid, True)))
+            else:
+                self._fail(fut, f"future {fid:#x} cannot run: {why}")
+            return
+        if holder:
+            self._taken_elsewhere(fut, holder.encode())
+            if why == "cancel":
+                # Only the worker knows whether it has started it: ask.
+                self._cancelling[fid] = owner
+                self._outbox.append((fut.holder or b"", m.Cancel(fid)))
+                return
+        if why == "cancel" and self.peers.get(owner) is not None:
+            self._outbox.append((owner, m.CancelReply(fid, False)))
+
+    def wants(self) -> int:
+        """How many futures this policy's workers would take now: on a
+        store, how many entries to take (none while a suspect waits here
+        for a worker to be free, or a worker holds one)."""
+        if self._held_back:
+            return 0
+        credit = sum(
+            p.credit
+            for p in self.peers.values()
+            if p.credit > 0 and p.state in (IDLE, BUSY) and not p.suspects
+        )
+        return max(0, credit - sum(1 for e in self._queue if self._is_queued(e[2])))
+
+    def someone_hungry(self) -> None:
+        """On a store: a worker elsewhere has nothing to do. Ask our workers
+        for half their spare futures, or else back the newest half of the
+        futures they hold and have not started (they would run them last)."""
+        self._steal(1 << 30)
+        unstarted = sum(len(self._unstarted(p)) for p in self.workers if not p.stealing)
+        if unstarted:
+            self._recall(max(1, unstarted // 2))
+
+    # -- the clock ------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Time passed: heartbeats to local peers every ``heartbeat_interval``;
+        local peers silent past ``heartbeat_timeout`` are lost (their futures
+        run again elsewhere); programs waiting for workers are welcomed after
+        ``join_timeout``; with no worker left for ``heartbeat_timeout``, queued
+        futures fail instead of waiting for ever; on a store, a suspect that
+        waited that long for a worker here to be free goes back to the queue."""
+        self.now = now
+        if self.parked and (self._enough_workers() or now > self._join_deadline):
+            if not self._enough_workers():
+                log.warning(
+                    "%d of %d workers joined within %g s; starting with those",
+                    len(self.workers) + self.remote_workers,
+                    self.expected_workers,
+                    self.join_timeout,
+                )
+            self.release_parked()
+        if now - self._last_beat >= self.heartbeat_interval:
+            self._last_beat = now
+            self.broadcast(m.Heartbeat(0))
+        if not self.shared_queue:
+            # (On a store, the one local peer is this process's own runtime.)
+            for peer, rec in list(self.peers.items()):
+                silent = now - rec.heard
+                if silent > self.heartbeat_timeout:
+                    log.warning(
+                        "%s has been silent for %.0f s (heartbeat_timeout); counting it as lost",
+                        rec.name,
+                        silent,
+                    )
+                    self.leave(peer)
+                    self._lost_peers.append(peer)
+        if self.workers or self.remote_workers:
+            self._workers_seen = now
+        elif now - self._workers_seen > self.heartbeat_timeout:
+            failed = self.fail_queued(
+                f"no worker has been connected for {now - self._workers_seen:.0f} s"
+            )
+            if failed:
+                log.error("no worker left: %d queued future(s) failed", failed)
+        for fid, since in list(self._held_back.items()):
+            fut = self.futures.get(fid)
+            if fut is None or not self._is_queued(fid):
+                self._held_back.pop(fid, None)
+            elif self.shared_queue and now - since > self.heartbeat_timeout:
+                log.info("future %#x goes back to the queue: no worker here was free for it", fid)
+                self._queue_again(fut)
+
+    def take_lost(self) -> list[bytes]:
+        """The local peers :meth:`tick` counted as lost since the last call."""
+        lost, self._lost_peers = self._lost_peers, []
+        return lost
 
     def _too_big(self, item: m.Task | m.Outcome, size: int) -> str:
         """Why ``item``, whose frames hold ``size`` bytes, cannot travel in
@@ -483,7 +902,7 @@ class BrokerPolicy:
                 while queue:
                     entry = heapq.heappop(queue)
                     fut = futures.get(entry[2])
-                    if fut is not None and fut.state is QUEUED:
+                    if fut is not None and fut.state is QUEUED and not fut.away:
                         break
                     fut = None
                 if fut is None:
@@ -496,6 +915,17 @@ class BrokerPolicy:
                 self._assign(rec, fut, takers, batches)
         for entry in held_back:
             heapq.heappush(queue, entry)
+        if self.shared_queue and len(queue) > len(held_back):
+            # On a store, what no worker here takes now goes back to the
+            # store's queue, for workers elsewhere (a suspect that came with
+            # them closed ours).
+            kept = {e[2] for e in held_back}
+            for entry in queue:
+                fut = futures.get(entry[2])
+                if fut is not None and entry[2] not in kept and self._is_queued(entry[2]):
+                    self._queue_again(fut)
+            self._queue = queue = held_back[:]
+            heapq.heapify(queue)
         for rec in closed:
             self._take_own(rec, batches)
         for peer, tasks in batches.items():
@@ -503,6 +933,8 @@ class BrokerPolicy:
             total = self._batch_bytes[peer]
             for batch in m.split_by_size(tasks, self.max_message_size, total=total):
                 self._outbox.append((peer, m.Tasks(tuple(batch))))
+        if self.shared_queue:
+            return  # hunger elsewhere is the store's to tell (someone_hungry)
         hungry = sum(p.credit for p in takers)
         if hungry and not queue:
             self._steal(hungry)
@@ -519,7 +951,7 @@ class BrokerPolicy:
     ) -> None:
         """Hand ``fut`` to ``rec`` (in this dispatch's ``batches``), or fail
         it if it cannot travel; ``rec`` leaves ``takers`` once its credit is used."""
-        task = m.Task(fut.fid, fut.parent, fut.depth, fut.frames, fut.max_losses)
+        task = fut.task
         size = m.frames_nbytes(task.frames)
         limit = m.payload_limit(self.max_message_size)
         if limit is not None and size > limit:
@@ -566,13 +998,17 @@ class BrokerPolicy:
             rec = owner  # if it dies, so does the suspect's reader: nobody is charged
         if rec is None:
             held_back.append(entry)
+            self._held_back.setdefault(fut.fid, self.now)
             if takers:
-                # Given nothing new, it will hold nothing before long.
+                # Given nothing new, and asked back what it has not started,
+                # it will hold nothing before long.
                 kept = min(takers, key=lambda p: (len(p.holding), p.index))
                 takers.remove(kept)
                 closed.append(kept)
                 log.debug("keeping %s for suspect future %#x", kept.name, fut.fid)
+                self._recall_from(kept, len(kept.holding))
             return
+        self._held_back.pop(fut.fid, None)
         log.info(
             "future %#x, lost %d time(s) before, goes to %s as a suspect",
             fut.fid,
@@ -610,28 +1046,32 @@ class BrokerPolicy:
             hungry -= count
             self._outbox.append((victim.peer, m.Steal(count)))
 
+    def _unstarted(self, holder: PeerRecord) -> list[int]:
+        """Futures ``holder`` holds and has surely not started, newest first
+        (the oldest it holds is the one it runs), not already asked back."""
+        futures, asked = self.futures, self._recalling
+        return [
+            fid
+            for fid in list(holder.holding)[:0:-1]
+            if futures[fid].state is ASSIGNED and fid not in asked and fid not in self._cancelling
+        ]
+
     def _recall(self, count: int) -> None:
         """Ask busy workers to hand back up to ``count`` futures they hold but
         have not started (the newest first: the last a worker would start)."""
         for holder in sorted(self.workers, key=lambda p: -len(p.holding)):
-            if len(holder.holding) < 2:
+            if count <= 0 or len(holder.holding) < 2:
                 return
-            # The oldest future a worker holds is the one it is running.
-            for fid in list(holder.holding)[:0:-1]:
-                if count <= 0:
-                    return
-                fut = self.futures[fid]
-                if (
-                    fut.state is ASSIGNED
-                    and fid not in self._recalling
-                    and fid not in self._cancelling
-                ):
-                    log.info(
-                        "asking %s to hand back future %#x for an idle worker", holder.name, fid
-                    )
-                    self._recalling.add(fid)
-                    self._outbox.append((holder.peer, m.Cancel(fid)))
-                    count -= 1
+            count -= self._recall_from(holder, count)
+
+    def _recall_from(self, holder: PeerRecord, count: int) -> int:
+        """Ask ``holder`` back up to ``count`` unstarted futures; how many were asked."""
+        fids = self._unstarted(holder)[:count]
+        for fid in fids:
+            log.info("asking %s to hand back future %#x", holder.name, fid)
+            self._recalling.add(fid)
+            self._outbox.append((holder.peer, m.Recall(fid)))
+        return len(fids)
 
     def take_outbox(self) -> Outbox:
         """Messages to send, in order; coalesced per owner where possible,
@@ -670,6 +1110,12 @@ class BrokerPolicy:
             total += m.ITEM_ALLOWANCE + size
         return sendable, total
 
+    def take_store_ops(self) -> list[StoreOp]:
+        """On a store: what to do there, in order, in one commit with the
+        mail of :meth:`take_outbox` where the operation allows."""
+        ops, self._ops = self._ops, []
+        return ops
+
     def broadcast(self, msg: m.Message) -> None:
         for peer, rec in self.peers.items():
             if rec.state is not GONE:
@@ -681,4 +1127,5 @@ class BrokerPolicy:
 
     @property
     def queued(self) -> int:
-        return sum(1 for f in self.futures.values() if f.state is QUEUED)
+        """Futures in this policy's queue (not the store's)."""
+        return sum(1 for f in self.futures.values() if f.state is QUEUED and not f.away)

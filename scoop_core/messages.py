@@ -42,7 +42,7 @@ import msgpack
 from scoop_core.errors import ProtocolError, SerializationError
 from scoop_core.interfaces import Frame
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MAC_SIZE = 32
 
 BROKER_IDENTITY = b"broker"
@@ -251,13 +251,10 @@ class Started(Message):
 
 @dataclass(frozen=True)
 class Results(Message):
-    """Worker → broker → owner: outcomes of finished futures, and (from a
-    worker) the futures that ``started`` since its last message, so one
-    message says both."""
+    """Worker → broker → owner: outcomes of finished futures."""
 
     KIND = 7
     outcomes: tuple[Outcome, ...]
-    started: tuple[int, ...] = ()
 
     def _fields(self) -> tuple[list[Any], list[Frame]]:
         frames: list[Frame] = []
@@ -265,26 +262,26 @@ class Results(Message):
         for o in self.outcomes:
             heads.append([o.fid, o.status, o.elapsed, len(o.frames)])
             frames.extend(o.frames)
-        return [heads, list(self.started)], frames
+        return [heads], frames
 
     @classmethod
     def _build(cls, fields: list[Any], frames: list[Frame]) -> Results:
-        heads, started = fields
-        if not isinstance(started, list) or not all(_is_int(f) for f in started):
-            raise ProtocolError("malformed Results message: bad started list")
+        (heads,) = fields
         outs, pos = [], 0
         for fid, status, elapsed, count in heads:
             outs.append(Outcome(fid, status, elapsed, _take(frames, pos, count)))
             pos += count
         if pos != len(frames):
             raise ProtocolError("payload frame count does not match the header")
-        return cls(tuple(outs), tuple(started))
+        return cls(tuple(outs))
 
 
 @_plain(8, "fid")
 @dataclass(frozen=True)
 class Cancel(Message):
-    """Owner → broker (→ worker holding it): cancel this future if it has not started."""
+    """Owner → broker (→ worker holding it): cancel this future if it has
+    not started. Only a future's owner cancels it; the broker's own asking
+    back is :class:`Recall`."""
 
     fid: int
 
@@ -392,6 +389,38 @@ class Steal(Message):
     count: int
 
 
+@_plain(19, "fid")
+@dataclass(frozen=True)
+class Recall(Message):
+    """Broker → worker: hand this future back if it has not started (an idle
+    worker elsewhere could run it now, or a suspect must run alone)."""
+
+    fid: int
+
+
+@_plain(20, "fid", "recalled")
+@dataclass(frozen=True)
+class RecallReply(Message):
+    """Answer to :class:`Recall`: True if the future was handed back unstarted."""
+
+    fid: int
+    recalled: bool
+
+
+@_plain(21, "fids", "attempts", "lost_on")
+@dataclass(frozen=True)
+class Returned(Message):
+    """Peer → owner, on a store: these futures of yours are out of the
+    store's queue again, each at the attempt it was queued as: handed back
+    unstarted (``lost_on`` empty), or lost with the worker ``lost_on`` names.
+    The owner decides what happens next (queue again, fail, cancel), as the
+    broker does for a future whose worker left."""
+
+    fids: list[int]
+    attempts: list[int]
+    lost_on: str
+
+
 MESSAGE_TYPES: dict[int, type[Message]] = {
     cls.KIND: cls
     for cls in (
@@ -413,6 +442,9 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         Refused,
         Spare,
         Steal,
+        Recall,
+        RecallReply,
+        Returned,
     )
 }
 

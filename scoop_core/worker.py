@@ -162,6 +162,11 @@ class WorkerRuntime(ThreadedRuntime):
                 cancelled = self.book.cancel(msg.fid)
             self._send(m.CancelReply(msg.fid, cancelled))
             return
+        elif isinstance(msg, m.Recall):
+            with self._lock:
+                recalled = self.book.recall(msg.fid)
+            self._send(m.RecallReply(msg.fid, recalled))
+            return
         elif isinstance(msg, m.Steal):
             self._give(msg.count)
             return
@@ -256,7 +261,7 @@ class WorkerRuntime(ThreadedRuntime):
         if left > 0:
             return left
         self._announced.add(job.task.fid)
-        self._send(m.Results((), (job.task.fid,)))
+        self._send(m.Started([job.task.fid]))
         return 0.0
 
     def _give(self, count: int) -> None:
@@ -461,8 +466,6 @@ class WorkerRuntime(ThreadedRuntime):
         if not isinstance(msg, m.Results):
             super().unsendable(msg, exc, encoded)
             return
-        if msg.started and not self._encode(m.Results((), msg.started), encoded):
-            return
         for out in msg.outcomes:
             try:
                 encoded.append(self.codec.encode(m.Results((out,))))
@@ -551,21 +554,19 @@ class WorkerRuntime(ThreadedRuntime):
 
     def _flush(self) -> None:
         self._report_spare()
-        started: tuple[int, ...] = ()
         if self._started:
-            started = tuple(j.task.fid for j in self._started if j.task.fid in self.book.jobs)
+            started = [j.task.fid for j in self._started if j.task.fid in self.book.jobs]
             self._started = []
-        if self._results or started:
+            limit = self.codec.max_size
+            for fids in m.split_by_size(started, limit, total=m.item_size(0) * len(started)):
+                self._send(m.Started(fids))
+        if self._results:
             # Several results that fit one by one may not fit together.
             batches = m.split_by_size(
-                self._results,
-                self.codec.max_size,
-                reserve=m.item_size(0) * len(started),
-                total=self._results_size,
+                self._results, self.codec.max_size, total=self._results_size
             )
-            for batch in batches or [[]]:
-                self._send(m.Results(tuple(batch), started))
-                started = ()
+            for batch in batches:
+                self._send(m.Results(tuple(batch)))
             self._results = []
             self._results_size = 0
 

@@ -135,11 +135,20 @@ class WorkerBook:
         del self.jobs[fid]
 
     def cancel(self, fid: int) -> bool:
-        """Cancel a future that has not started; False if it has (or is unknown)."""
+        """Cancel a future that has not started (its owner asked); False if
+        it has (or is unknown)."""
+        return self._give_up(fid, Event.CANCEL)
+
+    def recall(self, fid: int) -> bool:
+        """Hand back a future that has not started (the broker asked, for
+        another worker); False if it has (or is unknown)."""
+        return self._give_up(fid, Event.RECALL)
+
+    def _give_up(self, fid: int, event: Event) -> bool:
         job = self.jobs.get(fid)
         if job is None or job.state is not ASSIGNED:
             return False
-        job.fire(Event.CANCEL)
+        job.fire(event)
         self._left_queue(job)
         del self.jobs[fid]
         return True

@@ -418,10 +418,12 @@ def test_a_suspect_waits_for_a_worker_that_holds_nothing_and_that_worker_is_kept
     assert run.tasks_for(W1) == [suspect]
     run.book.leave(W1)
     # W2 holds two futures and asks for more: the suspect is not for it,
-    # and while the suspect waits W2 gets no new work either, so it drains.
+    # and while the suspect waits W2 gets no new work either, and is asked
+    # back the future it has not started, so it drains.
     later = run.submit(ROOT, 3)
     run.send(W2, m.Ready(4))
-    assert run.tasks_for(W2) == []
+    assert run.take(W2) == [m.Recall(busy[1])]
+    run.send(W2, m.RecallReply(busy[1], False))  # it had started after all
     run.answer(W2, busy[:1])
     assert run.tasks_for(W2) == []
     run.answer(W2, busy[1:])
@@ -429,6 +431,28 @@ def test_a_suspect_waits_for_a_worker_that_holds_nothing_and_that_worker_is_kept
     run.answer(W2, [suspect])
     assert run.tasks_for(W2) == later  # ...then the others
     assert outcomes(run.take(ROOT)) == [(f, m.OK) for f in [*busy, suspect]]
+
+
+def test_a_worker_kept_for_a_suspect_hands_back_what_it_has_not_started(run: Run) -> None:
+    run.join(W2, slots=1)
+    run.send(W2, m.Ready(2))
+    running, waiting = run.submit(ROOT, 2)
+    assert run.tasks_for(W2) == [running, waiting]
+    run.join(W1, slots=1)
+    (suspect,) = run.submit(ROOT)
+    run.send(W1, m.Ready(1))
+    assert run.tasks_for(W1) == [suspect]
+    run.book.leave(W1)
+    run.send(W2, m.Ready(1))
+    assert run.take(W2) == [m.Recall(waiting)]
+    run.send(W2, m.RecallReply(waiting, True))
+    run.answer(W2, [running])
+    # Free at last: the suspect goes to W2 alone; what it handed back waits.
+    assert run.tasks_for(W2) == [suspect]
+    assert run.book.futures[waiting].state is QUEUED
+    run.answer(W2, [suspect])
+    run.send(W2, m.Ready(1))
+    assert run.tasks_for(W2) == [waiting]
 
 
 def test_a_suspect_recalled_from_a_worker_goes_alone_to_an_idle_one(run: Run) -> None:
@@ -447,8 +471,8 @@ def test_a_suspect_recalled_from_a_worker_goes_alone_to_an_idle_one(run: Run) ->
     # goes to it alone; a first-time future waits.
     run.join(W3, slots=1)
     run.send(W3, m.Ready(2))
-    assert run.take(W2) == [m.Cancel(suspect)]
-    run.send(W2, m.CancelReply(suspect, True))
+    assert run.take(W2) == [m.Recall(suspect)]
+    run.send(W2, m.RecallReply(suspect, True))
     assert run.tasks_for(W3) == [suspect]
     (first_time,) = run.submit(ROOT)
     assert run.tasks_for(W3) == []
@@ -540,7 +564,8 @@ def test_results_for_one_owner_are_sent_in_messages_that_fit() -> None:
     held = {w: run.tasks_for(w) for w in (W1, W2, W3)}
     for w, (fid,) in held.items():
         big = m.Outcome(fid, m.OK, 0.1, (bytes(4000),))
-        run.book.handle(w, m.Results((big,), (fid,)))
+        run.book.handle(w, m.Started([fid]))
+        run.book.handle(w, m.Results((big,)))
     run.flush()  # one turn: all three are coalesced for the root
     msgs = run.take(ROOT)
     assert sorted(fid for fid, _ in outcomes(msgs)) == sorted(fids)
@@ -870,8 +895,11 @@ class ExactlyOnce(RuleBasedStateMachine):
                 pass
             elif isinstance(msg, m.Tasks):
                 worker.book.receive(msg.tasks)  # raises if the broker sent too many
-            elif isinstance(msg, m.Cancel):
+            elif isinstance(msg, m.Recall):
                 # The broker asks back an unstarted future for an idle worker.
+                replies.append((peer, m.RecallReply(msg.fid, worker.book.recall(msg.fid))))
+            elif isinstance(msg, m.Cancel):
+                # The owner left: its unstarted futures are cancelled.
                 replies.append((peer, m.CancelReply(msg.fid, worker.book.cancel(msg.fid))))
             else:
                 assert isinstance(msg, m.Welcome), msg
@@ -1083,20 +1111,21 @@ def test_an_idle_worker_gets_back_a_future_queued_behind_a_long_one(run: Run) ->
     assert run.tasks_for(W1) == [slow, fast]
     run.join(W2, slots=1)
     run.send(W2, m.Ready(2))
-    assert run.take(W1) == [m.Cancel(fast)]  # a recall: W1 has not started it
-    run.send(W1, m.CancelReply(fast, True))
+    assert run.take(W1) == [m.Recall(fast)]  # W1 has not started it
+    run.send(W1, m.RecallReply(fast, True))
     assert run.tasks_for(W2) == [fast]
     assert run.take(ROOT) == []  # the owner sees nothing of it
     run.answer(W2, [fast])
     assert outcomes(run.take(ROOT)) == [(fast, m.OK)]
 
 
-def test_started_futures_travel_with_results(run: Run) -> None:
+def test_started_futures_and_results_reach_the_owner_in_one_turn(run: Run) -> None:
     run.join(W1, slots=1)
     run.send(W1, m.Ready(2))
     a, b = run.submit(ROOT, 2)
     run.take(W1)
-    run.send(W1, m.Results((m.Outcome(a, m.OK, 0.0, (b"v",)),), started=(b,)))
+    run.book.handle(W1, m.Started([b]))
+    run.send(W1, m.Results((m.Outcome(a, m.OK, 0.0, (b"v",)),)))
     msgs = run.take(ROOT)
     assert m.Started([b]) in msgs and outcomes(msgs) == [(a, m.OK)]
     assert run.book.futures[b].state is RUNNING

@@ -114,6 +114,11 @@ def _samples() -> list[m.Message]:
         m.Cancel(FID),
         m.CancelReply(FID, True),
         m.CancelReply(FID, False),
+        m.Recall(FID),
+        m.RecallReply(FID, True),
+        m.RecallReply(FID, False),
+        m.Returned([FID, FID + 1], [0, 2], "worker-3"),
+        m.Returned([], [], ""),
         m.SetConst("answer", (b"42", memoryview(big))),
         m.SetConst("nothing", ()),
         m.ConstReply("answer", ""),
@@ -343,7 +348,7 @@ def test_a_header_that_is_not_a_list_of_version_and_kind_is_refused(head: Any) -
         m.decode(signed(head), KEY)
 
 
-@pytest.mark.parametrize("header", [b"", b"\xc1", b"\x93\x02", b"\x92\x02\x0f\x00"])
+@pytest.mark.parametrize("header", [b"", b"\xc1", b"\x93\x03", b"\x92\x03\x0f\x00"])
 def test_a_header_that_is_not_msgpack_is_refused(header: bytes) -> None:
     with pytest.raises(ProtocolError, match="unreadable message header"):
         m.decode(sign(header, []), KEY)

@@ -67,6 +67,7 @@ STRANGER = '''
 import os, sys, time
 import msgpack, zmq
 from zmq.utils import z85
+from scoop_core.messages import PROTOCOL_VERSION
 
 address, names, stop = sys.argv[1:4]
 url, _, server_key = address.partition("#curve=")
@@ -84,7 +85,7 @@ for name in names.split(","):
             sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
         sock.connect(url)
         header = msgpack.packb(
-            [2, 1, name.encode(), b"broker", os.urandom(16), 1, "root", name, os.getpid(), "h", 1],
+            [PROTOCOL_VERSION, 1, name.encode(), b"broker", os.urandom(16), 1, "root", name, os.getpid(), "h", 1],
             use_bin_type=True,
         )
         sock.send_multipart([header, os.urandom(32)])  # a Hello under a mac nobody can check
