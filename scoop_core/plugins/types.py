@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from scoop_core.interfaces import Launcher, Serializer, Transport
+from scoop_core.interfaces import Launcher, Serializer, StoreTransport, Transport
 
 SETTING_TYPES: tuple[type, ...] = (str, int, float, bool, list)
 """The types a :class:`Setting` may have; a ``list`` is a list of strings."""
@@ -119,7 +119,9 @@ def _check_settings(record: Any) -> None:
 @dataclass(frozen=True)
 @_named
 class TransportPlugin:
-    """A transport: ``factory(settings)`` returns a :class:`~scoop_core.interfaces.Transport`.
+    """A transport: ``factory(settings)`` returns a :class:`~scoop_core.interfaces.Transport`
+    (hub-based: the core runs a broker) or a :class:`~scoop_core.interfaces.StoreTransport`
+    (its server is the broker).
 
     ``settings`` declares the transport's configuration keys, in section
     :attr:`section` (``transport.<name>``: the table
@@ -131,7 +133,7 @@ class TransportPlugin:
     kind: ClassVar[str] = "transport"
 
     name: str
-    factory: Callable[[Mapping[str, Any]], Transport]
+    factory: Callable[[Mapping[str, Any]], Transport | StoreTransport]
     description: str = ""
     settings: tuple[Setting, ...] = ()
 
