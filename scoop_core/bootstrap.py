@@ -32,7 +32,7 @@ from scoop_core.interfaces import Endpoint, Serializer
 from scoop_core.plugins.manager import get_plugin_manager
 from scoop_core.pool import connect_endpoint
 from scoop_core.run_keys import KEY_ENV
-from scoop_core.store_driver import SharedBrokerEndpoint
+from scoop_core.store_driver import StoreEndpoint
 
 log = logging.getLogger("scoop.bootstrap")
 
@@ -114,7 +114,7 @@ def _setup(name: str) -> tuple[Endpoint, bytes, Serializer, int]:
         key_path=os.environ.get("_SCOOP_KEY_FILE", ""),
         **_limits(),
     )
-    if isinstance(endpoint, SharedBrokerEndpoint):
+    if isinstance(endpoint, StoreEndpoint):
         # The run lives in the store, not in the launcher: it goes on if the
         # launcher dies, and ends when its program does.
         _watch_orphaned(name, endpoint)
@@ -140,7 +140,7 @@ def _launcher_alive() -> Callable[[], bool] | None:
 def _leave_on_sigterm(endpoint: Endpoint) -> None:
     """A worker asked to stop (``scoop worker`` on Ctrl-C) hands back the
     futures it holds before it exits, so they run elsewhere at once."""
-    if not isinstance(endpoint, SharedBrokerEndpoint):
+    if not isinstance(endpoint, StoreEndpoint):
         return
 
     def leave(signum: int, frame: object) -> None:
@@ -168,7 +168,7 @@ def _watch_parent(name: str) -> None:
     threading.Thread(target=watch, name="scoop-parent-watch", daemon=True).start()
 
 
-def _watch_orphaned(name: str, endpoint: SharedBrokerEndpoint) -> None:
+def _watch_orphaned(name: str, endpoint: StoreEndpoint) -> None:
     """A process of a run kept in a store outlives its launcher, but not
     its own part in the run: once the launcher is gone and this process has
     been told the run is over (or lost the store), it gets a few seconds to

@@ -794,6 +794,16 @@ class BrokerPolicy:
         )
         return max(0, credit - sum(1 for e in self._queue if self._is_queued(e[2])))
 
+    def could_give(self) -> bool:
+        """Whether a hungry worker elsewhere could have something of ours:
+        spare futures of a local worker's own, or futures it holds and has
+        not started while it runs another."""
+        return any(
+            (p.spare >= 2 and not p.stealing) or self._unstarted(p)
+            for p in self.workers
+            if not p.suspects
+        )
+
     def someone_hungry(self) -> None:
         """On a store: a worker elsewhere has nothing to do. Ask our workers
         for half their spare futures, or else back the newest half of the

@@ -186,7 +186,7 @@ class BrokerStore(abc.ABC):
     A :class:`StoreTransport` offers one through
     :meth:`StoreTransport.open_store`; the core then runs no broker of its
     own: every peer plays its part of the broker against the store, through
-    :class:`scoop_core.store_driver.SharedBrokerEndpoint`. A store keeps
+    :class:`scoop_core.store_driver.StoreEndpoint`. A store keeps
     and hands out; it decides nothing. It provides four things:
 
     1. A *queue* of entries with *leases*. :meth:`commit` appends entries;

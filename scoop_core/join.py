@@ -23,7 +23,7 @@ import socket
 import sys
 import time
 
-from scoop_core import store_driver as sb
+from scoop_core import store_records as records
 from scoop_core.config import Config
 from scoop_core.errors import LaunchError, UsageError
 from scoop_core.interfaces import StoreTransport, WorkerSpec
@@ -57,7 +57,7 @@ def _run_info(
         )
     store = transport.open_store(run_id=run_id, identity=f"joiner-{os.getpid()}")
     try:
-        blob = store.records(sb.RUN).get("info")
+        blob = store.records(records.RUN).get("info")
         address = store.address
     finally:
         store.close()
@@ -68,7 +68,7 @@ def _run_info(
         )
     try:
         key = find_run_key(run_id, key_path)
-        info = sb.read_info(blob, key)
+        info = records.read_info(blob, key)
     except ValueError as exc:
         raise LaunchError(f"cannot join run {run_id}: {exc}") from None
     return address, key, info

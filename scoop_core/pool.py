@@ -26,7 +26,7 @@ from typing import Any
 
 from scoop_core import messages as m
 from scoop_core import run_keys, runtime
-from scoop_core import store_driver as sb
+from scoop_core import store_records as records
 from scoop_core.broker import Broker, supported
 from scoop_core.config import Config, set_current
 from scoop_core.errors import PROGRAM_IMPORT_FAILED, LaunchError, TransportClosed
@@ -42,6 +42,7 @@ from scoop_core.interfaces import (
     WorkerSpec,
 )
 from scoop_core.plugins.manager import PluginManager
+from scoop_core.store_driver import StoreEndpoint, report_lost, tell_everyone
 
 log = logging.getLogger("scoop.launcher")
 
@@ -127,10 +128,10 @@ class Pool:
 
     def start(self) -> Pool:
         if isinstance(self.transport, StoreTransport):
-            self.store = self.transport.open_store(run_id=self.run_id, identity=sb.LAUNCHER)
+            self.store = self.transport.open_store(run_id=self.run_id, identity=records.LAUNCHER)
             self._start_store(self.store)
         else:
-            self._start_broker()
+            self._start_broker(self.transport)
         launcher = self.launcher
         if launcher is None:
             name = self.config["launcher"]
@@ -149,7 +150,7 @@ class Pool:
         then ends the run itself)."""
         info = self.describe()
         with self._store_lock:
-            [there] = store.put_records(sb.RUN, [("info", sb.sign_info(info, self.key))])
+            [there] = store.put_records(records.RUN, [("info", records.sign_info(info, self.key))])
         fresh = there is None
         if not fresh:
             # Another run's keys: never ours to delete.
@@ -159,7 +160,7 @@ class Pool:
                 f"run id {self.run_id} is already in use at {store.address}; "
                 "choose another --run-id (or none, for a new random one)"
             )
-        self._codec = m.Codec(self.key, sb.LAUNCHER.encode())
+        self._codec = m.Codec(self.key, records.LAUNCHER.encode())
         if not os.environ.get(run_keys.KEY_ENV):
             self.key_path = str(run_keys.write_key_file(self.run_id, self.key))
         log.info(
@@ -193,7 +194,9 @@ class Pool:
         assert self.store is not None
         try:
             with self._store_lock:
-                self.store.flag(sb.alive_flag(sb.LAUNCHER), self.config["heartbeat_timeout"])
+                self.store.flag(
+                    records.alive_flag(records.LAUNCHER), self.config["heartbeat_timeout"]
+                )
         except TransportClosed as exc:
             log.error("%s", exc)
 
@@ -201,9 +204,9 @@ class Pool:
         while not self._beating.wait(self.config["heartbeat_interval"]):
             self._beat()
 
-    def _start_broker(self) -> None:
+    def _start_broker(self, transport: Transport) -> None:
         self.broker = Broker(
-            self.transport,
+            transport,
             key=self.key,
             run_id=self.run_id,
             # Remote workers dial in, unless they come through SSH tunnels
@@ -382,12 +385,11 @@ class Pool:
         assert self.store is not None
         try:
             with self._store_lock:
-                sb.recover(
+                report_lost(
                     self.store,
                     self.store.claim_from(name),
                     key=self.key,
                     codec=self._codec,
-                    max_losses=self.config["max_losses"],
                     lost_by=name,
                     max_size=self.config["max_message_size"],
                 )
@@ -426,7 +428,7 @@ class Pool:
         self._beating.set()
         try:
             with self._store_lock:
-                return sb.tell_everyone(self.store, self._codec, reason, 5.0)
+                return tell_everyone(self.store, self._codec, reason, 5.0)
         except TransportClosed as exc:
             log.error("could not tell the workers the run is over: %s", exc)
             return set()
@@ -506,7 +508,7 @@ def connect_endpoint(
         return transport.connect(
             address, identity=name.encode(), **supported(transport.connect, key=key)
         )
-    return sb.SharedBrokerEndpoint(
+    return StoreEndpoint(
         transport.open_store(address=address, identity=name),
         key=key,
         name=name,

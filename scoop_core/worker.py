@@ -562,9 +562,7 @@ class WorkerRuntime(ThreadedRuntime):
                 self._send(m.Started(fids))
         if self._results:
             # Several results that fit one by one may not fit together.
-            batches = m.split_by_size(
-                self._results, self.codec.max_size, total=self._results_size
-            )
+            batches = m.split_by_size(self._results, self.codec.max_size, total=self._results_size)
             for batch in batches:
                 self._send(m.Results(tuple(batch)))
             self._results = []

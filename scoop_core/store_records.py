@@ -1,0 +1,386 @@
+"""The signed records of a store-backed run: queue entries, taken marks,
+peer records, shared constants and the run's description.
+
+Anyone who can write to the store's server can write into the run, so
+everything a process acts on is signed with the run's key and checked
+before it is decoded or used. The signature is the messages' HMAC-SHA256
+(:func:`scoop_core.messages.mac_of`), over a header that names what the
+record is (so one kind cannot pass for another, nor a constant for another
+name), and the size is checked against ``max_message_size`` before the
+HMAC is computed. Whatever fails the check is deleted unread, and each
+process says so once per kind of record, however many there are
+(:data:`refusals`).
+
+- A queue entry is one future with all the store used to keep beside it:
+  its owner (to whom its result goes: never looked up in the peer records,
+  which only name mailboxes for constants and the end of the run), how many
+  times it was lost and where, and its *attempt*, which every queuing of
+  the future increases.
+- A copy of a signed entry (someone added the same fields again) must not
+  run the future twice. A worker that takes an entry first records a signed
+  *taken mark* for (future, attempt) naming that very entry and itself
+  (:func:`mark_taken`): if another entry already has the mark, this one is
+  a copy, and is deleted unrun.
+- An entry claimed from a silent taker counts as lost only if its mark
+  names it: that taker did take it. With no mark, nobody of the run took it
+  (something without the key read it from the queue, or its taker died
+  before it marked it), and it is not charged a loss.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import msgpack
+
+from scoop_core import messages as m
+from scoop_core.errors import ProtocolError
+from scoop_core.interfaces import BrokerStore, Entry, Frame
+
+log = logging.getLogger("scoop.broker")
+
+LAUNCHER = "launcher"
+"""The launcher's peer name in the store (it mails, it runs no futures)."""
+
+PEERS, CONSTANTS, MARKS, RUN = "peers", "constants", "marks", "run"
+"""The store's record tables: peer records, shared constants, taken marks, the run's description."""
+
+HUNGRY = "hungry"
+"""The store's flag a worker raises when it found the queue empty."""
+
+
+def alive_flag(name: str) -> str:
+    """The store's flag that says peer ``name`` is alive (raised every heartbeat)."""
+    return f"alive:{name}"
+
+
+RECORD_ALLOWANCE = 1024
+"""Bytes a signed record may have beyond ``max_message_size``: its header
+and mac around a payload that fitted in one message."""
+
+
+# -- signed records -------------------------------------------------------------------
+#
+# Two forms, both signed with the run's key by the messages' own mac:
+# frames ``[header, *payload, mac]`` for stream entries (large payloads stay
+# separate frames), and one ``mac + body`` blob for hash fields. A header
+# or body is the msgpack list ``[PROTOCOL_VERSION, kind, *fields]``; a
+# kind is a string, where every message kind is a number, so no record
+# passes for a message nor a message for a record.
+
+ENTRY = "queue entry"
+CONSTANT = "constant"
+PEER = "peer record"
+MARK = "taken mark"
+INFO = "run description"
+
+
+def _limit(max_size: int | None) -> int | None:
+    return None if max_size is None else max_size + RECORD_ALLOWANCE
+
+
+def _too_big(what: str, size: int, limit: int | None) -> None:
+    if limit is not None and size > limit:
+        raise ProtocolError(f"{what} of {size} bytes, over the limit of {limit} bytes")
+
+
+def _parse(header: bytes, kind: str) -> list[Any]:
+    try:
+        head = msgpack.unpackb(header, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise ProtocolError(f"unreadable {kind}: {exc}") from None
+    if not isinstance(head, list) or len(head) < 2 or head[:2] != [m.PROTOCOL_VERSION, kind]:
+        raise ProtocolError(f"not a {kind} of this protocol version")
+    return head[2:]
+
+
+def seal_frames(key: bytes, kind: str, fields: list[Any], payload: Sequence[Frame]) -> list[Frame]:
+    """A stream entry's frames: ``fields`` and ``payload`` under the run's mac."""
+    header = msgpack.packb([m.PROTOCOL_VERSION, kind, *fields], use_bin_type=True)
+    return [header, *payload, m.mac_of(key, header, payload)]
+
+
+def open_frames(
+    frames: Sequence[Frame], key: bytes, kind: str, max_size: int | None
+) -> tuple[list[Any], list[Frame]]:
+    """``(fields, payload)`` of frames :func:`seal_frames` made; ProtocolError
+    for anything else. The size is checked first, then the mac, and only
+    then is anything parsed."""
+    if len(frames) < 2:
+        raise ProtocolError(f"a {kind} needs at least 2 frames, got {len(frames)}")
+    _too_big(f"a {kind}", sum(memoryview(f).nbytes for f in frames), _limit(max_size))
+    header, payload, mac = bytes(frames[0]), list(frames[1:-1]), bytes(frames[-1])
+    if len(mac) != m.MAC_SIZE or not hmac.compare_digest(mac, m.mac_of(key, header, payload)):
+        raise ProtocolError("bad or missing HMAC: not written with this run's key")
+    return _parse(header, kind), payload
+
+
+def seal_record(key: bytes, kind: str, fields: list[Any]) -> bytes:
+    """A hash field's value: ``fields`` under the run's mac, as one blob."""
+    body = msgpack.packb([m.PROTOCOL_VERSION, kind, *fields], use_bin_type=True)
+    return m.mac_of(key, body, ()) + body
+
+
+def open_record(blob: bytes, key: bytes, kind: str, max_size: int | None) -> list[Any]:
+    """The fields of a blob :func:`seal_record` made; ProtocolError for anything else."""
+    _too_big(f"a {kind}", len(blob), _limit(max_size))
+    mac, body = blob[: m.MAC_SIZE], blob[m.MAC_SIZE :]
+    if len(mac) != m.MAC_SIZE or not hmac.compare_digest(mac, m.mac_of(key, body, ())):
+        raise ProtocolError("bad or missing HMAC: not written with this run's key")
+    return _parse(body, kind)
+
+
+class _Refusals:
+    """Says once per kind of record, in this process, that it deleted one
+    (a flood of forged entries must not flood the log), and counts them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: collections.Counter[str] = collections.Counter()
+
+    def note(self, who: str, kind: str, what: str, why: object) -> None:
+        with self._lock:
+            self.counts[kind] += 1
+            first = self.counts[kind] == 1
+        if first:
+            log.warning(
+                "%s: deleted %s (%s); more of these are deleted without a word",
+                who,
+                what,
+                why,
+            )
+
+
+refusals = _Refusals()
+
+
+def _shown(name: str) -> str:
+    """A name someone else may have written, short and on one line, for a message."""
+    return repr(name[:40] + ("..." if len(name) > 40 else ""))
+
+
+def _text_field(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise ProtocolError(f"malformed record: bad {what} {value!r:.40}")
+    return value
+
+
+def _int_field(value: Any, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ProtocolError(f"malformed record: bad {what} {value!r:.40}")
+    return value
+
+
+# -- queue entries ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Queued:
+    """What a queue entry says: the future, its owner, its attempt (each
+    queuing of it counts one), and how many times and where it was lost."""
+
+    task: m.Task
+    owner: str
+    attempt: int = 0
+    losses: int = 0
+    lost_on: tuple[str, ...] = ()
+
+    @property
+    def token(self) -> bytes:
+        """Names this queuing of this future, for its taken mark."""
+        return b"%x:%d" % (self.task.fid, self.attempt)
+
+    def again(self, lost_on: str | None = None) -> Queued:
+        """The entry of the next queuing, with one more loss if it was ``lost_on`` a worker."""
+        if lost_on is None:
+            return replace(self, attempt=self.attempt + 1)
+        return replace(
+            self,
+            attempt=self.attempt + 1,
+            losses=self.losses + 1,
+            lost_on=(*self.lost_on, lost_on),
+        )
+
+
+def entry_for(queued: Queued, key: bytes) -> Entry:
+    """The signed queue entry of ``queued``."""
+    t = queued.task
+    head = [queued.owner, t.fid, t.parent, t.depth, t.max_losses]
+    head += [queued.attempt, queued.losses, list(queued.lost_on)]
+    return Entry(tuple(seal_frames(key, ENTRY, head, t.frames)))
+
+
+def read_entry(entry: Entry, key: bytes, max_size: int | None = None) -> Queued:
+    """What a queue entry says; ProtocolError if it is not signed with ``key``."""
+    fields, payload = open_frames(entry.frames, key, ENTRY, max_size)
+    if len(fields) != 8 or not isinstance(fields[7], list):
+        raise ProtocolError("malformed queue entry")
+    owner = _text_field(fields[0], "owner")
+    fid, parent, depth, max_losses, attempt, losses = (_int_field(v, "number") for v in fields[1:7])
+    lost_on = tuple(_text_field(n, "worker name") for n in fields[7])
+    task = m.Task(fid, parent, depth, tuple(payload), max_losses)
+    return Queued(task, owner, attempt, losses, lost_on)
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A taken mark: which entry of a (future, attempt) was taken, and by whom."""
+
+    entry_id: bytes
+    holder: str
+
+
+def seal_mark(key: bytes, token: bytes, entry_id: bytes, holder: str) -> bytes:
+    return seal_record(key, MARK, [token, entry_id, holder])
+
+
+def read_mark(blob: bytes, key: bytes, token: bytes) -> Mark:
+    fields = open_record(blob, key, MARK, None)
+    if len(fields) != 3 or fields[0] != token or not isinstance(fields[1], bytes):
+        raise ProtocolError("a taken mark for another future, or malformed")
+    return Mark(fields[1], _text_field(fields[2], "holder"))
+
+
+def mark_taken(
+    store: BrokerStore, key: bytes, holder: str, pairs: Sequence[tuple[Queued, bytes]]
+) -> list[Mark | None]:
+    """Mark each ``(queued, entry id)`` as taken by ``holder``: None where we
+    marked it, else the mark of the entry that was marked before. A mark
+    that is not the run's is deleted and ours written instead."""
+    if not pairs:
+        return []
+    tokens = [q.token for q, _ in pairs]
+    there = store.put_records(
+        MARKS,
+        [
+            (t.decode(), seal_mark(key, t, entry_id, holder))
+            for t, (_, entry_id) in zip(tokens, pairs, strict=True)
+        ],
+    )
+    found: list[Mark | None] = []
+    for token, (_, entry_id), blob in zip(tokens, pairs, there, strict=True):
+        if blob is None:
+            found.append(None)
+            continue
+        try:
+            found.append(read_mark(blob, key, token))
+            continue
+        except ProtocolError as exc:
+            refusals.note(holder, "mark", "a taken mark", exc)
+            store.drop_records(MARKS, {token.decode(): blob})
+        [again] = store.put_records(
+            MARKS, [(token.decode(), seal_mark(key, token, entry_id, holder))]
+        )
+        # Marked again meanwhile (by whom, we cannot tell): this entry is not
+        # the one marked, so it is left be, as a copy.
+        found.append(None if again is None else _UNKNOWN)
+    return found
+
+
+_UNKNOWN = Mark(b"", "")
+"""The mark of some entry other than ours, whoever took it."""
+
+
+# -- peer records ------------------------------------------------------------------------
+
+
+def seal_peer(key: bytes, name: str, index: int, role: str) -> bytes:
+    return seal_record(key, PEER, [name, index, role])
+
+
+class Peers:
+    """The run's peers as their signed records say: names, indices, roles.
+
+    Records that are not the run's are deleted as they are read. An index,
+    once known, keeps its name (indices are never reused), so a record
+    rewritten later changes nothing here. Without ``key`` it knows nobody
+    (a caller that only passes it on)."""
+
+    def __init__(
+        self, store: BrokerStore, key: bytes | None = None, *, who: str = LAUNCHER
+    ) -> None:
+        self.store = store
+        self.key = key
+        self.who = who
+        self._names: dict[int, str] = {}
+
+    def records(self) -> dict[str, tuple[int, str]]:
+        """Every peer with a good record: name -> (index, role)."""
+        good: dict[str, tuple[int, str]] = {}
+        if self.key is None:
+            return good
+        bad: dict[str, bytes] = {}
+        for name, blob in self.store.records(PEERS).items():
+            try:
+                fields = open_record(blob, self.key, PEER, None)
+                if len(fields) != 3 or fields[0] != name:
+                    raise ProtocolError("a record of another peer, or malformed")
+                good[name] = (_int_field(fields[1], "index"), _text_field(fields[2], "role"))
+            except ProtocolError as exc:
+                refusals.note(self.who, "peer", f"the peer record {_shown(name)}", exc)
+                bad[name] = blob
+        self.store.drop_records(PEERS, bad)
+        return good
+
+    def names(self) -> list[str]:
+        return list(self.records())
+
+    def workers(self) -> int:
+        return sum(1 for _, role in self.records().values() if role == m.WORKER)
+
+    def owner(self, fid: int) -> str | None:
+        index = fid >> 32
+        if index not in self._names:
+            for name, (i, _) in self.records().items():
+                self._names.setdefault(i, name)
+        return self._names.get(index)
+
+
+# -- constants ------------------------------------------------------------------------------
+
+
+def seal_const(key: bytes, name: str, frames: Sequence[Frame]) -> bytes:
+    return seal_record(key, CONSTANT, [name, [memoryview(f).tobytes() for f in frames]])
+
+
+def read_const(blob: bytes, key: bytes, name: str, max_size: int | None) -> list[Frame]:
+    fields = open_record(blob, key, CONSTANT, max_size)
+    if len(fields) != 2 or fields[0] != name or not isinstance(fields[1], list):
+        raise ProtocolError("a record of another constant, or malformed")
+    frames = fields[1]
+    if not frames or not all(isinstance(f, bytes) for f in frames):
+        raise ProtocolError("malformed constant")
+    # As from a socket: out-of-band buffers come back writable.
+    return frames[:1] + [bytearray(f) for f in frames[1:]]
+
+
+INFO_LIMIT = 1 << 20
+"""The most bytes a run's description may have (it is a few hundred)."""
+
+
+def sign_info(info: dict[str, object], key: bytes) -> bytes:
+    """The run's description as stored: JSON in a signed record, so that a
+    worker joining later imports only what the run's launcher wrote."""
+    return seal_record(key, INFO, [json.dumps(info, sort_keys=True)])
+
+
+def read_info(blob: bytes, key: bytes) -> dict[str, object]:
+    """The description :func:`sign_info` made; ValueError if ``key`` is not the run's."""
+    try:
+        fields = open_record(blob, key, INFO, INFO_LIMIT)
+    except ProtocolError as exc:
+        raise ValueError(f"the run's description is not signed with this key ({exc})") from None
+    try:
+        info = json.loads(fields[0]) if len(fields) == 1 and isinstance(fields[0], str) else None
+    except ValueError:
+        info = None
+    if not isinstance(info, dict):
+        raise ValueError("the run's description is not a JSON object")
+    return info
