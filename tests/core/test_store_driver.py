@@ -1,0 +1,291 @@
+"""A run on a store (``scoop_core.store_driver``), every peer in this process.
+
+A root runtime and one or two :class:`WorkerRuntime` objects serving in
+threads, each over a :class:`StoreEndpoint` of its own on one
+:class:`MemoryStoreServer`: no broker, every peer's policy decides through
+the store, as on Redis. The root submits real functions of this module and
+the test reads what a user would see: results, exceptions, cancels, shared
+constants, and a future that runs again elsewhere once the launcher reports
+its worker dead (:func:`report_lost` on what ``claim_from`` takes).
+
+As in ``test_worker.py``, a function tells the test it started, or waits
+for its go-ahead, through the :class:`threading.Event` objects of
+:data:`EVENTS`, and notes that it ran in :data:`RAN`. Nested futures and
+constants are read through the process-wide current runtime, so the tests
+that use them run one worker.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from scoop_core import calls, future, futures, runtime, shared
+from scoop_core import messages as m
+from scoop_core.calls import Call
+from scoop_core.errors import ConstantError
+from scoop_core.future import Future
+from scoop_core.interfaces import BrokerStore
+from scoop_core.serialization import CloudpickleSerializer
+from scoop_core.store_driver import StoreEndpoint, report_lost, tell_everyone
+from scoop_core.store_records import LAUNCHER, alive_flag
+from scoop_core.testing.memory_store import MemoryStore, MemoryStoreServer
+from scoop_core.worker import WorkerRuntime, set_worker_name
+
+WAIT = 30.0  # seconds: only a broken driver needs that long
+# Nobody is declared lost while a test runs (a worker that loses its broker
+# exits its process, which here is the test's), and no lease expires.
+NEVER = 3600.0
+
+EVENTS: dict[str, threading.Event] = {}
+RAN: list[str] = []
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def fib(n: int) -> int:
+    if n < 2:
+        return n
+    a = futures.submit(fib, n - 1)
+    b = futures.submit(fib, n - 2)
+    return int(a.result() + b.result())
+
+
+def sum_of_squares(n: int) -> int:
+    return sum(futures.map(square, range(n)))
+
+
+def boom(what: str) -> None:
+    raise ValueError(f"boom: {what}")
+
+
+def hold(name: str) -> str:
+    """Say it started, then wait for the test's go-ahead (blocking the worker's thread)."""
+    EVENTS[f"{name} started"].set()
+    EVENTS[f"{name} go"].wait(WAIT)
+    return name
+
+
+def hold_the_first_time(name: str) -> str:
+    """The first run holds its worker until the test's go-ahead; any later run returns at once."""
+    RAN.append(name)
+    if RAN.count(name) == 1:
+        hold(name)
+        return "first run"
+    return "run again"
+
+
+def note(name: str) -> str:
+    RAN.append(name)
+    return name
+
+
+def constant(name: str) -> Any:
+    return shared.getConst(name, timeout=WAIT)
+
+
+def held(name: str) -> tuple[threading.Event, threading.Event]:
+    started = EVENTS[f"{name} started"] = threading.Event()
+    go = EVENTS[f"{name} go"] = threading.Event()
+    return started, go
+
+
+def open_endpoint(server: MemoryStoreServer, key: bytes, name: str) -> StoreEndpoint:
+    """``name``'s way into the run, as ``connect_endpoint`` opens it in a process of its own."""
+    return StoreEndpoint(
+        MemoryStore(server, identity=name),
+        key=key,
+        name=name,
+        root="root",
+        heartbeat_timeout=NEVER,
+        launcher_alive=lambda: True,  # the launcher, not the root, ends the run
+    )
+
+
+@dataclass
+class Worker:
+    runtime: WorkerRuntime
+    serving: threading.Thread
+    store: BrokerStore
+
+
+@dataclass
+class Run:
+    server: MemoryStoreServer
+    key: bytes
+    root: runtime.RootRuntime
+    launcher: MemoryStore  # the launcher's store, as the pool opens it
+    workers: dict[str, Worker] = field(default_factory=dict)
+
+    def add_worker(self, name: str, prefetch: int = 1) -> WorkerRuntime:
+        endpoint = open_endpoint(self.server, self.key, name)
+        worker = WorkerRuntime(
+            endpoint,
+            key=self.key,
+            serializer=CloudpickleSerializer(),
+            name=name,
+            prefetch=prefetch,
+            heartbeat_timeout=NEVER,
+        )
+        worker.start(WAIT)
+        # What bootstrap.run_worker does in a worker process: the futures API,
+        # constants and tracebacks find the worker through these.
+        runtime.set_current(worker)
+        set_worker_name(name)
+        serving = threading.Thread(target=worker.serve, name=f"test-{name}-serve", daemon=True)
+        serving.start()
+        self.workers[name] = Worker(worker, serving, endpoint.store)
+        return worker
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        (fut,) = self.root.submit([Call(fn, args, {})])
+        return fut
+
+    def submit_all(self, *calls: tuple[Any, ...]) -> list[Future]:
+        return self.root.submit([Call(fn, tuple(args), {}) for fn, *args in calls])
+
+
+def start_run(server: MemoryStoreServer) -> Run:
+    key = os.urandom(32)
+    launcher = MemoryStore(server, identity=LAUNCHER)
+    launcher.flag(alive_flag(LAUNCHER), NEVER)
+    root = runtime.RootRuntime(
+        open_endpoint(server, key, "root"),
+        key=key,
+        serializer=CloudpickleSerializer(),
+        name="root",
+        heartbeat_timeout=NEVER,
+    )
+    root.start(WAIT)
+    return Run(server, key, root, launcher)
+
+
+def stop_run(run: Run) -> None:
+    for event in EVENTS.values():
+        event.set()  # a test that failed may have left a future waiting
+    run.root.close()
+    # What the launcher does at the end of a run.
+    tell_everyone(run.launcher, m.Codec(run.key, LAUNCHER.encode()), "the run is over", WAIT)
+    for worker in run.workers.values():
+        worker.serving.join(WAIT)
+    run.launcher.close(end_run=True)
+
+
+@pytest.fixture
+def new_run(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[], Run]]:
+    # The workers set these process-wide, as a worker process may; put them back.
+    monkeypatch.setattr(runtime, "_current", runtime.current())
+    monkeypatch.setattr(calls, "WORKER_NAME", calls.WORKER_NAME)
+    monkeypatch.setattr(future, "greenlet_event", future.greenlet_event)
+    EVENTS.clear()
+    RAN.clear()
+    threads = set(threading.enumerate())
+    runs: list[Run] = []
+
+    def new() -> Run:
+        runs.append(start_run(MemoryStoreServer(f"memory://test/{request.node.name}")))
+        return runs[-1]
+
+    yield new
+    for run in runs:
+        stop_run(run)
+        for name, worker in run.workers.items():
+            assert not worker.serving.is_alive(), f"{name} did not stop when the run ended"
+    for thread in set(threading.enumerate()) - threads:
+        thread.join(WAIT)
+        assert not thread.is_alive(), f"thread {thread.name} outlived the run"
+
+
+@pytest.fixture(params=[1, 2], ids=["prefetch-1", "prefetch-2"])
+def run(request: pytest.FixtureRequest, new_run: Callable[[], Run]) -> Run:
+    """A root and one worker."""
+    run = new_run()
+    run.add_worker("worker-1", prefetch=request.param)
+    return run
+
+
+def test_each_future_gets_its_own_result(run: Run) -> None:
+    futs = [run.submit(square, x) for x in range(20)]
+    assert [f.result(WAIT) for f in futs] == [x * x for x in range(20)]
+    futs = run.submit_all(*((square, x) for x in range(50)))
+    assert [f.result(WAIT) for f in futs] == [x * x for x in range(50)]
+
+
+def test_nested_futures_waited_for_on_the_only_worker_do_not_deadlock(run: Run) -> None:
+    assert run.submit(fib, 8).result(WAIT) == 21
+    assert run.submit(sum_of_squares, 30).result(WAIT) == sum(x * x for x in range(30))
+
+
+def test_a_raising_future_raises_at_its_owner_with_the_workers_traceback(run: Run) -> None:
+    fut = run.submit(boom, "at the root")
+    with pytest.raises(ValueError, match="boom: at the root") as caught:
+        fut.result(WAIT)
+    remote = str(caught.value.__cause__)
+    assert "Traceback from worker-1" in remote
+    assert "in boom" in remote
+    assert "ValueError: boom: at the root" in remote
+    assert run.submit(square, 3).result(WAIT) == 9  # the worker goes on serving
+
+
+def test_a_future_not_yet_started_is_cancelled_while_the_worker_is_busy(run: Run) -> None:
+    started, go = held("first")
+    first, second = run.submit_all((hold, "first"), (note, "second"))
+    assert started.wait(WAIT), "the first future never started"
+    assert second.cancel() is True
+    assert second.cancelled()
+    assert first.cancel() is False  # started: too late
+    go.set()
+    assert first.result(WAIT) == "first"
+    assert run.submit(note, "third").result(WAIT) == "third"
+    assert RAN == ["third"]  # the cancelled future never ran
+
+
+def test_a_shared_constant_reaches_the_worker_and_is_defined_once(run: Run) -> None:
+    run.root.set_const("size", 10)
+    assert run.submit(constant, "size").result(WAIT) == 10
+    with pytest.raises(ConstantError, match="'size' is already defined"):
+        run.workers["worker-1"].runtime.set_const("size", 11)
+    assert run.root.get_const("size", 0) == 10
+
+
+def test_a_worker_that_joins_after_a_constant_was_defined_has_it(
+    new_run: Callable[[], Run],
+) -> None:
+    run = new_run()
+    run.root.set_const("table", {"a": 1})
+    run.add_worker("worker-1")
+    assert run.submit(constant, "table").result(WAIT) == {"a": 1}
+
+
+def test_the_futures_of_a_dead_worker_run_again_elsewhere_once_it_is_reported(
+    new_run: Callable[[], Run],
+) -> None:
+    run = new_run()
+    started, _ = held("victim")
+    run.add_worker("worker-1")
+    fut = run.submit(hold_the_first_time, "victim")
+    assert started.wait(WAIT), "the future never started"
+    # worker-1 dies (its store goes; its thread stays stuck in the function
+    # until the end of the test), and worker-2 joins.
+    dead = run.workers["worker-1"]
+    dead.store.close()
+    run.add_worker("worker-2")
+    assert not fut.done()
+    # The launcher sees worker-1's process end: it claims what worker-1
+    # held and tells the owners, as the pool does.
+    codec = m.Codec(run.key, LAUNCHER.encode())
+    claimed = run.launcher.claim_from("worker-1")
+    assert len(claimed) == 1
+    assert report_lost(run.launcher, claimed, key=run.key, codec=codec, lost_by="worker-1") == 1
+    run.launcher.flag(alive_flag("worker-1"), 0)
+    assert fut.result(WAIT) == "run again"
+    assert RAN == ["victim", "victim"]
