@@ -63,6 +63,7 @@ from scoop_core.interfaces import Frame
 from scoop_core.states import (
     ASSIGNED,
     BUSY,
+    CANCELLED,
     CONNECTING,
     FUTURE_TRANSITIONS,
     GONE,
@@ -496,6 +497,11 @@ class BrokerPolicy:
             self._unhold(holder, fut)
         self._recalling.discard(fut.fid)
         self._held_back.pop(fut.fid, None)
+        asker = self._cancelling.pop(fut.fid, None)
+        if asker is not None:
+            # Its outcome crossed the cancel: the answer is what happened,
+            # whether or not the holder ever answers.
+            self._outbox.append((asker, m.CancelReply(fut.fid, fut.state is CANCELLED)))
         if fut.entry and not fut.away:
             self._ops.append(Ack(fut.entry))
         del self.futures[fut.fid]

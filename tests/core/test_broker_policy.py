@@ -1143,3 +1143,18 @@ def test_a_departed_owners_unstarted_futures_are_cancelled_at_their_holders(run:
     assert still_queued not in run.book.futures  # never dispatched: dropped at once
     run.send(W2, m.CancelReply(queued_at_w2, True))
     assert run.book.futures == {}
+
+
+def test_a_cancel_crossed_by_the_result_is_answered_even_if_the_holder_then_dies(run: Run) -> None:
+    run.join(W1, slots=1)
+    run.send(W1, m.Ready(1))
+    (fid,) = run.submit(ROOT)
+    assert run.tasks_for(W1) == [fid]
+    run.send(ROOT, m.Cancel(fid))
+    assert run.take(W1) == [m.Cancel(fid)]
+    run.answer(W1, [fid])  # it finished before reading the cancel...
+    run.book.leave(W1)  # ...and died before answering it
+    run.flush()
+    msgs = run.take(ROOT)
+    assert outcomes(msgs) == [(fid, m.OK)]
+    assert m.CancelReply(fid, False) in msgs

@@ -400,11 +400,6 @@ def test_cancel_of_a_future_started_elsewhere_is_refused_and_it_finishes(store: 
     assert no_futures_left(store)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a Cancel mailed to a holder that finishes the future and dies before "
-    "reading its mail is never answered: the owner's cancel() waits for ever",
-)
 def test_a_cancel_that_crosses_the_result_of_a_holder_that_then_dies_is_still_answered(
     store: Store,
 ) -> None:
