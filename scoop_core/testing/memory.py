@@ -26,6 +26,7 @@ from typing import Any, Generic, TypeVar
 
 from scoop_core.errors import TransportClosed
 from scoop_core.interfaces import Endpoint, Frame, Hub, Transport
+from scoop_core.wakeup import WakeUp
 
 __all__ = ["MemoryTransport", "MemoryHub", "MemoryEndpoint"]
 
@@ -39,55 +40,57 @@ _Item = TypeVar("_Item")
 class _Mailbox(Generic[_Item]):
     """A thread-safe queue whose ``get`` can be woken up, and which can be closed.
 
-    A wake-up is a flag rather than a queued item: a burst of wake-ups costs
-    one ``None`` from ``get``, and it is served before queued items so a
-    steady stream of messages cannot starve it.
+    A wake-up is a flag (:class:`~scoop_core.wakeup.WakeUp`) rather than a
+    queued item: a burst of wake-ups costs one ``None`` from ``get``, and it
+    is served before queued items so a steady stream of messages cannot
+    starve it. The poke notifies the condition, so ``get`` takes the
+    wake-up outside the condition's lock and only looks at it inside.
     """
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._items: deque[_Item] = deque()
-        self._woken = False
-        self._closed = False
+        self._wake = WakeUp(self._notify)
+
+    def _notify(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
     def put(self, item: _Item) -> bool:
         """Queue ``item``; False (and nothing queued) if the mailbox is closed."""
         with self._cond:
-            if self._closed:
+            if self._wake.closed:
                 return False
             self._items.append(item)
             self._cond.notify()
             return True
 
     def get(self, timeout: float | None) -> _Item | None:
-        with self._cond:
-            deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._wake.receiving():
             while True:
-                if self._closed:
+                if self._wake.take():
                     return None
-                if self._woken:
-                    self._woken = False
-                    return None
-                if self._items:
-                    return self._items.popleft()
-                if deadline is None:
-                    self._cond.wait()
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
+                with self._cond:
+                    if self._wake.due:
+                        continue
+                    if self._items:
+                        return self._items.popleft()
+                    if deadline is None:
+                        self._cond.wait()
+                        continue
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return None
+                    self._cond.wait(remaining)
 
     def wake(self) -> None:
-        with self._cond:
-            self._woken = True
-            self._cond.notify_all()
+        self._wake.wakeup()
 
     def close(self) -> None:
+        self._wake.close()
         with self._cond:
-            self._closed = True
             self._items.clear()
-            self._cond.notify_all()
 
 
 class _Station:

@@ -12,7 +12,9 @@ Why it is built this way:
   identity) shares it. One :class:`threading.Condition` guards it all: each
   method is one step under its lock, so :meth:`MemoryStore.commit` is atomic
   and :meth:`MemoryStore.take` waits on the condition, which any change,
-  wake-up or close notifies.
+  wake-up or close notifies. The wake-up is a
+  :class:`~scoop_core.wakeup.WakeUp` whose poke notifies the condition, so
+  ``take`` takes it outside the condition's lock and only looks at it inside.
 - Servers are found by address in a process-wide registry, so
   :meth:`MemoryStoreTransport.open_store` by ``address`` works as a worker's
   would; a run id maps to one address per transport namespace, so a second
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 
 from scoop_core.errors import TransportClosed
 from scoop_core.interfaces import BrokerStore, Entry, Frame, StoreTransport
+from scoop_core.wakeup import WakeUp
 
 __all__ = ["MemoryStore", "MemoryStoreServer", "MemoryStoreTransport"]
 
@@ -124,12 +127,15 @@ class MemoryStore(BrokerStore):
         self.address = server.address
         self.identity = identity
         self._changed = server.changed
-        self._wake_pending = False
-        self._closed = False
+        self._wake = WakeUp(self._notify)
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
 
     def _open(self) -> _Run:
         """The run's state; call with ``_changed`` held."""
-        if self._closed:
+        if self._wake.closed:
             raise TransportClosed(f"the memory store {self.address} of {self.identity} is closed")
         return self.server.run
 
@@ -164,30 +170,31 @@ class MemoryStore(BrokerStore):
         count = max(0, int(count))
         wait = TAKE_WAIT if timeout is None else max(0.0, timeout)
         deadline = time.monotonic() + wait
-        with self._changed:
+        with self._wake.receiving():
             while True:
-                if self._closed:
+                # A wake-up is served before anything else, so a busy queue cannot starve it.
+                if self._wake.take():
                     return [], []
-                if self._wake_pending:
-                    self._wake_pending = False
-                    return [], []
-                run = self.server.run
-                now = time.monotonic()
-                entries: list[Entry] = []
-                for entry_id, item in run.queue.items():
-                    if len(entries) >= count:
-                        break
-                    if not item.holder:
-                        item.holder, item.since = self.identity, now
-                        entries.append(Entry(tuple(_handed(item.frames)), entry_id))
-                box = run.mail.pop(self.identity, None)
-                letters = [_handed(frames) for frames in box or ()]
-                if entries or letters:
-                    return entries, letters
-                remaining = deadline - now
-                if remaining <= 0:
-                    return [], []
-                self._changed.wait(remaining)
+                with self._changed:
+                    if self._wake.due:
+                        continue
+                    run = self.server.run
+                    now = time.monotonic()
+                    entries: list[Entry] = []
+                    for entry_id, item in run.queue.items():
+                        if len(entries) >= count:
+                            break
+                        if not item.holder:
+                            item.holder, item.since = self.identity, now
+                            entries.append(Entry(tuple(_handed(item.frames)), entry_id))
+                    box = run.mail.pop(self.identity, None)
+                    letters = [_handed(frames) for frames in box or ()]
+                    if entries or letters:
+                        return entries, letters
+                    remaining = deadline - now
+                    if remaining <= 0:
+                        return [], []
+                    self._changed.wait(remaining)
 
     def renew(self, entry_ids: Sequence[bytes]) -> None:
         with self._changed:
@@ -318,18 +325,13 @@ class MemoryStore(BrokerStore):
     # -- wake-ups and the end ---------------------------------------------------------
 
     def wakeup(self) -> None:
-        with self._changed:
-            self._wake_pending = True
-            self._changed.notify_all()
+        self._wake.wakeup()
 
     def close(self, *, end_run: bool = False) -> None:
-        with self._changed:
-            if self._closed:
-                return
-            self._closed = True
-            if end_run:
+        if self._wake.close() and end_run:
+            with self._changed:
                 self.server.end_run()
-            self._changed.notify_all()
+                self._changed.notify_all()
 
 
 class MemoryStoreTransport(StoreTransport):

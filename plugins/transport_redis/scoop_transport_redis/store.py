@@ -57,7 +57,10 @@ Why these choices:
   ``expire``, and a live run never loses its constants.
 - ``wakeup()`` sets a flag, and adds one tiny entry (field ``w``) to the
   process's own mailbox through another connection of the client's pool,
-  which ends a blocked ``XREADGROUP`` at once.
+  which ends a blocked ``XREADGROUP`` at once; ``take`` skips such entries.
+  :class:`scoop_core.wakeup.WakeUp` keeps the flag, the lock and the order
+  against ``close()``, which adds an entry only if a ``take`` is under way
+  (a store that only looked writes nothing).
 - Replies are parsed from the wire (RESP2 or RESP3), not through redis-py's
   reply callbacks, whose shapes differ between versions.
 - Any Redis error becomes :class:`~scoop_core.errors.TransportClosed` naming
@@ -81,6 +84,7 @@ import redis
 
 from scoop_core.errors import LaunchError, TransportClosed
 from scoop_core.interfaces import BrokerStore, Entry, Frame
+from scoop_core.wakeup import WakeUp
 from scoop_transport_redis.transport import (
     BATCH,
     BLOCK_MS,
@@ -248,8 +252,8 @@ class RedisStore(BrokerStore):
     <scoop_transport_redis.transport.RedisTransport.open_store>`. ``identity``
     is this process's peer name, which is also its consumer name in the
     groups. ``_io_lock`` is held by whoever talks to Redis (the owner thread,
-    and the end of :meth:`close`); ``_wake_lock`` guards the wake-up flag and
-    the client's shutdown, so a :meth:`wakeup` racing :meth:`close` never
+    and the end of :meth:`close`); the wake-up never pokes once closed, so
+    the client is shut last and a :meth:`wakeup` racing :meth:`close` never
     uses a closed client.
     """
 
@@ -273,9 +277,7 @@ class RedisStore(BrokerStore):
         self._mail_read: list[bytes] = []  # mail returned, to acknowledge and delete
         self._queue_gone: list[bytes] = []  # pending ids of deleted entries, to acknowledge
         self._io_lock = threading.Lock()
-        self._wake_lock = threading.Lock()
-        self._wake_pending = False
-        self._closed = False
+        self._wake = WakeUp(self._poke)
         self._groups_ready = False  # the queue's and our mailbox's groups exist
         self._keep_due = 0.0  # when a raised flag next renews the expiry of the run's keys
         for command in _RAW_REPLIES:
@@ -369,7 +371,7 @@ class RedisStore(BrokerStore):
     def _io(self) -> Iterator[None]:
         """Hold the I/O lock, refuse a closed store, turn Redis errors into TransportClosed."""
         with self._io_lock:
-            if self._closed:
+            if self._wake.closed:
                 raise TransportClosed(f"the Redis store {self.address} is closed")
             try:
                 yield
@@ -442,20 +444,16 @@ class RedisStore(BrokerStore):
     def take(self, count: int, timeout: float | None) -> tuple[list[Entry], list[list[Frame]]]:
         count = max(0, int(count))
         deadline = time.monotonic() + (BLOCK_MS / 1000 if timeout is None else max(0.0, timeout))
-        with self._io_lock:
+        with self._io_lock, self._wake.receiving():
             block: int | None = None  # the first look never blocks
             while True:
-                if self._closed:
-                    return [], []
                 # A wake-up is served before anything else, so a busy queue cannot starve it.
-                if self._wake_pending:
-                    with self._wake_lock:
-                        self._wake_pending = False
+                if self._wake.take():
                     return [], []
                 try:
                     entries, mail = self._read(count, block)
                 except redis.RedisError as exc:
-                    if self._closed:
+                    if self._wake.closed:
                         return [], []
                     self._lost(exc)
                 if entries or mail:
@@ -686,14 +684,7 @@ class RedisStore(BrokerStore):
     # -- wake-ups and the end -----------------------------------------------------
 
     def wakeup(self) -> None:
-        # Lock-free fast path: an entry is already on its way.
-        if self._wake_pending:
-            return
-        with self._wake_lock:
-            if self._closed or self._wake_pending:
-                return
-            self._wake_pending = True
-            self._poke()
+        self._wake.wakeup()
 
     def _poke(self) -> None:
         # Through another connection of the pool: ours may be blocked in XREADGROUP.
@@ -706,15 +697,9 @@ class RedisStore(BrokerStore):
             log.debug("store %s: could not add a wake-up entry: %s", self.address, exc)
 
     def close(self, *, end_run: bool = False) -> None:
-        with self._wake_lock:
-            if self._closed:
-                return
-            self._closed = True
-            # Ends an XREADGROUP blocked in another thread, so we can take
-            # _io_lock. Only then: a store that only looked writes nothing.
-            # A take() that gets the lock after this looks sees _closed first.
-            if self._io_lock.locked():
-                self._poke()
+        # Ends an XREADGROUP blocked in another thread, so we can take _io_lock.
+        if not self._wake.close():
+            return
         with self._io_lock:
             try:
                 if end_run:
@@ -735,8 +720,7 @@ class RedisStore(BrokerStore):
                     self._options.expire,
                     self._cause(exc),
                 )
-            with self._wake_lock:
-                self._client.close()
+        self._client.close()
         log.debug("closed store %s for %s", self.address, self.identity)
 
 

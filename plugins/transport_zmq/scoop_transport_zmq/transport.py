@@ -48,7 +48,9 @@ Why these choices:
   frames itself, below ``zmq.COPY_THRESHOLD``, where that is faster). A
   sender must not mutate a frame after sending it.
 - ``wakeup()`` writes one byte to a socket pair polled next to the ZeroMQ
-  socket; it works from any thread, and a burst of calls writes one byte.
+  socket; it works from any thread, and a burst of calls writes one byte
+  (:class:`scoop_core.wakeup.WakeUp` keeps the flag, the lock and the
+  order against ``close()``).
   A socket pair rather than a pipe because ``zmq.Poller`` on Windows polls
   sockets only.
 - Each hub and endpoint owns its own ``zmq.Context``, so ``close()`` can
@@ -78,6 +80,7 @@ from zmq.utils import z85
 
 from scoop_core.errors import ConfigError, LaunchError, TransportClosed
 from scoop_core.interfaces import Endpoint, Frame, Hub, Transport
+from scoop_core.wakeup import WakeUp
 
 __all__ = ["LINGER_MS", "ZmqEndpoint", "ZmqHub", "ZmqTransport", "client_keys"]
 
@@ -184,11 +187,13 @@ class _Socket:
 
     ``_io_lock`` is held by whoever uses the ZeroMQ socket (the owner thread's
     send/recv, and close); ZeroMQ sockets are not thread-safe, and close may
-    come from another thread. ``_wake_lock`` guards the wake-up flag and the
-    socket pair, so that a wakeup() racing close() never writes to a closed
-    (and possibly reused) file descriptor. ``before_term`` and ``after_term``
-    are called by :meth:`close` around terminating the context (a ZAP
-    handler's socket must be closed first; an ipc directory removed after).
+    come from another thread. The wake-up (:class:`~scoop_core.wakeup.WakeUp`)
+    writes to the socket pair and drains it under its own lock, and never
+    once closed, so the pair is closed last without a lock and a wakeup()
+    racing close() never writes to a closed (and possibly reused) file
+    descriptor. ``before_term`` and ``after_term`` are called by
+    :meth:`close` around terminating the context (a ZAP handler's socket
+    must be closed first; an ipc directory removed after).
     """
 
     def __init__(self, kind: int, describe: str) -> None:
@@ -205,28 +210,23 @@ class _Socket:
         self._poller.register(self.sock, zmq.POLLIN)
         self._poller.register(self._wake_r.fileno(), zmq.POLLIN)
         self._io_lock = threading.Lock()
-        self._wake_lock = threading.Lock()
-        self._wake_pending = False
-        self._closed = False
+        self._wake = WakeUp(self._poke, drain=self._drain)
         self.before_term: list[Callable[[], None]] = []
         self.after_term: list[Callable[[], None]] = []
 
     def send(self, frames: list[Frame]) -> None:
         with self._io_lock:
-            if self._closed:
+            if self._wake.closed:
                 raise TransportClosed(f"{self._describe} is closed; it cannot send any more")
             self.sock.send_multipart(frames, copy=False)
 
     def recv(self, timeout: float | None) -> list[zmq.Frame] | None:
-        with self._io_lock:
+        with self._io_lock, self._wake.receiving():
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
-                if self._closed:
-                    return None
                 # A pending wake-up is served before queued messages, so a
                 # steady stream of messages cannot starve it.
-                if self._wake_pending:
-                    self._take_wakeup()
+                if self._wake.take():
                     return None
                 try:
                     return self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -241,41 +241,26 @@ class _Socket:
                     poll_ms = math.ceil(remaining * 1000)
                 events = dict(self._poller.poll(poll_ms))
                 if self._wake_r.fileno() in events:
-                    self._take_wakeup()
+                    self._wake.take()
                     return None
-
-    def _take_wakeup(self) -> None:
-        with self._wake_lock:
-            self._wake_pending = False
-            if self._closed:
-                return
-            with contextlib.suppress(BlockingIOError):
-                while self._wake_r.recv(4096):
-                    pass
-
-    def wakeup(self) -> None:
-        # Lock-free fast path: a byte is already on its way (it was written
-        # under the lock, together with setting the flag).
-        if self._wake_pending:
-            return
-        with self._wake_lock:
-            if self._closed or self._wake_pending:
-                return
-            self._wake_pending = True
-            self._poke()
 
     def _poke(self) -> None:
         # A full buffer means wake-up bytes are waiting already: recv will wake.
         with contextlib.suppress(BlockingIOError):
             self._wake_w.send(b"\0")
 
+    def _drain(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while self._wake_r.recv(4096):
+                pass
+
+    def wakeup(self) -> None:
+        self._wake.wakeup()
+
     def close(self) -> None:
-        with self._wake_lock:
-            if self._closed:
-                return
-            self._closed = True
-            # Unblock a recv waiting in another thread, so we can take _io_lock.
-            self._poke()
+        # Pokes a recv waiting in another thread, so we can take _io_lock.
+        if not self._wake.close():
+            return
         with self._io_lock:
             self.sock.close(linger=LINGER_MS)
             for call in self.before_term:
@@ -283,9 +268,8 @@ class _Socket:
             self.context.term()
             for call in self.after_term:
                 call()
-            with self._wake_lock:
-                self._wake_r.close()
-                self._wake_w.close()
+        self._wake_r.close()
+        self._wake_w.close()
         log.debug("closed %s", self._describe)
 
 
