@@ -5,7 +5,8 @@ name than ``__main__`` and serves futures until the run ends. ``root PROGRAM
 ARGS...`` runs the program as ``__main__`` with ``sys.argv`` set to its
 arguments, connected to the pool, and exits with the program's status.
 Everything else comes from ``_SCOOP_*`` environment variables set by
-:class:`scoop_core.pool.Pool`.
+:class:`scoop_core.run.Run`; the run's backend (:mod:`scoop_core.run_backend`)
+makes this process's connection and says what it must watch.
 """
 
 from __future__ import annotations
@@ -28,11 +29,10 @@ from typing import Any
 from scoop_core import context, runtime
 from scoop_core import log as scoop_log
 from scoop_core.errors import ScoopError
-from scoop_core.interfaces import Endpoint, Serializer
+from scoop_core.interfaces import Serializer
 from scoop_core.plugins.manager import get_plugin_manager
-from scoop_core.pool import connect_endpoint
+from scoop_core.run_backend import Connection, RunSettings, backend_for
 from scoop_core.run_keys import KEY_ENV
-from scoop_core.store_driver import StoreEndpoint
 
 log = logging.getLogger("scoop.bootstrap")
 
@@ -85,8 +85,8 @@ def _limits() -> dict[str, Any]:
     }
 
 
-def _setup(name: str) -> tuple[Endpoint, bytes, Serializer, int]:
-    """Context, logging, serializer and endpoint from the environment."""
+def _setup(name: str) -> tuple[Connection, bytes, Serializer, int]:
+    """Context, logging, serializer and connection from the environment."""
     context.IS_RUNNING = True
     context.worker = name
     context.BROKER = _env("_SCOOP_ADDRESS")
@@ -102,25 +102,28 @@ def _setup(name: str) -> tuple[Endpoint, bytes, Serializer, int]:
     settings: dict[str, Any] = json.loads(secret["_SCOOP_TRANSPORT_SETTINGS"] or "{}")
     transport = plugins.transport(_env("_SCOOP_TRANSPORT")).factory(settings)
     serializer = plugins.serializer(_env("_SCOOP_SERIALIZER", "cloudpickle")).factory()
-    endpoint = connect_endpoint(
-        transport,
-        context.BROKER,
-        name,
+    run = RunSettings(
+        run_id=_env("_SCOOP_RUN_ID", ""),
         key=key,
+        transport=_env("_SCOOP_TRANSPORT"),
         root=_env("_SCOOP_ROOT", "root"),
         workers=context.SIZE,
         max_losses=int(_env("_SCOOP_MAX_LOSSES", "3")),
-        launcher_alive=_launcher_alive(),
-        key_path=os.environ.get("_SCOOP_KEY_FILE", ""),
         **_limits(),
     )
-    if isinstance(endpoint, StoreEndpoint):
-        # The run lives in the store, not in the launcher: it goes on if the
-        # launcher dies, and ends when its program does.
-        _watch_orphaned(name, endpoint)
-        return endpoint, key, serializer, context.SIZE
-    _watch_parent(name)
-    return endpoint, key, serializer, context.SIZE
+    backend = backend_for(
+        transport,
+        run,
+        address=context.BROKER,
+        key_path=os.environ.get("_SCOOP_KEY_FILE", ""),
+    )
+    connection = backend.connect(name, launcher_alive=_launcher_alive())
+    if connection.over is None:
+        _watch_parent(name)
+    else:
+        # The run lives on without its launcher, and ends when its program does.
+        _watch_orphaned(name, connection.over)
+    return connection, key, serializer, context.SIZE
 
 
 def _parent_pid() -> int | None:
@@ -137,14 +140,16 @@ def _launcher_alive() -> Callable[[], bool] | None:
     return None if parent is None else lambda: os.getppid() == parent
 
 
-def _leave_on_sigterm(endpoint: Endpoint) -> None:
+def _leave_on_sigterm(connection: Connection) -> None:
     """A worker asked to stop (``scoop worker`` on Ctrl-C) hands back the
-    futures it holds before it exits, so they run elsewhere at once."""
-    if not isinstance(endpoint, StoreEndpoint):
+    futures it holds before it exits, so they run elsewhere at once (where
+    its run can: else its broker does when it counts the worker lost)."""
+    hand_back = connection.leave
+    if hand_back is None:
         return
 
     def leave(signum: int, frame: object) -> None:
-        handed = endpoint.leave(5.0)
+        handed = hand_back(5.0)
         with contextlib.suppress(Exception):
             sys.stdout.flush()
             sys.stderr.flush()
@@ -168,7 +173,7 @@ def _watch_parent(name: str) -> None:
     threading.Thread(target=watch, name="scoop-parent-watch", daemon=True).start()
 
 
-def _watch_orphaned(name: str, endpoint: StoreEndpoint) -> None:
+def _watch_orphaned(name: str, over: threading.Event) -> None:
     """A process of a run kept in a store outlives its launcher, but not
     its own part in the run: once the launcher is gone and this process has
     been told the run is over (or lost the store), it gets a few seconds to
@@ -179,7 +184,7 @@ def _watch_orphaned(name: str, endpoint: StoreEndpoint) -> None:
     def watch() -> None:
         while os.getppid() == parent:
             time.sleep(0.5)
-        endpoint.over.wait()
+        over.wait()
         time.sleep(_ORPHAN_GRACE)
         log.warning("%s: its run is over and its launcher gone; exiting", name)
         os._exit(1)
@@ -213,10 +218,10 @@ def run_worker() -> int:
     nice = os.environ.get("_SCOOP_NICE")
     if nice:
         os.nice(int(nice))
-    endpoint, key, serializer, size = _setup(name)
-    _leave_on_sigterm(endpoint)
+    connection, key, serializer, size = _setup(name)
+    _leave_on_sigterm(connection)
     rt = WorkerRuntime(
-        endpoint,
+        connection.endpoint,
         key=key,
         serializer=serializer,
         name=name,
@@ -246,10 +251,10 @@ def run_worker() -> int:
 def run_root(program: str, args: list[str]) -> int:
     name = _env("_SCOOP_NAME", "root")
     _whole_lines()
-    endpoint, key, serializer, size = _setup(name)
+    connection, key, serializer, size = _setup(name)
     context.IS_ORIGIN = True
     rt = runtime.RootRuntime(
-        endpoint, key=key, serializer=serializer, name=name, workers=size, **_limits()
+        connection.endpoint, key=key, serializer=serializer, name=name, workers=size, **_limits()
     )
     rt.start()
     runtime.set_current(rt)

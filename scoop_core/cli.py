@@ -30,7 +30,7 @@ from scoop_core.hosts import Host, assign_workers, hosts_from_list, is_local, pa
 from scoop_core.interfaces import Launcher, WorkerGroup, WorkerSpec
 from scoop_core.join import join
 from scoop_core.plugins.manager import PluginManager, format_plugin_table, get_plugin_manager
-from scoop_core.pool import BOOTSTRAP, Pool, WorkerOptions, worker_count
+from scoop_core.run import BOOTSTRAP, Run, WorkerOptions, worker_count
 
 log = logging.getLogger("scoop.launcher")
 
@@ -414,7 +414,7 @@ def _compiles(program: str) -> bool:
 
 
 def run_program(options: argparse.Namespace) -> int:
-    """Start the pool, run the program as root, stop everything; the root's status."""
+    """Start the run and the program as its root, stop everything; the root's status."""
     program = options.program
     if not os.path.isfile(program):
         raise UsageError(f"program file {program!r} not found")
@@ -448,7 +448,7 @@ def run_program(options: argparse.Namespace) -> int:
         # Workers and the root append their records to --log FILE too.
         extra_env={"_SCOOP_LOG_FILE": os.path.abspath(options.log)} if options.log else {},
     )
-    pool = Pool(
+    run = Run(
         config=config,
         plugins=plugins,
         workers=sum(h.count or 0 for h in placed) if placed else worker_count(config),
@@ -458,7 +458,7 @@ def run_program(options: argparse.Namespace) -> int:
         launcher=launcher,
         hosts=placed,
     )
-    return _supervise(pool, program, list(options.args))
+    return _supervise(run, program, list(options.args))
 
 
 class _Stop(Exception):
@@ -474,20 +474,18 @@ class _Root:
     """The root program's process: on this machine, or on the first host of
     the run when that is another one (as in SCOOP), through the launcher."""
 
-    def __init__(self, pool: Pool, program: str, args: list[str]) -> None:
-        argv = [pool.options.python, "-m", BOOTSTRAP, "root", program, *args]
-        first = pool.hosts[0] if pool.hosts else None
+    def __init__(self, run: Run, program: str, args: list[str]) -> None:
+        argv = [run.options.python, "-m", BOOTSTRAP, "root", program, *args]
+        first = run.hosts[0] if run.hosts else None
         self.proc: subprocess.Popen[bytes] | None = None
         self.group: WorkerGroup | None = None
-        if first is None or is_local(first.name) or pool.launcher is None:
-            self.proc = subprocess.Popen(argv, env={**os.environ, **pool.env("root")})
+        if first is None or is_local(first.name) or run.launcher is None:
+            self.proc = subprocess.Popen(argv, env={**os.environ, **run.env("root")})
         else:
             argv[4] = os.path.abspath(program)
-            spec = WorkerSpec(
-                "root", first.address, tuple(argv), pool.env("root"), pool.options.path
-            )
+            spec = WorkerSpec("root", first.address, tuple(argv), run.env("root"), run.options.path)
             log.info("the program runs on %s, the run's first host", first.address)
-            self.group = pool.launcher.start([spec])
+            self.group = run.launcher.start([spec])
 
     def wait(self, timeout: float) -> int | None:
         """The exit status (negative: killed by that signal), or None after ``timeout``."""
@@ -518,20 +516,20 @@ class _Root:
                 self.proc.wait()
 
 
-def _supervise(pool: Pool, program: str, args: list[str]) -> int:
+def _supervise(run: Run, program: str, args: list[str]) -> int:
     """Run the root next to the workers; stop everything however it ends."""
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     root: _Root | None = None
     grace = 3.0
     try:
-        pool.start()
-        root = _Root(pool, program, args)
+        run.start()
+        root = _Root(run, program, args)
         while True:
             status = root.wait(0.25)
             if status is not None:
                 break
-            ended = pool.exited_workers()
-            if len(ended) == pool.size:
+            ended = run.exited_workers()
+            if len(ended) == run.size:
                 log.error("every worker has exited; stopping the run")
                 root.stop(grace)
                 status = 1
@@ -547,7 +545,7 @@ def _supervise(pool: Pool, program: str, args: list[str]) -> int:
             signal.signal(s, signal.SIG_IGN)
         if root is not None:
             root.stop(grace)
-        pool.stop(grace=grace)
+        run.stop(grace=grace)
         for s, handler in previous.items():
             signal.signal(s, handler)
 

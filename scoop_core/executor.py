@@ -29,7 +29,7 @@ from scoop_core.errors import LaunchError
 from scoop_core.future import Future, wait_futures
 from scoop_core.map_chunks import Chunker, ordered_values
 from scoop_core.plugins.manager import get_plugin_manager
-from scoop_core.pool import Pool, worker_count
+from scoop_core.run import Run, worker_count
 
 # Pools still open when the program ends are shut down while threads still
 # run (as concurrent.futures does for its own pools): at interpreter
@@ -79,30 +79,30 @@ class Executor(cf.Executor):
         plugins = get_plugin_manager(first["disable_plugins"])
         cfg = load_config(plugin_settings=plugins.settings(), cli=cli, config_file=config)
         name = f"client-{os.getpid()}"
-        self._pool = Pool(
+        self._run = Run(
             config=cfg,
             plugins=plugins,
             workers=worker_count(cfg),
             program=_main_program(),
             root_name=name,
         )
-        self._pool.start()
+        self._run.start()
         try:
-            self._rt = self._pool.connect(name)
+            self._rt = self._run.connect(name)
         except BaseException:
-            self._pool.stop()
+            self._run.stop()
             raise
         self._previous = runtime.current()
         runtime.set_current(self._rt)
         self._previous_size = context.SIZE
-        context.SIZE = self._pool.size
+        context.SIZE = self._run.size
         self._shutdown = False
         self._finisher: threading.Thread | None = None
         _open_pools.add(self)
 
     @property
     def workers(self) -> int:
-        return self._pool.size
+        return self._run.size
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         if not callable(fn):
@@ -153,7 +153,7 @@ class Executor(cf.Executor):
             return
         wait_futures(list(self._rt.owned()))
         self._rt.close()
-        self._pool.stop()
+        self._run.stop()
         _open_pools.discard(self)
         if runtime.current() is self._rt:
             runtime.set_current(self._previous)

@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import IO, Any, Protocol, runtime_checkable
+from typing import IO, Any
 
 from scoop_core.errors import LaunchError
 from scoop_core.interfaces import WorkerGroup, WorkerSpec
@@ -50,15 +50,6 @@ EXIT_MARK = "@@scoop-exit "
 """Starts a supervisor's line that reports a worker's exit status."""
 
 MODULE = "scoop_core.host_supervisor"
-
-
-@runtime_checkable
-class Replaceable(Protocol):
-    """A worker group that can start a worker in place of one that died."""
-
-    def replace(self, dead: str, spec: WorkerSpec) -> None:
-        """Start ``spec`` where the worker ``dead`` ran; raise
-        :class:`~scoop_core.errors.LaunchError` if it cannot be started."""
 
 
 def _worker(spec: WorkerSpec) -> dict[str, Any]:
@@ -313,10 +304,11 @@ class HostGroup(WorkerGroup):
         return statuses
 
     def replace(self, dead: str, spec: WorkerSpec) -> None:
-        """Start ``spec`` on the host where the worker ``dead`` ran."""
+        """Start ``spec`` on the host where the worker ``dead`` ran
+        (NotImplementedError if what started it there cannot start workers later)."""
         part = next((p for p in self.parts if dead in p.poll()), None)
-        if not isinstance(part, Replaceable):
-            raise LaunchError(f"the launcher that started {dead} cannot start workers later")
+        if part is None:
+            raise LaunchError(f"cannot start {spec.name}: no host of this run ran {dead}")
         part.replace(dead, spec)
 
     def stop(self, grace: float) -> None:

@@ -438,6 +438,21 @@ class WorkerGroup(abc.ABC):
 
         Must leave no process behind, whatever state they are in."""
 
+    def replace(self, dead: str, spec: WorkerSpec) -> None:
+        """Start the worker ``spec`` where the worker ``dead`` ran (it has
+        exited: the run replaces a worker that died, up to ``max_restarts``
+        per host).
+
+        Optional. From then on :meth:`poll` reports ``spec.name`` too (and
+        still ``dead``, with its status), and :meth:`stop` stops it with
+        the others. Called from the thread that polls the group. Raises
+        :class:`scoop_core.errors.LaunchError` naming the host and cause if
+        the worker cannot be started; the run then goes on without it.
+
+        The default raises :class:`NotImplementedError`: this group cannot
+        start workers later, and the run goes on with those it has."""
+        raise NotImplementedError(f"{type(self).__name__} cannot start workers later")
+
 
 class Launcher(abc.ABC):
     """Starts worker processes on some hosts and stops them again."""

@@ -2,8 +2,9 @@
 
 Only a transport whose server is the broker (Redis) can take workers that
 were not started by the run's launcher: they find the run in that server by
-its id, check its description with the run's key, and take futures like the
-others. The key comes from ``$SCOOP_RUN_KEY``, ``--key-file`` or the key
+its id, check its description with the run's key (both as the launcher's
+store backend left them: :func:`scoop_core.run_backend.find_run`), and take
+futures like the others. The key comes from ``$SCOOP_RUN_KEY``, ``--key-file`` or the key
 file ``scoop run`` wrote (see :func:`scoop_core.run_keys.find_run_key`, which
 reads a key file only if it is a regular file of this user's that nobody
 else can read); it reaches the workers through their environment, never
@@ -23,14 +24,13 @@ import socket
 import sys
 import time
 
-from scoop_core import store_records as records
 from scoop_core.config import Config
 from scoop_core.errors import LaunchError, UsageError
 from scoop_core.interfaces import StoreTransport, WorkerSpec
 from scoop_core.local_launcher import LocalLauncher
 from scoop_core.plugins.manager import PluginManager
-from scoop_core.pool import BOOTSTRAP, run_env
-from scoop_core.run_keys import find_run_key
+from scoop_core.run import BOOTSTRAP, run_env
+from scoop_core.run_backend import find_run
 
 log = logging.getLogger("scoop.launcher")
 
@@ -55,23 +55,7 @@ def _run_info(
             f"the {name} transport has no server that keeps a run, so workers cannot join one "
             "from elsewhere; use --transport redis"
         )
-    store = transport.open_store(run_id=run_id, identity=f"joiner-{os.getpid()}")
-    try:
-        blob = store.records(records.RUN).get("info")
-        address = store.address
-    finally:
-        store.close()
-    if blob is None:
-        raise LaunchError(
-            f"there is no run {run_id} at {address}: it has ended, or the run id or server is "
-            "wrong (scoop run -v prints the run id)"
-        )
-    try:
-        key = find_run_key(run_id, key_path)
-        info = records.read_info(blob, key)
-    except ValueError as exc:
-        raise LaunchError(f"cannot join run {run_id}: {exc}") from None
-    return address, key, info
+    return find_run(transport, run_id, key_path)
 
 
 def worker_specs(

@@ -1,10 +1,11 @@
-"""A running pool: one broker, its workers, and what they need to find each other.
+"""A run: its backend (where its processes meet), its workers, and what they need to find each other.
 
 Both ways of running share it: the launcher (``python -m scoop prog.py``),
 which adds a root process, and :class:`scoop_core.Executor`, whose own
-process is the root. A pool makes the run's secret key and id, binds the
-broker, starts the workers through a launcher plugin, and stops everything
-it started, and replaces a worker that dies while the run goes on.
+process is the root. A run makes its secret key and id, starts its backend
+(:mod:`scoop_core.run_backend`: a broker thread, or a store), starts the
+workers through a launcher plugin, replaces a worker that dies while the
+run goes on, and stops everything it started.
 
 Workers learn what they need from environment variables starting with
 ``_SCOOP_`` (never from the command line, which ``ps`` shows to everyone).
@@ -12,37 +13,23 @@ Workers learn what they need from environment variables starting with
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import secrets
 import sys
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from scoop_core import messages as m
 from scoop_core import run_keys, runtime
-from scoop_core import store_records as records
-from scoop_core.broker import Broker, supported
 from scoop_core.config import Config, set_current
-from scoop_core.errors import PROGRAM_IMPORT_FAILED, LaunchError, TransportClosed
-from scoop_core.host_supervisor import Replaceable
+from scoop_core.errors import PROGRAM_IMPORT_FAILED, LaunchError
 from scoop_core.hosts import Host, is_local
-from scoop_core.interfaces import (
-    BrokerStore,
-    Endpoint,
-    Launcher,
-    StoreTransport,
-    Transport,
-    WorkerGroup,
-    WorkerSpec,
-)
+from scoop_core.interfaces import Launcher, WorkerGroup, WorkerSpec
 from scoop_core.plugins.manager import PluginManager
-from scoop_core.store_driver import StoreEndpoint, report_lost, tell_everyone
+from scoop_core.run_backend import RunSettings, backend_for
 
 log = logging.getLogger("scoop.launcher")
 
@@ -63,7 +50,9 @@ class WorkerOptions:
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
-class Pool:
+class Run:
+    """One run: its backend and its worker processes, from :meth:`start` to :meth:`stop`."""
+
     def __init__(
         self,
         *,
@@ -78,7 +67,7 @@ class Pool:
         hosts: Sequence[Host] | None = None,
     ) -> None:
         if workers < 1:
-            raise LaunchError(f"a pool needs at least one worker, got {workers}")
+            raise LaunchError(f"a run needs at least one worker, got {workers}")
         self.config = config
         set_current(config)  # launchers that start others read their settings here
         self.plugins = plugins
@@ -96,18 +85,31 @@ class Pool:
         self.hosts = list(hosts) if hosts else None
         if self.hosts and sum(h.count or 0 for h in self.hosts) != workers:
             raise LaunchError(f"{workers} workers for hosts that take another number: {self.hosts}")
-        self.key = _run_key()
+        self.key = run_keys.launcher_key()
         self.run_id = config["run_id"] or secrets.token_hex(6)
         self.transport_name = config["transport"]
         self.transport_settings = config.section(f"transport.{self.transport_name}")
-        self.transport = plugins.transport(self.transport_name).factory(self.transport_settings)
+        transport = plugins.transport(self.transport_name).factory(self.transport_settings)
         self.serializer = plugins.serializer(config["serializer"]).factory()
-        self.broker: Broker | None = None
-        # A transport whose server is the broker (Redis): no broker thread here.
-        self.store: BrokerStore | None = None
-        self._store_lock = threading.Lock()
-        self._beating = threading.Event()
-        self.key_path: str | None = None
+        self.backend = backend_for(
+            transport,
+            RunSettings(
+                run_id=self.run_id,
+                key=self.key,
+                transport=self.transport_name,
+                root=root_name,
+                workers=workers,
+                max_losses=config["max_losses"],
+                heartbeat_interval=config["heartbeat_interval"],
+                heartbeat_timeout=config["heartbeat_timeout"],
+                max_message_size=config["max_message_size"],
+            ),
+            # Remote workers dial in, unless they come through SSH tunnels
+            # from this machine: then loopback is enough, and safer.
+            public=self.remote and not config.get("launcher.ssh.tunnel", False),
+            # Every process on this machine, as this user: a socket nobody else can open.
+            local=not self.remote and not any(h.user for h in self.hosts or ()),
+        )
         self.group: WorkerGroup | None = None
         self._reported: set[str] = set()
         # Replacing workers that die (max_restarts per host).
@@ -121,17 +123,11 @@ class Pool:
 
     @property
     def address(self) -> str:
-        if self.store is not None:
-            return self.store.address
-        assert self.broker is not None
-        return self.broker.address
+        """Where the run's processes reach its backend (once started)."""
+        return self.backend.address
 
-    def start(self) -> Pool:
-        if isinstance(self.transport, StoreTransport):
-            self.store = self.transport.open_store(run_id=self.run_id, identity=records.LAUNCHER)
-            self._start_store(self.store)
-        else:
-            self._start_broker(self.transport)
+    def start(self) -> Run:
+        self.backend.start(self.describe())
         launcher = self.launcher
         if launcher is None:
             name = self.config["launcher"]
@@ -139,44 +135,15 @@ class Pool:
         try:
             self.group = launcher.start(self.worker_specs())
         except BaseException:
-            self._end("the workers could not start")
+            self.backend.end("the workers could not start")
+            self.backend.close()
             raise
         log.info("run %s: broker at %s, %d worker(s)", self.run_id, self.address, self.size)
         return self
 
-    def _start_store(self, store: BrokerStore) -> None:
-        """The transport's server is the broker: describe the run there, and
-        keep saying the launcher lives (a program that outlives its launcher
-        then ends the run itself)."""
-        info = self.describe()
-        with self._store_lock:
-            [there] = store.put_records(records.RUN, [("info", records.sign_info(info, self.key))])
-        fresh = there is None
-        if not fresh:
-            # Another run's keys: never ours to delete.
-            self.store = None
-            store.close()
-            raise LaunchError(
-                f"run id {self.run_id} is already in use at {store.address}; "
-                "choose another --run-id (or none, for a new random one)"
-            )
-        self._codec = m.Codec(self.key, records.LAUNCHER.encode())
-        if not os.environ.get(run_keys.KEY_ENV):
-            self.key_path = str(run_keys.write_key_file(self.run_id, self.key))
-        log.info(
-            "run %s: more workers can join with: scoop worker --transport %s --run %s "
-            "(the run's key is in %s)",
-            self.run_id,
-            self.transport_name,
-            self.run_id,
-            self.key_path or f"${run_keys.KEY_ENV}",
-        )
-        self._beat()
-        threading.Thread(target=self._keep_beating, name="scoop-launcher-beat", daemon=True).start()
-
     def describe(self) -> dict[str, object]:
         """What a process needs to know of the run besides where and the key;
-        kept in the store for workers that join later (see :func:`run_env`)."""
+        kept by a store-backed run for workers that join later (see :func:`run_env`)."""
         return {
             "program": os.path.abspath(self.program) if self.program else "",
             # Workers see the program's sys.argv too: module-level code often reads it.
@@ -189,38 +156,6 @@ class Pool:
             "heartbeat": [self.config["heartbeat_interval"], self.config["heartbeat_timeout"]],
             "max_message_size": self.config["max_message_size"],
         }
-
-    def _beat(self) -> None:
-        assert self.store is not None
-        try:
-            with self._store_lock:
-                self.store.flag(
-                    records.alive_flag(records.LAUNCHER), self.config["heartbeat_timeout"]
-                )
-        except TransportClosed as exc:
-            log.error("%s", exc)
-
-    def _keep_beating(self) -> None:
-        while not self._beating.wait(self.config["heartbeat_interval"]):
-            self._beat()
-
-    def _start_broker(self, transport: Transport) -> None:
-        self.broker = Broker(
-            transport,
-            key=self.key,
-            run_id=self.run_id,
-            # Remote workers dial in, unless they come through SSH tunnels
-            # from this machine: then loopback is enough, and safer.
-            public=self.remote and not self.config.get("launcher.ssh.tunnel", False),
-            # Every process on this machine, as this user: a socket nobody else can open.
-            local=not self.remote and not any(h.user for h in self.hosts or ()),
-            expected_workers=self.size,
-            max_losses=self.config["max_losses"],
-            heartbeat_interval=self.config["heartbeat_interval"],
-            heartbeat_timeout=self.config["heartbeat_timeout"],
-            max_message_size=self.config["max_message_size"],
-        )
-        self.broker.start()
 
     def env(self, name: str) -> dict[str, str]:
         """The environment a process of this run needs (besides the caller's)."""
@@ -239,11 +174,10 @@ class Pool:
                 "_SCOOP_NAME": name,
                 "_SCOOP_PARENT_PID": str(os.getpid()),
                 "_SCOOP_DEBUG": "1" if opts.debug else "",
+                **self.backend.env(),
                 **opts.extra_env,
             }
         )
-        if self.key_path:
-            env["_SCOOP_KEY_FILE"] = self.key_path
         if opts.nice is not None:
             env["_SCOOP_NICE"] = str(opts.nice)
         if opts.profile:
@@ -275,20 +209,9 @@ class Pool:
         return WorkerSpec(name=name, host=host, argv=argv, env=env, cwd=opts.path)
 
     def connect(self, name: str) -> runtime.RootRuntime:
-        """A root runtime for this process, connected to the broker."""
-        endpoint = connect_endpoint(
-            self.transport,
-            self.address,
-            name,
-            key=self.key,
-            root=self.root_name,
-            workers=self.size,
-            max_losses=self.config["max_losses"],
-            heartbeat_interval=self.config["heartbeat_interval"],
-            heartbeat_timeout=self.config["heartbeat_timeout"],
-            max_message_size=self.config["max_message_size"],
-            launcher_alive=lambda: True,  # this very process
-        )
+        """A root runtime for this process, connected to the run."""
+        # This very process is the launcher: it is alive while it asks.
+        endpoint = self.backend.connect(name, launcher_alive=lambda: True).endpoint
         rt = runtime.RootRuntime(
             endpoint,
             key=self.key,
@@ -307,7 +230,7 @@ class Pool:
     def exited_workers(self) -> dict[str, int]:
         """Workers whose process has ended and whom no replacement stands in
         for, with their status: the run has no worker left when there are
-        :attr:`size` of them. Each exit is reported to the broker once, so
+        :attr:`size` of them. Each exit is reported to the backend once, so
         the futures it held run elsewhere, and the worker is replaced if it
         died (:meth:`_replace`)."""
         if self.group is None:
@@ -316,10 +239,7 @@ class Pool:
         for name, status in ended.items():
             if name not in self._reported:
                 self._reported.add(name)
-                if self.broker is not None:
-                    self.broker.peer_lost(name.encode())
-                if self.store is not None:
-                    self._recover(name)
+                self.backend.peer_lost(name)
                 if status != 0:
                     self._replace(name, status)
         return {n: s for n, s in ended.items() if n not in self._replaced}
@@ -337,7 +257,7 @@ class Pool:
         host = self._places.get(dead, "127.0.0.1")
         where = f"host {host}" if self.hosts else "this machine"
         group = self.group
-        if self._stopping:
+        if self._stopping or group is None:
             log.warning("%s", died)
             return
         if status == PROGRAM_IMPORT_FAILED:
@@ -346,9 +266,6 @@ class Pool:
         done, limit = self._restarts.get(host, 0), self.config["max_restarts"]
         if limit == 0:
             log.warning("%s; not replaced (max_restarts = 0)", died)
-            return
-        if not isinstance(group, Replaceable):
-            log.warning("%s; not replaced: its launcher cannot start workers later", died)
             return
         if done >= limit:
             log.error(
@@ -364,12 +281,17 @@ class Pool:
             return
         name = f"worker-{self._next_worker}"
         self._next_worker += 1
-        self._restarts[host] = done + 1
         try:
             group.replace(dead, self.worker_spec(name, host))
+        except NotImplementedError:
+            log.warning("%s; not replaced: its launcher cannot start workers later", died)
+            return
         except LaunchError as exc:
+            # Counted all the same: a host that cannot start workers is not retried for ever.
+            self._restarts[host] = done + 1
             log.error("%s and could not be replaced: %s", died, exc)
             return
+        self._restarts[host] = done + 1
         self._replaced.add(dead)
         log.warning(
             "%s; %s replaces it (restart %d of max_restarts = %d on %s)",
@@ -380,29 +302,13 @@ class Pool:
             where,
         )
 
-    def _recover(self, name: str) -> None:
-        """A worker of ours died: what it held runs again elsewhere, now."""
-        assert self.store is not None
-        try:
-            with self._store_lock:
-                report_lost(
-                    self.store,
-                    self.store.claim_from(name),
-                    key=self.key,
-                    codec=self._codec,
-                    lost_by=name,
-                    max_size=self.config["max_message_size"],
-                )
-        except TransportClosed as exc:
-            log.error("could not hand on the futures of %s: %s", name, exc)
-
     def stop(self, grace: float = 5.0) -> None:
         """Tell the workers the run is over, give them ``grace`` seconds to
         exit on their own, then make sure they are gone."""
         self._stopping = True  # workers exiting from here on are not replaced
-        joined = self._end()
+        joined = self.backend.end("the run is over")
         if self.group is not None:
-            # A worker that never reached the broker did not hear the
+            # A worker that never reached the run did not hear the
             # shutdown and holds nothing: no reason to wait for it.
             deadline = time.monotonic() + grace
             while time.monotonic() < deadline and any(
@@ -410,28 +316,7 @@ class Pool:
             ):
                 time.sleep(0.02)  # polling child processes, not synchronising a test
             self.group.stop(1.0)
-        if self.store is not None:
-            with self._store_lock:
-                self.store.close(end_run=True)
-            if self.key_path:
-                with contextlib.suppress(OSError):
-                    os.unlink(self.key_path)
-
-    def _end(self, reason: str = "the run is over") -> set[str]:
-        """Tell every peer the run is over; the names of those that will hear it."""
-        if self.broker is not None:
-            self.broker.shutdown(reason)
-            # A worker counted as lost (frozen, say) will not answer either.
-            return self.broker.book.joined - self.broker.lost
-        if self.store is None:
-            return set()
-        self._beating.set()
-        try:
-            with self._store_lock:
-                return tell_everyone(self.store, self._codec, reason, 5.0)
-        except TransportClosed as exc:
-            log.error("could not tell the workers the run is over: %s", exc)
-            return set()
+        self.backend.close()
 
 
 def run_env(
@@ -445,7 +330,7 @@ def run_env(
     disabled_plugins: Sequence[str],
 ) -> dict[str, str]:
     """The ``_SCOOP_*`` variables of a process of the run ``info`` describes
-    (:meth:`Pool.describe`): for the launcher's own processes and for workers
+    (:meth:`Run.describe`): for the launcher's own processes and for workers
     that join later (:mod:`scoop_core.join`) alike."""
     interval, timeout = info["heartbeat"]
     env = {
@@ -470,54 +355,5 @@ def run_env(
     return env
 
 
-def _run_key() -> bytes:
-    """The run's secret: ``$SCOOP_RUN_KEY`` if set (to share it with workers
-    that join from elsewhere), else a new random one."""
-    given = os.environ.get(run_keys.KEY_ENV)
-    if not given:
-        return secrets.token_bytes(32)
-    try:
-        return run_keys.parse_key(given, f"${run_keys.KEY_ENV}")
-    except ValueError as exc:
-        raise LaunchError(str(exc)) from None
-
-
 def worker_count(config: Config) -> int:
     return int(config["workers"] or os.cpu_count() or 1)
-
-
-def connect_endpoint(
-    transport: Transport | StoreTransport,
-    address: str,
-    name: str,
-    *,
-    key: bytes,
-    root: str,
-    workers: int,
-    max_losses: int,
-    heartbeat_interval: float,
-    heartbeat_timeout: float,
-    max_message_size: int | None,
-    launcher_alive: Callable[[], bool] | None = None,
-    key_path: str = "",
-) -> Endpoint:
-    """This process's way to the broker: the transport's endpoint to the
-    broker's hub, or, where the transport's server is the broker, an endpoint
-    that plays the broker against that server."""
-    if not isinstance(transport, StoreTransport):
-        return transport.connect(
-            address, identity=name.encode(), **supported(transport.connect, key=key)
-        )
-    return StoreEndpoint(
-        transport.open_store(address=address, identity=name),
-        key=key,
-        name=name,
-        root=root,
-        max_losses=max_losses,
-        expected_workers=workers if name == root else 0,
-        heartbeat_interval=heartbeat_interval,
-        heartbeat_timeout=heartbeat_timeout,
-        max_message_size=max_message_size,
-        launcher_alive=launcher_alive,
-        key_path=key_path,
-    )

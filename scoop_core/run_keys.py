@@ -1,4 +1,8 @@
-"""A run's key on disk: ``~/.scoop``, the key files in it, and reading them back.
+"""A run's key: where a new run gets it, the key files in ``~/.scoop``, and reading them back.
+
+A new run's key is ``$SCOOP_RUN_KEY`` if the user set it (:data:`KEY_ENV`,
+which ``scoop worker`` reads too), else a new random one
+(:func:`launcher_key`).
 
 ``scoop run`` over a transport whose server keeps the run (Redis) writes the
 run's key to ``~/.scoop/runs/RUN.key``, where ``scoop worker`` on a machine
@@ -25,6 +29,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -189,6 +194,18 @@ def parse_key(text: str, where: str) -> bytes:
     if len(key) < 16:
         raise ValueError(f"{where} does not hold a run key (at least 32 hex digits)")
     return key
+
+
+def launcher_key() -> bytes:
+    """A new run's secret: ``$SCOOP_RUN_KEY`` if set (to share it with
+    workers that join from elsewhere), else a new random one."""
+    given = os.environ.get(KEY_ENV)
+    if not given:
+        return secrets.token_bytes(32)
+    try:
+        return parse_key(given, f"${KEY_ENV}")
+    except ValueError as exc:
+        raise LaunchError(str(exc)) from None
 
 
 def find_run_key(run_id: str, path: str | None = None) -> bytes:
