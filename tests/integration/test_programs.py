@@ -103,6 +103,7 @@ touch "$PWD/worker-started.$$"
 """
 
 
+@pytest.mark.both_transports
 def test_a_syntax_error_is_reported_once_and_starts_no_worker(
     scoop_run, write_program, tmp_path: Path
 ):
@@ -186,6 +187,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.both_transports
 def test_workers_that_cannot_import_the_program_are_not_replaced(scoop_run, write_program):
     # A replacement would fail the same way: no crash loop of restarts.
     proc = scoop_run(write_program(RAISES_ON_WORKERS), timeout=60)

@@ -150,6 +150,7 @@ def test_a_future_that_kills_its_worker_fails_and_the_run_goes_on_with_all_its_w
     )
 
 
+@pytest.mark.both_transports
 def test_with_restarts_off_a_dead_worker_is_not_replaced_and_the_message_names_the_setting(
     write_program, scoop_run
 ):
@@ -208,7 +209,10 @@ if __name__ == "__main__":
     print(f"crash loop: ended with status 1 after {took:.2f} s and 10 restarts")
 
 
-def test_ctrl_c_after_a_restart_stops_everything_and_replaces_nothing(write_program, tmp_path):
+@pytest.mark.both_transports
+def test_ctrl_c_after_a_restart_stops_everything_and_replaces_nothing(
+    write_program, tmp_path, transport_env
+):
     prog = write_program(
         PRELUDE
         + """
@@ -237,6 +241,7 @@ if __name__ == "__main__":
         text=True,
         cwd=tmp_path,
         start_new_session=True,
+        env={**os.environ, **transport_env},
     )
     try:
         assert proc.stdout is not None

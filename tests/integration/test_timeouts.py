@@ -17,6 +17,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+# Every program here runs on both built-in transports: they are interchangeable.
+pytestmark = pytest.mark.both_transports
+
 RESULT = "RESULT "
 
 PRELUDE = """
