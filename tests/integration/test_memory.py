@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 PROGRAM = """
 import gc, json, os, sys
 from scoop import futures
@@ -50,6 +52,7 @@ ROUNDS, BATCH, WARMUP = 20, 5000, 3  # 100,000 submitted futures and 100,000 map
 MAX_GROWTH_KIB = 12 * 1024
 
 
+@pytest.mark.both_transports
 def test_launcher_and_root_memory_stay_flat_over_many_futures(write_program, scoop_run):
     prog = write_program(PROGRAM)
     proc = scoop_run(prog, str(ROUNDS), str(BATCH), str(WARMUP), timeout=120)

@@ -6,10 +6,10 @@ the broker runs each suspect on a worker that holds nothing else, so an
 innocent one completes and the killer is the only one charged again, until
 it fails with WorkerLostError at ``max_losses`` (3 by default).
 
-Real runs through ``python -m scoop -n 2`` on ZeroMQ (the killer among
-submitted futures, among a map's items, and nested under a future); every
-other result is checked, and the broker's log must name exactly one future
-lost 3 times.
+Real runs through ``python -m scoop -n 2`` on both transports (the killer
+among submitted futures, queued ahead of them, among a map's items, and
+nested under a future); every other result is checked, and the log must
+name exactly one future lost 3 times.
 """
 
 from __future__ import annotations
@@ -18,6 +18,11 @@ import json
 import re
 import subprocess
 import time
+
+import pytest
+
+# The same rules on both built-in transports.
+pytestmark = pytest.mark.both_transports
 
 PRELUDE = """
 import json, os, sys, time
@@ -70,6 +75,29 @@ if __name__ == "__main__":
     out(values)
     out(errors)
     out(list(futures.map(square, range(10))))
+    out(time.monotonic() - start)
+"""
+)
+
+# The killer is queued first, ahead of a map and submitted squares, so
+# the first worker to take it holds squares too.
+KILLER_FIRST = (
+    PRELUDE
+    + """
+def result_or_error(f):
+    try:
+        return f.result()
+    except WorkerLostError as exc:
+        return "lost: " + str(exc)
+
+if __name__ == "__main__":
+    start = time.monotonic()
+    doomed = futures.submit(deadly)
+    mapped = futures.map(square, range(20))
+    submitted = [futures.submit(square, i) for i in range(20, 40)]
+    values = list(mapped) + [result_or_error(f) for f in submitted]
+    out(values)
+    out(result_or_error(doomed))
     out(time.monotonic() - start)
 """
 )
@@ -165,6 +193,19 @@ def test_only_the_future_that_kills_its_worker_fails(write_program, scoop_run):
         f"3 deaths; "
         f"{inside:.2f} s in the program, {took:.2f} s in all"
     )
+
+
+def test_a_killer_queued_ahead_of_the_others_fails_alone_and_every_square_is_right(
+    write_program, scoop_run
+):
+    prog = write_program(KILLER_FIRST)
+    proc = scoop_run(prog, flags=("-n", "2"), timeout=90)
+    values, doomed, took = _results(proc)
+    assert values == [i * i for i in range(40)]
+    assert doomed.startswith("lost: ") and "was lost with its worker 3 times" in doomed, doomed
+    failed = _failed_futures(proc.stderr)
+    assert len(failed) == 1 and failed[0] in doomed, proc.stderr
+    print(f"a killer future failed alone after 3 losses; 40 squares right, in {took:.2f} s")
 
 
 def test_a_killer_among_a_maps_items_fails_at_its_place_only(write_program, scoop_run):
