@@ -24,7 +24,7 @@ import traceback
 import types
 import urllib.parse
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scoop_core import context, runtime
 from scoop_core import log as scoop_log
@@ -33,6 +33,9 @@ from scoop_core.interfaces import Serializer
 from scoop_core.plugins.manager import get_plugin_manager
 from scoop_core.run_backend import Connection, RunSettings, backend_for
 from scoop_core.run_keys import KEY_ENV
+
+if TYPE_CHECKING:
+    from scoop_core.worker import WorkerRuntime
 
 log = logging.getLogger("scoop.bootstrap")
 
@@ -140,13 +143,12 @@ def _launcher_alive() -> Callable[[], bool] | None:
     return None if parent is None else lambda: os.getppid() == parent
 
 
-def _leave_on_sigterm(connection: Connection) -> None:
-    """A worker asked to stop (``scoop worker`` on Ctrl-C) hands back the
-    futures it holds before it exits, so they run elsewhere at once (where
-    its run can: else its broker does when it counts the worker lost)."""
-    hand_back = connection.leave
-    if hand_back is None:
-        return
+def _leave_on_sigterm(connection: Connection, rt: WorkerRuntime) -> None:
+    """A worker asked to stop (the launcher stops it, ``scoop worker`` on
+    Ctrl-C) hands back the futures it holds before it exits, without a loss,
+    so they run elsewhere at once: through its connection where that plays
+    the broker (a store), else by saying goodbye to the broker."""
+    hand_back = connection.leave or rt.leave
 
     def leave(signum: int, frame: object) -> None:
         handed = hand_back(5.0)
@@ -219,7 +221,6 @@ def run_worker() -> int:
     if nice:
         os.nice(int(nice))
     connection, key, serializer, size = _setup(name)
-    _leave_on_sigterm(connection)
     rt = WorkerRuntime(
         connection.endpoint,
         key=key,
@@ -229,6 +230,7 @@ def run_worker() -> int:
         prefetch=int(_env("_SCOOP_PREFETCH", "2")),
         **_limits(),
     )
+    _leave_on_sigterm(connection, rt)
     rt.start(30.0)
     runtime.set_current(rt)
     program = os.environ.get("_SCOOP_PROGRAM")

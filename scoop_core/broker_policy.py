@@ -346,6 +346,8 @@ class BrokerPolicy:
             self._cancel_reply(sender, msg.fid, msg.cancelled)
         elif isinstance(msg, m.Returned):
             self._returned(sender, msg)
+        elif isinstance(msg, m.Departed):
+            self.owner_gone(msg.name.encode())
         elif isinstance(msg, m.Const | m.Shutdown | m.Heartbeat):
             for peer, rec in self.peers.items():
                 if rec.state is not GONE:
@@ -636,6 +638,13 @@ class BrokerPolicy:
                 ", ".join(f"{f:#x}" for f in requeued),
             )
         return requeued
+
+    def owner_gone(self, owner: bytes) -> None:
+        """On a store: the peer ``owner``, elsewhere, has left the run; the
+        futures of its that are here and not started are cancelled, as for
+        a local peer that leaves."""
+        if owner not in self.peers:
+            self._orphan(owner)
 
     def _orphan(self, owner: bytes) -> None:
         """Cancel the unstarted futures of ``owner``, which has left (asking

@@ -421,6 +421,16 @@ class Returned(Message):
     lost_on: str
 
 
+@_plain(22, "name")
+@dataclass(frozen=True)
+class Departed(Message):
+    """Launcher → peers, on a store: peer ``name`` has left the run (its
+    process ended), so its futures that have not started have nobody to
+    read them."""
+
+    name: str
+
+
 MESSAGE_TYPES: dict[int, type[Message]] = {
     cls.KIND: cls
     for cls in (
@@ -445,6 +455,7 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         Recall,
         RecallReply,
         Returned,
+        Departed,
     )
 }
 

@@ -32,7 +32,12 @@ from scoop_core import store_records as records
 from scoop_core.broker import Broker, supported
 from scoop_core.errors import LaunchError, TransportClosed
 from scoop_core.interfaces import BrokerStore, Endpoint, StoreTransport, Transport
-from scoop_core.store_driver import StoreEndpoint, report_lost, tell_everyone
+from scoop_core.store_driver import (
+    StoreEndpoint,
+    announce_departure,
+    report_lost,
+    tell_everyone,
+)
 
 log = logging.getLogger("scoop.launcher")
 
@@ -286,6 +291,7 @@ class StoreBackend(RunBackend):
                     lost_by=name,
                     max_size=self.settings.max_message_size,
                 )
+                announce_departure(self.store, self._codec, name)
         except TransportClosed as exc:
             log.error("could not hand on the futures of %s: %s", name, exc)
 

@@ -438,6 +438,11 @@ class StoreEndpoint(Endpoint):
             )
         if stale:
             report_lost(store, stale, key=self.key, codec=self.mailer, max_size=self.max_size)
+        # Owners of futures held here that are gone (without a launcher to say so).
+        owners = {f.owner for f in self.policy.futures.values() if not f.away}
+        for owner in owners - {self.identity}:
+            if not store.flagged(alive_flag(owner.decode(errors="replace"))):
+                self.policy.owner_gone(owner)
         self._count_workers()
 
     def _count_workers(self) -> None:
@@ -581,6 +586,17 @@ class StoreEndpoint(Endpoint):
             except TransportClosed as exc:
                 log.debug("%s: could not leave the run cleanly: %s", self.name, exc)
         self.store.close(end_run=end_run)
+
+
+def announce_departure(store: BrokerStore, codec: m.Codec, name: str) -> None:
+    """Peer ``name``'s process has ended: lower its flag and tell every other
+    peer (:class:`~scoop_core.messages.Departed`), whose policies cancel its
+    futures that have not started (nobody would read them)."""
+    store.flag(alive_flag(name), 0)
+    peers = Peers(store, codec.key, who=codec.sender.decode(errors="replace"))
+    told = [p for p in peers.names() if p not in (LAUNCHER, name) and p.encode() != codec.sender]
+    departed = m.Departed(name)
+    store.commit(mail=[(p, codec.encode(departed, to=p.encode())) for p in told])
 
 
 def tell_everyone(store: BrokerStore, codec: m.Codec, reason: str, wait: float) -> set[str]:

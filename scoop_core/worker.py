@@ -538,6 +538,15 @@ class WorkerRuntime(ThreadedRuntime):
             self._flush()
         self.stop_io()
 
+    def leave(self, timeout: float) -> bool:
+        """From a signal handler: say goodbye to the broker, which queues
+        again, without a loss, every future this worker holds; send it and
+        stop the I/O thread. True if that was done within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        self._send(m.Bye("asked to leave"))
+        self.stop_io()
+        return time.monotonic() < deadline
+
     def _idle_timeout(self) -> float:
         if self._timers:
             return max(0.0, min(1.0, self._timers[0][0] - time.monotonic()))

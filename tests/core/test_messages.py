@@ -119,6 +119,7 @@ def _samples() -> list[m.Message]:
         m.RecallReply(FID, False),
         m.Returned([FID, FID + 1], [0, 2], "worker-3"),
         m.Returned([], [], ""),
+        m.Departed("worker-3"),
         m.SetConst("answer", (b"42", memoryview(big))),
         m.SetConst("nothing", ()),
         m.ConstReply("answer", ""),

@@ -110,16 +110,8 @@ if __name__ == "__main__":
 
 
 def test_the_unstarted_futures_of_a_worker_that_died_are_not_run_for_nobody(
-    write_program, scoop_run, tmp_path, transport, request
+    write_program, scoop_run, tmp_path
 ):
-    if transport == "redis":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="on Redis the unstarted children of a dead worker that another worker "
-                "took (stole) are not cancelled and run for nobody; on ZeroMQ they are cancelled",
-            )
-        )
     # A future on worker A submits gated children and waits for them; the
     # idle worker B takes some (it steals). Once B has started one and holds
     # at least one more, a child on A kills A: nobody is left to read A's
@@ -209,17 +201,8 @@ if __name__ == "__main__":
 
 
 def test_a_worker_asked_to_leave_hands_back_its_future_without_a_loss(
-    write_program, scoop_run, tmp_path, transport, request
+    write_program, scoop_run, tmp_path
 ):
-    if transport == "zmq":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="on ZeroMQ a worker sent SIGTERM dies (status -15) without handing back "
-                "what it holds, and its future is charged a loss; on Redis it leaves and hands "
-                "the future back",
-            )
-        )
     # The future may be lost once at most (max_losses=1): if the worker that
     # is asked to leave (SIGTERM, as the launcher stops a worker) charged it a
     # loss, it would fail; handed back, it runs again on the other worker.
