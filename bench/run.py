@@ -277,6 +277,49 @@ def ensure_venv(venv: Path, base_python: str, spec: str) -> Path:
 # -- reporting -------------------------------------------------------------------
 
 
+def heading(workers: int, repeat: int) -> str:
+    """The first line of a report: when, where and how the runs were made."""
+    return (
+        f"# {datetime.datetime.now():%Y-%m-%d %H:%M}  {platform.node()}  "
+        f"{os.cpu_count()} cores  Python {platform.python_version()}  -n {workers}  "
+        f"repeat {repeat}"
+    )
+
+
+def progress(rep: int, repeat: int, name: str, label: str, run: Run, notes: list[str]) -> None:
+    """One finished run, on stderr as it happens, so a long benchmark shows it is alive."""
+    status = f"{run.seconds:.3f} s (wall {run.wall:.3f} s)" if run.ok else "FAILED"
+    note = "".join(f"  [{n}]" for n in notes)
+    print(
+        f"  run {rep + 1}/{repeat} {name:<12} {label:<5} {status}{note}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def report_failures(name: str, series: dict[str, Series]) -> bool:
+    """Say which runs of ``name`` failed, under each label of ``series``; true if any did."""
+    failed = False
+    for label, s in series.items():
+        if s.failure():
+            failed = True
+            print(
+                f"{name} under {label}: {len(s.runs) - len(s.good())} of {len(s.runs)} "
+                f"run(s) failed: {s.failure()}"
+            )
+    return failed
+
+
+def machine(workers: int) -> dict[str, object]:
+    """The JSON report's description of the machine and the run size."""
+    return {
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "workers": workers,
+    }
+
+
 def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -421,12 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         envs["ours"] = {**env, "PYTHONPATH": os.pathsep.join(paths)}
 
     versions = {fw: scoop_version(Path(py), envs[fw]) or "?" for fw, py in pythons.items()}
-    print(
-        f"# {datetime.datetime.now():%Y-%m-%d %H:%M}  {platform.node()}  "
-        f"{os.cpu_count()} cores  Python {platform.python_version()}  -n {args.workers}  "
-        f"repeat {args.repeat}",
-        file=sys.stderr,
-    )
+    print(heading(args.workers, args.repeat), file=sys.stderr)
     for fw, py in pythons.items():
         print(f"#   {fw}: {py} (scoop {versions[fw]})", file=sys.stderr)
 
@@ -453,13 +491,7 @@ def main(argv: list[str] | None = None) -> int:
                     ]
                     run = run_once(cmd, args.timeout, workdir, envs[fw])
                     results[name][fw].runs.append(run)
-                    status = f"{run.seconds:.3f} s (wall {run.wall:.3f} s)" if run.ok else "FAILED"
-                    note = f"  [{run.error}]" if run.error else ""
-                    print(
-                        f"  run {rep + 1}/{args.repeat} {name:<12} {fw:<5} {status}{note}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    progress(rep, args.repeat, name, fw, run, [run.error] if run.error else [])
             if "map_heavy" in args.programs and not args.no_serial:
                 prog = str(PROGRAMS_DIR / "map_heavy.py")
                 run = run_once(
@@ -487,21 +519,12 @@ def main(argv: list[str] | None = None) -> int:
         if len(sums) > 1:
             failed = True
             print(f"{name}: checksums differ between runs: {sorted(sums)}")
-        for fw, s in by_fw.items():
-            if s.failure():
-                failed = True
-                print(
-                    f"{name} under {fw}: {len(s.runs) - len(s.good())} of {len(s.runs)} "
-                    f"run(s) failed: {s.failure()}"
-                )
+        failed = report_failures(name, by_fw) or failed
     if args.json:
         args.json.write_text(
             json.dumps(
                 {
-                    "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                    "cores": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "workers": args.workers,
+                    **machine(args.workers),
                     "versions": versions,
                     "runs": {
                         n: {fw: [r.__dict__ for r in s.runs] for fw, s in by.items()}

@@ -40,10 +40,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -60,7 +58,11 @@ sys.path.insert(0, str(HERE))
 from run import (  # noqa: E402  (bench/run.py, found through the line above)
     Series,
     become_subreaper,
+    heading,
     kill_orphans,
+    machine,
+    progress,
+    report_failures,
     run_once,
     tail,
 )
@@ -318,9 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         assert server.proc is not None
         keep = frozenset({server.proc.pid})
         print(
-            f"# {datetime.datetime.now():%Y-%m-%d %H:%M}  {platform.node()}  "
-            f"{os.cpu_count()} cores  Python {platform.python_version()}  -n {args.workers}  "
-            f"repeat {args.repeat}  redis-server {server.version()} at {server.url}",
+            f"{heading(args.workers, args.repeat)}  redis-server {server.version()} at {server.url}",
             file=sys.stderr,
         )
         for rep in range(args.repeat):
@@ -350,13 +350,7 @@ def main(argv: list[str] | None = None) -> int:
                             res.left_keys.append(f"{prefix}: {len(left)} key(s) {left[:5]}")
                             notes.append(f"{len(left)} key(s) left under {prefix}: {left[:5]}")
                             server.delete(left)  # the next runs start clean
-                    status = f"{run.seconds:.3f} s (wall {run.wall:.3f} s)" if run.ok else "FAILED"
-                    note = "".join(f"  [{n}]" for n in notes)
-                    print(
-                        f"  run {rep + 1}/{args.repeat} {name:<12} {transport:<5} {status}{note}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    progress(rep, args.repeat, name, transport, run, notes)
         left_at_end = server.keys()
     finally:
         server.close()
@@ -374,13 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         if sums - {expected}:
             failed = True
             print(f"{name}: wrong checksum(s) {sorted(sums - {expected})}, expected {expected}")
-        for transport, s in res.series.items():
-            if s.failure():
-                failed = True
-                print(
-                    f"{name} under {transport}: {len(s.runs) - len(s.good())} of {len(s.runs)} "
-                    f"run(s) failed: {s.failure()}"
-                )
+        failed = report_failures(name, res.series) or failed
         for entry in res.left_keys:
             print(f"{name} under redis: keys left after the run: {entry}")
         r = res.ratio()
@@ -396,10 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(
             json.dumps(
                 {
-                    "date": datetime.datetime.now().isoformat(timespec="seconds"),
-                    "cores": os.cpu_count(),
-                    "python": platform.python_version(),
-                    "workers": args.workers,
+                    **machine(args.workers),
                     "runs": {
                         n: {
                             "n": res.n,

@@ -1,37 +1,10 @@
-"""SCOOP's ``scoop.futures``: re-exports :mod:`scoop_core.futures`."""
+"""SCOOP's ``scoop.futures``: re-exports :mod:`scoop_core.futures`.
 
-from scoop_core.futures import (
-    ALL_COMPLETED,
-    FIRST_COMPLETED,
-    FIRST_EXCEPTION,
-    CancelledError,
-    Future,
-    TimeoutError,
-    as_completed,
-    map,
-    map_as_completed,
-    mapReduce,
-    mapScan,
-    options,
-    shutdown,
-    submit,
-    wait,
-)
+The names are those of ``scoop_core.futures.__all__``, so the two lists
+cannot drift apart.
+"""
 
-__all__ = [
-    "ALL_COMPLETED",
-    "FIRST_COMPLETED",
-    "FIRST_EXCEPTION",
-    "CancelledError",
-    "Future",
-    "TimeoutError",
-    "as_completed",
-    "map",
-    "mapReduce",
-    "mapScan",
-    "map_as_completed",
-    "options",
-    "shutdown",
-    "submit",
-    "wait",
-]
+from scoop_core import futures as _core_futures
+from scoop_core.futures import *  # noqa: F403
+
+__all__ = _core_futures.__all__
