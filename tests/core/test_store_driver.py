@@ -3,14 +3,14 @@
 A root runtime and one or two :class:`WorkerRuntime` objects serving in
 threads, each over a :class:`StoreEndpoint` of its own on one
 :class:`MemoryStoreServer`: no broker, every peer's policy decides through
-the store, as on Redis. The root submits real functions of this module and
-the test reads what a user would see: results, exceptions, cancels, shared
+the store, as on Redis. The root submits real functions (of
+``peer_functions.py`` and this module) and the test reads what a user would
+see: results, exceptions, cancels, shared
 constants, and a future that runs again elsewhere once the launcher reports
 its worker dead (:func:`report_lost` on what ``claim_from`` takes).
 
 As in ``test_worker.py``, a function tells the test it started, or waits
-for its go-ahead, through the :class:`threading.Event` objects of
-:data:`EVENTS`, and notes that it ran in :data:`RAN`. Nested futures and
+for its go-ahead, as ``peer_functions.py`` says. Nested futures and
 constants are read through the process-wide current runtime, so the tests
 that use them run one worker.
 """
@@ -24,9 +24,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from peer_functions import (
+    EVENTS,
+    NEVER,
+    RAN,
+    WAIT,
+    boom,
+    fib,
+    held,
+    hold,
+    note,
+    restore_process_wide,
+    square,
+    sum_of_squares,
+)
 
-from scoop_core import calls, future, futures, runtime, shared
 from scoop_core import messages as m
+from scoop_core import runtime, shared
 from scoop_core.calls import Call
 from scoop_core.errors import ConstantError
 from scoop_core.future import Future
@@ -36,41 +50,6 @@ from scoop_core.store_driver import StoreEndpoint, report_lost, tell_everyone
 from scoop_core.store_records import LAUNCHER, alive_flag
 from scoop_core.testing.memory_store import MemoryStore, MemoryStoreServer
 from scoop_core.worker import WorkerRuntime, set_worker_name
-
-WAIT = 30.0  # seconds: only a broken driver needs that long
-# Nobody is declared lost while a test runs (a worker that loses its broker
-# exits its process, which here is the test's), and no lease expires.
-NEVER = 3600.0
-
-EVENTS: dict[str, threading.Event] = {}
-RAN: list[str] = []
-
-
-def square(x: int) -> int:
-    return x * x
-
-
-def fib(n: int) -> int:
-    if n < 2:
-        return n
-    a = futures.submit(fib, n - 1)
-    b = futures.submit(fib, n - 2)
-    return int(a.result() + b.result())
-
-
-def sum_of_squares(n: int) -> int:
-    return sum(futures.map(square, range(n)))
-
-
-def boom(what: str) -> None:
-    raise ValueError(f"boom: {what}")
-
-
-def hold(name: str) -> str:
-    """Say it started, then wait for the test's go-ahead (blocking the worker's thread)."""
-    EVENTS[f"{name} started"].set()
-    EVENTS[f"{name} go"].wait(WAIT)
-    return name
 
 
 def hold_the_first_time(name: str) -> str:
@@ -82,19 +61,8 @@ def hold_the_first_time(name: str) -> str:
     return "run again"
 
 
-def note(name: str) -> str:
-    RAN.append(name)
-    return name
-
-
 def constant(name: str) -> Any:
     return shared.getConst(name, timeout=WAIT)
-
-
-def held(name: str) -> tuple[threading.Event, threading.Event]:
-    started = EVENTS[f"{name} started"] = threading.Event()
-    go = EVENTS[f"{name} go"] = threading.Event()
-    return started, go
 
 
 def open_endpoint(server: MemoryStoreServer, key: bytes, name: str) -> StoreEndpoint:
@@ -182,12 +150,7 @@ def stop_run(run: Run) -> None:
 def new_run(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Callable[[], Run]]:
-    # The workers set these process-wide, as a worker process may; put them back.
-    monkeypatch.setattr(runtime, "_current", runtime.current())
-    monkeypatch.setattr(calls, "WORKER_NAME", calls.WORKER_NAME)
-    monkeypatch.setattr(future, "greenlet_event", future.greenlet_event)
-    EVENTS.clear()
-    RAN.clear()
+    restore_process_wide(monkeypatch)
     threads = set(threading.enumerate())
     runs: list[Run] = []
 

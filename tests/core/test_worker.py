@@ -2,15 +2,14 @@
 
 A real :class:`~scoop_core.broker.Broker`, one :class:`WorkerRuntime` serving
 in a thread and a root runtime, all over the in-memory transport: the root
-submits real functions of this module and the test reads what a user would
-see, its futures' results, exceptions and cancels. One worker only, so
+submits real functions (of ``peer_functions.py`` and this module) and the
+test reads what a user would see, its futures' results, exceptions and cancels. One worker only, so
 nested futures have nowhere else to go: if its scheduler let a future
 waiting on its children hold the worker, these tests would hang.
 
-The worker's functions and the test share this process, so a function
-tells the test it started, or waits for its go-ahead, through the
-:class:`threading.Event` objects of :data:`EVENTS`, and notes that it ran
-in :data:`RAN`.
+The worker's functions and the test share this process: a function tells
+the test it started, or waits for its go-ahead, as ``peer_functions.py``
+says.
 """
 
 from __future__ import annotations
@@ -22,43 +21,28 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from peer_functions import (
+    EVENTS,
+    NEVER,
+    RAN,
+    WAIT,
+    boom,
+    fib,
+    held,
+    hold,
+    note,
+    restore_process_wide,
+    square,
+    sum_of_squares,
+)
 
-from scoop_core import calls, future, futures, runtime
+from scoop_core import futures, runtime
 from scoop_core.broker import Broker
 from scoop_core.calls import Call
 from scoop_core.future import Future
 from scoop_core.serialization import CloudpickleSerializer
 from scoop_core.testing.memory import MemoryTransport
 from scoop_core.worker import WorkerRuntime, set_worker_name
-
-WAIT = 30.0  # seconds: only a broken scheduler needs that long
-# Nobody is declared lost while a test runs: a worker that loses its broker
-# exits its process, which here is the test's.
-NEVER = 3600.0
-
-EVENTS: dict[str, threading.Event] = {}
-RAN: list[str] = []
-
-
-def square(x: int) -> int:
-    return x * x
-
-
-def fib(n: int) -> int:
-    """Two nested futures a level, each waited for inside its parent."""
-    if n < 2:
-        return n
-    a = futures.submit(fib, n - 1)
-    b = futures.submit(fib, n - 2)
-    return int(a.result() + b.result())
-
-
-def sum_of_squares(n: int) -> int:
-    return sum(futures.map(square, range(n)))
-
-
-def boom(what: str) -> None:
-    raise ValueError(f"boom: {what}")
 
 
 def parent_of_boom() -> str:
@@ -71,25 +55,6 @@ def parent_that_catches() -> str:
     except ValueError as exc:
         return f"caught {exc}"
     return "nothing raised"
-
-
-def hold(name: str) -> str:
-    """Say it started, then wait for the test's go-ahead (blocking the worker's thread)."""
-    EVENTS[f"{name} started"].set()
-    EVENTS[f"{name} go"].wait(WAIT)
-    return name
-
-
-def note(name: str) -> str:
-    RAN.append(name)
-    return name
-
-
-def held(name: str) -> tuple[threading.Event, threading.Event]:
-    """The events of ``hold(name)``: it started, and its go-ahead."""
-    started = EVENTS[f"{name} started"] = threading.Event()
-    go = EVENTS[f"{name} go"] = threading.Event()
-    return started, go
 
 
 @dataclass
@@ -153,12 +118,7 @@ def stop_run(run: Run) -> None:
 
 @pytest.fixture(params=[1, 2], ids=["prefetch-1", "prefetch-2"])
 def run(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Run]:
-    # The worker sets these process-wide, as a worker process may; put them back.
-    monkeypatch.setattr(runtime, "_current", runtime.current())
-    monkeypatch.setattr(calls, "WORKER_NAME", calls.WORKER_NAME)
-    monkeypatch.setattr(future, "greenlet_event", future.greenlet_event)
-    EVENTS.clear()
-    RAN.clear()
+    restore_process_wide(monkeypatch)
     run = start_run(request.param)
     yield run
     stop_run(run)
