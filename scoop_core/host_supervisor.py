@@ -43,6 +43,7 @@ from typing import IO, Any
 
 from scoop_core.errors import LaunchError
 from scoop_core.interfaces import WorkerGroup, WorkerSpec
+from scoop_core.local_launcher import stop_processes
 
 log = logging.getLogger("scoop.launcher")
 
@@ -104,14 +105,7 @@ class _Supervisor:
         with self.lock:
             self.stopping = True
             alive = [p for p in self.procs.values() if p.poll() is None]
-        for p in alive:
-            p.terminate()
-        deadline = time.monotonic() + grace
-        for p in alive:
-            try:
-                p.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_processes(alive, grace)
 
     def watch(self) -> None:
         """Report each exit; return once stopping and every worker has exited."""

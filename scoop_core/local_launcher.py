@@ -39,16 +39,30 @@ class LocalWorkers(WorkerGroup):
 
     def stop(self, grace: float) -> None:
         alive = [p for p in self.processes.values() if p.poll() is None]
-        for p in alive:
-            p.terminate()
-        deadline = time.monotonic() + grace
-        for p in alive:
-            try:
-                p.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("worker pid %d did not stop within %.1f s; killing it", p.pid, grace)
-                p.kill()
-                p.wait()
+        for p in stop_processes(alive, grace):
+            log.warning("worker pid %d did not stop within %.1f s; killed it", p.pid, grace)
+
+
+def stop_processes(
+    processes: Sequence[subprocess.Popen[bytes]], grace: float
+) -> list[subprocess.Popen[bytes]]:
+    """Terminate ``processes``, give them ``grace`` seconds in all, then kill
+    the ones still running; return those that had to be killed.
+
+    The supervisor of a remote host stops its workers the same way.
+    """
+    for p in processes:
+        p.terminate()
+    deadline = time.monotonic() + grace
+    killed = []
+    for p in processes:
+        try:
+            p.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            killed.append(p)
+    return killed
 
 
 class LocalLauncher(Launcher):

@@ -9,36 +9,11 @@ finds through an entry point. This docstring is the plugin author's guide;
 
 **1. A plugin module.** Write functions named after the hooks in
 :mod:`scoop_core.plugins.hookspec`, mark them with :data:`hookimpl`, and
-return records from them:
-
-.. code-block:: python
-
-    # mypkg/plugin.py
-    from collections.abc import Iterable, Mapping
-    from typing import Any
-
-    from scoop_core.interfaces import Transport
-    from scoop_core.plugins import Setting, TransportPlugin, hookimpl
-
-
-    def make_transport(settings: Mapping[str, Any]) -> Transport:
-        from mypkg.transport import TcpTransport  # heavy: imported only when chosen
-
-        return TcpTransport(interface=settings["interface"], port=settings["port"])
-
-
-    @hookimpl
-    def scoop_transports() -> Iterable[TransportPlugin]:
-        return [
-            TransportPlugin(
-                name="mytcp",
-                factory=make_transport,
-                settings=(
-                    Setting("interface", str, "0.0.0.0", help="where a public hub listens"),
-                    Setting("port", int, 0, help="the hub's port; 0 picks a free one"),
-                ),
-            )
-        ]
+return records from them. Each hook's docstring there ends with a complete
+plugin module, which the tests load as a real plugin:
+:func:`~scoop_core.plugins.hookspec.scoop_transports` registers a transport
+``mytcp`` with two settings, whose factory imports its code only when the
+transport is chosen.
 
 A module may implement any subset of the three hooks (``scoop_transports``,
 ``scoop_serializers``, ``scoop_launchers``). None takes arguments; each is

@@ -3,16 +3,10 @@
 - :class:`MemoryTransport` -- an in-process transport: core tests run the
   broker and its peers as threads of one process, with no sockets.
 - :func:`check_transport` -- the conformance suite every transport passes
-  (the in-memory one included). A transport plugin calls it from its own
-  tests with a function that builds a fresh transport::
-
-      from scoop_core.testing import check_transport
-
-      def test_my_transport_keeps_the_contract():
-          check_transport(lambda: MyTransport({}))
-
-  Each check is also in :data:`TRANSPORT_CHECKS`, to parametrize a test over
-  them and see every failure by name.
+  (the in-memory one included), with :data:`TRANSPORT_CHECKS` to
+  parametrize a test over its checks and see every failure by name. A
+  transport plugin calls it from its own tests with a function that builds
+  a fresh transport: see :mod:`scoop_core.testing.conformance`.
 - :class:`MemoryStoreTransport` (with :class:`MemoryStore` and
   :class:`MemoryStoreServer`) -- an in-process broker store: the core's
   store path (no broker process; every peer plays its part against shared
@@ -20,20 +14,8 @@
 - :func:`check_store` -- the conformance suite every
   :class:`~scoop_core.interfaces.BrokerStore` passes (the in-memory one
   included), with :data:`STORE_CHECKS` to parametrize over. A store
-  transport's tests call it with ``make_store(identity, address)``, which
-  opens a store for a new run when ``address`` is None, else on that run::
-
-      from scoop_core.testing import check_store
-
-      def test_my_store_keeps_the_contract():
-          transport = MyStoreTransport({})
-
-          def make_store(identity, address):
-              if address is None:
-                  return transport.open_store(run_id=new_run_id(), identity=identity)
-              return transport.open_store(address=address, identity=identity)
-
-          check_store(make_store)
+  transport's tests call it with a function that opens a store for a new
+  run or on a given one: see :mod:`scoop_core.testing.store_conformance`.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from typing import Any
 
 from scoop_core.errors import TransportClosed
 from scoop_core.interfaces import BrokerStore, Entry, Frame
-from scoop_core.testing.conformance import _Call
+from scoop_core.testing.conformance import WAIT, _bytes, _Call, _expect
 
 __all__ = [
     "STORE_CHECKS",
@@ -70,10 +70,9 @@ __all__ = [
     "check_withdraw",
 ]
 
+# WAIT, and the helpers imported with it, are the transport suite's: a store
+# is checked with the same patience and the same messages.
 MakeStore = Callable[[str, "str | None"], BrokerStore]
-
-WAIT = 20.0
-"""Seconds a check waits for something that should happen at once; generous for loaded CI hosts."""
 
 QUICK = 5.0
 """Seconds within which a call that must not block (for long) has to return."""
@@ -89,15 +88,6 @@ TABLE = "check-table_1"
 
 ODD = b"\xff\xfe\x00not utf-8\x80"
 """A record that is not UTF-8 text, with a NUL in it."""
-
-
-def _expect(condition: object, message: str) -> None:
-    if not condition:
-        raise AssertionError(message)
-
-
-def _bytes(frame: Frame) -> bytes:
-    return bytes(memoryview(frame))
 
 
 def _frames(entry_or_frames: Entry | Sequence[Frame]) -> list[bytes]:
