@@ -9,12 +9,12 @@ the one promise users care about most: every future comes back exactly once.
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from collections.abc import Iterable
 
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from policy_peers import FakePeers
 
 from scoop_core import messages as m
 from scoop_core.broker_policy import BrokerPolicy
@@ -34,7 +34,7 @@ ROOT = b"root"
 W1, W2, W3 = b"w1", b"w2", b"w3"
 
 
-class Run:
+class Run(FakePeers):
     """A broker book and the mailboxes of the fake peers around it."""
 
     def __init__(self, **book_options: int) -> None:
@@ -63,25 +63,14 @@ class Run:
     def take(self, peer: bytes) -> list[m.Message]:
         return self.inbox.pop(peer, [])
 
-    def task(self, owner: bytes, depth: int = 0, parent: int = 0) -> m.Task:
-        """A new future of ``owner``, with an id in ``owner``'s range."""
-        self.seq[owner] += 1
-        fid = self.index[owner] << 32 | self.seq[owner]
-        return m.Task(fid, parent, depth, (b"call-%d" % fid,))
-
-    def submit(self, owner: bytes, count: int = 1, depth: int = 0) -> list[int]:
-        tasks = tuple(self.task(owner, depth) for _ in range(count))
-        self.send(owner, m.Submit(tasks))
-        return [t.fid for t in tasks]
-
-    def tasks_for(self, peer: bytes) -> list[int]:
-        """Ids of the futures handed to ``peer`` since the last look."""
-        msgs = self.take(peer)
-        assert all(isinstance(msg, m.Tasks) for msg in msgs), msgs
-        return [t.fid for msg in msgs if isinstance(msg, m.Tasks) for t in msg.tasks]
-
-    def answer(self, peer: bytes, fids: Iterable[int], status: int = m.OK) -> None:
-        self.send(peer, m.Results(tuple(m.Outcome(f, status, 0.0, (b"v",)) for f in fids)))
+    def suspect(self, holder: bytes = W1) -> int:
+        """A root future that ``holder`` joined, took and died holding: a suspect."""
+        self.join(holder, slots=1)
+        (suspect,) = self.submit(ROOT)
+        self.send(holder, m.Ready(1))
+        assert self.tasks_for(holder) == [suspect]
+        self.book.leave(holder)
+        return suspect
 
 
 def outcomes(msgs: list[m.Message]) -> list[tuple[int, int]]:
@@ -388,10 +377,7 @@ def test_a_worker_that_dies_holding_21_futures_charges_each_once_and_then_each_r
 
 
 def test_a_worker_holding_a_suspect_is_given_nothing_else_until_it_is_done(run: Run) -> None:
-    run.join(W1, slots=1)
-    (suspect,) = run.submit(ROOT)
-    run.send(W1, m.Ready(1))
-    run.book.leave(W1)
+    suspect = run.suspect()
     run.join(W2, slots=1)
     run.send(W2, m.Ready(3))
     assert run.tasks_for(W2) == [suspect]
@@ -412,11 +398,7 @@ def test_a_suspect_waits_for_a_worker_that_holds_nothing_and_that_worker_is_kept
     run.send(W2, m.Ready(2))
     busy = run.submit(ROOT, 2)
     assert run.tasks_for(W2) == busy
-    run.join(W1, slots=1)
-    (suspect,) = run.submit(ROOT)
-    run.send(W1, m.Ready(1))
-    assert run.tasks_for(W1) == [suspect]
-    run.book.leave(W1)
+    suspect = run.suspect()
     # W2 holds two futures and asks for more: the suspect is not for it,
     # and while the suspect waits W2 gets no new work either, and is asked
     # back the future it has not started, so it drains.
@@ -438,11 +420,7 @@ def test_a_worker_kept_for_a_suspect_hands_back_what_it_has_not_started(run: Run
     run.send(W2, m.Ready(2))
     running, waiting = run.submit(ROOT, 2)
     assert run.tasks_for(W2) == [running, waiting]
-    run.join(W1, slots=1)
-    (suspect,) = run.submit(ROOT)
-    run.send(W1, m.Ready(1))
-    assert run.tasks_for(W1) == [suspect]
-    run.book.leave(W1)
+    suspect = run.suspect()
     run.send(W2, m.Ready(1))
     assert run.take(W2) == [m.Recall(waiting)]
     run.send(W2, m.RecallReply(waiting, True))
@@ -456,10 +434,7 @@ def test_a_worker_kept_for_a_suspect_hands_back_what_it_has_not_started(run: Run
 
 
 def test_a_suspect_recalled_from_a_worker_goes_alone_to_an_idle_one(run: Run) -> None:
-    run.join(W1, slots=1)
-    (suspect,) = run.submit(ROOT)
-    run.send(W1, m.Ready(1))
-    run.book.leave(W1)
+    suspect = run.suspect()
     # W2 runs a child of its own, then takes the suspect behind it (it
     # holds nothing of anyone else).
     run.join(W2, slots=1)
@@ -484,10 +459,7 @@ def test_a_suspect_recalled_from_a_worker_goes_alone_to_an_idle_one(run: Run) ->
 def test_a_worker_holding_a_suspect_still_takes_its_own_futures(run: Run) -> None:
     # The suspect runs on W2 and waits for children W2 gave up for others
     # to steal; W2 is the only worker with credit, so they must come back to it.
-    run.join(W1, slots=1)
-    (suspect,) = run.submit(ROOT)
-    run.send(W1, m.Ready(1))
-    run.book.leave(W1)
+    suspect = run.suspect()
     run.join(W2, slots=1)
     run.send(W2, m.Ready(4))
     assert run.tasks_for(W2) == [suspect]
@@ -504,10 +476,7 @@ def test_a_worker_holding_a_suspect_still_takes_its_own_futures(run: Run) -> Non
 
 
 def test_a_worker_holding_a_suspect_is_not_hungry_for_others_spare_futures(run: Run) -> None:
-    run.join(W1, slots=1)
-    (suspect,) = run.submit(ROOT)
-    run.send(W1, m.Ready(1))
-    run.book.leave(W1)
+    suspect = run.suspect()
     run.join(W2, slots=1)
     run.join(W3, slots=1)
     run.send(W3, m.Spare(6))

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import itertools
 from collections import defaultdict, deque
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from policy_peers import FakePeers
 
 from scoop_core import messages as m
 from scoop_core.broker_policy import (
@@ -66,7 +66,7 @@ class Commit:
     ops: list[StoreOp]
 
 
-class Store:
+class Store(FakePeers):
     """A run on a store: a policy per peer, the queue, the mailboxes, the constants.
 
     The runtimes are fake: what a policy sends its runtime waits in
@@ -230,23 +230,12 @@ class Store:
         msgs = self.inbox.pop(peer, [])
         return [msg for msg in msgs if not isinstance(msg, m.Heartbeat)]
 
-    def task(self, owner: bytes, depth: int = 0) -> m.Task:
-        self.seq[owner] += 1
-        fid = self.index[owner] << 32 | self.seq[owner]
-        return m.Task(fid, 0, depth, (b"call-%d" % fid,))
-
-    def submit(self, owner: bytes, count: int = 1) -> list[int]:
-        tasks = tuple(self.task(owner) for _ in range(count))
-        self.send(owner, m.Submit(tasks))
-        return [t.fid for t in tasks]
-
-    def tasks_for(self, peer: bytes) -> list[int]:
-        msgs = self.take(peer)
-        assert all(isinstance(msg, m.Tasks) for msg in msgs), msgs
-        return [t.fid for msg in msgs if isinstance(msg, m.Tasks) for t in msg.tasks]
-
-    def answer(self, peer: bytes, fids: Iterable[int], status: int = m.OK) -> None:
-        self.send(peer, m.Results(tuple(m.Outcome(f, status, 0.0, (b"v",)) for f in fids)))
+    def taken_by(self, worker: bytes) -> int:
+        """A root future that ``worker``, asking for one, took from the queue."""
+        self.send(worker, m.Ready(1))
+        (fid,) = self.submit(ROOT)
+        self.fetch(worker)
+        return fid
 
     # -- what the store holds ------------------------------------------------------
 
@@ -382,9 +371,7 @@ def test_cancel_of_a_future_held_unstarted_elsewhere_asks_its_holder(store: Stor
 
 
 def test_cancel_of_a_future_started_elsewhere_is_refused_and_it_finishes(store: Store) -> None:
-    store.send(W1, m.Ready(1))
-    (fid,) = store.submit(ROOT)
-    store.fetch(W1)
+    fid = store.taken_by(W1)
     assert store.tasks_for(W1) == [fid]
     store.send(W1, m.Started([fid]))
     # The owner has not read the Started mail: it asks the store, then W1.
@@ -403,9 +390,7 @@ def test_cancel_of_a_future_started_elsewhere_is_refused_and_it_finishes(store: 
 def test_a_cancel_that_crosses_the_result_of_a_holder_that_then_dies_is_still_answered(
     store: Store,
 ) -> None:
-    store.send(W1, m.Ready(1))
-    (fid,) = store.submit(ROOT)
-    store.fetch(W1)
+    fid = store.taken_by(W1)
     assert store.tasks_for(W1) == [fid]
     store.send(ROOT, m.Cancel(fid))  # W1 holds it: the Cancel is mailed to W1
     store.answer(W1, [fid])  # W1 finishes it before it reads its mail...
@@ -422,9 +407,7 @@ def test_a_cancel_that_crosses_the_result_of_a_holder_that_then_dies_is_still_an
 def test_a_future_lost_with_its_worker_is_queued_again_by_its_owner_with_a_loss(
     store: Store,
 ) -> None:
-    store.send(W1, m.Ready(1))
-    (fid,) = store.submit(ROOT)
-    store.fetch(W1)
+    fid = store.taken_by(W1)
     store.send(W1, m.Started([fid]))
     store.kill(W1)
     assert store.mail[ROOT][-1] == (LAUNCHER, m.Returned([fid], [0], "w1"))
@@ -461,9 +444,7 @@ def test_a_future_lost_max_losses_times_fails_saying_where() -> None:
 def test_a_lost_future_whose_cancel_was_pending_is_cancelled_not_run_again(
     store: Store,
 ) -> None:
-    store.send(W1, m.Ready(1))
-    (fid,) = store.submit(ROOT)
-    store.fetch(W1)
+    fid = store.taken_by(W1)
     store.send(ROOT, m.Cancel(fid))
     assert store.mail[W1] == [(ROOT, m.Cancel(fid))]
     store.kill(W1)  # before it read the Cancel
@@ -473,9 +454,7 @@ def test_a_lost_future_whose_cancel_was_pending_is_cancelled_not_run_again(
 
 
 def test_a_future_handed_back_is_queued_again_without_a_loss(store: Store) -> None:
-    store.send(W1, m.Ready(1))
-    (fid,) = store.submit(ROOT)
-    store.fetch(W1)
+    fid = store.taken_by(W1)
     assert store.tasks_for(W1) == [fid]
     store.send(W1, m.Bye("leaving"))
     assert store.mail[ROOT] == [(W1, m.Returned([fid], [0], ""))]
@@ -494,9 +473,7 @@ def test_a_future_handed_back_is_queued_again_without_a_loss(store: Store) -> No
 
 
 def test_word_of_an_older_attempt_changes_nothing(store: Store) -> None:
-    store.send(W1, m.Ready(1))
-    (fid,) = store.submit(ROOT)
-    store.fetch(W1)
+    fid = store.taken_by(W1)
     store.kill(W1)
     store.deliver(ROOT)
     _, before = store.entry_of(fid)
