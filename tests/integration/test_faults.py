@@ -27,6 +27,21 @@ def out(value):
 # Small heartbeats so that a frozen worker is noticed within the test's time.
 FAST_HEARTBEAT = {"SCOOP_HEARTBEAT_INTERVAL": "0.2", "SCOOP_HEARTBEAT_TIMEOUT": "1.5"}
 
+LOST_ERRORS = """
+from scoop_core.errors import WorkerLostError
+
+def lost_errors(fs):
+    # What each future raised: a WorkerLostError's message, or "no error".
+    errors = []
+    for f in fs:
+        try:
+            f.result(timeout=20)
+            errors.append("no error")
+        except WorkerLostError as exc:
+            errors.append(str(exc))
+    return errors
+"""
+
 
 def results(proc: subprocess.CompletedProcess[str]) -> list:
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
@@ -321,9 +336,8 @@ def test_when_every_worker_freezes_the_root_gets_worker_lost_error_promptly(
     # broker must live through that, and the run end as its root says.
     prog = write_program(
         PRELUDE
+        + LOST_ERRORS
         + """
-from scoop_core.errors import WorkerLostError
-
 def freeze(i):
     os.kill(os.getpid(), signal.SIGSTOP)
     return i
@@ -331,13 +345,7 @@ def freeze(i):
 if __name__ == "__main__":
     start = time.monotonic()
     fs = [futures.submit(freeze, i) for i in range(6)]
-    errors = []
-    for f in fs:
-        try:
-            f.result(timeout=20)
-            errors.append("no error")
-        except WorkerLostError as exc:
-            errors.append(str(exc))
+    errors = lost_errors(fs)
     out(time.monotonic() - start)
     out(errors)
     try:
@@ -396,9 +404,9 @@ def test_when_every_worker_of_an_executor_is_killed_its_futures_fail_promptly(
     # queued futures instead of dying.
     prog = write_program(
         PRELUDE
+        + LOST_ERRORS
         + """
 from scoop_core import Executor
-from scoop_core.errors import WorkerLostError
 
 def deadly(i):
     os.kill(os.getpid(), signal.SIGKILL)
@@ -407,13 +415,7 @@ if __name__ == "__main__":
     with Executor(2) as pool:
         start = time.monotonic()
         fs = [pool.submit(deadly, i) for i in range(6)]
-        errors = []
-        for f in fs:
-            try:
-                f.result(timeout=20)
-                errors.append("no error")
-            except WorkerLostError as exc:
-                errors.append(str(exc))
+        errors = lost_errors(fs)
         out(time.monotonic() - start)
         out(errors)
     out("closed")
