@@ -119,6 +119,24 @@ def slots_per_host(text: str, path: str, variable: str) -> list[Host]:
     return [Host(user=None, name=name, count=count) for name, count in slots.items()]
 
 
+def check_slot_count(
+    hosts: Sequence[Host], path: str, variable: str, count_variable: str, count: str
+) -> None:
+    """Warn if the job's slot count ``count`` (the text of ``$count_variable``)
+    is not the sum of the slots the host file ``$variable`` lists: the host
+    file wins, since it says where each slot is."""
+    total = sum(h.count or 0 for h in hosts)
+    if count.isdigit() and int(count) != total:
+        log.warning(
+            "$%s=%s lists %d slots but $%s is %s; following the host file",
+            variable,
+            path,
+            total,
+            count_variable,
+            count,
+        )
+
+
 def read_host_file(path: str, variable: str) -> str:
     """The text of the host file ``$variable`` names; :class:`LaunchError` if unreadable."""
     try:
@@ -301,6 +319,10 @@ class SchedulerLauncher(Launcher):
     outside_job_hint: str = ""
     """What tells this scheduler's jobs apart, for the error raised outside one."""
 
+    extra_args_setting: str = ""
+    """The setting of extra options for every command of :attr:`tools`
+    (``"srun_args"``), read into :attr:`extra_args`; empty if there is none."""
+
     def __init__(
         self, settings: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
     ) -> None:
@@ -309,6 +331,7 @@ class SchedulerLauncher(Launcher):
         self.python = self.settings.get("python") or sys.executable
         timeout = self.settings.get("start_timeout")
         self.start_timeout = float(timeout) if timeout is not None else 60.0
+        self.extra_args = [str(arg) for arg in self.settings.get(self.extra_args_setting) or ()]
 
     # -- what subclasses provide --------------------------------------------------
 

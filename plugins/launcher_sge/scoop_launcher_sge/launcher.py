@@ -24,7 +24,12 @@ import shlex
 from collections.abc import Mapping, Sequence
 
 from scoop_core.hosts import Host
-from scoop_core.scheduler_launcher import SchedulerLauncher, read_host_file, slots_per_host
+from scoop_core.scheduler_launcher import (
+    SchedulerLauncher,
+    check_slot_count,
+    read_host_file,
+    slots_per_host,
+)
 
 __all__ = ["SgeLauncher", "allocation_from_env", "parse_pe_hostfile"]
 
@@ -51,15 +56,7 @@ def allocation_from_env(environ: Mapping[str, str]) -> list[Host] | None:
     if not path:
         return None
     hosts = parse_pe_hostfile(read_host_file(path, "PE_HOSTFILE"), path)
-    nslots = environ.get("NSLOTS", "").strip()
-    total = sum(h.count or 0 for h in hosts)
-    if nslots.isdigit() and int(nslots) != total:
-        log.warning(
-            "$PE_HOSTFILE=%s lists %d slots but $NSLOTS is %s; following the host file",
-            path,
-            total,
-            nslots,
-        )
+    check_slot_count(hosts, path, "PE_HOSTFILE", "NSLOTS", environ.get("NSLOTS", "").strip())
     return hosts
 
 
@@ -73,15 +70,10 @@ class SgeLauncher(SchedulerLauncher):
     plugin = "sge"
     tools = ("qrsh",)
     outside_job_hint = "PE_HOSTFILE is not set: submit with qsub -pe <pe> <slots>"
-
-    def __init__(
-        self, settings: Mapping[str, object] | None = None, environ: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(settings, environ)
-        self.qrsh_args = [str(arg) for arg in self.settings.get("qrsh_args") or ()]
+    extra_args_setting = "qrsh_args"
 
     def read_allocation(self) -> list[Host] | None:
         return allocation_from_env(self.environ)
 
     def remote_argv(self, tool: str, node: str, command: Sequence[str]) -> list[str]:
-        return [tool, "-inherit", *self.qrsh_args, node, *(shlex.quote(w) for w in command)]
+        return [tool, "-inherit", *self.extra_args, node, *(shlex.quote(w) for w in command)]

@@ -58,6 +58,7 @@ from scoop_core.run_keys import private_dir
 from scoop_core.scheduler_launcher import (
     HostStart,
     SchedulerLauncher,
+    check_slot_count,
     end_process,
     read_host_file,
     slots_per_host,
@@ -115,14 +116,7 @@ def allocation_from_env(environ: Mapping[str, str]) -> list[Host] | None:
             return [Host(user=None, name=socket.gethostname(), count=int(np_text))]
         return None
     hosts = parse_nodefile(read_host_file(path, "PBS_NODEFILE"), path)
-    total = sum(h.count or 0 for h in hosts)
-    if np_text.isdigit() and int(np_text) != total:
-        log.warning(
-            "$PBS_NODEFILE=%s lists %d slots but $PBS_NP is %s; following the node file",
-            path,
-            total,
-            np_text,
-        )
+    check_slot_count(hosts, path, "PBS_NODEFILE", "PBS_NP", np_text)
     return hosts
 
 
