@@ -14,6 +14,7 @@ import stat
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -168,6 +169,37 @@ def test_an_unknown_remote_start_lists_the_choices() -> None:
 PLACEMENT = [("worker-1", "node1"), ("worker-2", "node1"), ("worker-3", "node2")]
 
 
+def relay_start(
+    job: SchedulerJob,
+    tmp_path: Path,
+    name: str,
+    wrap: Callable[[list[str]], list[str]],
+    python: str = "python3",
+    environ: dict[str, str] | None = None,
+) -> RelayStart:
+    """Worker-1's start on node1 through ``wrap`` (the way into the node,
+    called ``name``), with the job's tickets and environment."""
+    return RelayStart(
+        "node1",
+        name,
+        wrap,
+        checks.specs_for(tmp_path / "w.py", PLACEMENT[:1], "s3cret", tmp_path),
+        python=python,
+        ticket_dir=str(job.tickets),
+        connect_host="127.0.0.1",
+        environ=job.env if environ is None else environ,
+    )
+
+
+def why_it_did_not_start(start: RelayStart, caplog: pytest.LogCaptureFixture) -> str | None:
+    """What ``start`` says went wrong (None: it started), the launcher's warnings captured."""
+    try:
+        with caplog.at_level(logging.WARNING, logger="scoop.launcher"):
+            return start.wait_started(time.monotonic() + 30, 30)
+    finally:
+        start.abort()
+
+
 def test_workers_through_pbsdsh(
     job: SchedulerJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -220,21 +252,8 @@ def test_a_connection_without_the_ticket_is_dropped(
         sys.exit(3)
         """,
     )
-    start = RelayStart(
-        "node1",
-        "intruder",
-        lambda command: [str(intruder), *command],
-        checks.specs_for(tmp_path / "w.py", PLACEMENT[:1], "s3cret", tmp_path),
-        python="python3",
-        ticket_dir=str(job.tickets),
-        connect_host="127.0.0.1",
-        environ=job.env,
-    )
-    try:
-        with caplog.at_level(logging.WARNING, logger="scoop.launcher"):
-            why = start.wait_started(time.monotonic() + 30, 30)
-    finally:
-        start.abort()
+    start = relay_start(job, tmp_path, "intruder", lambda command: [str(intruder), *command])
+    why = why_it_did_not_start(start, caplog)
     assert why is not None
     assert "intruder exited with status 3" in why and "intruder dropped" in why
     assert "did not present the ticket" in caplog.text
@@ -283,15 +302,12 @@ def test_a_task_started_without_stdin_stdout_or_stderr_still_connects(
     (tmp_path / "w.py").write_text(checks.WORKER)
     out = checks.Output()
     monkeypatch.setattr(sys, "stdout", out)
-    start = RelayStart(
-        "node1",
+    start = relay_start(
+        job,
+        tmp_path,
         "sh",
         lambda command: ["sh", "-c", 'exec "$@" <&- >&- 2>&-', "sh", *command],
-        checks.specs_for(tmp_path / "w.py", PLACEMENT[:1], "s3cret", tmp_path),
         python=sys.executable,
-        ticket_dir=str(job.tickets),
-        connect_host="127.0.0.1",
-        environ=job.env,
     )
     try:
         assert start.wait_started(time.monotonic() + 30, 30) is None
@@ -338,14 +354,12 @@ def test_a_ticket_others_can_read_or_that_is_not_the_users_is_refused(
     tamper = checks.write_script(
         tmp_path / "tamper", TAMPER.replace("NOBODY", str(pwd.getpwnam("nobody").pw_uid))
     )
-    start = RelayStart(
-        "node1",
+    start = relay_start(
+        job,
+        tmp_path,
         "tamper",
         lambda command: [str(tamper), *command],
-        checks.specs_for(tmp_path / "w.py", PLACEMENT[:1], "s3cret", tmp_path),
         python=sys.executable,
-        ticket_dir=str(job.tickets),
-        connect_host="127.0.0.1",
         environ={**job.env, "TAMPER": how},
     )
     try:
@@ -377,21 +391,8 @@ def test_a_connection_that_sends_nothing_is_dropped_at_the_hello_deadline(
         sys.exit(3)
         """,
     )
-    start = RelayStart(
-        "node1",
-        "silent",
-        lambda command: [str(silent), *command],
-        checks.specs_for(tmp_path / "w.py", PLACEMENT[:1], "s3cret", tmp_path),
-        python="python3",
-        ticket_dir=str(job.tickets),
-        connect_host="127.0.0.1",
-        environ=job.env,
-    )
-    try:
-        with caplog.at_level(logging.WARNING, logger="scoop.launcher"):
-            why = start.wait_started(time.monotonic() + 30, 30)
-    finally:
-        start.abort()
+    start = relay_start(job, tmp_path, "silent", lambda command: [str(silent), *command])
+    why = why_it_did_not_start(start, caplog)
     assert why is not None and "silent dropped=True after" in why, why
     after = float(why.split("silent dropped=True after ")[1].split()[0])
     assert 4.0 <= after <= 7.0, why  # the 5 s deadline, not the start's 30 s
