@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from scoop_core.errors import TransportClosed
 from scoop_core.interfaces import Endpoint, Frame, Hub, Transport
@@ -61,6 +61,9 @@ __all__ = [
 ]
 
 MakeTransport = Callable[[], Transport]
+
+_Maker = TypeVar("_Maker")
+"""What a suite's checks are given: ``make_transport``, or the store suite's ``make_store``."""
 
 WAIT = 20.0
 """Seconds a check waits for something that should happen at once; generous for loaded CI hosts."""
@@ -620,8 +623,13 @@ def check_transport(make_transport: Callable[[], Transport]) -> None:
     Runs every check in :data:`TRANSPORT_CHECKS` and raises
     :class:`AssertionError` naming the first one that fails.
     """
-    for check in TRANSPORT_CHECKS:
+    _run_checks(TRANSPORT_CHECKS, make_transport)
+
+
+def _run_checks(checks: Sequence[Callable[[_Maker], None]], make: _Maker) -> None:
+    """Run ``checks`` on ``make`` in order; the first failure names its check."""
+    for check in checks:
         try:
-            check(make_transport)
+            check(make)
         except AssertionError as exc:
             raise AssertionError(f"{check.__name__}: {exc}") from exc

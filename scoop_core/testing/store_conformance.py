@@ -22,13 +22,9 @@ function in :data:`STORE_CHECKS`, so a test can be parametrized over them
 and report each one by name.
 
 Every check opens its own run, closes every store it opened (ending the
-run), pass or fail. Checks fail with :class:`AssertionError` and a message
-saying what the contract in :mod:`scoop_core.interfaces` expected; they
-raise explicitly rather than with ``assert``, so they still check under
-``python -O``. A check that waits (for a lease or a flag to run out) does
-so against a deadline, never a fixed sleep, and a blocking call that might
-hang is made in a helper thread, so a broken store fails with a message
-instead of hanging the test run.
+run), pass or fail. Checks fail, and wait (for a lease or a flag to run
+out), as those of the transport suite do: see
+:mod:`scoop_core.testing.conformance`.
 """
 
 from __future__ import annotations
@@ -41,7 +37,7 @@ from typing import Any
 
 from scoop_core.errors import TransportClosed
 from scoop_core.interfaces import BrokerStore, Entry, Frame
-from scoop_core.testing.conformance import WAIT, _bytes, _Call, _expect
+from scoop_core.testing.conformance import WAIT, _bytes, _Call, _expect, _run_checks
 
 __all__ = [
     "STORE_CHECKS",
@@ -571,8 +567,4 @@ def check_store(make_store: MakeStore) -> None:
     Runs every check in :data:`STORE_CHECKS` and raises
     :class:`AssertionError` naming the first one that fails.
     """
-    for check in STORE_CHECKS:
-        try:
-            check(make_store)
-        except AssertionError as exc:
-            raise AssertionError(f"{check.__name__}: {exc}") from exc
+    _run_checks(STORE_CHECKS, make_store)
