@@ -19,7 +19,6 @@ word of the supervisor's command is quoted with :func:`shlex.quote`.
 
 from __future__ import annotations
 
-import logging
 import shlex
 from collections.abc import Mapping, Sequence
 
@@ -32,8 +31,6 @@ from scoop_core.scheduler_launcher import (
 )
 
 __all__ = ["SgeLauncher", "allocation_from_env", "parse_pe_hostfile"]
-
-log = logging.getLogger("scoop.launcher")
 
 
 def parse_pe_hostfile(text: str, path: str) -> list[Host]:
