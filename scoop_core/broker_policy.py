@@ -812,21 +812,35 @@ class BrokerPolicy:
     def could_give(self) -> bool:
         """Whether a hungry worker elsewhere could have something of ours:
         spare futures of a local worker's own, or futures it holds and has
-        not started while it runs another."""
-        return any(
-            (p.spare >= 2 and not p.stealing) or self._unstarted(p)
+        not started behind one that has run long enough to say it started
+        (short futures are done before a hand-over would pay off)."""
+        return any(self._givers())
+
+    def _givers(self) -> list[PeerRecord]:
+        futures = self.futures
+        return [
+            p
             for p in self.workers
             if not p.suspects
-        )
+            and (
+                (p.spare >= 2 and not p.stealing)
+                or (
+                    any(futures[f].state in (RUNNING, WAITING) for f in p.holding)
+                    and self._unstarted(p)
+                )
+            )
+        ]
 
     def someone_hungry(self) -> None:
         """On a store: a worker elsewhere has nothing to do. Ask our workers
         for half their spare futures, or else back the newest half of the
         futures they hold and have not started (they would run them last)."""
+        givers = self._givers()
         self._steal(1 << 30)
-        unstarted = sum(len(self._unstarted(p)) for p in self.workers if not p.stealing)
-        if unstarted:
-            self._recall(max(1, unstarted // 2))
+        for holder in givers:
+            if holder.spare < 2:
+                unstarted = self._unstarted(holder)
+                self._recall_from(holder, max(1, len(unstarted) // 2))
 
     # -- the clock ------------------------------------------------------------------
 
