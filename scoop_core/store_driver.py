@@ -62,7 +62,6 @@ from scoop_core.store_records import (
     PEERS,
     Peers,
     Queued,
-    _shown,
     alive_flag,
     entry_for,
     mark_taken,
@@ -360,7 +359,7 @@ class StoreEndpoint(Endpoint):
             try:
                 good[name] = tuple(read_const(record, self.key, name, self.max_size))
             except ProtocolError as exc:
-                refusals.note(self.name, "constant", f"the shared constant {_shown(name)}", exc)
+                refusals.note(self.name, "constant", f"the shared constant {name[:40]!r}", exc)
                 bad[name] = record
         if bad:
             self.store.drop_records(CONSTANTS, bad)
