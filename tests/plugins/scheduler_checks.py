@@ -31,6 +31,7 @@ from typing import Any
 import pytest
 
 from scoop_core.interfaces import Launcher, WorkerSpec
+from scoop_core.plugins.manager import get_plugin_manager
 
 MARK_VAR = "SCOOP_TEST_RUN"
 """Set in the launcher's environment: every process of the run inherits it,
@@ -52,6 +53,30 @@ WORKER = textwrap.dedent(
     time.sleep(600)
     """
 )
+
+
+def fail_unless_installed(missing: str | None) -> Any:
+    """A module's autouse fixture for a real scheduler's tests: never skipped,
+    a machine without the scheduler fails them, naming what to install (.ci/run
+    installs it). ``missing`` is looked at once, at collection: before the
+    module's own cluster starts."""
+
+    @pytest.fixture(autouse=True, scope="module")
+    def _scheduler_installed() -> None:
+        if missing is not None:
+            pytest.fail(missing)
+
+    return _scheduler_installed
+
+
+def check_detect(name: str, variable: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``name`` launcher's ``detect`` says no without ``variable`` and yes with it."""
+    record = get_plugin_manager().launcher(name)
+    assert record.detect is not None
+    monkeypatch.delenv(variable, raising=False)
+    assert not record.detect()
+    monkeypatch.setenv(variable, value)
+    assert record.detect()
 
 
 def wait_for(

@@ -18,7 +18,6 @@ from scoop_launcher_sge.launcher import SgeLauncher, allocation_from_env, parse_
 
 from scoop_core.errors import LaunchError
 from scoop_core.hosts import Host
-from scoop_core.plugins.manager import get_plugin_manager
 
 
 def pe_hostfile(text: str) -> list[Host]:
@@ -72,12 +71,8 @@ def test_an_unreadable_pe_hostfile_names_the_variable(tmp_path: Path) -> None:
 
 
 def test_detect_says_yes_inside_a_parallel_job_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    record = get_plugin_manager().launcher("sge")
-    assert record.detect is not None
-    monkeypatch.delenv("PE_HOSTFILE", raising=False)
-    assert not record.detect()
-    monkeypatch.setenv("PE_HOSTFILE", "/opt/sge/default/spool/n1/active_jobs/17.1/pe_hostfile")
-    assert record.detect()
+    pe_hostfile = "/opt/sge/default/spool/n1/active_jobs/17.1/pe_hostfile"
+    checks.check_detect("sge", "PE_HOSTFILE", pe_hostfile, monkeypatch)
     # A serial job has JOB_ID and NSLOTS but no PE: nothing to spread over.
     assert not in_allocation({"JOB_ID": "3", "NSLOTS": "1"})
 

@@ -32,7 +32,6 @@ from scoop_launcher_torque.launcher import (
 
 from scoop_core.errors import ConfigError, LaunchError
 from scoop_core.hosts import Host
-from scoop_core.plugins.manager import get_plugin_manager
 
 
 def nodefile(text: str) -> list[Host]:
@@ -143,12 +142,7 @@ def test_an_unreadable_nodefile_names_the_variable_and_path(tmp_path: Path) -> N
 
 
 def test_detect_says_yes_inside_a_job_only(monkeypatch: pytest.MonkeyPatch) -> None:
-    record = get_plugin_manager().launcher("torque")
-    assert record.detect is not None
-    monkeypatch.delenv("PBS_NODEFILE", raising=False)
-    assert not record.detect()
-    monkeypatch.setenv("PBS_NODEFILE", "/var/spool/torque/aux/42.server")
-    assert record.detect()
+    checks.check_detect("torque", "PBS_NODEFILE", "/var/spool/torque/aux/42.server", monkeypatch)
     assert in_allocation({"PBS_NODEFILE": "/x"}) and not in_allocation({"PBS_JOBID": "1"})
 
 
