@@ -15,8 +15,10 @@ import it by name.
 from __future__ import annotations
 
 import io
+import logging
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -30,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from scoop_core.errors import LaunchError
 from scoop_core.interfaces import Launcher, WorkerSpec
 from scoop_core.plugins.manager import get_plugin_manager
 
@@ -67,6 +70,35 @@ def fail_unless_installed(missing: str | None) -> Any:
             pytest.fail(missing)
 
     return _scheduler_installed
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def warning_with_an_empty_path(
+    launcher_class: Callable[..., Launcher],
+    env: dict[str, str],
+    placement: Sequence[tuple[str, str]],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> str:
+    """A scheduler's launcher started with nothing on PATH: it warns, then goes
+    through ssh, which cannot reach the job's node names, so the start fails.
+    The warning's text (logged as a warning)."""
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    env["PATH"] = str(empty)
+    launcher = launcher_class({}, environ=env)
+    specs = specs_for(tmp_path / "w.py", placement, "s3cret", tmp_path)
+    with caplog.at_level(logging.WARNING, logger="scoop.launcher"), pytest.raises(LaunchError):
+        launcher.start(specs)
+    warning = next(r for r in caplog.records if "on PATH" in r.getMessage())
+    assert warning.levelno == logging.WARNING
+    return warning.getMessage()
 
 
 def check_detect(name: str, variable: str, value: str, monkeypatch: pytest.MonkeyPatch) -> None:

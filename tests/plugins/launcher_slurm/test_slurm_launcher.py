@@ -6,7 +6,6 @@ the step's command on this machine; ``test_real_slurm.py`` uses a real one.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import pytest
@@ -102,16 +101,9 @@ def test_a_step_that_never_starts_times_out(job: SchedulerJob, tmp_path: Path) -
 def test_without_srun_it_warns_and_goes_through_ssh(
     job: SchedulerJob, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    empty = tmp_path / "empty-bin"
-    empty.mkdir()
-    job.env["PATH"] = str(empty)
-    specs = checks.specs_for(tmp_path / "w.py", PLACEMENT, "s3cret", tmp_path)
-    with caplog.at_level(logging.WARNING, logger="scoop.launcher"), pytest.raises(LaunchError):
-        # The ssh launcher cannot reach n1 and n2, which are only SLURM's names.
-        SlurmLauncher({}, environ=job.env).start(specs)
-    warning = next(r for r in caplog.records if "on PATH" in r.getMessage())
-    assert warning.levelno == logging.WARNING
-    assert "found no srun" in warning.getMessage() and "ssh launcher" in warning.getMessage()
+    # The ssh launcher cannot reach n1 and n2, which are only SLURM's names.
+    warning = checks.warning_with_an_empty_path(SlurmLauncher, job.env, PLACEMENT, tmp_path, caplog)
+    assert "found no srun" in warning and "ssh launcher" in warning
 
 
 def test_outside_a_job_start_says_so(tmp_path: Path) -> None:

@@ -258,17 +258,11 @@ def test_a_connection_without_the_ticket_is_dropped(
 def test_without_pbsdsh_or_pbs_tmrsh_it_warns_and_goes_through_ssh(
     job: SchedulerJob, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    empty = tmp_path / "empty-bin"
-    empty.mkdir()
-    job.env["PATH"] = str(empty)
-    launcher = TorqueLauncher({}, environ=job.env)
-    specs = checks.specs_for(tmp_path / "w.py", PLACEMENT, "s3cret", tmp_path)
-    with caplog.at_level(logging.WARNING, logger="scoop.launcher"), pytest.raises(LaunchError):
-        # The ssh launcher cannot reach node1 and node2, which exist only in the nodefile.
-        launcher.start(specs)
-    warning = next(r for r in caplog.records if "on PATH" in r.getMessage())
-    assert warning.levelno == logging.WARNING
-    assert "pbsdsh or pbs_tmrsh" in warning.getMessage() and "ssh" in warning.getMessage()
+    # The ssh launcher cannot reach node1 and node2, which exist only in the nodefile.
+    warning = checks.warning_with_an_empty_path(
+        TorqueLauncher, job.env, PLACEMENT, tmp_path, caplog
+    )
+    assert "pbsdsh or pbs_tmrsh" in warning and "ssh" in warning
     assert checks.processes_marked(job.mark) == []
 
 
