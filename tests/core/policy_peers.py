@@ -25,6 +25,15 @@ class FakePeers:
     def take(self, peer: bytes) -> list[m.Message]:
         raise NotImplementedError
 
+    def join(self, peer: bytes, slots: int = 0) -> m.Welcome:
+        """``peer`` says hello, as a worker with ``slots`` or else as a root, and is welcomed."""
+        role = m.WORKER if slots else m.ROOT
+        self.send(peer, m.Hello(role, peer.decode(), 1000, "localhost", slots))
+        (welcome,) = self.take(peer)
+        assert isinstance(welcome, m.Welcome)
+        self.index[peer] = welcome.index
+        return welcome
+
     def task(self, owner: bytes, depth: int = 0, parent: int = 0) -> m.Task:
         """A new future of ``owner``, with an id in ``owner``'s range."""
         self.seq[owner] += 1

@@ -43,14 +43,6 @@ class Run(FakePeers):
         self.index: dict[bytes, int] = {}
         self.seq: dict[bytes, int] = defaultdict(int)
 
-    def join(self, peer: bytes, slots: int = 0) -> m.Welcome:
-        role = m.WORKER if slots else m.ROOT
-        self.send(peer, m.Hello(role, peer.decode(), 1000, "localhost", slots))
-        (welcome,) = self.take(peer)
-        assert isinstance(welcome, m.Welcome)
-        self.index[peer] = welcome.index
-        return welcome
-
     def send(self, peer: bytes, msg: m.Message) -> None:
         self.book.handle(peer, msg)
         self.flush()

@@ -95,12 +95,7 @@ class Store(FakePeers):
         policy.constants.update(self.constants)
         self.policies[peer] = policy
         self.count_workers()
-        role = m.WORKER if slots else m.ROOT
-        self.send(peer, m.Hello(role, peer.decode(), 1000, "localhost", slots))
-        (welcome,) = self.take(peer)
-        assert isinstance(welcome, m.Welcome)
-        self.index[peer] = welcome.index
-        return welcome
+        return super().join(peer, slots)
 
     def count_workers(self) -> None:
         """What each driver's heartbeat counts: the live workers elsewhere."""
