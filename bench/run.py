@@ -391,6 +391,29 @@ def cell(series: Series | None, attr: str) -> str:
 # -- main ------------------------------------------------------------------------------
 
 
+def add_run_options(p: argparse.ArgumentParser, programs: list[str]) -> None:
+    """The options every benchmark takes: which of its ``programs`` run, how
+    often, with how many workers and for how long at most, and the report."""
+    p.add_argument(
+        "--programs",
+        nargs="+",
+        choices=programs,
+        default=programs,
+        metavar="NAME",
+        help=f"subset of: {' '.join(programs)}",
+    )
+    p.add_argument("--repeat", type=int, default=3, help="runs of each measurement (default 3)")
+    p.add_argument("-n", "--workers", type=int, default=2, help="-n of every run (default 2)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=180.0,
+        help="seconds one run may take before its processes are killed (default 180)",
+    )
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    p.add_argument("--json", type=Path, help="also write every run to this file")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
@@ -419,25 +442,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=["ours", "scoop"],
         help="run one framework only (`ours` needs no virtualenv)",
     )
-    p.add_argument(
-        "--programs",
-        nargs="+",
-        choices=list(PROGRAMS),
-        default=list(PROGRAMS),
-        metavar="NAME",
-        help=f"subset of: {' '.join(PROGRAMS)}",
-    )
-    p.add_argument("--repeat", type=int, default=3, help="runs of each measurement (default 3)")
-    p.add_argument("-n", "--workers", type=int, default=2, help="-n given to both (default 2)")
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=180.0,
-        help="seconds one run may take before its processes are killed (default 180)",
-    )
+    add_run_options(p, list(PROGRAMS))
     p.add_argument("--no-serial", action="store_true", help="skip the serial baseline of map_heavy")
-    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    p.add_argument("--json", type=Path, help="also write every run to this file")
     return p.parse_args(argv)
 
 

@@ -57,6 +57,7 @@ sys.path.insert(0, str(HERE))
 
 from run import (  # noqa: E402  (bench/run.py, found through the line above)
     Series,
+    add_run_options,
     become_subreaper,
     heading,
     kill_orphans,
@@ -256,27 +257,12 @@ def table(results: dict[str, Result], markdown: bool) -> list[str]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--programs",
-        nargs="+",
-        choices=list(UNITS),
-        default=list(UNITS),
-        metavar="NAME",
-        help=f"subset of: {' '.join(UNITS)}",
-    )
+    add_run_options(p, list(UNITS))
     p.add_argument(
         "--map-items", type=int, default=200000, help="N of map_tiny (default %(default)s)"
     )
     p.add_argument(
         "--submits", type=int, default=20000, help="N of submit_many (default %(default)s)"
-    )
-    p.add_argument("--repeat", type=int, default=3, help="runs of each measurement (default 3)")
-    p.add_argument("-n", "--workers", type=int, default=2, help="-n of every run (default 2)")
-    p.add_argument(
-        "--timeout",
-        type=float,
-        default=180.0,
-        help="seconds one run may take before its processes are killed (default 180)",
     )
     p.add_argument(
         "--redis-server",
@@ -288,8 +274,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help=f"exit 1 if Redis reaches less than {BAR} of ZeroMQ's throughput on a program",
     )
-    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    p.add_argument("--json", type=Path, help="also write every run to this file")
     return p.parse_args(argv)
 
 
