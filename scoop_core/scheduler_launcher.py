@@ -319,10 +319,6 @@ class SchedulerLauncher(Launcher):
     outside_job_hint: str = ""
     """What tells this scheduler's jobs apart, for the error raised outside one."""
 
-    extra_args_setting: str = ""
-    """The setting of extra options for every command of :attr:`tools`
-    (``"srun_args"``), read into :attr:`extra_args`; empty if there is none."""
-
     def __init__(
         self, settings: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
     ) -> None:
@@ -331,7 +327,6 @@ class SchedulerLauncher(Launcher):
         self.python = self.settings.get("python") or sys.executable
         timeout = self.settings.get("start_timeout")
         self.start_timeout = float(timeout) if timeout is not None else 60.0
-        self.extra_args = [str(arg) for arg in self.settings.get(self.extra_args_setting) or ()]
 
     # -- what subclasses provide --------------------------------------------------
 
