@@ -45,7 +45,7 @@ from scoop_core.plugins.types import LauncherPlugin, Setting
 if TYPE_CHECKING:
     from scoop_launcher_ssh.launcher import SshLauncher
 
-__all__ = ["HOST_KEY_POLICIES", "SshLauncher", "make_launcher", "scoop_launchers"]
+__all__ = ["HOST_KEY_POLICIES", "make_launcher", "scoop_launchers"]
 
 HOST_KEY_POLICIES = ("reject", "accept-new", "warn")
 """The values ``host_key_policy`` accepts."""
@@ -56,15 +56,6 @@ def make_launcher(settings: Mapping[str, Any]) -> SshLauncher:
     from scoop_launcher_ssh.launcher import SshLauncher
 
     return SshLauncher(settings)
-
-
-def __getattr__(name: str) -> Any:
-    # ``from scoop_launcher_ssh import SshLauncher`` works, but only then imports paramiko.
-    if name == "SshLauncher":
-        from scoop_launcher_ssh.launcher import SshLauncher
-
-        return SshLauncher
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @hookimpl

@@ -38,7 +38,7 @@ from scoop_core.plugins.types import Setting, TransportPlugin
 if TYPE_CHECKING:
     from scoop_transport_redis.transport import RedisTransport
 
-__all__ = ["RedisTransport", "make_transport", "scoop_transports"]
+__all__ = ["make_transport", "scoop_transports"]
 
 
 def make_transport(settings: Mapping[str, Any]) -> RedisTransport:
@@ -46,15 +46,6 @@ def make_transport(settings: Mapping[str, Any]) -> RedisTransport:
     from scoop_transport_redis.transport import RedisTransport
 
     return RedisTransport(settings)
-
-
-def __getattr__(name: str) -> Any:
-    # ``from scoop_transport_redis import RedisTransport`` works, but only then imports redis.
-    if name == "RedisTransport":
-        from scoop_transport_redis.transport import RedisTransport
-
-        return RedisTransport
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @hookimpl

@@ -38,7 +38,7 @@ from scoop_core.plugins.types import Setting, TransportPlugin
 if TYPE_CHECKING:
     from scoop_transport_zmq.transport import ZmqTransport
 
-__all__ = ["ZmqTransport", "make_transport", "scoop_transports"]
+__all__ = ["make_transport", "scoop_transports"]
 
 
 def make_transport(settings: Mapping[str, Any]) -> ZmqTransport:
@@ -46,15 +46,6 @@ def make_transport(settings: Mapping[str, Any]) -> ZmqTransport:
     from scoop_transport_zmq.transport import ZmqTransport
 
     return ZmqTransport(settings)
-
-
-def __getattr__(name: str) -> Any:
-    # ``from scoop_transport_zmq import ZmqTransport`` works, but only then imports pyzmq.
-    if name == "ZmqTransport":
-        from scoop_transport_zmq.transport import ZmqTransport
-
-        return ZmqTransport
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @hookimpl
