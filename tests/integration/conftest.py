@@ -8,11 +8,16 @@ process of the run carries in its command line or environment).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import secrets
+import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -51,6 +56,67 @@ def wait_gone(marker: str, timeout: float = 10.0) -> list[int]:
     return left
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def environ_without_scoop() -> dict[str, str]:
+    """This process's environment with no ``SCOOP_`` setting in it: what a
+    run is told then comes from the test alone."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("SCOOP_", "_SCOOP_"))}
+
+
+def redis_run_env(url: str, home: Path, prefix: str) -> dict[str, str]:
+    """A run over the redis-server at ``url`` under ``prefix``, with a run key
+    that workers joining later share, and its key files kept in ``home``."""
+    return {
+        **environ_without_scoop(),
+        "HOME": str(home),
+        "SCOOP_TRANSPORT": "redis",
+        "SCOOP_TRANSPORT_REDIS_URL": url,
+        "SCOOP_TRANSPORT_REDIS_PREFIX": prefix,
+        "SCOOP_RUN_KEY": secrets.token_hex(32),
+    }
+
+
+def kill_run(marker: str, launcher: subprocess.Popen[Any] | None = None) -> None:
+    """A test's last word: ``launcher``, if it still runs, and every process
+    whose command line or environment mentions ``marker``, killed."""
+    if launcher is not None and launcher.poll() is None:
+        launcher.kill()
+        launcher.wait()
+    for pid in processes_of(marker):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 30.0) -> None:
+    """Poll an outside condition (a file, a key, a line of output) until it holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what} ({timeout} s)"
+        time.sleep(0.02)  # polling a condition with a deadline
+
+
+PROGRAM_HELPERS = """
+def out(value):
+    print("RESULT " + json.dumps(value), flush=True)
+
+def wait_until(condition, what, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"gave up waiting for {what}")
+        time.sleep(0.005)
+"""
+"""Program text: ``out(value)`` prints a ``RESULT`` line of JSON, and
+``wait_until(condition, what)`` waits for the program's own condition or
+gives up naming it (the program needs ``json`` and ``time``)."""
+
+
 def go_ahead_program(first: int, second: int) -> str:
     """A program that maps ``square`` over ``range(first)``, prints READY,
     waits (with a deadline) until the file named by its first argument
@@ -76,10 +142,38 @@ if __name__ == "__main__":
 """
 
 
-def read_lines(stream: IO[str], into: list[str]) -> None:
-    """Append every line of ``stream`` to ``into`` (run in a thread)."""
+def run_command(
+    argv: Sequence[str],
+    *,
+    cwd: Path | str | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+) -> RunResult:
+    """``argv`` run to its end (``timeout`` seconds at most), its output kept as text."""
+    return subprocess.run(
+        list(argv), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _read_lines(stream: IO[str], into: list[str]) -> None:
     for line in stream:
         into.append(line)
+
+
+def read_output(
+    proc: subprocess.Popen[str],
+) -> tuple[list[str], list[str], list[threading.Thread]]:
+    """The lines ``proc`` writes to stdout and to stderr, each list filled as
+    they come by a thread of its own (returned too, to be joined)."""
+    out: list[str] = []
+    err: list[str] = []
+    readers = [
+        threading.Thread(target=_read_lines, args=(proc.stdout, out), daemon=True),
+        threading.Thread(target=_read_lines, args=(proc.stderr, err), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+    return out, err, readers
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import json
 import sys
 
 import pytest
+from conftest import run_command
 
 # Every program here runs on both built-in transports: they are interchangeable.
 pytestmark = pytest.mark.both_transports
@@ -422,7 +423,6 @@ if __name__ == "__main__":
 def test_outside_a_launch_map_runs_serially_with_one_warning_and_submit_says_how_to_launch(
     tmp_path,
 ):
-    import subprocess
 
     prog = tmp_path / "plain.py"
     prog.write_text(
@@ -438,7 +438,7 @@ if __name__ == "__main__":
         out([type(exc).__name__, str(exc)])
 """
     )
-    proc = subprocess.run([sys.executable, str(prog)], capture_output=True, text=True, timeout=60)
+    proc = run_command([sys.executable, str(prog)], timeout=60)
     got = results(proc)
     assert got[:3] == [[1, 2], [3], 6]
     assert got[3][0] == "NotLaunchedError" and "python -m scoop" in got[3][1]

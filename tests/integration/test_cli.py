@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import processes_of, wait_gone
+from conftest import kill_run, run_command, wait_gone
 
 PRELUDE = """
 import json, os, sys, time
@@ -166,9 +166,7 @@ def test_a_missing_program_is_named(scoop_run, tmp_path):
 
 
 def test_scoop_plugins_lists_the_built_in_plugins(tmp_path):
-    proc = subprocess.run(
-        [*scoop_command(), "plugins"], cwd=tmp_path, capture_output=True, text=True, timeout=60
-    )
+    proc = run_command([*scoop_command(), "plugins"], cwd=tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr
     rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[1:]}
     for name, kind in [
@@ -251,11 +249,7 @@ def test_a_signal_stops_the_run_and_leaves_nothing_behind(
         assert proc.returncode == status, stderr.decode()
         assert wait_gone(str(prog)) == []
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pid in processes_of(str(prog)):
-            os.kill(pid, signal.SIGKILL)
+        kill_run(str(prog), proc)
 
 
 # -- the seed's flags ---------------------------------------------------------

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import environ_without_scoop, run_command
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TIMEOUT = 120
@@ -30,14 +31,9 @@ Run = subprocess.CompletedProcess[str]
 
 def run_example(tmp_path: Path, command: Sequence[str], name: str, *args: str) -> Run:
     """Run ``command examples/name args`` in ``tmp_path``; check nothing is left running."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCOOP_", "_SCOOP_"))}
-    proc = subprocess.run(
-        [*command, str(EXAMPLES / name), *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
+    env = environ_without_scoop()
+    proc = run_command(
+        [*command, str(EXAMPLES / name), *args], cwd=tmp_path, env=env, timeout=TIMEOUT
     )
     left = processes_in(tmp_path)
     assert left == [], f"{name}: processes still running in {tmp_path}: {left}"

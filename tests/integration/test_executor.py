@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import processes_of, wait_gone
+from conftest import processes_of, run_command, wait_gone
 
 import scoop_core
 from scoop import futures
@@ -64,13 +64,7 @@ def run_program(tmp_path: Path) -> Iterator[Callable[[Path], list[Any]]]:
 
     def run(program: Path) -> list[Any]:
         programs.append(program)
-        proc = subprocess.run(
-            [sys.executable, str(program)],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = run_command([sys.executable, str(program)], cwd=tmp_path)
         return results(proc)
 
     yield run

@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from conftest import processes_of, wait_gone
+from conftest import kill_run, processes_of, wait_gone
 
 PRELUDE = """
 import json, os, signal, sys, time
@@ -197,8 +197,7 @@ def test_killing_the_launcher_takes_every_process_of_the_run_with_it(write_progr
         )
         assert left == []
     finally:
-        for pid in processes_of(str(prog)):
-            os.kill(pid, signal.SIGKILL)
+        kill_run(str(prog))
 
 
 @pytest.mark.both_transports
@@ -214,9 +213,7 @@ def test_killing_the_root_ends_the_run_with_its_status_and_leaves_nothing(
         assert status == 128 + signal.SIGKILL
         assert wait_gone(str(prog), 15) == []
     finally:
-        proc.kill()
-        for pid in processes_of(str(prog)):
-            os.kill(pid, signal.SIGKILL)
+        kill_run(str(prog), proc)
 
 
 @pytest.mark.both_transports

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import _start_redis, wait_gone
+from conftest import _start_redis, environ_without_scoop, run_command, wait_gone
 
 NOBODY = pwd.getpwnam("nobody")
 
@@ -78,7 +78,7 @@ def launch(
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("SCOOP_", "_SCOOP_"))}
+    base = environ_without_scoop()
     return {**base, **extra}
 
 
@@ -213,13 +213,7 @@ if __name__ == "__main__":
 
 
 def join(run_id: str, env: dict[str, str], *flags: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["scoop", "worker", "--run", run_id, "-n", "1", *flags],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_command(["scoop", "worker", "--run", run_id, "-n", "1", *flags], env=env, timeout=60)
 
 
 @needs_root
@@ -329,14 +323,7 @@ def secret_run(
 def test_secrets_stay_out_of_the_users_own_subprocesses(write_program, secret_run):
     env, flags, hidden = secret_run
     prog = write_program(PROBE)
-    proc = subprocess.run(
-        ["scoop", *flags, "run", "-n", "2", str(prog)],
-        cwd=prog.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_command(["scoop", *flags, "run", "-n", "2", str(prog)], cwd=prog.parent, env=env)
     assert proc.returncode == 0, proc.stderr
     line = next(line for line in proc.stdout.splitlines() if line.startswith("ENVS "))
     envs = json.loads(line[5:])

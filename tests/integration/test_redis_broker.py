@@ -27,7 +27,16 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import processes_of, wait_gone
+from conftest import (
+    environ_without_scoop,
+    free_port,
+    kill_run,
+    processes_of,
+    redis_run_env,
+    run_command,
+    wait_for,
+    wait_gone,
+)
 
 from scoop_core import messages as m
 
@@ -42,25 +51,11 @@ def out(value):
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for(condition: Callable[[], object], what: str, timeout: float = 30.0) -> None:
-    """Poll an outside condition (a file, a key) until it holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
 class Server:
     """A redis-server of our own: port, working directory, extra arguments."""
 
     def __init__(self, *extra: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="scoop-redis-")
         self.extra = list(extra)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -75,7 +70,7 @@ class Server:
         argv = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
         argv += ["--dir", self.dir, "--loglevel", "warning", *self.extra]
         self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_for(self._answers, f"redis-server on port {self.port}", 10)
+        wait_for(self._answers, f"redis-server on port {self.port}", 10)
 
     def _answers(self) -> bool:
         assert self.proc is not None
@@ -114,15 +109,8 @@ def srv() -> Iterator[Server]:
 @pytest.fixture
 def env(srv: Server, tmp_path: Path) -> dict[str, str]:
     """A run over ``srv``, with a prefix of its own and a key shared with joiners."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("SCOOP_", "_SCOOP_"))}
-    return {
-        **base,
-        "HOME": str(tmp_path),  # key files of the run stay in the test's directory
-        "SCOOP_TRANSPORT": "redis",
-        "SCOOP_TRANSPORT_REDIS_URL": srv.url,
-        "SCOOP_TRANSPORT_REDIS_PREFIX": f"t{uuid.uuid4().hex[:8]}",
-        "SCOOP_RUN_KEY": secrets.token_hex(32),
-    }
+    # Key files of the run stay in the test's directory.
+    return redis_run_env(srv.url, tmp_path, f"t{uuid.uuid4().hex[:8]}")
 
 
 def _keys(srv: Server, prefix: str) -> list[bytes]:
@@ -178,13 +166,10 @@ def test_the_run_id_is_shown_at_v_and_can_be_chosen(write_program, env, srv):
     prog = write_program(
         PRELUDE + "\nif __name__ == '__main__':\n    out(sum(futures.map(abs, [-1, -2])))\n"
     )
-    proc = subprocess.run(
+    proc = run_command(
         ["scoop", "-v", "run", "-n", "1", "--run-id", "nightly-7", str(prog)],
         cwd=prog.parent,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert _results(proc.stdout) == ["3"]
@@ -199,12 +184,10 @@ def test_a_run_id_in_use_is_refused_and_the_other_run_is_left_alone(write_progra
     client.hset(f"{prefix}:busy:table:run", "info", b"another run")
     client.close()
     prog = write_program(PRELUDE + "\nif __name__ == '__main__':\n    out(1)\n")
-    proc = subprocess.run(
+    proc = run_command(
         [sys.executable, "-m", "scoop", "-n", "1", "--run-id", "busy", str(prog)],
         cwd=prog.parent,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=60,
     )
     assert proc.returncode == 1
@@ -241,7 +224,7 @@ def test_a_worker_started_elsewhere_joins_a_running_run(write_program, env, srv)
     run = _launch(prog, env, "-n", "1", "--run-id", "elastic")
     joiner = None
     try:
-        _wait_for(_info_exists(srv, prefix, "elastic"), "the run to start")
+        wait_for(_info_exists(srv, prefix, "elastic"), "the run to start")
         joiner = _join("elastic", env)
         out, err = run.communicate(timeout=120)
         assert run.returncode == 0, err
@@ -279,14 +262,14 @@ def test_ctrl_c_on_a_joined_worker_hands_its_futures_back(write_program, env, sr
     run = _launch(prog, env, "-n", "1", "--run-id", "leaving", args=(str(tmp_path),))
     joiner = None
     try:
-        _wait_for(_info_exists(srv, prefix, "leaving"), "the run to start")
+        wait_for(_info_exists(srv, prefix, "leaving"), "the run to start")
         joiner = _join("leaving", env)
         host = socket.gethostname()
 
         def running_on_joiner() -> list[Path]:
             return [p for p in tmp_path.glob("started-*") if f"-{host}-" in p.name]
 
-        _wait_for(running_on_joiner, "the joined worker to start a future", 60)
+        wait_for(running_on_joiner, "the joined worker to start a future", 60)
         os.killpg(joiner.pid, signal.SIGINT)  # Ctrl-C in its terminal
         assert joiner.wait(20) == 128 + signal.SIGINT
         _, joiner_err = joiner.communicate()
@@ -334,7 +317,7 @@ if __name__ == "__main__":
     proof = tmp_path / "unpickled"
     run = _launch(prog, env, "-n", "2", "--run-id", "attacked", args=(str(tmp_path),))
     try:
-        _wait_for(_info_exists(srv, prefix, "attacked"), "the run to start")
+        wait_for(_info_exists(srv, prefix, "attacked"), "the run to start")
         # Well-formed, but signed with another key: what someone who can
         # write to Redis but does not have the run's key could do.
         task = m.Task((1 << 32) | 99, 0, 1, (pickle.dumps(Evil(str(proof))),))
@@ -369,7 +352,7 @@ if __name__ == "__main__":
 """
     )
     with server("--appendonly", "yes", "--appendfsync", "always") as srv:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SCOOP_", "_SCOOP_"))}
+        env = environ_without_scoop()
         env.update(
             HOME=str(tmp_path),
             SCOOP_TRANSPORT="redis",
@@ -379,7 +362,7 @@ if __name__ == "__main__":
         )
         run = _launch(prog, env, "-n", "2", args=(str(tmp_path),))
         try:
-            _wait_for(lambda: list(tmp_path.glob("nap-*")), "the first future", 60)
+            wait_for(lambda: list(tmp_path.glob("nap-*")), "the first future", 60)
             srv.kill()  # as a crash would
             srv.start()  # same port, same AOF file
             start = time.monotonic()
@@ -419,14 +402,13 @@ if __name__ == "__main__":
         assert len(list((tmp_path / ".scoop" / "runs").glob("*.key"))) == 1
         run.kill()  # SIGKILL: the launcher's clean-up never runs
         run.wait(10)
-        _wait_for((tmp_path / "total").exists, "the program to finish without its launcher", 60)
+        wait_for((tmp_path / "total").exists, "the program to finish without its launcher", 60)
         assert (tmp_path / "total").read_text() == str(sum(range(20)))
         assert wait_gone(str(prog), 30) == []
-        _wait_for(lambda: _keys(srv, prefix) == [], "the run's keys to be deleted", 10)
+        wait_for(lambda: _keys(srv, prefix) == [], "the run's keys to be deleted", 10)
         assert list((tmp_path / ".scoop" / "runs").glob("*.key")) == []
     finally:
-        for pid in processes_of(str(prog)):
-            os.kill(pid, signal.SIGKILL)
+        kill_run(str(prog))
 
 
 def test_unix_socket_and_acl_user(write_program, tmp_path):
@@ -438,7 +420,7 @@ def test_unix_socket_and_acl_user(write_program, tmp_path):
             "ACL", "SETUSER", "scoopy", "on", f">{password}", "~*", "&*", "+@all"
         )
         client.close()
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SCOOP_", "_SCOOP_"))}
+        env = environ_without_scoop()
         env.update(
             HOME=str(tmp_path),
             SCOOP_TRANSPORT="redis",
@@ -449,14 +431,7 @@ def test_unix_socket_and_acl_user(write_program, tmp_path):
         prog = write_program(
             PRELUDE + "\nif __name__ == '__main__':\n    out(sum(futures.map(abs, range(-9, 0))))\n"
         )
-        proc = subprocess.run(
-            ["scoop", "-vv", "run", "-n", "2", str(prog)],
-            cwd=prog.parent,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        proc = run_command(["scoop", "-vv", "run", "-n", "2", str(prog)], cwd=prog.parent, env=env)
         assert proc.returncode == 0, proc.stderr
         assert _results(proc.stdout) == ["45"]
         assert password not in proc.stderr and password not in proc.stdout
@@ -465,12 +440,10 @@ def test_unix_socket_and_acl_user(write_program, tmp_path):
         client.close()
         # A wrong password: one line naming the server, and no password.
         env["SCOOP_TRANSPORT_REDIS_PASSWORD"] = "wrong-" + password
-        bad = subprocess.run(
+        bad = run_command(
             [sys.executable, "-m", "scoop", "-n", "1", str(prog)],
             cwd=prog.parent,
             env=env,
-            capture_output=True,
-            text=True,
             timeout=60,
         )
         assert bad.returncode == 1
@@ -506,13 +479,10 @@ if __name__ == "__main__":
     watcher = threading.Thread(target=watch)
     watcher.start()
     try:
-        proc = subprocess.run(
+        proc = run_command(
             [sys.executable, "-m", "scoop", "-n", "2", str(prog)],
             cwd=prog.parent,
             env={**env, "SCOOP_TRANSPORT_REDIS_MAXLEN": "20"},
-            capture_output=True,
-            text=True,
-            timeout=120,
         )
     finally:
         stop.set()
@@ -545,7 +515,7 @@ if __name__ == "__main__":
 """
     )
     with server() as srv:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("SCOOP_", "_SCOOP_"))}
+        env = environ_without_scoop()
         env.update(HOME=str(tmp_path), SCOOP_TRANSPORT="redis", SCOOP_TRANSPORT_REDIS_URL=srv.url)
         run = _launch(prog, env, "-n", "2")
         try:
@@ -557,5 +527,4 @@ if __name__ == "__main__":
             srv.kill()  # ...until Redis, and so the run, is gone
             assert wait_gone(str(prog), 30) == []
         finally:
-            for pid in processes_of(str(prog)):
-                os.kill(pid, signal.SIGKILL)
+            kill_run(str(prog))

@@ -11,7 +11,6 @@ loaded by path, since test directories here are not packages.
 from __future__ import annotations
 
 import importlib.util
-import os
 import subprocess
 import sys
 import uuid
@@ -21,6 +20,7 @@ from types import ModuleType
 
 import pytest
 import redis
+from conftest import environ_without_scoop
 
 HERE = Path(__file__).resolve().parent
 
@@ -54,7 +54,7 @@ def redis_url() -> Iterator[str]:
 @pytest.mark.parametrize("case", CASES, ids=lambda case: case.id)
 def test_example_runs_over_redis(case: object, redis_url: str, tmp_path: Path) -> None:
     prefix = f"scoop-test-{uuid.uuid4().hex[:8]}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCOOP_", "_SCOOP_"))}
+    env = environ_without_scoop()
     env["SCOOP_TRANSPORT_REDIS_URL"] = redis_url
     env["SCOOP_TRANSPORT_REDIS_PREFIX"] = prefix
     proc = subprocess.run(

@@ -23,19 +23,18 @@ import os
 import pickle
 import random
 import re
-import secrets
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
 import pytest
 import redis
-from conftest import wait_gone
+from conftest import redis_run_env, wait_for, wait_gone
 
 PRELUDE = """
 import json, os, sys, time
@@ -69,14 +68,6 @@ class Evil:
         return (open, (self.path, "w"))
 
 
-def _wait_for(condition: Callable[[], object], what: str, timeout: float = 30.0) -> None:
-    """Poll an outside condition (a file, a key) until it holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
-
-
 class Run:
     """One run of a program through ``python -m scoop`` over the test server,
     with a plain Redis client for the attacker."""
@@ -89,15 +80,7 @@ class Run:
         self.base = f"{self.prefix}:{run_id}:"
         self.proof = tmp / "unpickled"
         self.attacker = redis.Redis.from_url(url)
-        base = {k: v for k, v in os.environ.items() if not k.startswith(("SCOOP_", "_SCOOP_"))}
-        self.env = {
-            **base,
-            "HOME": str(tmp),
-            "SCOOP_TRANSPORT": "redis",
-            "SCOOP_TRANSPORT_REDIS_URL": url,
-            "SCOOP_TRANSPORT_REDIS_PREFIX": self.prefix,
-            "SCOOP_RUN_KEY": secrets.token_hex(32),
-        }
+        self.env = redis_run_env(url, tmp, self.prefix)
         self.procs: list[subprocess.Popen[str]] = []
         self.prog: Path | None = None
 
@@ -199,7 +182,7 @@ if __name__ == "__main__":
 
 def test_a_crafted_pickle_constant_is_deleted_unread(run: Run) -> None:
     proc = run.launch(CONSTANTS)
-    _wait_for(lambda: run.attacker.exists(run.key("table:run")), "the run to start")
+    wait_for(lambda: run.attacker.exists(run.key("table:run")), "the run to start")
     # The stored form of a constant today: a msgpack list of its pickled frames.
     crafted = msgpack.packb([pickle.dumps(Evil(str(run.proof)))])
     run.attacker.hset(run.key("table:constants"), "evil", crafted)
@@ -209,8 +192,8 @@ def test_a_crafted_pickle_constant_is_deleted_unread(run: Run) -> None:
         names = [n.decode() for n in run.peers()]
         return any(not n.startswith(("worker-", "root")) for n in names)
 
-    _wait_for(joined, "the joined worker to register")
-    _wait_for(
+    wait_for(joined, "the joined worker to register")
+    wait_for(
         lambda: not run.attacker.hexists(run.key("table:constants"), "evil") or run.proof.exists(),
         "the crafted constant to be deleted",
     )
@@ -244,12 +227,12 @@ def test_a_forged_loss_count_neither_fails_nor_reruns_a_future(run: Run) -> None
     # Quick heartbeats: an entry held by a silent taker is claimed within 3 s.
     proc = run.launch(HOLD, SCOOP_HEARTBEAT_INTERVAL="0.3", SCOOP_HEARTBEAT_TIMEOUT="3")
     queue = run.key("queue")
-    _wait_for(lambda: len(run.runs()) == 2, "both workers to start a future")
+    wait_for(lambda: len(run.runs()) == 2, "both workers to start a future")
 
     def all_taken() -> bool:
         return run.attacker.exists(queue) and run.attacker.xpending(queue, "scoop")["pending"] == 4
 
-    _wait_for(all_taken, "every future to be taken")
+    wait_for(all_taken, "every future to be taken")
     entry_id, fields = run.attacker.xrange(queue, count=1)[0]
     # One copy with the loss fields of old set to "lost 99 times", one exact
     # copy; both taken by a consumer that then stays silent, so a worker
@@ -261,7 +244,7 @@ def test_a_forged_loss_count_neither_fails_nor_reruns_a_future(run: Run) -> None
     pipe.xreadgroup("scoop", "ghost", {queue: ">"}, count=2)
     copies = [i for i, _ in pipe.execute()[2][0][1]]
     assert len(copies) == 2
-    _wait_for(
+    wait_for(
         lambda: not any(run.attacker.xrange(queue, i, i) for i in copies),
         "the copies to be claimed and deleted",
     )
@@ -290,7 +273,7 @@ if __name__ == "__main__":
 
 def test_a_rewritten_peer_record_misroutes_nothing(run: Run) -> None:
     proc = run.launch(ROUTED)
-    _wait_for(lambda: len(run.peers()) >= 3, "the root and both workers to register")
+    wait_for(lambda: len(run.peers()) >= 3, "the root and both workers to register")
     peers = run.peers()
     [root] = [n for n in peers if n.startswith(b"root")]
     # Whatever the root's record is, copy it under another name and over a
@@ -332,12 +315,12 @@ if __name__ == "__main__":
 
 def test_a_copied_queue_entry_does_not_run_a_future_twice(run: Run) -> None:
     proc = run.launch(COPIED)
-    _wait_for(lambda: len(run.peers()) >= 3, "the root and both workers to register")
+    wait_for(lambda: len(run.peers()) >= 3, "the root and both workers to register")
     queue = run.key("queue")
     run.go()
     # Every future is in the queue (none can finish before "release"):
     # some are running, some taken ahead, the others waiting. Copy them all.
-    _wait_for(lambda: run.attacker.xlen(queue) == 40, "the 40 futures in the queue")
+    wait_for(lambda: run.attacker.xlen(queue) == 40, "the 40 futures in the queue")
     pipe = run.attacker.pipeline(transaction=False)
     for _, fields in run.attacker.xrange(queue):
         pipe.xadd(queue, fields)
@@ -393,7 +376,7 @@ def test_a_flood_of_forged_entries_changes_nothing(run: Run) -> None:
     start = time.monotonic()
     proc = run.launch(ROUNDS)
     queue = run.key("queue")
-    _wait_for(lambda: len(run.peers()) >= 3, "the root and both workers to register")
+    wait_for(lambda: len(run.peers()) >= 3, "the root and both workers to register")
     entries: list[dict[bytes, bytes]] = []
 
     def queued() -> bool:
@@ -401,7 +384,7 @@ def test_a_flood_of_forged_entries_changes_nothing(run: Run) -> None:
         entries[:] = [fields for _, fields in run.attacker.xrange(queue, count=20)]
         return len(entries) >= 5
 
-    _wait_for(queued, "futures in the queue")
+    wait_for(queued, "futures in the queue")
     rng = random.Random(20261204)
     evil = pickle.dumps(Evil(str(run.proof)))
     samples = [v for fields in entries for v in fields.values()]
@@ -435,7 +418,7 @@ def test_a_flood_of_forged_entries_changes_nothing(run: Run) -> None:
     assert written == FLOOD
     # A worker that joins now reads every constant and peer record there is.
     joiner = run.join()
-    _wait_for(
+    wait_for(
         lambda: run.attacker.hlen(run.key("table:constants")) == 1 or run.proof.exists(),
         "the forged constants to be deleted",
         45,
@@ -446,7 +429,7 @@ def test_a_flood_of_forged_entries_changes_nothing(run: Run) -> None:
         return int(path.read_text()) if path.exists() else 0
 
     rounds_then = rounds_done()
-    _wait_for(lambda: rounds_done() > rounds_then, "a round of futures after the flood", 45)
+    wait_for(lambda: rounds_done() > rounds_then, "a round of futures after the flood", 45)
     run.go("stop")
     out, err = _finish(proc)
     joiner.communicate(timeout=30)
@@ -470,7 +453,7 @@ def test_a_flood_of_forged_entries_changes_nothing(run: Run) -> None:
 
 def test_an_entry_over_the_size_limit_is_refused_before_its_hmac_is_computed(run: Run) -> None:
     proc = run.launch(COPIED, SCOOP_MAX_MESSAGE_SIZE=str(256 * 1024))
-    _wait_for(lambda: len(run.peers()) >= 3, "the root and both workers to register")
+    wait_for(lambda: len(run.peers()) >= 3, "the root and both workers to register")
     big = {b"f0": b"header", b"f1": b"\0" * (4 << 20), b"f2": b"m" * 32}
     run.attacker.xadd(run.key("queue"), big)
     run.go("release")

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +26,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import wait_gone
+from conftest import environ_without_scoop, free_port, run_command, wait_gone
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -44,12 +42,6 @@ if __name__ == "__main__":
     print("RESULT", sum(futures.map(square, range(10))), flush=True)
 """
 EXPECTED = str(sum(x * x for x in range(10)))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _make_certificates(where: Path) -> tuple[Path, Path, Path]:
@@ -158,7 +150,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
     assert binary, "redis-server is not installed (.ci/run installs it)"
     where = tmp_path_factory.mktemp("redis-tls")
     ca, cert, key = _make_certificates(where)
-    srv = TlsServer(_free_port(), ca)
+    srv = TlsServer(free_port(), ca)
     argv = [binary, "--port", "0", "--tls-port", str(srv.port)]
     argv += ["--tls-cert-file", str(cert), "--tls-key-file", str(key)]
     argv += ["--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no"]
@@ -187,7 +179,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TlsServer]:
 
 
 def _env(tmp_path: Path, **settings: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("SCOOP_", "_SCOOP_"))}
+    base = environ_without_scoop()
     return {**base, "HOME": str(tmp_path), **settings}
 
 
@@ -204,13 +196,8 @@ def test_a_run_over_tls_with_the_ca_in_the_url(write_program, tmp_path, tls_serv
         SCOOP_TRANSPORT_REDIS_URL=tls_server.url,
         SCOOP_TRANSPORT_REDIS_PREFIX=prefix,
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "scoop", "-n", "2", str(prog)],
-        cwd=prog.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    proc = run_command(
+        [sys.executable, "-m", "scoop", "-n", "2", str(prog)], cwd=prog.parent, env=env
     )
     assert proc.returncode == 0, proc.stderr
     assert _results(proc.stdout) == [EXPECTED]
@@ -224,13 +211,10 @@ def test_scoop_run_over_tls_with_the_url_in_scoop_toml(write_program, tmp_path, 
     (tmp_path / "scoop.toml").write_text(
         f'[scoop.transport.redis]\nurl = "{tls_server.url}"\nprefix = "{prefix}"\n'
     )
-    proc = subprocess.run(
+    proc = run_command(
         ["scoop", "--transport", "redis", "run", "-n", "2", str(prog)],
         cwd=tmp_path,
         env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert _results(proc.stdout) == [EXPECTED]
@@ -255,13 +239,8 @@ def test_a_wrong_url_for_the_tls_port_fails_fast_in_one_line(
     prog = write_program(PROGRAM)
     env = _env(tmp_path, SCOOP_TRANSPORT="redis", SCOOP_TRANSPORT_REDIS_URL=url)
     start = time.monotonic()
-    proc = subprocess.run(
-        [sys.executable, "-m", "scoop", "-n", "2", str(prog)],
-        cwd=prog.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+    proc = run_command(
+        [sys.executable, "-m", "scoop", "-n", "2", str(prog)], cwd=prog.parent, env=env, timeout=60
     )
     took = time.monotonic() - start
     assert proc.returncode == 1, proc.stderr

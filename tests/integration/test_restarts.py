@@ -20,7 +20,7 @@ import time
 from datetime import datetime
 
 import pytest
-from conftest import processes_of, wait_gone
+from conftest import kill_run, processes_of, wait_gone
 from test_ssh_runs import Machines, _run, machines  # noqa: F401 (a fixture)
 
 PRELUDE = """
@@ -259,11 +259,7 @@ if __name__ == "__main__":
         assert len(_replacements(stderr)) == 3, stderr
         assert wait_gone(str(prog)) == []
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        for pid in processes_of(str(prog)):
-            os.kill(pid, signal.SIGKILL)
+        kill_run(str(prog), proc)
 
 
 @pytest.mark.cluster

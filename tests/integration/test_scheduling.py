@@ -18,10 +18,12 @@ import json
 import subprocess
 
 import pytest
+from conftest import PROGRAM_HELPERS
 
 pytestmark = pytest.mark.both_transports
 
-PRELUDE = """
+PRELUDE = (
+    """
 import json, os, signal, sys, time
 from pathlib import Path
 from scoop import futures, shared
@@ -31,16 +33,9 @@ import scoop
 
 HERE = Path(sys.argv[1])
 
-def out(value):
-    print("RESULT " + json.dumps(value), flush=True)
-
-def wait_until(condition, what, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"gave up waiting for {what}")
-        time.sleep(0.005)
-
+"""
+    + PROGRAM_HELPERS
+    + """
 def gated(name):
     # Hold this worker until the root creates the file `name` (at most 60 s).
     deadline = time.monotonic() + 60
@@ -59,6 +54,7 @@ def touch(name):
     (HERE / name).touch()
     return name
 """
+)
 
 
 def results(proc: subprocess.CompletedProcess[str]) -> list:

@@ -22,14 +22,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Callable, Iterator
 from functools import partial
 from pathlib import Path
 
 import pytest
 import zmq
-from conftest import go_ahead_program, read_lines, wait_gone
+from conftest import go_ahead_program, read_output, wait_for, wait_gone
 from scoop_transport_zmq.transport import ZmqTransport
 
 from scoop_core import messages as m
@@ -163,14 +162,6 @@ def broker_log() -> Iterator[Records]:
         logger.setLevel(level)
 
 
-def wait_for(condition: Callable[[], object], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.01)  # polling a condition with a deadline
-
-
 def foreign(tmp_path: Path, address: str, mode: str, marker: Path) -> subprocess.Popen[str]:
     script = tmp_path / "foreign.py"
     script.write_text(textwrap.dedent(FOREIGN))
@@ -234,9 +225,9 @@ def test_a_foreign_process_gets_nothing_unpickled_and_the_broker_keeps_serving(
         out = finish(foreign(tmp_path, broker.address, "each", marker))
         sent = int(out.split()[1])
         for peer in [b"intruder-%d" % i for i in range(sent)]:
-            wait_for(partial(broker_log.rejections, peer), f"the broker logging {peer!r}")
+            wait_for(partial(broker_log.rejections, peer), f"the broker logging {peer!r}", WAIT)
         finish(foreign(tmp_path, broker.address, "burst", marker))
-        wait_for(lambda: broker_log.rejections(b"flooder"), "the broker logging the flooder")
+        wait_for(lambda: broker_log.rejections(b"flooder"), "the broker logging the flooder", WAIT)
 
         # Still serving: a request makes the round trip, and a new peer may join.
         in_thread(lambda: roots[0].set_const("answer", 42), "a shared constant after the attack")
@@ -304,14 +295,7 @@ def test_a_run_gives_the_right_answer_while_a_stranger_floods_its_broker(tmp_pat
         text=True,
     )
     flood: subprocess.Popen[str] | None = None
-    out: list[str] = []
-    err: list[str] = []
-    readers = [
-        threading.Thread(target=read_lines, args=(run.stdout, out), daemon=True),
-        threading.Thread(target=read_lines, args=(run.stderr, err), daemon=True),
-    ]
-    for reader in readers:
-        reader.start()
+    out, err, readers = read_output(run)
     try:
         wait_for(lambda: any("peers dial" in line for line in err), "the broker's address", 60)
         [address] = re.findall(r"peers dial (\S+)", "".join(err))[:1]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import wait_gone
+from conftest import run_command, wait_gone
 
 LOOPBACK_SOURCE = '''
 """The ZeroMQ transport, recording which processes use it."""
@@ -206,14 +206,7 @@ def test_an_executor_uses_the_third_party_transport(write_program, plugin_env, m
             print("RESULT " + json.dumps(out), flush=True)
         """
     )
-    proc = subprocess.run(
-        [sys.executable, str(prog)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **plugin_env},
-    )
+    proc = run_command([sys.executable, str(prog)], cwd=tmp_path, env={**os.environ, **plugin_env})
     got = result(proc)
     assert wait_gone(str(prog)) == []
     assert got["squares"] == [x * x for x in range(50)]
@@ -234,13 +227,7 @@ def table(text: str) -> dict[tuple[str, str], dict[str, str]]:
 
 
 def test_scoop_plugins_lists_the_plugin_and_the_broken_one(plugin_env):
-    proc = subprocess.run(
-        [*scoop_command(), "plugins"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **plugin_env},
-    )
+    proc = run_command([*scoop_command(), "plugins"], env={**os.environ, **plugin_env})
     assert proc.returncode == 0, proc.stderr
     rows = table(proc.stdout)
 
@@ -276,13 +263,7 @@ def test_a_disabled_plugin_cannot_be_selected(
         assert "disabled" in line
     assert list(markers.iterdir()) == []
 
-    listing = subprocess.run(
-        [*scoop_command(), "plugins"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **env},
-    )
+    listing = run_command([*scoop_command(), "plugins"], env={**os.environ, **env})
     rows = table(listing.stdout)
     # By record name the transport is off; by plugin name the whole plugin is.
     row = rows[("loopback", "loopback-zmq" if disabled == "loopback-zmq" else "-")]

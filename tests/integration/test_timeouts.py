@@ -18,27 +18,22 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import PROGRAM_HELPERS
 
 # Every program here runs on both built-in transports: they are interchangeable.
 pytestmark = pytest.mark.both_transports
 
 RESULT = "RESULT "
 
-PRELUDE = """
+PRELUDE = (
+    """
 import concurrent.futures, json, os, sys, time
 from scoop import futures
 import scoop
 
-def out(value):
-    print("RESULT " + json.dumps(value), flush=True)
-
-def wait_until(condition, what, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"gave up waiting for {what}")
-        time.sleep(0.005)
-
+"""
+    + PROGRAM_HELPERS
+    + """
 def gated(gate, value, mark=None):
     # Hold this worker until the root creates the file `gate` (at most 60 s).
     if mark:
@@ -67,7 +62,14 @@ def timed(call):
     except futures.TimeoutError:
         what = "TimeoutError"
     return [what, time.monotonic() - t]
+
+def block_both_workers(gate, values):
+    # A gated future on each of the two workers, both running.
+    blockers = [futures.submit(gated, gate, value) for value in values]
+    wait_until(lambda: all(b.running() for b in blockers), "both blockers to start")
+    return blockers
 """
+)
 
 
 def results(proc) -> list:
@@ -283,8 +285,7 @@ def test_cancel_works_wherever_an_unstarted_future_waits(write_program, scoop_ru
         + """
 if __name__ == "__main__":
     gate = os.path.abspath("gate")
-    blockers = [futures.submit(gated, gate, f"blocker {i}") for i in range(2)]
-    wait_until(lambda: all(b.running() for b in blockers), "both blockers to start")
+    blockers = block_both_workers(gate, [f"blocker {i}" for i in range(2)])
     queued = [futures.submit(abs, -i) for i in range(12)]
     # The last one cannot have been handed out (the workers asked for four
     # in all): it is at the broker. Its answer also means the broker has
@@ -329,8 +330,7 @@ def test_shutdown_with_cancel_futures_cancels_the_queue(write_program, scoop_run
         + """
 if __name__ == "__main__":
     gate = os.path.abspath("gate")
-    blockers = [futures.submit(gated, gate, i) for i in range(2)]
-    wait_until(lambda: all(b.running() for b in blockers), "both blockers to start")
+    blockers = block_both_workers(gate, range(2))
     queued = [futures.submit(abs, -i) for i in range(10)]
     futures.shutdown(wait=False, cancel_futures=True)
     out([[q.cancelled() for q in queued], [b.done() or b.cancelled() for b in blockers]])
@@ -384,8 +384,7 @@ def test_cancel_from_a_done_callback_does_not_stall_the_root(write_program, scoo
         + """
 if __name__ == "__main__":
     gate = os.path.abspath("gate")
-    blockers = [futures.submit(gated, gate, i) for i in range(2)]
-    wait_until(lambda: all(b.running() for b in blockers), "both blockers to start")
+    blockers = block_both_workers(gate, range(2))
     victim = futures.submit(abs, -5)
     other = futures.submit(abs, -6)
     answers = []

@@ -26,11 +26,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
-from conftest import read_lines, wait_gone
+from conftest import read_output, run_command, wait_gone
 
 MESSAGES = 100_000
 
@@ -208,14 +207,7 @@ def test_a_running_broker_survives_100000_broken_messages(tmp_path: Path) -> Non
         stderr=subprocess.PIPE,
         text=True,
     )
-    out: list[str] = []
-    err: list[str] = []
-    readers = [
-        threading.Thread(target=read_lines, args=(run.stdout, out), daemon=True),
-        threading.Thread(target=read_lines, args=(run.stderr, err), daemon=True),
-    ]
-    for reader in readers:
-        reader.start()
+    out, err, readers = read_output(run)
     fuzz: subprocess.CompletedProcess[str] | None = None
     try:
         deadline = time.monotonic() + 60
@@ -226,11 +218,8 @@ def test_a_running_broker_survives_100000_broken_messages(tmp_path: Path) -> Non
             line.split("broker at ")[1].split(",")[0] for line in err if "broker at " in line
         )
         assert address.startswith("ipc://"), address
-        fuzz = subprocess.run(
-            [sys.executable, str(fuzzer), address, str(marker), str(MESSAGES), "20261204"],
-            capture_output=True,
-            text=True,
-            timeout=120,
+        fuzz = run_command(
+            [sys.executable, str(fuzzer), address, str(marker), str(MESSAGES), "20261204"]
         )
         go.touch()
         run.wait(60)

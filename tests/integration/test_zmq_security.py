@@ -42,7 +42,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -50,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import go_ahead_program, read_lines, wait_gone
+from conftest import go_ahead_program, read_output, wait_for, wait_gone
 from scoop_transport_zmq.transport import ZmqTransport
 
 from scoop_core import messages as m
@@ -141,14 +140,6 @@ exec /bin/sh -c "$1"
 """
 
 
-def wait_for(condition: Callable[[], object], what: str, timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.01)  # polling a condition with a deadline
-
-
 class Run:
     """``python -m scoop -v FLAGS prog.py GO``, its output read as it comes."""
 
@@ -164,14 +155,7 @@ class Run:
             stderr=subprocess.PIPE,
             text=True,
         )
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._readers = [
-            threading.Thread(target=read_lines, args=(self.proc.stdout, self.out), daemon=True),
-            threading.Thread(target=read_lines, args=(self.proc.stderr, self.err), daemon=True),
-        ]
-        for reader in self._readers:
-            reader.start()
+        self.out, self.err, self._readers = read_output(self.proc)
 
     @property
     def stderr(self) -> str:
@@ -182,13 +166,17 @@ class Run:
         return text in self.stderr
 
     def address(self) -> str:
-        wait_for(lambda: "broker at " in self.stderr, "the launcher logging the broker's address")
+        wait_for(
+            lambda: "broker at " in self.stderr, "the launcher logging the broker's address", WAIT
+        )
         found = re.search(r"broker at (\S+), \d+ worker", self.stderr)
         assert found, self.stderr
         return found.group(1)
 
     def ready(self) -> None:
-        wait_for(lambda: "READY\n" in self.out, f"the program's first map\n{self.stderr[-2000:]}")
+        wait_for(
+            lambda: "READY\n" in self.out, f"the program's first map\n{self.stderr[-2000:]}", WAIT
+        )
 
     def finish(self, timeout: float = 90) -> float:
         """Let the program go on; the seconds until the run exited."""
@@ -272,7 +260,7 @@ def test_a_stranger_under_a_peers_name_reads_nothing_and_the_run_finishes(
         assert stranger.stdout is not None
         assert stranger.stdout.readline().strip() == "SENT"
         for line in [logged.format(name=name) for name in ("root", "worker-1")]:
-            wait_for(partial(run.logged, line), f"the broker refusing {line!r}")
+            wait_for(partial(run.logged, line), f"the broker refusing {line!r}", WAIT)
         took = run.finish()
         stop.touch()
         out, _ = stranger.communicate(timeout=WAIT)
@@ -424,6 +412,13 @@ class Peer:
     def hello(self) -> None:
         self.send(m.Hello(m.ROOT, self.name, os.getpid(), "here", 0))
 
+    def join(self) -> m.Welcome:
+        """Say hello and be welcomed."""
+        self.hello()
+        welcome = self.expect(m.Welcome)
+        assert isinstance(welcome, m.Welcome)
+        return welcome
+
     def recv(self, timeout: float) -> m.Message | None:
         """The next message from the broker, or None after ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
@@ -488,20 +483,19 @@ def test_a_second_connection_cannot_take_a_live_name_even_with_the_key(
 ) -> None:
     _, log = broker
     root = peers("root")
-    root.hello()
-    root.expect(m.Welcome)
+    root.join()
     impostor = peers("root")  # another process: the key, the name, its own session
     impostor.hello()
     impostor.send(m.SetConst("stolen", (b"x",)))
-    wait_for(lambda: log.count("is connected already") > 0, "the broker refusing the impostor")
+    wait_for(
+        lambda: log.count("is connected already") > 0, "the broker refusing the impostor", WAIT
+    )
     # The real root is served as before; a constant it defines reaches a
     # peer that joins later, never the impostor.
     root.send(m.SetConst("answer", (b"42",)))
     assert root.expect(m.ConstReply) == m.ConstReply("answer", "")
     late = peers("late")
-    late.hello()
-    welcome = late.expect(m.Welcome)
-    assert isinstance(welcome, m.Welcome)
+    welcome = late.join()
     assert [c.name for c in welcome.constants] == ["answer"]
     assert impostor.recv(0.5) is None, "the impostor was sent something"
     assert log.count("is connected already") == 1, "refused, and logged once"
@@ -517,7 +511,7 @@ def test_a_replayed_hello_on_another_connection_is_refused(
     root.expect(m.Welcome)
     replayer = peers("root")
     replayer.endpoint.send(captured)
-    wait_for(lambda: log.count("replayed") > 0, "the broker refusing the replay")
+    wait_for(lambda: log.count("replayed") > 0, "the broker refusing the replay", WAIT)
     assert replayer.recv(0.5) is None
     root.send(m.SetConst("still", (b"here",)))
     assert root.expect(m.ConstReply) == m.ConstReply("still", "")
@@ -528,8 +522,7 @@ def test_a_peer_whose_connection_broke_keeps_its_name(
 ) -> None:
     _, log = broker
     root = peers("root")
-    root.hello()
-    root.expect(m.Welcome)
+    root.join()
     root.reconnect()  # a new connection id at the hub, the same session
     root.send(m.SetConst("after", (b"reconnecting",)))
     assert root.expect(m.ConstReply) == m.ConstReply("after", "")
@@ -540,14 +533,12 @@ def test_a_name_is_free_again_once_its_peer_has_left(
     broker: tuple[Broker, BrokerLog], peers: Callable[[str], Peer]
 ) -> None:
     first = peers("root")
-    first.hello()
-    first.expect(m.Welcome)
+    first.join()
     first.send(m.Bye("done"))
     running, _ = broker
-    wait_for(lambda: b"root" not in running.book.peers, "the broker seeing the goodbye")
+    wait_for(lambda: b"root" not in running.book.peers, "the broker seeing the goodbye", WAIT)
     second = peers("root")  # a new process of the same name
-    second.hello()
-    second.expect(m.Welcome)
+    second.join()
     # The first one's session has ended: its messages are refused.
     first.send(m.SetConst("late", (b"x",)))
     assert first.recv(0.5) is None
