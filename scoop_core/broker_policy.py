@@ -58,7 +58,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from scoop_core import messages as m
-from scoop_core.errors import ProtocolError
+from scoop_core.errors import ConstantError, ProtocolError
 from scoop_core.interfaces import Frame
 from scoop_core.states import (
     ASSIGNED,
@@ -200,11 +200,6 @@ def lost_reason(fid: int, losses: int, workers: list[str]) -> str:
         f"(workers: {', '.join(workers)}); it is not run again. Raise "
         "max_losses in the configuration if that many losses are expected"
     )
-
-
-def const_conflict(name: str) -> str:
-    """Why a second definition of a shared constant is refused."""
-    return f"shared constant {name!r} is already defined; a constant is defined once per run"
 
 
 @dataclass(frozen=True)
@@ -586,7 +581,7 @@ class BrokerPolicy:
     def const_defined(self, name: str, frames: tuple[Frame, ...], asker: bytes, ok: bool) -> None:
         """The constant ``name`` was defined now (``ok``), or was already."""
         if not ok:
-            self._outbox.append((asker, m.ConstReply(name, const_conflict(name))))
+            self._outbox.append((asker, m.ConstReply(name, ConstantError.defined_twice(name))))
             return
         self.constants[name] = frames
         self._outbox.append((asker, m.ConstReply(name, "")))

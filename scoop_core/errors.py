@@ -84,6 +84,11 @@ class RemoteError(ScoopError):
 class ConstantError(ScoopError):
     """A shared constant was defined twice."""
 
+    @staticmethod
+    def defined_twice(name: str) -> str:
+        """The message for a second definition of ``name``, wherever it is refused."""
+        return f"shared constant {name!r} is already defined; a constant is defined once per run"
+
 
 class ConstantNotFound(ScoopError, KeyError):
     """``shared.getConst`` found no constant of that name within its timeout."""

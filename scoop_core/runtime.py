@@ -284,9 +284,7 @@ class Runtime:
 
     def set_const(self, name: str, value: Any) -> None:
         if name in self.constants:
-            raise ConstantError(
-                f"shared constant {name!r} is already defined; a constant is defined once per run"
-            )
+            raise ConstantError(ConstantError.defined_twice(name))
         try:
             frames = self.serializer.dumps(value)
         except Exception as exc:

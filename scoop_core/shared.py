@@ -27,9 +27,7 @@ def setConst(**kwargs: Any) -> None:
     for name, value in kwargs.items():
         if rt is None:
             if name in _local:
-                raise ConstantError(
-                    f"shared constant {name!r} is already defined; a constant is defined once per run"
-                )
+                raise ConstantError(ConstantError.defined_twice(name))
             _local[name] = value
         else:
             rt.set_const(name, value)

@@ -34,9 +34,9 @@ from scoop_core.broker_policy import (
     Enqueue,
     StoreOp,
     Withdraw,
-    const_conflict,
     lost_reason,
 )
+from scoop_core.errors import ConstantError
 from scoop_core.states import RUNNING
 from scoop_core.worker_book import WorkerBook
 
@@ -608,7 +608,7 @@ def test_a_constant_is_defined_once_in_the_store_and_reaches_every_peer(store: S
         assert store.take(worker) == [m.Const("size", (b"10",))]
 
     store.send(W1, m.SetConst("size", (b"11",)))
-    assert store.take(W1) == [m.ConstReply("size", const_conflict("size"))]
+    assert store.take(W1) == [m.ConstReply("size", ConstantError.defined_twice("size"))]
     store.deliver(ROOT)
     assert store.take(ROOT) == []
     assert store.constants == {"size": (b"10",)}
