@@ -75,12 +75,12 @@ IDENTITY = b"check-peer-\xe9"
 """Not ASCII on purpose: identities are bytes, not text."""
 
 
-def _expect(condition: object, message: str) -> None:
+def expect(condition: object, message: str) -> None:
     if not condition:
         raise AssertionError(message)
 
 
-def _bytes(frame: Frame) -> bytes:
+def as_bytes(frame: Frame) -> bytes:
     return bytes(memoryview(frame))
 
 
@@ -98,12 +98,12 @@ def _first_difference(data: bytes, want: bytes) -> int:
 def _expect_frames(got: Sequence[Frame] | None, expected: Sequence[bytes], what: str) -> None:
     if got is None:
         raise AssertionError(f"{what}: expected a message, got None")
-    _expect(
+    expect(
         len(got) == len(expected),
         f"{what}: expected {len(expected)} frames, got {len(got)} (messages must arrive whole)",
     )
     for index, (frame, want) in enumerate(zip(got, expected, strict=True)):
-        data = _bytes(frame)
+        data = as_bytes(frame)
         if data != want:
             raise AssertionError(
                 f"{what}: frame {index} differs from byte {_first_difference(data, want)} on: "
@@ -160,7 +160,7 @@ def _hello(hub: Hub, endpoint: Endpoint) -> bytes:
     return peer
 
 
-class _Call:
+class BackgroundCall:
     """A call run in a daemon thread, so that a check can bound how long it blocks."""
 
     def __init__(self, call: Callable[[], Any]) -> None:
@@ -188,15 +188,15 @@ class _Call:
 
 def _in_thread(call: Callable[[], Any], seconds: float, what: str) -> Any:
     """The value of a call that must not block; fail if it takes over ``seconds``."""
-    running = _Call(call)
-    _expect(running.done_within(seconds), f"{what}: still blocked after {seconds} s")
+    running = BackgroundCall(call)
+    expect(running.done_within(seconds), f"{what}: still blocked after {seconds} s")
     return running.value()
 
 
 def check_address(make_transport: MakeTransport) -> None:
     """``Hub.address`` is a non-empty string."""
     with _opened(make_transport, identities=()) as (hub, _):
-        _expect(
+        expect(
             isinstance(hub.address, str) and hub.address,
             f"Hub.address must be a non-empty str, got {hub.address!r}",
         )
@@ -238,7 +238,7 @@ def check_frame_types(make_transport: MakeTransport) -> None:
         pass
     else:
         frames.append(zmq.Frame(b"zmq frame"))
-    expected = [_bytes(frame) for frame in frames]
+    expected = [as_bytes(frame) for frame in frames]
     with _opened(make_transport) as (hub, [endpoint]):
         endpoint.send(frames)
         peer, got = _hub_recv(hub, "buffer types, endpoint -> hub")
@@ -286,11 +286,11 @@ def check_connection_ids(make_transport: MakeTransport, quiet: float = 0.5) -> N
         second.send([b"second"])
         second_id, frames = _hub_recv(hub, "the second endpoint's first message")
         _expect_frames(frames, [b"second"], "the second endpoint's first message")
-        _expect(
+        expect(
             type(first_id) is bytes and type(second_id) is bytes,
             f"connection ids must be bytes, got {first_id!r} and {second_id!r}",
         )
-        _expect(
+        expect(
             first_id != second_id,
             f"two endpoints connected with the same identity {IDENTITY!r} got the same "
             f"connection id {first_id!r}: the later one could take the earlier one's messages",
@@ -298,7 +298,7 @@ def check_connection_ids(make_transport: MakeTransport, quiet: float = 0.5) -> N
         first.send([b"first again"])
         again, frames = _hub_recv(hub, "the first endpoint's second message")
         _expect_frames(frames, [b"first again"], "the first endpoint's second message")
-        _expect(
+        expect(
             again == first_id,
             f"an endpoint's connection id changed between messages: {first_id!r}, then {again!r}",
         )
@@ -310,7 +310,7 @@ def check_connection_ids(make_transport: MakeTransport, quiet: float = 0.5) -> N
         )
         # A bounded wait that is itself the check: nothing may reach the second.
         stray = second.recv(quiet)
-        _expect(
+        expect(
             stray is None,
             f"the second endpoint of identity {IDENTITY!r} received {stray!r}, "
             "sent to the first one's connection id",
@@ -372,8 +372,8 @@ def check_many_endpoints(make_transport: MakeTransport, peers: int = 5, each: in
         tags: dict[bytes, bytes] = {}  # connection id -> the identity its messages carry
         for _ in range(peers * each):
             peer, frames = _hub_recv(hub, "messages from several endpoints")
-            tag = tags.setdefault(peer, _bytes(frames[0]))
-            _expect(tag in next_seq, f"a message tagged with an unknown sender {tag!r}")
+            tag = tags.setdefault(peer, as_bytes(frames[0]))
+            expect(tag in next_seq, f"a message tagged with an unknown sender {tag!r}")
             _expect_frames(
                 frames,
                 [tag, b"%d" % next_seq[tag]],
@@ -429,8 +429,8 @@ def check_recv_poll(make_transport: MakeTransport) -> None:
             start = time.monotonic()
             got = recv(0)
             elapsed = time.monotonic() - start
-            _expect(got is None, f"{name}.recv(0) with no traffic must return None, got {got!r}")
-            _expect(elapsed < QUICK, f"{name}.recv(0) took {elapsed:.2f} s; it must not wait")
+            expect(got is None, f"{name}.recv(0) with no traffic must return None, got {got!r}")
+            expect(elapsed < QUICK, f"{name}.recv(0) took {elapsed:.2f} s; it must not wait")
 
 
 def check_recv_timeout(make_transport: MakeTransport, timeout: float = 0.2) -> None:
@@ -440,10 +440,10 @@ def check_recv_timeout(make_transport: MakeTransport, timeout: float = 0.2) -> N
             start = time.monotonic()
             got = recv(timeout)
             elapsed = time.monotonic() - start
-            _expect(
+            expect(
                 got is None, f"{name}.recv({timeout}) with no traffic must return None, got {got!r}"
             )
-            _expect(
+            expect(
                 timeout * 0.75 <= elapsed < 5.0,
                 f"{name}.recv({timeout}) returned after {elapsed:.3f} s; it must wait about {timeout} s",
             )
@@ -452,7 +452,7 @@ def check_recv_timeout(make_transport: MakeTransport, timeout: float = 0.2) -> N
 def _expect_wakeup_unblocks(
     recv: Callable[[float | None], Any], wakeup: Callable[[], None], name: str
 ) -> None:
-    running = _Call(lambda: recv(None))
+    running = BackgroundCall(lambda: recv(None))
     # A bounded wait that is itself a check: with no traffic and no wake-up,
     # recv(None) must not return. (If the thread has not reached recv yet,
     # the wake-up below must still not be lost.)
@@ -461,12 +461,12 @@ def _expect_wakeup_unblocks(
             f"{name}.recv(None) returned {running.value()!r} with no traffic and no wakeup()"
         )
     wakeup()
-    _expect(
+    expect(
         running.done_within(WAIT),
         f"{name}.recv(None) in one thread was still blocked {WAIT} s after wakeup() from another",
     )
     got = running.value()
-    _expect(got is None, f"{name}.recv(None) woken up must return None, got {got!r}")
+    expect(got is None, f"{name}.recv(None) woken up must return None, got {got!r}")
 
 
 def check_wakeup_across_threads(make_transport: MakeTransport) -> None:
@@ -484,7 +484,7 @@ def check_wakeup_not_lost(make_transport: MakeTransport) -> None:
             got = _in_thread(
                 partial(obj.recv, None), WAIT, f"{name}.recv(None) after an earlier wakeup()"
             )
-            _expect(got is None, f"{name}.recv(None) after wakeup() must return None, got {got!r}")
+            expect(got is None, f"{name}.recv(None) after wakeup() must return None, got {got!r}")
 
 
 def _call_many(call: Callable[[], None], times: int) -> None:
@@ -525,7 +525,7 @@ def check_close(make_transport: MakeTransport) -> None:
             obj.close()
             obj.wakeup()
             got = _in_thread(partial(obj.recv, None), QUICK, f"{name}.recv(None) after close()")
-            _expect(got is None, f"{name}.recv after close() must return None, got {got!r}")
+            expect(got is None, f"{name}.recv after close() must return None, got {got!r}")
             try:
                 send()
             except TransportClosed:
@@ -538,18 +538,16 @@ def check_close_from_another_thread(make_transport: MakeTransport) -> None:
     """``close()`` from another thread makes a blocked ``recv(None)`` return ``None``."""
     with _opened(make_transport) as (hub, [endpoint]):
         for name, obj in (("Endpoint", endpoint), ("Hub", hub)):
-            running = _Call(partial(obj.recv, None))
+            running = BackgroundCall(partial(obj.recv, None))
             # Give recv a moment to block; closing before it starts is fine too.
             running.done_within(0.1)
             obj.close()
-            _expect(
+            expect(
                 running.done_within(WAIT),
                 f"{name}.recv(None) was still blocked {WAIT} s after close() from another thread",
             )
             got = running.value()
-            _expect(
-                got is None, f"{name}.recv(None) ended by close() must return None, got {got!r}"
-            )
+            expect(got is None, f"{name}.recv(None) ended by close() must return None, got {got!r}")
 
 
 def check_send_to_unknown_peer(make_transport: MakeTransport) -> None:
@@ -623,10 +621,10 @@ def check_transport(make_transport: Callable[[], Transport]) -> None:
     Runs every check in :data:`TRANSPORT_CHECKS` and raises
     :class:`AssertionError` naming the first one that fails.
     """
-    _run_checks(TRANSPORT_CHECKS, make_transport)
+    run_checks(TRANSPORT_CHECKS, make_transport)
 
 
-def _run_checks(checks: Sequence[Callable[[_Maker], None]], make: _Maker) -> None:
+def run_checks(checks: Sequence[Callable[[_Maker], None]], make: _Maker) -> None:
     """Run ``checks`` on ``make`` in order; the first failure names its check."""
     for check in checks:
         try:
