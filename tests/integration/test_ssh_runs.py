@@ -27,6 +27,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from conftest import environ_without_scoop, run_command
 
 HERE = Path(__file__).resolve().parent
 
@@ -75,7 +76,7 @@ class Machines:
         # The launcher's own address as the hosts see it: the bridge's.
         self.here = address.rsplit(".", 1)[0] + ".1" if cluster.in_namespaces else "127.0.0.1"
         self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith(("SCOOP_", "_SCOOP_"))},
+            **environ_without_scoop(),
             "SCOOP_LAUNCHER_SSH_SSH_CONFIG": str(config),
             "SCOOP_LAUNCHER_SSH_KNOWN_HOSTS": str(known),
             "SCOOP_LAUNCHER_SSH_CONNECT_TIMEOUT": "5",
@@ -134,12 +135,10 @@ def machines() -> Iterator[Machines]:
 def _run(
     machines: Machines, prog: Path, *flags: str, timeout: float = 180
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return run_command(
         [sys.executable, "-m", "scoop", "--broker-hostname", machines.here, *flags, str(prog)],
         cwd=prog.parent,
         env=machines.env,
-        capture_output=True,
-        text=True,
         timeout=timeout,
     )
 
@@ -234,12 +233,10 @@ if __name__ == "__main__":
 
 def test_tunnel_reaches_a_broker_that_listens_on_loopback_only(machines, write_program):
     prog = write_program(PROGRAM)
-    proc = subprocess.run(
+    proc = run_command(
         [sys.executable, "-m", "scoop", "--tunnel", "--hosts", "h2", "h2", "h3", "-v", str(prog)],
         cwd=prog.parent,
         env=machines.env,
-        capture_output=True,
-        text=True,
         timeout=180,
     )
     got = _result(proc)

@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import scheduler_checks as checks
+
 SGE_ROOT = Path("/var/lib/gridengine")
 CELL = "default"
 SPOOL = Path("/var/spool/gridengine")
@@ -62,12 +64,6 @@ def missing() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Cluster:
     """A running Grid Engine: ``env`` has what its commands need; ``host`` is the exec host."""
@@ -96,8 +92,8 @@ def sge_cluster() -> Iterator[Cluster]:
     env.update(
         SGE_ROOT=str(SGE_ROOT),
         SGE_CELL=CELL,
-        SGE_QMASTER_PORT=str(_free_port()),
-        SGE_EXECD_PORT=str(_free_port()),
+        SGE_QMASTER_PORT=str(checks.free_port()),
+        SGE_EXECD_PORT=str(checks.free_port()),
     )
     cluster = Cluster(env, host)
     aliases = SGE_ROOT / CELL / "common" / "host_aliases"

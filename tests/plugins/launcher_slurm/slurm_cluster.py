@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import scheduler_checks as checks
+
 NODES = ("n1", "n2")
 CPUS_PER_NODE = 2
 READY_WITHIN = 30.0
@@ -44,12 +46,6 @@ def missing() -> str | None:
     if os.geteuid() != 0:
         return "a SLURM cluster needs root (slurmd runs jobs as their user)"
     return None
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _program(name: str) -> str:
@@ -123,7 +119,7 @@ def _configure(base: Path) -> dict[str, str]:
     (base / "state").mkdir()
     host = socket.gethostname().split(".")[0]
     nodes = "\n".join(
-        f"NodeName={node} NodeHostname={host} NodeAddr=127.0.0.1 Port={_free_port()} "
+        f"NodeName={node} NodeHostname={host} NodeAddr=127.0.0.1 Port={checks.free_port()} "
         f"CPUs={CPUS_PER_NODE} RealMemory=1000 State=UNKNOWN"
         for node in NODES
     )
@@ -133,7 +129,7 @@ ClusterName=scooptest
 SlurmctldHost={host}(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
-SlurmctldPort={_free_port()}
+SlurmctldPort={checks.free_port()}
 AuthType=auth/munge
 AuthInfo=socket={munge / "munge.socket"}
 CredType=cred/munge

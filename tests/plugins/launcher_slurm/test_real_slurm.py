@@ -22,16 +22,7 @@ import pytest
 import scheduler_checks as checks
 import slurm_cluster
 
-# Looked at once, at collection: before this module's own cluster starts.
-MISSING = slurm_cluster.missing()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _scheduler_installed() -> None:
-    """Never skipped: a machine without the scheduler fails these tests, naming
-    what to install (.ci/run installs it)."""
-    if MISSING is not None:
-        pytest.fail(MISSING)
+_scheduler_installed = checks.fail_unless_installed(slurm_cluster.missing())
 
 
 REPO = Path(__file__).resolve().parents[3]

@@ -85,6 +85,11 @@ class Output:
         raise AssertionError(f"{name} printed no pid in {self.out!r}")
 
 
+EITHER_CLIENT = pytest.mark.parametrize("program", ["", "ssh"], ids=["paramiko", "ssh"])
+"""A test run once with paramiko, in this process (``program`` empty), and once
+with the ``ssh`` program."""
+
+
 @pytest.fixture
 def output(capsys: pytest.CaptureFixture[str]) -> Output:
     return Output(capsys)
@@ -137,7 +142,7 @@ def test_workers_on_three_hosts_print_through_the_launcher_prefixed_by_host(
     assert group.poll() == {"w1": None, "w2": None, "w3": None, "w4": None}
 
 
-@pytest.mark.parametrize("program", ["", "ssh"], ids=["paramiko", "ssh"])
+@EITHER_CLIENT
 def test_the_environment_reaches_workers_but_no_command_line(
     cluster: Cluster,
     ssh_settings: Callable[..., dict[str, Any]],
@@ -239,7 +244,7 @@ def test_accept_new_trusts_an_unknown_host_and_remembers_it(
     assert cluster["h1"].known_hosts_line() in Path(settings["known_hosts"]).read_text()
 
 
-@pytest.mark.parametrize("program", ["", "ssh"], ids=["paramiko", "ssh"])
+@EITHER_CLIENT
 def test_a_hosts_strict_host_key_checking_in_ssh_config_wins(
     cluster: Cluster,
     ssh_settings: Callable[..., dict[str, Any]],
@@ -390,7 +395,7 @@ def broker_stand_in() -> Iterator[int]:
     server.server_close()
 
 
-@pytest.mark.parametrize("program", ["", "ssh"], ids=["paramiko", "ssh"])
+@EITHER_CLIENT
 def test_tunnel_carries_workers_to_a_broker_they_cannot_reach(
     cluster: Cluster,
     ssh_settings: Callable[..., dict[str, Any]],
@@ -472,7 +477,7 @@ def test_a_supervisor_that_cannot_start_is_reported_with_its_cause(
     nothing_left(cluster, "h1", "h2")
 
 
-@pytest.mark.parametrize("program", ["", "ssh"], ids=["paramiko", "ssh"])
+@EITHER_CLIENT
 def test_count_cores_asks_each_host(
     cluster: Cluster, ssh_settings: Callable[..., dict[str, Any]], program: str
 ) -> None:
