@@ -155,6 +155,26 @@ def run_command(
     )
 
 
+def start_go_ahead_run(
+    tmp_path: Path, source: str, flags: Sequence[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[str], Path, Path]:
+    """``python -m scoop FLAGS prog.py GO`` started in ``tmp_path``, with
+    ``source`` (a :func:`go_ahead_program`) as prog.py and its output piped:
+    the launcher, the program's path and the go-ahead file's."""
+    program = tmp_path / "prog.py"
+    program.write_text(textwrap.dedent(source))
+    go = tmp_path / "go"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "scoop", *flags, str(program), str(go)],
+        cwd=tmp_path,
+        env=None if env is None else {**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return proc, program, go
+
+
 def _read_lines(stream: IO[str], into: list[str]) -> None:
     for line in stream:
         into.append(line)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from conftest import go_ahead_program, read_output, wait_for, wait_gone
+from conftest import go_ahead_program, read_output, start_go_ahead_run, wait_for, wait_gone
 from scoop_transport_zmq.transport import ZmqTransport
 
 from scoop_core import messages as m
@@ -284,16 +284,8 @@ PROGRAM = go_ahead_program(50, 300)
 
 
 def test_a_run_gives_the_right_answer_while_a_stranger_floods_its_broker(tmp_path: Path) -> None:
-    program = tmp_path / "prog.py"
-    program.write_text(textwrap.dedent(PROGRAM))
-    marker, go = tmp_path / "marker", tmp_path / "go"
-    run = subprocess.Popen(
-        [sys.executable, "-m", "scoop", "-vv", "-n", "2", str(program), str(go)],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    run, program, go = start_go_ahead_run(tmp_path, PROGRAM, ["-vv", "-n", "2"])
+    marker = tmp_path / "marker"
     flood: subprocess.Popen[str] | None = None
     out, err, readers = read_output(run)
     try:

@@ -29,7 +29,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from conftest import read_output, run_command, wait_gone
+from conftest import read_output, run_command, start_go_ahead_run, wait_gone
 
 MESSAGES = 100_000
 
@@ -195,18 +195,10 @@ context.term()
 
 
 def test_a_running_broker_survives_100000_broken_messages(tmp_path: Path) -> None:
-    program = tmp_path / "prog.py"
-    program.write_text(textwrap.dedent(PROGRAM))
     fuzzer = tmp_path / "fuzzer.py"
     fuzzer.write_text(textwrap.dedent(FUZZER))
-    marker, go = tmp_path / "unpickled", tmp_path / "go"
-    run = subprocess.Popen(
-        [sys.executable, "-m", "scoop", "-v", "-n", "2", str(program), str(go)],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    marker = tmp_path / "unpickled"
+    run, program, go = start_go_ahead_run(tmp_path, PROGRAM, ["-v", "-n", "2"])
     out, err, readers = read_output(run)
     fuzz: subprocess.CompletedProcess[str] | None = None
     try:

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import go_ahead_program, read_output, wait_for, wait_gone
+from conftest import go_ahead_program, read_output, start_go_ahead_run, wait_for, wait_gone
 from scoop_transport_zmq.transport import ZmqTransport
 
 from scoop_core import messages as m
@@ -144,16 +144,8 @@ class Run:
     """``python -m scoop -v FLAGS prog.py GO``, its output read as it comes."""
 
     def __init__(self, tmp_path: Path, flags: list[str], env: dict[str, str]) -> None:
-        self.program = tmp_path / "prog.py"
-        self.program.write_text(textwrap.dedent(PROGRAM))
-        self.go = tmp_path / "go"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scoop", "-v", *flags, str(self.program), str(self.go)],
-            cwd=tmp_path,
-            env={**os.environ, **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        self.proc, self.program, self.go = start_go_ahead_run(
+            tmp_path, PROGRAM, ["-v", *flags], env
         )
         self.out, self.err, self._readers = read_output(self.proc)
 
