@@ -564,9 +564,16 @@ class BrokerPolicy:
             if fut.state is ASSIGNED:  # it had started: say so, and ask no more
                 self._start(rec.peer, [fid])
             return
-        # Handed back unstarted: queue it again, without a loss.
         self._unhold(rec, fut)
         fut.holder = None
+        asker = self._cancelling.pop(fid, None)
+        if asker is not None:
+            # Its owner asked to cancel it meanwhile: it never runs.
+            fut.fire(Event.CANCEL)
+            self._release(fut)
+            self._outbox.append((asker, m.CancelReply(fid, True)))
+            return
+        # Handed back unstarted: queue it again, without a loss.
         fut.fire(Event.RECALL)
         self._queue_again(fut)
 
@@ -789,7 +796,10 @@ class BrokerPolicy:
                 self._outbox.append((fut.holder or b"", m.Cancel(fid)))
                 return
         if why == "cancel" and self.peers.get(owner) is not None:
-            self._outbox.append((owner, m.CancelReply(fid, False)))
+            # Out of the queue already: its entry went in the same commit as
+            # the word of it that is in our mailbox now (its outcome, or its
+            # hand-back), and that word answers the cancel.
+            self._cancelling[fid] = owner
 
     def wants(self) -> int:
         """How many futures this policy's workers would take now: on a

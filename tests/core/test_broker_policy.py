@@ -1119,3 +1119,21 @@ def test_a_cancel_crossed_by_the_result_is_answered_even_if_the_holder_then_dies
     msgs = run.take(ROOT)
     assert outcomes(msgs) == [(fid, m.OK)]
     assert m.CancelReply(fid, False) in msgs
+
+
+def test_a_cancel_that_crosses_a_recall_cancels_the_future(run: Run) -> None:
+    run.join(W1, slots=1)
+    run.send(W1, m.Ready(2))
+    slow, fast = run.submit(ROOT, 2)
+    assert run.tasks_for(W1) == [slow, fast]
+    run.join(W2, slots=1)
+    run.send(W2, m.Ready(2))
+    assert run.take(W1) == [m.Recall(fast)]
+    run.send(ROOT, m.Cancel(fast))
+    assert run.take(W1) == [m.Cancel(fast)]
+    run.send(W1, m.RecallReply(fast, True))  # handed back before it read the cancel
+    assert run.take(ROOT) == [m.CancelReply(fast, True)]
+    run.send(W1, m.CancelReply(fast, False))  # the cancel finds nothing to cancel
+    assert run.take(ROOT) == []
+    assert run.tasks_for(W2) == []  # it never runs
+    assert set(run.book.futures) == {slow}

@@ -859,3 +859,15 @@ StoreExactlyOnce.TestCase.settings = settings(
     max_examples=150, stateful_step_count=40, deadline=None
 )
 TestStoreExactlyOnce = StoreExactlyOnce.TestCase
+
+
+def test_a_cancel_that_crosses_a_hand_back_cancels_the_future(store: Store) -> None:
+    fid = store.taken_by(W1)
+    assert store.tasks_for(W1) == [fid]
+    store.send(W1, m.Bye("leaving"))  # handed back: its entry is gone...
+    store.gone(W1)
+    store.send(ROOT, m.Cancel(fid))  # ...before the owner read the Returned mail
+    assert store.take(ROOT) == []
+    store.deliver(ROOT)
+    assert store.take(ROOT) == [m.CancelReply(fid, True)]
+    assert store.queue == {} and no_futures_left(store)
