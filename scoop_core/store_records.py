@@ -35,7 +35,7 @@ import json
 import logging
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -197,17 +197,6 @@ class Queued:
         """Names this queuing of this future, for its taken mark."""
         return b"%x:%d" % (self.task.fid, self.attempt)
 
-    def again(self, lost_on: str | None = None) -> Queued:
-        """The entry of the next queuing, with one more loss if it was ``lost_on`` a worker."""
-        if lost_on is None:
-            return replace(self, attempt=self.attempt + 1)
-        return replace(
-            self,
-            attempt=self.attempt + 1,
-            losses=self.losses + 1,
-            lost_on=(*self.lost_on, lost_on),
-        )
-
 
 def entry_for(queued: Queued, key: bytes) -> Entry:
     """The signed queue entry of ``queued``."""
@@ -298,10 +287,11 @@ def seal_peer(key: bytes, name: str, index: int, role: str) -> bytes:
 class Peers:
     """The run's peers as their signed records say: names, indices, roles.
 
-    Records that are not the run's are deleted as they are read. An index,
-    once known, keeps its name (indices are never reused), so a record
-    rewritten later changes nothing here. Without ``key`` it knows nobody
-    (a caller that only passes it on)."""
+    Records that are not the run's are deleted as they are read. They only
+    name mailboxes (for constants, departures and the end of the run) and
+    count workers: a future's owner is read from its signed entry, never
+    from here. Without ``key`` it knows nobody (a caller that only passes
+    it on)."""
 
     def __init__(
         self, store: BrokerStore, key: bytes | None = None, *, who: str = LAUNCHER
@@ -309,7 +299,6 @@ class Peers:
         self.store = store
         self.key = key
         self.who = who
-        self._names: dict[int, str] = {}
 
     def records(self) -> dict[str, tuple[int, str]]:
         """Every peer with a good record: name -> (index, role)."""
@@ -331,16 +320,6 @@ class Peers:
 
     def names(self) -> list[str]:
         return list(self.records())
-
-    def workers(self) -> int:
-        return sum(1 for _, role in self.records().values() if role == m.WORKER)
-
-    def owner(self, fid: int) -> str | None:
-        index = fid >> 32
-        if index not in self._names:
-            for name, (i, _) in self.records().items():
-                self._names.setdefault(i, name)
-        return self._names.get(index)
 
 
 # -- constants ------------------------------------------------------------------------------
