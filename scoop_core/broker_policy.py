@@ -301,21 +301,15 @@ class BrokerPolicy:
         if rec is None or rec.state is GONE:
             raise ProtocolError(f"message {type(msg).__name__} from unknown peer {peer!r}")
         rec.heard = self.now
-        if isinstance(msg, m.Submit):
+        if self._about_futures(peer, msg):
+            pass
+        elif isinstance(msg, m.Submit):
             self._submit(rec, msg.tasks)
         elif isinstance(msg, m.Ready):
             self._ready(rec, msg.count)
         elif isinstance(msg, m.Spare):
             rec.spare = max(0, msg.count)
             rec.stealing = False
-        elif isinstance(msg, m.Started):
-            self._start(peer, msg.fids)
-        elif isinstance(msg, m.Results):
-            self._finish(peer, msg.outcomes)
-        elif isinstance(msg, m.Cancel):
-            self._cancel(peer, msg.fid)
-        elif isinstance(msg, m.CancelReply):
-            self._cancel_reply(peer, msg.fid, msg.cancelled)
         elif isinstance(msg, m.RecallReply):
             self._recall_reply(rec, msg.fid, msg.recalled)
         elif isinstance(msg, m.SetConst):
@@ -331,14 +325,8 @@ class BrokerPolicy:
         """On a store: apply one message from ``sender``, a peer elsewhere
         (its driver checked who signed it). ProtocolError if a peer may not
         send it."""
-        if isinstance(msg, m.Started):
-            self._start(sender, msg.fids)
-        elif isinstance(msg, m.Results):
-            self._finish(sender, msg.outcomes)
-        elif isinstance(msg, m.Cancel):
-            self._cancel(sender, msg.fid)
-        elif isinstance(msg, m.CancelReply):
-            self._cancel_reply(sender, msg.fid, msg.cancelled)
+        if self._about_futures(sender, msg):
+            pass
         elif isinstance(msg, m.Returned):
             self._returned(sender, msg)
         elif isinstance(msg, m.Departed):
@@ -349,6 +337,22 @@ class BrokerPolicy:
                     self._outbox.append((peer, msg))
         else:
             raise ProtocolError(f"a peer may not mail {type(msg).__name__}")
+
+    def _about_futures(self, peer: bytes, msg: m.Message) -> bool:
+        """Apply ``msg`` if it is news of futures (a start, outcomes, a cancel
+        or its answer), which come alike from a local peer and, on a store,
+        from a peer elsewhere; False if it is not."""
+        if isinstance(msg, m.Started):
+            self._start(peer, msg.fids)
+        elif isinstance(msg, m.Results):
+            self._finish(peer, msg.outcomes)
+        elif isinstance(msg, m.Cancel):
+            self._cancel(peer, msg.fid)
+        elif isinstance(msg, m.CancelReply):
+            self._cancel_reply(peer, msg.fid, msg.cancelled)
+        else:
+            return False
+        return True
 
     def _hello(self, peer: bytes, msg: m.Hello) -> None:
         if peer in self.peers and self.peers[peer].state is not GONE:
