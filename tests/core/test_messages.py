@@ -17,7 +17,7 @@ import pickle
 import re
 import struct
 import tracemalloc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -479,12 +479,18 @@ _msgpack_values = st.recursive(
 )
 
 
+def _headers_of_any_shape(max_fields: int) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Draws a test's ``kind`` (known or not), up to ``max_fields`` header
+    ``fields`` of any msgpack shape, and its ``payload`` frames."""
+    return given(
+        kind=st.sampled_from([*m.MESSAGE_TYPES, 0, 99]),
+        fields=st.lists(_msgpack_values, max_size=max_fields),
+        payload=st.lists(st.binary(max_size=10), max_size=4),
+    )
+
+
 @settings(max_examples=200, deadline=None)
-@given(
-    kind=st.sampled_from([*m.MESSAGE_TYPES, 0, 99]),
-    fields=st.lists(_msgpack_values, max_size=7),
-    payload=st.lists(st.binary(max_size=10), max_size=4),
-)
+@_headers_of_any_shape(max_fields=7)
 def test_signed_headers_of_any_shape_are_parsed_or_refused_cleanly(
     kind: int, fields: list[Any], payload: list[bytes]
 ) -> None:
@@ -845,11 +851,7 @@ def test_random_frames_are_refused_cleanly_by_a_codec(
 
 
 @settings(max_examples=100, deadline=None)
-@given(
-    kind=st.sampled_from([*m.MESSAGE_TYPES, 0, 99]),
-    fields=st.lists(_msgpack_values, max_size=9),
-    payload=st.lists(st.binary(max_size=10), max_size=4),
-)
+@_headers_of_any_shape(max_fields=9)
 def test_signed_codec_headers_of_any_shape_are_parsed_or_refused_cleanly(
     kind: int, fields: list[Any], payload: list[bytes]
 ) -> None:

@@ -8,6 +8,8 @@ peer records, the worker's jobs).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from scoop_core import messages as m
@@ -102,26 +104,29 @@ def test_the_tables_are_the_documented_lifecycles() -> None:
     assert WORKER_TRANSITIONS == EXPECTED_WORKER_EDGES
 
 
+def _assert_legal(
+    table: dict[tuple[State, Event], State],
+    edge: tuple[tuple[State, Event], State],
+    *records: Callable[[State], FutureRecord | PeerRecord | Job],
+) -> None:
+    """``edge`` is in ``table``, and each record made in its first state follows it."""
+    (before, event), after = edge
+    assert transition(table, before, event) is after
+    for make in records:
+        record = make(before)
+        record.fire(event)
+        assert record.state is after
+
+
 @pytest.mark.parametrize("edge", EXPECTED_FUTURE_EDGES.items(), ids=_edge_id)
 def test_every_legal_future_transition(edge: tuple[tuple[State, Event], State]) -> None:
-    (before, event), after = edge
-    assert transition(FUTURE_TRANSITIONS, before, event) is after
     # The broker's record and the worker's job both follow the same table.
-    fut = _future(before)
-    fut.fire(event)
-    assert fut.state is after
-    job = _job(before)
-    job.fire(event)
-    assert job.state is after
+    _assert_legal(FUTURE_TRANSITIONS, edge, _future, _job)
 
 
 @pytest.mark.parametrize("edge", EXPECTED_WORKER_EDGES.items(), ids=_edge_id)
 def test_every_legal_worker_transition(edge: tuple[tuple[State, Event], State]) -> None:
-    (before, event), after = edge
-    assert transition(WORKER_TRANSITIONS, before, event) is after
-    peer = _peer(before)
-    peer.fire(event)
-    assert peer.state is after
+    _assert_legal(WORKER_TRANSITIONS, edge, _peer)
 
 
 ILLEGAL_FUTURE_PAIRS = [
