@@ -24,18 +24,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from policy_peers import FakePeers
 
+from scoop_core import broker_policy
 from scoop_core import messages as m
-from scoop_core.broker_policy import (
-    Ack,
-    Arrival,
-    Broadcast,
-    BrokerPolicy,
-    DefineConst,
-    Enqueue,
-    StoreOp,
-    Withdraw,
-    lost_reason,
-)
+from scoop_core.broker_policy import BrokerPolicy, lost_reason
 from scoop_core.errors import ConstantError
 from scoop_core.states import RUNNING
 from scoop_core.worker_book import WorkerBook
@@ -63,7 +54,7 @@ class Commit:
 
     peer: bytes
     mail: list[tuple[bytes, m.Message]]
-    ops: list[StoreOp]
+    ops: list[broker_policy.StoreOp]
 
 
 class Store(FakePeers):
@@ -151,24 +142,24 @@ class Store(FakePeers):
                 elif to in self.policies:
                     self.mail[to].append((peer, msg))
             for op in ops:
-                if isinstance(op, Enqueue):
+                if isinstance(op, broker_policy.Enqueue):
                     entry_id = b"%d-0" % next(self._ids)
                     fut = op.fut
                     self.queue[entry_id] = Entry(
                         fut.task, peer, fut.attempt, fut.losses, tuple(fut.lost_on)
                     )
                     policy.enqueued(fut.fid, entry_id)
-                elif isinstance(op, Ack):
+                elif isinstance(op, broker_policy.Ack):
                     self.queue.pop(op.entry, None)
-                elif isinstance(op, Broadcast):
+                elif isinstance(op, broker_policy.Broadcast):
                     for other in self.policies:
                         if other != peer:
                             self.mail[other].append((peer, op.msg))
             for op in ops:
-                if isinstance(op, Withdraw):
+                if isinstance(op, broker_policy.Withdraw):
                     policy.withdrawn(op.fid, self._withdraw(op.entry))
             for op in ops:
-                if isinstance(op, DefineConst):
+                if isinstance(op, broker_policy.DefineConst):
                     defined = op.name not in self.constants
                     if defined:
                         self.constants[op.name] = tuple(bytes(f) for f in op.frames)
@@ -195,7 +186,7 @@ class Store(FakePeers):
             if not entry.holder:
                 entry.holder = peer
                 arrivals.append(
-                    Arrival(
+                    broker_policy.Arrival(
                         entry.task,
                         entry.owner,
                         entry_id,
@@ -278,7 +269,7 @@ def test_a_future_is_queued_in_the_store_runs_elsewhere_and_its_result_comes_bac
     store: Store,
 ) -> None:
     (fid,) = store.submit(ROOT)
-    assert isinstance(store.commits[-1].ops[0], Enqueue)
+    assert isinstance(store.commits[-1].ops[0], broker_policy.Enqueue)
     assert store.queued() == [fid]
     assert store.take(ROOT) == []
 
@@ -296,7 +287,9 @@ def test_a_future_is_queued_in_the_store_runs_elsewhere_and_its_result_comes_bac
     outcome = m.Outcome(fid, m.OK, 0.5, (b"42",))
     store.send(W1, m.Results((outcome,)))
     # The result is mailed in the very commit that removes the entry.
-    assert store.commits[-1] == Commit(W1, [(ROOT, m.Results((outcome,)))], [Ack(entry_id)])
+    assert store.commits[-1] == Commit(
+        W1, [(ROOT, m.Results((outcome,)))], [broker_policy.Ack(entry_id)]
+    )
     assert store.queue == {}
     store.deliver(ROOT)
     assert store.take(ROOT) == [m.Results((outcome,))]
@@ -330,7 +323,7 @@ def test_cancel_of_a_future_still_in_the_queue_takes_it_out_and_it_never_runs(
     (fid,) = store.submit(ROOT)
     entry_id, _ = store.entry_of(fid)
     store.send(ROOT, m.Cancel(fid))
-    assert Withdraw(fid, entry_id) in store.commits[-2].ops
+    assert broker_policy.Withdraw(fid, entry_id) in store.commits[-2].ops
     assert store.take(ROOT) == [m.CancelReply(fid, True)]
     assert store.queue == {}
     store.send(W1, m.Ready(1))
@@ -354,7 +347,9 @@ def test_cancel_of_a_future_held_unstarted_elsewhere_asks_its_holder(store: Stor
     assert store.take(W1) == [m.Cancel(waiting)]
     entry_id, _ = store.entry_of(waiting)
     store.send(W1, m.CancelReply(waiting, True))
-    assert store.commits[-1] == Commit(W1, [(ROOT, m.CancelReply(waiting, True))], [Ack(entry_id)])
+    assert store.commits[-1] == Commit(
+        W1, [(ROOT, m.CancelReply(waiting, True))], [broker_policy.Ack(entry_id)]
+    )
     store.deliver(ROOT)
     assert m.CancelReply(waiting, True) in store.take(ROOT)
     assert store.policies[ROOT].futures.keys() == {running}
@@ -600,9 +595,9 @@ def test_a_future_a_worker_took_is_not_failed_when_no_worker_is_seen() -> None:
 
 def test_a_constant_is_defined_once_in_the_store_and_reaches_every_peer(store: Store) -> None:
     store.send(ROOT, m.SetConst("size", (b"10",)))
-    assert DefineConst("size", (b"10",), ROOT) in store.commits[-2].ops
+    assert broker_policy.DefineConst("size", (b"10",), ROOT) in store.commits[-2].ops
     assert store.take(ROOT) == [m.ConstReply("size", "")]
-    assert Broadcast(m.Const("size", (b"10",))) in store.commits[-1].ops
+    assert broker_policy.Broadcast(m.Const("size", (b"10",))) in store.commits[-1].ops
     for worker in (W1, W2):
         store.deliver(worker)
         assert store.take(worker) == [m.Const("size", (b"10",))]
