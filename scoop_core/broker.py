@@ -41,10 +41,10 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Unpack
 
 from scoop_core import messages as m
-from scoop_core.broker_policy import BrokerPolicy
+from scoop_core.broker_policy import BrokerPolicy, PolicyOptions
 from scoop_core.errors import ProtocolError, SerializationError
 from scoop_core.interfaces import Hub, Transport
 
@@ -93,14 +93,11 @@ class Broker:
         run_id: str,
         public: bool = False,
         local: bool = False,
-        max_losses: int = 3,
-        expected_workers: int = 0,
-        join_timeout: float = 10.0,
-        heartbeat_interval: float = 5.0,
-        heartbeat_timeout: float = 30.0,
-        max_message_size: int | None = None,
+        **options: Unpack[PolicyOptions],
     ) -> None:
         self.key = key
+        self.book = BrokerPolicy(**options, now=time.monotonic())
+        max_message_size = self.book.max_message_size
         self.codec = m.Codec(key, m.BROKER_IDENTITY, max_size=max_message_size)
         self.hub = bind_hub(
             transport,
@@ -111,15 +108,6 @@ class Broker:
             max_message_size=max_message_size,
         )
         self.address = self.hub.address
-        self.book = BrokerPolicy(
-            max_losses=max_losses,
-            expected_workers=expected_workers,
-            max_message_size=max_message_size,
-            heartbeat_interval=heartbeat_interval,
-            heartbeat_timeout=heartbeat_timeout,
-            join_timeout=join_timeout,
-            now=time.monotonic(),
-        )
         self._requests: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
         self._running = False
         self._thread = threading.Thread(target=self._loop, name="scoop-broker", daemon=True)
@@ -130,7 +118,7 @@ class Broker:
         # Connections of peers counted as lost: name, to tell them if they speak.
         self._lost_conns: dict[bytes, bytes] = {}
         self._closing_until = 0.0
-        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_interval = self.book.heartbeat_interval
         self.lost: set[str] = set()  # names of peers counted as lost (not a goodbye)
 
     def start(self) -> None:

@@ -56,6 +56,7 @@ import heapq
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 from scoop_core import messages as m
 from scoop_core.errors import ConstantError, ProtocolError
@@ -212,6 +213,18 @@ class Arrival:
     attempt: int = 0
     losses: int = 0
     lost_on: tuple[str, ...] = ()
+
+
+class PolicyOptions(TypedDict, total=False):
+    """The run's settings a :class:`BrokerPolicy` takes, as its drivers pass
+    them on; their defaults are :class:`BrokerPolicy`'s."""
+
+    max_losses: int
+    expected_workers: int
+    max_message_size: int | None
+    heartbeat_interval: float
+    heartbeat_timeout: float
+    join_timeout: float
 
 
 class BrokerPolicy:

@@ -40,6 +40,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from typing import Unpack
 
 from scoop_core import messages as m
 from scoop_core.broker_policy import (
@@ -50,6 +51,7 @@ from scoop_core.broker_policy import (
     DefineConst,
     Enqueue,
     FutureRecord,
+    PolicyOptions,
     StoreOp,
     Withdraw,
 )
@@ -160,14 +162,9 @@ class StoreEndpoint(Endpoint):
         key: bytes,
         name: str,
         root: str = "",
-        max_losses: int = 3,
-        expected_workers: int = 0,
-        join_timeout: float = 10.0,
-        heartbeat_interval: float = 5.0,
-        heartbeat_timeout: float = 30.0,
-        max_message_size: int | None = None,
         launcher_alive: Callable[[], bool] | None = None,
         key_path: str = "",
+        **options: Unpack[PolicyOptions],
     ) -> None:
         self.store = store
         self.key_path = key_path  # the launcher's key file, which a run ending here deletes
@@ -176,19 +173,10 @@ class StoreEndpoint(Endpoint):
         self.name = name
         self.identity = name.encode()
         self.root = root
-        self.max_size = max_message_size
-        self.heartbeat_interval = heartbeat_interval
-        self.heartbeat_timeout = heartbeat_timeout
-        self.policy = BrokerPolicy(
-            max_losses=max_losses,
-            expected_workers=expected_workers,
-            max_message_size=max_message_size,
-            heartbeat_interval=heartbeat_interval,
-            heartbeat_timeout=heartbeat_timeout,
-            join_timeout=join_timeout,
-            shared_queue=True,
-            now=time.monotonic(),
-        )
+        self.policy = BrokerPolicy(**options, shared_queue=True, now=time.monotonic())
+        self.max_size = max_message_size = self.policy.max_message_size
+        self.heartbeat_interval = self.policy.heartbeat_interval
+        self.heartbeat_timeout = self.policy.heartbeat_timeout
         # Talks to our own runtime as the broker does.
         self.local = m.Codec(key, m.BROKER_IDENTITY, max_size=max_message_size)
         # Talks to the other peers through their mailboxes.

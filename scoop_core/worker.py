@@ -32,7 +32,7 @@ from scoop_core import messages as m
 from scoop_core.calls import Call, Chunk, ChunkResult, RemoteException, capture, portable
 from scoop_core.errors import PROGRAM_IMPORT_FAILED, SerializationError
 from scoop_core.future import Future
-from scoop_core.interfaces import Endpoint, Serializer
+from scoop_core.interfaces import Endpoint
 from scoop_core.runtime import ChunkCut, ThreadedRuntime, short_repr
 from scoop_core.worker_book import Job, WorkerBook
 
@@ -100,29 +100,8 @@ class WorkerRuntime(ThreadedRuntime):
 
     role = m.WORKER
 
-    def __init__(
-        self,
-        endpoint: Endpoint,
-        *,
-        key: bytes,
-        serializer: Serializer,
-        name: str,
-        workers: int = 1,
-        prefetch: int = 2,
-        heartbeat_interval: float = 5.0,
-        heartbeat_timeout: float = 30.0,
-        max_message_size: int | None = None,
-    ) -> None:
-        super().__init__(
-            endpoint,
-            key=key,
-            serializer=serializer,
-            name=name,
-            workers=workers,
-            heartbeat_interval=heartbeat_interval,
-            heartbeat_timeout=heartbeat_timeout,
-            max_message_size=max_message_size,
-        )
+    def __init__(self, endpoint: Endpoint, *, prefetch: int = 2, **kwargs: Any) -> None:
+        super().__init__(endpoint, **kwargs)
         self.book = WorkerBook(prefetch=prefetch)
         self._base_prefetch = self.book.prefetch
         self.ready: deque[TaskGreenlet] = deque()
