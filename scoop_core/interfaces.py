@@ -180,6 +180,10 @@ class Entry:
     holder: str = ""
 
 
+Letter = tuple[str, Sequence[Frame]]
+"""Mail for one peer: its name, and the frames of one message to leave in its mailbox."""
+
+
 class BrokerStore(abc.ABC):
     """Shared storage that stands in for a broker process (Redis, say).
 
@@ -246,11 +250,7 @@ class BrokerStore(abc.ABC):
 
     @abc.abstractmethod
     def commit(
-        self,
-        *,
-        add: Sequence[Entry] = (),
-        mail: Sequence[tuple[str, Sequence[Frame]]] = (),
-        done: Sequence[bytes] = (),
+        self, *, add: Sequence[Entry] = (), mail: Sequence[Letter] = (), done: Sequence[bytes] = ()
     ) -> list[bytes]:
         """Atomically: append ``add`` to the queue, in order; deliver each
         ``(peer name, frames)`` of ``mail`` to that peer's mailbox, in order;

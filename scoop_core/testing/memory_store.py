@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from scoop_core.errors import TransportClosed
-from scoop_core.interfaces import BrokerStore, Entry, Frame, StoreTransport
+from scoop_core.interfaces import BrokerStore, Entry, Frame, Letter, StoreTransport
 from scoop_core.wakeup import WakeUp
 
 __all__ = ["MemoryStore", "MemoryStoreServer", "MemoryStoreTransport"]
@@ -142,11 +142,7 @@ class MemoryStore(BrokerStore):
     # -- the queue and the mailboxes ----------------------------------------------
 
     def commit(
-        self,
-        *,
-        add: Sequence[Entry] = (),
-        mail: Sequence[tuple[str, Sequence[Frame]]] = (),
-        done: Sequence[bytes] = (),
+        self, *, add: Sequence[Entry] = (), mail: Sequence[Letter] = (), done: Sequence[bytes] = ()
     ) -> list[bytes]:
         # Everything is checked and copied before anything changes: all or nothing.
         entries = [_stored(entry.frames, "a queue entry") for entry in add]

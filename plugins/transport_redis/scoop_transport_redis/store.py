@@ -83,7 +83,7 @@ from urllib.parse import urlsplit
 import redis
 
 from scoop_core.errors import LaunchError, TransportClosed
-from scoop_core.interfaces import BrokerStore, Entry, Frame
+from scoop_core.interfaces import BrokerStore, Entry, Frame, Letter
 from scoop_core.wakeup import WakeUp
 from scoop_transport_redis.transport import (
     BATCH,
@@ -407,11 +407,7 @@ class RedisStore(BrokerStore):
     # -- the queue and the mailboxes -------------------------------------------------
 
     def commit(
-        self,
-        *,
-        add: Sequence[Entry] = (),
-        mail: Sequence[tuple[str, Sequence[Frame]]] = (),
-        done: Sequence[bytes] = (),
+        self, *, add: Sequence[Entry] = (), mail: Sequence[Letter] = (), done: Sequence[bytes] = ()
     ) -> list[bytes]:
         pieces = [_entry(entry.frames) for entry in add]
         letters = [(self._mailbox(peer), _entry(frames)) for peer, frames in mail]
