@@ -22,7 +22,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from scoop_core import runtime
 from scoop_core.calls import Call
@@ -64,6 +64,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("scoop.futures")
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 _warned_serial = False
 
@@ -115,75 +118,6 @@ def _ignore_extra(what: str, extra: dict[str, Any]) -> None:
 
 # Per-call options (see :class:`options`): read when futures are submitted.
 _max_losses: contextvars.ContextVar[int] = contextvars.ContextVar("max_losses", default=0)
-
-
-class options:
-    """Per-call options for the functions of this module.
-
-    ``futures.options(max_losses=5).submit(f, x)`` lets that future be lost
-    with its worker up to 5 times before it fails with ``WorkerLostError``
-    (the run's ``max_losses`` setting otherwise). The object has ``submit``,
-    ``map``, ``map_as_completed``, ``mapReduce`` and ``mapScan``, and is also
-    a context manager: ``with futures.options(max_losses=5): ...`` applies
-    to every future submitted in the block."""
-
-    def __init__(self, *, max_losses: int) -> None:
-        if not isinstance(max_losses, int) or isinstance(max_losses, bool) or max_losses < 1:
-            raise ValueError(f"max_losses must be a whole number of at least 1, got {max_losses!r}")
-        self.max_losses = max_losses
-        self._tokens: list[contextvars.Token[int]] = []
-
-    def __enter__(self) -> options:
-        self._tokens.append(_max_losses.set(self.max_losses))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _max_losses.reset(self._tokens.pop())
-
-    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        with self:
-            return fn(*args, **kwargs)
-
-    def submit(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
-        return self._call(submit, func, *args, **kwargs)
-
-    def map(
-        self,
-        func: Callable[..., Any],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        **ignored: Any,
-    ) -> Iterator[Any]:
-        return self._call(map, func, *iterables, timeout=timeout, **ignored)
-
-    def map_as_completed(
-        self,
-        func: Callable[..., Any],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        **ignored: Any,
-    ) -> Iterator[Any]:
-        return self._call(map_as_completed, func, *iterables, timeout=timeout, **ignored)
-
-    def mapReduce(
-        self,
-        mapFunc: Callable[..., Any],
-        reductionFunc: Callable[[Any, Any], Any],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        **ignored: Any,
-    ) -> Any:
-        return self._call(mapReduce, mapFunc, reductionFunc, *iterables, timeout=timeout, **ignored)
-
-    def mapScan(
-        self,
-        mapFunc: Callable[..., Any],
-        reductionFunc: Callable[[Any, Any], Any],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        **ignored: Any,
-    ) -> list[Any]:
-        return self._call(mapScan, mapFunc, reductionFunc, *iterables, timeout=timeout, **ignored)
 
 
 def submit(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
@@ -282,6 +216,48 @@ def mapScan(
     _check_callable(reductionFunc, "mapScan()")
     _ignore_extra("futures.mapScan()", ignored)
     return list(itertools.accumulate(map(mapFunc, *iterables, timeout=timeout), reductionFunc))
+
+
+def _with_options(fn: Callable[_P, _R]) -> Callable[Concatenate[options, _P], _R]:
+    """``fn`` as a method of :class:`options`: called with the options in force."""
+
+    @functools.wraps(fn)
+    def method(self: options, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        with self:
+            return fn(*args, **kwargs)
+
+    return method
+
+
+class options:
+    """Per-call options for the functions of this module.
+
+    ``futures.options(max_losses=5).submit(f, x)`` lets that future be lost
+    with its worker up to 5 times before it fails with ``WorkerLostError``
+    (the run's ``max_losses`` setting otherwise). The object has ``submit``,
+    ``map``, ``map_as_completed``, ``mapReduce`` and ``mapScan``, and is also
+    a context manager: ``with futures.options(max_losses=5): ...`` applies
+    to every future submitted in the block."""
+
+    def __init__(self, *, max_losses: int) -> None:
+        if not isinstance(max_losses, int) or isinstance(max_losses, bool) or max_losses < 1:
+            raise ValueError(f"max_losses must be a whole number of at least 1, got {max_losses!r}")
+        self.max_losses = max_losses
+        self._tokens: list[contextvars.Token[int]] = []
+
+    def __enter__(self) -> options:
+        self._tokens.append(_max_losses.set(self.max_losses))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _max_losses.reset(self._tokens.pop())
+
+    # The module's functions, as they are (the names resolve to them here).
+    submit = _with_options(submit)
+    map = _with_options(map)
+    map_as_completed = _with_options(map_as_completed)
+    mapReduce = _with_options(mapReduce)
+    mapScan = _with_options(mapScan)
 
 
 def wait(

@@ -91,14 +91,14 @@ def parse_host(spec: str) -> Host:
     port_text: str | None = None
     if rest.startswith("["):
         name, bracket, after = rest[1:].partition("]")
-        if not bracket or (after and not after.startswith(":")) or not _is_ipv6(name):
+        if not bracket or (after and not after.startswith(":")) or ip_version(name) != 6:
             raise ValueError(f"{rest!r} is not an '[IPv6 address]:port'")
         port_text = after[1:] if after else None
     elif rest.count(":") == 1:
         name, _, port_text = rest.partition(":")
     else:
         name = rest
-    if not (_NAME.match(name) or _is_ipv6(name)):
+    if not (_NAME.match(name) or ip_version(name) == 6):
         raise ValueError(f"{name!r} is not a host name or IP address")
     port: int | None = None
     if port_text is not None:
@@ -108,12 +108,12 @@ def parse_host(spec: str) -> Host:
     return Host(user, name, port)
 
 
-def _is_ipv6(name: str) -> bool:
+def ip_version(name: str) -> int | None:
+    """4 or 6 if ``name`` is an IP address of that version, else None (a host name)."""
     try:
-        ipaddress.IPv6Address(name)
+        return ipaddress.ip_address(name).version
     except ValueError:
-        return False
-    return True
+        return None
 
 
 def hosts_from_list(specs: Iterable[str]) -> list[Host]:

@@ -26,6 +26,7 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
 from scoop_core.errors import ConfigError, LaunchError
 from scoop_core.hosts import Host
@@ -113,16 +114,17 @@ class ProgramSession(Session):
                     stream.close()
 
 
+@dataclass(eq=False)
 class ProgramConnection(Connection):
-    def __init__(
-        self, argv: list[str], destination: list[str], label: str, program: str, attempt: Attempt
-    ) -> None:
-        self.argv = argv
-        self.destination = destination
-        self.label = label
-        self.program = program
-        self.attempt = attempt
-        self.forwards: list[tuple[str, int]] = []
+    """A host reached by running ``argv`` (the ssh or rsh program and its
+    options) with ``destination`` and a command, once per session."""
+
+    argv: list[str]
+    destination: list[str]
+    label: str
+    program: str
+    attempt: Attempt
+    forwards: list[tuple[str, int]] = field(default_factory=list)
 
     def forward(self, host: str, port: int) -> None:
         if "ssh" not in self.program:
