@@ -52,8 +52,13 @@ def key_file(run_id: str) -> Path:
     return scoop_home() / "runs" / f"{run_id}.key"
 
 
-def _owner(uid: int) -> str:
-    return f"uid {uid}"
+def _not_yours(path: Path | str, info: os.stat_result) -> str:
+    """Empty if this user owns ``path`` (``info`` is its stat), else the start
+    of an error that names its owner."""
+    me = os.geteuid()
+    if info.st_uid == me:
+        return ""
+    return f"{path} belongs to uid {info.st_uid}, not to you (uid {me})"
 
 
 def private_dir(path: Path, top: Path | None = None) -> Path:
@@ -86,14 +91,12 @@ def _check_dir(directory: Path) -> None:
         info = directory.stat()
     except OSError as exc:
         raise LaunchError(f"cannot use {directory}: {exc.strerror}") from None
-    me = os.geteuid()
     if not stat.S_ISDIR(info.st_mode):
         raise LaunchError(f"{directory} is not a directory: remove it, and scoop will make one")
-    if info.st_uid != me:
+    if stranger := _not_yours(directory, info):
         raise LaunchError(
-            f"{directory} belongs to {_owner(info.st_uid)}, not to you ({_owner(me)}): another "
-            "user can read or replace what scoop keeps there; remove it (scoop makes a "
-            "private one) or check who made it"
+            f"{stranger}: another user can read or replace what scoop keeps there; remove it "
+            "(scoop makes a private one) or check who made it"
         )
     mode = stat.S_IMODE(info.st_mode)
     if mode & 0o077:
@@ -137,7 +140,7 @@ def _remove_stale(path: Path) -> None:
     if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
         raise LaunchError(
             f"{path} is in the way of the run's key file and was not written by scoop for you "
-            f"(owner {_owner(info.st_uid)}); remove it after checking who made it"
+            f"(owner uid {info.st_uid}); remove it after checking who made it"
         )
     log.info("replacing %s, left by a launcher that did not end its run", path)
     path.unlink()
@@ -163,14 +166,10 @@ def read_private_file(path: Path | str, what: str = "the run's key", *, follow: 
         raise ValueError(f"cannot read {what} from {path} ({exc.strerror})") from None
     try:
         info = os.fstat(fd)
-        me = os.geteuid()
         if not stat.S_ISREG(info.st_mode):
             raise ValueError(f"{path} is not a regular file: {what} must be in one")
-        if info.st_uid != me:
-            raise ValueError(
-                f"{path} belongs to {_owner(info.st_uid)}, not to you ({_owner(me)}): "
-                f"scoop reads {what} only from a file of yours"
-            )
+        if stranger := _not_yours(path, info):
+            raise ValueError(f"{stranger}: scoop reads {what} only from a file of yours")
         mode = stat.S_IMODE(info.st_mode)
         if mode & 0o077:
             raise ValueError(
