@@ -12,7 +12,8 @@ its worker dead (:func:`report_lost` on what ``claim_from`` takes).
 As in ``test_worker.py``, a function tells the test it started, or waits
 for its go-ahead, as ``peer_functions.py`` says. Nested futures and
 constants are read through the process-wide current runtime, so the tests
-that use them run one worker.
+that use them run one worker. The stories that read the same over a
+broker are told once, in ``peer_runs.py``.
 """
 
 from __future__ import annotations
@@ -23,33 +24,27 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import peer_runs
 import pytest
 from peer_functions import (
-    EVENTS,
     NEVER,
     RAN,
     WAIT,
-    boom,
     fib,
     held,
     hold,
-    note,
     restore_process_wide,
-    square,
     sum_of_squares,
 )
 
 from scoop_core import messages as m
 from scoop_core import runtime, shared
-from scoop_core.calls import Call
 from scoop_core.errors import ConstantError
-from scoop_core.future import Future
 from scoop_core.interfaces import BrokerStore
-from scoop_core.serialization import CloudpickleSerializer
 from scoop_core.store_driver import StoreEndpoint, report_lost, tell_everyone
 from scoop_core.store_records import LAUNCHER, alive_flag
 from scoop_core.testing.memory_store import MemoryStore, MemoryStoreServer
-from scoop_core.worker import WorkerRuntime, set_worker_name
+from scoop_core.worker import WorkerRuntime
 
 
 def hold_the_first_time(name: str) -> str:
@@ -85,7 +80,7 @@ class Worker:
 
 
 @dataclass
-class Run:
+class Run(peer_runs.Submits):
     server: MemoryStoreServer
     key: bytes
     root: runtime.RootRuntime
@@ -94,51 +89,21 @@ class Run:
 
     def add_worker(self, name: str, prefetch: int = 1) -> WorkerRuntime:
         endpoint = open_endpoint(self.server, self.key, name)
-        worker = WorkerRuntime(
-            endpoint,
-            key=self.key,
-            serializer=CloudpickleSerializer(),
-            name=name,
-            prefetch=prefetch,
-            heartbeat_timeout=NEVER,
-        )
-        worker.start(WAIT)
-        # What bootstrap.run_worker does in a worker process: the futures API,
-        # constants and tracebacks find the worker through these.
-        runtime.set_current(worker)
-        set_worker_name(name)
-        serving = threading.Thread(target=worker.serve, name=f"test-{name}-serve", daemon=True)
-        serving.start()
+        worker, serving = peer_runs.start_worker(endpoint, self.key, name, prefetch)
         self.workers[name] = Worker(worker, serving, endpoint.store)
         return worker
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        (fut,) = self.root.submit([Call(fn, args, {})])
-        return fut
-
-    def submit_all(self, *calls: tuple[Any, ...]) -> list[Future]:
-        return self.root.submit([Call(fn, tuple(args), {}) for fn, *args in calls])
 
 
 def start_run(server: MemoryStoreServer) -> Run:
     key = os.urandom(32)
     launcher = MemoryStore(server, identity=LAUNCHER)
     launcher.flag(alive_flag(LAUNCHER), NEVER)
-    root = runtime.RootRuntime(
-        open_endpoint(server, key, "root"),
-        key=key,
-        serializer=CloudpickleSerializer(),
-        name="root",
-        heartbeat_timeout=NEVER,
-    )
-    root.start(WAIT)
+    root = peer_runs.start_root(open_endpoint(server, key, "root"), key)
     return Run(server, key, root, launcher)
 
 
 def stop_run(run: Run) -> None:
-    for event in EVENTS.values():
-        event.set()  # a test that failed may have left a future waiting
-    run.root.close()
+    peer_runs.close_root(run.root)
     # What the launcher does at the end of a run.
     tell_everyone(run.launcher, m.Codec(run.key, LAUNCHER.encode()), "the run is over", WAIT)
     for worker in run.workers.values():
@@ -176,11 +141,9 @@ def run(request: pytest.FixtureRequest, new_run: Callable[[], Run]) -> Run:
     return run
 
 
-def test_each_future_gets_its_own_result(run: Run) -> None:
-    futs = [run.submit(square, x) for x in range(20)]
-    assert [f.result(WAIT) for f in futs] == [x * x for x in range(20)]
-    futs = run.submit_all(*((square, x) for x in range(50)))
-    assert [f.result(WAIT) for f in futs] == [x * x for x in range(50)]
+@peer_runs.TOGETHER
+def test_each_future_gets_its_own_result(run: Run, together: bool) -> None:
+    peer_runs.check_results(run, together)
 
 
 def test_nested_futures_waited_for_on_the_only_worker_do_not_deadlock(run: Run) -> None:
@@ -189,27 +152,11 @@ def test_nested_futures_waited_for_on_the_only_worker_do_not_deadlock(run: Run) 
 
 
 def test_a_raising_future_raises_at_its_owner_with_the_workers_traceback(run: Run) -> None:
-    fut = run.submit(boom, "at the root")
-    with pytest.raises(ValueError, match="boom: at the root") as caught:
-        fut.result(WAIT)
-    remote = str(caught.value.__cause__)
-    assert "Traceback from worker-1" in remote
-    assert "in boom" in remote
-    assert "ValueError: boom: at the root" in remote
-    assert run.submit(square, 3).result(WAIT) == 9  # the worker goes on serving
+    peer_runs.check_a_raising_future(run)
 
 
 def test_a_future_not_yet_started_is_cancelled_while_the_worker_is_busy(run: Run) -> None:
-    started, go = held("first")
-    first, second = run.submit_all((hold, "first"), (note, "second"))
-    assert started.wait(WAIT), "the first future never started"
-    assert second.cancel() is True
-    assert second.cancelled()
-    assert first.cancel() is False  # started: too late
-    go.set()
-    assert first.result(WAIT) == "first"
-    assert run.submit(note, "third").result(WAIT) == "third"
-    assert RAN == ["third"]  # the cancelled future never ran
+    peer_runs.check_cancel_while_busy(run)
 
 
 def test_a_shared_constant_reaches_the_worker_and_is_defined_once(run: Run) -> None:

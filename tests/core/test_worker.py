@@ -9,40 +9,32 @@ waiting on its children hold the worker, these tests would hang.
 
 The worker's functions and the test share this process: a function tells
 the test it started, or waits for its go-ahead, as ``peer_functions.py``
-says.
+says. The stories that read the same over a store are told once, in
+``peer_runs.py``.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
 
+import peer_runs
 import pytest
 from peer_functions import (
-    EVENTS,
     NEVER,
-    RAN,
     WAIT,
     boom,
     fib,
-    held,
-    hold,
-    note,
     restore_process_wide,
-    square,
     sum_of_squares,
 )
 
 from scoop_core import futures, runtime
 from scoop_core.broker import Broker
-from scoop_core.calls import Call
-from scoop_core.future import Future
-from scoop_core.serialization import CloudpickleSerializer
 from scoop_core.testing.memory import MemoryTransport
-from scoop_core.worker import WorkerRuntime, set_worker_name
+from scoop_core.worker import WorkerRuntime
 
 
 def parent_of_boom() -> str:
@@ -58,19 +50,11 @@ def parent_that_catches() -> str:
 
 
 @dataclass
-class Run:
+class Run(peer_runs.Submits):
     broker: Broker
     worker: WorkerRuntime
     serving: threading.Thread
     root: runtime.RootRuntime
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
-        (fut,) = self.root.submit([Call(fn, args, {})])
-        return fut
-
-    def submit_all(self, *calls: tuple[Any, ...]) -> list[Future]:
-        """Several futures in one message, as ``map`` sends them."""
-        return self.root.submit([Call(fn, tuple(args), {}) for fn, *args in calls])
 
 
 def start_run(prefetch: int) -> Run:
@@ -80,38 +64,15 @@ def start_run(prefetch: int) -> Run:
         transport, key=key, run_id="worker", expected_workers=1, heartbeat_timeout=NEVER
     )
     broker.start()
-    serializer = CloudpickleSerializer()
-    name = "worker-1"
-    worker = WorkerRuntime(
-        transport.connect(broker.address, identity=name.encode()),
-        key=key,
-        serializer=serializer,
-        name=name,
-        prefetch=prefetch,
-        heartbeat_timeout=NEVER,
+    worker, serving = peer_runs.start_worker(
+        transport.connect(broker.address, identity=b"worker-1"), key, "worker-1", prefetch
     )
-    worker.start(WAIT)
-    # What bootstrap.run_worker does in a worker process: the futures API
-    # and tracebacks find the worker through these.
-    runtime.set_current(worker)
-    set_worker_name(name)
-    serving = threading.Thread(target=worker.serve, name="test-worker-serve", daemon=True)
-    serving.start()
-    root = runtime.RootRuntime(
-        transport.connect(broker.address, identity=b"root"),
-        key=key,
-        serializer=serializer,
-        name="root",
-        heartbeat_timeout=NEVER,
-    )
-    root.start(WAIT)
+    root = peer_runs.start_root(transport.connect(broker.address, identity=b"root"), key)
     return Run(broker, worker, serving, root)
 
 
 def stop_run(run: Run) -> None:
-    for event in EVENTS.values():
-        event.set()  # a test that failed may have left a future waiting
-    run.root.close()
+    peer_runs.close_root(run.root)
     run.broker.shutdown()
     run.serving.join(WAIT)
 
@@ -125,14 +86,9 @@ def run(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iter
     assert not run.serving.is_alive(), "the worker did not stop when the run ended"
 
 
-def test_each_future_gets_its_own_result(run: Run) -> None:
-    futs = [run.submit(square, x) for x in range(20)]
-    assert [f.result(WAIT) for f in futs] == [x * x for x in range(20)]
-
-
-def test_futures_sent_together_all_come_back(run: Run) -> None:
-    futs = run.submit_all(*((square, x) for x in range(50)))
-    assert [f.result(WAIT) for f in futs] == [x * x for x in range(50)]
+@peer_runs.TOGETHER
+def test_each_future_gets_its_own_result(run: Run, together: bool) -> None:
+    peer_runs.check_results(run, together)
 
 
 def test_nested_futures_waited_for_on_the_only_worker_do_not_deadlock(run: Run) -> None:
@@ -144,15 +100,7 @@ def test_a_map_inside_a_future_runs_on_the_same_worker(run: Run) -> None:
 
 
 def test_a_raising_future_raises_at_its_owner_with_the_workers_traceback(run: Run) -> None:
-    fut = run.submit(boom, "at the root")
-    with pytest.raises(ValueError, match="boom: at the root") as caught:
-        fut.result(WAIT)
-    remote = str(caught.value.__cause__)
-    assert "Traceback from worker-1" in remote
-    assert "in boom" in remote
-    assert "ValueError: boom: at the root" in remote
-    # The worker goes on serving.
-    assert run.submit(square, 3).result(WAIT) == 9
+    peer_runs.check_a_raising_future(run)
 
 
 def test_a_childs_exception_reaches_its_parent_and_then_the_root(run: Run) -> None:
@@ -163,14 +111,4 @@ def test_a_childs_exception_reaches_its_parent_and_then_the_root(run: Run) -> No
 
 
 def test_a_future_not_yet_started_is_cancelled_while_the_worker_is_busy(run: Run) -> None:
-    started, go = held("first")
-    first, second = run.submit_all((hold, "first"), (note, "second"))
-    assert started.wait(WAIT), "the first future never started"
-    # The worker's thread is stuck in the user's function: its I/O thread answers.
-    assert second.cancel() is True
-    assert second.cancelled()
-    assert first.cancel() is False  # started: too late
-    go.set()
-    assert first.result(WAIT) == "first"
-    assert run.submit(note, "third").result(WAIT) == "third"
-    assert RAN == ["third"]  # the cancelled future never ran
+    peer_runs.check_cancel_while_busy(run)
