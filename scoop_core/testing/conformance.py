@@ -461,12 +461,15 @@ def _expect_wakeup_unblocks(
             f"{name}.recv(None) returned {running.value()!r} with no traffic and no wakeup()"
         )
     wakeup()
-    expect(
-        running.done_within(WAIT),
-        f"{name}.recv(None) in one thread was still blocked {WAIT} s after wakeup() from another",
-    )
+    _expect_unblocked(running, name, "wakeup() from another thread")
+
+
+def _expect_unblocked(running: BackgroundCall, name: str, after: str) -> None:
+    """``running``, a ``recv(None)``, returns ``None`` within WAIT seconds of ``after``."""
+    done = running.done_within(WAIT)
+    expect(done, f"{name}.recv(None) was still blocked {WAIT} s after {after}")
     got = running.value()
-    expect(got is None, f"{name}.recv(None) woken up must return None, got {got!r}")
+    expect(got is None, f"{name}.recv(None) must return None after {after}, got {got!r}")
 
 
 def check_wakeup_across_threads(make_transport: MakeTransport) -> None:
@@ -542,12 +545,7 @@ def check_close_from_another_thread(make_transport: MakeTransport) -> None:
             # Give recv a moment to block; closing before it starts is fine too.
             running.done_within(0.1)
             obj.close()
-            expect(
-                running.done_within(WAIT),
-                f"{name}.recv(None) was still blocked {WAIT} s after close() from another thread",
-            )
-            got = running.value()
-            expect(got is None, f"{name}.recv(None) ended by close() must return None, got {got!r}")
+            _expect_unblocked(running, name, "close() from another thread")
 
 
 def check_send_to_unknown_peer(make_transport: MakeTransport) -> None:
