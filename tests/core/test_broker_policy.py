@@ -55,6 +55,36 @@ class Run(FakePeers):
     def take(self, peer: bytes) -> list[m.Message]:
         return self.inbox.pop(peer, [])
 
+    def handed_to_w1(self, count: int = 1) -> list[int]:
+        """W1 and W2 joined with a slot each, and ``count`` root futures handed to W1."""
+        self.join(W1, slots=1)
+        self.join(W2, slots=1)
+        fids = self.submit(ROOT, count)
+        self.send(W1, m.Ready(count))
+        return fids
+
+    def cancel_forwarded_to_w1(self) -> int:
+        """A root future that W1 took, and the root's cancel of it, forwarded to W1."""
+        self.join(W1, slots=1)
+        (fid,) = self.submit(ROOT)
+        self.send(W1, m.Ready(1))
+        self.take(W1)
+        self.send(ROOT, m.Cancel(fid))
+        assert self.take(W1) == [m.Cancel(fid)]
+        return fid
+
+    def recalled_from_w1(self) -> tuple[int, int]:
+        """Two root futures, slow and fast, that W1 took; W2 joins hungry and the
+        broker recalls fast, which W1 has not started."""
+        self.join(W1, slots=1)
+        self.send(W1, m.Ready(2))
+        slow, fast = self.submit(ROOT, 2)
+        assert self.tasks_for(W1) == [slow, fast]
+        self.join(W2, slots=1)
+        self.send(W2, m.Ready(2))
+        assert self.take(W1) == [m.Recall(fast)]
+        return slow, fast
+
     def suspect(self, holder: bytes = W1) -> int:
         """A root future that ``holder`` joined, took and died holding: a suspect."""
         self.join(holder, slots=1)
@@ -190,10 +220,7 @@ def test_a_nested_child_overtakes_waiting_top_level_work(run: Run) -> None:
 
 
 def test_a_departed_worker_futures_run_elsewhere_exactly_once(run: Run) -> None:
-    run.join(W1, slots=1)
-    run.join(W2, slots=1)
-    fids = run.submit(ROOT, 2)
-    run.send(W1, m.Ready(2))
+    fids = run.handed_to_w1(2)
     assert run.tasks_for(W1) == fids
     run.send(W1, m.Started([fids[0]]))
     run.take(ROOT)
@@ -221,20 +248,14 @@ def test_a_departed_worker_futures_run_elsewhere_exactly_once(run: Run) -> None:
 
 
 def test_bye_hands_back_what_the_worker_holds(run: Run) -> None:
-    run.join(W1, slots=1)
-    run.join(W2, slots=1)
-    fids = run.submit(ROOT, 1)
-    run.send(W1, m.Ready(1))
+    fids = run.handed_to_w1()
     run.send(W1, m.Bye("done"))
     run.send(W2, m.Ready(1))
     assert run.tasks_for(W2) == fids
 
 
 def test_a_late_answer_from_the_old_holder_is_dropped_after_it_rejoins(run: Run) -> None:
-    run.join(W1, slots=1)
-    run.join(W2, slots=1)
-    (fid,) = run.submit(ROOT)
-    run.send(W1, m.Ready(1))
+    (fid,) = run.handed_to_w1()
     assert run.tasks_for(W1) == [fid]
     run.book.leave(W1)
     run.send(W2, m.Ready(1))
@@ -597,12 +618,7 @@ def test_cancel_of_a_queued_future_is_granted_and_it_never_runs(run: Run) -> Non
 
 
 def test_cancel_of_an_assigned_future_asks_its_holder(run: Run) -> None:
-    run.join(W1, slots=1)
-    (fid,) = run.submit(ROOT)
-    run.send(W1, m.Ready(1))
-    run.take(W1)
-    run.send(ROOT, m.Cancel(fid))
-    assert run.take(W1) == [m.Cancel(fid)]
+    fid = run.cancel_forwarded_to_w1()
     assert run.take(ROOT) == []  # only the holder knows whether it has started
 
     run.send(W1, m.CancelReply(fid, True))
@@ -615,12 +631,7 @@ def test_cancel_of_an_assigned_future_asks_its_holder(run: Run) -> None:
 
 
 def test_a_refused_cancel_is_relayed_and_the_future_still_finishes(run: Run) -> None:
-    run.join(W1, slots=1)
-    (fid,) = run.submit(ROOT)
-    run.send(W1, m.Ready(1))
-    run.take(W1)
-    run.send(ROOT, m.Cancel(fid))
-    assert run.take(W1) == [m.Cancel(fid)]
+    fid = run.cancel_forwarded_to_w1()
     run.send(W1, m.CancelReply(fid, False))
     assert run.take(ROOT) == [m.CancelReply(fid, False)]
     run.answer(W1, [fid])
@@ -655,12 +666,7 @@ def _cancel_replies(msgs: list[m.Message], fid: int) -> list[bool]:
 
 def test_a_cancel_that_crosses_the_result_is_still_answered(run: Run) -> None:
     # The worker finished the future while the broker was forwarding the cancel.
-    run.join(W1, slots=1)
-    (fid,) = run.submit(ROOT)
-    run.send(W1, m.Ready(1))
-    run.take(W1)
-    run.send(ROOT, m.Cancel(fid))
-    assert run.take(W1) == [m.Cancel(fid)]
+    fid = run.cancel_forwarded_to_w1()
     run.answer(W1, [fid])
     run.send(W1, m.CancelReply(fid, False))
     to_root = run.take(ROOT)
@@ -670,10 +676,7 @@ def test_a_cancel_that_crosses_the_result_is_still_answered(run: Run) -> None:
 
 
 def test_a_cancel_forwarded_to_a_worker_that_leaves_is_still_answered(run: Run) -> None:
-    run.join(W1, slots=1)
-    run.join(W2, slots=1)
-    (fid,) = run.submit(ROOT)
-    run.send(W1, m.Ready(1))
+    (fid,) = run.handed_to_w1()
     run.take(W1)
     run.send(ROOT, m.Cancel(fid))
     assert run.take(W1) == [m.Cancel(fid)]
@@ -740,10 +743,7 @@ def test_a_refused_batch_changes_nothing(run: Run) -> None:
 
 
 def test_started_goes_to_the_owner_only_from_the_holder(run: Run) -> None:
-    run.join(W1, slots=1)
-    run.join(W2, slots=1)
-    fids = run.submit(ROOT, 2)
-    run.send(W1, m.Ready(2))
+    fids = run.handed_to_w1(2)
     run.take(W1)
     run.send(W2, m.Started(fids))  # W2 holds neither
     assert run.take(ROOT) == []
@@ -1066,13 +1066,7 @@ def test_the_broker_asks_a_worker_with_spare_futures_to_give_half_to_a_hungry_on
 
 
 def test_an_idle_worker_gets_back_a_future_queued_behind_a_long_one(run: Run) -> None:
-    run.join(W1, slots=1)
-    run.send(W1, m.Ready(2))
-    slow, fast = run.submit(ROOT, 2)
-    assert run.tasks_for(W1) == [slow, fast]
-    run.join(W2, slots=1)
-    run.send(W2, m.Ready(2))
-    assert run.take(W1) == [m.Recall(fast)]  # W1 has not started it
+    slow, fast = run.recalled_from_w1()
     run.send(W1, m.RecallReply(fast, True))
     assert run.tasks_for(W2) == [fast]
     assert run.take(ROOT) == []  # the owner sees nothing of it
@@ -1122,13 +1116,7 @@ def test_a_cancel_crossed_by_the_result_is_answered_even_if_the_holder_then_dies
 
 
 def test_a_cancel_that_crosses_a_recall_cancels_the_future(run: Run) -> None:
-    run.join(W1, slots=1)
-    run.send(W1, m.Ready(2))
-    slow, fast = run.submit(ROOT, 2)
-    assert run.tasks_for(W1) == [slow, fast]
-    run.join(W2, slots=1)
-    run.send(W2, m.Ready(2))
-    assert run.take(W1) == [m.Recall(fast)]
+    slow, fast = run.recalled_from_w1()
     run.send(ROOT, m.Cancel(fast))
     assert run.take(W1) == [m.Cancel(fast)]
     run.send(W1, m.RecallReply(fast, True))  # handed back before it read the cancel
