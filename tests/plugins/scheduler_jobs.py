@@ -18,11 +18,15 @@ schedulers instead.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import scheduler_checks as checks
+
+from scoop_core.errors import LaunchError
+from scoop_core.interfaces import Launcher
 
 # srun inside a job (``srun [--opt=value ...] command args``): ``--nodelist``
 # must name a node of ``$SLURM_JOB_NODELIST``, the task gets
@@ -212,6 +216,7 @@ class SchedulerJob:
 
     def __init__(self, scheduler: Scheduler, directory: Path) -> None:
         self.scheduler = scheduler
+        self.directory = directory
         self.bin = directory / "bin"
         self.bin.mkdir()
         for command, source in scheduler.standins.items():
@@ -224,3 +229,24 @@ class SchedulerJob:
         self.mark = self.env[checks.MARK_VAR]
         # Where the torque launcher keeps its tickets (in the job's $HOME).
         self.tickets = directory / "home" / ".scoop" / "tickets"
+
+    def check_lifecycle(
+        self,
+        launcher: Launcher,
+        placement: Sequence[tuple[str, str]],
+        monkeypatch: pytest.MonkeyPatch,
+        labels: Mapping[str, str] | None = None,
+    ) -> None:
+        """:func:`scheduler_checks.check_lifecycle` for workers started in this job."""
+        checks.check_lifecycle(launcher, placement, self.mark, self.directory, monkeypatch, labels)
+
+    def start_error(self, launcher: Launcher, placement: Sequence[tuple[str, str]]) -> str:
+        """The message of the LaunchError that starting workers so placed raises;
+        the workers that had started are stopped with it."""
+        script = self.directory / "w.py"
+        script.write_text(checks.WORKER)
+        specs = checks.specs_for(script, placement, "s3cret", self.directory)
+        with pytest.raises(LaunchError) as caught:
+            launcher.start(specs)
+        assert checks.processes_marked(self.mark) == []
+        return str(caught.value)

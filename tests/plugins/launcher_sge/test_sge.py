@@ -95,12 +95,8 @@ def test_qrsh_gets_every_word_quoted_for_its_shell() -> None:
 PLACEMENT = [("worker-1", "node1"), ("worker-2", "node1"), ("worker-3", "node2")]
 
 
-def test_workers_through_qrsh_inherit(
-    job: SchedulerJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    checks.check_lifecycle(
-        SgeLauncher({}, environ=job.env), PLACEMENT, job.mark, tmp_path, monkeypatch
-    )
+def test_workers_through_qrsh_inherit(job: SchedulerJob, monkeypatch: pytest.MonkeyPatch) -> None:
+    job.check_lifecycle(SgeLauncher({}, environ=job.env), PLACEMENT, monkeypatch)
 
 
 def test_a_python_path_with_spaces_survives_qrshs_shell(
@@ -110,20 +106,14 @@ def test_a_python_path_with_spaces_survives_qrshs_shell(
     spaced.mkdir()
     (spaced / "python3").symlink_to(Path(checks.sys.executable))
     launcher = SgeLauncher({"python": str(spaced / "python3")}, environ=job.env)
-    checks.check_lifecycle(launcher, PLACEMENT[:1], job.mark, tmp_path, monkeypatch)
+    job.check_lifecycle(launcher, PLACEMENT[:1], monkeypatch)
 
 
-def test_a_host_qrsh_refuses_is_named_with_qrshs_error(job: SchedulerJob, tmp_path: Path) -> None:
+def test_a_host_qrsh_refuses_is_named_with_qrshs_error(job: SchedulerJob) -> None:
     job.env["STANDIN_DOWN_HOSTS"] = "node2"
-    (tmp_path / "w.py").write_text(checks.WORKER)
-    specs = checks.specs_for(tmp_path / "w.py", PLACEMENT, "s3cret", tmp_path)
-    with pytest.raises(LaunchError) as caught:
-        SgeLauncher({}, environ=job.env).start(specs)
-    message = str(caught.value)
+    message = job.start_error(SgeLauncher({}, environ=job.env), PLACEMENT)
     assert "node2" in message and "didn't accept task" in message and "qrsh" in message
     assert "node1" not in message
-    # node1's supervisor, which had started, was stopped with it.
-    assert checks.processes_marked(job.mark) == []
 
 
 def test_a_killed_launcher_takes_its_workers_along(job: SchedulerJob, tmp_path: Path) -> None:

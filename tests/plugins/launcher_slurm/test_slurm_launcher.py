@@ -39,42 +39,29 @@ def test_each_step_is_one_task_on_its_node_sharing_the_jobs_resources() -> None:
     assert {"--overlap", "--ntasks=1", "--nodes=1", "--cpu-bind=none"} <= set(SRUN_OPTIONS)
 
 
-def test_workers_through_srun(
-    job: SchedulerJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    checks.check_lifecycle(
-        SlurmLauncher({}, environ=job.env), PLACEMENT, job.mark, tmp_path, monkeypatch
-    )
+def test_workers_through_srun(job: SchedulerJob, monkeypatch: pytest.MonkeyPatch) -> None:
+    job.check_lifecycle(SlurmLauncher({}, environ=job.env), PLACEMENT, monkeypatch)
 
 
 def test_local_names_go_through_srun_to_this_machines_node(
-    job: SchedulerJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    job: SchedulerJob, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # SLURM node names need not be network names (n1 is this machine): a
     # worker for "localhost" runs in a step on SLURMD_NODENAME's node.
     placement = [("worker-1", "localhost"), ("worker-2", "n1"), ("worker-3", "n2")]
-    checks.check_lifecycle(
+    job.check_lifecycle(
         SlurmLauncher({}, environ=job.env),
         placement,
-        job.mark,
-        tmp_path,
         monkeypatch,
         labels={"localhost": "n1"},
     )
 
 
-def test_a_node_srun_cannot_reach_is_named_with_sruns_error(
-    job: SchedulerJob, tmp_path: Path
-) -> None:
+def test_a_node_srun_cannot_reach_is_named_with_sruns_error(job: SchedulerJob) -> None:
     job.env["STANDIN_DOWN_NODES"] = "n2"
-    (tmp_path / "w.py").write_text(checks.WORKER)
-    specs = checks.specs_for(tmp_path / "w.py", PLACEMENT, "s3cret", tmp_path)
-    with pytest.raises(LaunchError) as caught:
-        SlurmLauncher({}, environ=job.env).start(specs)
-    message = str(caught.value)
+    message = job.start_error(SlurmLauncher({}, environ=job.env), PLACEMENT)
     assert message.startswith("SLURM: cannot start workers on n2: srun exited with status 1")
     assert "Communication connection failure" in message
-    assert checks.processes_marked(job.mark) == []
 
 
 def test_a_supervisor_that_cannot_start_is_reported(job: SchedulerJob, tmp_path: Path) -> None:

@@ -194,38 +194,25 @@ def why_it_did_not_start(start: RelayStart, caplog: pytest.LogCaptureFixture) ->
         start.abort()
 
 
-def test_workers_through_pbsdsh(
-    job: SchedulerJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_workers_through_pbsdsh(job: SchedulerJob, monkeypatch: pytest.MonkeyPatch) -> None:
     launcher = TorqueLauncher({}, environ=job.env)
-    checks.check_lifecycle(launcher, PLACEMENT, job.mark, tmp_path, monkeypatch)
+    job.check_lifecycle(launcher, PLACEMENT, monkeypatch)
     # The tickets were used once and removed; their directory is the user's alone.
     assert list(job.tickets.iterdir()) == []
     assert stat.S_IMODE(job.tickets.stat().st_mode) == 0o700
     assert stat.S_IMODE(job.tickets.parent.stat().st_mode) == 0o700  # ~/.scoop too
 
 
-def test_workers_through_pbs_tmrsh(
-    job: SchedulerJob, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_workers_through_pbs_tmrsh(job: SchedulerJob, monkeypatch: pytest.MonkeyPatch) -> None:
     launcher = TorqueLauncher({"remote_start": "pbs_tmrsh"}, environ=job.env)
-    checks.check_lifecycle(launcher, PLACEMENT, job.mark, tmp_path, monkeypatch)
+    job.check_lifecycle(launcher, PLACEMENT, monkeypatch)
 
 
-def test_a_node_that_cannot_start_is_named_with_pbsdshs_error(
-    job: SchedulerJob, tmp_path: Path
-) -> None:
+def test_a_node_that_cannot_start_is_named_with_pbsdshs_error(job: SchedulerJob) -> None:
     job.env["STANDIN_DOWN_NODES"] = "node2"
-    launcher = TorqueLauncher({}, environ=job.env)
-    specs = checks.specs_for(tmp_path / "w.py", PLACEMENT, "s3cret", tmp_path)
-    (tmp_path / "w.py").write_text(checks.WORKER)
-    with pytest.raises(LaunchError) as caught:
-        launcher.start(specs)
-    message = str(caught.value)
+    message = job.start_error(TorqueLauncher({}, environ=job.env), PLACEMENT)
     assert "node2" in message and "TM_ENOTFOUND" in message and "pbsdsh" in message
     assert "node1" not in message
-    # node1's supervisor, which had started, was stopped with it.
-    assert checks.processes_marked(job.mark) == []
     assert list(job.tickets.iterdir()) == []
 
 
