@@ -1,24 +1,39 @@
-"""Benchmark scoop-core against the original SCOOP on the programs in bench/programs.
+"""Benchmark scoop-core against the original SCOOP and Python's process pools.
 
-Each program runs unchanged under both frameworks (``python -m scoop -n W
-prog.py``): scoop-core with this interpreter, SCOOP with the interpreter of
-a virtualenv that this script makes once (``--venv``, cached between runs)
-with ``pip install scoop``. SCOOP's code is never copied into the repository.
+Each program of bench/programs runs unchanged (``from scoop import
+futures``) under every framework chosen with ``--frameworks``:
 
-Every measurement is repeated (``--repeat``) and the median reported, twice:
-the program's own time around its parallel part (``RESULT name seconds
-checksum`` on its stdout) and the whole process's wall time, startup and
-shutdown included. The two frameworks' runs alternate, so both see the same
-noise on a shared machine: compare the ratios, not the absolute numbers.
+- ``ours``: ``python -m scoop -n W prog.py``, this interpreter's scoop-core
+  (or the tree of ``--ours-src``);
+- ``scoop``: the same with the original SCOOP, from a virtualenv this
+  script makes once (``--venv``, cached between runs) with ``pip install
+  scoop``; SCOOP's code is never copied into the repository;
+- ``pool``, ``executor``, ``loky``: ``python bench/peers.py --with KIND -n W
+  prog.py``, which gives the program a ``scoop.futures`` made of
+  ``multiprocessing.Pool``, ``concurrent.futures.ProcessPoolExecutor`` or
+  loky's executor. Programs with nested futures (a task that submits and
+  waits) cannot run there and show ``n/a``;
+- ``serial``: ``python prog.py --serial``, the builtin ``map`` and no
+  framework, for the programs that have such a mode.
+
+A program prints ``RESULT <measure> <seconds> <checksum>`` lines; each
+measure is a row of the table, shown in its unit (futures/s, ms per call,
+GB/s...). Every run is repeated ``--repeat`` times, the frameworks taking
+turns, the first one changing every round, so all see the same noise on a
+shared machine: compare the ratios of one run, not absolute numbers from
+different runs. A cell is the median and, in parentheses, the smallest and
+largest of the runs; a ratio column is the framework's median time over
+ours (above 1: ours is faster), whatever the unit of the row.
 
 Every run is bounded by ``--timeout``; a run that overstays has its whole
 process group killed, and anything of its that escaped the group is found
 (this process is made the subreaper of its descendants) and killed too, so
-no process is left behind.
+no process is left behind. Exit status 1 if a run failed, timed out, or if
+two runs of a measure disagreed on its checksum.
 
-    python bench/run.py                     # both frameworks, 3 repeats
-    python bench/run.py --only ours         # when SCOOP cannot run
-    python bench/run.py --programs fib map_tiny --repeat 5 --markdown
+    python bench/run.py --quick                    # every framework, small sizes, 3 repeats
+    python bench/run.py --frameworks ours pool     # no SCOOP, no virtualenv
+    python bench/run.py --programs fib roundtrip --repeat 5 --json /tmp/bench.json
 """
 
 from __future__ import annotations
@@ -27,6 +42,7 @@ import argparse
 import contextlib
 import ctypes
 import datetime
+import importlib.util
 import json
 import os
 import platform
@@ -38,30 +54,105 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 PROGRAMS_DIR = HERE / "programs"
-# name -> extra argv; the defaults of the programs themselves are the documented sizes.
-PROGRAMS: dict[str, list[str]] = {
-    "map_tiny": [],
-    "submit_many": [],
-    "nested_tree": [],
-    "fib": [],
-    "map_heavy": [],
-}
+PEERS = HERE / "peers.py"
 RESULT_RE = re.compile(r"^RESULT (\S+) (\S+) (\S+)\s*$", re.MULTILINE)
 PR_SET_CHILD_SUBREAPER = 36
+CAPTURE = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+FRAMEWORKS = ["ours", "scoop", "pool", "executor", "loky"]
+LABELS = {
+    "ours": "ours",
+    "scoop": "SCOOP",
+    "pool": "Pool",
+    "executor": "Executor",
+    "loky": "loky",
+    "serial": "serial",
+}
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Unit:
+    """How a measure's seconds are shown: ``value(seconds)`` in ``name``."""
+
+    name: str
+    value: Callable[[float], float]
+
+
+def seconds() -> Unit:
+    return Unit("s", lambda s: s)
+
+
+def millis() -> Unit:
+    return Unit("ms", lambda s: s * 1000)
+
+
+def rate(count: float, name: str) -> Unit:
+    return Unit(name, lambda s: count / s)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One program with its arguments, and how to show each of its measures.
+
+    ``units``: measure -> unit (the program's name if it has one measure);
+    ``attr``: ``wall`` to show the whole process's time instead of the
+    program's own; ``nested``: needs futures inside futures (no pools);
+    ``serial``: has a ``--serial`` mode with the builtin ``map``."""
+
+    program: str
+    args: list[str]
+    units: dict[str, Unit]
+    attr: str = "seconds"
+    nested: bool = False
+    serial: bool = False
+
+
+def cases(quick: bool) -> dict[str, Case]:
+    """Every benchmark case, at full size or at ``--quick`` size (some left out)."""
+    map_items = 10**5 if quick else 10**6
+    array_mib = 8 if quick else 64
+    calls, maps = ("500", "100") if quick else ("2000", "300")
+    table = {
+        "hello": Case("hello", [], {"hello": Unit("s (whole process)", lambda s: s)}, attr="wall"),
+        "roundtrip": Case("roundtrip", [calls], {"roundtrip": millis()}),
+        "small_maps": Case("small_maps", [maps], {"map10": millis(), "map180": millis()}),
+        "generations": Case("generations", ["40", "180"], {"generations": seconds()}, serial=True),
+        "submit_many": Case("submit_many", ["10000"], {"submit_many": rate(1e4, "futures/s")}),
+        "submit_many_100k": Case(
+            "submit_many", ["100000"], {"submit_many": rate(1e5, "futures/s")}
+        ),
+        "map_tiny": Case("map_tiny", [str(map_items)], {"map_tiny": rate(map_items, "items/s")}),
+        "arrays": Case(
+            "arrays",
+            [str(array_mib)],
+            {"arrays": rate(2 * 8 * array_mib * MiB / 1e9, "GB/s")},
+        ),
+        "nested_tree": Case("nested_tree", ["10", "4"], {"nested_tree": seconds()}, nested=True),
+        "fib": Case("fib", ["18"], {"fib": seconds()}, nested=True),
+        "map_heavy": Case("map_heavy", ["64"], {"map_heavy": seconds()}, serial=True),
+    }
+    if quick:
+        del table["submit_many_100k"]
+    return table
+
+
+ALL_CASES = list(cases(quick=False))
 
 
 @dataclass
 class Run:
     ok: bool
-    seconds: float | None = None  # measured by the program
+    seconds: float | None = None  # measured by the program (its first measure)
     wall: float | None = None  # whole process
     checksum: str | None = None
     error: str = ""
+    measures: dict[str, tuple[float, str]] = field(default_factory=dict)  # every RESULT line
 
 
 @dataclass
@@ -71,8 +162,14 @@ class Series:
     def good(self) -> list[Run]:
         return [r for r in self.runs if r.ok]
 
-    def median(self, attr: str) -> float | None:
-        values = [getattr(r, attr) for r in self.good()]
+    def values(self, attr: str, measure: str | None = None) -> list[float]:
+        """``attr`` of every good run: ``seconds`` of ``measure`` if given."""
+        if measure is not None and attr == "seconds":
+            return [r.measures[measure][0] for r in self.good() if measure in r.measures]
+        return [getattr(r, attr) for r in self.good()]
+
+    def median(self, attr: str, measure: str | None = None) -> float | None:
+        values = self.values(attr, measure)
         return statistics.median(values) if values else None
 
     def failure(self) -> str:
@@ -189,15 +286,8 @@ def run_once(
     """Run one measurement; ``keep``: children of ours that are not the run's
     (a server the benchmark started), spared when its leftovers are killed."""
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    # Its own session: one process group to kill, whatever it starts.
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, start_new_session=True, **CAPTURE)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -209,11 +299,12 @@ def run_once(
     wall = time.perf_counter() - start
     # The launcher has exited; whatever it left behind goes too.
     _, _, leftovers = finish(proc, keep)
-    text = out.decode(errors="replace")
-    match = RESULT_RE.search(text)
-    if proc.returncode != 0 or match is None:
+    found = RESULT_RE.findall(out.decode(errors="replace"))
+    if proc.returncode != 0 or not found:
         return Run(False, wall=wall, error=f"exit status {proc.returncode}; {tail(err or out)}")
-    run = Run(True, seconds=float(match.group(2)), wall=wall, checksum=match.group(3))
+    measures = {name: (float(seconds), checksum) for name, seconds, checksum in found}
+    seconds, checksum = measures[found[0][0]]
+    run = Run(True, seconds=seconds, wall=wall, checksum=checksum, measures=measures)
     if leftovers:
         run.error = f"{len(leftovers)} process(es) outlived the launcher: {'; '.join(leftovers)}"
     return run
@@ -256,19 +347,20 @@ def scoop_version(python: Path, env: dict[str, str] | None = None) -> str | None
 
 
 def ensure_venv(venv: Path, base_python: str, spec: str) -> Path:
-    """The interpreter of a virtualenv holding the original SCOOP, made once."""
+    """The interpreter of a virtualenv holding the original SCOOP, made once,
+    and numpy, which the arrays program sends."""
     python = venv_python(venv)
-    if python.exists() and scoop_version(python):
-        return python
-    print(f"creating {venv} with {base_python} and installing {spec} ...", file=sys.stderr)
-    if venv.exists():
-        shutil.rmtree(venv)
-    subprocess.run([base_python, "-m", "venv", str(venv)], check=True, timeout=300)
-    subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", spec],
-        check=True,
-        timeout=600,
-    )
+    if not (python.exists() and scoop_version(python)):
+        print(f"creating {venv} with {base_python} and installing {spec} ...", file=sys.stderr)
+        if venv.exists():
+            shutil.rmtree(venv)
+        subprocess.run([base_python, "-m", "venv", str(venv)], check=True, timeout=300)
+    missing = [] if scoop_version(python) else [spec]
+    if subprocess.run([str(python), "-c", "import numpy"], capture_output=True).returncode:
+        missing.append("numpy")
+    if missing:
+        pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+        subprocess.run([*pip, *missing], check=True, timeout=600)
     if not scoop_version(python):
         raise SystemExit(f"SCOOP was installed in {venv} but `import scoop` fails there")
     return python
@@ -291,7 +383,7 @@ def progress(rep: int, repeat: int, name: str, label: str, run: Run, notes: list
     status = f"{run.seconds:.3f} s (wall {run.wall:.3f} s)" if run.ok else "FAILED"
     note = "".join(f"  [{n}]" for n in notes)
     print(
-        f"  run {rep + 1}/{repeat} {name:<12} {label:<5} {status}{note}",
+        f"  run {rep + 1}/{repeat} {name:<16} {label:<8} {status}{note}",
         file=sys.stderr,
         flush=True,
     )
@@ -324,68 +416,71 @@ def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
+def number(value: float) -> str:
+    """About three significant digits, thousands separated."""
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 10:
+        return f"{value:.1f}"
+    return f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"
+
+
+def cell(series: Series | None, case: Case, measure: str) -> str:
+    """Median (smallest-largest) of a measure in its unit; ``n/a`` if not run."""
+    if series is None:
+        return "n/a"
+    values = series.values(case.attr, measure)
+    if not values:
+        return "FAIL"
+    unit = case.units[measure].value
+    shown = sorted(unit(v) for v in values)
+    return f"{number(unit(statistics.median(values)))} ({number(shown[0])}-{number(shown[-1])})"
+
+
 def ratio(theirs: float | None, ours: float | None) -> str:
     if theirs is None or ours is None or ours <= 0:
         return "-"
     return f"{theirs / ours:.2f}"
 
 
-LABELS = {"ours": "ours", "scoop": "SCOOP"}
-
-
 def table(
-    results: dict[str, dict[str, Series]], frameworks: list[str], markdown: bool
+    results: dict[str, dict[str, Series]], chosen: dict[str, Case], columns: list[str]
 ) -> list[str]:
-    """Medians per program: in-program time, then wall time; with both
-    frameworks, each followed by the ratio SCOOP/ours (above 1: ours is faster)."""
-    both = frameworks == ["ours", "scoop"]
-    head = ["program"]
-    for attr, suffix in (("seconds", "(s)"), ("wall", "wall (s)")):
-        head += [f"{LABELS[fw]} {suffix}" for fw in frameworks]
-        if both:
-            head.append("SCOOP/ours" + (" wall" if attr == "wall" else ""))
-    rows = []
-    for name, by_fw in results.items():
-        row = [name]
-        for attr in ("seconds", "wall"):
-            row += [cell(by_fw[fw], attr) for fw in frameworks]
-            if both:
-                row.append(ratio(med(by_fw["scoop"], attr), med(by_fw["ours"], attr)))
-        rows.append(row)
-    if markdown:
-        lines = [
-            "| " + " | ".join(head) + " |",
-            "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|",
-        ]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return lines
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    out = [
-        "  ".join(
-            h.rjust(w) if i else h.ljust(w)
-            for i, (h, w) in enumerate(zip(head, widths, strict=False))
-        )
+    """A Markdown row per measure: each framework's cell, then each one's
+    median time over ours (above 1: ours is faster)."""
+    others = [fw for fw in columns if fw != "ours"] if "ours" in columns else []
+    head = ["measure", "unit", *(LABELS[fw] for fw in columns)]
+    head += [f"{LABELS[fw]}/ours" for fw in others]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|",
     ]
-    out += [
-        "  ".join(
-            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=False))
-        )
-        for r in rows
-    ]
-    return out
+    for name, case in chosen.items():
+        by_fw = results[name]
+        for measure, unit in case.units.items():
+            label = name if len(case.units) == 1 else measure
+            row = [label, unit.name, *(cell(by_fw.get(fw), case, measure) for fw in columns)]
+            ours = by_fw["ours"].median(case.attr, measure) if "ours" in by_fw else None
+            for fw in others:
+                theirs = by_fw[fw].median(case.attr, measure) if fw in by_fw else None
+                row.append(ratio(theirs, ours) if fw in by_fw else "n/a")
+            lines.append("| " + " | ".join(row) + " |")
+    return lines
 
 
-def med(series: Series | None, attr: str) -> float | None:
-    return series.median(attr) if series else None
-
-
-def cell(series: Series | None, attr: str) -> str:
-    if series is None:
-        return "-"
-    value = series.median(attr)
-    if value is None:
-        return "FAIL"
-    return fmt(value)
+def disagreements(name: str, case: Case, by_fw: dict[str, Series]) -> list[str]:
+    """A line per measure of ``name`` whose runs printed different checksums."""
+    lines = []
+    for measure in case.units:
+        sums = {
+            f"{fw}:{r.measures[measure][1]}"
+            for fw, s in by_fw.items()
+            for r in s.good()
+            if measure in r.measures
+        }
+        if len({s.split(":", 1)[1] for s in sums}) > 1:
+            lines.append(f"{name} {measure}: checksums differ between runs: {sorted(sums)}")
+    return lines
 
 
 # -- main ------------------------------------------------------------------------------
@@ -407,15 +502,26 @@ def add_run_options(p: argparse.ArgumentParser, programs: list[str]) -> None:
     p.add_argument(
         "--timeout",
         type=float,
-        default=180.0,
-        help="seconds one run may take before its processes are killed (default 180)",
+        default=300.0,
+        help="seconds one run may take before its processes are killed (default 300)",
     )
-    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument("--json", type=Path, help="also write every run to this file")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--frameworks",
+        nargs="+",
+        choices=FRAMEWORKS,
+        metavar="NAME",
+        help=f"subset of: {' '.join(FRAMEWORKS)} (default: every one available)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes, some cases left out: a few minutes with 3 repeats",
+    )
     p.add_argument(
         "--venv",
         type=Path,
@@ -437,14 +543,41 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="run scoop-core from this source tree (e.g. a `git archive` of another "
         "commit) instead of the installed one",
     )
-    p.add_argument(
-        "--only",
-        choices=["ours", "scoop"],
-        help="run one framework only (`ours` needs no virtualenv)",
-    )
-    add_run_options(p, list(PROGRAMS))
-    p.add_argument("--no-serial", action="store_true", help="skip the serial baseline of map_heavy")
+    add_run_options(p, ALL_CASES)
+    p.add_argument("--no-serial", action="store_true", help="skip the serial baselines")
     return p.parse_args(argv)
+
+
+def choose_frameworks(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The frameworks to run and the interpreter of the SCOOP ones. By default
+    every framework that can run here: SCOOP if its virtualenv can be made,
+    loky if it is installed; one asked for by name that cannot run stops us."""
+    asked = args.frameworks is not None
+    frameworks = [fw for fw in FRAMEWORKS if fw in (args.frameworks or FRAMEWORKS)]
+    pythons = {"ours": sys.executable}
+    if "loky" in frameworks and importlib.util.find_spec("loky") is None:
+        if asked:
+            raise SystemExit("loky is not installed: pip install loky (or pip install .[bench])")
+        print("# loky is not installed: left out", file=sys.stderr)
+        frameworks.remove("loky")
+    if "scoop" in frameworks:
+        try:
+            pythons["scoop"] = str(ensure_venv(args.venv, args.scoop_base_python, args.scoop_spec))
+        except (OSError, subprocess.SubprocessError, SystemExit) as exc:
+            if asked:
+                raise
+            print(f"# SCOOP cannot be installed in {args.venv} ({exc}): left out", file=sys.stderr)
+            frameworks.remove("scoop")
+    return frameworks, pythons
+
+
+def command(fw: str, python: str, workers: int, prog: str, args: list[str]) -> list[str]:
+    """How framework ``fw`` runs ``prog`` with ``workers`` workers."""
+    if fw in ("ours", "scoop"):
+        return [python, "-m", "scoop", "-n", str(workers), prog, *args]
+    if fw == "serial":
+        return [python, prog, *args, "--serial"]
+    return [python, str(PEERS), "--with", fw, "-n", str(workers), prog, *args]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -453,15 +586,13 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--repeat and --workers must be at least 1")
     become_subreaper()
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    frameworks = ["ours", "scoop"] if args.only is None else [args.only]
-    pythons = {"ours": sys.executable} if "ours" in frameworks else {}
-    if "scoop" in frameworks:
-        pythons["scoop"] = str(ensure_venv(args.venv, args.scoop_base_python, args.scoop_spec))
+    frameworks, pythons = choose_frameworks(args)
+    chosen = {name: case for name, case in cases(args.quick).items() if name in args.programs}
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("_SCOOP_")}
     env["PYTHONUNBUFFERED"] = "1"
     env.pop("PYTHONPATH", None)  # each interpreter finds its own `scoop`
-    envs = {fw: env for fw in frameworks}
+    envs = {fw: env for fw in [*frameworks, "serial"]}
     if args.ours_src is not None and "ours" in frameworks:
         src = args.ours_src.resolve()
         if not (src / "scoop_core" / "__init__.py").exists():
@@ -474,69 +605,56 @@ def main(argv: list[str] | None = None) -> int:
     for fw, py in pythons.items():
         print(f"#   {fw}: {py} (scoop {versions[fw]})", file=sys.stderr)
 
-    results: dict[str, dict[str, Series]] = {
-        p: {fw: Series() for fw in frameworks} for p in args.programs
+    # Which frameworks run which case: no pools under nested futures, serial where it exists.
+    runs_of = {
+        name: [
+            *(fw for fw in frameworks if not (case.nested and fw in ("pool", "executor", "loky"))),
+            *(["serial"] if case.serial and not args.no_serial else []),
+        ]
+        for name, case in chosen.items()
     }
-    serial = Series()
+    results = {name: {fw: Series() for fw in runs_of[name]} for name in chosen}
     workdir = tempfile.mkdtemp(prefix="scoop-bench-")
     try:
         for rep in range(args.repeat):
-            for name in args.programs:
-                prog = str(PROGRAMS_DIR / f"{name}.py")
-                # Alternate who goes first, so neither always runs on a warmer machine.
-                order = frameworks if rep % 2 == 0 else frameworks[::-1]
+            for name, case in chosen.items():
+                prog = str(PROGRAMS_DIR / f"{case.program}.py")
+                # Take turns going first, so none always runs on a warmer machine.
+                order = runs_of[name]
+                order = order[rep % len(order) :] + order[: rep % len(order)]
                 for fw in order:
-                    cmd = [
-                        pythons[fw],
-                        "-m",
-                        "scoop",
-                        "-n",
-                        str(args.workers),
-                        prog,
-                        *PROGRAMS[name],
-                    ]
+                    python = pythons.get(fw, sys.executable)
+                    cmd = command(fw, python, args.workers, prog, case.args)
                     run = run_once(cmd, args.timeout, workdir, envs[fw])
                     results[name][fw].runs.append(run)
                     progress(rep, args.repeat, name, fw, run, [run.error] if run.error else [])
-            if "map_heavy" in args.programs and not args.no_serial:
-                prog = str(PROGRAMS_DIR / "map_heavy.py")
-                run = run_once(
-                    [sys.executable, prog, *(PROGRAMS["map_heavy"] or ["200"]), "--serial"],
-                    args.timeout,
-                    workdir,
-                    env,
-                )
-                serial.runs.append(run)
     finally:
         kill_orphans()
         shutil.rmtree(workdir, ignore_errors=True)
 
+    columns = [fw for fw in [*frameworks, "serial"] if any(fw in r for r in results.values())]
     print()
-    for line in table(results, frameworks, args.markdown):
+    for line in table(results, chosen, columns):
         print(line)
-    if serial.good():
-        print(
-            f"\nmap_heavy serial baseline (builtin map, no framework): "
-            f"{fmt(serial.median('seconds'))} s"
-        )
+    print()
     failed = False
     for name, by_fw in results.items():
-        sums = {str(r.checksum) for s in by_fw.values() for r in s.good()}
-        if len(sums) > 1:
+        for line in disagreements(name, chosen[name], by_fw):
             failed = True
-            print(f"{name}: checksums differ between runs: {sorted(sums)}")
+            print(line)
         failed = report_failures(name, by_fw) or failed
     if args.json:
         args.json.write_text(
             json.dumps(
                 {
                     **machine(args.workers),
+                    "quick": args.quick,
                     "versions": versions,
+                    "args": {n: c.args for n, c in chosen.items()},
                     "runs": {
                         n: {fw: [r.__dict__ for r in s.runs] for fw, s in by.items()}
                         for n, by in results.items()
                     },
-                    "map_heavy_serial": [r.__dict__ for r in serial.runs],
                 },
                 indent=2,
             )

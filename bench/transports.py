@@ -258,6 +258,7 @@ def table(results: dict[str, Result], markdown: bool) -> list[str]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_run_options(p, list(UNITS))
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument(
         "--map-items", type=int, default=200000, help="N of map_tiny (default %(default)s)"
     )

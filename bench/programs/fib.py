@@ -1,41 +1,23 @@
 """fib: recursive Fibonacci with a future at every call (SCOOP's classic).
 
-``fib(n)`` submits ``fib(n - 1)`` and ``fib(n - 2)`` and adds their results
-(n = 18 unless given as argv[1]): 2 * fib(n + 1) - 2 futures (8360 for 18),
-each doing almost nothing but waiting on two children, so this measures
-deep nesting and the cost of suspending and resuming a waiting task.
-Prints ``RESULT fib <s> <checksum>``.
+Times ``fib(n)`` of examples/fibonacci.py (n = 18 unless given as argv[1]),
+which submits ``fib(n - 1)`` and ``fib(n - 2)`` and adds their results:
+2 * fib(n + 1) - 2 futures (8360 for 18), each doing almost nothing but
+waiting on two children, so this measures deep nesting and the cost of
+suspending and resuming a waiting task. Prints ``RESULT fib <s> <checksum>``.
 """
 
 import sys
-import time
+from pathlib import Path
 
-from scoop import futures
+from harness import check, report, size, timed
 
-
-def fib(n):
-    if n < 2:
-        return n
-    a = futures.submit(fib, n - 1)
-    b = futures.submit(fib, n - 2)
-    return a.result() + b.result()
-
-
-def fib_serial(n):
-    a, b = 0, 1
-    for _ in range(n):
-        a, b = b, a + b
-    return a
-
-
-def main(n):
-    start = time.perf_counter()
-    value = fib(n)
-    seconds = time.perf_counter() - start
-    if value != fib_serial(n):
-        sys.exit(f"fib: fib({n}) gave {value}, expected {fib_serial(n)}")
-    print(f"RESULT fib {seconds:.6f} {value}", flush=True)
-
+# The example is the program users know; the benchmark times that very function.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+from fibonacci import fib, serial_fib  # noqa: E402
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 18)
+    n = size(1, 18)
+    value, seconds = timed(fib, n)
+    check(value == serial_fib(n), f"fib: fib({n}) gave {value}, expected {serial_fib(n)}")
+    report("fib", seconds, value)

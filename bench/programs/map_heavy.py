@@ -1,17 +1,16 @@
-"""map_heavy: scaling of ``futures.map`` over CPU-bound items.
+"""map_heavy: speed-up of ``futures.map`` over CPU-bound items.
 
-Maps a pure-Python loop of fixed size (about 10 ms on this machine) over
-N = 200 items (argv[1]); with 2 workers the ideal is half the serial time,
+Maps a pure-Python loop of fixed size (about 40 ms on a 2-core VM) over
+N = 64 items (argv[1]); with 2 workers the ideal is half the serial time,
 which ``python map_heavy.py N --serial`` (no framework, builtin ``map``)
 measures. Prints ``RESULT map_heavy <s> <checksum>``.
 """
 
-import sys
-import time
+from harness import check, report, serial, size, timed
 
 from scoop import futures
 
-LOOP = 150000
+LOOP = 600000
 
 
 def work(seed):
@@ -21,14 +20,11 @@ def work(seed):
     return acc
 
 
-def main(n, serial):
-    start = time.perf_counter()
-    results = list((map if serial else futures.map)(work, range(n)))
-    seconds = time.perf_counter() - start
-    if len(results) != n or any(results[i] != work(i) for i in range(0, n, max(1, n // 10))):
-        sys.exit("map_heavy: wrong results")
-    print(f"RESULT map_heavy{'_serial' if serial else ''} {seconds:.6f} {sum(results)}", flush=True)
-
-
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 200, "--serial" in sys.argv[2:])
+    n = size(1, 64)
+    results, seconds = timed(lambda: list((map if serial() else futures.map)(work, range(n))))
+    spot = range(0, n, max(1, n // 10))
+    check(
+        len(results) == n and all(results[i] == work(i) for i in spot), "map_heavy: wrong results"
+    )
+    report("map_heavy", seconds, sum(results))

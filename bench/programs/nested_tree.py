@@ -1,15 +1,14 @@
 """nested_tree: futures that submit futures, like SCOOP's tree examples.
 
-Every inner node of a tree (branching B = 3, depth D = 6 unless given as
+Every inner node of a tree (branching B = 10, depth D = 4 unless given as
 argv[1] and argv[2]) submits one future per child and sums their results; a
 leaf does a tiny computation. That is (B**(D+1) - 1) / (B - 1) - 1 futures
-(1092 for 3 and 6), most of them waited on from inside other futures, so
+(11,110 for 10 and 4), most of them waited on from inside other futures, so
 this measures nested submission and the scheduling of waiting tasks.
 Prints ``RESULT nested_tree <s> <checksum>``.
 """
 
-import sys
-import time
+from harness import check, report, size, timed
 
 from scoop import futures
 
@@ -27,22 +26,9 @@ def node(branching, depth, index):
     return sum(child.result() for child in children)
 
 
-def expected(branching, depth):
-    return sum(leaf(i) for i in range(branching**depth))
-
-
-def main(branching, depth):
-    start = time.perf_counter()
-    total = node(branching, depth, 0)
-    seconds = time.perf_counter() - start
-    want = expected(branching, depth)
-    if total != want:
-        sys.exit(f"nested_tree: got {total}, expected {want}")
-    print(f"RESULT nested_tree {seconds:.6f} {total}", flush=True)
-
-
 if __name__ == "__main__":
-    main(
-        int(sys.argv[1]) if len(sys.argv) > 1 else 3,
-        int(sys.argv[2]) if len(sys.argv) > 2 else 6,
-    )
+    branching, depth = size(1, 10), size(2, 4)
+    total, seconds = timed(node, branching, depth, 0)
+    want = sum(leaf(i) for i in range(branching**depth))
+    check(total == want, f"nested_tree: got {total}, expected {want}")
+    report("nested_tree", seconds, total)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import run_command
@@ -318,16 +319,13 @@ if __name__ == "__main__":
     assert got[7] == [[1, 2]] * 3
 
 
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
 NESTED = (
     PRELUDE
+    # examples/fibonacci.py's naive recursion: a nested future at every call
+    + f"sys.path.insert(0, {str(EXAMPLES)!r})\nfrom fibonacci import fib\n"
     + """
-def fib(n):
-    if n < 2:
-        return n
-    a = futures.submit(fib, n - 1)
-    b = futures.submit(fib, n - 2)
-    return a.result() + b.result()
-
 def square(x):
     return x * x
 
