@@ -89,10 +89,4 @@ def _start(spec: WorkerSpec) -> subprocess.Popen[bytes]:
 
 @hookimpl
 def scoop_launchers() -> Iterable[LauncherPlugin]:
-    return (
-        LauncherPlugin(
-            name="local",
-            factory=LocalLauncher,
-            description="worker processes on this machine",
-        ),
-    )
+    return (LauncherPlugin("local", LocalLauncher, "worker processes on this machine"),)

@@ -13,7 +13,8 @@ return records from them. Each hook's docstring there ends with a complete
 plugin module, which the tests load as a real plugin:
 :func:`~scoop_core.plugins.hookspec.scoop_transports` registers a transport
 ``mytcp`` with two settings, whose factory imports its code only when the
-transport is chosen.
+transport is chosen. Records are plain data: declare them at the top of the
+module and return them from the hooks.
 
 A module may implement any subset of the three hooks (``scoop_transports``,
 ``scoop_serializers``, ``scoop_launchers``). None takes arguments; each is
@@ -34,6 +35,11 @@ registers, with your distribution's name and version and its status.
 **3. Records.** Hooks return the frozen records re-exported here:
 :class:`TransportPlugin`, :class:`SerializerPlugin` and
 :class:`LauncherPlugin` (a name, a ``factory`` and a description).
+A ``factory`` is usually :func:`lazy`: ``lazy("mypkg.transport:TcpTransport")``
+names the class as an entry point would, imports it on first call and calls
+it with the settings; a misspelt name raises ``ValueError`` at once, and an
+import that fails raises :class:`~scoop_core.errors.PluginError` naming the
+record. Any other callable works too.
 Names are normalised (``My_Transport`` is ``my-transport``); users select
 records by name, and a name claimed by two plugins is an error that names
 both distributions when it is selected.
@@ -48,10 +54,10 @@ processes as JSON, so every default must survive a JSON round trip
 one that does not is refused when it is made, naming the plugin and the
 setting.
 
-**5. Heavy imports go inside factories.** Listing plugins, or running on
-another transport, must not import your client library: import it inside
-``factory`` (and keep ``detect`` cheap), never at the top of the plugin
-module.
+**5. Heavy imports wait for the factory.** Listing plugins, or running on
+another transport, must not import your client library: name your code with
+:func:`lazy`, or import it inside a factory function (and keep ``detect``
+cheap), never at the top of the plugin module.
 
 **6. Failures.** A plugin that fails to import, whose hook raises, or whose
 hook returns anything but its records, is skipped with a warning on the
@@ -69,11 +75,11 @@ fresh transport:
 
     from scoop_core.testing import check_transport
 
-    from mypkg.plugin import make_transport
+    from mypkg.transport import TcpTransport
 
 
     def test_my_transport_keeps_the_contract():
-        check_transport(lambda: make_transport({"interface": "0.0.0.0", "port": 0}))
+        check_transport(lambda: TcpTransport({"interface": "0.0.0.0", "port": 0}))
 """
 
 from __future__ import annotations
@@ -84,6 +90,7 @@ from scoop_core.plugins.types import (
     SerializerPlugin,
     Setting,
     TransportPlugin,
+    lazy,
     normalize_name,
 )
 
@@ -93,5 +100,6 @@ __all__ = [
     "Setting",
     "TransportPlugin",
     "hookimpl",
+    "lazy",
     "normalize_name",
 ]

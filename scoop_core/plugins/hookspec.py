@@ -4,8 +4,10 @@ Every hook is a *registration* hook: it takes no arguments, is called once
 per process when the plugin manager loads, and returns records
 (:mod:`scoop_core.plugins.types`) that the core then uses directly. No hook
 is ever called on a hot path, so a hook may be slow-ish but must not be
-expensive: import heavy dependencies inside the record's ``factory``, not in
-the hook or at the top of the plugin module.
+expensive: name the record's ``factory`` with :func:`~scoop_core.plugins.types.lazy`
+(``"module:attr"``, imported when first called), or import heavy dependencies
+inside a factory function, never in the hook or at the top of the plugin
+module.
 
 Every docstring below has the same parts, in the same order: what the hook
 registers, when it is called, how results from several plugins combine,
@@ -55,33 +57,24 @@ def scoop_transports() -> Iterable[TransportPlugin]:  # type: ignore[empty-body]
 
     .. code-block:: python
 
-        from collections.abc import Iterable, Mapping
-        from typing import Any
+        from collections.abc import Iterable
 
-        from scoop_core.interfaces import Transport
-        from scoop_core.plugins import Setting, TransportPlugin, hookimpl
+        from scoop_core.plugins import Setting, TransportPlugin, hookimpl, lazy
 
-
-        def make_transport(settings: Mapping[str, Any]) -> Transport:
-            # Imported here so that listing plugins never imports the transport's code.
-            from mypkg.transport import TcpTransport
-
-            return TcpTransport(interface=settings["interface"], port=settings["port"])
+        MYTCP = TransportPlugin(
+            name="mytcp",
+            factory=lazy("mypkg.transport:TcpTransport"),  # imported only when chosen
+            description="length-prefixed frames over plain TCP",
+            settings=(
+                Setting("interface", str, "0.0.0.0", help="where a public hub listens"),
+                Setting("port", int, 0, help="the hub's port; 0 picks a free one"),
+            ),
+        )
 
 
         @hookimpl
         def scoop_transports() -> Iterable[TransportPlugin]:
-            return [
-                TransportPlugin(
-                    name="mytcp",
-                    factory=make_transport,
-                    description="length-prefixed frames over plain TCP",
-                    settings=(
-                        Setting("interface", str, "0.0.0.0", help="where a public hub listens"),
-                        Setting("port", int, 0, help="the hub's port; 0 picks a free one"),
-                    ),
-                )
-            ]
+            return [MYTCP]
     """
 
 
@@ -108,22 +101,15 @@ def scoop_serializers() -> Iterable[SerializerPlugin]:  # type: ignore[empty-bod
 
         from collections.abc import Iterator
 
-        from scoop_core.interfaces import Serializer
-        from scoop_core.plugins import SerializerPlugin, hookimpl
-
-
-        def make_serializer() -> Serializer:
-            # Imported here so that listing plugins never imports dill.
-            from mypkg.dill_serializer import DillSerializer
-
-            return DillSerializer()
+        from scoop_core.plugins import SerializerPlugin, hookimpl, lazy
 
 
         @hookimpl
         def scoop_serializers() -> Iterator[SerializerPlugin]:
+            # Imported when first built, so that listing plugins never imports dill.
             yield SerializerPlugin(
                 name="dill",
-                factory=make_serializer,
+                factory=lazy("mypkg.dill_serializer:DillSerializer"),
                 description="dill, pickle protocol 5, out-of-band buffers",
             )
     """
@@ -154,11 +140,9 @@ def scoop_launchers() -> Iterable[LauncherPlugin]:  # type: ignore[empty-body]
     .. code-block:: python
 
         import os
-        from collections.abc import Iterable, Mapping
-        from typing import Any
+        from collections.abc import Iterable
 
-        from scoop_core.interfaces import Launcher
-        from scoop_core.plugins import LauncherPlugin, Setting, hookimpl
+        from scoop_core.plugins import LauncherPlugin, Setting, hookimpl, lazy
         from scoop_core.scheduler_launcher import COMMON_SETTINGS
 
 
@@ -167,18 +151,12 @@ def scoop_launchers() -> Iterable[LauncherPlugin]:  # type: ignore[empty-body]
             return "MYSCHED_JOB_ID" in os.environ
 
 
-        def make_launcher(settings: Mapping[str, Any]) -> Launcher:
-            from mypkg.launcher import MySchedLauncher
-
-            return MySchedLauncher(settings)
-
-
         @hookimpl
         def scoop_launchers() -> Iterable[LauncherPlugin]:
             return [
                 LauncherPlugin(
                     name="mysched",
-                    factory=make_launcher,
+                    factory=lazy("mypkg.launcher:MySchedLauncher"),
                     description="workers on the nodes of a MySched allocation",
                     detect=in_allocation,
                     settings=(

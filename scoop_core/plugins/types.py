@@ -9,15 +9,23 @@ and name (``transport.zmq``), so it can never disagree with the name users
 select. The settings' defaults are checked here, when the record is made,
 so a plugin that declares a value workers cannot receive fails at
 registration, naming itself and the setting, rather than in a worker.
+
+A record's ``factory`` is usually :func:`lazy`: the entry-point spelling
+``"module:attr"`` of the class to build, imported on first use. Listing
+plugins, or running on another transport, then never imports a plugin's
+heavy code (pyzmq, redis-py, paramiko), and the record stays plain data.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from scoop_core.errors import PluginError
 from scoop_core.interfaces import Launcher, Serializer, StoreTransport, Transport
 
 SETTING_TYPES: tuple[type, ...] = (str, int, float, bool, list)
@@ -27,6 +35,88 @@ SETTING_TYPES: tuple[type, ...] = (str, int, float, bool, list)
 def normalize_name(name: str) -> str:
     """The one spelling of a plugin name used for lookups."""
     return name.strip().lower().replace("_", "-")
+
+
+# A dotted module path, a colon, a dotted attribute path: what entry points accept.
+_LAZY_SPELLING = re.compile(r"^\w+(\.\w+)*:\w+(\.\w+)*$")
+
+
+class LazyFactory:
+    """A factory named ``"module:attr"``, imported on first call; made by :func:`lazy`.
+
+    Calling it imports ``module``, looks ``attr`` up (once: later calls reuse
+    it) and calls that with the same arguments. A record made with it names
+    itself here, so that an import that fails says which plugin it was for.
+    """
+
+    __slots__ = ("_target", "owner", "spec")
+
+    def __init__(self, spec: str, owner: str = "") -> None:
+        if not isinstance(spec, str) or not _LAZY_SPELLING.match(spec):
+            raise ValueError(
+                f"lazy factory {spec!r} is not spelt 'module:attr', "
+                "e.g. 'mypkg.transport:TcpTransport'"
+            )
+        self.spec = spec
+        self.owner = owner
+        self._target: Callable[..., Any] | None = None
+
+    def for_record(self, owner: str) -> LazyFactory:
+        """The same factory, naming ``owner`` (``"transport 'zmq'"``) in its errors."""
+        return LazyFactory(self.spec, owner)
+
+    def resolve(self) -> Callable[..., Any]:
+        """What ``spec`` names, imported now; :class:`PluginError` if it cannot be."""
+        if self._target is None:
+            # Two threads may both get here; both import the same module and
+            # find the same object, so the race is harmless.
+            module_name, _, attr = self.spec.partition(":")
+            try:
+                target: Any = importlib.import_module(module_name)
+                for part in attr.split("."):
+                    target = getattr(target, part)
+            except (ImportError, AttributeError) as exc:
+                raise self._error(f"{type(exc).__name__}: {exc}") from exc
+            if not callable(target):
+                raise self._error(f"it is a {type(target).__name__}, not callable")
+            self._target = target
+        return self._target
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"lazy({self.spec!r})"
+
+    # Records compare as data: two records naming the same code are equal.
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, LazyFactory):
+            return NotImplemented
+        return (self.spec, self.owner) == (other.spec, other.owner)
+
+    def __hash__(self) -> int:
+        return hash((self.spec, self.owner))
+
+    def _error(self, cause: str) -> PluginError:
+        owner = f"{self.owner}: " if self.owner else ""
+        return PluginError(
+            f"{owner}cannot load the factory {self.spec!r} ({cause}); the plugin's package may "
+            "be installed incompletely: reinstall it"
+        )
+
+
+def lazy(spec: str) -> LazyFactory:
+    """A factory that imports ``spec``, spelt ``"module:attr"`` as in an entry
+    point, only when first called, then calls it with the same arguments.
+
+    ``lazy("mypkg.transport:TcpTransport")`` as a record's ``factory`` builds
+    a ``TcpTransport(settings)`` without importing ``mypkg.transport`` until
+    the transport is chosen. A bad spelling raises ``ValueError`` here; a
+    module or attribute that cannot be found raises
+    :class:`~scoop_core.errors.PluginError` on the first call, naming the
+    plugin, ``spec`` and the cause.
+    """
+    return LazyFactory(spec)
 
 
 @dataclass(frozen=True)
@@ -96,6 +186,9 @@ def _named(cls: type) -> type:
         if not isinstance(self.name, str) or not self.name.strip():
             raise TypeError(f"{cls.__name__} needs a non-empty name, got {self.name!r}")
         object.__setattr__(self, "name", normalize_name(self.name))
+        if isinstance(self.factory, LazyFactory):
+            owner = f"{self.kind} {self.name!r}"
+            object.__setattr__(self, "factory", self.factory.for_record(owner))
         if hasattr(self, "settings"):
             _check_settings(self)
 
@@ -121,7 +214,7 @@ def _check_settings(record: Any) -> None:
 class TransportPlugin:
     """A transport: ``factory(settings)`` returns a :class:`~scoop_core.interfaces.Transport`
     (hub-based: the core runs a broker) or a :class:`~scoop_core.interfaces.StoreTransport`
-    (its server is the broker).
+    (its server is the broker). ``factory`` is any callable, usually :func:`lazy`.
 
     ``settings`` declares the transport's configuration keys, in section
     :attr:`section` (``transport.<name>``: the table

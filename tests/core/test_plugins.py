@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from scoop_core.errors import PluginError
+from scoop_core.plugins import SerializerPlugin, TransportPlugin, lazy
 from scoop_core.plugins.manager import (
     BUILTIN_PLUGINS,
     PluginInfo,
@@ -27,6 +28,7 @@ from scoop_core.plugins.manager import (
     format_plugin_table,
     get_plugin_manager,
 )
+from scoop_core.plugins.types import LazyFactory
 from scoop_core.serialization import CloudpickleSerializer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -555,6 +557,75 @@ def test_every_builtin_default_survives_json() -> None:
     for section, settings in PluginManager(entry_points=False).settings().items():
         for setting in settings:
             assert json.loads(json.dumps(setting.default)) == setting.default, (section, setting)
+
+
+# -- lazy factories ------------------------------------------------------------
+
+
+def test_every_builtin_lazy_factory_names_code_that_exists() -> None:
+    # mypy cannot see into "module:attr": a misspelt one would only fail when chosen.
+    pytest.importorskip("scoop_transport_zmq")
+    pm = PluginManager(entry_points=False)
+    records = [*pm.transports().values(), *pm.serializers().values(), *pm.launchers().values()]
+
+    factories = {r.name: r.factory for r in records if isinstance(r.factory, LazyFactory)}
+    assert {"zmq", "redis", "ssh", "slurm", "sge", "torque"} <= set(factories)
+    for name, factory in factories.items():
+        assert callable(factory.resolve()), name
+
+
+def test_listing_plugins_imports_no_transport_or_launcher_code() -> None:
+    code = (
+        "import sys\n"
+        "from scoop_core.plugins.manager import PluginManager\n"
+        "PluginManager(entry_points=False)\n"
+        "heavy = ('zmq', 'redis', 'paramiko', 'scoop_transport_zmq.transport',\n"
+        "         'scoop_transport_redis.transport', 'scoop_launcher_ssh.launcher',\n"
+        "         'scoop_launcher_slurm.launcher', 'scoop_launcher_sge.launcher',\n"
+        "         'scoop_launcher_torque.launcher')\n"
+        "print(sorted(name for name in heavy if name in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+
+
+def test_a_lazy_factory_is_imported_on_first_call_only() -> None:
+    record = SerializerPlugin("late", lazy("scoop_core.serialization:PickleSerializer"))
+
+    assert record.factory == lazy("scoop_core.serialization:PickleSerializer").for_record(
+        "serializer 'late'"
+    )
+    serializer = record.factory()
+    assert serializer.loads(serializer.dumps([1, "a"])) == [1, "a"]
+
+
+@pytest.mark.parametrize("spec", ["mypkg.transport", "mypkg:", ":TcpTransport", "a:b:c", ""])
+def test_a_misspelt_lazy_factory_is_refused_when_the_record_is_made(spec: str) -> None:
+    with pytest.raises(ValueError) as err:
+        TransportPlugin("mytcp", lazy(spec))
+    assert str(err.value) == (
+        f"lazy factory {spec!r} is not spelt 'module:attr', e.g. 'mypkg.transport:TcpTransport'"
+    )
+
+
+@pytest.mark.parametrize(
+    ("spec", "cause"),
+    [
+        ("mypkg_not_installed.transport:TcpTransport", "ModuleNotFoundError: No module named"),
+        ("scoop_core.serialization:NoSuchSerializer", "AttributeError: module"),
+        ("scoop_core.plugins.types:SETTING_TYPES", "it is a tuple, not callable"),
+    ],
+)
+def test_a_lazy_factory_that_cannot_be_imported_names_its_record(spec: str, cause: str) -> None:
+    record = TransportPlugin("My_TCP", lazy(spec))
+
+    with pytest.raises(PluginError) as err:
+        record.factory({})
+    message = str(err.value)
+    assert message.startswith(f"transport 'my-tcp': cannot load the factory {spec!r} ({cause}")
+    assert message.endswith("the plugin's package may be installed incompletely: reinstall it")
 
 
 # -- the listing ---------------------------------------------------------------

@@ -20,15 +20,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
 
-from scoop_core.plugins.hookspec import hookimpl
-from scoop_core.plugins.types import LauncherPlugin, Setting
+from scoop_core.plugins import LauncherPlugin, Setting, hookimpl, lazy
+from scoop_core.scheduler_launcher import COMMON_SETTINGS
 
-if TYPE_CHECKING:
-    from scoop_launcher_sge.launcher import SgeLauncher
-
-__all__ = ["in_allocation", "make_launcher", "scoop_launchers"]
+__all__ = ["LAUNCHER", "in_allocation", "scoop_launchers"]
 
 
 def in_allocation(environ: Mapping[str, str] | None = None) -> bool:
@@ -37,27 +33,18 @@ def in_allocation(environ: Mapping[str, str] | None = None) -> bool:
     return bool(env.get("PE_HOSTFILE"))
 
 
-def make_launcher(settings: Mapping[str, Any]) -> SgeLauncher:
-    """The plugin's factory: a :class:`~scoop_launcher_sge.launcher.SgeLauncher`."""
-    from scoop_launcher_sge.launcher import SgeLauncher
-
-    return SgeLauncher(settings)
+LAUNCHER = LauncherPlugin(
+    name="sge",
+    factory=lazy("scoop_launcher_sge.launcher:SgeLauncher"),
+    description="workers on the hosts of a Grid Engine parallel job, started with qrsh -inherit",
+    detect=in_allocation,
+    settings=(
+        *COMMON_SETTINGS,
+        Setting("qrsh_args", list, [], "extra options for every qrsh -inherit"),
+    ),
+)
 
 
 @hookimpl
 def scoop_launchers() -> Iterable[LauncherPlugin]:
-    from scoop_core.scheduler_launcher import COMMON_SETTINGS
-
-    return (
-        LauncherPlugin(
-            name="sge",
-            factory=make_launcher,
-            description="workers on the hosts of a Grid Engine parallel job, started with "
-            "qrsh -inherit",
-            detect=in_allocation,
-            settings=(
-                *COMMON_SETTINGS,
-                Setting("qrsh_args", list, [], "extra options for every qrsh -inherit"),
-            ),
-        ),
-    )
+    return (LAUNCHER,)

@@ -23,25 +23,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
 
-from scoop_core.plugins.hookspec import hookimpl
-from scoop_core.plugins.types import LauncherPlugin, Setting
+from scoop_core.plugins import LauncherPlugin, Setting, hookimpl, lazy
+from scoop_core.scheduler_launcher import COMMON_SETTINGS
 from scoop_launcher_slurm.nodelist import (
     allocation_from_env,
     expand_nodelist,
     expand_tasks_per_node,
 )
 
-if TYPE_CHECKING:
-    from scoop_launcher_slurm.launcher import SlurmLauncher
-
 __all__ = [
+    "LAUNCHER",
     "allocation_from_env",
     "expand_nodelist",
     "expand_tasks_per_node",
     "in_allocation",
-    "make_launcher",
     "scoop_launchers",
 ]
 
@@ -55,26 +51,18 @@ def in_allocation(environ: Mapping[str, str] | None = None) -> bool:
     )
 
 
-def make_launcher(settings: Mapping[str, Any]) -> SlurmLauncher:
-    """The plugin's factory: a :class:`~scoop_launcher_slurm.launcher.SlurmLauncher`."""
-    from scoop_launcher_slurm.launcher import SlurmLauncher
-
-    return SlurmLauncher(settings)
+LAUNCHER = LauncherPlugin(
+    name="slurm",
+    factory=lazy("scoop_launcher_slurm.launcher:SlurmLauncher"),
+    description="workers on the nodes of a SLURM job, started with srun",
+    detect=in_allocation,
+    settings=(
+        *COMMON_SETTINGS,
+        Setting("srun_args", list, [], "extra srun options for every job step"),
+    ),
+)
 
 
 @hookimpl
 def scoop_launchers() -> Iterable[LauncherPlugin]:
-    from scoop_core.scheduler_launcher import COMMON_SETTINGS
-
-    return (
-        LauncherPlugin(
-            name="slurm",
-            factory=make_launcher,
-            description="workers on the nodes of a SLURM job, started with srun",
-            detect=in_allocation,
-            settings=(
-                *COMMON_SETTINGS,
-                Setting("srun_args", list, [], "extra srun options for every job step"),
-            ),
-        ),
-    )
+    return (LAUNCHER,)

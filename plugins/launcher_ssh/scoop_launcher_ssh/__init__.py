@@ -36,63 +36,48 @@ launcher is built (see :mod:`.launcher`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
 
-from scoop_core.plugins.hookspec import hookimpl
-from scoop_core.plugins.types import LauncherPlugin, Setting
+from scoop_core.plugins import LauncherPlugin, Setting, hookimpl, lazy
 
-if TYPE_CHECKING:
-    from scoop_launcher_ssh.launcher import SshLauncher
-
-__all__ = ["HOST_KEY_POLICIES", "make_launcher", "scoop_launchers"]
+__all__ = ["HOST_KEY_POLICIES", "LAUNCHER", "scoop_launchers"]
 
 HOST_KEY_POLICIES = ("reject", "accept-new", "warn")
 """The values ``host_key_policy`` accepts."""
 
-
-def make_launcher(settings: Mapping[str, Any]) -> SshLauncher:
-    """The plugin's factory: an :class:`~scoop_launcher_ssh.launcher.SshLauncher`."""
-    from scoop_launcher_ssh.launcher import SshLauncher
-
-    return SshLauncher(settings)
+LAUNCHER = LauncherPlugin(
+    name="ssh",
+    factory=lazy("scoop_launcher_ssh.launcher:SshLauncher"),
+    description="workers on other machines over SSH (paramiko, or an ssh/rsh program)",
+    settings=(
+        Setting(
+            "connect_timeout",
+            float,
+            10.0,
+            "seconds a host gets to accept the connection, the login and the start",
+        ),
+        Setting(
+            "host_key_policy",
+            str,
+            "reject",
+            "unknown host keys: reject, accept-new (add to known_hosts) or warn",
+        ),
+        Setting("known_hosts", str, "", "known-hosts file; empty = ~/.ssh/known_hosts"),
+        Setting("ssh_config", str, "", "OpenSSH client config; empty = ~/.ssh/config"),
+        Setting(
+            "ssh_executable",
+            str,
+            "",
+            "an ssh or rsh program to use instead of the built-in client; empty = built-in",
+        ),
+        Setting(
+            "tunnel", bool, False, "workers reach the broker through SSH port forwarding (--tunnel)"
+        ),
+        Setting("connections", int, 32, "how many hosts are logged in to at once"),
+    ),
+)
 
 
 @hookimpl
 def scoop_launchers() -> Iterable[LauncherPlugin]:
-    return (
-        LauncherPlugin(
-            name="ssh",
-            factory=make_launcher,
-            description="workers on other machines over SSH (paramiko, or an ssh/rsh program)",
-            settings=(
-                Setting(
-                    "connect_timeout",
-                    float,
-                    10.0,
-                    "seconds a host gets to accept the connection, the login and the start",
-                ),
-                Setting(
-                    "host_key_policy",
-                    str,
-                    "reject",
-                    "unknown host keys: reject, accept-new (add to known_hosts) or warn",
-                ),
-                Setting("known_hosts", str, "", "known-hosts file; empty = ~/.ssh/known_hosts"),
-                Setting("ssh_config", str, "", "OpenSSH client config; empty = ~/.ssh/config"),
-                Setting(
-                    "ssh_executable",
-                    str,
-                    "",
-                    "an ssh or rsh program to use instead of the built-in client; empty = built-in",
-                ),
-                Setting(
-                    "tunnel",
-                    bool,
-                    False,
-                    "workers reach the broker through SSH port forwarding (--tunnel)",
-                ),
-                Setting("connections", int, 32, "how many hosts are logged in to at once"),
-            ),
-        ),
-    )
+    return (LAUNCHER,)

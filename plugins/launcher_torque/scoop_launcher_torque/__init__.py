@@ -28,15 +28,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
 
-from scoop_core.plugins.hookspec import hookimpl
-from scoop_core.plugins.types import LauncherPlugin, Setting
+from scoop_core.plugins import LauncherPlugin, Setting, hookimpl, lazy
+from scoop_core.scheduler_launcher import COMMON_SETTINGS
 
-if TYPE_CHECKING:
-    from scoop_launcher_torque.launcher import TorqueLauncher
-
-__all__ = ["in_allocation", "make_launcher", "scoop_launchers"]
+__all__ = ["LAUNCHER", "in_allocation", "scoop_launchers"]
 
 
 def in_allocation(environ: Mapping[str, str] | None = None) -> bool:
@@ -45,46 +41,35 @@ def in_allocation(environ: Mapping[str, str] | None = None) -> bool:
     return bool(env.get("PBS_NODEFILE"))
 
 
-def make_launcher(settings: Mapping[str, Any]) -> TorqueLauncher:
-    """The plugin's factory: a :class:`~scoop_launcher_torque.launcher.TorqueLauncher`."""
-    from scoop_launcher_torque.launcher import TorqueLauncher
-
-    return TorqueLauncher(settings)
+LAUNCHER = LauncherPlugin(
+    name="torque",
+    factory=lazy("scoop_launcher_torque.launcher:TorqueLauncher"),
+    description="workers on the nodes of a Torque/PBS job, started with pbsdsh or pbs_tmrsh",
+    detect=in_allocation,
+    settings=(
+        *COMMON_SETTINGS,
+        Setting(
+            "remote_start",
+            str,
+            "auto",
+            "how tasks start on the nodes: auto (pbsdsh, else pbs_tmrsh), pbsdsh or pbs_tmrsh",
+        ),
+        Setting(
+            "ticket_dir",
+            str,
+            "",
+            "a directory the nodes share, for one-time connection tickets; empty: ~/.scoop/tickets",
+        ),
+        Setting(
+            "connect_host",
+            str,
+            "",
+            "the name or address the nodes reach this machine by; empty: its host name",
+        ),
+    ),
+)
 
 
 @hookimpl
 def scoop_launchers() -> Iterable[LauncherPlugin]:
-    from scoop_core.scheduler_launcher import COMMON_SETTINGS
-
-    return (
-        LauncherPlugin(
-            name="torque",
-            factory=make_launcher,
-            description="workers on the nodes of a Torque/PBS job, started with pbsdsh or "
-            "pbs_tmrsh",
-            detect=in_allocation,
-            settings=(
-                *COMMON_SETTINGS,
-                Setting(
-                    "remote_start",
-                    str,
-                    "auto",
-                    "how tasks start on the nodes: auto (pbsdsh, else pbs_tmrsh), pbsdsh or "
-                    "pbs_tmrsh",
-                ),
-                Setting(
-                    "ticket_dir",
-                    str,
-                    "",
-                    "a directory the nodes share, for one-time connection tickets; empty: "
-                    "~/.scoop/tickets",
-                ),
-                Setting(
-                    "connect_host",
-                    str,
-                    "",
-                    "the name or address the nodes reach this machine by; empty: its host name",
-                ),
-            ),
-        ),
-    )
+    return (LAUNCHER,)

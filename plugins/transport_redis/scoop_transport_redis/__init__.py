@@ -29,57 +29,43 @@ signed. redis-py is imported only when a transport is built (see
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
 
-from scoop_core.plugins.hookspec import hookimpl
-from scoop_core.plugins.types import Setting, TransportPlugin
+from scoop_core.plugins import Setting, TransportPlugin, hookimpl, lazy
 
-if TYPE_CHECKING:
-    from scoop_transport_redis.transport import RedisTransport
+__all__ = ["TRANSPORT", "scoop_transports"]
 
-__all__ = ["make_transport", "scoop_transports"]
-
-
-def make_transport(settings: Mapping[str, Any]) -> RedisTransport:
-    """The plugin's factory: a :class:`~scoop_transport_redis.transport.RedisTransport`."""
-    from scoop_transport_redis.transport import RedisTransport
-
-    return RedisTransport(settings)
+TRANSPORT = TransportPlugin(
+    name="redis",
+    factory=lazy("scoop_transport_redis.transport:RedisTransport"),
+    description="Redis Streams through a Redis server (>= 5.0) you run",
+    settings=(
+        Setting(
+            "url",
+            str,
+            "redis://127.0.0.1:6379/0",
+            "the Redis server: redis://host:port/db, rediss:// for TLS, unix:///path",
+        ),
+        Setting("username", str, "", "Redis ACL user name; empty = the default user"),
+        Setting("password", str, "", "Redis password; never shown in logs or addresses"),
+        Setting("prefix", str, "scoop", "every key of a run lives under {prefix}:{run_id}:"),
+        Setting(
+            "maxlen",
+            int,
+            0,
+            "the most futures queued in Redis at once; more wait in the submitting "
+            "process; 0 = no limit",
+        ),
+        Setting(
+            "expire",
+            int,
+            86400,
+            "seconds after which a key of the run expires if nobody deleted it",
+        ),
+    ),
+)
 
 
 @hookimpl
 def scoop_transports() -> Iterable[TransportPlugin]:
-    return (
-        TransportPlugin(
-            name="redis",
-            factory=make_transport,
-            description="Redis Streams through a Redis server (>= 5.0) you run",
-            settings=(
-                Setting(
-                    "url",
-                    str,
-                    "redis://127.0.0.1:6379/0",
-                    "the Redis server: redis://host:port/db, rediss:// for TLS, unix:///path",
-                ),
-                Setting("username", str, "", "Redis ACL user name; empty = the default user"),
-                Setting("password", str, "", "Redis password; never shown in logs or addresses"),
-                Setting(
-                    "prefix", str, "scoop", "every key of a run lives under {prefix}:{run_id}:"
-                ),
-                Setting(
-                    "maxlen",
-                    int,
-                    0,
-                    "the most futures queued in Redis at once; more wait in the submitting "
-                    "process; 0 = no limit",
-                ),
-                Setting(
-                    "expire",
-                    int,
-                    86400,
-                    "seconds after which a key of the run expires if nobody deleted it",
-                ),
-            ),
-        ),
-    )
+    return (TRANSPORT,)

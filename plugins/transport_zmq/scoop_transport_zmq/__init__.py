@@ -29,59 +29,51 @@ listing plugins never imports it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterable
 
-from scoop_core.plugins.hookspec import hookimpl
-from scoop_core.plugins.types import Setting, TransportPlugin
+from scoop_core.plugins import Setting, TransportPlugin, hookimpl, lazy
 
-if TYPE_CHECKING:
-    from scoop_transport_zmq.transport import ZmqTransport
+__all__ = ["TRANSPORT", "make_transport", "scoop_transports"]
 
-__all__ = ["make_transport", "scoop_transports"]
+make_transport = lazy("scoop_transport_zmq.transport:ZmqTransport")
+"""``make_transport(settings)``: a :class:`~scoop_transport_zmq.transport.ZmqTransport`,
+importing pyzmq only then; for transports that wrap this one."""
 
-
-def make_transport(settings: Mapping[str, Any]) -> ZmqTransport:
-    """The plugin's factory: a :class:`~scoop_transport_zmq.transport.ZmqTransport`."""
-    from scoop_transport_zmq.transport import ZmqTransport
-
-    return ZmqTransport(settings)
+TRANSPORT = TransportPlugin(
+    name="zmq",
+    factory=make_transport,
+    description="ZeroMQ ROUTER/DEALER over ipc or TCP; embedded, no server to start (default)",
+    settings=(
+        Setting(
+            "interface",
+            str,
+            "*",
+            "where the broker listens when remote hosts are in the run; '*' for all",
+        ),
+        Setting("port", int, 0, "the broker's TCP port; 0 = a free port"),
+        Setting(
+            "broker_hostname",
+            str,
+            "",
+            "the host name remote workers dial; empty = this machine's fully qualified name",
+        ),
+        Setting(
+            "max_message_size",
+            int,
+            0,
+            "largest frame the broker accepts, in bytes (ZMQ_MAXMSGSIZE; bigger ones "
+            "disconnect their sender); 0 = the core's max_message_size",
+        ),
+        Setting(
+            "curve",
+            bool,
+            True,
+            "CurveZMQ on TCP: encrypted, and only peers holding the run's key may connect",
+        ),
+    ),
+)
 
 
 @hookimpl
 def scoop_transports() -> Iterable[TransportPlugin]:
-    return (
-        TransportPlugin(
-            name="zmq",
-            factory=make_transport,
-            description="ZeroMQ ROUTER/DEALER over ipc or TCP; embedded, no server to start (default)",
-            settings=(
-                Setting(
-                    "interface",
-                    str,
-                    "*",
-                    "where the broker listens when remote hosts are in the run; '*' for all",
-                ),
-                Setting("port", int, 0, "the broker's TCP port; 0 = a free port"),
-                Setting(
-                    "broker_hostname",
-                    str,
-                    "",
-                    "the host name remote workers dial; empty = this machine's fully qualified name",
-                ),
-                Setting(
-                    "max_message_size",
-                    int,
-                    0,
-                    "largest frame the broker accepts, in bytes (ZMQ_MAXMSGSIZE; bigger ones "
-                    "disconnect their sender); 0 = the core's max_message_size",
-                ),
-                Setting(
-                    "curve",
-                    bool,
-                    True,
-                    "CurveZMQ on TCP: encrypted, and only peers holding the run's key may connect",
-                ),
-            ),
-        ),
-    )
+    return (TRANSPORT,)
