@@ -194,6 +194,43 @@ def why_it_did_not_start(start: RelayStart, caplog: pytest.LogCaptureFixture) ->
         start.abort()
 
 
+TICKET_READER = """
+import json, socket, sys, time
+ticket = json.load(open(sys.argv[-1]))
+with socket.create_connection((ticket["host"], ticket["port"])) as conn:
+"""
+
+
+# Ways of talking on the relay's port, for start_a_ticket_reader.
+INTRUDER = """
+    conn.sendall(b"0123456789abcdef0123456789abcdef stdio\\n")
+    dropped = conn.recv(1) == b""
+print("intruder dropped" if dropped else "intruder got in", flush=True)
+"""
+SILENT = """
+    begun = time.monotonic()
+    conn.settimeout(60)
+    dropped = conn.recv(1) == b""
+print(f"silent dropped={dropped} after {time.monotonic() - begun:.1f} s", flush=True)
+"""
+
+
+def start_a_ticket_reader(
+    job: SchedulerJob,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    name: str,
+    talk: str,
+) -> tuple[RelayStart, str | None]:
+    """Worker-1's start through ``name`` in place of pbsdsh: a process that
+    read the ticket's path on its command line and connected to the port, on
+    which it runs ``talk`` (Python, indented under ``with ... as conn:``), then
+    exits with status 3. The start, and :func:`why_it_did_not_start`."""
+    script = checks.write_script(tmp_path / name, TICKET_READER + talk + "sys.exit(3)\n")
+    start = relay_start(job, tmp_path, name, lambda command: [str(script), *command])
+    return start, why_it_did_not_start(start, caplog)
+
+
 def test_workers_through_pbsdsh(job: SchedulerJob, monkeypatch: pytest.MonkeyPatch) -> None:
     launcher = TorqueLauncher({}, environ=job.env)
     job.check_lifecycle(launcher, PLACEMENT, monkeypatch)
@@ -219,22 +256,8 @@ def test_a_node_that_cannot_start_is_named_with_pbsdshs_error(job: SchedulerJob)
 def test_a_connection_without_the_ticket_is_dropped(
     job: SchedulerJob, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # In place of pbsdsh: something that read the ticket's path on a command
-    # line and tries the port without the token.
-    intruder = checks.write_script(
-        tmp_path / "intruder",
-        """
-        import json, socket, sys
-        ticket = json.load(open(sys.argv[-1]))
-        with socket.create_connection((ticket["host"], ticket["port"])) as conn:
-            conn.sendall(b"0123456789abcdef0123456789abcdef stdio\\n")
-            dropped = conn.recv(1) == b""
-        print("intruder dropped" if dropped else "intruder got in", flush=True)
-        sys.exit(3)
-        """,
-    )
-    start = relay_start(job, tmp_path, "intruder", lambda command: [str(intruder), *command])
-    why = why_it_did_not_start(start, caplog)
+    # It tries the port without the token.
+    start, why = start_a_ticket_reader(job, tmp_path, caplog, "intruder", INTRUDER)
     assert why is not None
     assert "intruder exited with status 3" in why and "intruder dropped" in why
     assert "did not present the ticket" in caplog.text
@@ -352,22 +375,8 @@ def test_a_ticket_others_can_read_or_that_is_not_the_users_is_refused(
 def test_a_connection_that_sends_nothing_is_dropped_at_the_hello_deadline(
     job: SchedulerJob, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # In place of pbsdsh: a process that connects to the port and says nothing.
-    silent = checks.write_script(
-        tmp_path / "silent",
-        """
-        import json, socket, sys, time
-        ticket = json.load(open(sys.argv[-1]))
-        with socket.create_connection((ticket["host"], ticket["port"])) as conn:
-            begun = time.monotonic()
-            conn.settimeout(60)
-            dropped = conn.recv(1) == b""
-        print(f"silent dropped={dropped} after {time.monotonic() - begun:.1f} s", flush=True)
-        sys.exit(3)
-        """,
-    )
-    start = relay_start(job, tmp_path, "silent", lambda command: [str(silent), *command])
-    why = why_it_did_not_start(start, caplog)
+    # It connects to the port and says nothing.
+    _, why = start_a_ticket_reader(job, tmp_path, caplog, "silent", SILENT)
     assert why is not None and "silent dropped=True after" in why, why
     after = float(why.split("silent dropped=True after ")[1].split()[0])
     assert 4.0 <= after <= 7.0, why  # the 5 s deadline, not the start's 30 s
