@@ -328,6 +328,10 @@ class SchedulerLauncher(Launcher):
         timeout = self.settings.get("start_timeout")
         self.start_timeout = float(timeout) if timeout is not None else 60.0
 
+    def list_setting(self, name: str) -> list[str]:
+        """The list setting ``name`` (extra options such as ``srun_args``) as strings; empty if unset."""
+        return [str(item) for item in self.settings.get(name) or ()]
+
     # -- what subclasses provide --------------------------------------------------
 
     @abc.abstractmethod

@@ -68,14 +68,9 @@ class SgeLauncher(SchedulerLauncher):
     tools = ("qrsh",)
     outside_job_hint = "PE_HOSTFILE is not set: submit with qsub -pe <pe> <slots>"
 
-    def __init__(
-        self, settings: Mapping[str, object] | None = None, environ: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(settings, environ)
-        self.qrsh_args = [str(arg) for arg in self.settings.get("qrsh_args") or ()]
-
     def read_allocation(self) -> list[Host] | None:
         return allocation_from_env(self.environ)
 
     def remote_argv(self, tool: str, node: str, command: Sequence[str]) -> list[str]:
-        return [tool, "-inherit", *self.qrsh_args, node, *(shlex.quote(w) for w in command)]
+        qrsh_args = self.list_setting("qrsh_args")
+        return [tool, "-inherit", *qrsh_args, node, *(shlex.quote(w) for w in command)]

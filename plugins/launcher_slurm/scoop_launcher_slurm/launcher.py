@@ -27,7 +27,7 @@ this one included.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from scoop_core.errors import LaunchError
 from scoop_core.hosts import Host
@@ -58,12 +58,6 @@ class SlurmLauncher(SchedulerLauncher):
     tools = ("srun",)
     outside_job_hint = "SLURM_JOB_ID and SLURM_JOB_NODELIST are not set"
 
-    def __init__(
-        self, settings: Mapping[str, object] | None = None, environ: Mapping[str, str] | None = None
-    ) -> None:
-        super().__init__(settings, environ)
-        self.srun_args = [str(arg) for arg in self.settings.get("srun_args") or ()]
-
     def read_allocation(self) -> list[Host] | None:
         try:
             return allocation_from_env(self.environ)
@@ -83,6 +77,6 @@ class SlurmLauncher(SchedulerLauncher):
             *SRUN_OPTIONS,
             f"--nodelist={node}",
             f"--job-name=scoop-{node}",
-            *self.srun_args,
+            *self.list_setting("srun_args"),
             *command,
         ]
