@@ -41,6 +41,9 @@ def _load(path: Path, name: str) -> ModuleType:
     return module
 
 
+# ssh_hosts imports the plugins' scheduler_checks by name, as the plugin tests do.
+if "scheduler_checks" not in sys.modules:
+    _load(HERE.parent / "plugins" / "scheduler_checks.py", "scheduler_checks")
 ssh_hosts = _load(HERE.parent / "plugins" / "launcher_ssh" / "ssh_hosts.py", "_scoop_ssh_hosts")
 
 PROGRAM = """

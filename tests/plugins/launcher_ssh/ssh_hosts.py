@@ -11,28 +11,14 @@ import os
 import shutil
 import signal
 import subprocess
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
+import scheduler_checks as checks
 
 SSHD = "/usr/sbin/sshd"
 READY_WITHIN = 10.0
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` until it returns something true; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"{what}: not within {timeout} s")
-        time.sleep(0.05)  # polling an outside process's state
 
 
 def _run(*argv: str) -> None:
@@ -211,7 +197,7 @@ def start_sshd(host: SshdHost, authorized: str, stack: contextlib.ExitStack) -> 
             pytest.fail(f"sshd of {host.alias} exited: {(d / 'sshd.log').read_text()}")
         return pidfile.exists()
 
-    wait_until(ready, READY_WITHIN, f"sshd of {host.alias} ready")
+    checks.wait_for(ready, f"sshd of {host.alias} ready", READY_WITHIN)
 
 
 def namespaces_work() -> bool:

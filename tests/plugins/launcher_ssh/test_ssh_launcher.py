@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import scheduler_checks as checks
 from scoop_launcher_ssh.launcher import SshLauncher
-from ssh_hosts import Cluster, all_pids, cmdline, wait_until
+from ssh_hosts import Cluster, all_pids, cmdline
 
 from scoop_core.errors import ConfigError, LaunchError
 from scoop_core.hosts import parse_host
@@ -75,7 +76,7 @@ class Output:
             self._read()
             return all(t in self.out + self.err for t in texts)
 
-        wait_until(seen, timeout, f"output {texts} (got {self.out!r} {self.err!r})")
+        checks.wait_for(seen, f"output {texts} (got {self.out!r} {self.err!r})", timeout)
 
     def pid(self, name: str) -> int:
         for line in self.out.splitlines():
@@ -85,9 +86,17 @@ class Output:
         raise AssertionError(f"{name} printed no pid in {self.out!r}")
 
 
-EITHER_CLIENT = pytest.mark.parametrize("program", ["", "ssh"], ids=["paramiko", "ssh"])
-"""A test run once with paramiko, in this process (``program`` empty), and once
-with the ``ssh`` program."""
+@pytest.fixture(params=["", "ssh"], ids=["paramiko", "ssh"])
+def client_settings(
+    request: pytest.FixtureRequest, ssh_settings: Callable[..., dict[str, Any]]
+) -> Callable[..., dict[str, Any]]:
+    """:func:`ssh_settings` for either SSH client: a test that takes them runs
+    once with paramiko, in this process, and once with the ``ssh`` program."""
+
+    def make(**overrides: Any) -> dict[str, Any]:
+        return ssh_settings(ssh_executable=request.param, **overrides)
+
+    return make
 
 
 @pytest.fixture
@@ -121,10 +130,10 @@ def ssh_banner(address: str, port: int) -> bytes:
 
 
 def nothing_left(cluster: Cluster, *aliases: str) -> None:
-    wait_until(
+    checks.wait_for(
         lambda: not any(cluster[a].processes() for a in aliases),
-        5.0,
         f"no process left on {aliases} (left: {cluster.leftovers()})",
+        5.0,
     )
 
 
@@ -142,13 +151,8 @@ def test_workers_on_three_hosts_print_through_the_launcher_prefixed_by_host(
     assert group.poll() == {"w1": None, "w2": None, "w3": None, "w4": None}
 
 
-@EITHER_CLIENT
 def test_the_environment_reaches_workers_but_no_command_line(
-    cluster: Cluster,
-    ssh_settings: Callable[..., dict[str, Any]],
-    started: Any,
-    output: Output,
-    program: str,
+    cluster: Cluster, client_settings: Callable[..., dict[str, Any]], started: Any, output: Output
 ) -> None:
     secret = secrets.token_hex(16)
     key = secrets.token_hex(32)
@@ -156,7 +160,7 @@ def test_the_environment_reaches_workers_but_no_command_line(
         spec(f"w{i}", h, TEST_SECRET=secret, _SCOOP_KEY=key)
         for i, h in enumerate(["h1", "h2", "h3"])
     ]
-    started(SshLauncher(ssh_settings(ssh_executable=program)), specs)
+    started(SshLauncher(client_settings()), specs)
 
     output.wait_for(*(f"w{i} says {secret}" for i in range(3)))
     for pid in all_pids():
@@ -172,7 +176,7 @@ def test_a_worker_killed_on_its_host_is_reported_with_its_signal_at_once(
 
     os.kill(output.pid("w1"), signal.SIGKILL)
 
-    wait_until(lambda: group.poll()["w1"] is not None, 2.0, "w1's death reported")
+    checks.wait_for(lambda: group.poll()["w1"] is not None, "w1's death reported", 2.0)
     assert group.poll() == {"w1": -signal.SIGKILL, "w2": None}
 
 
@@ -184,17 +188,17 @@ def test_workers_that_end_on_their_own_are_reported_with_their_status(
     )
     group = started(SshLauncher(ssh_settings()), [ending, spec("w2", "h2")])
 
-    wait_until(lambda: group.poll()["w1"] is not None, 10.0, "w1's exit reported")
+    checks.wait_for(lambda: group.poll()["w1"] is not None, "w1's exit reported", 10.0)
     output.wait_for("[h1] bye", "w2 says")
     assert group.poll() == {"w1": 3, "w2": None}
     assert not [p for p in cluster["h1"].processes() if b"exit(3)" in cmdline(p)]
     # h1's supervisor stays while the run lasts, to start a replacement
     # there, and goes with the run.
     group.stop(1.0)
-    wait_until(
+    checks.wait_for(
         lambda: not [p for p in cluster["h1"].processes() if b"scoop_core" in cmdline(p)],
-        5.0,
         "h1's supervisor gone",
+        5.0,
     )
     output.wait_for()
     assert "Fatal" not in output.err and "Traceback" not in output.err
@@ -244,18 +248,11 @@ def test_accept_new_trusts_an_unknown_host_and_remembers_it(
     assert cluster["h1"].known_hosts_line() in Path(settings["known_hosts"]).read_text()
 
 
-@EITHER_CLIENT
 def test_a_hosts_strict_host_key_checking_in_ssh_config_wins(
-    cluster: Cluster,
-    ssh_settings: Callable[..., dict[str, Any]],
-    started: Any,
-    output: Output,
-    program: str,
+    cluster: Cluster, client_settings: Callable[..., dict[str, Any]], started: Any, output: Output
 ) -> None:
-    settings = ssh_settings(
-        leave_out=("h2",),
-        config_extra="Host h2\n  StrictHostKeyChecking accept-new\n",
-        ssh_executable=program,
+    settings = client_settings(
+        leave_out=("h2",), config_extra="Host h2\n  StrictHostKeyChecking accept-new\n"
     )
 
     started(SshLauncher(settings), [spec("w1", "h1"), spec("w2", "h2")])
@@ -395,20 +392,18 @@ def broker_stand_in() -> Iterator[int]:
     server.server_close()
 
 
-@EITHER_CLIENT
 def test_tunnel_carries_workers_to_a_broker_they_cannot_reach(
     cluster: Cluster,
-    ssh_settings: Callable[..., dict[str, Any]],
+    client_settings: Callable[..., dict[str, Any]],
     started: Any,
     output: Output,
     broker_stand_in: int,
-    program: str,
 ) -> None:
     address = f"tcp://127.0.0.1:{broker_stand_in}#curve=00ff"
     specs = [spec(f"w{i}", h, "tunnel", _SCOOP_ADDRESS=address) for i, h in enumerate(["h1", "h2"])]
     specs.append(spec("w2", "h2", "tunnel", _SCOOP_ADDRESS=address))
 
-    started(SshLauncher(ssh_settings(tunnel=True, ssh_executable=program)), specs)
+    started(SshLauncher(client_settings(tunnel=True)), specs)
 
     output.wait_for(*(f"w{i} dialled" for i in range(3)), *(f"heard echo:w{i}" for i in range(3)))
     for line in output.out.splitlines():
@@ -432,11 +427,7 @@ def test_tunnel_needs_ssh_not_rsh(
 
 
 def test_path_prolog_and_pythonpath_apply_on_the_host(
-    cluster: Cluster,
-    ssh_settings: Callable[..., dict[str, Any]],
-    started: Any,
-    output: Output,
-    tmp_path: Path,
+    ssh_settings: Callable[..., dict[str, Any]], started: Any, output: Output, tmp_path: Path
 ) -> None:
     (tmp_path / "lib").mkdir()
     (tmp_path / "lib" / "extra.py").write_text("WORD = 'from-pythonpath'\n")
@@ -477,14 +468,13 @@ def test_a_supervisor_that_cannot_start_is_reported_with_its_cause(
     nothing_left(cluster, "h1", "h2")
 
 
-@EITHER_CLIENT
 def test_count_cores_asks_each_host(
-    cluster: Cluster, ssh_settings: Callable[..., dict[str, Any]], program: str
+    cluster: Cluster, client_settings: Callable[..., dict[str, Any]]
 ) -> None:
     here = int(subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout)
     hosts = [parse_host("h1"), parse_host("root@h3"), parse_host("localhost")]
 
-    cores = SshLauncher(ssh_settings(ssh_executable=program)).count_cores(hosts)
+    cores = SshLauncher(client_settings()).count_cores(hosts)
 
     assert cores == {"h1": here, "root@h3": here, "localhost": len(os.sched_getaffinity(0))}
     nothing_left(cluster, "h1", "h3")
@@ -539,16 +529,16 @@ def test_a_launcher_killed_outright_leaves_nothing_on_the_hosts(
                 lines.append(line)
 
         threading.Thread(target=read, daemon=True).start()
-        wait_until(
-            lambda: sum("says" in line for line in lines) == 2, 15.0, f"both workers up ({lines})"
+        checks.wait_for(
+            lambda: sum("says" in line for line in lines) == 2, f"both workers up ({lines})", 15.0
         )
     finally:
         launcher.kill()
         launcher.wait()
 
     nothing_left(cluster, "h1", "h2")
-    wait_until(
+    checks.wait_for(
         lambda: not any(settings["ssh_config"].encode() in cmdline(p) for p in all_pids()),
-        5.0,
         "no ssh client left here",
+        5.0,
     )
