@@ -41,9 +41,10 @@ def _load(path: Path, name: str) -> ModuleType:
     return module
 
 
-# ssh_hosts imports the plugins' scheduler_checks by name, as the plugin tests do.
-if "scheduler_checks" not in sys.modules:
-    _load(HERE.parent / "plugins" / "scheduler_checks.py", "scheduler_checks")
+# The plugins' scheduler_checks, which ssh_hosts imports by name as the plugin tests do.
+checks = sys.modules.get("scheduler_checks") or _load(
+    HERE.parent / "plugins" / "scheduler_checks.py", "scheduler_checks"
+)
 ssh_hosts = _load(HERE.parent / "plugins" / "launcher_ssh" / "ssh_hosts.py", "_scoop_ssh_hosts")
 
 PROGRAM = """
@@ -213,14 +214,9 @@ if __name__ == "__main__":
     [f.result() for f in fs]
 """
     )
-    run = subprocess.Popen(
-        [sys.executable, "-m", "scoop", "--broker-hostname", machines.here]
-        + ["--hosts", "localhost", "h2", "h3", str(prog)],
-        cwd=prog.parent,
-        env=machines.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    argv = [sys.executable, "-m", "scoop", "--broker-hostname", machines.here]
+    run = checks.start_piped(
+        [*argv, "--hosts", "localhost", "h2", "h3", str(prog)], machines.env, cwd=prog.parent
     )
     try:
         assert run.stdout is not None

@@ -311,6 +311,21 @@ sys.stdin.read()  # until the test kills this process
 """
 
 
+def start_piped(
+    argv: Sequence[str], env: Mapping[str, str], **options: Any
+) -> subprocess.Popen[str]:
+    """``argv`` started in ``env`` with its stdout and stderr piped to the
+    caller as text; ``options`` go to :class:`subprocess.Popen`."""
+    return subprocess.Popen(
+        list(argv),
+        env=dict(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **options,
+    )
+
+
 def check_launcher_death(
     make_launcher: str,
     placement: Sequence[tuple[str, str]],
@@ -329,14 +344,7 @@ def check_launcher_death(
     launch.write_text(
         LAUNCH.format(make_launcher=make_launcher, placement=list(placement), script=str(script))
     )
-    proc = subprocess.Popen(
-        [sys.executable, str(launch)],
-        env=dict(env),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_piped([sys.executable, str(launch)], env, stdin=subprocess.PIPE)
     try:
         assert proc.stdout is not None
         waiting = {name for name, _ in placement}
