@@ -104,6 +104,14 @@ class Futures:
             self.pool.join()
         else:
             self.pool.shutdown(wait=True)
+        if self.kind == "loky":
+            # loky's resource tracker otherwise exits only once it sees this
+            # process gone, and is then found still running after the program.
+            from loky.backend import resource_tracker
+
+            stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+            if stop is not None:
+                stop()
 
 
 class PoolFuture:

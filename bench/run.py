@@ -42,6 +42,7 @@ import argparse
 import contextlib
 import ctypes
 import datetime
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -227,7 +228,7 @@ def kill_group(pgid: int) -> None:
 
 
 def describe(pid: int) -> str:
-    """``pid``'s command line, for reports ("exited" if it is already a zombie)."""
+    """``pid``'s command line, for reports ("exited" if it is a zombie or exiting)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             state = f.read().rsplit(")", 1)[1].split()[0]
@@ -235,7 +236,8 @@ def describe(pid: int) -> str:
             cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
     except (OSError, IndexError):
         return f"{pid} (gone)"
-    return f"{pid} (exited)" if state == "Z" else f"{pid} {cmd[:120]}"
+    # No command line left: the process has released its memory and is exiting.
+    return f"{pid} (exited)" if state == "Z" or not cmd else f"{pid} {cmd[:120]}"
 
 
 def kill_orphans(exclude: frozenset[int] = frozenset()) -> list[str]:
@@ -417,9 +419,13 @@ def fmt(value: float | None) -> str:
 
 
 def number(value: float) -> str:
-    """About three significant digits, thousands separated."""
+    """About three significant digits, large numbers in thousands (k) or millions (M)."""
+    if abs(value) >= 1e6:
+        return f"{value / 1e6:.3g}M"
+    if abs(value) >= 1e3:
+        return f"{value / 1e3:.3g}k"
     if abs(value) >= 100:
-        return f"{value:,.0f}"
+        return f"{value:.0f}"
     if abs(value) >= 10:
         return f"{value:.1f}"
     return f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"
@@ -554,7 +560,7 @@ def choose_frameworks(args: argparse.Namespace) -> tuple[list[str], dict[str, st
     loky if it is installed; one asked for by name that cannot run stops us."""
     asked = args.frameworks is not None
     frameworks = [fw for fw in FRAMEWORKS if fw in (args.frameworks or FRAMEWORKS)]
-    pythons = {"ours": sys.executable}
+    pythons = {"ours": sys.executable} if "ours" in frameworks else {}
     if "loky" in frameworks and importlib.util.find_spec("loky") is None:
         if asked:
             raise SystemExit("loky is not installed: pip install loky (or pip install .[bench])")
@@ -604,6 +610,9 @@ def main(argv: list[str] | None = None) -> int:
     print(heading(args.workers, args.repeat), file=sys.stderr)
     for fw, py in pythons.items():
         print(f"#   {fw}: {py} (scoop {versions[fw]})", file=sys.stderr)
+    if "loky" in frameworks:
+        versions["loky"] = importlib.metadata.version("loky")
+        print(f"#   loky {versions['loky']}", file=sys.stderr)
 
     # Which frameworks run which case: no pools under nested futures, serial where it exists.
     runs_of = {
