@@ -58,6 +58,45 @@ WORKER = textwrap.dedent(
 )
 
 
+DRIVER_TOOLS = textwrap.dedent(
+    """
+    import json, os, signal, sys, time
+    from pathlib import Path
+
+    from scoop_core.interfaces import WorkerSpec
+
+    def wait(predicate, what, timeout=60):
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                sys.exit(f"driver: timed out waiting for {what}")
+            time.sleep(0.05)
+
+    def start_workers(launcher, out, argv, env):
+        # worker-1, worker-2, ...: one a slot of the job's allocation, each
+        # writing its pid file in out.
+        allocation = launcher.allocation()
+        specs = [
+            WorkerSpec(
+                name=f"worker-{i}",
+                host=host.name,
+                argv=argv,
+                env={"_SCOOP_NAME": f"worker-{i}", **env},
+            )
+            for i, host in enumerate(
+                (h for h in allocation for _ in range(h.count)), start=1
+            )
+        ]
+        group = launcher.start(specs)
+        names = [s.name for s in specs]
+        wait(lambda: all((out / n).exists() for n in names), "the workers' pid files")
+        return allocation, group, names
+    """
+)
+"""The start of a driver program run inside a real job (``test_real_*.py``):
+``wait`` for a condition, and ``start_workers`` through a launcher."""
+
+
 def fail_unless_installed(missing: str | None) -> Any:
     """A module's autouse fixture for a real scheduler's tests: never skipped,
     a machine without the scheduler fails them, naming what to install (.ci/run

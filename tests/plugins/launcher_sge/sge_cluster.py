@@ -138,35 +138,46 @@ def _configure(
     }
     host = cluster.host
     if host not in cluster.run("qconf", "-sel").stdout.split():
-        exec_host = work / "exec_host"
-        exec_host.write_text(
+        exec_host = (
             f"hostname {host}\nload_scaling NONE\ncomplex_values NONE\nuser_lists NONE\n"
             "xuser_lists NONE\nprojects NONE\nxprojects NONE\nusage_scaling NONE\n"
             "report_variables NONE\n"
         )
-        cluster.qconf("-Ae", str(exec_host))
-        undo.append(("qconf", "-de", host))
+        _add(cluster, work, undo, "e", host, exec_host)
     if host not in cluster.run("qconf", "-ss").stdout.split():
         cluster.qconf("-as", host)
         undo.append(("qconf", "-ds", host))
-    pe = work / "pe"
-    pe.write_text(
+    pe = (
         f"pe_name {PE}\nslots 999\nuser_lists NONE\nxuser_lists NONE\nstart_proc_args NONE\n"
         "stop_proc_args NONE\nallocation_rule $round_robin\ncontrol_slaves TRUE\n"
         "job_is_first_task FALSE\nurgency_slots min\naccounting_summary FALSE\nqsort_args NONE\n"
     )
-    cluster.qconf("-Ap", str(pe))
-    undo.append(("qconf", "-dp", PE))
-    queue = work / "queue"
-    queue.write_text(
-        _set(
-            cluster.qconf("-sq"),
-            {"qname": QUEUE, "hostlist": host, "slots": str(SLOTS), "pe_list": PE},
-        )
+    _add(cluster, work, undo, "p", PE, pe)
+    # No load threshold: a machine busy with other work would put the queue in
+    # alarm state, and it would take no job.
+    queue = _set(
+        cluster.qconf("-sq"),
+        {
+            "qname": QUEUE,
+            "hostlist": host,
+            "slots": str(SLOTS),
+            "pe_list": PE,
+            "load_thresholds": "NONE",
+        },
     )
-    cluster.qconf("-Aq", str(queue))
-    undo.append(("qconf", "-dq", QUEUE))
+    _add(cluster, work, undo, "q", QUEUE, queue)
     return restore
+
+
+def _add(
+    cluster: Cluster, work: Path, undo: list[tuple[str, ...]], kind: str, name: str, text: str
+) -> None:
+    """Add the Grid Engine object ``name`` of ``kind`` (``e`` exec host,
+    ``p`` PE, ``q`` queue) described by ``text``; its removal goes on ``undo``."""
+    path = work / f"add_{kind}"
+    path.write_text(text)
+    cluster.qconf(f"-A{kind}", str(path))
+    undo.append(("qconf", f"-d{kind}", name))
 
 
 def _modify(cluster: Cluster, work: Path, what: str, values: dict[str, str]) -> dict[str, str]:

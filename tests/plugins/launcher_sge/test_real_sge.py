@@ -23,12 +23,8 @@ _scheduler_installed = checks.fail_unless_installed(sge_cluster.missing())
 
 REPO = Path(__file__).resolve().parents[3]
 
-DRIVER = textwrap.dedent(
+DRIVER = checks.DRIVER_TOOLS + textwrap.dedent(
     """
-    import json, os, signal, sys, time
-    from pathlib import Path
-
-    from scoop_core.interfaces import WorkerSpec
     from scoop_launcher_sge.launcher import SgeLauncher
 
     out = Path(sys.argv[1])
@@ -43,27 +39,12 @@ DRIVER = textwrap.dedent(
         "time.sleep(600)\\n"
     )
 
-    def wait(predicate, what, timeout=60):
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                sys.exit(f"driver: timed out waiting for {what}")
-            time.sleep(0.05)
-
-    launcher = SgeLauncher({})
-    allocation = launcher.allocation()
-    specs = [
-        WorkerSpec(
-            name=f"worker-{i}",
-            host=host.name,
-            argv=(sys.executable, str(worker), str(out)),
-            env={"_SCOOP_NAME": f"worker-{i}", "SECRET": os.environ["SECRET"]},
-        )
-        for i, host in enumerate((h for h in allocation for _ in range(h.count)), start=1)
-    ]
-    group = launcher.start(specs)
-    names = [s.name for s in specs]
-    wait(lambda: all((out / n).exists() for n in names), "the workers' pid files")
+    allocation, group, names = start_workers(
+        SgeLauncher({}),
+        out,
+        (sys.executable, str(worker), str(out)),
+        {"SECRET": os.environ["SECRET"]},
+    )
     pids = {n: int((out / n).read_text()) for n in names}
     report = {"allocation": [[h.name, h.count] for h in allocation], "running": group.poll()}
     os.kill(pids["worker-1"], signal.SIGKILL)

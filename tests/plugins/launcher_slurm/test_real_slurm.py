@@ -39,22 +39,11 @@ WORKER = textwrap.dedent(
     """
 )
 
-DRIVER = textwrap.dedent(
+DRIVER = checks.DRIVER_TOOLS + textwrap.dedent(
     """
-    import json, os, signal, sys, time
-    from pathlib import Path
-
-    from scoop_core.interfaces import WorkerSpec
     from scoop_launcher_slurm.launcher import SlurmLauncher
 
     out, mode = Path(sys.argv[1]), sys.argv[2]
-
-    def wait(predicate, what, timeout=60):
-        deadline = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > deadline:
-                sys.exit(f"driver: timed out waiting for {what}")
-            time.sleep(0.05)
 
     def alive(pid):
         try:
@@ -63,22 +52,12 @@ DRIVER = textwrap.dedent(
         except OSError:
             return False
 
-    launcher = SlurmLauncher({})
-    allocation = launcher.allocation()
-    specs = [
-        WorkerSpec(
-            name=f"worker-{i}",
-            host=host.name,
-            argv=(sys.executable, str(out / "worker.py"), str(out)),
-            env={"_SCOOP_NAME": f"worker-{i}", "SCOOP_TEST_SECRET": os.environ["SECRET"]},
-        )
-        for i, host in enumerate(
-            (h for h in allocation for _ in range(h.count)), start=1
-        )
-    ]
-    group = launcher.start(specs)
-    names = [s.name for s in specs]
-    wait(lambda: all((out / n).exists() for n in names), "the workers' pid files")
+    allocation, group, names = start_workers(
+        SlurmLauncher({}),
+        out,
+        (sys.executable, str(out / "worker.py"), str(out)),
+        {"SCOOP_TEST_SECRET": os.environ["SECRET"]},
+    )
     workers = {n: (out / n).read_text().split() for n in names}
     report = {
         "allocation": [[h.name, h.count] for h in allocation],
