@@ -16,7 +16,7 @@ import time
 
 
 def size(position, default):
-    """The integer at ``sys.argv[position]``, or ``default``."""
+    """The ``position``-th argument that is not an ``--option``, as an integer, or ``default``."""
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     return int(args[position - 1]) if len(args) >= position else default
 
