@@ -508,8 +508,9 @@ def add_run_options(p: argparse.ArgumentParser, programs: list[str]) -> None:
     p.add_argument(
         "--timeout",
         type=float,
-        default=300.0,
-        help="seconds one run may take before its processes are killed (default 300)",
+        # SCOOP's million-item map takes about 4 minutes here.
+        default=600.0,
+        help="seconds one run may take before its processes are killed (default 600)",
     )
     p.add_argument("--json", type=Path, help="also write every run to this file")
 
