@@ -4,12 +4,15 @@
 ``python -m scoop`` and returns the finished process; afterwards it checks
 that no process of that run is left (found by the program path that every
 process of the run carries in its command line or environment).
+``program`` writes such a program from the test module's ``PRELUDE`` and
+its own text, and ``program_results`` reads back the values it printed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import secrets
 import signal
@@ -204,6 +207,56 @@ def write_program(tmp_path: Path) -> Callable[[str, str], Path]:
         return path
 
     return write
+
+
+@pytest.fixture
+def program(
+    request: pytest.FixtureRequest, write_program: Callable[[str, str], Path]
+) -> Callable[[str], Path]:
+    """Writes ``prog.py``: the test module's ``PRELUDE`` (the imports and
+    functions that all its programs share), then ``text``, the program's own
+    functions and its ``__main__`` part."""
+    prelude = getattr(request.module, "PRELUDE", "")
+
+    def write(text: str) -> Path:
+        return write_program(prelude + text, "prog.py")
+
+    return write
+
+
+def program_results(proc: RunResult) -> list[Any]:
+    """The values a program printed as ``RESULT <json>`` lines, in order,
+    once it ended with status 0 (its output is the message otherwise)."""
+    assert proc.returncode == 0, (
+        f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    )
+    return [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+
+
+def stopped_early(
+    run: Callable[..., RunResult], *args: Any, **kwargs: Any
+) -> tuple[RunResult, float]:
+    """``run(*args, **kwargs)`` (a ``scoop_run``), which must end with
+    status 1 before its program's last line, the one that prints ``not
+    reached``: the finished run and the seconds it took."""
+    start = time.monotonic()
+    proc = run(*args, **kwargs)
+    took = time.monotonic() - start
+    assert proc.returncode == 1, proc.stderr
+    assert "not reached" not in proc.stdout
+    return proc, took
+
+
+def drain(proc: subprocess.Popen[str], timeout: float) -> tuple[str, str]:
+    """What ``proc`` printed (stdout, and stderr if piped) once it ended;
+    killed if it has not ended within ``timeout`` seconds, which fails the
+    test (``subprocess.TimeoutExpired``) without leaving it running."""
+    try:
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
 
 
 def _start_redis() -> Any:

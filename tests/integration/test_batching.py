@@ -12,11 +12,13 @@ transports.
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
 
 import pytest
+from conftest import program_results
+
+# The same limits on both built-in transports.
+pytestmark = pytest.mark.both_transports
 
 LIMIT = 10_000_000
 MB4 = 4_000_000
@@ -42,16 +44,8 @@ def expected(i, size={MB4}):
 """
 
 
-def results(proc: subprocess.CompletedProcess[str]) -> list:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-
-
-@pytest.mark.both_transports
-def test_results_that_fit_one_by_one_but_not_together_all_arrive(write_program, scoop_run):
-    prog = write_program(
-        PRELUDE
-        + """
+def test_results_that_fit_one_by_one_but_not_together_all_arrive(program, scoop_run):
+    prog = program("""
 if __name__ == "__main__":
     start = time.monotonic()
     # Quick futures with 4 MB results: each worker finishes several before it
@@ -60,26 +54,22 @@ if __name__ == "__main__":
     out([digest(f.result()) == expected(i) for i, f in enumerate(fs)])
     out([digest(v) == expected(i) for i, v in enumerate(futures.map(blob, range(3)))])
     out(time.monotonic() - start)
-"""
-    )
+""")
     proc = scoop_run(prog, env=ENV, timeout=30)
-    got = results(proc)
+    got = program_results(proc)
     assert got[0] == [True] * 12
     assert got[1] == [True] * 3
     assert "could not send" not in proc.stderr and "failed" not in proc.stderr
     print(f"12 + 3 results of 4 MB under a 10 MB limit arrived in {got[2]:.2f} s")
 
 
-@pytest.mark.both_transports
 def test_a_map_whose_chunks_of_results_do_not_fit_one_message_returns_every_value(
-    write_program, scoop_run
+    program, scoop_run
 ):
     # Quick items with small calls: map sends them in growing chunks, whose
     # 4 MB results do not fit one message together. Every value arrives, in
     # order; so do those of a map run inside a future on a worker.
-    prog = write_program(
-        PRELUDE
-        + """
+    prog = program("""
 def nested(n):
     return [digest(v) for v in futures.map(blob, range(n))]
 
@@ -89,19 +79,15 @@ if __name__ == "__main__":
     out(got == [expected(i) for i in range(24)])
     out(futures.submit(nested, 12).result() == [expected(i) for i in range(12)])
     out(time.monotonic() - start)
-"""
-    )
-    got = results(scoop_run(prog, env=ENV, timeout=30))
+""")
+    got = program_results(scoop_run(prog, env=ENV, timeout=30))
     assert got[0] is True
     assert got[1] is True
     print(f"maps of 24 and 12 results of 4 MB each under a 10 MB limit took {got[2]:.2f} s")
 
 
-@pytest.mark.both_transports
-def test_one_result_over_the_limit_fails_alone_and_the_run_goes_on(write_program, scoop_run):
-    prog = write_program(
-        PRELUDE
-        + f"""
+def test_one_result_over_the_limit_fails_alone_and_the_run_goes_on(program, scoop_run):
+    prog = program(f"""
 if __name__ == "__main__":
     start = time.monotonic()
     sizes = [{MB4}, {LIMIT + 1}, {MB4}, {LIMIT - 500}, {MB4}]
@@ -118,10 +104,9 @@ if __name__ == "__main__":
         out(["map error", str(exc)])
     out([digest(v) == expected(i) for i, v in enumerate(futures.map(blob, range(3)))])
     out(time.monotonic() - start)
-"""
-    )
+""")
     proc = scoop_run(prog, env=ENV, timeout=30)
-    got = results(proc)
+    got = program_results(proc)
     assert got[0] == ["ok", True]
     assert got[2] == ["ok", True]
     assert got[4] == ["ok", True]
@@ -139,11 +124,8 @@ if __name__ == "__main__":
     print(f"two results over the limit failed alone; the run ended normally in {got[7]:.2f} s")
 
 
-@pytest.mark.both_transports
-def test_calls_that_fit_one_by_one_but_not_together_all_run(write_program, scoop_run):
-    prog = write_program(
-        PRELUDE
-        + f"""
+def test_calls_that_fit_one_by_one_but_not_together_all_run(program, scoop_run):
+    prog = program(f"""
 if __name__ == "__main__":
     start = time.monotonic()
     # Submitted in a loop, the calls are sent in as few messages as fit.
@@ -172,10 +154,9 @@ if __name__ == "__main__":
     shared.setConst(fits=blob(4))
     out(futures.submit(digest, shared.getConst("fits")).result() == expected(4))
     out(time.monotonic() - start)
-"""
-    )
+""")
     proc = scoop_run(prog, env=ENV, timeout=30)
-    got = results(proc)
+    got = program_results(proc)
     assert got[0] == [True] * 8
     assert got[1] == [True] * 4
     for message in got[2:4]:
@@ -188,33 +169,24 @@ if __name__ == "__main__":
     print(f"8 + 4 calls of 4 MB under a 10 MB limit ran in {got[7]:.2f} s")
 
 
-@pytest.mark.both_transports
-def test_a_map_whose_chunks_of_calls_do_not_fit_one_message_runs_every_item(
-    write_program, scoop_run
-):
+def test_a_map_whose_chunks_of_calls_do_not_fit_one_message_runs_every_item(program, scoop_run):
     # map sizes its chunks for 4 MB of calls; under a 1 MB limit a chunk of
     # 300 kB arguments is sent in pieces that fit, and every value returns.
-    prog = write_program(
-        PRELUDE
-        + """
+    prog = program("""
 if __name__ == "__main__":
     start = time.monotonic()
     args = [blob(i, 300_000) for i in range(40)]
     got = list(futures.map(digest, args))
     out(got == [expected(i, 300_000) for i in range(40)])
     out(time.monotonic() - start)
-"""
-    )
-    got = results(scoop_run(prog, env={"SCOOP_MAX_MESSAGE_SIZE": "1000000"}, timeout=30))
+""")
+    got = program_results(scoop_run(prog, env={"SCOOP_MAX_MESSAGE_SIZE": "1000000"}, timeout=30))
     assert got[0] is True
     print(f"a map of 40 calls of 300 kB under a 1 MB limit took {got[1]:.2f} s")
 
 
-@pytest.mark.both_transports
-def test_futures_stolen_from_a_worker_travel_in_batches_that_fit(write_program, scoop_run):
-    prog = write_program(
-        PRELUDE
-        + """
+def test_futures_stolen_from_a_worker_travel_in_batches_that_fit(program, scoop_run):
+    prog = program("""
 def parent(n):
     # Children submitted on a worker stay there unless the idle worker
     # steals them: then they travel, big arguments and all.
@@ -230,8 +202,7 @@ if __name__ == "__main__":
     got = futures.submit(parent, 8).result()
     out(got == [expected(i)[:8] for i in range(8)])
     out(time.monotonic() - start)
-"""
-    )
-    got = results(scoop_run(prog, env=ENV, timeout=30))
+""")
+    got = program_results(scoop_run(prog, env=ENV, timeout=30))
     assert got[0] is True
     print(f"a worker's 8 children of 4 MB each ran in {got[1]:.2f} s")

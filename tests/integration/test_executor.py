@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import processes_of, run_command, wait_gone
+from conftest import processes_of, program_results, run_command, wait_gone
 
 import scoop_core
 from scoop import futures
@@ -49,13 +49,6 @@ def pid(_=None):
 """
 
 
-def results(proc: subprocess.CompletedProcess[str]) -> list[Any]:
-    assert proc.returncode == 0, (
-        f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    )
-    return [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-
-
 @pytest.fixture
 def run_program(tmp_path: Path) -> Iterator[Callable[[Path], list[Any]]]:
     """Run ``python PROGRAM`` to the end and return its results; then check
@@ -65,17 +58,15 @@ def run_program(tmp_path: Path) -> Iterator[Callable[[Path], list[Any]]]:
     def run(program: Path) -> list[Any]:
         programs.append(program)
         proc = run_command([sys.executable, str(program)], cwd=tmp_path)
-        return results(proc)
+        return program_results(proc)
 
     yield run
     for program in programs:
         assert reap(str(program), 10) == [], f"processes of {program} were left running"
 
 
-def test_submit_and_map_work_like_any_concurrent_futures_executor(write_program, run_program):
-    prog = write_program(
-        PRELUDE
-        + """
+def test_submit_and_map_work_like_any_concurrent_futures_executor(program, run_program):
+    prog = program("""
 def slower_first(i):
     time.sleep((5 - i) * 0.03)
     return i
@@ -107,8 +98,7 @@ if __name__ == "__main__":
             out("no timeout")
         except cf.TimeoutError:
             out(["timeout", time.monotonic() - t < 1.2])
-"""
-    )
+""")
     got = run_program(prog)
     assert got == [
         True,
@@ -124,10 +114,8 @@ if __name__ == "__main__":
     ]
 
 
-def test_with_block_shuts_the_pool_down_and_leaves_no_worker(write_program, tmp_path):
-    prog = write_program(
-        PRELUDE
-        + """
+def test_with_block_shuts_the_pool_down_and_leaves_no_worker(program, tmp_path):
+    prog = program("""
 if __name__ == "__main__":
     with scoop_core.Executor(workers=2) as pool:
         workers = sorted(set(pool.map(pid, range(20))))
@@ -139,8 +127,7 @@ if __name__ == "__main__":
     except RuntimeError as exc:
         out(["refused", str(exc)])
     sys.stdin.readline()
-"""
-    )
+""")
     # Relative path: the program's own command line must not match the marker.
     proc = subprocess.Popen(
         [sys.executable, prog.name],
@@ -177,10 +164,8 @@ if __name__ == "__main__":
         proc.communicate()
 
 
-def test_shutdown_waits_for_running_futures_and_cancels_queued_ones(write_program, run_program):
-    prog = write_program(
-        PRELUDE
-        + """
+def test_shutdown_waits_for_running_futures_and_cancels_queued_ones(program, run_program):
+    prog = program("""
 def wait_running(fs):
     deadline = time.monotonic() + 30
     while not all(f.running() for f in fs) and time.monotonic() < deadline:
@@ -207,8 +192,7 @@ if __name__ == "__main__":
             out("accepted")
         except RuntimeError:
             out("refused")
-"""
-    )
+""")
     got = run_program(prog)
     assert got == [
         [True, True, 0.5, 0.5],
@@ -220,10 +204,8 @@ if __name__ == "__main__":
     ]
 
 
-def test_shutdown_without_waiting_lets_running_futures_finish(write_program, run_program):
-    prog = write_program(
-        PRELUDE
-        + """
+def test_shutdown_without_waiting_lets_running_futures_finish(program, run_program):
+    prog = program("""
 if __name__ == "__main__":
     pool = scoop_core.Executor(workers=2)
     running = pool.submit(nap, 0.3)
@@ -235,8 +217,7 @@ if __name__ == "__main__":
         out(running.result(timeout=30))
     except Exception as exc:
         out(repr(exc))
-"""
-    )
+""")
     assert run_program(prog) == [0.3]
 
 
@@ -269,15 +250,12 @@ def reap(marker: str, timeout: float) -> list[int]:
     return left
 
 
-def test_a_program_that_never_shuts_its_executor_down_still_exits(write_program):
-    prog = write_program(
-        PRELUDE
-        + """
+def test_a_program_that_never_shuts_its_executor_down_still_exits(program):
+    prog = program("""
 if __name__ == "__main__":
     pool = scoop_core.Executor(workers=2)
     out(pool.submit(sq, 3).result())
-"""
-    )
+""")
     # A clean exit takes well under a second; the bug hangs for ever.
     status, output = run_unattended(prog, timeout=8)
     left = reap(str(prog), 5)
@@ -286,27 +264,22 @@ if __name__ == "__main__":
     assert left == []
 
 
-def test_workers_go_when_the_program_is_killed_right_after_starting_them(write_program):
-    prog = write_program(
-        PRELUDE
-        + """
+def test_workers_go_when_the_program_is_killed_right_after_starting_them(program):
+    prog = program("""
 import signal
 
 if __name__ == "__main__":
     pool = scoop_core.Executor(workers=2)
     out("started")
     os.kill(os.getpid(), signal.SIGKILL)
-"""
-    )
+""")
     status, output = run_unattended(prog, timeout=60)
     assert status == -signal.SIGKILL and "RESULT" in output
     assert reap(str(prog), 5) == [], "workers outlived their killed program"
 
 
-def test_asyncio_awaits_the_executors_futures(write_program, run_program):
-    prog = write_program(
-        PRELUDE
-        + """
+def test_asyncio_awaits_the_executors_futures(program, run_program):
+    prog = program("""
 async def main(pool):
     loop = asyncio.get_running_loop()
     a = await loop.run_in_executor(pool, sq, 4)
@@ -318,16 +291,13 @@ async def main(pool):
 if __name__ == "__main__":
     with scoop_core.Executor(workers=2) as pool:
         out(asyncio.run(main(pool)))
-"""
-    )
+""")
     (got,) = run_program(prog)
     assert got == [16, 25, [x * x for x in range(100)], True]
 
 
-def test_futures_nest_and_scoop_futures_use_the_pool(write_program, run_program):
-    prog = write_program(
-        PRELUDE
-        + """
+def test_futures_nest_and_scoop_futures_use_the_pool(program, run_program):
+    prog = program("""
 def fib(n):
     if n < 2:
         return n
@@ -348,16 +318,13 @@ if __name__ == "__main__":
         out(list(futures.map(sq, range(5))))
     # Outside the block scoop.futures falls back to serial: the pool is gone.
     out(list(futures.map(pid, range(3))) == [os.getpid()] * 3)
-"""
-    )
+""")
     got = run_program(prog)
     assert got == [[100, 285, True], 610, [True, True], True, [0, 1, 4, 9, 16], True]
 
 
-def test_exceptions_carry_the_remote_traceback(write_program, run_program):
-    prog = write_program(
-        PRELUDE
-        + """
+def test_exceptions_carry_the_remote_traceback(program, run_program):
+    prog = program("""
 def boom(x):
     if x == 3:
         raise ValueError(f"boom {x}")
@@ -376,8 +343,7 @@ if __name__ == "__main__":
         except ValueError as exc:
             out([seen, str(exc), "in boom" in str(exc.__cause__)])
         out(pool.submit(boom, 4).result())
-"""
-    )
+""")
     got = run_program(prog)
     message, cause_type, remote = got[0]
     assert message == "boom 3"
@@ -388,10 +354,8 @@ if __name__ == "__main__":
     assert got[1:] == [[[0, 1, 2], "boom 3", True], 4]
 
 
-def test_creating_an_executor_inside_a_worker_is_a_clear_error(write_program, run_program):
-    prog = write_program(
-        PRELUDE
-        + """
+def test_creating_an_executor_inside_a_worker_is_a_clear_error(program, run_program):
+    prog = program("""
 def make_pool():
     with scoop_core.Executor(1) as inner:
         return inner.submit(sq, 2).result()
@@ -403,8 +367,7 @@ if __name__ == "__main__":
         except scoop_core.errors.LaunchError as exc:
             out(["LaunchError", str(exc)])
         out(pool.submit(sq, 3).result())
-"""
-    )
+""")
     got = run_program(prog)
     assert got[0][0] == "LaunchError"
     assert "cannot be created in a worker" in got[0][1]
@@ -412,10 +375,8 @@ if __name__ == "__main__":
     assert got[1] == 9
 
 
-def test_two_executors_one_after_the_other(write_program, run_program):
-    prog = write_program(
-        PRELUDE
-        + """
+def test_two_executors_one_after_the_other(program, run_program):
+    prog = program("""
 if __name__ == "__main__":
     with scoop_core.Executor(workers=2) as pool:
         first = sorted(set(pool.map(pid, range(20))))
@@ -426,8 +387,7 @@ if __name__ == "__main__":
         out(sorted(futures.map(sq, range(4))))
     out(set(first).isdisjoint(second))
     out([os.path.exists(f"/proc/{p}") for p in first + second])
-"""
-    )
+""")
     got = run_program(prog)
     assert got[:4] == [[x * x for x in range(10)], 144, [0, 1, 4, 9], True]
     assert got[4] and not any(got[4]), "a worker outlived its Executor"

@@ -4,7 +4,6 @@ nothing is left running."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,49 +11,42 @@ import sys
 import time
 
 import pytest
-from conftest import kill_run, processes_of, wait_gone
+from conftest import kill_run, processes_of, program_results, stopped_early, wait_gone
 
 PRELUDE = """
 import json, os, signal, sys, time
 from pathlib import Path
 from scoop import futures
+from scoop_core.errors import WorkerLostError
 import scoop
 
 def out(value):
     print("RESULT " + json.dumps(value), flush=True)
+
+def deadly(*_):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def freeze(i=None):
+    # The process lives on, so only the missing heartbeats tell.
+    os.kill(os.getpid(), signal.SIGSTOP)
+    return i
+
+def lost_error(f, timeout=None):
+    # What the future raised: a WorkerLostError's message, or "no error".
+    try:
+        f.result(timeout=timeout)
+        return "no error"
+    except WorkerLostError as exc:
+        return str(exc)
 """
 
 # Small heartbeats so that a frozen worker is noticed within the test's time.
 FAST_HEARTBEAT = {"SCOOP_HEARTBEAT_INTERVAL": "0.2", "SCOOP_HEARTBEAT_TIMEOUT": "1.5"}
 
-LOST_ERRORS = """
-from scoop_core.errors import WorkerLostError
-
-def lost_errors(fs):
-    # What each future raised: a WorkerLostError's message, or "no error".
-    errors = []
-    for f in fs:
-        try:
-            f.result(timeout=20)
-            errors.append("no error")
-        except WorkerLostError as exc:
-            errors.append(str(exc))
-    return errors
-"""
-
-
-def results(proc: subprocess.CompletedProcess[str]) -> list:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-
 
 @pytest.mark.both_transports
-def test_a_killed_workers_futures_run_again_elsewhere_exactly_once(
-    write_program, scoop_run, tmp_path
-):
-    prog = write_program(
-        PRELUDE
-        + """
+def test_a_killed_workers_futures_run_again_elsewhere_exactly_once(program, scoop_run, tmp_path):
+    prog = program("""
 def work(i):
     # The first future to run on worker-1 kills it, once.
     flag = Path(sys.argv[1]) / "killed"
@@ -68,10 +60,9 @@ if __name__ == "__main__":
     fs = [futures.submit(work, i) for i in range(20)]
     out([f.result() for f in fs])
     out(sorted(futures.map(work, range(50))))
-"""
-    )
+""")
     proc = scoop_run(prog, str(tmp_path), flags=("-n", "3"))
-    got = results(proc)
+    got = program_results(proc)
     assert (tmp_path / "killed").exists()
     assert got[0] == [i * i for i in range(20)]
     assert got[1] == sorted(i * i for i in range(50))
@@ -84,17 +75,14 @@ if __name__ == "__main__":
 
 @pytest.mark.both_transports
 def test_a_frozen_worker_is_noticed_by_its_silence_and_its_future_runs_elsewhere(
-    write_program, scoop_run, tmp_path
+    program, scoop_run, tmp_path
 ):
-    prog = write_program(
-        PRELUDE
-        + """
+    prog = program("""
 def work(i):
     flag = Path(sys.argv[1]) / "frozen"
     if not flag.exists():
         flag.write_text(scoop.worker)
-        # Freeze: the process lives on, so only the missing heartbeats tell.
-        os.kill(os.getpid(), signal.SIGSTOP)
+        freeze()
     return [i, scoop.worker]
 
 if __name__ == "__main__":
@@ -102,10 +90,9 @@ if __name__ == "__main__":
     first = futures.submit(work, 0)
     out(first.result())
     out(time.monotonic() - start)
-"""
-    )
+""")
     proc = scoop_run(prog, str(tmp_path), flags=("-n", "2"), env=FAST_HEARTBEAT, timeout=60)
-    got = results(proc)
+    got = program_results(proc)
     value, ran_on = got[0]
     assert value == 0
     assert ran_on != (tmp_path / "frozen").read_text()
@@ -118,38 +105,23 @@ if __name__ == "__main__":
 
 
 @pytest.mark.both_transports
-def test_a_future_that_kills_every_worker_fails_with_worker_lost_error(write_program, scoop_run):
-    prog = write_program(
-        PRELUDE
-        + """
-from scoop_core.errors import WorkerLostError
-
-def deadly():
-    os.kill(os.getpid(), signal.SIGKILL)
-
+def test_a_future_that_kills_every_worker_fails_with_worker_lost_error(program, scoop_run):
+    prog = program("""
 def fine(x):
     return x + 1
 
 if __name__ == "__main__":
-    try:
-        futures.submit(deadly).result()
-        out("no error")
-    except WorkerLostError as exc:
-        out(str(exc))
+    out(lost_error(futures.submit(deadly)))
     out(futures.submit(fine, 1).result())
-"""
-    )
-    proc = scoop_run(prog, flags=("-n", "4"), timeout=60)
-    got = results(proc)
+""")
+    got = program_results(scoop_run(prog, flags=("-n", "4"), timeout=60))
     message = got[0]
     assert "was lost with its worker 3 times" in message
     assert message.count("worker-") == 3
     assert got[1] == 2  # the last worker still serves
 
 
-LONG_RUN = (
-    PRELUDE
-    + """
+LONG_RUN = """
 def nap(_):
     time.sleep(60)
 
@@ -159,7 +131,6 @@ if __name__ == "__main__":
     for f in fs:
         f.result()
 """
-)
 
 
 def _start(program, env: dict[str, str], workers: str = "2") -> tuple[subprocess.Popen[str], int]:
@@ -182,8 +153,8 @@ def _start(program, env: dict[str, str], workers: str = "2") -> tuple[subprocess
 
 # ZeroMQ only: a run kept in a Redis server outlives its launcher by design
 # (its root ends the run itself when it is done).
-def test_killing_the_launcher_takes_every_process_of_the_run_with_it(write_program):
-    prog = write_program(LONG_RUN)
+def test_killing_the_launcher_takes_every_process_of_the_run_with_it(program):
+    prog = program(LONG_RUN)
     proc, _ = _start(prog, {})
     try:
         before = processes_of(str(prog))
@@ -201,10 +172,8 @@ def test_killing_the_launcher_takes_every_process_of_the_run_with_it(write_progr
 
 
 @pytest.mark.both_transports
-def test_killing_the_root_ends_the_run_with_its_status_and_leaves_nothing(
-    write_program, transport_env
-):
-    prog = write_program(LONG_RUN)
+def test_killing_the_root_ends_the_run_with_its_status_and_leaves_nothing(program, transport_env):
+    prog = program(LONG_RUN)
     proc, root_pid = _start(prog, transport_env)
     try:
         assert len(processes_of(str(prog))) == 4
@@ -217,38 +186,22 @@ def test_killing_the_root_ends_the_run_with_its_status_and_leaves_nothing(
 
 
 @pytest.mark.both_transports
-def test_max_losses_per_call(write_program, scoop_run):
-    prog = write_program(
-        PRELUDE
-        + """
-from scoop_core.errors import WorkerLostError
-
-def deadly():
-    os.kill(os.getpid(), signal.SIGKILL)
-
+def test_max_losses_per_call(program, scoop_run):
+    prog = program("""
 if __name__ == "__main__":
-    try:
-        futures.options(max_losses=1).submit(deadly).result()
-    except WorkerLostError as exc:
-        out(str(exc))
+    out(lost_error(futures.options(max_losses=1).submit(deadly)))
     with futures.options(max_losses=2):
         f = futures.submit(deadly)
-    try:
-        f.result()
-    except WorkerLostError as exc:
-        out(str(exc))
-"""
-    )
-    got = results(scoop_run(prog, flags=("-n", "4"), timeout=60))
+    out(lost_error(f))
+""")
+    got = program_results(scoop_run(prog, flags=("-n", "4"), timeout=60))
     assert "lost with its worker 1 times" in got[0]
     assert "lost with its worker 2 times" in got[1]
 
 
 @pytest.mark.both_transports
-def test_a_nested_computation_survives_the_death_of_a_worker(write_program, scoop_run, tmp_path):
-    prog = write_program(
-        PRELUDE
-        + """
+def test_a_nested_computation_survives_the_death_of_a_worker(program, scoop_run, tmp_path):
+    prog = program("""
 LEAVES = [0]
 
 def fib(n):
@@ -262,25 +215,22 @@ def fib(n):
             except FileExistsError:
                 pass
             else:
-                os.kill(os.getpid(), signal.SIGKILL)
+                deadly()
         time.sleep(0.001)
         return n
     return futures.submit(fib, n - 1).result() + futures.submit(fib, n - 2).result()
 
 if __name__ == "__main__":
     out(futures.submit(fib, 15).result())
-"""
-    )
+""")
     proc = scoop_run(prog, str(tmp_path), flags=("-n", "3"), timeout=120)
-    assert results(proc) == [610]
+    assert program_results(proc) == [610]
     assert (tmp_path / "killed").exists()
 
 
 @pytest.mark.both_transports
-def test_a_message_over_the_size_limit_is_refused_at_submit(write_program, scoop_run):
-    prog = write_program(
-        PRELUDE
-        + """
+def test_a_message_over_the_size_limit_is_refused_at_submit(program, scoop_run):
+    prog = program("""
 def size(data):
     return len(data)
 
@@ -290,9 +240,8 @@ if __name__ == "__main__":
     except TypeError as exc:
         out([type(exc).__name__, str(exc)])
     out(futures.submit(size, b"x" * 1000).result())
-"""
-    )
-    got = results(scoop_run(prog, env={"SCOOP_MAX_MESSAGE_SIZE": "100000"}))
+""")
+    got = program_results(scoop_run(prog, env={"SCOOP_MAX_MESSAGE_SIZE": "100000"}))
     name, message = got[0]
     assert name == "SerializationError"
     assert "max_message_size" in message and "size" in message
@@ -300,68 +249,57 @@ if __name__ == "__main__":
 
 
 @pytest.mark.both_transports
-def test_when_every_worker_dies_the_run_stops_with_a_clear_error(write_program, scoop_run):
-    prog = write_program(
-        PRELUDE
-        + """
-def deadly(_):
-    os.kill(os.getpid(), signal.SIGKILL)
-
+def test_when_every_worker_dies_the_run_stops_with_a_clear_error(program, scoop_run):
+    prog = program("""
 if __name__ == "__main__":
     list(futures.map(deadly, range(10)))
     out("not reached")
-"""
-    )
+""")
     # With dead workers replaced (the default), this is a crash loop that
     # test_restarts covers; here nobody replaces them.
-    proc = scoop_run(prog, flags=("-n", "2"), timeout=60, env={"SCOOP_MAX_RESTARTS": "0"})
-    assert proc.returncode == 1
-    assert "not reached" not in proc.stdout
+    proc, _ = stopped_early(
+        scoop_run, prog, flags=("-n", "2"), timeout=60, env={"SCOOP_MAX_RESTARTS": "0"}
+    )
     assert "every worker has exited" in proc.stderr
 
 
 # -- queued futures with no worker left to run them (issue 9, item 6) -------------
 
 
+def queued_futures_failed_promptly(got: list, proc: subprocess.CompletedProcess[str]) -> float:
+    """Checks what a program printed after its six futures were left with
+    no worker (the seconds that took, then each future's error), and that
+    the broker lived through it; returns those seconds."""
+    took, errors = got[0], got[1]
+    assert len(errors) == 6
+    assert all("cannot run: no worker has been connected" in e for e in errors), errors
+    assert 2.5 <= took < 20
+    assert "the broker failed" not in proc.stderr and "ProtocolError" not in proc.stderr
+    return took
+
+
 @pytest.mark.both_transports
-def test_when_every_worker_freezes_the_root_gets_worker_lost_error_promptly(
-    write_program, scoop_run, tmp_path
-):
+def test_when_every_worker_freezes_the_root_gets_worker_lost_error_promptly(program, scoop_run):
     # Both workers freeze on their first future: the broker counts them as
     # lost (heartbeat_timeout), queues their futures again, and with no
     # worker left for another heartbeat_timeout fails what is queued. The
     # broker must live through that, and the run end as its root says.
-    prog = write_program(
-        PRELUDE
-        + LOST_ERRORS
-        + """
-def freeze(i):
-    os.kill(os.getpid(), signal.SIGSTOP)
-    return i
-
+    prog = program("""
 if __name__ == "__main__":
     start = time.monotonic()
     fs = [futures.submit(freeze, i) for i in range(6)]
-    errors = lost_errors(fs)
+    errors = [lost_error(f, 20) for f in fs]
     out(time.monotonic() - start)
     out(errors)
-    try:
-        futures.submit(freeze, 99).result(timeout=20)
-    except WorkerLostError as exc:
-        out(["later", str(exc), time.monotonic() - start])
-"""
-    )
+    out(["later", lost_error(futures.submit(freeze, 99), 20), time.monotonic() - start])
+""")
     proc = scoop_run(prog, flags=("-n", "2"), env=FAST_HEARTBEAT, timeout=90)
-    got = results(proc)
-    took, errors = got[0], got[1]
-    assert len(errors) == 6
-    assert all("cannot run: no worker has been connected" in e for e in errors), errors
+    got = program_results(proc)
     # Silence (1.5 s) counts a worker lost, then no worker for 1.5 s fails
     # the queue: about 3 s; far from the 86 s the broker's death cost.
-    assert 2.5 <= took < 20
+    took = queued_futures_failed_promptly(got, proc)
     # A future submitted once no worker is left fails the same way.
     assert got[2][0] == "later" and "cannot run" in got[2][1]
-    assert "the broker failed" not in proc.stderr and "ProtocolError" not in proc.stderr
     print(
         f"all workers frozen: WorkerLostError after {took:.2f} s, a later future after "
         f"{got[2][2] - took:.2f} s more; exit {proc.returncode}"
@@ -369,65 +307,42 @@ if __name__ == "__main__":
 
 
 @pytest.mark.both_transports
-def test_an_uncaught_worker_lost_error_ends_the_run_with_status_1(write_program, scoop_run):
-    prog = write_program(
-        PRELUDE
-        + """
-def freeze():
-    os.kill(os.getpid(), signal.SIGSTOP)
-
+def test_an_uncaught_worker_lost_error_ends_the_run_with_status_1(program, scoop_run):
+    prog = program("""
 if __name__ == "__main__":
     fs = [futures.submit(freeze) for _ in range(2)]
     fs[0].result(timeout=20)
     out("not reached")
-"""
-    )
-    start = time.monotonic()
-    proc = scoop_run(prog, flags=("-n", "2"), env=FAST_HEARTBEAT, timeout=90)
-    took = time.monotonic() - start
-    assert proc.returncode == 1, proc.stderr
-    assert "not reached" not in proc.stdout
+""")
+    proc, took = stopped_early(scoop_run, prog, flags=("-n", "2"), env=FAST_HEARTBEAT, timeout=90)
     assert "WorkerLostError" in proc.stderr and "cannot run" in proc.stderr
     assert took < 30
     print(f"uncaught WorkerLostError: the run ended with status 1 in {took:.2f} s")
 
 
 @pytest.mark.both_transports
-def test_when_every_worker_of_an_executor_is_killed_its_futures_fail_promptly(
-    write_program, scoop_run, tmp_path
-):
+def test_when_every_worker_of_an_executor_is_killed_its_futures_fail_promptly(program, scoop_run):
     # An embedding program's pool has no launcher watching its workers: the
     # broker alone notices that none is left (no heartbeat), and fails the
     # queued futures instead of dying.
-    prog = write_program(
-        PRELUDE
-        + LOST_ERRORS
-        + """
+    prog = program("""
 from scoop_core import Executor
-
-def deadly(i):
-    os.kill(os.getpid(), signal.SIGKILL)
 
 if __name__ == "__main__":
     with Executor(2) as pool:
         start = time.monotonic()
         fs = [pool.submit(deadly, i) for i in range(6)]
-        errors = lost_errors(fs)
+        errors = [lost_error(f, 20) for f in fs]
         out(time.monotonic() - start)
         out(errors)
     out("closed")
-"""
-    )
+""")
     start = time.monotonic()
     proc = scoop_run(prog, flags=(), command=[sys.executable], env=FAST_HEARTBEAT, timeout=90)
     total = time.monotonic() - start
-    got = results(proc)
-    took, errors = got[0], got[1]
-    assert len(errors) == 6
-    assert all("cannot run: no worker has been connected" in e for e in errors), errors
-    assert 2.5 <= took < 20
+    got = program_results(proc)
+    took = queued_futures_failed_promptly(got, proc)
     assert got[2] == "closed"
-    assert "the broker failed" not in proc.stderr and "ProtocolError" not in proc.stderr
     print(
         f"every worker killed: WorkerLostError after {took:.2f} s; the program ended "
         f"(exit {proc.returncode}) after {total:.2f} s"

@@ -48,6 +48,10 @@ import scoop
 
 def out(value):
     print("RESULT " + json.dumps(value), flush=True)
+
+def nap(i, seconds):
+    time.sleep(seconds)
+    return i
 """
 
 
@@ -162,10 +166,8 @@ def _info_exists(srv: Server, prefix: str, run_id: str) -> Callable[[], bool]:
     return check
 
 
-def test_the_run_id_is_shown_at_v_and_can_be_chosen(write_program, env, srv):
-    prog = write_program(
-        PRELUDE + "\nif __name__ == '__main__':\n    out(sum(futures.map(abs, [-1, -2])))\n"
-    )
+def test_the_run_id_is_shown_at_v_and_can_be_chosen(program, env, srv):
+    prog = program("\nif __name__ == '__main__':\n    out(sum(futures.map(abs, [-1, -2])))\n")
     proc = run_command(
         ["scoop", "-v", "run", "-n", "1", "--run-id", "nightly-7", str(prog)],
         cwd=prog.parent,
@@ -178,12 +180,12 @@ def test_the_run_id_is_shown_at_v_and_can_be_chosen(write_program, env, srv):
     assert _keys(srv, env["SCOOP_TRANSPORT_REDIS_PREFIX"]) == []
 
 
-def test_a_run_id_in_use_is_refused_and_the_other_run_is_left_alone(write_program, env, srv):
+def test_a_run_id_in_use_is_refused_and_the_other_run_is_left_alone(program, env, srv):
     prefix = env["SCOOP_TRANSPORT_REDIS_PREFIX"]
     client = srv.client()
     client.hset(f"{prefix}:busy:table:run", "info", b"another run")
     client.close()
-    prog = write_program(PRELUDE + "\nif __name__ == '__main__':\n    out(1)\n")
+    prog = program("\nif __name__ == '__main__':\n    out(1)\n")
     proc = run_command(
         [sys.executable, "-m", "scoop", "-n", "1", "--run-id", "busy", str(prog)],
         cwd=prog.parent,
@@ -195,9 +197,30 @@ def test_a_run_id_in_use_is_refused_and_the_other_run_is_left_alone(write_progra
     assert _keys(srv, prefix) == [f"{prefix}:busy:table:run".encode()]
 
 
-JOINABLE = (
-    PRELUDE
-    + """
+@contextmanager
+def joined_run(
+    prog: Path, env: dict[str, str], srv: Server, run_id: str, args: tuple[str, ...] = ()
+) -> Iterator[tuple[subprocess.Popen[str], subprocess.Popen[str]]]:
+    """``python -m scoop -n 1 --run-id RUN_ID PROG ARGS`` over ``srv`` and,
+    once the run is on the server, a ``scoop worker`` that joins it. Both
+    are killed if they still run at the end; then no process of the run and
+    no key of it may be left."""
+    prefix = env["SCOOP_TRANSPORT_REDIS_PREFIX"]
+    run = _launch(prog, env, "-n", "1", "--run-id", run_id, args=args)
+    joiner = None
+    try:
+        wait_for(_info_exists(srv, prefix, run_id), "the run to start")
+        joiner = _join(run_id, env)
+        yield run, joiner
+    finally:
+        for proc in (run, joiner):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+    assert wait_gone(str(prog)) == []
+    assert _keys(srv, prefix) == []
+
+
+JOINABLE = """
 from scoop import shared
 
 def where(i):
@@ -215,17 +238,10 @@ if __name__ == "__main__":
             break
     out(sorted(seen))
 """
-)
 
 
-def test_a_worker_started_elsewhere_joins_a_running_run(write_program, env, srv):
-    prefix = env["SCOOP_TRANSPORT_REDIS_PREFIX"]
-    prog = write_program(JOINABLE)
-    run = _launch(prog, env, "-n", "1", "--run-id", "elastic")
-    joiner = None
-    try:
-        wait_for(_info_exists(srv, prefix, "elastic"), "the run to start")
-        joiner = _join("elastic", env)
+def test_a_worker_started_elsewhere_joins_a_running_run(program, env, srv):
+    with joined_run(program(JOINABLE), env, srv, "elastic") as (run, joiner):
         out, err = run.communicate(timeout=120)
         assert run.returncode == 0, err
         names = json.loads(_results(out)[0])
@@ -234,17 +250,9 @@ def test_a_worker_started_elsewhere_joins_a_running_run(write_program, env, srv)
         assert all(n.endswith("=blue") for n in names), names
         # The run is over: the joined worker exits, and so does scoop worker.
         assert joiner.wait(30) == 0, joiner.stderr.read() if joiner.stderr else ""
-    finally:
-        for proc in (run, joiner):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-    assert wait_gone(str(prog)) == []
-    assert _keys(srv, prefix) == []
 
 
-HAND_BACK = (
-    PRELUDE
-    + """
+HAND_BACK = """
 def slow(i):
     (Path(sys.argv[1]) / f"started-{i}-{scoop.worker}").touch()
     time.sleep(0.4)
@@ -253,17 +261,11 @@ def slow(i):
 if __name__ == "__main__":
     out(list(futures.map(slow, range(40))))
 """
-)
 
 
-def test_ctrl_c_on_a_joined_worker_hands_its_futures_back(write_program, env, srv, tmp_path):
-    prefix = env["SCOOP_TRANSPORT_REDIS_PREFIX"]
-    prog = write_program(HAND_BACK)
-    run = _launch(prog, env, "-n", "1", "--run-id", "leaving", args=(str(tmp_path),))
-    joiner = None
-    try:
-        wait_for(_info_exists(srv, prefix, "leaving"), "the run to start")
-        joiner = _join("leaving", env)
+def test_ctrl_c_on_a_joined_worker_hands_its_futures_back(program, env, srv, tmp_path):
+    prog = program(HAND_BACK)
+    with joined_run(prog, env, srv, "leaving", args=(str(tmp_path),)) as (run, joiner):
         host = socket.gethostname()
 
         def running_on_joiner() -> list[Path]:
@@ -282,12 +284,6 @@ def test_ctrl_c_on_a_joined_worker_hands_its_futures_back(write_program, env, sr
         for path in running_on_joiner():
             i = path.name.split("-")[1]
             assert (tmp_path / f"started-{i}-worker-1").exists(), path.name
-    finally:
-        for proc in (run, joiner):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-    assert wait_gone(str(prog)) == []
-    assert _keys(srv, prefix) == []
 
 
 class Evil:
@@ -301,19 +297,16 @@ class Evil:
 
 
 def test_a_future_written_into_the_queue_without_the_key_is_dropped_unread(
-    write_program, env, srv, tmp_path
+    program, env, srv, tmp_path
 ):
     prefix = env["SCOOP_TRANSPORT_REDIS_PREFIX"]
-    prog = write_program(
-        PRELUDE
-        + """
+    prog = program("""
 if __name__ == "__main__":
     go = Path(sys.argv[1]) / "go"
     while not go.exists():
         time.sleep(0.02)
     out(sorted(futures.map(abs, range(-50, 0))))
-"""
-    )
+""")
     proof = tmp_path / "unpickled"
     run = _launch(prog, env, "-n", "2", "--run-id", "attacked", args=(str(tmp_path),))
     try:
@@ -338,19 +331,15 @@ if __name__ == "__main__":
     assert _keys(srv, prefix) == []
 
 
-def test_a_redis_restart_mid_run_ends_the_run_with_a_clear_error(write_program, tmp_path):
-    prog = write_program(
-        PRELUDE
-        + """
-def nap(i):
+def test_a_redis_restart_mid_run_ends_the_run_with_a_clear_error(program, tmp_path):
+    prog = program("""
+def marked_nap(i):
     (Path(sys.argv[1]) / f"nap-{i}").touch()
-    time.sleep(0.5)
-    return i
+    return nap(i, 0.5)
 
 if __name__ == "__main__":
-    out(sum(futures.map(nap, range(40))))
-"""
-    )
+    out(sum(futures.map(marked_nap, range(40))))
+""")
     with server("--appendonly", "yes", "--appendfsync", "always") as srv:
         env = environ_without_scoop()
         env.update(
@@ -378,22 +367,15 @@ if __name__ == "__main__":
     assert wait_gone(str(prog)) == []
 
 
-def test_a_run_outlives_its_launcher(write_program, env, srv, tmp_path):
+def test_a_run_outlives_its_launcher(program, env, srv, tmp_path):
     prefix = env["SCOOP_TRANSPORT_REDIS_PREFIX"]
-    prog = write_program(
-        PRELUDE
-        + """
-def nap(i):
-    time.sleep(0.2)
-    return i
-
+    prog = program("""
 if __name__ == "__main__":
-    first = futures.submit(nap, 0).result()
+    first = futures.submit(nap, 0, 0.2).result()
     print("READY", flush=True)
-    total = sum(futures.map(nap, range(20)))
+    total = sum(futures.map(nap, range(20), [0.2] * 20))
     (Path(sys.argv[1]) / "total").write_text(str(total))
-"""
-    )
+""")
     env = {k: v for k, v in env.items() if k != "SCOOP_RUN_KEY"}  # so a key file is written
     run = _launch(prog, env, "-n", "2", args=(str(tmp_path),))
     try:
@@ -411,7 +393,7 @@ if __name__ == "__main__":
         kill_run(str(prog))
 
 
-def test_unix_socket_and_acl_user(write_program, tmp_path):
+def test_unix_socket_and_acl_user(program, tmp_path):
     sock = tempfile.mktemp(prefix="scoop-", suffix=".sock", dir="/tmp")
     password = "s3cret-" + secrets.token_hex(4)
     with server("--unixsocket", sock, "--unixsocketperm", "700") as srv:
@@ -428,8 +410,8 @@ def test_unix_socket_and_acl_user(write_program, tmp_path):
             SCOOP_TRANSPORT_REDIS_USERNAME="scoopy",
             SCOOP_TRANSPORT_REDIS_PASSWORD=password,
         )
-        prog = write_program(
-            PRELUDE + "\nif __name__ == '__main__':\n    out(sum(futures.map(abs, range(-9, 0))))\n"
+        prog = program(
+            "\nif __name__ == '__main__':\n    out(sum(futures.map(abs, range(-9, 0))))\n"
         )
         proc = run_command(["scoop", "-vv", "run", "-n", "2", str(prog)], cwd=prog.parent, env=env)
         assert proc.returncode == 0, proc.stderr
@@ -451,20 +433,13 @@ def test_unix_socket_and_acl_user(write_program, tmp_path):
     assert wait_gone(str(prog)) == []
 
 
-def test_maxlen_bounds_the_queue_and_loses_nothing(write_program, env, srv):
+def test_maxlen_bounds_the_queue_and_loses_nothing(program, env, srv):
     prefix = env["SCOOP_TRANSPORT_REDIS_PREFIX"]
-    prog = write_program(
-        PRELUDE
-        + """
-def tick(i):
-    time.sleep(0.002)
-    return i
-
+    prog = program("""
 if __name__ == "__main__":
-    fs = [futures.submit(tick, i) for i in range(400)]
+    fs = [futures.submit(nap, i, 0.002) for i in range(400)]
     out(sum(f.result() for f in fs))
-"""
-    )
+""")
     longest = [0]
     stop = threading.Event()
 
@@ -493,27 +468,18 @@ if __name__ == "__main__":
     assert _keys(srv, prefix) == []
 
 
-def test_processes_that_outlived_their_launcher_exit_once_their_run_is_over(
-    write_program, tmp_path
-):
+def test_processes_that_outlived_their_launcher_exit_once_their_run_is_over(program, tmp_path):
     # A program that never ends on its own: only the end of its run can stop it.
-    prog = write_program(
-        PRELUDE
-        + """
-def nap(i):
-    time.sleep(0.1)
-    return i
-
+    prog = program("""
 if __name__ == "__main__":
-    futures.submit(nap, 0).result()
+    futures.submit(nap, 0, 0.1).result()
     print("READY", flush=True)
     while True:
         try:
-            futures.submit(nap, 0).result()
+            futures.submit(nap, 0, 0.1).result()
         except Exception:
             time.sleep(0.05)
-"""
-    )
+""")
     with server() as srv:
         env = environ_without_scoop()
         env.update(HOME=str(tmp_path), SCOOP_TRANSPORT="redis", SCOOP_TRANSPORT_REDIS_URL=srv.url)

@@ -9,18 +9,16 @@ had its workers back, and the tests print it.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import select
 import signal
 import subprocess
 import sys
-import time
 from datetime import datetime
 
 import pytest
-from conftest import kill_run, processes_of, wait_gone
+from conftest import kill_run, processes_of, program_results, stopped_early, wait_gone
 from test_ssh_runs import Machines, _run, machines  # noqa: F401 (a fixture)
 
 PRELUDE = """
@@ -35,6 +33,10 @@ def out(value):
 def square(x):
     time.sleep(0.01)
     return x * x
+
+def crash(*_):
+    # Ends its worker at once, as a crash would.
+    os._exit(1)
 
 def whoami(_):
     time.sleep(0.05)
@@ -62,9 +64,7 @@ def back_to(size, deadline=60):
 # it ends its process with CRASH at once. Its first worker dies with results
 # of other futures unsent and others not started; those are not charged
 # with it (see test_suspects).
-ONE_DEADLY = (
-    PRELUDE
-    + """
+ONE_DEADLY = """
 def deadly():
     print("DYING", scoop.worker, time.time(), flush=True)
     CRASH
@@ -85,17 +85,11 @@ if __name__ == "__main__":
     out(sorted(live.values()))
     out([lost - start, time.monotonic() - lost])
 """
-)
 
 CRASHES = {
     "os._exit": ("os._exit(1)", 1),
     "segfault": ("ctypes.string_at(0)", -signal.SIGSEGV),
 }
-
-
-def _results(proc: subprocess.CompletedProcess[str]) -> list:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
 
 
 def _detection_delays(proc: subprocess.CompletedProcess[str]) -> list[float]:
@@ -123,12 +117,12 @@ def _replacements(stderr: str) -> list[tuple[str, str]]:
 @pytest.mark.both_transports
 @pytest.mark.parametrize("crash", list(CRASHES))
 def test_a_future_that_kills_its_worker_fails_and_the_run_goes_on_with_all_its_workers(
-    write_program, scoop_run, crash
+    program, scoop_run, crash
 ):
     code, status = CRASHES[crash]
-    prog = write_program(ONE_DEADLY.replace("CRASH", code))
+    prog = program(ONE_DEADLY.replace("CRASH", code))
     proc = scoop_run(prog, flags=("-n", "2"), timeout=120)
-    message, squares, workers, (detect, recover) = _results(proc)
+    message, squares, workers, (detect, recover) = program_results(proc)
     # The root caught the loss, with the default max_losses (3).
     assert "was lost with its worker 3 times" in message
     # Every other future's result is right.
@@ -152,24 +146,15 @@ def test_a_future_that_kills_its_worker_fails_and_the_run_goes_on_with_all_its_w
 
 @pytest.mark.both_transports
 def test_with_restarts_off_a_dead_worker_is_not_replaced_and_the_message_names_the_setting(
-    write_program, scoop_run
+    program, scoop_run
 ):
-    prog = write_program(
-        PRELUDE
-        + """
-def deadly(_):
-    os._exit(1)
-
+    prog = program("""
 if __name__ == "__main__":
-    list(futures.map(deadly, range(10)))
+    list(futures.map(crash, range(10)))
     out("not reached")
-"""
-    )
-    start = time.monotonic()
-    proc = scoop_run(prog, flags=("-n", "2"), env={"SCOOP_MAX_RESTARTS": "0"}, timeout=60)
-    took = time.monotonic() - start
-    assert proc.returncode == 1, proc.stderr
-    assert "not reached" not in proc.stdout
+""")
+    env = {"SCOOP_MAX_RESTARTS": "0"}
+    proc, took = stopped_early(scoop_run, prog, flags=("-n", "2"), env=env, timeout=60)
     assert "worker-1 exited with status 1; not replaced (max_restarts = 0)" in proc.stderr
     assert "worker-2 exited with status 1; not replaced (max_restarts = 0)" in proc.stderr
     assert "every worker has exited" in proc.stderr
@@ -178,29 +163,19 @@ if __name__ == "__main__":
 
 
 @pytest.mark.both_transports
-def test_a_crash_loop_ends_with_an_error_naming_the_host_and_max_restarts(write_program, scoop_run):
-    prog = write_program(
-        PRELUDE
-        + """
-def deadly(i):
-    os._exit(1)
-
+def test_a_crash_loop_ends_with_an_error_naming_the_host_and_max_restarts(program, scoop_run):
+    prog = program("""
 if __name__ == "__main__":
     # Every future kills its worker; the program would go on for ever if
     # the dead workers were replaced without a bound.
-    for f in [futures.submit(deadly, i) for i in range(40)]:
+    for f in [futures.submit(crash, i) for i in range(40)]:
         try:
             f.result()
         except WorkerLostError:
             pass
     out("not reached")
-"""
-    )
-    start = time.monotonic()
-    proc = scoop_run(prog, flags=("-n", "2"), timeout=120)
-    took = time.monotonic() - start
-    assert proc.returncode == 1, proc.stderr
-    assert "not reached" not in proc.stdout
+""")
+    proc, took = stopped_early(scoop_run, prog, flags=("-n", "2"), timeout=120)
     # The default bound: ten replacements on the host, then none.
     assert len(_replacements(proc.stderr)) == 10
     assert "10 worker(s) on this machine were replaced already (max_restarts = 10)" in (proc.stderr)
@@ -211,20 +186,15 @@ if __name__ == "__main__":
 
 @pytest.mark.both_transports
 def test_ctrl_c_after_a_restart_stops_everything_and_replaces_nothing(
-    write_program, tmp_path, transport_env
+    program, tmp_path, transport_env
 ):
-    prog = write_program(
-        PRELUDE
-        + """
-def deadly():
-    os._exit(1)
-
+    prog = program("""
 def nap(_):
     time.sleep(60)
 
 if __name__ == "__main__":
     try:
-        futures.submit(deadly).result()
+        futures.submit(crash).result()
     except WorkerLostError:
         pass
     live = back_to(2)
@@ -232,8 +202,7 @@ if __name__ == "__main__":
     print("READY", len(live), flush=True)
     for f in fs:
         f.result()
-"""
-    )
+""")
     proc = subprocess.Popen(
         [sys.executable, "-m", "scoop", "-n", "2", str(prog)],
         stdout=subprocess.PIPE,
@@ -265,15 +234,15 @@ if __name__ == "__main__":
 @pytest.mark.cluster
 def test_a_remote_worker_killed_by_its_future_is_replaced_on_its_host(
     machines: Machines,  # noqa: F811 (the fixture imported above)
-    write_program,
+    program,
 ):
     # Every worker on another host (the first host runs the program): each
     # replacement is started there by the host's supervisor.
-    prog = write_program(
+    prog = program(
         ONE_DEADLY.replace("CRASH", "os._exit(1)").replace("live = back_to(2)", "live = back_to(3)")
     )
     proc = _run(machines, prog, "--hosts", "h1", "h2", "h2", timeout=180)
-    message, squares, workers, (detect, recover) = _results(proc)
+    message, squares, workers, (detect, recover) = program_results(proc)
     assert "was lost with its worker 3 times" in message
     assert squares == [i * i for i in range(20)]
     replaced = _replacements(proc.stderr)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 import zmq
-from conftest import go_ahead_program, read_output, start_go_ahead_run, wait_for, wait_gone
+from conftest import drain, go_ahead_program, read_output, start_go_ahead_run, wait_for, wait_gone
 from scoop_transport_zmq.transport import ZmqTransport
 
 from scoop_core import messages as m
@@ -173,12 +173,7 @@ def foreign(tmp_path: Path, address: str, mode: str, marker: Path) -> subprocess
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = WAIT) -> str:
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
+    out, _ = drain(proc, timeout)
     assert proc.returncode == 0, f"the foreign process failed: {out}"
     return out
 

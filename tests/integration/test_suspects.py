@@ -14,12 +14,11 @@ name exactly one future lost 3 times.
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
 import time
 
 import pytest
+from conftest import program_results
 
 # The same rules on both built-in transports.
 pytestmark = pytest.mark.both_transports
@@ -38,18 +37,17 @@ def square(x):
 def deadly():
     os._exit(1)
 
-def square_or_die(x):
-    if x == KILLER:
-        os._exit(1)
-    return x * x
+def result_or_error(f):
+    try:
+        return f.result()
+    except WorkerLostError as exc:
+        return "lost: " + str(exc)
 """
 
 # Twenty quick squares mapped and twenty submitted just before a future
 # that kills its worker the moment it starts, and twenty after: the killer
 # shares every batch its worker takes.
-SUBMITS = (
-    PRELUDE
-    + """
+SUBMITS = """
 if __name__ == "__main__":
     start = time.monotonic()
     mapped = futures.map(square, range(20))
@@ -60,36 +58,17 @@ if __name__ == "__main__":
         out(list(mapped))
     except WorkerLostError as exc:
         out(str(exc))
-    errors = []
-    values = []
-    for f in fs:
-        try:
-            values.append(f.result())
-        except WorkerLostError as exc:
-            errors.append(str(exc))
-    try:
-        bad.result()
-        out("no error")
-    except WorkerLostError as exc:
-        out(str(exc))
-    out(values)
-    out(errors)
+    outcomes = [result_or_error(f) for f in fs]
+    out(result_or_error(bad))
+    out([v for v in outcomes if not isinstance(v, str)])
+    out([v for v in outcomes if isinstance(v, str)])
     out(list(futures.map(square, range(10))))
     out(time.monotonic() - start)
 """
-)
 
 # The killer is queued first, ahead of a map and submitted squares, so
 # the first worker to take it holds squares too.
-KILLER_FIRST = (
-    PRELUDE
-    + """
-def result_or_error(f):
-    try:
-        return f.result()
-    except WorkerLostError as exc:
-        return "lost: " + str(exc)
-
+KILLER_FIRST = """
 if __name__ == "__main__":
     start = time.monotonic()
     doomed = futures.submit(deadly)
@@ -100,14 +79,16 @@ if __name__ == "__main__":
     out(result_or_error(doomed))
     out(time.monotonic() - start)
 """
-)
 
 # The killer is one of a map's items (KILLER): a map runs its items in
 # chunks, each one future, so the chunk holding the killer is the future
 # that fails; separately submitted squares around the map all complete.
-MAPPED = (
-    PRELUDE
-    + """
+MAPPED = """
+def square_or_die(x):
+    if x == KILLER:
+        os._exit(1)
+    return x * x
+
 if __name__ == "__main__":
     start = time.monotonic()
     fs = [futures.submit(square, i) for i in range(20)]
@@ -123,15 +104,12 @@ if __name__ == "__main__":
     out([f.result() for f in fs])
     out(time.monotonic() - start)
 """
-)
 
 # The killer is a nested future: one item of a map that a top-level future
 # runs, beside seven top-level futures that run the same map without it.
 # Its worker dies with its parent (and whatever else it held); only the
 # parent, whose work kills every worker it runs on, fails.
-NESTED = (
-    PRELUDE
-    + """
+NESTED = """
 def leaf(x):
     if x < 0:
         os._exit(1)
@@ -145,21 +123,9 @@ def parent(n, deadly):
 if __name__ == "__main__":
     start = time.monotonic()
     fs = [futures.submit(parent, 20, i == 3) for i in range(8)]
-    sums = []
-    for f in fs:
-        try:
-            sums.append(f.result())
-        except WorkerLostError as exc:
-            sums.append(str(exc))
-    out(sums)
+    out([result_or_error(f) for f in fs])
     out(time.monotonic() - start)
 """
-)
-
-
-def _results(proc: subprocess.CompletedProcess[str]) -> list:
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
-    return [json.loads(line[7:]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
 
 
 def _failed_futures(stderr: str) -> list[str]:
@@ -171,12 +137,12 @@ def _deaths(stderr: str) -> int:
     return len(re.findall(r"worker-\d+ exited with status 1", stderr))
 
 
-def test_only_the_future_that_kills_its_worker_fails(write_program, scoop_run):
-    prog = write_program(SUBMITS)
+def test_only_the_future_that_kills_its_worker_fails(program, scoop_run):
+    prog = program(SUBMITS)
     start = time.monotonic()
     proc = scoop_run(prog, flags=("-n", "2"), timeout=120)
     took = time.monotonic() - start
-    mapped, message, values, errors, after, inside = _results(proc)
+    mapped, message, values, errors, after, inside = program_results(proc)
     assert "was lost with its worker 3 times" in message
     # Every square came back right; none failed with the killer.
     assert mapped == [i * i for i in range(20)]
@@ -196,11 +162,11 @@ def test_only_the_future_that_kills_its_worker_fails(write_program, scoop_run):
 
 
 def test_a_killer_queued_ahead_of_the_others_fails_alone_and_every_square_is_right(
-    write_program, scoop_run
+    program, scoop_run
 ):
-    prog = write_program(KILLER_FIRST)
+    prog = program(KILLER_FIRST)
     proc = scoop_run(prog, flags=("-n", "2"), timeout=90)
-    values, doomed, took = _results(proc)
+    values, doomed, took = program_results(proc)
     assert values == [i * i for i in range(40)]
     assert doomed.startswith("lost: ") and "was lost with its worker 3 times" in doomed, doomed
     failed = _failed_futures(proc.stderr)
@@ -208,13 +174,13 @@ def test_a_killer_queued_ahead_of_the_others_fails_alone_and_every_square_is_rig
     print(f"a killer future failed alone after 3 losses; 40 squares right, in {took:.2f} s")
 
 
-def test_a_killer_among_a_maps_items_fails_at_its_place_only(write_program, scoop_run):
+def test_a_killer_among_a_maps_items_fails_at_its_place_only(program, scoop_run):
     killer = 25
-    prog = write_program(MAPPED.replace("KILLER", str(killer)))
+    prog = program(MAPPED.replace("KILLER", str(killer)))
     start = time.monotonic()
     proc = scoop_run(prog, flags=("-n", "2"), timeout=120)
     took = time.monotonic() - start
-    error, got, values, inside = _results(proc)
+    error, got, values, inside = program_results(proc)
     # The killer's chunk was lost max_losses times, then each of its items
     # ran alone: the map gave every item before the killer, right, then the
     # killer's own error.
@@ -233,12 +199,12 @@ def test_a_killer_among_a_maps_items_fails_at_its_place_only(write_program, scoo
     )
 
 
-def test_a_killer_nested_under_a_future_fails_that_future_only(write_program, scoop_run):
-    prog = write_program(NESTED)
+def test_a_killer_nested_under_a_future_fails_that_future_only(program, scoop_run):
+    prog = program(NESTED)
     start = time.monotonic()
     proc = scoop_run(prog, flags=("-n", "2"), timeout=120)
     took = time.monotonic() - start
-    sums, inside = _results(proc)
+    sums, inside = program_results(proc)
     right = sum(i * i for i in range(20))
     assert [s for i, s in enumerate(sums) if i != 3] == [right] * 7
     assert "was lost with its worker 3 times" in sums[3]

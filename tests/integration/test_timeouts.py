@@ -15,15 +15,11 @@ timeouts are measured against.
 
 from __future__ import annotations
 
-import json
-
 import pytest
-from conftest import PROGRAM_HELPERS
+from conftest import PROGRAM_HELPERS, program_results
 
 # Every program here runs on both built-in transports: they are interchangeable.
 pytestmark = pytest.mark.both_transports
-
-RESULT = "RESULT "
 
 PRELUDE = (
     """
@@ -63,20 +59,21 @@ def timed(call):
         what = "TimeoutError"
     return [what, time.monotonic() - t]
 
-def block_both_workers(gate, values):
-    # A gated future on each of the two workers, both running.
+def block_both_workers(values):
+    # A gated future on each of the two workers, both running: the gate
+    # that holds them and the futures.
+    gate = os.path.abspath("gate")
     blockers = [futures.submit(gated, gate, value) for value in values]
     wait_until(lambda: all(b.running() for b in blockers), "both blockers to start")
-    return blockers
+    return gate, blockers
+
+def slow_child(seconds):
+    # Waits cooperatively, on a future nobody completes, so its worker
+    # runs other futures meanwhile.
+    futures.wait([concurrent.futures.Future()], timeout=seconds)
+    return "late"
 """
 )
-
-
-def results(proc) -> list:
-    assert proc.returncode == 0, (
-        f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    )
-    return [json.loads(x[len(RESULT) :]) for x in proc.stdout.splitlines() if x.startswith(RESULT)]
 
 
 # How late a timeout may fire on a loaded 2-core machine, in seconds.
@@ -88,10 +85,8 @@ def on_time(got: list, timeout: float) -> bool:
     return what == "TimeoutError" and timeout <= seconds < timeout + LATE
 
 
-def test_waiting_methods_time_out_counted_from_the_call(write_program, scoop_run):
-    prog = write_program(
-        PRELUDE
-        + """
+def test_waiting_methods_time_out_counted_from_the_call(program, scoop_run):
+    prog = program("""
 if __name__ == "__main__":
     gate = os.path.abspath("gate")
     slow = futures.submit(gated, gate, "slow")
@@ -121,9 +116,8 @@ if __name__ == "__main__":
 
     release(gate)
     out(slow.result(timeout=30))
-"""
-    )
-    got = results(scoop_run(prog, timeout=60))
+""")
+    got = program_results(scoop_run(prog, timeout=60))
     assert on_time(got[0], 0.3), got[0]
     assert on_time(got[1], 0.3), got[1]
     assert on_time(got[2], 0.0), got[2]
@@ -136,10 +130,8 @@ if __name__ == "__main__":
     assert got[5] == "slow"
 
 
-def test_timeout_zero_on_a_done_future_returns_at_once(write_program, scoop_run):
-    prog = write_program(
-        PRELUDE
-        + """
+def test_timeout_zero_on_a_done_future_returns_at_once(program, scoop_run):
+    prog = program("""
 if __name__ == "__main__":
     ok = futures.submit(abs, -3)
     bad = futures.submit(fail, 0)
@@ -155,21 +147,18 @@ if __name__ == "__main__":
     values.append([len(done), len(not_done)])
     values.append(len(list(futures.as_completed([ok, bad], timeout=0))))
     out([values, time.monotonic() - t])
-"""
-    )
-    got = results(scoop_run(prog, timeout=60))
+""")
+    got = program_results(scoop_run(prog, timeout=60))
     values, seconds = got[0]
     assert values == [3, None, "ValueError", "failed on purpose", [2, 0], 2]
     assert seconds < 0.1
 
 
-def test_map_timeouts_count_from_the_call_not_from_each_next(write_program, scoop_run):
+def test_map_timeouts_count_from_the_call_not_from_each_next(program, scoop_run):
     # Ten items of 0.4 s on two workers: two results every 0.4 s. Counted
     # from each next() no wait is longer than 0.4 s, so nothing would time
     # out; counted from the call, the fifth result (due at 1.2 s) is late.
-    prog = write_program(
-        PRELUDE
-        + """
+    prog = program("""
 def item(i):
     time.sleep(0.4)
     return i
@@ -188,9 +177,8 @@ if __name__ == "__main__":
         # let the abandoned items drain before the next measurement
         list(futures.map(abs, range(4)))
     out(list(futures.map(abs, range(-5, 0), timeout=30)))
-"""
-    )
-    got = results(scoop_run(prog, timeout=60))
+""")
+    got = program_results(scoop_run(prog, timeout=60))
     for name, values, outcome in got[:2]:
         assert on_time(outcome, 1.0), (name, outcome)
         assert len(values) <= 4, (name, values)
@@ -201,14 +189,12 @@ if __name__ == "__main__":
     assert got[2] == [5, 4, 3, 2, 1]
 
 
-def test_map_results_already_there_are_returned_after_the_deadline(write_program, scoop_run):
+def test_map_results_already_there_are_returned_after_the_deadline(program, scoop_run):
     # Four instant items on two workers are all sent at the call and done at
     # once; the caller spends 0.3 s on each, so it asks for the third after
     # the 0.5 s deadline. As with concurrent.futures, a result that is there
     # is returned: only waiting for one past the deadline raises.
-    prog = write_program(
-        PRELUDE
-        + """
+    prog = program("""
 def consume(iterator):
     got = []
     try:
@@ -224,29 +210,20 @@ if __name__ == "__main__":
         out(consume(pool.map(abs, range(4), timeout=0.5)))
     out(consume(futures.map(abs, range(4), timeout=0.5)))
     out(sorted(consume(futures.map_as_completed(abs, range(4), timeout=0.5)), key=str))
-"""
-    )
-    got = results(scoop_run(prog, timeout=60))
+""")
+    got = program_results(scoop_run(prog, timeout=60))
     assert got[0] == [0, 1, 2, 3]  # the reference: concurrent.futures
     assert got[1] == [0, 1, 2, 3]
     assert got[2] == [0, 1, 2, 3]
 
 
-def test_a_timeout_inside_a_future_fires_there_while_the_worker_runs_others(
-    write_program, scoop_run
-):
+def test_a_timeout_inside_a_future_fires_there_while_the_worker_runs_others(program, scoop_run):
     # One worker: the parent waits 0.5 s on a child that takes 1.5 s; the
     # same worker runs the child and another future meanwhile. The child
     # waits cooperatively (futures.wait on a future nobody completes), as a
     # future blocked on its own children would; a child busy in time.sleep
     # would hold the worker's only thread.
-    prog = write_program(
-        PRELUDE
-        + """
-def slow_child(seconds):
-    futures.wait([concurrent.futures.Future()], timeout=seconds)
-    return "late"
-
+    prog = program("""
 def parent(patience):
     child = futures.submit(slow_child, 1.5)
     start = time.monotonic()
@@ -265,9 +242,8 @@ if __name__ == "__main__":
     q = futures.submit(other)
     out(p.result(timeout=30))
     out(q.result(timeout=30))
-"""
-    )
-    got = results(scoop_run(prog, flags=("-n", "1"), timeout=60))
+""")
+    got = program_results(scoop_run(prog, flags=("-n", "1"), timeout=60))
     what, start, end, parent_worker, also, late = got[0]
     other_finished, other_worker = got[1]
     assert on_time(what, 0.5), what
@@ -277,15 +253,12 @@ if __name__ == "__main__":
     assert start < other_finished < end, "the other future did not run while the parent waited"
 
 
-def test_cancel_works_wherever_an_unstarted_future_waits(write_program, scoop_run):
+def test_cancel_works_wherever_an_unstarted_future_waits(program, scoop_run):
     # Two workers that ask for three futures each: while each runs a gated
     # blocker it holds two unstarted futures; the rest wait at the broker.
-    prog = write_program(
-        PRELUDE
-        + """
+    prog = program("""
 if __name__ == "__main__":
-    gate = os.path.abspath("gate")
-    blockers = block_both_workers(gate, [f"blocker {i}" for i in range(2)])
+    gate, blockers = block_both_workers([f"blocker {i}" for i in range(2)])
     queued = [futures.submit(abs, -i) for i in range(12)]
     # The last one cannot have been handed out (the workers asked for four
     # in all): it is at the broker. Its answer also means the broker has
@@ -312,9 +285,8 @@ if __name__ == "__main__":
     out(f.cancel())
     release(gate2)
     out([f.result(timeout=30), f.cancelled()])
-"""
-    )
-    got = results(scoop_run(prog, env={"SCOOP_PREFETCH": "3"}, timeout=60))
+""")
+    got = program_results(scoop_run(prog, env={"SCOOP_PREFETCH": "3"}, timeout=60))
     assert got[0] == [True, [True, True, True, True], False]
     assert got[1] == [True] * 5
     assert got[2] == "CancelledError"
@@ -324,13 +296,10 @@ if __name__ == "__main__":
     assert got[6] == ["ran", False]
 
 
-def test_shutdown_with_cancel_futures_cancels_the_queue(write_program, scoop_run):
-    prog = write_program(
-        PRELUDE
-        + """
+def test_shutdown_with_cancel_futures_cancels_the_queue(program, scoop_run):
+    prog = program("""
 if __name__ == "__main__":
-    gate = os.path.abspath("gate")
-    blockers = block_both_workers(gate, range(2))
+    gate, blockers = block_both_workers(range(2))
     queued = [futures.submit(abs, -i) for i in range(10)]
     futures.shutdown(wait=False, cancel_futures=True)
     out([[q.cancelled() for q in queued], [b.done() or b.cancelled() for b in blockers]])
@@ -338,23 +307,16 @@ if __name__ == "__main__":
     t = time.monotonic()
     futures.shutdown(wait=True)
     out([[b.result(timeout=0) for b in blockers], time.monotonic() - t < 30])
-"""
-    )
-    got = results(scoop_run(prog, timeout=60))
+""")
+    got = program_results(scoop_run(prog, timeout=60))
     assert got[0] == [[True] * 10, [False, False]]
     assert got[1] == [[0, 1], True]
 
 
-def test_cancel_inside_a_future_of_the_futures_it_submitted(write_program, scoop_run):
+def test_cancel_inside_a_future_of_the_futures_it_submitted(program, scoop_run):
     # One worker, so nothing is stolen: the children wait in that worker's
     # own queue until their parent waits.
-    prog = write_program(
-        PRELUDE
-        + """
-def slow_child(seconds):
-    futures.wait([concurrent.futures.Future()], timeout=seconds)
-    return "late"
-
+    prog = program("""
 def parent():
     kids = [futures.submit(abs, -i) for i in range(3)]
     report = [kids[-1].cancel(), kids[-1].cancelled()]
@@ -371,20 +333,16 @@ def parent():
 
 if __name__ == "__main__":
     out(futures.submit(parent).result(timeout=30))
-"""
-    )
-    got = results(scoop_run(prog, flags=("-n", "1"), timeout=60))
+""")
+    got = program_results(scoop_run(prog, flags=("-n", "1"), timeout=60))
     assert got[0] == [True, True, [0, 1], "CancelledError", True, False, "late", False]
 
 
-def test_cancel_from_a_done_callback_does_not_stall_the_root(write_program, scoop_run):
+def test_cancel_from_a_done_callback_does_not_stall_the_root(program, scoop_run):
     # "When one finishes, cancel the other", as concurrent.futures allows.
-    prog = write_program(
-        PRELUDE
-        + """
+    prog = program("""
 if __name__ == "__main__":
-    gate = os.path.abspath("gate")
-    blockers = block_both_workers(gate, range(2))
+    gate, blockers = block_both_workers(range(2))
     victim = futures.submit(abs, -5)
     other = futures.submit(abs, -6)
     answers = []
@@ -393,7 +351,6 @@ if __name__ == "__main__":
     done, not_done = futures.wait([blockers[1], victim, other], timeout=5)
     out([len(answers), len(not_done)])
     os._exit(0)  # do not wait for a stuck I/O thread at exit
-"""
-    )
-    got = results(scoop_run(prog, timeout=60))
+""")
+    got = program_results(scoop_run(prog, timeout=60))
     assert got[0] == [1, 0]

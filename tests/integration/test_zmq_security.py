@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import go_ahead_program, read_output, start_go_ahead_run, wait_for, wait_gone
+from conftest import drain, go_ahead_program, read_output, start_go_ahead_run, wait_for, wait_gone
 from scoop_transport_zmq.transport import ZmqTransport
 
 from scoop_core import messages as m
@@ -165,10 +165,12 @@ class Run:
         assert found, self.stderr
         return found.group(1)
 
-    def ready(self) -> None:
+    def ready(self) -> str:
+        """Waits for the program's first map; the broker's address."""
         wait_for(
             lambda: "READY\n" in self.out, f"the program's first map\n{self.stderr[-2000:]}", WAIT
         )
+        return self.address()
 
     def finish(self, timeout: float = 90) -> float:
         """Let the program go on; the seconds until the run exited."""
@@ -179,6 +181,11 @@ class Run:
         for reader in self._readers:
             reader.join(10)
         return elapsed
+
+    def check_result(self) -> None:
+        """The run ended with status 0 and the program's right result."""
+        assert self.proc.returncode == 0, self.stderr[-3000:]
+        assert f"{EXPECTED}\n" in self.out, self.stderr[-3000:]
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -244,7 +251,7 @@ def test_a_stranger_under_a_peers_name_reads_nothing_and_the_run_finishes(
         assert address.startswith("ipc://"), address
     else:
         assert address.startswith("tcp://") and ("#curve=" in address) == (kind == "hosts-curve")
-    run.ready()
+    assert run.ready() == address
 
     stop = tmp_path / "stop"
     stranger = helper(tmp_path, STRANGER, address, "root,worker-1", str(stop))
@@ -261,9 +268,8 @@ def test_a_stranger_under_a_peers_name_reads_nothing_and_the_run_finishes(
         if stranger.poll() is None:
             stranger.kill()
             stranger.wait(5)
+    run.check_result()
     stderr = run.stderr
-    assert run.proc.returncode == 0, stderr[-3000:]
-    assert f"{EXPECTED}\n" in run.out, stderr[-3000:]
     assert "READ 0 0" in out, f"the stranger read the run's traffic: {out}"
     # Well within the 30 s heartbeat timeout that ended such runs before.
     assert took < 20, f"the run's second map took {took:.1f} s"
@@ -295,8 +301,7 @@ def test_a_run_on_one_machine_listens_where_only_its_user_can_reach(
     tmp_path: Path, start_run: Callable[..., Run]
 ) -> None:
     run = start_run(["-n", "2"])
-    address = run.address()
-    run.ready()
+    address = run.ready()
     path = Path(address.removeprefix("ipc://"))
     directory = path.parent
     info = directory.stat()
@@ -327,8 +332,7 @@ def test_a_run_on_one_machine_listens_where_only_its_user_can_reach(
         )
         assert probe.stdout.strip() == "DENIED", probe
     assert run.finish() < 20
-    assert run.proc.returncode == 0, run.stderr[-3000:]
-    assert f"{EXPECTED}\n" in run.out
+    run.check_result()
     assert not directory.exists(), "the run left its socket's directory behind"
 
 
@@ -349,25 +353,18 @@ def test_frames_over_the_limit_from_a_stranger_cost_the_broker_no_memory(
     # The default max_message_size, 256 MiB, and 400 MB frames: what grew a
     # broker to 429 MB before libzmq was told the limit.
     run = start_run(["-n", "2"])
-    address = run.address()
-    run.ready()
+    address = run.ready()
     before = _memory(run.proc.pid)
     count, size = 3, 400_000_000
     flooder = helper(tmp_path, FLOODER, address, str(size), str(count))
-    try:
-        out, _ = flooder.communicate(timeout=WAIT)
-    finally:
-        if flooder.poll() is None:
-            flooder.kill()
-            flooder.wait(5)
+    out, _ = drain(flooder, WAIT)
     after = _memory(run.proc.pid)
     grown = after["VmHWM"] - before["VmHWM"]
     assert grown < 32 << 20, f"the launcher's peak memory grew by {grown >> 20} MiB: {after}"
     drops = [float(line.split()[1]) for line in out.splitlines() if line.startswith("DROPPED")]
     assert len(drops) == count and "DONE" in out, out
     took = run.finish()
-    assert run.proc.returncode == 0, run.stderr[-3000:]
-    assert f"{EXPECTED}\n" in run.out
+    run.check_result()
     print(
         f"launcher VmRSS {before['VmRSS'] >> 20} -> {after['VmRSS'] >> 20} MiB, "
         f"peak {before['VmHWM'] >> 20} -> {after['VmHWM'] >> 20} MiB; "
@@ -458,11 +455,20 @@ def broker() -> Iterator[tuple[Broker, BrokerLog]]:
 
 
 @pytest.fixture
-def peers(broker: tuple[Broker, BrokerLog]) -> Iterator[Callable[[str], Peer]]:
+def broker_log(broker: tuple[Broker, BrokerLog]) -> BrokerLog:
+    return broker[1]
+
+
+@pytest.fixture
+def peers(broker: tuple[Broker, BrokerLog]) -> Iterator[Callable[..., Peer]]:
+    """Makes a peer of the broker under a name, with the run's key; one made
+    with ``join=True`` has said hello and been welcomed."""
     made: list[Peer] = []
 
-    def make(name: str) -> Peer:
+    def make(name: str, join: bool = False) -> Peer:
         made.append(Peer(broker[0].address, name))
+        if join:
+            made[-1].join()
         return made[-1]
 
     yield make
@@ -471,16 +477,16 @@ def peers(broker: tuple[Broker, BrokerLog]) -> Iterator[Callable[[str], Peer]]:
 
 
 def test_a_second_connection_cannot_take_a_live_name_even_with_the_key(
-    broker: tuple[Broker, BrokerLog], peers: Callable[[str], Peer]
+    broker_log: BrokerLog, peers: Callable[..., Peer]
 ) -> None:
-    _, log = broker
-    root = peers("root")
-    root.join()
+    root = peers("root", join=True)
     impostor = peers("root")  # another process: the key, the name, its own session
     impostor.hello()
     impostor.send(m.SetConst("stolen", (b"x",)))
     wait_for(
-        lambda: log.count("is connected already") > 0, "the broker refusing the impostor", WAIT
+        lambda: broker_log.count("is connected already") > 0,
+        "the broker refusing the impostor",
+        WAIT,
     )
     # The real root is served as before; a constant it defines reaches a
     # peer that joins later, never the impostor.
@@ -490,42 +496,38 @@ def test_a_second_connection_cannot_take_a_live_name_even_with_the_key(
     welcome = late.join()
     assert [c.name for c in welcome.constants] == ["answer"]
     assert impostor.recv(0.5) is None, "the impostor was sent something"
-    assert log.count("is connected already") == 1, "refused, and logged once"
+    assert broker_log.count("is connected already") == 1, "refused, and logged once"
 
 
 def test_a_replayed_hello_on_another_connection_is_refused(
-    broker: tuple[Broker, BrokerLog], peers: Callable[[str], Peer]
+    broker_log: BrokerLog, peers: Callable[..., Peer]
 ) -> None:
-    _, log = broker
     root = peers("root")
     captured = [bytes(memoryview(f)) for f in root.codec.encode(m.Hello(m.ROOT, "root", 1, "h", 0))]
     root.endpoint.send(captured)
     root.expect(m.Welcome)
     replayer = peers("root")
     replayer.endpoint.send(captured)
-    wait_for(lambda: log.count("replayed") > 0, "the broker refusing the replay", WAIT)
+    wait_for(lambda: broker_log.count("replayed") > 0, "the broker refusing the replay", WAIT)
     assert replayer.recv(0.5) is None
     root.send(m.SetConst("still", (b"here",)))
     assert root.expect(m.ConstReply) == m.ConstReply("still", "")
 
 
 def test_a_peer_whose_connection_broke_keeps_its_name(
-    broker: tuple[Broker, BrokerLog], peers: Callable[[str], Peer]
+    broker_log: BrokerLog, peers: Callable[..., Peer]
 ) -> None:
-    _, log = broker
-    root = peers("root")
-    root.join()
+    root = peers("root", join=True)
     root.reconnect()  # a new connection id at the hub, the same session
     root.send(m.SetConst("after", (b"reconnecting",)))
     assert root.expect(m.ConstReply) == m.ConstReply("after", "")
-    assert log.count("root reconnected") == 1
+    assert broker_log.count("root reconnected") == 1
 
 
 def test_a_name_is_free_again_once_its_peer_has_left(
-    broker: tuple[Broker, BrokerLog], peers: Callable[[str], Peer]
+    broker: tuple[Broker, BrokerLog], peers: Callable[..., Peer]
 ) -> None:
-    first = peers("root")
-    first.join()
+    first = peers("root", join=True)
     first.send(m.Bye("done"))
     running, _ = broker
     wait_for(lambda: b"root" not in running.book.peers, "the broker seeing the goodbye", WAIT)
