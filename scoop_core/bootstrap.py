@@ -256,7 +256,13 @@ def run_root(program: str, args: list[str]) -> int:
     connection, key, serializer, size = _setup(name)
     context.IS_ORIGIN = True
     rt = runtime.RootRuntime(
-        connection.endpoint, key=key, serializer=serializer, name=name, workers=size, **_limits()
+        connection.endpoint,
+        key=key,
+        serializer=serializer,
+        name=name,
+        workers=size,
+        run_here=_env("_SCOOP_ROOT_RUNS_FUTURES", "1") == "1",
+        **_limits(),
     )
     rt.start()
     runtime.set_current(rt)

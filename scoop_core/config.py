@@ -88,6 +88,15 @@ CORE_SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("prefetch", int, 2, "Futures a worker holds beyond the ones it runs."),
     Setting(
+        "root_runs_futures",
+        bool,
+        None,
+        "The root runs a future itself while it waits for it, if the future is not sent yet "
+        "and its function has run well on workers and takes under a millisecond; false keeps "
+        "every future on the workers. Unset: a program run with scoop does, as SCOOP's root "
+        "does; a program that embeds a pool (scoop_core.Executor) does not.",
+    ),
+    Setting(
         "run_id",
         str,
         "",

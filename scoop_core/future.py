@@ -61,6 +61,10 @@ class Future(cf.Future[Any]):
         self._canceller = canceller
         self.elapsed = 0.0  # seconds the worker spent on it, for chunk sizing
         self.nbytes = 0  # size of its pickled call, when it was pickled
+        # The function it calls and how many times (a chunk's items), to learn its cost.
+        self.call: tuple[Callable[..., Any], int] | None = None
+        # Runs it in the calling thread if it was not sent yet; True if it did.
+        self.run_here: Callable[[Future], bool] | None = None
 
     def __repr__(self) -> str:
         return f"<scoop Future {self.fid:#x} state={self._state.lower()}>"
@@ -69,6 +73,8 @@ class Future(cf.Future[Any]):
         # On a worker, wait by switching to its scheduler; elsewhere the base
         # class blocks the thread on its condition.
         if self.done():
+            return
+        if self.run_here is not None and self.run_here(self):
             return
         event = greenlet_event()
         if event is None:
@@ -165,6 +171,17 @@ def _failed(f: cf.Future[Any]) -> bool:
     return f._state == "FINISHED" and f._exception is not None
 
 
+def _run_here(fs: Iterable[cf.Future[Any]], return_when: str) -> None:
+    """Run here those of ``fs`` their owner has not sent yet and lets run
+    here, until ``return_when`` holds."""
+    for f in fs:
+        runner = getattr(f, "run_here", None)
+        if runner is None or _finished(f) or not runner(f):
+            continue
+        if return_when == FIRST_COMPLETED or (return_when == FIRST_EXCEPTION and _failed(f)):
+            return
+
+
 def wait_futures(
     fs: Iterable[cf.Future[Any]],
     timeout: float | None = None,
@@ -178,6 +195,7 @@ def wait_futures(
             f"return_when must be FIRST_COMPLETED, FIRST_EXCEPTION or ALL_COMPLETED, got {return_when!r}"
         )
     fs = set(fs)
+    _run_here(fs, return_when)
     done = {f for f in fs if _finished(f)}
     not_done = fs - done
     if not not_done:

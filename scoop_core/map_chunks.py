@@ -55,8 +55,11 @@ class Chunker:
         self.inflight: deque[tuple[Future, int]] = deque()
         self.max_inflight = max(2, self.rt.workers * CHUNKS_PER_WORKER)
         self.size = 1  # grows once chunks report how long an item takes
-        self.item_seconds = -1.0
         self.item_bytes = 0.0
+        # A function this process has sent before is sized from the start.
+        self.item_seconds = rt.costs.item_seconds(fn)
+        if self.item_seconds >= 0:
+            self._resize()
 
     def _learn(self, fut: Future, count: int) -> None:
         if count <= 0:
@@ -65,6 +68,9 @@ class Chunker:
         self.item_seconds = (
             per_item if self.item_seconds < 0 else 0.5 * (self.item_seconds + per_item)
         )
+        self._resize()
+
+    def _resize(self) -> None:
         size = MAX_CHUNK if self.item_seconds <= 0 else int(TARGET_SECONDS / self.item_seconds)
         if self.item_bytes > 0:
             size = min(size, int(TARGET_BYTES / self.item_bytes))

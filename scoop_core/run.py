@@ -152,6 +152,7 @@ class Run:
             "workers": self.size,
             "serializer": self.config["serializer"],
             "prefetch": self.config["prefetch"],
+            "root_runs_futures": self.config["root_runs_futures"],
             "max_losses": self.config["max_losses"],
             "heartbeat": [self.config["heartbeat_interval"], self.config["heartbeat_timeout"]],
             "max_message_size": self.config["max_message_size"],
@@ -221,6 +222,7 @@ class Run:
             heartbeat_interval=self.config["heartbeat_interval"],
             heartbeat_timeout=self.config["heartbeat_timeout"],
             max_message_size=self.config["max_message_size"],
+            run_here=bool(self.config["root_runs_futures"]),  # unset: not in an embedding program
         )
         rt.start()
         return rt
@@ -343,6 +345,7 @@ def run_env(
         "_SCOOP_SERIALIZER": str(info["serializer"]),
         "_SCOOP_WORKERS": str(info["workers"]),
         "_SCOOP_PREFETCH": str(info["prefetch"]),
+        "_SCOOP_ROOT_RUNS_FUTURES": "0" if info.get("root_runs_futures") is False else "1",
         "_SCOOP_MAX_LOSSES": str(info["max_losses"]),
         "_SCOOP_MAX_MESSAGE_SIZE": str(info["max_message_size"]),
         "_SCOOP_HEARTBEAT": f"{interval},{timeout}",

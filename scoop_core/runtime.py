@@ -20,7 +20,9 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from scoop_core import exit_guard
 from scoop_core import messages as m
+from scoop_core.call_costs import RUN_HERE_SECONDS, CallCosts
 from scoop_core.calls import Call, Chunk, ChunkResult, RemoteException
 from scoop_core.errors import (
     ConstantError,
@@ -140,6 +142,8 @@ class Runtime:
         # did not fit the chunk's message (see ChunkCut).
         self._chunks: dict[int, tuple[Chunk, int]] = {}  # and its max_losses
         self._replies: dict[tuple[str, Any], Future] = {}
+        # How long each function's calls take on workers, from their outcomes.
+        self.costs = CallCosts()
         self.constants: dict[str, Any] = {}
         self._const_events: list[Event] = []
         self.shutdown_reason = ""
@@ -241,6 +245,7 @@ class Runtime:
             sent.append((fut, payload))
         for fut, payload in sent:
             self._owned[fut.fid] = fut
+            fut.call = payload.fn, len(payload.items) if isinstance(payload, Chunk) else 1
             if isinstance(payload, Chunk) and not payload.fold:
                 self._chunks[fut.fid] = (payload, max_losses)
         self._send_tasks(tasks)
@@ -371,6 +376,7 @@ class Runtime:
             if fut is None:
                 continue
             fut.elapsed = out.elapsed
+            self._learn(fut, out.status)
             if out.status == m.CANCELLED:
                 fut.mark_cancelled()
                 continue
@@ -406,6 +412,16 @@ class Runtime:
                 fut.set_exception(value.rebuild())
             else:
                 fut.set_exception(ProtocolError(f"future {out.fid:#x} failed with {value!r}"))
+
+    def _learn(self, fut: Future, status: int) -> None:
+        """Remember how long the call of ``fut`` took, or that it was lost."""
+        if fut.call is None:
+            return
+        fn, items = fut.call
+        if status == m.OK:
+            self.costs.learn(fn, fut.elapsed / items)
+        elif status == m.LOST:
+            self.costs.lost(fn)
 
     def _run_rest(self, fut: Future, chunk: tuple[Chunk, int], got: ChunkResult) -> None:
         """A chunk came back cut (ChunkCut): run the items it did not bring
@@ -559,14 +575,19 @@ class ThreadedRuntime(Runtime):
                 batch.append(item)
                 continue
             if batch:
-                self._encode_submit(batch, encoded)
+                self._encode_submit(self.not_taken(batch), encoded)
                 batch = []
             self._encode(item, encoded)
         if batch:
-            self._encode_submit(batch, encoded)
+            self._encode_submit(self.not_taken(batch), encoded)
         if encoded:
             endpoint.send_many(encoded)
         self._last_sent = time.monotonic()
+
+    def not_taken(self, tasks: list[m.Task]) -> list[m.Task]:
+        """In the I/O thread, about to send ``tasks``: those still to send
+        (a root may have taken some back to run them itself)."""
+        return tasks
 
     def _encode(self, msg: m.Message, encoded: list[list[Frame]]) -> bool:
         """Append the frames of ``msg`` to ``encoded``. A message that cannot
@@ -587,6 +608,8 @@ class ThreadedRuntime(Runtime):
     def _encode_submit(self, tasks: list[m.Task], encoded: list[list[Frame]]) -> None:
         """New futures in Submit messages that each fit max_message_size; a
         future that fits no message fails with SerializationError."""
+        if not tasks:
+            return
         for batch in m.split_by_size(tasks, self.codec.max_size):
             if len(batch) > 1 and self._encode_tasks(batch, encoded):
                 continue
@@ -681,9 +704,162 @@ class ThreadedRuntime(Runtime):
 
 class RootRuntime(ThreadedRuntime):
     """The runtime of a root or embedding program: results are delivered,
-    and done-callbacks run, in the I/O thread (as in ``concurrent.futures``)."""
+    and done-callbacks run, in the I/O thread (as in ``concurrent.futures``).
+
+    With ``run_here``, a thread of the program that waits for a future not
+    sent yet runs it itself, if its function is known to be cheap (see
+    :mod:`scoop_core.call_costs`): a loop that submits a small call and
+    waits for it then costs a function call, not a round trip through the
+    broker and a worker. The future runs on a copy of its arguments (its
+    pickled call), as on a worker. The I/O thread holds such a future back
+    for up to ``HOLD_SECONDS`` before it sends it, so that the program's
+    thread, busy submitting it, has the time to come and wait for it.
+    """
 
     role = m.ROOT
+
+    HOLD_SECONDS = RUN_HERE_SECONDS
+
+    def __init__(self, endpoint: Endpoint, *, run_here: bool = True, **kwargs: Any) -> None:
+        super().__init__(endpoint, **kwargs)
+        self.runs_here = run_here
+        # Tasks a waiting thread may still take, by future id, with when
+        # they were submitted; a taken id moves to _taken, and the I/O
+        # thread drops its task instead of sending it. One lock, so a task
+        # is either sent or run here, never both.
+        self._unsent: dict[int, tuple[m.Task, float]] = {}
+        self._taken: set[int] = set()
+        self._take_lock = threading.Lock()
+        self._held: list[m.Task] = []  # I/O thread only: tasks it holds back a moment
+
+    def _send_tasks(self, tasks: list[m.Task]) -> None:
+        if self.runs_here:
+            # Registered before the I/O thread can see the tasks.
+            here = []
+            for task in tasks:
+                fut = self._owned.get(task.fid)
+                if fut is not None and fut.call is not None and self.costs.runs_here(*fut.call):
+                    fut.run_here = self._run_here
+                    here.append(task)
+            if here:
+                now = time.monotonic()
+                with self._take_lock:
+                    for task in here:
+                        self._unsent[task.fid] = (task, now)
+        super()._send_tasks(tasks)
+
+    def _send_pending(self) -> None:
+        if self._held:
+            # Looked at again, in their order, before what came after them.
+            self._outbox.extendleft(reversed(self._held))
+            self._held = []
+        super()._send_pending()
+
+    def not_taken(self, tasks: list[m.Task]) -> list[m.Task]:
+        if not (self._unsent or self._taken):
+            return tasks
+        now = time.monotonic()
+        kept = []
+        with self._take_lock:
+            for task in tasks:
+                if task.fid in self._taken:
+                    self._taken.discard(task.fid)
+                    continue
+                unsent = self._unsent.get(task.fid)
+                if unsent is not None and now - unsent[1] < self.HOLD_SECONDS and not self._stop:
+                    self._held.append(task)
+                    continue
+                self._unsent.pop(task.fid, None)
+                kept.append(task)
+        return kept
+
+    def io_tick(self) -> float:
+        if not self._held:
+            return super().io_tick()
+        # Wake up when the oldest held task is due to leave.
+        oldest = min(self._unsent.get(t.fid, (t, 0.0))[1] for t in self._held)
+        return max(0.0, oldest + self.HOLD_SECONDS - time.monotonic())
+
+    def _take(self, fut: Future) -> m.Task | None:
+        """``fut``'s task if it was not sent yet (it will not be: it is ours now)."""
+        with self._take_lock:
+            unsent = self._unsent.pop(fut.fid, None)
+            if unsent is None:
+                return None
+            self._taken.add(fut.fid)
+        fut.run_here = None
+        return unsent[0]
+
+    def _run_here(self, fut: Future) -> bool:
+        """Run ``fut`` in the calling thread if it has not been sent yet;
+        True if it did (``fut`` is then done)."""
+        if self.in_io_thread():
+            return False  # a done-callback: results must keep flowing
+        task = self._take(fut)
+        if task is None:
+            return False
+        if not fut.set_running_or_notify_cancel():
+            self._owned.pop(fut.fid, None)
+            self._chunks.pop(fut.fid, None)
+            return True
+        start = time.perf_counter()
+        try:
+            with exit_guard.guarded():
+                value = self.serializer.loads(task.frames).run()
+        except exit_guard.ExitInFuture as exc:
+            # It would have ended the root: it goes to a worker, as without
+            # root_runs_futures, and its function never runs here again.
+            log.warning(
+                "%s: future %#x called os._exit(%s) in the root; sending it to a worker",
+                self.name,
+                fut.fid,
+                exc.status,
+            )
+            if fut.call is not None:
+                self.costs.lost(fut.call[0])
+            self._give_back(task)
+            return False
+        except BaseException as exc:
+            self._done_here(fut, start)
+            fut.set_exception(exc)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            return True
+        self._done_here(fut, start)
+        self._learn(fut, m.OK)
+        fut.set_result(value)
+        return True
+
+    def _give_back(self, task: m.Task) -> None:
+        """Send ``task`` after all, though a thread took it."""
+        with self._take_lock:
+            first_still_queued = task.fid in self._taken
+            self._taken.discard(task.fid)
+        if first_still_queued:
+            self.endpoint.wakeup()  # it leaves as any other task
+        else:
+            super()._send_tasks([task])
+
+    def _done_here(self, fut: Future, start: float) -> None:
+        fut.elapsed = time.perf_counter() - start
+        self._owned.pop(fut.fid, None)
+        self._chunks.pop(fut.fid, None)
+
+    def cancel(self, fid: int) -> bool:
+        return self._cancel_unsent(fid) or super().cancel(fid)
+
+    def cancel_nowait(self, fids: Iterable[int]) -> None:
+        super().cancel_nowait([fid for fid in fids if not self._cancel_unsent(fid)])
+
+    def _cancel_unsent(self, fid: int) -> bool:
+        """Cancel future ``fid`` here if it was never sent: nobody else will run it."""
+        fut = self._owned.get(fid)
+        if fut is None or fut.run_here is None or self._take(fut) is None:
+            return False
+        self._owned.pop(fid, None)
+        self._chunks.pop(fid, None)
+        fut.mark_cancelled()
+        return True
 
     def on_io_message(self, msg: m.Message) -> None:
         self.handle(msg)

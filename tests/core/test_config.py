@@ -658,5 +658,6 @@ def test_every_core_key_is_documented_with_its_type() -> None:
     docs = DOCS.read_text(encoding="utf-8")
     core = docs.split("## Core settings", 1)[1].split("\n## ", 1)[0]
     rows = dict(re.findall(r"^\| `([a-z_]+)` \| ([a-z ]+) \|", core, flags=re.MULTILINE))
-    type_words = {str: "string", int: "integer", float: "number", list: "list of strings"}
+    type_words = {str: "string", int: "integer", float: "number", bool: "boolean"}
+    type_words[list] = "list of strings"
     assert rows == {s.name: type_words[s.type] for s in CORE_SETTINGS}

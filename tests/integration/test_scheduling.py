@@ -273,7 +273,9 @@ if __name__ == "__main__":
     out(seen)
 """
     )
-    proc = scoop_run(prog, str(tmp_path), flags=("-n", "2"), timeout=90)
+    # The reads must reach the workers: the root would run them itself.
+    env = {"SCOOP_ROOT_RUNS_FUTURES": "false"}
+    proc = scoop_run(prog, str(tmp_path), flags=("-n", "2"), timeout=90, env=env)
     got = results(proc)
     refusal = "shared constant {!r} is already defined; a constant is defined once per run"
     assert got[0] == "refused: " + refusal.format("size")

@@ -1,0 +1,108 @@
+"""What a process has learned about the functions it sends to workers.
+
+Workers report how long each future ran (``Outcome.elapsed``). The owner
+keeps, per function, an average of the seconds one item takes, so that:
+
+- a ``map`` of a function already seen cuts its items into chunks of the
+  right size from its first call, instead of sending single items to learn
+  (:mod:`scoop_core.map_chunks`);
+- a root that waits for a future it has not sent yet may run it itself, if
+  its function is known to be cheap: a round trip through the broker and a
+  worker costs about a millisecond of CPU, far more than such a call
+  (:class:`~scoop_core.runtime.RootRuntime`). SCOOP's root runs futures
+  too; here only functions that have run well on workers a few times
+  qualify, and never one whose future was lost with its worker, so a
+  function that kills its process is met on a worker first.
+
+The table is bounded: functions made afresh for every call (lambdas in a
+loop) push out the oldest entries and are never learned.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any
+
+RUN_HERE_SECONDS = 0.001
+"""A future whose call should take at most this long may run in the root
+while the root waits for it."""
+
+RUNS_BEFORE_HERE = 3
+"""Successful runs on workers a function needs before the root runs it."""
+
+KEPT = 256
+"""Functions remembered at most."""
+
+
+@dataclass
+class Cost:
+    """What is known of one function."""
+
+    item_seconds: float = -1.0  # average seconds per item; -1 until learned
+    runs: int = 0  # outcomes that came back with a value
+    lost: bool = False  # a future of it was lost with its worker
+
+
+class CallCosts:
+    """Seconds per item of each function seen, learned from outcomes."""
+
+    def __init__(self, kept: int = KEPT) -> None:
+        self.kept = kept
+        self._costs: OrderedDict[Hashable, Cost] = OrderedDict()
+
+    def _key(self, fn: Callable[..., Any]) -> Hashable | None:
+        try:
+            hash(fn)
+        except TypeError:
+            return None  # an unhashable callable object: not learned
+        return fn
+
+    def item_seconds(self, fn: Callable[..., Any]) -> float:
+        """Average seconds one item of ``fn`` took on a worker; -1 if unknown."""
+        key = self._key(fn)
+        cost = self._costs.get(key) if key is not None else None
+        return cost.item_seconds if cost is not None else -1.0
+
+    def learn(self, fn: Callable[..., Any], item_seconds: float) -> None:
+        """A future of ``fn`` came back with a value: an item took ``item_seconds``."""
+        cost = self._entry(fn)
+        if cost is None:
+            return
+        if cost.item_seconds < 0:
+            cost.item_seconds = item_seconds
+        else:
+            cost.item_seconds = 0.5 * (cost.item_seconds + item_seconds)
+        cost.runs += 1
+
+    def lost(self, fn: Callable[..., Any]) -> None:
+        """A future of ``fn`` was lost with its worker: never run it in the root."""
+        cost = self._entry(fn)
+        if cost is not None:
+            cost.lost = True
+
+    def runs_here(self, fn: Callable[..., Any], items: int) -> bool:
+        """Whether a future of ``items`` calls of ``fn`` is cheap and safe
+        enough to run in the root that waits for it."""
+        key = self._key(fn)
+        cost = self._costs.get(key) if key is not None else None
+        return (
+            cost is not None
+            and not cost.lost
+            and cost.runs >= RUNS_BEFORE_HERE
+            and cost.item_seconds * items <= RUN_HERE_SECONDS
+        )
+
+    def _entry(self, fn: Callable[..., Any]) -> Cost | None:
+        key = self._key(fn)
+        if key is None:
+            return None
+        cost = self._costs.get(key)
+        if cost is None:
+            cost = self._costs[key] = Cost()
+            if len(self._costs) > self.kept:
+                self._costs.popitem(last=False)
+        else:
+            self._costs.move_to_end(key)
+        return cost
