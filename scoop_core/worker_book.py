@@ -154,9 +154,14 @@ class WorkerBook:
         return True
 
     def wanted(self, runnable: int) -> int:
-        """How many more futures to ask for, given ``runnable`` ready greenlets."""
+        """How many more futures to ask for, given ``runnable`` ready greenlets.
+
+        Asked for in batches of a quarter of ``prefetch`` (or one at a time
+        while it is under 8): each ask is a message the broker reads, and a
+        worker with three quarters of its window still queued or coming has
+        work until the answer arrives."""
         want = self.prefetch - self.unstarted - runnable - self.asked
-        if want > 0:
+        if want >= max(1, self.prefetch // 4):
             self.asked += want
             return want
         return 0
