@@ -11,7 +11,7 @@ only one value per chunk travels back.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,24 +31,41 @@ class Call:
 @dataclass(frozen=True)
 class Chunk:
     fn: Callable[..., Any]
-    items: Sequence[tuple[Any, ...]]
+    items: Sequence[Any]
     fold: str = ""  # "", "reduce" or "scan"
     reducer: Callable[[Any, Any], Any] | None = None
+    # Each item is a tuple of arguments (a map over several iterables);
+    # False: each item is the one argument (a map over one iterable, whose
+    # items then travel as they are, not each in a tuple).
+    spread: bool = True
+
+    def args(self, item: Any) -> tuple[Any, ...]:
+        """The arguments of ``fn`` for ``item``."""
+        return tuple(item) if self.spread else (item,)
+
+    def _values(self) -> Iterator[Any]:
+        fn = self.fn
+        if self.spread:
+            for item in self.items:
+                yield fn(*item)
+        else:
+            for item in self.items:
+                yield fn(item)
 
     def run(self) -> ChunkResult:
         values: list[Any] = []
-        fn, reducer = self.fn, self.reducer
+        reducer = self.reducer
         try:
             if self.fold == "":
-                for item in self.items:
-                    values.append(fn(*item))
+                values.extend(self._values())  # keeps the values before an item that raised
             else:
                 assert reducer is not None
-                acc = fn(*self.items[0])
+                calls = self._values()
+                acc = next(calls)
                 if self.fold == "scan":
                     values.append(acc)
-                for item in self.items[1:]:
-                    acc = reducer(acc, fn(*item))
+                for value in calls:
+                    acc = reducer(acc, value)
                     if self.fold == "scan":
                         values.append(acc)
                 if self.fold == "reduce":

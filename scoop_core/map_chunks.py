@@ -48,7 +48,9 @@ class Chunker:
         self.fn = fn
         self.fold = fold
         self.reducer = reducer
-        self.items = zip(*iterables, strict=False)
+        # One iterable: its items are the arguments, as they are.
+        self.spread = len(iterables) != 1
+        self.items = zip(*iterables, strict=False) if self.spread else iter(iterables[0])
         hints = [operator.length_hint(it, -1) for it in iterables]
         self.remaining = min(hints) if hints and min(hints) >= 0 else -1
         self.exhausted = False
@@ -94,7 +96,7 @@ class Chunker:
                 break
             if self.remaining > 0:
                 self.remaining = max(0, self.remaining - len(items))
-            batch.append(Chunk(self.fn, items, self.fold, self.reducer))
+            batch.append(Chunk(self.fn, items, self.fold, self.reducer, self.spread))
             counts.append(len(items))
             if self.item_seconds < 0 and len(self.inflight) + len(batch) >= 2 * self.rt.workers:
                 break  # wait to learn item cost before sending more single items

@@ -12,6 +12,7 @@ trips, and turning outcomes back into results or exceptions.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import socket
@@ -56,7 +57,7 @@ def short_repr(obj: Any, limit: int = 80) -> str:
 
 def _part(chunk: Chunk, start: int, stop: int) -> Chunk:
     """Items ``start:stop`` of ``chunk``, as a chunk of their own."""
-    return Chunk(chunk.fn, chunk.items[start:stop], chunk.fold, chunk.reducer)
+    return dataclasses.replace(chunk, items=chunk.items[start:stop])
 
 
 ALONE_LOSSES = 2
@@ -92,7 +93,7 @@ def describe_unpicklable(
         for n, item in enumerate(payload.items):
             parts += [
                 (f"item {n} (argument {i + 1}) of the map over {fname}", a)
-                for i, a in enumerate(item)
+                for i, a in enumerate(payload.args(item))
             ]
         if payload.reducer is not None:
             parts.append(("the reduction function", payload.reducer))
