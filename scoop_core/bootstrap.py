@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING, Any
 
 from scoop_core import context, runtime
 from scoop_core import log as scoop_log
-from scoop_core.errors import ScoopError
+from scoop_core.errors import PluginError, ScoopError
 from scoop_core.interfaces import Serializer
 from scoop_core.plugins.manager import get_plugin_manager
+from scoop_core.plugins.types import SerializerPlugin, TransportPlugin
 from scoop_core.run_backend import Connection, RunSettings, backend_for
 from scoop_core.run_keys import KEY_ENV
 
@@ -100,11 +101,10 @@ def _setup(name: str) -> tuple[Connection, bytes, Serializer, int]:
         scoop_log.add_file(os.environ["_SCOOP_LOG_FILE"])
     secret = _take_secrets()
     key = bytes.fromhex(secret["_SCOOP_KEY"] or _env("_SCOOP_KEY"))
-    disabled = [p for p in _env("_SCOOP_DISABLE_PLUGINS", "").split(",") if p]
-    plugins = get_plugin_manager(disabled)
     settings: dict[str, Any] = json.loads(secret["_SCOOP_TRANSPORT_SETTINGS"] or "{}")
-    transport = plugins.transport(_env("_SCOOP_TRANSPORT")).factory(settings)
-    serializer = plugins.serializer(_env("_SCOOP_SERIALIZER", "cloudpickle")).factory()
+    transport_record, serializer_record = _plugins()
+    transport = transport_record.factory(settings)
+    serializer = serializer_record.factory()
     run = RunSettings(
         run_id=_env("_SCOOP_RUN_ID", ""),
         key=key,
@@ -127,6 +127,22 @@ def _setup(name: str) -> tuple[Connection, bytes, Serializer, int]:
         # The run lives on without its launcher, and ends when its program does.
         _watch_orphaned(name, connection.over)
     return connection, key, serializer, context.SIZE
+
+
+def _plugins() -> tuple[TransportPlugin, SerializerPlugin]:
+    """The run's transport and serializer, from the plugins the launcher
+    found them in (``_SCOOP_PLUGINS``): the others are not even imported.
+    A process on another host, where they may be installed under other
+    plugin names, looks through all its plugins when those do not hold them."""
+    disabled = [p for p in _env("_SCOOP_DISABLE_PLUGINS", "").split(",") if p]
+    wanted = os.environ.get("_SCOOP_PLUGINS")
+    transport, serializer = _env("_SCOOP_TRANSPORT"), _env("_SCOOP_SERIALIZER", "cloudpickle")
+    if wanted:
+        plugins = get_plugin_manager(disabled, only=wanted.split(","))
+        with contextlib.suppress(PluginError):
+            return plugins.transport(transport), plugins.serializer(serializer)
+    plugins = get_plugin_manager(disabled)
+    return plugins.transport(transport), plugins.serializer(serializer)
 
 
 def _parent_pid() -> int | None:

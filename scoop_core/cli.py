@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -28,7 +29,6 @@ from scoop_core.config import Config, load_config
 from scoop_core.errors import ConfigError, LaunchError, PluginError, UsageError
 from scoop_core.hosts import Host, assign_workers, hosts_from_list, is_local, parse_hostfile
 from scoop_core.interfaces import Launcher, WorkerGroup, WorkerSpec
-from scoop_core.join import join
 from scoop_core.plugins.manager import PluginManager, format_plugin_table, get_plugin_manager
 from scoop_core.run import BOOTSTRAP, Run, WorkerOptions, worker_count
 
@@ -490,10 +490,7 @@ class _Root:
     def wait(self, timeout: float) -> int | None:
         """The exit status (negative: killed by that signal), or None after ``timeout``."""
         if self.proc is not None:
-            try:
-                return self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                return None
+            return _wait_exit(self.proc, timeout)
         assert self.group is not None
         deadline = time.monotonic() + timeout
         while True:
@@ -514,6 +511,27 @@ class _Root:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+    """``proc``'s exit status, or None after ``timeout``, known as soon as it
+    exits: ``Popen.wait`` polls, up to 50 ms late, and the whole run waits
+    for the launcher to notice that its program has ended."""
+    status = proc.poll()
+    if status is not None:
+        return status
+    try:
+        exited = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):  # not Linux 5.3 or later
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+    try:
+        select.select([exited], [], [], timeout)
+    finally:
+        os.close(exited)
+    return proc.poll()
 
 
 def _supervise(run: Run, program: str, args: list[str]) -> int:
@@ -552,6 +570,9 @@ def _supervise(run: Run, program: str, args: list[str]) -> int:
 
 def join_run(options: argparse.Namespace) -> int:
     """``scoop worker``: more workers for a running run."""
+    # Imported here: a run started from this command line does not need it.
+    from scoop_core.join import join
+
     cli: dict[str, Any] = {
         "transport": getattr(options, "transport", None),
         "log_level": _log_level(options),

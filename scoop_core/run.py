@@ -21,15 +21,18 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from scoop_core import run_keys, runtime
+from scoop_core import run_keys
 from scoop_core.config import Config, set_current
 from scoop_core.errors import PROGRAM_IMPORT_FAILED, LaunchError
 from scoop_core.hosts import Host, is_local
 from scoop_core.interfaces import Launcher, WorkerGroup, WorkerSpec
 from scoop_core.plugins.manager import PluginManager
 from scoop_core.run_backend import RunSettings, backend_for
+
+if TYPE_CHECKING:
+    from scoop_core.runtime import RootRuntime
 
 log = logging.getLogger("scoop.launcher")
 
@@ -173,6 +176,7 @@ class Run:
         env.update(
             {
                 "_SCOOP_NAME": name,
+                "_SCOOP_PLUGINS": self.needed_plugins,
                 "_SCOOP_PARENT_PID": str(os.getpid()),
                 "_SCOOP_DEBUG": "1" if opts.debug else "",
                 **self.backend.env(),
@@ -187,6 +191,17 @@ class Run:
             current = os.environ.get("PYTHONPATH", "")
             env["PYTHONPATH"] = os.pathsep.join([*opts.pythonpath, *([current] if current else [])])
         return env
+
+    @property
+    def needed_plugins(self) -> str:
+        """The names of the plugins holding the run's transport and serializer,
+        comma-separated: all that a process of the run loads (see
+        :func:`scoop_core.bootstrap._plugins`)."""
+        names = {
+            self.plugins.plugin_of("transport", self.transport_name),
+            self.plugins.plugin_of("serializer", self.config["serializer"]),
+        }
+        return ",".join(sorted(names))
 
     @property
     def remote(self) -> bool:
@@ -209,11 +224,14 @@ class Run:
         self._places[name] = host
         return WorkerSpec(name=name, host=host, argv=argv, env=env, cwd=opts.path)
 
-    def connect(self, name: str) -> runtime.RootRuntime:
+    def connect(self, name: str) -> RootRuntime:
         """A root runtime for this process, connected to the run."""
+        # Imported here: the launcher of ``python -m scoop`` runs no futures itself.
+        from scoop_core.runtime import RootRuntime
+
         # This very process is the launcher: it is alive while it asks.
         endpoint = self.backend.connect(name, launcher_alive=lambda: True).endpoint
-        rt = runtime.RootRuntime(
+        rt = RootRuntime(
             endpoint,
             key=self.key,
             serializer=self.serializer,

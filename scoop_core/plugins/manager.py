@@ -34,18 +34,18 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.metadata
 import logging
 import os
 import re
 import reprlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal, TypeVar
 
 import pluggy
 
+from scoop_core import __version__
 from scoop_core.errors import PluginError
 from scoop_core.plugins import hookspec
 from scoop_core.plugins.types import (
@@ -149,6 +149,11 @@ class PluginManager:
     ``disabled`` names plugins or records to turn off (``SCOOP_DISABLE_PLUGINS``
     is added to it). ``entry_points=False`` loads the built-ins only.
     ``builtins`` replaces :data:`BUILTIN_PLUGINS`, for tests and embedding.
+    ``only`` names the plugins to load, leaving the others unimported and
+    unlisted: a worker needs just the plugins of its run's transport and
+    serializer, and when both are built-in the installed distributions are
+    not even scanned for entry points (which costs every process of a run
+    milliseconds of start-up).
     """
 
     def __init__(
@@ -157,6 +162,7 @@ class PluginManager:
         disabled: Iterable[str] = (),
         entry_points: bool = True,
         builtins: Sequence[tuple[str, str]] = BUILTIN_PLUGINS,
+        only: Collection[str] | None = None,
     ) -> None:
         self._pm = pluggy.PluginManager(hookspec.PROJECT_NAME)
         self._pm.add_hookspecs(hookspec)
@@ -167,10 +173,21 @@ class PluginManager:
         # Plugins that contribute nothing, with the reason, for selection hints.
         self._missing_plugins: dict[str, str] = {}
         self._settings: dict[str, tuple[Setting, ...]] = {}
+        # The plugin each selectable record comes from, by kind and record name.
+        self._owners: dict[tuple[Kind, str], str] = {}
 
-        sources = [_builtin_source(name, module) for name, module in builtins]
-        if entry_points:
-            sources += _entry_point_sources({module for _, module in builtins})
+        wanted = None if only is None else {normalize_name(name) for name in only}
+        sources = [
+            _builtin_source(name, module)
+            for name, module in builtins
+            if wanted is None or normalize_name(name) in wanted
+        ]
+        if entry_points and (wanted is None or wanted - {source.name for source in sources}):
+            sources += [
+                source
+                for source in _entry_point_sources({module for _, module in builtins})
+                if wanted is None or source.name in wanted
+            ]
         plugin_names = {source.name for source in sources}
         blocked = _disabled_names(disabled)
         self._load(sources, blocked & plugin_names, blocked - plugin_names)
@@ -213,6 +230,12 @@ class PluginManager:
         record = self._select("launcher", name)
         assert isinstance(record, LauncherPlugin)
         return record
+
+    def plugin_of(self, kind: Kind, name: str) -> str:
+        """The name of the plugin that registers the selectable ``kind`` called
+        ``name`` (what ``only`` takes); :class:`PluginError` if there is none."""
+        record = self._select(kind, name)
+        return self._owners[(kind, record.name)]
 
     def plugins(self) -> list[PluginInfo]:
         """One row per registered record (or per plugin that registered none), for ``scoop plugins``."""
@@ -281,6 +304,7 @@ class PluginManager:
             else:
                 status = "enabled"
                 self._records[kind][name] = record
+                self._owners[(kind, name)] = source.name
             if len(owners) == 1 and isinstance(record, TransportPlugin | LauncherPlugin):
                 self._settings[record.section] = record.settings
             self._rows.append(source.info(kind, name, status))
@@ -404,25 +428,25 @@ def _disabled_names(disabled: Iterable[str]) -> set[str]:
     return {normalize_name(name) for name in [*disabled, *from_env] if name.strip()}
 
 
-@functools.cache
-def _builtin_version() -> str:
-    try:
-        return importlib.metadata.version(BUILTIN_DISTRIBUTION)
-    except importlib.metadata.PackageNotFoundError:
-        # Running from a source tree that was never pip-installed.
-        return "0.1.0+local"
-
-
 def _builtin_source(name: str, module: str) -> _Source:
     def load() -> ModuleType:
         return importlib.import_module(module)
 
     return _Source(
-        normalize_name(name), module, BUILTIN_DISTRIBUTION, _builtin_version(), True, load
+        # The version of the code that runs, read without importlib.metadata,
+        # whose import alone costs every process of a run milliseconds.
+        normalize_name(name),
+        module,
+        BUILTIN_DISTRIBUTION,
+        __version__,
+        True,
+        load,
     )
 
 
 def _entry_point_sources(builtin_modules: set[str]) -> list[_Source]:
+    import importlib.metadata
+
     sources = []
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         if ep.module in builtin_modules:
@@ -459,15 +483,19 @@ def format_plugin_table(infos: Iterable[PluginInfo]) -> str:
     )
 
 
-def get_plugin_manager(disabled: Iterable[str] = ()) -> PluginManager:
-    """This process's plugin manager for ``disabled`` (plus ``SCOOP_DISABLE_PLUGINS``).
+def get_plugin_manager(
+    disabled: Iterable[str] = (), only: Collection[str] | None = None
+) -> PluginManager:
+    """This process's plugin manager for ``disabled`` (plus ``SCOOP_DISABLE_PLUGINS``),
+    loading only the plugins named in ``only`` if given (see :class:`PluginManager`).
 
-    Built once per distinct set of disabled names and then reused, so hooks
-    run once per process.
+    Built once per distinct set of disabled and wanted names and then
+    reused, so hooks run once per process.
     """
-    return _cached_manager(frozenset(_disabled_names(disabled)))
+    wanted = None if only is None else frozenset(only)
+    return _cached_manager(frozenset(_disabled_names(disabled)), wanted)
 
 
 @functools.cache
-def _cached_manager(disabled: frozenset[str]) -> PluginManager:
-    return PluginManager(disabled=disabled)
+def _cached_manager(disabled: frozenset[str], only: frozenset[str] | None) -> PluginManager:
+    return PluginManager(disabled=disabled, only=only)
