@@ -79,7 +79,17 @@ class Future(cf.Future[Any]):
         event = greenlet_event()
         if event is None:
             return
-        wait_futures([self], timeout, ALL_COMPLETED, _event=event)
+        # One future: listen on it directly (what wait_futures does for many).
+        waiter = _OneWaiter(event)
+        with self._condition:
+            if _finished(self):
+                return
+            self._waiters.append(waiter)  # type: ignore[arg-type]
+        try:
+            event.wait(timeout)
+        finally:
+            with self._condition:
+                self._waiters.remove(waiter)  # type: ignore[arg-type]
         if not self.done():
             raise TimeoutError()
 
@@ -122,6 +132,20 @@ def _call_back(fn: Callable[[cf.Future[Any]], object], future: Future) -> None:
         fn(future)
     except Exception:
         log.exception("done callback %r of %r raised", fn, future)
+
+
+class _OneWaiter:
+    """Listens on one future's ``_waiters`` list: sets ``event`` when it ends."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, event: Event) -> None:
+        self.event = event
+
+    def add_result(self, future: cf.Future[Any]) -> None:
+        self.event.set()
+
+    add_exception = add_cancelled = add_result
 
 
 class DoneAndNotDoneFutures(NamedTuple):
