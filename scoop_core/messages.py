@@ -5,9 +5,18 @@ Rules of this module:
 - Every message is a frozen dataclass with a ``KIND`` number. Nothing here
   does I/O or unpickles: payloads (pickled calls, results, constants) are
   opaque frames that only their final recipient deserializes.
-- On the wire a message is ``[header, *payload frames, mac]``. The mac is an
-  HMAC-SHA256, under the run's key, over the header and every payload frame
-  (each prefixed by its length so frames cannot be re-cut).
+- On the wire a message is ``[header, *payload frames, seal]``. The seal is
+  an HMAC-SHA256 under the run's key, followed by the SHA-256 digest of each
+  *large* payload frame (:data:`DIGEST_THRESHOLD` bytes or more), in order.
+  The mac covers the header and every payload frame, each prefixed by its
+  length so frames cannot be re-cut, a large frame by its digest in place
+  of its bytes. So a large payload is hashed once by the process that made
+  it and once by the one that reads it: the broker checks the mac (the
+  header, the digests, the small frames) and relays large frames unread,
+  as :class:`Sealed` frames whose digest it signs again for the next hop;
+  the recipient checks each large frame against its digest. Digests are
+  per frame, not per message, because the broker regroups futures from
+  the batches they came in.
 - The header is a small msgpack list. :class:`Codec`, which every process
   uses, writes ``[PROTOCOL_VERSION, KIND, sender, recipient, session, seq,
   *fields]``: who signed it, for whom, the sender's random session nonce and
@@ -15,7 +24,8 @@ Rules of this module:
   cannot be replayed, reordered, reflected back to its sender or passed off
   as another peer's. The bare :func:`encode`/:func:`decode` write and read
   ``[PROTOCOL_VERSION, KIND, *fields]`` with none of that bookkeeping.
-- Decoding checks the size and the mac before it parses anything, and raises
+- Decoding checks the size, the mac and the digests before it parses
+  anything, and raises
   :class:`~scoop_core.errors.ProtocolError` for anything malformed, oversized
   or replayed, so the broker can drop a bad message and carry on.
 - Messages that carry many futures (``Submit``, ``Tasks``, ``Results``)
@@ -27,6 +37,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import secrets
@@ -42,8 +53,16 @@ import msgpack
 from scoop_core.errors import ProtocolError, SerializationError
 from scoop_core.interfaces import Frame
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 MAC_SIZE = 32
+
+DIGEST_SIZE = 32
+"""Bytes of the SHA-256 digest of one large payload frame, in a message's seal."""
+
+DIGEST_THRESHOLD = 1 << 16
+"""Payload frames of this many bytes or more are signed by their SHA-256
+digest, computed once where they are made. Smaller ones are signed as they
+are: hashing a few bytes twice costs less than carrying a digest."""
 
 BROKER_IDENTITY = b"broker"
 """The broker's identity in :class:`Codec` headers; roots and workers talk to it alone."""
@@ -460,20 +479,132 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
 }
 
 
-def mac_of(key: bytes, header: bytes, payload: Sequence[Frame]) -> bytes:
-    mac = hmac.new(key, digestmod=hashlib.sha256)
-    mac.update(_LEN.pack(len(header)))
-    mac.update(header)
+class Sealed:
+    """A large payload frame relayed unread, with the digest it was signed with.
+
+    A relay (:class:`Codec` with ``relay=True``) decodes a large frame into
+    one of these instead of hashing it: the mac it checked vouches for the
+    digest, and whoever reads the frame in the end checks the frame against
+    it. Encoding it again signs that digest, so the payload is never hashed
+    on the way. ``buffer`` is the frame's memory, as on a ``zmq.Frame``."""
+
+    __slots__ = ("buffer", "digest")
+
+    def __init__(self, buffer: Frame, digest: bytes) -> None:
+        self.buffer = buffer
+        self.digest = digest
+
+    def __repr__(self) -> str:
+        return f"Sealed({memoryview(self.buffer).nbytes} bytes, {self.digest[:4].hex()}...)"
+
+
+def digest_of(frame: Frame) -> bytes:
+    """The SHA-256 digest a large payload frame is signed by."""
+    return hashlib.sha256(frame).digest()
+
+
+def _unwrap(payload: Sequence[Frame]) -> tuple[list[Frame], list[bytes]]:
+    """The payload's frames as buffers to send, and the digest of each large
+    one: hashed here unless it is a :class:`Sealed` frame, whose digest came signed."""
+    frames: list[Frame] = []
+    digests: list[bytes] = []
     for frame in payload:
-        view = memoryview(frame)
-        mac.update(_LEN.pack(view.nbytes))
-        mac.update(view)
-    return mac.digest()
+        if type(frame) is Sealed:
+            frames.append(frame.buffer)
+            digests.append(frame.digest)
+            continue
+        frame = _buffer(frame)
+        frames.append(frame)
+        if _nbytes(frame) >= DIGEST_THRESHOLD:
+            digests.append(digest_of(frame))
+    return frames, digests
+
+
+@functools.lru_cache(maxsize=16)
+def _keyed(key: bytes) -> hmac.HMAC:
+    """An HMAC-SHA256 with ``key`` and nothing yet: copying it spares keying
+    one for every message (half the cost of a small message's mac)."""
+    return hmac.new(key, digestmod=hashlib.sha256)
+
+
+def _mac(key: bytes, header: bytes, payload: Sequence[Frame], digests: Sequence[bytes]) -> bytes:
+    """The HMAC-SHA256 of a message: the header, then each payload frame
+    (a buffer) prefixed by its length, a large one by its digest (the next
+    of ``digests``) in place of its bytes. Empty if ``digests`` are not one
+    per large frame: no mac matches that."""
+    mac = _keyed(key).copy()
+    mac.update(_LEN.pack(len(header)) + header)
+    used = 0
+    for frame in payload:
+        n = _nbytes(frame)
+        mac.update(_LEN.pack(n))
+        if n < DIGEST_THRESHOLD:
+            mac.update(frame)
+        elif used < len(digests):
+            mac.update(digests[used])
+            used += 1
+        else:
+            return b""
+    return mac.digest() if used == len(digests) else b""
+
+
+def mac_of(key: bytes, header: bytes, payload: Sequence[Frame]) -> bytes:
+    """The mac of ``header`` and ``payload`` as the sender computes it
+    (hashing each large frame that is not :class:`Sealed`)."""
+    frames, digests = _unwrap(payload)
+    return _mac(key, header, frames, digests)
+
+
+def seal(key: bytes, header: bytes, payload: Sequence[Frame]) -> list[Frame]:
+    """``[header, *payload, seal]``: the frames of a signed message or record.
+    :class:`Sealed` frames go out as their buffers, signed by their digests."""
+    frames, digests = _unwrap(payload)
+    return [header, *frames, b"".join([_mac(key, header, frames, digests), *digests])]
+
+
+class BadSeal(ProtocolError):
+    """A message's mac, or a payload frame's digest, is not what the run's key
+    and the frame say: the sender does not have the key, or the message was
+    altered on its way."""
+
+
+def unseal(
+    header: bytes, payload: Sequence[Frame], stamp: bytes, key: bytes, *, relay: bool = False
+) -> list[Frame]:
+    """Check a sealed message's mac, and unless ``relay``, each large payload
+    frame against its digest. Returns the payload, large frames as
+    :class:`Sealed` ones if ``relay`` (to be passed on unread). Raises
+    :class:`BadSeal`. ``payload`` frames are buffers."""
+    digests = [stamp[i : i + DIGEST_SIZE] for i in range(MAC_SIZE, len(stamp), DIGEST_SIZE)]
+    if (
+        len(stamp) < MAC_SIZE
+        or (len(stamp) - MAC_SIZE) % DIGEST_SIZE
+        or not hmac.compare_digest(stamp[:MAC_SIZE], _mac(key, header, payload, digests))
+    ):
+        raise BadSeal("bad or missing HMAC: sender does not have this run's key")
+    if not digests:
+        return list(payload)
+    large = iter(digests)
+    out: list[Frame] = []
+    for frame in payload:
+        if _nbytes(frame) < DIGEST_THRESHOLD:
+            out.append(frame)
+            continue
+        digest = next(large)
+        if relay:
+            out.append(Sealed(frame, digest))
+        elif hmac.compare_digest(digest, digest_of(frame)):
+            out.append(frame)
+        else:
+            raise BadSeal(
+                f"bad payload digest: a frame of {_nbytes(frame)} bytes is not the one its "
+                "sender signed (altered on its way)"
+            )
+    return out
 
 
 def _sign(key: bytes, head: list[Any], payload: list[Frame]) -> list[Frame]:
-    header = msgpack.packb(head, use_bin_type=True)
-    return [header, *payload, mac_of(key, header, payload)]
+    return seal(key, msgpack.packb(head, use_bin_type=True), payload)
 
 
 def encode(message: Message, key: bytes) -> list[Frame]:
@@ -623,9 +754,10 @@ def _check_version(header: bytes) -> None:
 
 
 def _open(
-    frames: Sequence[Frame], key: bytes, max_size: int | None
+    frames: Sequence[Frame], key: bytes, max_size: int | None, *, relay: bool = False
 ) -> tuple[type[Message], list[Any], list[Frame]]:
-    """Check size and mac, then read the header: ``(message class, fields, payload)``.
+    """Check size, mac and digests (see :func:`unseal`), then read the header:
+    ``(message class, fields, payload)``.
 
     ``fields`` are what follows version and kind in the header."""
     if len(frames) < 2:
@@ -638,13 +770,11 @@ def _open(
             if size > max_size:
                 raise ProtocolError(f"refused a message of {_too_big(size, max_size)}")
         header = _bytes(frames[0])
-        mac = _bytes(frames[-1])
-        expected = mac_of(key, header, payload)
+        stamp = _bytes(frames[-1])
+        _check_version(header)
+        payload = unseal(header, payload, stamp, key, relay=relay)
     except (TypeError, ValueError, BufferError) as exc:
         raise ProtocolError(f"a frame is not a readable buffer: {exc}") from None
-    _check_version(header)
-    if len(mac) != MAC_SIZE or not hmac.compare_digest(mac, expected):
-        raise ProtocolError("bad or missing HMAC: sender does not have this run's key")
     try:
         head = msgpack.unpackb(header, raw=False, use_list=True, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated types
@@ -698,12 +828,20 @@ class Codec:
     refused). Memory: one entry per sender, plus the last
     :data:`RETIRED_SESSIONS` ended sessions; :meth:`forget` ends a sender's.
 
+    A ``relay`` (the broker, a store-backed endpoint) passes payloads on
+    without reading them: it checks each message's mac but not its large
+    frames, which it gets as :class:`Sealed` frames and signs again by the
+    digest they came with. Whoever decodes without ``relay`` reads the
+    payload, and checks every large frame against its digest.
+
     Because numbers only go up, the frames must reach the transport in the
     order :meth:`encode` made them: encode in the thread that sends. Both
     methods are thread-safe.
     """
 
-    def __init__(self, key: bytes, sender: bytes, *, max_size: int | None = None) -> None:
+    def __init__(
+        self, key: bytes, sender: bytes, *, max_size: int | None = None, relay: bool = False
+    ) -> None:
         if not isinstance(key, bytes) or not key:
             raise ValueError("a Codec needs the run's key, a non-empty bytes object")
         if not isinstance(sender, bytes) or not sender:
@@ -713,6 +851,7 @@ class Codec:
         self.key = key
         self.sender = sender
         self.max_size = max_size
+        self.relay = relay
         self.session = secrets.token_bytes(SESSION_SIZE)
         self._seq = 0
         self._send_lock = threading.Lock()
@@ -730,7 +869,7 @@ class Codec:
         limit = payload_limit(self.max_size)
         if limit is None or self.max_size is None:
             return
-        size = sum(map(_nbytes, payload))
+        size = frames_nbytes(payload)
         if size > limit:
             raise SerializationError(
                 f"cannot send {what}: it is {too_big_for_one_message(size, self.max_size)}"
@@ -775,7 +914,7 @@ class Codec:
         to a peer, so that a second connection cannot end a live peer's
         session by claiming its name (while a message that continues the
         live session, from a peer that reconnected, is accepted)."""
-        cls, fields, payload = _open(frames, self.key, self.max_size)
+        cls, fields, payload = _open(frames, self.key, self.max_size, relay=self.relay)
         if len(fields) < 4:
             raise ProtocolError("message header has no sender, recipient, session and sequence")
         sender, to, session, seq, *fields = fields

@@ -37,12 +37,21 @@ FID = 3 << 32 | 17
 
 def sign(header: bytes, payload: Sequence[bytes], key: bytes = KEY) -> list[bytes]:
     """Frames as the wire format documents them, signed without _messages' help:
-    HMAC-SHA256 over the header and each payload frame, each after its 8-byte length."""
+    HMAC-SHA256 over the header and each payload frame, each after its 8-byte
+    length, a large payload frame by its SHA-256 digest, which follows the
+    mac in the last frame."""
     mac = hmac.new(key, digestmod=hashlib.sha256)
-    for part in (header, *payload):
+    mac.update(struct.pack("!Q", len(header)))
+    mac.update(header)
+    digests = []
+    for part in payload:
         mac.update(struct.pack("!Q", len(part)))
-        mac.update(part)
-    return [header, *payload, mac.digest()]
+        if len(part) >= m.DIGEST_THRESHOLD:
+            digests.append(hashlib.sha256(part).digest())
+            mac.update(digests[-1])
+        else:
+            mac.update(part)
+    return [header, *payload, mac.digest() + b"".join(digests)]
 
 
 def signed(head: Any, payload: Sequence[bytes] = (), key: bytes = KEY) -> list[bytes]:
@@ -76,8 +85,14 @@ def decoded_or_refused(frames: Sequence[Frame], key: bytes = KEY) -> m.Message |
         return None
 
 
+def large_frames(frames: Sequence[Frame]) -> int:
+    """How many of ``frames`` are signed by their digest."""
+    return sum(memoryview(f).nbytes >= m.DIGEST_THRESHOLD for f in frames)
+
+
 def _samples() -> list[m.Message]:
     big = bytearray(range(256)) * 16
+    huge = bytearray(range(256)) * (m.DIGEST_THRESHOLD // 256 + 1)
     return [
         m.Hello(m.WORKER, "worker-1@host", 4242, "node-7", 4),
         m.Hello(m.ROOT, "root", 1, "héte", 0),
@@ -97,6 +112,7 @@ def _samples() -> list[m.Message]:
                 m.Task(FID + 1, FID, 2, (b"call", memoryview(big), pickle.PickleBuffer(big))),
                 m.Task(FID + 2, FID, 2, ()),
                 m.Task(FID + 3, 0, 0, (b"", b"")),
+                m.Task(FID + 4, 0, 0, (b"call", memoryview(huge), b"", pickle.PickleBuffer(huge))),
             )
         ),
         m.Tasks((m.Task(2**64 - 1, 2**63, 1000, (memoryview(b"x"),)),)),
@@ -109,6 +125,7 @@ def _samples() -> list[m.Message]:
                 m.Outcome(FID + 1, m.RAISED, 1e-9, (b"exc", pickle.PickleBuffer(big))),
                 m.Outcome(FID + 2, m.CANCELLED, 0.0, ()),
                 m.Outcome(FID + 3, m.LOST, 0.0, ()),
+                m.Outcome(FID + 4, m.OK, 0.5, (b"array", memoryview(huge))),
             )
         ),
         m.Cancel(FID),
@@ -125,6 +142,7 @@ def _samples() -> list[m.Message]:
         m.ConstReply("answer", ""),
         m.ConstReply("answer", "shared constant 'answer' is already defined"),
         m.Const("answer", (pickle.PickleBuffer(big),)),
+        m.Const("table", (b"pickled", bytes(huge))),
         m.Bye("done"),
         m.Shutdown("the run is over"),
         m.Heartbeat(7),
@@ -167,7 +185,7 @@ def test_every_message_survives_an_in_memory_hop(msg: m.Message) -> None:
 @pytest.mark.parametrize("msg", SAMPLES, ids=_sample_id)
 def test_the_frames_follow_the_documented_layout(msg: m.Message) -> None:
     frames = wire(m.encode(msg, KEY))
-    assert len(frames[-1]) == m.MAC_SIZE
+    assert len(frames[-1]) == m.MAC_SIZE + m.DIGEST_SIZE * large_frames(frames[1:-1])
     assert sign(frames[0], frames[1:-1]) == frames
     head = msgpack.unpackb(frames[0], raw=False)
     assert head[:2] == [m.PROTOCOL_VERSION, msg.KIND]
@@ -349,7 +367,10 @@ def test_a_header_that_is_not_a_list_of_version_and_kind_is_refused(head: Any) -
         m.decode(signed(head), KEY)
 
 
-@pytest.mark.parametrize("header", [b"", b"\xc1", b"\x93\x03", b"\x92\x03\x0f\x00"])
+_V = bytes([m.PROTOCOL_VERSION])  # a msgpack positive fixint
+
+
+@pytest.mark.parametrize("header", [b"", b"\xc1", b"\x93" + _V, b"\x92" + _V + b"\x0f\x00"])
 def test_a_header_that_is_not_msgpack_is_refused(header: bytes) -> None:
     with pytest.raises(ProtocolError, match="unreadable message header"):
         m.decode(sign(header, []), KEY)
@@ -873,6 +894,86 @@ def test_mangled_codec_messages_are_refused(data: st.DataObject, msg: m.Message)
         assert back == msg
     else:
         assert back is None
+
+
+# -- large payloads: hashed where they are made and where they are read, relayed unread ---
+
+ARRAY = bytes(range(256)) * (m.DIGEST_THRESHOLD // 64)
+
+
+def _relayed(tamper: Callable[[list[bytes]], list[bytes]] = list) -> tuple[list[bytes], m.Task]:
+    """A root's Submit of a large payload through a relaying broker's codec:
+    ``(the broker's Tasks for the worker, the task as the broker holds it)``.
+    ``tamper`` changes the Submit's frames on the way to the broker."""
+    root, broker = m.Codec(KEY, b"root"), m.Codec(KEY, m.BROKER_IDENTITY, relay=True)
+    submit = wire(root.encode(m.Submit((m.Task(FID, 0, 1, (b"call", ARRAY, b"tail")),))))
+    got = broker.decode(tamper(submit), b"root")
+    assert isinstance(got, m.Submit)
+    return wire(broker.encode(m.Tasks(got.tasks), to=WORKER)), got.tasks[0]
+
+
+def _altered(frames: list[bytes], index: int, pos: int) -> list[bytes]:
+    changed = bytearray(frames[index])
+    changed[pos] ^= 1
+    return [*frames[:index], bytes(changed), *frames[index + 1 :]]
+
+
+def test_a_relay_passes_a_large_frame_on_by_the_digest_it_came_with() -> None:
+    tasks, held = _relayed()
+    assert isinstance(held.frames[1], m.Sealed)
+    assert held.frames[1].digest == hashlib.sha256(ARRAY).digest()
+    assert held.frames[0] == b"call" and held.frames[2] == b"tail"  # small ones stay as they are
+    assert m.frames_nbytes(held.frames) == len(ARRAY) + 8
+    assert tasks[-1][m.MAC_SIZE :] == held.frames[1].digest
+    got = m.Codec(KEY, WORKER).decode(tasks, m.BROKER_IDENTITY)
+    assert isinstance(got, m.Tasks)
+    assert plain(got.tasks[0].frames) == (b"call", ARRAY, b"tail")
+
+
+@pytest.mark.parametrize("pos", [0, len(ARRAY) // 2, len(ARRAY) - 1], ids=["first", "mid", "last"])
+@pytest.mark.parametrize("hop", ["to-broker", "to-worker"])
+def test_a_large_frame_altered_on_its_way_is_refused_where_it_is_read(hop: str, pos: int) -> None:
+    if hop == "to-broker":
+        # The broker does not read it, so it relays it: the worker refuses it.
+        tasks, _ = _relayed(lambda frames: _altered(frames, 2, pos))
+    else:
+        tasks = _altered(_relayed()[0], 2, pos)
+    why = refusal(m.Codec(KEY, WORKER), tasks, m.BROKER_IDENTITY)
+    assert "payload digest" in why and "altered" in why
+    submit = wire(m.Codec(KEY, b"root").encode(m.Submit((m.Task(FID, 0, 1, (ARRAY,)),))))
+    assert "payload digest" in refusal(m.Codec(KEY, m.BROKER_IDENTITY), _altered(submit, 1, pos))
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda f: _altered(f, -1, m.MAC_SIZE),  # a digest's first byte
+        lambda f: _altered(f, -1, len(f[-1]) - 1),  # its last byte
+        lambda f: [*f[:-1], f[-1][: m.MAC_SIZE]],  # the digest left out
+        lambda f: [*f[:-1], f[-1] + hashlib.sha256(b"more").digest()],  # one digest too many
+        lambda f: [*f[:-1], f[-1][:-1]],  # a digest one byte short
+        lambda f: [f[0], f[1], f[2][: m.DIGEST_THRESHOLD - 1], f[3], f[4]],  # cut below the size
+        lambda f: [f[0], f[1], f[2] + b"x", f[3], f[4]],  # grown
+        lambda f: [f[0], f[2], f[1], f[3], f[4]],  # moved to another place
+    ],
+    ids=["digest-first", "digest-last", "no-digest", "extra", "short", "cut", "grown", "moved"],
+)
+def test_a_seal_that_does_not_match_its_large_frames_is_refused_by_the_relay(
+    tamper: Callable[[list[bytes]], list[bytes]],
+) -> None:
+    root, broker = m.Codec(KEY, b"root"), m.Codec(KEY, m.BROKER_IDENTITY, relay=True)
+    submit = wire(root.encode(m.Submit((m.Task(FID, 0, 1, (b"call", ARRAY, b"tail")),))))
+    assert "HMAC" in refusal(broker, tamper(submit), b"root")
+    assert isinstance(broker.decode(submit, b"root"), m.Submit)  # the real one still passes
+
+
+def test_a_large_frame_that_a_reader_checked_is_signed_by_a_digest_made_again() -> None:
+    # A reader's frames are plain buffers: passing them on hashes them again.
+    broker, worker = codecs()
+    got = broker.decode(wire(worker.encode(m.Const("table", (ARRAY,)))), WORKER)
+    assert isinstance(got, m.Const) and not isinstance(got.frames[0], m.Sealed)
+    down = wire(broker.encode(got, to=WORKER))
+    assert down[-1][m.MAC_SIZE :] == hashlib.sha256(ARRAY).digest()
 
 
 def test_a_peer_of_another_version_is_told_both_versions_before_any_mac_check() -> None:
