@@ -48,12 +48,14 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import msgpack
 import pytest
 from conftest import drain, go_ahead_program, read_output, start_go_ahead_run, wait_for, wait_gone
 from scoop_transport_zmq.transport import ZmqTransport
 
 from scoop_core import messages as m
 from scoop_core.broker import Broker
+from scoop_core.errors import ProtocolError
 
 WAIT = 60.0
 
@@ -419,6 +421,17 @@ class Peer:
                     return msg
         return None
 
+    def recv_frames(self, timeout: float) -> list[bytes]:
+        """The frames of the broker's next message that is not a heartbeat, unread."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            frames = self.endpoint.recv(left)
+            if frames is not None:
+                wire = [bytes(memoryview(getattr(f, "buffer", f))) for f in frames]
+                if msgpack.unpackb(wire[0])[1] != m.Heartbeat.KIND:
+                    return wire
+        raise AssertionError(f"{self.name} got nothing from the broker in {timeout} s")
+
     def expect(self, kind: type[m.Message]) -> m.Message:
         msg = self.recv(WAIT)
         assert isinstance(msg, kind), f"{self.name} expected a {kind.__name__}, got {msg!r}"
@@ -536,3 +549,46 @@ def test_a_name_is_free_again_once_its_peer_has_left(
     # The first one's session has ended: its messages are refused.
     first.send(m.SetConst("late", (b"x",)))
     assert first.recv(0.5) is None
+
+
+ARRAY = bytes(range(256)) * (m.DIGEST_THRESHOLD // 64)
+"""A payload large enough to be signed by its digest, and relayed by the broker unread."""
+
+
+def _altered(frames: list[bytes], index: int) -> list[bytes]:
+    """``frames`` with one bit of frame ``index`` flipped, in its middle."""
+    changed = bytearray(frames[index])
+    changed[len(changed) // 2] ^= 1
+    return [*frames[:index], bytes(changed), *frames[index + 1 :]]
+
+
+def test_a_large_payload_altered_on_its_way_is_refused_by_the_worker_that_reads_it(
+    broker_log: BrokerLog, peers: Callable[..., Peer]
+) -> None:
+    worker = peers("worker-1")
+    worker.send(m.Hello(m.WORKER, "worker-1", os.getpid(), "here", 2))
+    worker.expect(m.Welcome)
+    worker.send(m.Ready(2))
+    root = peers("root")
+    fid = root.join().index << 32
+    # Altered between the root and the broker: the broker checks the header
+    # and the digests, not the payload, so it passes it on; the worker refuses it.
+    sent = root.codec.encode(m.Submit((m.Task(fid + 1, 0, 1, (b"call", ARRAY)),)))
+    root.endpoint.send(_altered([bytes(memoryview(f)) for f in sent], 2))
+    with pytest.raises(ProtocolError, match="bad payload digest.*altered"):
+        worker.codec.decode(worker.recv_frames(WAIT), m.BROKER_IDENTITY)
+    assert broker_log.count("rejected") == 0, "the broker read the payload"
+    # Altered between the broker and the worker: refused too; as it came, read.
+    root.send(m.Submit((m.Task(fid + 2, 0, 1, (b"call", ARRAY)),)))
+    frames = worker.recv_frames(WAIT)
+    with pytest.raises(ProtocolError, match="bad payload digest.*altered"):
+        worker.codec.decode(_altered(frames, 2), m.BROKER_IDENTITY)
+    tasks = worker.codec.decode(frames, m.BROKER_IDENTITY)
+    assert isinstance(tasks, m.Tasks)
+    assert [(t.fid, [bytes(f) for f in t.frames]) for t in tasks.tasks] == [
+        (fid + 2, [b"call", ARRAY])
+    ]
+    # A digest altered anywhere is a bad mac: the broker refuses it, as any forgery.
+    forged = root.codec.encode(m.Submit((m.Task(fid + 3, 0, 1, (b"call", ARRAY)),)))
+    root.endpoint.send(_altered([bytes(memoryview(f)) for f in forged], 3))
+    wait_for(lambda: broker_log.count("bad or missing HMAC") == 1, "the broker refusing it", WAIT)
