@@ -8,7 +8,7 @@ keeps, per function, an average of the seconds one item takes, so that:
   (:mod:`scoop_core.map_chunks`);
 - a root that waits for a future it has not sent yet may run it itself, if
   its function is known to be cheap: a round trip through the broker and a
-  worker costs about a millisecond of CPU, far more than such a call
+  worker costs about a millisecond of CPU, and the root would only wait
   (:class:`~scoop_core.runtime.RootRuntime`). SCOOP's root runs futures
   too; here only functions that have run well on workers a few times
   qualify, and never one whose future was lost with its worker, so a
@@ -25,9 +25,11 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
-RUN_HERE_SECONDS = 0.001
-"""A future whose call should take at most this long may run in the root
-while the root waits for it."""
+RUN_HERE_SECONDS = 0.005
+"""A future (one call, or a chunk of a map) that should take at most this
+long may run in the root while the root waits for it. Longer ones run on
+the workers, in parallel; up to this, the root would spend about as long
+waiting for the answer, and sending the future costs CPU the workers need."""
 
 RUNS_BEFORE_HERE = 3
 """Successful runs on workers a function needs before the root runs it."""

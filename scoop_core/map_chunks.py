@@ -89,8 +89,11 @@ class Chunker:
         """Submit chunks until the window is full or the items run out."""
         batch: list[Chunk] = []
         counts: list[int] = []
+        # One size for the chunks of one fill: a short map is cut evenly, in
+        # as few chunks as keep every worker busy.
+        size = self._next_size()
         while not self.exhausted and len(self.inflight) + len(batch) < self.max_inflight:
-            items = list(itertools.islice(self.items, self._next_size()))
+            items = list(itertools.islice(self.items, size))
             if not items:
                 self.exhausted = True
                 break

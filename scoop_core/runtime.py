@@ -23,7 +23,7 @@ from typing import Any
 
 from scoop_core import exit_guard
 from scoop_core import messages as m
-from scoop_core.call_costs import RUN_HERE_SECONDS, CallCosts
+from scoop_core.call_costs import CallCosts
 from scoop_core.calls import Call, Chunk, ChunkResult, RemoteException
 from scoop_core.errors import (
     ConstantError,
@@ -719,7 +719,7 @@ class RootRuntime(ThreadedRuntime):
 
     role = m.ROOT
 
-    HOLD_SECONDS = RUN_HERE_SECONDS
+    HOLD_SECONDS = 0.001
 
     def __init__(self, endpoint: Endpoint, *, run_here: bool = True, **kwargs: Any) -> None:
         super().__init__(endpoint, **kwargs)
