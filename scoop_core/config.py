@@ -92,7 +92,7 @@ CORE_SETTINGS: tuple[Setting, ...] = (
         bool,
         None,
         "The root runs a future itself while it waits for it, if the future is not sent yet "
-        "and its function has run well on workers and takes under a millisecond; false keeps "
+        "and its function has run well on workers and the future takes under 5 ms; false keeps "
         "every future on the workers. Unset: a program run with scoop does, as SCOOP's root "
         "does; a program that embeds a pool (scoop_core.Executor) does not.",
     ),
