@@ -731,7 +731,9 @@ class RootRuntime(ThreadedRuntime):
         self._unsent: dict[int, tuple[m.Task, float]] = {}
         self._taken: set[int] = set()
         self._take_lock = threading.Lock()
-        self._held: list[m.Task] = []  # I/O thread only: tasks it holds back a moment
+        # I/O thread only: the tasks it holds back a moment, oldest first,
+        # with when they were submitted.
+        self._held: list[tuple[m.Task, float]] = []
 
     def _send_tasks(self, tasks: list[m.Task]) -> None:
         if self.runs_here:
@@ -750,9 +752,10 @@ class RootRuntime(ThreadedRuntime):
         super()._send_tasks(tasks)
 
     def _send_pending(self) -> None:
-        if self._held:
-            # Looked at again, in their order, before what came after them.
-            self._outbox.extendleft(reversed(self._held))
+        held = self._held
+        if held and (self._stop or time.monotonic() - held[0][1] >= self.HOLD_SECONDS):
+            # The oldest is due: all are looked at again, before what came after.
+            self._outbox.extendleft(reversed([task for task, _ in held]))
             self._held = []
         super()._send_pending()
 
@@ -768,7 +771,7 @@ class RootRuntime(ThreadedRuntime):
                     continue
                 unsent = self._unsent.get(task.fid)
                 if unsent is not None and now - unsent[1] < self.HOLD_SECONDS and not self._stop:
-                    self._held.append(task)
+                    self._held.append((task, unsent[1]))
                     continue
                 self._unsent.pop(task.fid, None)
                 kept.append(task)
@@ -778,8 +781,7 @@ class RootRuntime(ThreadedRuntime):
         if not self._held:
             return super().io_tick()
         # Wake up when the oldest held task is due to leave.
-        oldest = min(self._unsent.get(t.fid, (t, 0.0))[1] for t in self._held)
-        return max(0.0, oldest + self.HOLD_SECONDS - time.monotonic())
+        return max(0.0, self._held[0][1] + self.HOLD_SECONDS - time.monotonic())
 
     def _take(self, fut: Future) -> m.Task | None:
         """``fut``'s task if it was not sent yet (it will not be: it is ours now)."""
