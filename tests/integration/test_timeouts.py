@@ -23,7 +23,7 @@ pytestmark = pytest.mark.both_transports
 
 PRELUDE = (
     """
-import concurrent.futures, json, os, sys, time
+import concurrent.futures, json, os, sys, threading, time
 from scoop import futures
 import scoop
 
@@ -346,9 +346,17 @@ if __name__ == "__main__":
     victim = futures.submit(abs, -5)
     other = futures.submit(abs, -6)
     answers = []
-    blockers[0].add_done_callback(lambda f: answers.append(victim.cancel()))
+    answered = threading.Event()
+
+    def cancel_the_victim(_):
+        answers.append(victim.cancel())
+        answered.set()
+
+    blockers[0].add_done_callback(cancel_the_victim)
     release(gate)
     done, not_done = futures.wait([blockers[1], victim, other], timeout=5)
+    # A future's waiters wake before its callbacks run: wait for the answer too.
+    answered.wait(5)
     out([len(answers), len(not_done)])
     os._exit(0)  # do not wait for a stuck I/O thread at exit
 """)
