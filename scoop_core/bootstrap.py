@@ -102,7 +102,7 @@ def _setup(name: str) -> tuple[Connection, bytes, Serializer, int]:
     secret = _take_secrets()
     key = bytes.fromhex(secret["_SCOOP_KEY"] or _env("_SCOOP_KEY"))
     settings: dict[str, Any] = json.loads(secret["_SCOOP_TRANSPORT_SETTINGS"] or "{}")
-    transport_record, serializer_record = _plugins()
+    transport_record, serializer_record = run_plugins()
     transport = transport_record.factory(settings)
     serializer = serializer_record.factory()
     run = RunSettings(
@@ -129,7 +129,7 @@ def _setup(name: str) -> tuple[Connection, bytes, Serializer, int]:
     return connection, key, serializer, context.SIZE
 
 
-def _plugins() -> tuple[TransportPlugin, SerializerPlugin]:
+def run_plugins() -> tuple[TransportPlugin, SerializerPlugin]:
     """The run's transport and serializer, from the plugins the launcher
     found them in (``_SCOOP_PLUGINS``): the others are not even imported.
     A process on another host, where they may be installed under other

@@ -23,10 +23,11 @@ import traceback
 from collections.abc import Iterator, Sequence
 from typing import Any, NoReturn
 
-from scoop_core import __version__
+from scoop_core import __version__, fork_server
 from scoop_core import log as scoop_log
 from scoop_core.config import Config, load_config
 from scoop_core.errors import ConfigError, LaunchError, PluginError, UsageError
+from scoop_core.fork_server import LocalProcess
 from scoop_core.hosts import Host, assign_workers, hosts_from_list, is_local, parse_hostfile
 from scoop_core.interfaces import Launcher, WorkerGroup, WorkerSpec
 from scoop_core.plugins.manager import PluginManager, format_plugin_table, get_plugin_manager
@@ -420,6 +421,17 @@ def run_program(options: argparse.Namespace) -> int:
         raise UsageError(f"program file {program!r} not found")
     if not _compiles(program):
         return 1
+    # Started first, so that it imports the core while this process configures the run.
+    server = fork_server.start(os.path.abspath(program))
+    try:
+        return _run_program(options, program, server)
+    finally:
+        fork_server.stop()
+
+
+def _run_program(
+    options: argparse.Namespace, program: str, server: fork_server.ForkServer | None
+) -> int:
     hosts = _hosts(options)
     cli = {
         "workers": options.workers,
@@ -458,6 +470,15 @@ def run_program(options: argparse.Namespace) -> int:
         launcher=launcher,
         hosts=placed,
     )
+    if server is not None:
+        server.preload(
+            {
+                "_SCOOP_TRANSPORT": run.transport_name,
+                "_SCOOP_SERIALIZER": config["serializer"],
+                "_SCOOP_PLUGINS": run.needed_plugins,
+                "_SCOOP_DISABLE_PLUGINS": ",".join(config["disable_plugins"]),
+            }
+        )
     return _supervise(run, program, list(options.args))
 
 
@@ -477,10 +498,10 @@ class _Root:
     def __init__(self, run: Run, program: str, args: list[str]) -> None:
         argv = [run.options.python, "-m", BOOTSTRAP, "root", program, *args]
         first = run.hosts[0] if run.hosts else None
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.proc: LocalProcess | None = None
         self.group: WorkerGroup | None = None
         if first is None or is_local(first.name) or run.launcher is None:
-            self.proc = subprocess.Popen(argv, env={**os.environ, **run.env("root")})
+            self.proc = _start_root(argv, run.env("root"))
         else:
             argv[4] = os.path.abspath(program)
             spec = WorkerSpec("root", first.address, tuple(argv), run.env("root"), run.options.path)
@@ -489,8 +510,13 @@ class _Root:
 
     def wait(self, timeout: float) -> int | None:
         """The exit status (negative: killed by that signal), or None after ``timeout``."""
-        if self.proc is not None:
+        if isinstance(self.proc, subprocess.Popen):
             return _wait_exit(self.proc, timeout)
+        if self.proc is not None:
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                return None
         assert self.group is not None
         deadline = time.monotonic() + timeout
         while True:
@@ -511,6 +537,17 @@ class _Root:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+def _start_root(argv: list[str], env: dict[str, str]) -> LocalProcess:
+    """The root's process on this machine: a fork of the fork server if it can make it."""
+    server = fork_server.current()
+    if server is not None and server.can_start(argv, env):
+        try:
+            return server.start(argv, env)
+        except OSError as exc:
+            log.info("the root starts as a fresh interpreter: %s", exc)
+    return subprocess.Popen(argv, env={**os.environ, **env})
 
 
 def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
@@ -542,6 +579,8 @@ def _supervise(run: Run, program: str, args: list[str]) -> int:
     try:
         run.start()
         root = _Root(run, program, args)
+        # Everything is started: a worker that replaces one is a fresh interpreter.
+        fork_server.stop()
         while True:
             status = root.wait(0.25)
             if status is not None:

@@ -3,7 +3,9 @@
 Workers inherit the launcher's terminal (their output reaches it directly)
 and its process group (so a Ctrl-C typed in the terminal reaches them, and
 they ignore it: the launcher decides when they stop). :meth:`LocalWorkers.stop`
-terminates, waits, then kills, so nothing is left behind.
+terminates, waits, then kills, so nothing is left behind. Under ``python -m
+scoop`` they are forks of the run's fork server (:mod:`scoop_core.fork_server`)
+where it can start them, fresh interpreters otherwise.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from scoop_core import fork_server
 from scoop_core.errors import LaunchError
+from scoop_core.fork_server import LocalProcess
 from scoop_core.interfaces import Launcher, WorkerGroup, WorkerSpec
 from scoop_core.plugins.hookspec import hookimpl
 from scoop_core.plugins.types import LauncherPlugin
@@ -24,7 +28,7 @@ log = logging.getLogger("scoop.launcher")
 
 
 class LocalWorkers(WorkerGroup):
-    def __init__(self, processes: dict[str, subprocess.Popen[bytes]]) -> None:
+    def __init__(self, processes: dict[str, LocalProcess]) -> None:
         self.processes = processes
 
     def poll(self) -> dict[str, int | None]:
@@ -43,9 +47,7 @@ class LocalWorkers(WorkerGroup):
             log.warning("worker pid %d did not stop within %.1f s; killed it", p.pid, grace)
 
 
-def stop_processes(
-    processes: Sequence[subprocess.Popen[bytes]], grace: float
-) -> list[subprocess.Popen[bytes]]:
+def stop_processes(processes: Sequence[LocalProcess], grace: float) -> list[LocalProcess]:
     """Terminate ``processes``, give them ``grace`` seconds in all, then kill
     the ones still running; return those that had to be killed.
 
@@ -70,7 +72,7 @@ class LocalLauncher(Launcher):
         self.settings = dict(settings or {})
 
     def start(self, workers: Sequence[WorkerSpec]) -> LocalWorkers:
-        processes: dict[str, subprocess.Popen[bytes]] = {}
+        processes: dict[str, LocalProcess] = {}
         try:
             for spec in workers:
                 processes[spec.name] = _start(spec)
@@ -80,7 +82,13 @@ class LocalLauncher(Launcher):
         return LocalWorkers(processes)
 
 
-def _start(spec: WorkerSpec) -> subprocess.Popen[bytes]:
+def _start(spec: WorkerSpec) -> LocalProcess:
+    server = fork_server.current()
+    if server is not None and server.can_start(spec.argv, spec.env):
+        try:
+            return server.start(spec.argv, spec.env, spec.cwd)
+        except OSError as exc:
+            log.info("%s starts as a fresh interpreter: %s", spec.name, exc)
     try:
         return subprocess.Popen(list(spec.argv), env={**os.environ, **spec.env}, cwd=spec.cwd)
     except OSError as exc:

@@ -196,7 +196,7 @@ class Run:
     def needed_plugins(self) -> str:
         """The names of the plugins holding the run's transport and serializer,
         comma-separated: all that a process of the run loads (see
-        :func:`scoop_core.bootstrap._plugins`)."""
+        :func:`scoop_core.bootstrap.run_plugins`)."""
         names = {
             self.plugins.plugin_of("transport", self.transport_name),
             self.plugins.plugin_of("serializer", self.config["serializer"]),
