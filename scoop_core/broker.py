@@ -4,7 +4,7 @@ It runs in a thread of the launcher (or of an embedding program), owns the
 transport's hub, checks every message's HMAC before anything else, and
 hands decoded messages to the book; what the book queues is signed and
 sent. Payload frames are forwarded as they came: the broker never unpickles.
-Its codec is a relay (``relay=True``): it checks each message's mac, which
+Its codec is a relay (``payload=RELAY``): it checks each message's mac, which
 covers the digest of every large payload frame, but not the large frames
 themselves, which it passes on with their digests for their reader to check
 (see :mod:`scoop_core.messages`), so a large payload is not hashed here.
@@ -102,7 +102,7 @@ class Broker:
         self.key = key
         self.book = BrokerPolicy(**options, now=time.monotonic())
         max_message_size = self.book.max_message_size
-        self.codec = m.Codec(key, m.BROKER_IDENTITY, max_size=max_message_size, relay=True)
+        self.codec = m.Codec(key, m.BROKER_IDENTITY, max_size=max_message_size, payload=m.RELAY)
         self.hub = bind_hub(
             transport,
             run_id=run_id,

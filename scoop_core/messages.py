@@ -479,23 +479,47 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
 }
 
 
+READ = "read"
+"""Payload mode of a :class:`Codec` that reads payloads (a runtime, a worker):
+each large frame is checked against its digest and handed over as a buffer."""
+
+RELAY = "relay"
+"""Payload mode of a :class:`Codec` that passes payloads on unread (the
+broker): large frames are not checked, and are handed over as
+:class:`Sealed` frames, to be signed again by the digest they came with."""
+
+CHECK = "check"
+"""Payload mode of a :class:`Codec` that checks what it passes on (a
+store-backed endpoint, which refuses a bad message itself): each large frame
+is checked and handed over as a :class:`Sealed` frame that says so."""
+
+PAYLOAD_MODES = (READ, RELAY, CHECK)
+
+
 class Sealed:
-    """A large payload frame relayed unread, with the digest it was signed with.
+    """A large payload frame passed on, with the digest it was signed with.
 
-    A relay (:class:`Codec` with ``relay=True``) decodes a large frame into
-    one of these instead of hashing it: the mac it checked vouches for the
-    digest, and whoever reads the frame in the end checks the frame against
-    it. Encoding it again signs that digest, so the payload is never hashed
-    on the way. ``buffer`` is the frame's memory, as on a ``zmq.Frame``."""
+    A :class:`Codec` in :data:`RELAY` or :data:`CHECK` mode decodes a large
+    frame into one of these: encoding it again signs that digest, so the
+    frame is not hashed on the way. ``checked`` says this process has
+    checked the frame against the digest (:data:`CHECK`): handed over in
+    memory (``Codec.encode(..., in_memory=True)``, never through a socket),
+    its reader takes it as checked and does not hash it again. Only this
+    process can make one: nothing from the network is a Python object.
+    ``buffer`` is the frame's memory, as on a ``zmq.Frame``."""
 
-    __slots__ = ("buffer", "digest")
+    __slots__ = ("buffer", "checked", "digest")
 
-    def __init__(self, buffer: Frame, digest: bytes) -> None:
+    def __init__(self, buffer: Frame, digest: bytes, *, checked: bool = False) -> None:
         self.buffer = buffer
         self.digest = digest
+        self.checked = checked
 
     def __repr__(self) -> str:
-        return f"Sealed({memoryview(self.buffer).nbytes} bytes, {self.digest[:4].hex()}...)"
+        state = "checked" if self.checked else "unread"
+        return (
+            f"Sealed({memoryview(self.buffer).nbytes} bytes, {state}, {self.digest[:4].hex()}...)"
+        )
 
 
 def digest_of(frame: Frame) -> bytes:
@@ -503,17 +527,20 @@ def digest_of(frame: Frame) -> bytes:
     return hashlib.sha256(frame).digest()
 
 
-def _unwrap(payload: Sequence[Frame]) -> tuple[list[Frame], list[bytes]]:
-    """The payload's frames as buffers to send, and the digest of each large
-    one: hashed here unless it is a :class:`Sealed` frame, whose digest came signed."""
+def _unwrap(
+    payload: Sequence[Frame], *, in_memory: bool = False
+) -> tuple[list[Frame], list[bytes]]:
+    """The payload's frames to send, and the digest of each large one: hashed
+    here unless it is a :class:`Sealed` frame, whose digest came signed.
+    Frames go as buffers, but ``in_memory`` a Sealed frame goes as it is."""
     frames: list[Frame] = []
     digests: list[bytes] = []
     for frame in payload:
         if type(frame) is Sealed:
-            frames.append(frame.buffer)
+            frames.append(frame if in_memory else frame.buffer)
             digests.append(frame.digest)
             continue
-        frame = _buffer(frame)
+        frame = buffer_of(frame)
         frames.append(frame)
         if _nbytes(frame) >= DIGEST_THRESHOLD:
             digests.append(digest_of(frame))
@@ -536,7 +563,7 @@ def _mac(key: bytes, header: bytes, payload: Sequence[Frame], digests: Sequence[
     mac.update(_LEN.pack(len(header)) + header)
     used = 0
     for frame in payload:
-        n = _nbytes(frame)
+        n = _frame_nbytes(frame)
         mac.update(_LEN.pack(n))
         if n < DIGEST_THRESHOLD:
             mac.update(frame)
@@ -555,10 +582,13 @@ def mac_of(key: bytes, header: bytes, payload: Sequence[Frame]) -> bytes:
     return _mac(key, header, frames, digests)
 
 
-def seal(key: bytes, header: bytes, payload: Sequence[Frame]) -> list[Frame]:
+def seal(
+    key: bytes, header: bytes, payload: Sequence[Frame], *, in_memory: bool = False
+) -> list[Frame]:
     """``[header, *payload, seal]``: the frames of a signed message or record.
-    :class:`Sealed` frames go out as their buffers, signed by their digests."""
-    frames, digests = _unwrap(payload)
+    :class:`Sealed` frames are signed by their digests, and go out as their
+    buffers, or ``in_memory`` (for a reader in this process) as they are."""
+    frames, digests = _unwrap(payload, in_memory=in_memory)
     return [header, *frames, b"".join([_mac(key, header, frames, digests), *digests])]
 
 
@@ -569,12 +599,12 @@ class BadSeal(ProtocolError):
 
 
 def unseal(
-    header: bytes, payload: Sequence[Frame], stamp: bytes, key: bytes, *, relay: bool = False
+    header: bytes, payload: Sequence[Frame], stamp: bytes, key: bytes, *, mode: str = READ
 ) -> list[Frame]:
-    """Check a sealed message's mac, and unless ``relay``, each large payload
-    frame against its digest. Returns the payload, large frames as
-    :class:`Sealed` ones if ``relay`` (to be passed on unread). Raises
-    :class:`BadSeal`. ``payload`` frames are buffers."""
+    """Check a sealed message's mac and, unless ``mode`` is :data:`RELAY`,
+    each large payload frame against its digest. Returns the payload: large
+    frames as buffers (:data:`READ`), or as :class:`Sealed` frames. A checked
+    Sealed frame handed over in memory is not hashed again. Raises :class:`BadSeal`."""
     digests = [stamp[i : i + DIGEST_SIZE] for i in range(MAC_SIZE, len(stamp), DIGEST_SIZE)]
     if (
         len(stamp) < MAC_SIZE
@@ -587,19 +617,20 @@ def unseal(
     large = iter(digests)
     out: list[Frame] = []
     for frame in payload:
-        if _nbytes(frame) < DIGEST_THRESHOLD:
+        if _frame_nbytes(frame) < DIGEST_THRESHOLD:
             out.append(frame)
             continue
         digest = next(large)
-        if relay:
-            out.append(Sealed(frame, digest))
-        elif hmac.compare_digest(digest, digest_of(frame)):
-            out.append(frame)
-        else:
-            raise BadSeal(
-                f"bad payload digest: a frame of {_nbytes(frame)} bytes is not the one its "
-                "sender signed (altered on its way)"
-            )
+        buffer = frame.buffer if type(frame) is Sealed else frame
+        checked = type(frame) is Sealed and frame.checked and frame.digest == digest
+        if mode != RELAY and not checked:
+            if not hmac.compare_digest(digest, digest_of(buffer)):
+                raise BadSeal(
+                    f"bad payload digest: a frame of {_nbytes(buffer)} bytes is not the one "
+                    "its sender signed (altered on its way)"
+                )
+            checked = True
+        out.append(buffer if mode == READ else Sealed(buffer, digest, checked=checked))
     return out
 
 
@@ -622,8 +653,9 @@ def _bytes(frame: Frame) -> bytes:
     return bytes(memoryview(frame))
 
 
-def _buffer(frame: Frame) -> Frame:
-    # zmq.Frame exposes its memory as .buffer; everything else is a buffer already.
+def buffer_of(frame: Frame) -> Frame:
+    """The memory of a payload frame: a ``zmq.Frame``'s or a :class:`Sealed`
+    frame's ``.buffer``; any other frame is a buffer already."""
     buf = getattr(frame, "buffer", None)
     return buf if buf is not None else frame
 
@@ -639,8 +671,8 @@ def _nbytes(frame: Frame) -> int:
 
 
 def _frame_nbytes(frame: Frame) -> int:
-    """``memoryview(_buffer(frame)).nbytes`` (bytes and views have no ``.buffer``)."""
-    return _nbytes(frame if type(frame) in (bytes, memoryview) else _buffer(frame))
+    """``memoryview(buffer_of(frame)).nbytes`` (bytes and views have no ``.buffer``)."""
+    return _nbytes(frame if type(frame) in (bytes, memoryview) else buffer_of(frame))
 
 
 def frames_nbytes(frames: Sequence[Frame]) -> int:
@@ -738,6 +770,8 @@ def _check_version(header: bytes) -> None:
     before the mac (whose layout may differ between versions), so that a peer
     of another version is told why, not just "bad HMAC". msgpack reads data,
     it runs nothing, so this is safe on an unchecked header."""
+    if len(header) > 1 and header[0] & 0xF0 == 0x90 and header[1] == PROTOCOL_VERSION:
+        return  # a short list that starts with our version: msgpack would read just that
     try:
         unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(header) or 1)
         unpacker.feed(header)
@@ -754,7 +788,7 @@ def _check_version(header: bytes) -> None:
 
 
 def _open(
-    frames: Sequence[Frame], key: bytes, max_size: int | None, *, relay: bool = False
+    frames: Sequence[Frame], key: bytes, max_size: int | None, *, mode: str = READ
 ) -> tuple[type[Message], list[Any], list[Frame]]:
     """Check size, mac and digests (see :func:`unseal`), then read the header:
     ``(message class, fields, payload)``.
@@ -763,16 +797,17 @@ def _open(
     if len(frames) < 2:
         raise ProtocolError(f"a message needs at least 2 frames, got {len(frames)}")
     try:
-        payload = [_buffer(f) for f in frames[1:-1]]
+        # Sealed frames (handed over in memory) stay so: unseal may trust them.
+        payload = [f if type(f) is Sealed else buffer_of(f) for f in frames[1:-1]]
         if max_size is not None:
-            # In frame order, as a sum of memoryview(_buffer(f)).nbytes.
-            size = _frame_nbytes(frames[0]) + sum(map(_nbytes, payload)) + _frame_nbytes(frames[-1])
+            # In frame order, as a sum of memoryview(buffer_of(f)).nbytes.
+            size = _frame_nbytes(frames[0]) + frames_nbytes(payload) + _frame_nbytes(frames[-1])
             if size > max_size:
                 raise ProtocolError(f"refused a message of {_too_big(size, max_size)}")
         header = _bytes(frames[0])
         stamp = _bytes(frames[-1])
         _check_version(header)
-        payload = unseal(header, payload, stamp, key, relay=relay)
+        payload = unseal(header, payload, stamp, key, mode=mode)
     except (TypeError, ValueError, BufferError) as exc:
         raise ProtocolError(f"a frame is not a readable buffer: {exc}") from None
     try:
@@ -828,11 +863,12 @@ class Codec:
     refused). Memory: one entry per sender, plus the last
     :data:`RETIRED_SESSIONS` ended sessions; :meth:`forget` ends a sender's.
 
-    A ``relay`` (the broker, a store-backed endpoint) passes payloads on
-    without reading them: it checks each message's mac but not its large
-    frames, which it gets as :class:`Sealed` frames and signs again by the
-    digest they came with. Whoever decodes without ``relay`` reads the
-    payload, and checks every large frame against its digest.
+    ``payload`` says what :meth:`decode` does with large payload frames:
+    :data:`READ` (a runtime, a worker) checks each against its digest and
+    hands it over as a buffer; :data:`RELAY` (the broker) neither reads nor
+    checks it, and hands it over as a :class:`Sealed` frame, which
+    :meth:`encode` signs again by the digest it came with; :data:`CHECK`
+    (a store-backed endpoint) checks it and hands it over Sealed.
 
     Because numbers only go up, the frames must reach the transport in the
     order :meth:`encode` made them: encode in the thread that sends. Both
@@ -840,7 +876,7 @@ class Codec:
     """
 
     def __init__(
-        self, key: bytes, sender: bytes, *, max_size: int | None = None, relay: bool = False
+        self, key: bytes, sender: bytes, *, max_size: int | None = None, payload: str = READ
     ) -> None:
         if not isinstance(key, bytes) or not key:
             raise ValueError("a Codec needs the run's key, a non-empty bytes object")
@@ -848,10 +884,12 @@ class Codec:
             raise ValueError(f"a Codec's sender must be non-empty bytes, got {sender!r}")
         if max_size is not None and max_size < 1:
             raise ValueError(f"max_size must be at least 1 byte (or None), got {max_size!r}")
+        if payload not in PAYLOAD_MODES:
+            raise ValueError(f"a Codec's payload mode is one of {PAYLOAD_MODES}, got {payload!r}")
         self.key = key
         self.sender = sender
         self.max_size = max_size
-        self.relay = relay
+        self.payload = payload
         self.session = secrets.token_bytes(SESSION_SIZE)
         self._seq = 0
         self._send_lock = threading.Lock()
@@ -875,19 +913,25 @@ class Codec:
                 f"cannot send {what}: it is {too_big_for_one_message(size, self.max_size)}"
             )
 
-    def encode(self, msg: Message, to: bytes = BROKER_IDENTITY) -> list[Frame]:
-        """The frames of ``msg`` for the peer ``to``, numbered and signed."""
+    def encode(
+        self, msg: Message, to: bytes = BROKER_IDENTITY, *, in_memory: bool = False
+    ) -> list[Frame]:
+        """The frames of ``msg`` for the peer ``to``, numbered and signed.
+
+        ``in_memory``: the frames go to a reader in this process, never
+        through a socket, so :class:`Sealed` frames stay so, and a reader
+        takes those this process checked as checked."""
         fields, payload = msg._fields()
         with self._send_lock:
             self._seq += 1
             seq = self._seq
-        frames = _sign(
-            self.key,
+        header = msgpack.packb(
             [PROTOCOL_VERSION, msg.KIND, self.sender, to, self.session, seq, *fields],
-            payload,
+            use_bin_type=True,
         )
+        frames = seal(self.key, header, payload, in_memory=in_memory)
         if self.max_size is not None:
-            size = sum(map(_nbytes, frames))
+            size = frames_nbytes(frames)
             if size > self.max_size:
                 raise SerializationError(
                     f"cannot send a {type(msg).__name__} message of {_too_big(size, self.max_size)}; "
@@ -914,7 +958,7 @@ class Codec:
         to a peer, so that a second connection cannot end a live peer's
         session by claiming its name (while a message that continues the
         live session, from a peer that reconnected, is accepted)."""
-        cls, fields, payload = _open(frames, self.key, self.max_size, relay=self.relay)
+        cls, fields, payload = _open(frames, self.key, self.max_size, mode=self.payload)
         if len(fields) < 4:
             raise ProtocolError("message header has no sender, recipient, session and sequence")
         sender, to, session, seq, *fields = fields

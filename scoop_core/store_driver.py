@@ -114,7 +114,8 @@ def report_lost(
         done.append(entry.id)
         holders[entry.id] = lost_by or entry.holder or "a worker"
         try:
-            claimed.append((read_entry(entry, key, max_size), entry.id))
+            # Only the header is read: the owner queues its future again from its own copy.
+            claimed.append((read_entry(entry, key, max_size, payload=m.RELAY), entry.id))
         except ProtocolError as exc:
             refusals.note(me, "queue", "a queue entry", exc)
     back: dict[tuple[str, str], list[Queued]] = collections.defaultdict(list)
@@ -177,10 +178,13 @@ class StoreEndpoint(Endpoint):
         self.max_size = max_message_size = self.policy.max_message_size
         self.heartbeat_interval = self.policy.heartbeat_interval
         self.heartbeat_timeout = self.policy.heartbeat_timeout
-        # Talks to our own runtime as the broker does.
-        self.local = m.Codec(key, m.BROKER_IDENTITY, max_size=max_message_size)
-        # Talks to the other peers through their mailboxes.
-        self.mailer = m.Codec(key, self.identity, max_size=max_message_size)
+        # Talks to our own runtime as the broker does. Its payloads were made
+        # in this process: relayed, not hashed again.
+        self.local = m.Codec(key, m.BROKER_IDENTITY, max_size=max_message_size, payload=m.RELAY)
+        # Talks to the other peers through their mailboxes. A payload from
+        # elsewhere is checked here, where a bad message is refused, and
+        # handed to our runtime in memory as checked, so it hashes it no more.
+        self.mailer = m.Codec(key, self.identity, max_size=max_message_size, payload=m.CHECK)
         self.peers = Peers(store, key, who=name)
         self.role = ""
         self._record: bytes | None = None  # our signed peer record, once registered
@@ -322,7 +326,7 @@ class StoreEndpoint(Endpoint):
         if isinstance(msg, m.Shutdown):
             self.over.set()
         try:
-            self.inbox.append(self.local.encode(msg, to=self.identity))
+            self.inbox.append(self.local.encode(msg, to=self.identity, in_memory=True))
         except SerializationError as exc:
             # The policy cuts batches to fit; whatever slips through is said
             # loudly, and must not stop this process's I/O.

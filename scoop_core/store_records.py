@@ -4,7 +4,7 @@ peer records, shared constants and the run's description.
 Anyone who can write to the store's server can write into the run, so
 everything a process acts on is signed with the run's key and checked
 before it is decoded or used. The signature is the messages' HMAC-SHA256
-(:func:`scoop_core.messages.mac_of`), over a header that names what the
+(:func:`scoop_core.messages.seal`), over a header that names what the
 record is (so one kind cannot pass for another, nor a constant for another
 name), and the size is checked against ``max_message_size`` before the
 HMAC is computed. Whatever fails the check is deleted unread, and each
@@ -69,8 +69,9 @@ and mac around a payload that fitted in one message."""
 # -- signed records -------------------------------------------------------------------
 #
 # Two forms, both signed with the run's key by the messages' own mac:
-# frames ``[header, *payload, mac]`` for stream entries (large payloads stay
-# separate frames), and one ``mac + body`` blob for hash fields. A header
+# frames ``[header, *payload, seal]`` for stream entries (large payloads stay
+# separate frames, signed by their digests as in a message), and one
+# ``mac + body`` blob for hash fields. A header
 # or body is the msgpack list ``[PROTOCOL_VERSION, kind, *fields]``; a
 # kind is a string, where every message kind is a number, so no record
 # passes for a message nor a message for a record.
@@ -102,24 +103,28 @@ def _parse(header: bytes, kind: str) -> list[Any]:
 
 
 def seal_frames(key: bytes, kind: str, fields: list[Any], payload: Sequence[Frame]) -> list[Frame]:
-    """A stream entry's frames: ``fields`` and ``payload`` under the run's mac."""
+    """A stream entry's frames: ``fields`` and ``payload`` sealed as a message
+    is (:func:`scoop_core.messages.seal`): a large payload frame is signed by
+    its digest, made once where the payload was made."""
     header = msgpack.packb([m.PROTOCOL_VERSION, kind, *fields], use_bin_type=True)
-    return [header, *payload, m.mac_of(key, header, payload)]
+    return m.seal(key, header, payload)
 
 
 def open_frames(
-    frames: Sequence[Frame], key: bytes, kind: str, max_size: int | None
+    frames: Sequence[Frame], key: bytes, kind: str, max_size: int | None, *, payload: str = m.CHECK
 ) -> tuple[list[Any], list[Frame]]:
     """``(fields, payload)`` of frames :func:`seal_frames` made; ProtocolError
-    for anything else. The size is checked first, then the mac, and only
-    then is anything parsed."""
+    for anything else. The size is checked first, then the mac and, unless
+    ``payload`` is :data:`~scoop_core.messages.RELAY`, each large payload
+    frame against its digest; only then is anything parsed. Large frames come
+    back as :class:`~scoop_core.messages.Sealed` frames, signed again by
+    their digest wherever they go next."""
     if len(frames) < 2:
         raise ProtocolError(f"a {kind} needs at least 2 frames, got {len(frames)}")
-    _too_big(f"a {kind}", sum(memoryview(f).nbytes for f in frames), _limit(max_size))
-    header, payload, mac = bytes(frames[0]), list(frames[1:-1]), bytes(frames[-1])
-    if len(mac) != m.MAC_SIZE or not hmac.compare_digest(mac, m.mac_of(key, header, payload)):
-        raise ProtocolError("bad or missing HMAC: not written with this run's key")
-    return _parse(header, kind), payload
+    _too_big(f"a {kind}", m.frames_nbytes(frames), _limit(max_size))
+    header, stamp = bytes(frames[0]), bytes(frames[-1])
+    body = m.unseal(header, [m.buffer_of(f) for f in frames[1:-1]], stamp, key, mode=payload)
+    return _parse(header, kind), body
 
 
 def seal_record(key: bytes, kind: str, fields: list[Any]) -> bytes:
@@ -206,15 +211,19 @@ def entry_for(queued: Queued, key: bytes) -> Entry:
     return Entry(tuple(seal_frames(key, ENTRY, head, t.frames)))
 
 
-def read_entry(entry: Entry, key: bytes, max_size: int | None = None) -> Queued:
-    """What a queue entry says; ProtocolError if it is not signed with ``key``."""
-    fields, payload = open_frames(entry.frames, key, ENTRY, max_size)
+def read_entry(
+    entry: Entry, key: bytes, max_size: int | None = None, *, payload: str = m.CHECK
+) -> Queued:
+    """What a queue entry says; ProtocolError if it is not signed with ``key``.
+    Its payload is checked unless ``payload`` is :data:`~scoop_core.messages.RELAY`
+    (whoever reads the entry only for its header)."""
+    fields, frames = open_frames(entry.frames, key, ENTRY, max_size, payload=payload)
     if len(fields) != 8 or not isinstance(fields[7], list):
         raise ProtocolError("malformed queue entry")
     owner = _text_field(fields[0], "owner")
     fid, parent, depth, max_losses, attempt, losses = (_int_field(v, "number") for v in fields[1:7])
     lost_on = tuple(_text_field(n, "worker name") for n in fields[7])
-    task = m.Task(fid, parent, depth, tuple(payload), max_losses)
+    task = m.Task(fid, parent, depth, tuple(frames), max_losses)
     return Queued(task, owner, attempt, losses, lost_on)
 
 
@@ -326,7 +335,9 @@ class Peers:
 
 
 def seal_const(key: bytes, name: str, frames: Sequence[Frame]) -> bytes:
-    return seal_record(key, CONSTANT, [name, [memoryview(f).tobytes() for f in frames]])
+    return seal_record(
+        key, CONSTANT, [name, [memoryview(m.buffer_of(f)).tobytes() for f in frames]]
+    )
 
 
 def read_const(blob: bytes, key: bytes, name: str, max_size: int | None) -> list[Frame]:

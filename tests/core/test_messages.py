@@ -905,7 +905,7 @@ def _relayed(tamper: Callable[[list[bytes]], list[bytes]] = list) -> tuple[list[
     """A root's Submit of a large payload through a relaying broker's codec:
     ``(the broker's Tasks for the worker, the task as the broker holds it)``.
     ``tamper`` changes the Submit's frames on the way to the broker."""
-    root, broker = m.Codec(KEY, b"root"), m.Codec(KEY, m.BROKER_IDENTITY, relay=True)
+    root, broker = m.Codec(KEY, b"root"), m.Codec(KEY, m.BROKER_IDENTITY, payload=m.RELAY)
     submit = wire(root.encode(m.Submit((m.Task(FID, 0, 1, (b"call", ARRAY, b"tail")),))))
     got = broker.decode(tamper(submit), b"root")
     assert isinstance(got, m.Submit)
@@ -961,7 +961,7 @@ def test_a_large_frame_altered_on_its_way_is_refused_where_it_is_read(hop: str, 
 def test_a_seal_that_does_not_match_its_large_frames_is_refused_by_the_relay(
     tamper: Callable[[list[bytes]], list[bytes]],
 ) -> None:
-    root, broker = m.Codec(KEY, b"root"), m.Codec(KEY, m.BROKER_IDENTITY, relay=True)
+    root, broker = m.Codec(KEY, b"root"), m.Codec(KEY, m.BROKER_IDENTITY, payload=m.RELAY)
     submit = wire(root.encode(m.Submit((m.Task(FID, 0, 1, (b"call", ARRAY, b"tail")),))))
     assert "HMAC" in refusal(broker, tamper(submit), b"root")
     assert isinstance(broker.decode(submit, b"root"), m.Submit)  # the real one still passes

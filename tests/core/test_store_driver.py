@@ -18,6 +18,7 @@ broker are told once, in ``peer_runs.py``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -39,10 +40,10 @@ from peer_functions import (
 
 from scoop_core import messages as m
 from scoop_core import runtime, shared
-from scoop_core.errors import ConstantError
+from scoop_core.errors import ConstantError, ProtocolError
 from scoop_core.interfaces import BrokerStore
 from scoop_core.store_driver import StoreEndpoint, report_lost, tell_everyone
-from scoop_core.store_records import LAUNCHER, alive_flag
+from scoop_core.store_records import LAUNCHER, Queued, alive_flag, entry_for, read_entry
 from scoop_core.testing.memory_store import MemoryStore, MemoryStoreServer
 from scoop_core.worker import WorkerRuntime
 
@@ -199,3 +200,35 @@ def test_the_futures_of_a_dead_worker_run_again_elsewhere_once_it_is_reported(
     run.launcher.flag(alive_flag("worker-1"), 0)
     assert fut.result(WAIT) == "run again"
     assert RAN == ["victim", "victim"]
+
+
+# -- large payloads: signed by their digest, hashed once where made and once where read --
+
+ARRAY = bytes(range(256)) * (m.DIGEST_THRESHOLD // 64)
+
+
+def test_a_large_argument_and_its_result_cross_the_store_whole(run: Run) -> None:
+    # A bytearray travels as an out-of-band frame, its copy as bytes comes back in-band.
+    assert run.submit(bytes, bytearray(ARRAY)).result(WAIT) == ARRAY
+    assert run.submit(bytes, bytearray(ARRAY[::-1])).result(WAIT) == ARRAY[::-1]
+
+
+def _altered(frames: tuple[Any, ...], index: int) -> tuple[Any, ...]:
+    changed = bytearray(frames[index])
+    changed[len(changed) // 2] ^= 1
+    return (*frames[:index], bytes(changed), *frames[index + 1 :])
+
+
+def test_a_queue_entry_whose_large_payload_was_altered_is_refused_where_it_is_read() -> None:
+    key = os.urandom(32)
+    entry = entry_for(Queued(m.Task(7 << 32, 0, 1, (b"call", ARRAY)), "root"), key)
+    taken = read_entry(entry, key)
+    assert [bytes(m.buffer_of(f)) for f in taken.task.frames] == [b"call", ARRAY]
+    # Queued again, it is signed by the digest it was read with, not hashed again.
+    again = entry_for(taken, key)
+    assert bytes(again.frames[-1][m.MAC_SIZE :]) == bytes(entry.frames[-1][m.MAC_SIZE :])
+    altered = dataclasses.replace(entry, frames=_altered(tuple(entry.frames), 2))
+    with pytest.raises(ProtocolError, match="bad payload digest"):
+        read_entry(altered, key)
+    # Whoever reads only the header (a lost worker's entries) does not hash it.
+    assert read_entry(altered, key, payload=m.RELAY).task.fid == 7 << 32
