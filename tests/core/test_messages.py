@@ -976,6 +976,41 @@ def test_a_large_frame_that_a_reader_checked_is_signed_by_a_digest_made_again() 
     assert down[-1][m.MAC_SIZE :] == hashlib.sha256(ARRAY).digest()
 
 
+def test_a_checking_codec_refuses_an_altered_large_frame_and_hands_over_the_others_sealed() -> None:
+    root, endpoint = m.Codec(KEY, b"root"), m.Codec(KEY, m.BROKER_IDENTITY, payload=m.CHECK)
+    frames = wire(root.encode(m.Results((m.Outcome(FID, m.OK, 0.1, (b"head", ARRAY)),))))
+    assert "payload digest" in refusal(endpoint, _altered(frames, 2, 7), b"root")
+    got = endpoint.decode(frames, b"root")
+    assert isinstance(got, m.Results)
+    sealed = got.outcomes[0].frames[1]
+    assert isinstance(sealed, m.Sealed) and sealed.checked
+
+
+def test_a_frame_handed_over_in_memory_is_hashed_again_only_if_nobody_here_checked_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    endpoint, runtime = m.Codec(KEY, m.BROKER_IDENTITY), m.Codec(KEY, WORKER)
+    hashed: list[int] = []
+    real = m.digest_of
+    monkeypatch.setattr(m, "digest_of", lambda f: hashed.append(len(f)) or real(f))
+    digest = hashlib.sha256(ARRAY).digest()
+    for checked in (True, False):
+        task = m.Task(FID, 0, 1, (b"call", m.Sealed(ARRAY, digest, checked=checked)))
+        frames = endpoint.encode(m.Tasks((task,)), to=WORKER, in_memory=True)
+        got = runtime.decode(frames, m.BROKER_IDENTITY)
+        assert isinstance(got, m.Tasks) and bytes(got.tasks[0].frames[1]) == ARRAY
+        assert hashed == ([] if checked else [len(ARRAY)])
+    # Through a socket it is a buffer like any other, checked by its reader.
+    frames = wire(endpoint.encode(m.Tasks((task,)), to=WORKER))
+    assert isinstance(runtime.decode(frames, m.BROKER_IDENTITY), m.Tasks)
+    assert hashed == [len(ARRAY)] * 2
+
+
+def test_a_codec_payload_mode_is_one_of_the_three() -> None:
+    with pytest.raises(ValueError, match="payload mode"):
+        m.Codec(KEY, WORKER, payload="trust")
+
+
 def test_a_peer_of_another_version_is_told_both_versions_before_any_mac_check() -> None:
     # Another version may sign differently: the version is read first.
     frames = [msgpack.packb([m.PROTOCOL_VERSION + 1, 1, "anything"]), b"mac of another layout"]
