@@ -140,7 +140,8 @@ class Child:
                 raise RuntimeError(f"{self.role} (pid {self.pid}) said nothing in {timeout:g} s")
             chunk = os.read(fd, 65536)
             if not chunk:
-                raise RuntimeError(f"{self.role} (pid {self.pid}) exited: {self.tail()}")
+                status = self.proc.wait()
+                raise RuntimeError(f"{self.role} (pid {self.pid}) exited ({status}): {self.tail()}")
             self._buffer += chunk
         line, _, self._buffer = self._buffer.partition(b"\n")
         return dict(json.loads(line))
@@ -195,6 +196,9 @@ def serve_broker(args: argparse.Namespace, key: bytes) -> int:
 
     from scoop_core.broker import Broker
 
+    if args.broker_files:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (args.broker_files, hard))
     broker = Broker(
         ZmqTransport({}),
         key=key,
@@ -281,7 +285,8 @@ def run_workers(args: argparse.Namespace, key: bytes) -> int:
         worker.send(m.Hello(m.WORKER, name, pid, host, 1), start)
         by_socket[sock] = worker
         poller.register(sock, zmq.POLLIN)
-    poller.register(sys.stdin, zmq.POLLIN)
+    stdin = sys.stdin.fileno()  # the poller reports it by number
+    poller.register(stdin, zmq.POLLIN)
     workers = list(by_socket.values())
     joined = 0
     reported = bool(failed)
@@ -290,11 +295,12 @@ def run_workers(args: argparse.Namespace, key: bytes) -> int:
     interval = args.heartbeat_interval
     next_beat = start + interval / 4
     errors: list[str] = []
-    while not all(w.done for w in workers):
+    # Until every worker the broker welcomed has been told to leave.
+    while not reported or any(w.welcomed and not w.done for w in workers):
         events = poller.poll(max(0, int((next_beat - time.monotonic()) * 1000)) + 1)
         now = time.monotonic()
         for sock, _ in events:
-            if sock is sys.stdin:
+            if sock == stdin:
                 sys.stdin.readline()
                 say(joined=joined, answered=sum(w.answered for w in workers), errors=errors[:5])
                 return 1  # told to stop before the broker's shutdown
@@ -329,8 +335,9 @@ def run_workers(args: argparse.Namespace, key: bytes) -> int:
             say(joined=joined, seconds=now - start, failed=[], files=open_files(pid))
         elif not reported and now - start > args.join_timeout:
             reported = True
-            late = [w.name for w in workers if not w.welcomed]
-            say(joined=joined, seconds=now - start, failed=late[:5] + [f"{len(late)} in all"])
+            late = len(workers) - joined
+            failed = [f"{late} of {len(workers)} not welcomed in {args.join_timeout:g} s"]
+            say(joined=joined, seconds=now - start, failed=failed, files=open_files(pid))
         if now >= next_beat:
             next_beat = now + interval / 4
             for w in workers:
@@ -499,11 +506,9 @@ def run_consumers(args: argparse.Namespace, key: bytes) -> int:
         if stdin_closed():
             break
         time.sleep(0.05)  # polling a counter of threads, for the report
-    say(
-        joined=tally["joined"],
-        seconds=time.monotonic() - start,
-        failed=errors[:5] + ([] if tally["joined"] == args.count else ["not all joined"]),
-    )
+    late = args.count - tally["joined"]
+    failed = [f"{late} of {args.count} not welcomed in {args.join_timeout:g} s"] if late else []
+    say(joined=tally["joined"], seconds=time.monotonic() - start, failed=errors[:5] + failed)
     while any(t.is_alive() for t in threads) and not stdin_closed():
         time.sleep(0.1)  # the threads end at the run's Shutdown
     stop.set()
@@ -521,6 +526,7 @@ class Row:
     transport: str
     peers: int
     futures: int = 0
+    joined: int = 0
     join_s: float | None = None
     idle_cpu_per_peer_us: float | None = None  # server (broker) CPU, microseconds/s per peer
     peer_idle_cpu_per_peer_us: float | None = None  # the simulated peers' own
@@ -564,11 +570,17 @@ def split(total: int, parts: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def children() -> Iterator[list[Child]]:
-    """The children of one measurement, all stopped at the end, whatever happens."""
+def children(row: Row) -> Iterator[list[Child]]:
+    """The children of one measurement, all stopped at the end, whatever
+    happens. One that dies or hangs ends the measurement, and ``row`` says
+    which (those that died first: the cause), and why."""
     started: list[Child] = []
     try:
         yield started
+    except RuntimeError as exc:
+        dead = [c for c in started if c.proc.poll() not in (None, 0)]
+        row.failures[:0] = [f"{c.role} died ({c.proc.returncode}): {c.tail()}" for c in dead]
+        row.failures.append(str(exc))
     finally:
         for child in reversed(started):
             if child.proc.poll() is None:
@@ -589,17 +601,24 @@ def start_peers(
     return sims
 
 
-def join(row: Row, sims: list[Child], start: float, args: argparse.Namespace) -> None:
+def join(row: Row, sims: list[Child], start: float, args: argparse.Namespace) -> bool:
+    """Wait for the peers to join; False if none did. Those that did not
+    are failures, but the others are measured all the same: how far a run
+    gets is the finding."""
     for sim in sims:
-        row.failures += sim.report(args.join_timeout + 30)["failed"]
+        report = sim.report(args.join_timeout + 30)
+        row.joined += report["joined"]
+        row.failures += report["failed"]
     row.join_s = time.monotonic() - start
+    return row.joined > 0
 
 
 def measure_zmq(args: argparse.Namespace, n: int, key: bytes, logs: Path) -> Row:
     row = Row("zmq", n, args.futures)
-    with children() as started:
+    with children(row) as started:
         err = logs / f"broker-{n}.err"
-        broker = Child("broker", "--expected", str(n), *common(args), key=key, stderr=err)
+        limit = ["--broker-files", str(args.broker_files)] if args.broker_files else []
+        broker = Child("broker", "--expected", str(n), *limit, *common(args), key=key, stderr=err)
         started.append(broker)
         ready = broker.report(30)
         address = ready["address"]
@@ -607,10 +626,10 @@ def measure_zmq(args: argparse.Namespace, n: int, key: bytes, logs: Path) -> Row
         start = time.monotonic()
         extra = ["--address", address, *common(args)]
         sims = start_peers(started, "workers", n, args, extra, key)
-        join(row, sims, start, args)
+        joined = join(row, sims, start, args)
         row.files = open_files(broker.pid)
-        progress(f"  {n} joined in {row.join_s:.2f} s; broker holds {row.files} descriptors")
-        if row.failures:
+        progress(f"  {row.joined} joined in {row.join_s:.2f} s; broker holds {row.files} files")
+        if not joined:
             return row
         err = logs / f"root-{n}.err"
         root = Child("root", "--futures", str(args.futures), *extra, key=key, stderr=err)
@@ -644,8 +663,8 @@ def idle(args: argparse.Namespace, row: Row, server: int, peers: list[int]) -> N
     watch = Stopwatch([server, *peers])
     time.sleep(args.idle)  # the measurement itself: CPU spent doing nothing else
     seconds, cpu = watch.lap()
-    row.idle_cpu_per_peer_us = cpu[0] / seconds / row.peers * 1e6
-    row.peer_idle_cpu_per_peer_us = sum(cpu[1:]) / seconds / row.peers * 1e6
+    row.idle_cpu_per_peer_us = cpu[0] / seconds / row.joined * 1e6
+    row.peer_idle_cpu_per_peer_us = sum(cpu[1:]) / seconds / row.joined * 1e6
     progress(f"  idle {seconds:.1f} s: server {cpu[0]:.2f} CPU s, peers {sum(cpu[1:]):.2f} CPU s")
 
 
@@ -687,13 +706,13 @@ def measure_redis(args: argparse.Namespace, n: int, key: bytes, logs: Path) -> R
         pid = server.proc.pid
         progress(f"redis, {n} consumers: redis-server {server.version()} pid {pid}")
         extra = ["--redis", "--address", store.address, *common(args)]
-        with children() as started:
+        with children(row) as started:
             start = time.monotonic()
             sims = start_peers(started, "consumers", n, args, extra, key)
-            join(row, sims, start, args)
+            joined = join(row, sims, start, args)
             row.files = open_files(pid)
-            progress(f"  {n} joined in {row.join_s:.2f} s")
-            if row.failures:
+            progress(f"  {row.joined} joined in {row.join_s:.2f} s")
+            if not joined:
                 return row
             futures = ["--futures", str(args.redis_futures), "--expected", str(n)]
             err = logs / f"redis-root-{n}.err"
@@ -727,6 +746,7 @@ def number(value: float | None, digits: int = 0) -> str:
 HEAD = [
     "transport",
     "peers",
+    "joined",
     "join (s)",
     "server idle CPU per peer (us/s)",
     "peers' own idle CPU per peer (us/s)",
@@ -746,6 +766,7 @@ def table(rows: list[Row]) -> list[str]:
         cells = [
             r.transport,
             f"{r.peers:,}",
+            f"{r.joined:,}",
             number(r.join_s, 2),
             number(r.idle_cpu_per_peer_us, 1),
             number(r.peer_idle_cpu_per_peer_us, 1),
@@ -771,6 +792,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--processes", type=int, default=2, help="processes of simulated peers")
     p.add_argument("--idle", type=float, help="seconds of idle measurement (default 3 intervals)")
     p.add_argument("--redis-server", default="redis-server")
+    p.add_argument(
+        "--broker-files",
+        type=int,
+        help="the broker's limit of open files (default: this process's; 1024 is common)",
+    )
     p.add_argument("--json", type=Path, help="write the rows here too")
     p.add_argument("--heartbeat-interval", type=float, default=5.0)
     p.add_argument("--heartbeat-timeout", type=float, default=30.0)
