@@ -699,12 +699,19 @@ ITEM_ALLOWANCE = 64
 _ID_SIZE = 9  # a future id in msgpack, at most
 
 
+def digest_allowance(max_size: int) -> int:
+    """Bytes of a message of ``max_size`` kept for the digests in its seal:
+    one per large frame, so at most one per :data:`DIGEST_THRESHOLD` bytes
+    (a 32nd of a percent of the payload)."""
+    return DIGEST_SIZE * (max_size // DIGEST_THRESHOLD)
+
+
 def payload_limit(max_size: int | None) -> int | None:
     """The most payload bytes one future (its call, or its result) may carry
     so that a message holding it alone fits ``max_size`` on every hop."""
     if max_size is None:
         return None
-    return max_size - ENVELOPE_ALLOWANCE - ITEM_ALLOWANCE
+    return max_size - ENVELOPE_ALLOWANCE - ITEM_ALLOWANCE - digest_allowance(max_size)
 
 
 def too_big_for_one_message(size: int, max_size: int) -> str:
@@ -712,9 +719,10 @@ def too_big_for_one_message(size: int, max_size: int) -> str:
     the limit and the setting that raises it."""
     if size > max_size:
         return _too_big(size, max_size)
+    envelope = ENVELOPE_ALLOWANCE + ITEM_ALLOWANCE + digest_allowance(max_size)
     return (
-        f"{size} bytes, which with its message header (up to "
-        f"{ENVELOPE_ALLOWANCE + ITEM_ALLOWANCE} bytes) is over the limit of {max_size} bytes "
+        f"{size} bytes, which with its message header and digests (up to "
+        f"{envelope} bytes) is over the limit of {max_size} bytes "
         f"(setting {_SIZE_SETTING})"
     )
 
@@ -744,7 +752,7 @@ def split_by_size(
     item again when they all fit one message."""
     if max_size is None or not items:
         return [list(items)] if items else []
-    budget = max_size - ENVELOPE_ALLOWANCE - reserve
+    budget = max_size - ENVELOPE_ALLOWANCE - digest_allowance(max_size) - reserve
     if total is not None and total <= budget:
         return [list(items)]
     batches: list[list[Batched]] = []

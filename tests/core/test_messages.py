@@ -810,6 +810,22 @@ def test_check_size_keeps_room_for_the_header_of_every_hop() -> None:
         worker.check_size([bytes(limit + 1)], "the call to f")
 
 
+def test_check_size_keeps_room_for_the_digests_of_many_large_frames() -> None:
+    # The most digests a payload can need: every frame just large enough to have one.
+    max_size = 64 * m.DIGEST_THRESHOLD
+    worker = m.Codec(KEY, b"w" * 255, max_size=max_size)
+    broker = m.Codec(KEY, m.BROKER_IDENTITY, max_size=max_size, payload=m.RELAY)
+    limit = m.payload_limit(max_size)
+    assert limit is not None
+    count, rest = divmod(limit, m.DIGEST_THRESHOLD)
+    frames = (*[bytes(m.DIGEST_THRESHOLD)] * count, bytes(rest))
+    worker.check_size(frames, "the call to f")
+    task = m.Task(2**64 - 1, 2**64 - 1, 2**32, frames, 2**32)
+    relayed = broker.decode(worker.encode(m.Submit((task,))), b"w" * 255)
+    assert isinstance(relayed, m.Submit)
+    assert broker.encode(m.Tasks(relayed.tasks), to=b"v" * 255)
+
+
 @pytest.mark.parametrize("kind", ["tasks", "outcomes", "ids"])
 def test_split_by_size_makes_batches_that_each_fit(kind: str) -> None:
     sizes = [1500, 10, 1500, 1500, 0, 700, 2900]
