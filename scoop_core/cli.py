@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import logging
 import os
 import select
@@ -19,19 +18,23 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 from collections.abc import Iterator, Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from scoop_core import __version__, fork_server
 from scoop_core import log as scoop_log
-from scoop_core.config import Config, load_config
 from scoop_core.errors import ConfigError, LaunchError, PluginError, UsageError
 from scoop_core.fork_server import LocalProcess
-from scoop_core.hosts import Host, assign_workers, hosts_from_list, is_local, parse_hostfile
-from scoop_core.interfaces import Launcher, WorkerGroup, WorkerSpec
-from scoop_core.plugins.manager import PluginManager, format_plugin_table, get_plugin_manager
-from scoop_core.run import BOOTSTRAP, Run, WorkerOptions, worker_count
+
+# The rest of the core is imported where a command needs it: a run's
+# launcher starts its fork server first, and the server's import of the
+# core then overlaps this process's.
+if TYPE_CHECKING:
+    from scoop_core.config import Config
+    from scoop_core.hosts import Host
+    from scoop_core.interfaces import Launcher, WorkerGroup
+    from scoop_core.plugins.manager import PluginManager
+    from scoop_core.run import Run
 
 log = logging.getLogger("scoop.launcher")
 
@@ -294,11 +297,15 @@ def command_parser() -> _Parser:
 
 
 def _is_local(host: Host) -> bool:
+    from scoop_core.hosts import is_local
+
     return is_local(host.name)
 
 
 def _hosts(options: argparse.Namespace) -> list[Host]:
     """The hosts of --hostfile then --hosts, as given."""
+    from scoop_core.hosts import hosts_from_list, parse_hostfile
+
     hosts: list[Host] = []
     if options.hostfile:
         try:
@@ -323,7 +330,11 @@ def _placement(
     a launcher whose ``detect()`` recognises its surroundings (a scheduler's
     allocation) brings its own. Remote hosts with the local launcher mean
     the ssh launcher. Hosts without a count get their number of cores, and
-    ``-n`` then follows the seed's rules (:func:`assign_workers`)."""
+    ``-n`` then follows the seed's rules (:func:`~scoop_core.hosts.assign_workers`)."""
+    import dataclasses
+
+    from scoop_core.hosts import assign_workers
+
     name = config["launcher"]
     if not hosts and name == "local":
         for record in plugins.launchers().values():
@@ -362,6 +373,9 @@ def _log_level(options: argparse.Namespace) -> str | None:
 
 
 def _configure(options: argparse.Namespace, cli: dict[str, Any]) -> tuple[Config, PluginManager]:
+    from scoop_core.config import load_config
+    from scoop_core.plugins.manager import get_plugin_manager
+
     config_file = getattr(options, "config", None)
     first = load_config(cli=cli, config_file=config_file)
     plugins = get_plugin_manager(first["disable_plugins"])
@@ -406,6 +420,8 @@ def _compiles(program: str) -> bool:
         with open(program, "rb") as fh:
             compile(fh.read(), program, "exec")
     except (SyntaxError, ValueError) as exc:
+        import traceback
+
         # ValueError: source with null bytes.
         print("".join(traceback.format_exception_only(exc)), end="", file=sys.stderr)
         return False
@@ -432,6 +448,8 @@ def run_program(options: argparse.Namespace) -> int:
 def _run_program(
     options: argparse.Namespace, program: str, server: fork_server.ForkServer | None
 ) -> int:
+    from scoop_core.run import Run, WorkerOptions, worker_count
+
     hosts = _hosts(options)
     cli = {
         "workers": options.workers,
@@ -496,6 +514,10 @@ class _Root:
     the run when that is another one (as in SCOOP), through the launcher."""
 
     def __init__(self, run: Run, program: str, args: list[str]) -> None:
+        from scoop_core.hosts import is_local
+        from scoop_core.interfaces import WorkerSpec
+        from scoop_core.run import BOOTSTRAP
+
         argv = [run.options.python, "-m", BOOTSTRAP, "root", program, *args]
         first = run.hosts[0] if run.hosts else None
         self.proc: LocalProcess | None = None
@@ -633,6 +655,8 @@ def join_run(options: argparse.Namespace) -> int:
 
 
 def list_plugins(options: argparse.Namespace) -> int:
+    from scoop_core.plugins.manager import format_plugin_table
+
     _, plugins = _configure(options, {})
     print(format_plugin_table(plugins.plugins()))
     return 0
