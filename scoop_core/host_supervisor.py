@@ -9,7 +9,8 @@ on each host, once: ``python -m scoop_core.host_supervisor``. That supervisor
   so it travels through the launcher's channel, never on a command line;
 - makes itself a process group leader, so the host's workers form one
   group, and starts them (their ``_SCOOP_PARENT_PID`` is the supervisor:
-  they exit if it dies);
+  they exit if it dies; on Linux the kernel kills them too, see
+  :func:`_die_with_supervisor`);
 - lets their output pass through to its own stdout and stderr, which the
   launcher forwards to the user's terminal, each line prefixed by the host;
 - writes a line ``@@scoop-exit NAME STATUS`` when a worker exits, so the
@@ -18,7 +19,8 @@ on each host, once: ``python -m scoop_core.host_supervisor``. That supervisor
   starts that worker too: the launcher's replacement for one that died;
 - on the line ``stop GRACE`` terminates them (SIGTERM, then SIGKILL after
   GRACE seconds); when stdin closes (the launcher or its connection is
-  gone) or on SIGTERM/SIGHUP/SIGINT, kills them at once. It exits once it
+  gone), when its stdout breaks (the same: the launcher reads it), or on
+  SIGTERM/SIGHUP/SIGINT, kills them at once. It exits once it
   is stopping and its last worker has exited, so nothing of the run
   outlives it on the host; until then it stays, even with no worker left,
   for the launcher may send replacements.
@@ -30,6 +32,7 @@ byte streams (an SSH channel, a subprocess's pipes).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -69,6 +72,36 @@ def command(python: str = "python3") -> list[str]:
 
 # -- on the host ----------------------------------------------------------------
 
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def _die_with_supervisor() -> Callable[[], None] | None:
+    """On Linux, what a worker runs between fork and exec so that the kernel
+    kills it (SIGKILL) when the supervisor's thread that started it ends;
+    None elsewhere.
+
+    The supervisor kills its workers itself when it stops, but only while
+    it runs Python: one that dies on an error, on SIGKILL, or while the
+    interpreter shuts its threads down would leave them running. Workers
+    are started by the main thread (which lives as long as the process) or
+    by the thread reading stdin (which ends only after stdin's end has
+    killed every worker), so "the thread ends" means "the supervisor ends"."""
+    if not sys.platform.startswith("linux"):
+        return None
+    # Looked up here, in the supervisor: the child, forked from a process
+    # with threads, runs nothing that might take a lock another thread held.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def in_child() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        # The supervisor may have died between fork and prctl: then nothing
+        # would send the signal, and the child has been reparented.
+        if os.getppid() != parent:
+            os._exit(255)
+
+    return in_child
+
 
 class _Supervisor:
     def __init__(self, workers: list[dict[str, Any]]) -> None:
@@ -78,6 +111,7 @@ class _Supervisor:
         # thread, which may hold it (in watch) at that moment.
         self.lock = threading.RLock()
         self.stopping = False
+        self.before_exec = _die_with_supervisor()
 
     def start(self) -> None:
         for w in self.workers:
@@ -90,7 +124,11 @@ class _Supervisor:
             if not self.stopping:
                 try:
                     self.procs[w["name"]] = subprocess.Popen(
-                        w["argv"], env=env, cwd=w.get("cwd") or None, stdin=subprocess.DEVNULL
+                        w["argv"],
+                        env=env,
+                        cwd=w.get("cwd") or None,
+                        stdin=subprocess.DEVNULL,
+                        preexec_fn=self.before_exec,
                     )
                     return
                 except OSError as exc:
@@ -99,7 +137,13 @@ class _Supervisor:
 
     def report(self, name: str, status: int) -> None:
         # One write of a short line: it does not interleave with the workers' lines.
-        os.write(1, f"{EXIT_MARK}{name} {status}\n".encode())
+        try:
+            os.write(1, f"{EXIT_MARK}{name} {status}\n".encode())
+        except OSError:
+            # Only the launcher reads stdout: it is gone, even if stdin's end
+            # has not been read yet. An error here must not end the
+            # supervisor before it has killed the workers.
+            self.stop(0.0)
 
     def stop(self, grace: float) -> None:
         with self.lock:
@@ -164,9 +208,14 @@ def supervise() -> int:
 
     for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(s, on_signal)
-    sup.start()
-    threading.Thread(target=_listen, args=(sup,), daemon=True).start()
-    sup.watch()
+    try:
+        sup.start()
+        threading.Thread(target=_listen, args=(sup,), daemon=True).start()
+        sup.watch()
+    finally:
+        # Whatever ends the supervisor, none of its workers outlives it (after
+        # a normal end, they have all exited already).
+        sup.stop(0.0)
     return 0
 
 

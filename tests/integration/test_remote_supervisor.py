@@ -20,7 +20,7 @@ import pytest
 from conftest import processes_of, wait_gone
 
 from scoop_core.errors import LaunchError
-from scoop_core.host_supervisor import HostGroup, RemoteHost, command
+from scoop_core.host_supervisor import HostGroup, RemoteHost, command, plan
 from scoop_core.interfaces import WorkerSpec
 
 # Each line in one write: two workers share the supervisor's stdout, and a
@@ -63,6 +63,11 @@ def _sleepers(tmp_path: Path, marker: str, names: list[str]) -> list[WorkerSpec]
         WorkerSpec(n, "nodeA", (sys.executable, str(script), n), {"SECRET": "s3cr3t-" + n})
         for n in names
     ]
+
+
+def _argv(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/cmdline", "rb") as fh:
+        return fh.read().decode().split("\0")[:-1]
 
 
 def _wait(condition, what: str, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
@@ -116,6 +121,57 @@ def test_a_lost_connection_kills_the_hosts_workers(tmp_path, marker):
         assert wait_gone(marker) == []
         _wait(lambda: all(s is not None for s in host.poll().values()), "every exit reported")
         assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_launcher_that_stopped_reading_is_gone_for_the_supervisor(tmp_path, marker):
+    """The launcher's end of stdout is gone before its end of stdin is read
+    (both go when it dies, in either order): the next exit report cannot be
+    written, and the supervisor kills the other workers then and exits,
+    without waiting for stdin."""
+    specs = _sleepers(tmp_path, marker, ["w1", "w2", "w3"])
+    proc = subprocess.Popen(
+        command(sys.executable),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdin and proc.stdout
+    try:
+        proc.stdin.write(plan(specs))
+        proc.stdin.flush()
+        # Each worker's one line: none of them writes to the broken pipe later.
+        lines = [proc.stdout.readline() for _ in specs]
+        assert all(line.endswith(f"parent {proc.pid}\n".encode()) for line in lines), lines
+        proc.stdout.close()
+        os.kill(processes_of(marker)[0], signal.SIGKILL)
+        assert wait_gone(marker) == []
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_killed_supervisor_takes_its_workers_along(tmp_path, marker):
+    """A supervisor killed outright (SIGKILL: no clean-up of its own) leaves no
+    worker behind, neither one of its plan nor one started later in a dead
+    one's place: the kernel kills them (Linux)."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("workers die with their supervisor through Linux's PR_SET_PDEATHSIG")
+    specs = _sleepers(tmp_path, marker, ["w1", "w2"])
+    host, proc = _host(specs)
+    try:
+        _wait(lambda: len(processes_of(marker)) == 2, "both workers")
+        [w1] = [pid for pid in processes_of(marker) if _argv(pid)[-1] == "w1"]
+        os.kill(w1, signal.SIGKILL)
+        _wait(lambda: host.poll()["w1"] == -signal.SIGKILL, "the report of w1's death")
+        [w3] = _sleepers(tmp_path, marker, ["w3"])
+        host.replace("w1", w3)
+        _wait(lambda: len(processes_of(marker)) == 2, "w3, started in a dead worker's place")
+        proc.kill()
+        assert wait_gone(marker) == []
     finally:
         proc.kill()
         proc.wait()
