@@ -14,6 +14,7 @@ import it by name.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -218,6 +219,17 @@ def processes_marked(mark: str) -> list[int]:
     return [pid for pid in _proc_entries() if needle in _read(f"/proc/{pid}/environ").split(b"\0")]
 
 
+def kill_marked(mark: str) -> list[int]:
+    """Kill (SIGKILL) every live process whose environment holds ``MARK_VAR=mark``
+    and return their pids: ``[]`` when the run left nothing. Checks assert on
+    it, so that a failed one leaves no process behind either."""
+    left = processes_marked(mark)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
+
+
 def command_lines_containing(text: str) -> list[str]:
     """The command lines of every process that hold ``text``."""
     found = []
@@ -320,7 +332,8 @@ def check_lifecycle(
         assert all(group.poll()[name] is None for name, _ in placement[1:])
     finally:
         group.stop(2.0)
-    assert processes_marked(mark) == []
+        left = kill_marked(mark)
+    assert left == []
     statuses = group.poll()
     assert all(status is not None for status in statuses.values()), statuses
 
@@ -373,7 +386,9 @@ def check_launcher_death(
     tmp_path: Path,
 ) -> None:
     """A launcher that dies (SIGKILL: no clean-up of its own) takes its
-    workers with it: each supervisor's stdin ends, and it kills them.
+    workers with it: each supervisor's stdin ends and its stdout breaks, and
+    it kills them (``tests/integration/test_remote_supervisor.py`` checks
+    each of the two alone, and a supervisor killed outright).
 
     ``make_launcher`` is Python code that binds ``launcher`` in a fresh
     process whose environment is ``env``."""
@@ -404,3 +419,4 @@ def check_launcher_death(
     finally:
         proc.kill()
         proc.wait()
+        kill_marked(mark)

@@ -248,5 +248,5 @@ class SchedulerJob:
         specs = checks.specs_for(script, placement, "s3cret", self.directory)
         with pytest.raises(LaunchError) as caught:
             launcher.start(specs)
-        assert checks.processes_marked(self.mark) == []
+        assert checks.kill_marked(self.mark) == []
         return str(caught.value)

@@ -110,7 +110,7 @@ def test_workers_start_through_qrsh_inherit_and_stop(
     assert report["after_kill"] == {"worker-1": -9, "worker-2": None}
     assert report["after_stop"]["worker-2"] is not None
     assert report["alive"] == []
-    assert checks.processes_marked(mark) == []
+    assert checks.kill_marked(mark) == []
 
 
 def test_the_example_job_script_runs(cluster: sge_cluster.Cluster, tmp_path: Path) -> None:
@@ -122,4 +122,4 @@ def test_the_example_job_script_runs(cluster: sge_cluster.Cluster, tmp_path: Pat
     assert checks.SUBMITTERS_PYTHON in text, text
     assert "map: 1000 values" in text
     assert "running inside a sge allocation" in text
-    assert checks.processes_marked(mark) == []
+    assert checks.kill_marked(mark) == []

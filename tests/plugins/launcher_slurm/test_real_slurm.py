@@ -112,7 +112,7 @@ def run_driver(
     stdout = "".join(lines)
     reports = [line for line in lines if line.startswith("REPORT ")]
     assert reports, f"the driver reported nothing\nstdout:\n{stdout}\nstderr:\n{stderr}"
-    assert checks.processes_marked(mark) == []
+    assert checks.kill_marked(mark) == []
     assert checks.command_lines_containing(secret) == []
     return json.loads(reports[0][len("REPORT ") :]), stdout, stderr
 
@@ -171,7 +171,7 @@ def test_a_scoop_program_in_a_job_uses_its_nodes(
     assert result.returncode == 0, result.stderr
     assert "map: 1000 values" in result.stdout
     assert "slurm" in result.stderr
-    assert checks.processes_marked(mark) == []
+    assert checks.kill_marked(mark) == []
 
 
 def test_the_example_batch_script_runs(cluster: slurm_cluster.Cluster, tmp_path: Path) -> None:
@@ -204,7 +204,7 @@ def test_the_example_batch_script_runs(cluster: slurm_cluster.Cluster, tmp_path:
     assert checks.SUBMITTERS_PYTHON in text, text
     assert "map: 1000 values" in text
     assert "running inside a slurm allocation" in text
-    assert checks.processes_marked(mark) == []
+    assert checks.kill_marked(mark) == []
 
 
 def finished_state(cluster: slurm_cluster.Cluster, job: str) -> str | None:

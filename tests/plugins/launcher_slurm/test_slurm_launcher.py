@@ -82,7 +82,7 @@ def test_a_step_that_never_starts_times_out(job: SchedulerJob, tmp_path: Path) -
         LaunchError, match=r"n1: srun did not start the worker supervisor within 0.5 s"
     ):
         launcher.start(specs)
-    assert checks.processes_marked(job.mark) == []
+    assert checks.kill_marked(job.mark) == []
 
 
 def test_without_srun_it_warns_and_goes_through_ssh(

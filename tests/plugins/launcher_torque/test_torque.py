@@ -273,7 +273,7 @@ def test_without_pbsdsh_or_pbs_tmrsh_it_warns_and_goes_through_ssh(
         TorqueLauncher, job.env, PLACEMENT, tmp_path, caplog
     )
     assert "pbsdsh or pbs_tmrsh" in warning and "ssh" in warning
-    assert checks.processes_marked(job.mark) == []
+    assert checks.kill_marked(job.mark) == []
 
 
 def test_outside_a_job_start_says_what_is_missing(tmp_path: Path) -> None:
@@ -313,7 +313,7 @@ def test_a_task_started_without_stdin_stdout_or_stderr_still_connects(
         assert start.remote is not None and start.remote.poll() == {"worker-1": None}
     finally:
         start.abort()
-    assert checks.processes_marked(job.mark) == []
+    assert checks.kill_marked(job.mark) == []
 
 
 # -- tickets and the relay's listener --------------------------------------------------
@@ -369,7 +369,7 @@ def test_a_ticket_others_can_read_or_that_is_not_the_users_is_refused(
     assert f"refused the launcher's ticket: {start.ticket} {why}" in message, message
     assert start.remote is None
     assert [p.name for p in job.tickets.iterdir() if p.suffix == ".ticket"] == []
-    assert checks.processes_marked(job.mark) == []
+    assert checks.kill_marked(job.mark) == []
 
 
 def test_a_connection_that_sends_nothing_is_dropped_at_the_hello_deadline(
@@ -439,4 +439,4 @@ def test_an_idle_connection_to_the_relays_port_does_not_delay_the_start(
     text = checks.wait_for(lambda: report.exists() and report.read_text(), "the idler's report")
     dropped, after = text.split()
     assert dropped == "True" and float(after) <= 6.0, text
-    assert checks.processes_marked(job.mark) == []
+    assert checks.kill_marked(job.mark) == []
