@@ -679,8 +679,10 @@ def run_futures(args: argparse.Namespace, row: Row, root: Child, server: int) ->
         row.failures.append(f"{done['lost']} of {done['futures']} futures lost")
     row.failures += done.get("errors", [])
     if done.get("seconds"):
-        row.futures_per_s = done["futures"] / done["seconds"]
-        row.cpu_per_future_us = cpu[0] / max(1, done["futures"]) * 1e6
+        # Futures that came back: those lost at the deadline count for nothing.
+        answered = done["futures"] - done.get("lost", 0)
+        row.futures_per_s = answered / done["seconds"]
+        row.cpu_per_future_us = cpu[0] / answered * 1e6 if answered else None
     progress(
         f"  {done.get('futures')} futures in {done.get('seconds', 0):.2f} s, "
         f"server {cpu[0]:.2f} CPU s"
