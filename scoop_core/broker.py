@@ -88,6 +88,29 @@ def bind_hub(
     return transport.bind(run_id=run_id, public=public, **extra)
 
 
+def allow_many_connections() -> int:
+    """Lift this process's soft limit on open files to its hard limit, and
+    return the limit now in force.
+
+    Every peer's connection to the hub is a file descriptor, and the
+    common soft limit of 1,024 would make ZeroMQ abort the whole process
+    (launcher, broker and all) when about a thousand workers join."""
+    try:
+        import resource
+    except ImportError:  # not a POSIX system: nothing to lift
+        return -1
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # An unlimited hard limit is still capped by the kernel (nr_open).
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        except (ValueError, OSError) as exc:
+            log.debug("could not raise the open-file limit from %d: %s", soft, exc)
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return soft
+
+
 class Broker:
     def __init__(
         self,
@@ -100,6 +123,7 @@ class Broker:
         **options: Unpack[PolicyOptions],
     ) -> None:
         self.key = key
+        allow_many_connections()
         self.book = BrokerPolicy(**options, now=time.monotonic())
         max_message_size = self.book.max_message_size
         self.codec = m.Codec(key, m.BROKER_IDENTITY, max_size=max_message_size, payload=m.RELAY)
