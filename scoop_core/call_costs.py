@@ -11,8 +11,9 @@ keeps, per function, an average of the seconds one item takes, so that:
   worker costs about a millisecond of CPU, and the root would only wait
   (:class:`~scoop_core.runtime.RootRuntime`). SCOOP's root runs futures
   too; here only functions that have run well on workers a few times
-  qualify, and never one whose future was lost with its worker, so a
-  function that kills its process is met on a worker first.
+  qualify, and never one whose future was lost with its worker or failed
+  in the root, so a function that kills its process is met on a worker
+  first.
 
 The table is bounded: functions made afresh for every call (lambdas in a
 loop) push out the oldest entries and are never learned.
@@ -44,7 +45,9 @@ class Cost:
 
     item_seconds: float = -1.0  # average seconds per item; -1 until learned
     runs: int = 0  # outcomes that came back with a value
-    lost: bool = False  # a future of it was lost with its worker
+    # A future of it was lost with its worker, or failed in the root: it
+    # runs on workers only.
+    on_workers_only: bool = False
 
 
 class CallCosts:
@@ -78,11 +81,12 @@ class CallCosts:
             cost.item_seconds = 0.5 * (cost.item_seconds + item_seconds)
         cost.runs += 1
 
-    def lost(self, fn: Callable[..., Any]) -> None:
-        """A future of ``fn`` was lost with its worker: never run it in the root."""
+    def keep_on_workers(self, fn: Callable[..., Any]) -> None:
+        """Never run ``fn`` in the root again (a future of it was lost with
+        its worker, or failed in the root)."""
         cost = self._entry(fn)
         if cost is not None:
-            cost.lost = True
+            cost.on_workers_only = True
 
     def runs_here(self, fn: Callable[..., Any], items: int) -> bool:
         """Whether a future of ``items`` calls of ``fn`` is cheap and safe
@@ -91,7 +95,7 @@ class CallCosts:
         cost = self._costs.get(key) if key is not None else None
         return (
             cost is not None
-            and not cost.lost
+            and not cost.on_workers_only
             and cost.runs >= RUNS_BEFORE_HERE
             and cost.item_seconds * items <= RUN_HERE_SECONDS
         )

@@ -422,7 +422,7 @@ class Runtime:
         if status == m.OK:
             self.costs.learn(fn, fut.elapsed / items)
         elif status == m.LOST:
-            self.costs.lost(fn)
+            self.costs.keep_on_workers(fn)
 
     def _run_rest(self, fut: Future, chunk: tuple[Chunk, int], got: ChunkResult) -> None:
         """A chunk came back cut (ChunkCut): run the items it did not bring
@@ -809,25 +809,37 @@ class RootRuntime(ThreadedRuntime):
         try:
             with exit_guard.guarded():
                 value = self.serializer.loads(task.frames).run()
+            failed = isinstance(value, ChunkResult) and value.error is not None
+        except KeyboardInterrupt as exc:
+            self._done_here(fut, start)
+            fut.set_exception(exc)
+            raise
         except exit_guard.ExitInFuture as exc:
-            # It would have ended the root: it goes to a worker, as without
-            # root_runs_futures, and its function never runs here again.
+            # It would have ended the root.
             log.warning(
                 "%s: future %#x called os._exit(%s) in the root; sending it to a worker",
                 self.name,
                 fut.fid,
                 exc.status,
             )
+            failed = True
+        except BaseException as exc:
+            log.debug(
+                "%s: future %#x failed in the root (%r); sending it to a worker",
+                self.name,
+                fut.fid,
+                exc,
+            )
+            failed = True
+        if failed:
+            # What fails here may run on a worker (a name only workers define,
+            # say), and what would end the root ends a worker there: the
+            # worker's outcome is the one that counts, as without
+            # root_runs_futures, and the function stays on the workers.
             if fut.call is not None:
-                self.costs.lost(fut.call[0])
+                self.costs.keep_on_workers(fut.call[0])
             self._give_back(task)
             return False
-        except BaseException as exc:
-            self._done_here(fut, start)
-            fut.set_exception(exc)
-            if isinstance(exc, KeyboardInterrupt):
-                raise
-            return True
         self._done_here(fut, start)
         self._learn(fut, m.OK)
         fut.set_result(value)

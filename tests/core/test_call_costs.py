@@ -49,11 +49,11 @@ def test_a_slow_function_is_never_run_in_the_root() -> None:
     assert not costs.runs_here(cheap, 1)
 
 
-def test_a_function_lost_with_its_worker_is_never_run_in_the_root() -> None:
+def test_a_function_kept_on_workers_is_never_run_in_the_root() -> None:
     costs = CallCosts()
     for _ in range(10):
         costs.learn(cheap, 1e-6)
-    costs.lost(cheap)
+    costs.keep_on_workers(cheap)
     costs.learn(cheap, 1e-6)
     assert not costs.runs_here(cheap, 1)
 

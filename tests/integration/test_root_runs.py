@@ -119,6 +119,28 @@ if __name__ == "__main__":
     assert "called os._exit(1) in the root; sending it to a worker" in proc.stderr
 
 
+def test_a_function_that_fails_in_the_root_gets_its_workers_answer(program, scoop_run):
+    prog = program("""
+import scoop
+
+if not scoop.IS_ORIGIN:
+    TABLE = {i: i * i for i in range(100)}  # loaded by workers only
+
+def lookup(x):
+    return TABLE[x], os.getpid()
+
+if __name__ == "__main__":
+    got = [futures.submit(lookup, i).result() for i in range(30)]
+    mapped = list(futures.map(lookup, range(100)))
+    out([[v for v, _ in got], [v for v, _ in mapped], roots(p for _, p in got + mapped)])
+""")
+    squares, mapped, in_root = program_results(scoop_run(prog))[0]
+    # The root tried once, failed (no TABLE there), and left it to the workers.
+    assert squares == [i * i for i in range(30)]
+    assert mapped == [i * i for i in range(100)]
+    assert in_root == 0
+
+
 def test_a_future_run_in_the_root_behaves_as_on_a_worker(program, scoop_run):
     prog = program("""
 class Odd(Exception):
