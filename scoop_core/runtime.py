@@ -348,8 +348,7 @@ class Runtime:
                     fut.set_running_or_notify_cancel()
         elif isinstance(msg, m.CancelReply):
             if msg.cancelled:
-                fut = self._owned.pop(msg.fid, None)
-                self._chunks.pop(msg.fid, None)
+                fut = self._forget(msg.fid)
                 if fut is not None:
                     fut.mark_cancelled()
             reply = self._replies.pop(("cancel", msg.fid), None)
@@ -423,6 +422,11 @@ class Runtime:
             self.costs.learn(fn, fut.elapsed / items)
         elif status == m.LOST:
             self.costs.keep_on_workers(fn)
+
+    def _forget(self, fid: int) -> Future | None:
+        """Stop tracking future ``fid`` (it ended); the future, if it was ours."""
+        self._chunks.pop(fid, None)
+        return self._owned.pop(fid, None)
 
     def _run_rest(self, fut: Future, chunk: tuple[Chunk, int], got: ChunkResult) -> None:
         """A chunk came back cut (ChunkCut): run the items it did not bring
@@ -802,8 +806,7 @@ class RootRuntime(ThreadedRuntime):
         if task is None:
             return False
         if not fut.set_running_or_notify_cancel():
-            self._owned.pop(fut.fid, None)
-            self._chunks.pop(fut.fid, None)
+            self._forget(fut.fid)
             return True
         start = time.perf_counter()
         try:
@@ -857,8 +860,7 @@ class RootRuntime(ThreadedRuntime):
 
     def _done_here(self, fut: Future, start: float) -> None:
         fut.elapsed = time.perf_counter() - start
-        self._owned.pop(fut.fid, None)
-        self._chunks.pop(fut.fid, None)
+        self._forget(fut.fid)
 
     def cancel(self, fid: int) -> bool:
         return self._cancel_unsent(fid) or super().cancel(fid)
@@ -871,8 +873,7 @@ class RootRuntime(ThreadedRuntime):
         fut = self._owned.get(fid)
         if fut is None or fut.run_here is None or self._take(fut) is None:
             return False
-        self._owned.pop(fid, None)
-        self._chunks.pop(fid, None)
+        self._forget(fid)
         fut.mark_cancelled()
         return True
 
