@@ -313,14 +313,22 @@ if __name__ == "__main__":
 """
 
 
-def test_a_copied_queue_entry_does_not_run_a_future_twice(run: Run) -> None:
-    proc = run.launch(COPIED)
+def _all_queued(
+    run: Run, program: str, count: int, **env: str
+) -> tuple[subprocess.Popen[str], str]:
+    """Launch ``program``, let it go, and wait until its ``count`` futures are
+    all in the queue (none can finish before "release"): the run and the queue."""
+    proc = run.launch(program, **env)
     wait_for(lambda: len(run.peers()) >= 3, "the root and both workers to register")
     queue = run.key("queue")
     run.go()
-    # Every future is in the queue (none can finish before "release"):
-    # some are running, some taken ahead, the others waiting. Copy them all.
-    wait_for(lambda: run.attacker.xlen(queue) == 40, "the 40 futures in the queue")
+    wait_for(lambda: run.attacker.xlen(queue) == count, f"the {count} futures in the queue")
+    return proc, queue
+
+
+def test_a_copied_queue_entry_does_not_run_a_future_twice(run: Run) -> None:
+    # Some futures are running, some taken ahead, the others waiting. Copy them all.
+    proc, queue = _all_queued(run, COPIED, 40)
     pipe = run.attacker.pipeline(transaction=False)
     for _, fields in run.attacker.xrange(queue):
         pipe.xadd(queue, fields)
@@ -348,11 +356,7 @@ if __name__ == "__main__":
 def test_a_queue_entry_whose_large_payload_was_altered_is_deleted_unread(run: Run) -> None:
     # A large argument is signed by its digest, made once by the root: the
     # worker that takes a copy with one bit of it flipped checks it and deletes it.
-    proc = run.launch(LARGE, SCOOP_ROOT_RUNS_FUTURES="false")
-    wait_for(lambda: len(run.peers()) >= 3, "the root and both workers to register")
-    queue = run.key("queue")
-    run.go()
-    wait_for(lambda: run.attacker.xlen(queue) == 20, "the 20 futures in the queue")
+    proc, queue = _all_queued(run, LARGE, 20, SCOOP_ROOT_RUNS_FUTURES="false")
     pipe = run.attacker.pipeline(transaction=False)
     for _, fields in run.attacker.xrange(queue):
         largest = max(fields, key=lambda name: len(fields[name]))
