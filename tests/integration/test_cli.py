@@ -341,6 +341,8 @@ if __name__ == "__main__":
             "--profile",
             "--debug",
         ),
+        # The futures must run on the workers these flags shape, not in the root.
+        env={"SCOOP_ROOT_RUNS_FUTURES": "false"},
     )
     [got] = results(proc)
     assert got["debug"] is True
