@@ -17,6 +17,23 @@ and drives it with what the store says:
 - entries of takers silent for ``heartbeat_timeout`` are claimed and
   reported to their owners (:func:`report_lost`), whose policies decide.
 
+Some duties cost a look at every peer: counting the live workers (each
+peer's signed record, and its flag) and claiming what silent takers held.
+Done by every peer at every heartbeat, that is N looks for each of N
+peers, and a run of a thousand consumers spent its time, and its Redis
+server's, on it. So one peer does them for all: whoever holds the store's
+lease :data:`~scoop_core.store_records.CENSUS` (the first to ask, then
+whoever asks once its holder stops renewing it) counts, claims, and writes
+the *census*, a record signed with the run's key that says how many workers
+are alive and carries the count's number. Every other peer reads that one
+record at its heartbeat. The census is as trustworthy as the count it
+replaces: only a holder of the run's key writes one, and an old census
+copied over a newer one has a smaller number, which a peer that read the
+newer one ignores. The lease is not signed: whoever takes it without the
+key, or a holder that stopped counting, only stops the census: a peer that
+has read no newer census for twice ``heartbeat_timeout`` counts and claims
+for itself, as every peer once did (slower, never wrong).
+
 What the policy decides is carried out as store operations, in one atomic
 commit per turn: its messages to the runtime go to the runtime, those to
 other peers by mail; a future to queue becomes a signed entry, a future
@@ -58,18 +75,23 @@ from scoop_core.broker_policy import (
 from scoop_core.errors import ProtocolError, SerializationError, TransportClosed
 from scoop_core.interfaces import BrokerStore, Endpoint, Entry, Frame
 from scoop_core.store_records import (
+    CENSUS,
     CONSTANTS,
     HUNGRY,
     LAUNCHER,
     PEERS,
+    WORKERS,
+    Census,
     Peers,
     Queued,
     alive_flag,
     entry_for,
     mark_taken,
+    read_census,
     read_const,
     read_entry,
     refusals,
+    seal_census,
     seal_const,
     seal_peer,
 )
@@ -84,6 +106,12 @@ HUNGRY_MARK = 0.1
 
 HUNGRY_TTL = 0.5
 """Seconds a flag of hunger lasts if nobody answers it."""
+
+COUNT_SHARE = 0.2
+"""The most of its time a program waiting for workers spends counting them:
+it counts again no sooner than the last count's duration over this share
+(and every :data:`STEAL_CHECK` at the most), so a wait for a thousand
+workers does not make the program as busy as the count is long."""
 
 REMEMBERED = 1 << 16
 """How many (future, attempt) pairs a worker remembers having taken: a copy
@@ -194,6 +222,10 @@ class StoreEndpoint(Endpoint):
         self._backlog: list[FutureRecord] = []
         self.inbox: collections.deque[list[Frame]] = collections.deque()
         self._next_duty = 0.0
+        self._census = Census(0, 0, "")  # the newest census read or taken here
+        self._census_read = time.monotonic()  # when it was read (or this endpoint was made)
+        self._count_took = 0.0  # seconds our last count of the live workers took
+        self._counting_alone = False  # said once: the census is not kept, we count ourselves
         self._last_hungry = 0.0
         self._last_steal_check = 0.0
         self._root_seen = False
@@ -244,7 +276,7 @@ class StoreEndpoint(Endpoint):
         self.store.flag(alive_flag(self.name), self.heartbeat_timeout)
         self.policy.next_index = index
         self.policy.constants.update(self._constants(self.store.records(CONSTANTS)))
-        self._count_workers()
+        self._read_census()
         log.debug("%s joined the run as peer %d", self.name, index)
 
     # -- carrying out the policy's decisions ------------------------------------
@@ -388,7 +420,10 @@ class StoreEndpoint(Endpoint):
     def _duties(self) -> None:
         now = time.monotonic()
         policy = self.policy
-        if policy.parked and now - self._last_steal_check > STEAL_CHECK:
+        if policy.parked and now - self._last_steal_check > max(
+            STEAL_CHECK, self._count_took / COUNT_SHARE
+        ):
+            # Waiting for workers to join: counted here, not at the census's pace.
             self._last_steal_check = now
             self._count_workers()
         elif policy.could_give() and now - self._last_steal_check > STEAL_CHECK:
@@ -410,9 +445,9 @@ class StoreEndpoint(Endpoint):
 
     def _heartbeat(self) -> None:
         """Say we live (and keep our record, should someone overwrite it),
-        keep the entries we hold, claim those of takers silent too long, and
-        count the live workers (for the policy's join wait and its failing
-        of queued futures when none is left)."""
+        keep the entries we hold, and learn how many workers live (for the
+        policy's join wait and its failing of queued futures when none is
+        left): from the census, or by taking it (see the module's docstring)."""
         store = self.store
         store.flag(alive_flag(self.name), self.heartbeat_timeout)
         if self._record is not None:
@@ -420,6 +455,31 @@ class StoreEndpoint(Endpoint):
         held = [f.entry for f in self.policy.futures.values() if f.entry and not f.away]
         if held:
             store.renew(held)
+        # Owners of futures held here that are gone (without a launcher to say so).
+        owners = {f.owner for f in self.policy.futures.values() if not f.away}
+        for owner in owners - {self.identity}:
+            if not store.flagged(alive_flag(owner.decode(errors="replace"))):
+                self.policy.owner_gone(owner)
+        taker = store.lease(CENSUS, self.heartbeat_timeout)
+        if taker != self.name:
+            self._read_census()
+            if time.monotonic() - self._census_read <= 2 * self.heartbeat_timeout:
+                return
+            if not self._counting_alone:
+                self._counting_alone = True
+                log.warning(
+                    "%s has read no new census of the workers for %g s (its lease is held by "
+                    "%s): it counts them itself",
+                    self.name,
+                    2 * self.heartbeat_timeout,
+                    repr(taker[:40]) if taker else "nobody",
+                )
+        self._take_census()
+
+    def _take_census(self) -> None:
+        """Claim the entries of takers silent too long, count the live
+        workers, and write the census."""
+        store = self.store
         stale = store.claim_expired(self.heartbeat_timeout)
         for holder in sorted({e.holder or "a worker" for e in stale}):
             log.warning(
@@ -429,22 +489,40 @@ class StoreEndpoint(Endpoint):
             )
         if stale:
             report_lost(store, stale, key=self.key, codec=self.mailer, max_size=self.max_size)
-        # Owners of futures held here that are gone (without a launcher to say so).
-        owners = {f.owner for f in self.policy.futures.values() if not f.away}
-        for owner in owners - {self.identity}:
-            if not store.flagged(alive_flag(owner.decode(errors="replace"))):
-                self.policy.owner_gone(owner)
-        self._count_workers()
+        census = Census(self._census.number + 1, self._count_workers(), self.name)
+        blob = seal_census(self.key, census)
+        [there] = store.put_records(CENSUS, [(WORKERS, blob)])
+        if there is not None:
+            store.put_records(CENSUS, [(WORKERS, blob)], replace=True)
+        self._census, self._census_read = census, time.monotonic()
 
-    def _count_workers(self) -> None:
-        workers = [
-            name
-            for name, (_, role) in self.peers.records().items()
-            if role == m.WORKER and name != self.name
-        ]
-        self.policy.remote_workers = sum(
-            1 for name in workers if self.store.flagged(alive_flag(name))
-        )
+    def _read_census(self) -> None:
+        """The census, if it is newer than the one we know: the live workers
+        elsewhere. One that is not the run's is deleted."""
+        blob = self.store.records(CENSUS).get(WORKERS)
+        if blob is None:
+            return
+        try:
+            census = read_census(blob, self.key)
+        except ProtocolError as exc:
+            refusals.note(self.name, "census", "the census of the workers", exc)
+            self.store.drop_records(CENSUS, {WORKERS: blob})
+            return
+        if census.number > self._census.number:
+            self._census, self._census_read = census, time.monotonic()
+            self._counting_alone = False
+            me = 1 if self.role == m.WORKER else 0
+            self.policy.remote_workers = max(0, census.workers - me)
+
+    def _count_workers(self) -> int:
+        """Count the live workers (a look at every peer's record and flag):
+        those elsewhere go to the policy; returns them all."""
+        start = time.monotonic()
+        workers = [name for name, (_, role) in self.peers.records().items() if role == m.WORKER]
+        alive = _alive(self.store, workers)
+        self.policy.remote_workers = len(alive - {self.name})
+        self._count_took = time.monotonic() - start
+        return len(alive)
 
     def _arrived(self, entries: list[Entry], mail: list[list[Frame]], want: int) -> None:
         admitted, bad = self._admit(entries)
@@ -565,6 +643,8 @@ class StoreEndpoint(Endpoint):
                 if self._record is not None:
                     self.store.drop_records(PEERS, {self.name: self._record})
                 self.store.flag(alive_flag(self.name), 0)
+                if self._census.taker == self.name:
+                    self.store.lease(CENSUS, 0)  # the next to ask takes the census at once
                 if self.role == m.ROOT and not self.launcher_alive():
                     log.info("%s ends the run itself: its launcher is gone", self.name)
                     end_run = True
@@ -597,13 +677,19 @@ def tell_everyone(store: BrokerStore, codec: m.Codec, reason: str, wait: float) 
     peers told that were alive then (a frozen worker will not leave)."""
     peers = Peers(store, codec.key, who=codec.sender.decode(errors="replace"))
     told = {p for p in peers.names() if p != LAUNCHER and p.encode() != codec.sender}
-    alive = {p for p in told if store.flagged(alive_flag(p))}
+    alive = _alive(store, told)
     shutdown = m.Shutdown(reason)
     store.commit(mail=[(p, codec.encode(shutdown, to=p.encode())) for p in told])
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
-        staying = [p for p in store.records(PEERS) if p in alive and store.flagged(alive_flag(p))]
-        if not staying:
+        if not _alive(store, alive & set(store.records(PEERS))):
             break
         time.sleep(0.02)  # polling the store for departures
     return alive
+
+
+def _alive(store: BrokerStore, peers: Iterable[str]) -> set[str]:
+    """Those of ``peers`` whose flag is up, in one look."""
+    names = list(peers)
+    up = store.flags_up([alive_flag(p) for p in names])
+    return {p for p, live in zip(names, up, strict=True) if live}

@@ -1,5 +1,6 @@
 """The signed records of a store-backed run: queue entries, taken marks,
-peer records, shared constants and the run's description.
+peer records, the census of live workers, shared constants and the run's
+description.
 
 Anyone who can write to the store's server can write into the run, so
 everything a process acts on is signed with the run's key and checked
@@ -52,6 +53,13 @@ LAUNCHER = "launcher"
 PEERS, CONSTANTS, MARKS, RUN = "peers", "constants", "marks", "run"
 """The store's record tables: peer records, shared constants, taken marks, the run's description."""
 
+CENSUS = "census"
+"""The store's table of the census (its one record, :data:`WORKERS`), and
+the lease of the peer that takes it."""
+
+WORKERS = "workers"
+"""The census's record: how many workers are alive."""
+
 HUNGRY = "hungry"
 """The store's flag a worker raises when it found the queue empty."""
 
@@ -81,6 +89,7 @@ CONSTANT = "constant"
 PEER = "peer record"
 MARK = "taken mark"
 INFO = "run description"
+COUNT = "census"
 
 
 def _limit(max_size: int | None) -> int | None:
@@ -300,7 +309,8 @@ class Peers:
     name mailboxes (for constants, departures and the end of the run) and
     count workers: a future's owner is read from its signed entry, never
     from here. Without ``key`` it knows nobody (a caller that only passes
-    it on)."""
+    it on). A record is checked once: read again unchanged, it is known
+    (a run of a thousand peers reads a thousand records at each count)."""
 
     def __init__(
         self, store: BrokerStore, key: bytes | None = None, *, who: str = LAUNCHER
@@ -308,6 +318,7 @@ class Peers:
         self.store = store
         self.key = key
         self.who = who
+        self._checked: dict[str, tuple[bytes, tuple[int, str]]] = {}
 
     def records(self) -> dict[str, tuple[int, str]]:
         """Every peer with a good record: name -> (index, role)."""
@@ -315,20 +326,55 @@ class Peers:
         if self.key is None:
             return good
         bad: dict[str, bytes] = {}
+        checked: dict[str, tuple[bytes, tuple[int, str]]] = {}
         for name, blob in self.store.records(PEERS).items():
+            known = self._checked.get(name)
+            if known is not None and known[0] == blob:
+                checked[name] = known
+                good[name] = known[1]
+                continue
             try:
                 fields = open_record(blob, self.key, PEER, None)
                 if len(fields) != 3 or fields[0] != name:
                     raise ProtocolError("a record of another peer, or malformed")
                 good[name] = (_int_field(fields[1], "index"), _text_field(fields[2], "role"))
+                checked[name] = (blob, good[name])
             except ProtocolError as exc:
                 refusals.note(self.who, "peer", f"the peer record {_shown(name)}", exc)
                 bad[name] = blob
+        self._checked = checked
         self.store.drop_records(PEERS, bad)
         return good
 
     def names(self) -> list[str]:
         return list(self.records())
+
+
+# -- the census -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Census:
+    """How many workers were alive at a count, by whom, and the count's
+    number: each count takes the next, so an older census copied over a
+    newer one is known for what it is."""
+
+    number: int
+    workers: int
+    taker: str
+
+
+def seal_census(key: bytes, census: Census) -> bytes:
+    return seal_record(key, COUNT, [census.number, census.workers, census.taker])
+
+
+def read_census(blob: bytes, key: bytes) -> Census:
+    """The census :func:`seal_census` made; ProtocolError for anything else."""
+    fields = open_record(blob, key, COUNT, RECORD_ALLOWANCE)
+    if len(fields) != 3:
+        raise ProtocolError("malformed census")
+    number, workers = (_int_field(v, "number") for v in fields[:2])
+    return Census(number, workers, _text_field(fields[2], "census taker"))
 
 
 # -- constants ------------------------------------------------------------------------------

@@ -43,7 +43,17 @@ from scoop_core import runtime, shared
 from scoop_core.errors import ConstantError, ProtocolError
 from scoop_core.interfaces import BrokerStore
 from scoop_core.store_driver import StoreEndpoint, report_lost, tell_everyone
-from scoop_core.store_records import LAUNCHER, Queued, alive_flag, entry_for, read_entry
+from scoop_core.store_records import (
+    CENSUS,
+    LAUNCHER,
+    WORKERS,
+    Census,
+    Queued,
+    alive_flag,
+    entry_for,
+    read_entry,
+    seal_census,
+)
 from scoop_core.testing.memory_store import MemoryStore, MemoryStoreServer
 from scoop_core.worker import WorkerRuntime
 
@@ -61,14 +71,18 @@ def constant(name: str) -> Any:
     return shared.getConst(name, timeout=WAIT)
 
 
-def open_endpoint(server: MemoryStoreServer, key: bytes, name: str) -> StoreEndpoint:
-    """``name``'s way into the run, as ``connect_endpoint`` opens it in a process of its own."""
+def open_endpoint(
+    server: MemoryStoreServer, key: bytes, name: str, timeout: float = NEVER
+) -> StoreEndpoint:
+    """``name``'s way into the run, as ``connect_endpoint`` opens it in a
+    process of its own; a peer silent for ``timeout`` seconds is lost."""
     return StoreEndpoint(
         MemoryStore(server, identity=name),
         key=key,
         name=name,
         root="root",
-        heartbeat_timeout=NEVER,
+        heartbeat_interval=min(1.0, timeout / 10),
+        heartbeat_timeout=timeout,
         launcher_alive=lambda: True,  # the launcher, not the root, ends the run
     )
 
@@ -86,21 +100,22 @@ class Run(peer_runs.Submits):
     key: bytes
     root: runtime.RootRuntime
     launcher: MemoryStore  # the launcher's store, as the pool opens it
+    timeout: float = NEVER  # heartbeat_timeout
     workers: dict[str, Worker] = field(default_factory=dict)
 
     def add_worker(self, name: str, prefetch: int = 1) -> WorkerRuntime:
-        endpoint = open_endpoint(self.server, self.key, name)
+        endpoint = open_endpoint(self.server, self.key, name, self.timeout)
         worker, serving = peer_runs.start_worker(endpoint, self.key, name, prefetch)
         self.workers[name] = Worker(worker, serving, endpoint.store)
         return worker
 
 
-def start_run(server: MemoryStoreServer) -> Run:
+def start_run(server: MemoryStoreServer, timeout: float = NEVER) -> Run:
     key = os.urandom(32)
     launcher = MemoryStore(server, identity=LAUNCHER)
     launcher.flag(alive_flag(LAUNCHER), NEVER)
-    root = peer_runs.start_root(open_endpoint(server, key, "root"), key)
-    return Run(server, key, root, launcher)
+    root = peer_runs.start_root(open_endpoint(server, key, "root", timeout), key)
+    return Run(server, key, root, launcher, timeout)
 
 
 def stop_run(run: Run) -> None:
@@ -115,13 +130,14 @@ def stop_run(run: Run) -> None:
 @pytest.fixture
 def new_run(
     request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[[], Run]]:
+) -> Iterator[Callable[..., Run]]:
     restore_process_wide(monkeypatch)
     threads = set(threading.enumerate())
     runs: list[Run] = []
 
-    def new() -> Run:
-        runs.append(start_run(MemoryStoreServer(f"memory://test/{request.node.name}")))
+    def new(timeout: float = NEVER) -> Run:
+        server = MemoryStoreServer(f"memory://test/{request.node.name}")
+        runs.append(start_run(server, timeout))
         return runs[-1]
 
     yield new
@@ -135,7 +151,7 @@ def new_run(
 
 
 @pytest.fixture(params=[1, 2], ids=["prefetch-1", "prefetch-2"])
-def run(request: pytest.FixtureRequest, new_run: Callable[[], Run]) -> Run:
+def run(request: pytest.FixtureRequest, new_run: Callable[..., Run]) -> Run:
     """A root and one worker."""
     run = new_run()
     run.add_worker("worker-1", prefetch=request.param)
@@ -169,7 +185,7 @@ def test_a_shared_constant_reaches_the_worker_and_is_defined_once(run: Run) -> N
 
 
 def test_a_worker_that_joins_after_a_constant_was_defined_has_it(
-    new_run: Callable[[], Run],
+    new_run: Callable[..., Run],
 ) -> None:
     run = new_run()
     run.root.set_const("table", {"a": 1})
@@ -178,7 +194,7 @@ def test_a_worker_that_joins_after_a_constant_was_defined_has_it(
 
 
 def test_the_futures_of_a_dead_worker_run_again_elsewhere_once_it_is_reported(
-    new_run: Callable[[], Run],
+    new_run: Callable[..., Run],
 ) -> None:
     run = new_run()
     started, _ = held("victim")
@@ -200,6 +216,84 @@ def test_the_futures_of_a_dead_worker_run_again_elsewhere_once_it_is_reported(
     run.launcher.flag(alive_flag("worker-1"), 0)
     assert fut.result(WAIT) == "run again"
     assert RAN == ["victim", "victim"]
+
+
+def test_the_futures_of_a_silent_worker_run_again_elsewhere_without_the_launcher(
+    new_run: Callable[..., Run],
+) -> None:
+    # Nobody reports worker-1: its entry is claimed, once its lease ran
+    # out, by whichever peer takes the census.
+    run = new_run(timeout=0.5)
+    started, _ = held("victim")
+    run.add_worker("worker-1")
+    fut = run.submit(hold_the_first_time, "victim")
+    assert started.wait(WAIT), "the future never started"
+    run.workers["worker-1"].store.close()  # silent from now on
+    run.add_worker("worker-2")
+    assert fut.result(WAIT) == "run again"
+    assert RAN == ["victim", "victim"]
+
+
+def _hello(endpoint: StoreEndpoint, codec: m.Codec, role: str) -> None:
+    slots = 1 if role == m.WORKER else 0  # a root that runs no future waits for a worker
+    endpoint.send(codec.encode(m.Hello(role, endpoint.name, os.getpid(), "here", slots)))
+
+
+def _welcomed(endpoint: StoreEndpoint, codec: m.Codec, looks: int) -> bool:
+    """Whether ``endpoint`` hands its runtime a Welcome within ``looks`` reads."""
+    for _ in range(looks):
+        frames = endpoint.recv(0.01)
+        if frames is not None and isinstance(codec.decode(frames, m.BROKER_IDENTITY), m.Welcome):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("forged", ["another key", "an older count"])
+def test_a_forged_census_welcomes_no_program_before_its_workers(forged: str) -> None:
+    # A program that waits for one worker must not start on a census saying
+    # five workers live, written with another key, or copied from before.
+    server = MemoryStoreServer(f"memory://test/forged-census-{forged}")
+    key = os.urandom(32)
+    forger = MemoryStore(server, identity="forger")
+    newer = Census(7, 0, "worker-0")
+    forger.put_records(CENSUS, [(WORKERS, seal_census(key, newer))])
+
+    def endpoint(name: str) -> StoreEndpoint:
+        return StoreEndpoint(
+            MemoryStore(server, identity=name),
+            key=key,
+            name=name,
+            expected_workers=1,
+            join_timeout=NEVER,
+            launcher_alive=lambda: True,
+        )
+
+    root, worker = endpoint("root"), endpoint("worker-1")
+    root_codec, worker_codec = m.Codec(key, b"root"), m.Codec(key, b"worker-1")
+    try:
+        if forged == "an older count":
+            root._read_census()  # the root read the newer census before the copy
+        forger.put_records(
+            CENSUS,
+            [
+                (
+                    WORKERS,
+                    seal_census(
+                        os.urandom(32) if forged == "another key" else key, Census(3, 5, "x")
+                    ),
+                )
+            ],
+            replace=True,
+        )
+        _hello(root, root_codec, m.ROOT)
+        assert not _welcomed(root, root_codec, 20), "the program started with no worker"
+        _hello(worker, worker_codec, m.WORKER)
+        assert _welcomed(worker, worker_codec, 100)
+        assert _welcomed(root, root_codec, 1000), "the program did not start with its worker"
+    finally:
+        worker.close()
+        root.close()
+        forger.close(end_run=True)
 
 
 # -- large payloads: signed by their digest, hashed once where made and once where read --
