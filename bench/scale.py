@@ -197,8 +197,9 @@ def serve_broker(args: argparse.Namespace, key: bytes) -> int:
     from scoop_core.broker import Broker
 
     if args.broker_files:
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-        resource.setrlimit(resource.RLIMIT_NOFILE, (args.broker_files, hard))
+        # The hard limit too: a broker lifts its soft limit to the hard one.
+        limit = args.broker_files
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
     broker = Broker(
         ZmqTransport({}),
         key=key,
@@ -797,7 +798,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--broker-files",
         type=int,
-        help="the broker's limit of open files (default: this process's; 1024 is common)",
+        help="the broker's hard limit of open files (default: this process's; 1024 is "
+        "common as a soft limit, which a broker lifts, and on some machines as a hard one)",
     )
     p.add_argument("--json", type=Path, help="write the rows here too")
     p.add_argument("--heartbeat-interval", type=float, default=5.0)
