@@ -75,6 +75,13 @@ CORE_SETTINGS: tuple[Setting, ...] = (
         "the broker refuses a bigger frame before buffering it).",
     ),
     Setting(
+        "shared_memory",
+        bool,
+        True,
+        "Large arrays and buffers (1 MiB or more) between processes of one host go through "
+        "shared memory (Linux memfds) instead of sockets; false sends their bytes.",
+    ),
+    Setting(
         "max_losses",
         int,
         3,

@@ -17,10 +17,17 @@ Rules of this module:
   the recipient checks each large frame against its digest. Digests are
   per frame, not per message, because the broker regroups futures from
   the batches they came in.
+- A payload frame of :data:`~scoop_core.shared_frames.SHARED_THRESHOLD`
+  bytes or more going from a :class:`Codec` to a peer on the same host
+  travels as a small handle to a memfd (:mod:`scoop_core.shared_frames`)
+  instead of its bytes: the handle is a small frame, so the mac covers it
+  whole, and the bytes need no digest. A codec knows where its peers are
+  from the ``place`` in their :class:`Hello` or :class:`Welcome`.
 - The header is a small msgpack list. :class:`Codec`, which every process
   uses, writes ``[PROTOCOL_VERSION, KIND, sender, recipient, session, seq,
-  *fields]``: who signed it, for whom, the sender's random session nonce and
-  its sequence number, all under the mac. So a message captured on the wire
+  shared, *fields]``: who signed it, for whom, the sender's random session
+  nonce and its sequence number, and which payload frames are handles to
+  shared frames (their indexes), all under the mac. So a message captured on the wire
   cannot be replayed, reordered, reflected back to its sender or passed off
   as another peer's. The bare :func:`encode`/:func:`decode` write and read
   ``[PROTOCOL_VERSION, KIND, *fields]`` with none of that bookkeeping.
@@ -37,6 +44,7 @@ Rules of this module:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -50,10 +58,12 @@ from typing import Any, ClassVar, TypeVar
 
 import msgpack
 
+from scoop_core import shared_frames as sf
 from scoop_core.errors import ProtocolError, SerializationError
 from scoop_core.interfaces import Frame
+from scoop_core.shared_frames import SharedFrame
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 MAC_SIZE = 32
 
 DIGEST_SIZE = 32
@@ -172,26 +182,31 @@ def _plain(kind: int, *names: str) -> Any:
     return wrap
 
 
-@_plain(1, "role", "name", "pid", "host", "slots")
+@_plain(1, "role", "name", "pid", "host", "slots", "place")
 @dataclass(frozen=True)
 class Hello(Message):
-    """Peer → broker, first message: who I am and how many futures I run at once."""
+    """Peer → broker, first message: who I am and how many futures I run at
+    once. ``place`` says which peers can share frames with it
+    (:func:`~scoop_core.shared_frames.place`, this process's by default)."""
 
     role: str
     name: str
     pid: int
     host: str
     slots: int
+    place: str = dataclasses.field(default_factory=sf.place)
 
 
 @dataclass(frozen=True)
 class Welcome(Message):
     """Broker → peer: the peer's index (the high bits of its future ids) and
-    every shared constant defined so far."""
+    every shared constant defined so far. ``place``: as in :class:`Hello`,
+    the broker's."""
 
     KIND = 2
     index: int
     constants: tuple[Constant, ...] = ()
+    place: str = dataclasses.field(default_factory=sf.place)
 
     def _fields(self) -> tuple[list[Any], list[Frame]]:
         frames: list[Frame] = []
@@ -199,18 +214,20 @@ class Welcome(Message):
         for c in self.constants:
             heads.append([c.name, len(c.frames)])
             frames.extend(c.frames)
-        return [self.index, heads], frames
+        return [self.index, heads, self.place], frames
 
     @classmethod
     def _build(cls, fields: list[Any], frames: list[Frame]) -> Welcome:
-        index, heads = fields
+        index, heads, place = fields
+        if not isinstance(place, str):
+            raise ProtocolError(f"malformed Welcome message: bad place {place!r}")
         consts, pos = [], 0
         for name, count in heads:
             consts.append(Constant(name, _take(frames, pos, count)))
             pos += count
         if pos != len(frames):
             raise ProtocolError("payload frame count does not match the header")
-        return cls(index, tuple(consts))
+        return cls(index, tuple(consts), place)
 
 
 class _TaskBatch(Message):
@@ -540,6 +557,11 @@ def _unwrap(
             frames.append(frame if in_memory else frame.buffer)
             digests.append(frame.digest)
             continue
+        if type(frame) is SharedFrame:  # a relayed shared frame going as bytes
+            buffer, digest = frame.buffer, frame.digest
+            frames.append(Sealed(buffer, digest, checked=True) if in_memory else buffer)
+            digests.append(digest)
+            continue
         frame = buffer_of(frame)
         frames.append(frame)
         if _nbytes(frame) >= DIGEST_THRESHOLD:
@@ -671,8 +693,19 @@ def _nbytes(frame: Frame) -> int:
 
 
 def _frame_nbytes(frame: Frame) -> int:
-    """``memoryview(buffer_of(frame)).nbytes`` (bytes and views have no ``.buffer``)."""
-    return _nbytes(frame if type(frame) in (bytes, memoryview) else buffer_of(frame))
+    """``memoryview(buffer_of(frame)).nbytes`` (bytes and views have no
+    ``.buffer``; a :class:`~scoop_core.shared_frames.SharedFrame` is not mapped to be measured)."""
+    kind = type(frame)
+    if kind is SharedFrame:
+        return int(frame.size)
+    return _nbytes(frame if kind in (bytes, memoryview) else buffer_of(frame))
+
+
+def _sealed_size(header: bytes, payload: Sequence[Frame]) -> int:
+    """Bytes of ``[header, *payload, seal]`` once sealed, large frames sent as bytes."""
+    sizes = [_frame_nbytes(f) for f in payload]
+    large = sum(1 for n in sizes if n >= DIGEST_THRESHOLD)
+    return len(header) + sum(sizes) + MAC_SIZE + DIGEST_SIZE * large
 
 
 def frames_nbytes(frames: Sequence[Frame]) -> int:
@@ -878,6 +911,17 @@ class Codec:
     :meth:`encode` signs again by the digest it came with; :data:`CHECK`
     (a store-backed endpoint) checks it and hands it over Sealed.
 
+    Shared frames (:mod:`scoop_core.shared_frames`): a codec sends a payload
+    frame of :data:`~scoop_core.shared_frames.SHARED_THRESHOLD` bytes or
+    more as a handle to a memfd when the peer's ``place``, learnt from the
+    :class:`Hello` or :class:`Welcome` it decoded from that peer, is its
+    own. :data:`READ` maps a handle's frame as a writable buffer;
+    :data:`RELAY` holds it as a :class:`~scoop_core.shared_frames.SharedFrame`,
+    which :meth:`encode` passes on as a new handle, or as bytes with their
+    digest to a peer elsewhere. :data:`CHECK` (a store, whose readers may be
+    on any host) neither sends nor takes handles, nor do frames handed over
+    ``in_memory``, which go as objects.
+
     Because numbers only go up, the frames must reach the transport in the
     order :meth:`encode` made them: encode in the thread that sends. Both
     methods are thread-safe.
@@ -904,6 +948,8 @@ class Codec:
         self._recv_lock = threading.Lock()
         self._sessions: dict[bytes, tuple[bytes, int]] = {}  # sender -> (session, last seq)
         self._retired: OrderedDict[tuple[bytes, bytes], None] = OrderedDict()
+        self.place = sf.place() if payload != CHECK else ""
+        self._places: dict[bytes, str] = {}  # sender -> its place, from its Hello or Welcome
 
     def check_size(self, payload: Sequence[Frame], what: str) -> None:
         """Raise SerializationError if ``payload`` frames cannot travel in one
@@ -929,23 +975,78 @@ class Codec:
         ``in_memory``: the frames go to a reader in this process, never
         through a socket, so :class:`Sealed` frames stay so, and a reader
         takes those this process checked as checked."""
+        if in_memory and isinstance(msg, Hello | Welcome) and msg.place:
+            # Its reader shares this process, where frames go as objects:
+            # a memfd would only add a copy, so it must not send handles back.
+            msg = dataclasses.replace(msg, place="")
         fields, payload = msg._fields()
         with self._send_lock:
             self._seq += 1
             seq = self._seq
-        header = msgpack.packb(
-            [PROTOCOL_VERSION, msg.KIND, self.sender, to, self.session, seq, *fields],
-            use_bin_type=True,
-        )
-        frames = seal(self.key, header, payload, in_memory=in_memory)
+        sf.sweep()
+        shared = [] if in_memory else self._shareable(payload, to)
+        head = [PROTOCOL_VERSION, msg.KIND, self.sender, to, self.session, seq, shared, *fields]
+        header = msgpack.packb(head, use_bin_type=True)
         if self.max_size is not None:
-            size = frames_nbytes(frames)
+            size = _sealed_size(header, payload)
             if size > self.max_size:
                 raise SerializationError(
                     f"cannot send a {type(msg).__name__} message of {_too_big(size, self.max_size)}; "
                     "send less at once"
                 )
-        return frames
+        if shared:
+            payload, done = self._share(payload, shared, to)
+            if done != shared:
+                head[6] = done
+                header = msgpack.packb(head, use_bin_type=True)
+        return seal(self.key, header, payload, in_memory=in_memory)
+
+    def _shareable(self, payload: Sequence[Frame], to: bytes) -> list[int]:
+        """Indexes of the payload frames to send to ``to`` as shared frames."""
+        if not self.place or self._places.get(to) != self.place:
+            return []
+        return [i for i, f in enumerate(payload) if _frame_nbytes(f) >= sf.SHARED_THRESHOLD]
+
+    def _share(
+        self, payload: Sequence[Frame], indexes: list[int], to: bytes
+    ) -> tuple[list[Frame], list[int]]:
+        """``payload`` with handles in place of the frames at ``indexes``
+        that could be shared, and the indexes of those."""
+        out, done = list(payload), []
+        for i in indexes:
+            frame = payload[i]
+            source = frame if type(frame) is SharedFrame else buffer_of(frame)
+            handle = sf.share(source, _frame_nbytes(frame), (self.session, to))
+            if handle is not None:
+                out[i] = handle
+                done.append(i)
+        return out, done
+
+    def _take_shared(self, payload: list[Frame], shared: Any) -> list[Frame]:
+        """``payload`` with the frames that the handles at indexes ``shared`` name."""
+        if not (
+            isinstance(shared, list)
+            and all(_is_int(i) for i in shared)
+            and all(a < b for a, b in zip(shared, shared[1:], strict=False))
+            and (not shared or (shared[0] >= 0 and shared[-1] < len(payload)))
+        ):
+            raise ProtocolError("malformed list of shared frames in the header")
+        if not shared:
+            return payload
+        if self.payload == CHECK:
+            raise ProtocolError(
+                "a shared frame's handle reached a store-backed endpoint, which takes payloads "
+                "as bytes: its readers may be on another host"
+            )
+        handles = [_bytes(payload[i]) for i in shared]
+        if self.max_size is not None:
+            size = frames_nbytes(payload) + sum(sf.handle_size(h) - len(h) for h in handles)
+            if size > self.max_size:
+                raise ProtocolError(f"refused a message of {_too_big(size, self.max_size)}")
+        out = list(payload)
+        for i, handle in zip(shared, handles, strict=True):
+            out[i] = sf.read(handle) if self.payload == READ else SharedFrame.hold(handle)
+        return out
 
     def decode(self, frames: Sequence[Frame], peer: bytes | None = None) -> Message:
         """Check, parse and record one message; ProtocolError for anything wrong.
@@ -967,9 +1068,11 @@ class Codec:
         session by claiming its name (while a message that continues the
         live session, from a peer that reconnected, is accepted)."""
         cls, fields, payload = _open(frames, self.key, self.max_size, mode=self.payload)
-        if len(fields) < 4:
-            raise ProtocolError("message header has no sender, recipient, session and sequence")
-        sender, to, session, seq, *fields = fields
+        if len(fields) < 5:
+            raise ProtocolError(
+                "message header has no sender, recipient, session, sequence and shared frames"
+            )
+        sender, to, session, seq, shared, *fields = fields
         if not (
             isinstance(sender, bytes)
             and isinstance(to, bytes)
@@ -988,7 +1091,8 @@ class Codec:
                 f"a message signed as from {sender!r} arrived from peer {peer!r}: "
                 "a replayed or spoofed message"
             )
-        msg = _build(cls, fields, payload)
+        sf.sweep()
+        msg = _build(cls, fields, self._take_shared(payload, shared))
         with self._recv_lock:
             current = self._sessions.get(sender)
             if current is not None and current[0] == session:
@@ -1009,6 +1113,8 @@ class Codec:
                     )
                 self._retire(sender, current[0])
             self._sessions[sender] = (session, seq)
+            if isinstance(msg, Hello | Welcome):
+                self._places[sender] = msg.place
         return sender, msg
 
     def forget(self, sender: bytes) -> None:
@@ -1018,6 +1124,8 @@ class Codec:
             current = self._sessions.pop(sender, None)
             if current is not None:
                 self._retire(sender, current[0])
+            self._places.pop(sender, None)
+        sf.release((self.session, sender))
 
     def _retire(self, sender: bytes, session: bytes) -> None:
         self._retired[(sender, session)] = None

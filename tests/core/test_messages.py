@@ -420,7 +420,7 @@ def test_a_welcome_with_unclaimed_frames_is_refused() -> None:
     "head",
     [
         [V, m.Hello.KIND, "worker", "w", 1, "host"],  # a field short
-        [V, m.Hello.KIND, "worker", "w", 1, "host", 1, "extra"],
+        [V, m.Hello.KIND, "worker", "w", 1, "host", 1, "place", "extra"],
         [V, m.Submit.KIND],
         [V, m.Submit.KIND, 5],
         [V, m.Submit.KIND, [[FID, 0, 1]]],
