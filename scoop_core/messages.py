@@ -1045,7 +1045,7 @@ class Codec:
                 raise ProtocolError(f"refused a message of {_too_big(size, self.max_size)}")
         out = list(payload)
         for i, handle in zip(shared, handles, strict=True):
-            out[i] = sf.read(handle) if self.payload == READ else SharedFrame.hold(handle)
+            out[i] = sf.read(handle) if self.payload == READ else sf.relay(handle)
         return out
 
     def decode(self, frames: Sequence[Frame], peer: bytes | None = None) -> Message:

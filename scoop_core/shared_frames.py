@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import errno
 import fcntl
 import functools
 import hashlib
@@ -46,6 +47,7 @@ import hmac
 import logging
 import mmap
 import os
+import resource
 import secrets
 import stat
 import struct
@@ -197,9 +199,10 @@ def _open(handle: bytes) -> tuple[_Memfd, int]:
             raise ProtocolError(f"a shared frame of process {pid} is gone: its fd is another file")
         own = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
+        gone = exc.errno == errno.ENOENT
         raise ProtocolError(
-            f"a shared frame of process {pid} cannot be opened ({exc.strerror}): "
-            "its sender ended before it was taken"
+            f"a shared frame of process {pid} cannot be opened ({exc.strerror})"
+            + (": its sender ended, or let go of it, before it was taken" if gone else "")
         ) from None
     f = _Memfd(own, size, token)
     try:
@@ -287,11 +290,6 @@ class SharedFrame:
         self._buffer: memoryview | None = None
         self._digest: bytes | None = None
 
-    @classmethod
-    def hold(cls, handle: bytes) -> SharedFrame:
-        """Open the frame ``handle`` names, to pass it on."""
-        return cls(*_open(handle))
-
     @property
     def size(self) -> int:
         return self._file.size
@@ -310,6 +308,24 @@ class SharedFrame:
 
     def __repr__(self) -> str:
         return f"SharedFrame({self.size} bytes, fd {self._file.fd})"
+
+
+def relay(handle: bytes) -> SharedFrame | memoryview:
+    """The frame ``handle`` names, for a relay to pass on: held by its fd,
+    or, once this process has a quarter of the files it may open, mapped
+    read-only, its fd closed. A mapping counts against no file limit (a
+    broker holding many futures must not fail to open their frames), and
+    passing it on costs a copy into a new memfd."""
+    f, slot = _open(handle)
+    files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if files == resource.RLIM_INFINITY or len(_open_files) <= files // 4:
+        return SharedFrame(f, slot)
+    try:
+        return _map(f, writable=False)
+    except OSError as exc:
+        raise ProtocolError(str(exc)) from None
+    finally:
+        f.close()
 
 
 class _Pending:

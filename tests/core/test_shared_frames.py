@@ -12,6 +12,7 @@ import gc
 import json
 import os
 import pickle
+import resource
 import subprocess
 import sys
 import textwrap
@@ -189,6 +190,26 @@ def test_the_senders_fd_is_closed_once_its_reader_took_the_frame(run):
     sf.sweep()
     assert memfds() == []  # the worker's mapping is no fd
     assert got[-1] == BIG // 8 - 1
+
+
+def test_a_broker_near_its_open_file_limit_still_passes_frames_on(run):
+    root, broker, worker = run
+    count = 40
+    arrays = [np.full(sf.SHARED_THRESHOLD // 8, float(k)) for k in range(count)]
+    tasks = tuple(submit(a).tasks[0] for a in arrays)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # Room for the root's fds, not for the broker's too.
+    resource.setrlimit(
+        resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + count + 20, hard)
+    )
+    try:
+        relayed = received(broker, wire(root.encode(m.Submit(tasks))), ROOT)
+        got = worker.decode(wire(broker.encode(m.Tasks(relayed), to=WORKER)), m.BROKER_IDENTITY)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert isinstance(got, m.Tasks)
+    for task, sent in zip(got.tasks, arrays, strict=True):
+        assert np.array_equal(pickle.loads(task.frames[0], buffers=task.frames[1:]), sent)
 
 
 def test_a_checking_codec_neither_sends_nor_takes_handles(run):
