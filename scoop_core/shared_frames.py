@@ -155,7 +155,7 @@ def _close_all_in_child() -> None:
     it sent them."""
     for f in list(_open_files):
         f.close()
-    _pending.clear()
+    _pending.reset()
 
 
 os.register_at_fork(after_in_child=_close_all_in_child)
@@ -353,9 +353,12 @@ class _Pending:
         with self._lock:
             self._keep(lambda e: e[2] != peer)
 
-    def clear(self) -> None:
-        with self._lock:
-            self._keep(lambda e: False)
+    def reset(self) -> None:
+        """Forget every entry, without the lock: in a forked child, whose
+        lock may have been held by a thread of its parent."""
+        self._lock = threading.Lock()
+        self._entries = []
+        self.made = 0
 
     def _keep(self, wanted: Any) -> None:
         kept = []

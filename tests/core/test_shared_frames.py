@@ -212,6 +212,16 @@ def test_a_broker_near_its_open_file_limit_still_passes_frames_on(run):
         assert np.array_equal(pickle.loads(task.frames[0], buffers=task.frames[1:]), sent)
 
 
+def test_a_forked_child_holds_no_frame_of_its_parent(run):
+    root, broker, _ = run
+    frames = wire(root.encode(submit(array())))
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0 if memfds() == [] else 1)
+    assert os.waitpid(pid, 0)[1] == 0
+    assert len(received(broker, frames, ROOT)) == 1  # the parent's frame is still there
+
+
 def test_a_checking_codec_neither_sends_nor_takes_handles(run):
     root, broker, _ = run
     store = m.Codec(KEY, b"store-endpoint", payload=m.CHECK)
