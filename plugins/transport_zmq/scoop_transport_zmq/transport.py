@@ -47,6 +47,12 @@ Why these choices:
   objects, so a large buffer is never copied by us (pyzmq still copies small
   frames itself, below ``zmq.COPY_THRESHOLD``, where that is faster). A
   sender must not mutate a frame after sending it.
+- Small frames of a message travel packed together in one ZeroMQ frame
+  (:func:`pack`): a message of many small futures is a few frames, not one
+  per future, and each ZeroMQ frame costs microseconds to send and receive
+  from Python. The receiver hands them over as views of that one frame. A
+  message whose first frame is not a pack passes as it is, so a stranger's
+  raw frames meet the core's checks as they came.
 - ``wakeup()`` writes one byte to a socket pair polled next to the ZeroMQ
   socket; it works from any thread, and a burst of calls writes one byte
   (:class:`scoop_core.wakeup.WakeUp` keeps the flag, the lock and the
@@ -69,6 +75,7 @@ import math
 import os
 import shutil
 import socket
+import struct
 import tempfile
 import threading
 import time
@@ -110,7 +117,88 @@ _ZAP_MAX_LOGGED = 100
 def _message(frames: Sequence[Frame]) -> list[Frame]:
     if not frames:
         raise ValueError("a message needs at least one frame, got an empty sequence")
-    return list(frames)
+    return pack(frames)
+
+
+PACK_MARK = b"\x00scoop-pack\x00"
+"""How a frame holding several small frames starts. A message's first frame
+is the core's header, a msgpack list, which never starts with a zero byte."""
+
+PACK_SMALL = 16 * 1024
+"""Frames shorter than this travel packed; longer ones go as they are."""
+
+PACK_MOST = 256
+"""Frames described by one pack at most, so that a pack is never more than
+a few KiB over the frames it holds (ZMQ_MAXMSGSIZE allows CURVE_ALLOWANCE)."""
+
+_COUNT = struct.Struct("<I")
+_IN_NEXT_FRAME = 0xFFFFFFFF  # this frame is the next ZeroMQ frame, not in the pack
+
+
+def _nbytes(frame: Frame) -> int:
+    return len(frame) if type(frame) is bytes else memoryview(frame).nbytes
+
+
+def pack(frames: Sequence[Frame]) -> list[Frame]:
+    """The ZeroMQ frames that carry ``frames``: each run of up to
+    :data:`PACK_MOST` frames becomes one pack of the small ones (their
+    lengths, then their bytes) followed by the large ones, which it names
+    in their places. Two frames or fewer go as they are."""
+    if len(frames) < 3:
+        return list(frames)
+    out: list[Frame] = []
+    for start in range(0, len(frames), PACK_MOST):
+        group = frames[start : start + PACK_MOST]
+        lengths, small, large = [], [], []
+        for frame in group:
+            n = _nbytes(frame)
+            if n < PACK_SMALL:
+                lengths.append(n)
+                small.append(frame)
+            else:
+                lengths.append(_IN_NEXT_FRAME)
+                large.append(frame)
+        head = PACK_MARK + struct.pack(f"<{len(lengths) + 1}I", len(lengths), *lengths)
+        out.append(b"".join([head, *small]))
+        out.extend(large)
+    return out
+
+
+def unpack(frames: list[Any]) -> list[Any]:
+    """The frames :func:`pack` packed, small ones as views of their pack; a
+    message that is not packed, or not well (a stranger's), as it came:
+    the core's checks refuse what is wrong with it."""
+    first = frames[0] if frames else None
+    if not isinstance(first, zmq.Frame) or first.buffer[: len(PACK_MARK)] != PACK_MARK:
+        return frames
+    out: list[Any] = []
+    i = 0
+    try:
+        while i < len(frames):
+            view = memoryview(frames[i].buffer).cast("B")
+            if view[: len(PACK_MARK)] != PACK_MARK:
+                return frames
+            i += 1
+            pos = len(PACK_MARK)
+            (count,) = _COUNT.unpack_from(view, pos)
+            if not 0 < count <= PACK_MOST:
+                return frames
+            lengths = struct.unpack_from(f"<{count}I", view, pos + _COUNT.size)
+            pos += _COUNT.size * (count + 1)
+            for n in lengths:
+                if n == _IN_NEXT_FRAME:
+                    out.append(frames[i])
+                    i += 1
+                else:
+                    if pos + n > view.nbytes:
+                        return frames
+                    out.append(view[pos : pos + n])
+                    pos += n
+            if pos != view.nbytes:
+                return frames
+    except (struct.error, IndexError, AttributeError):
+        return frames
+    return out
 
 
 def client_keys(key: bytes) -> tuple[bytes, bytes]:
@@ -228,10 +316,9 @@ class _Socket:
                 # steady stream of messages cannot starve it.
                 if self._wake.take():
                     return None
-                try:
-                    return self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    pass
+                flags = self.sock.get(zmq.EVENTS)
+                if isinstance(flags, int) and flags & zmq.POLLIN:  # cheaper than zmq.Again
+                    return self._recv_message()
                 if deadline is None:
                     poll_ms = None
                 else:
@@ -243,6 +330,16 @@ class _Socket:
                 if self._wake_r.fileno() in events:
                     self._wake.take()
                     return None
+
+    def _recv_message(self) -> list[zmq.Frame]:
+        """The message waiting on the socket: its frames, asked for until
+        one says it is the last (``Frame.more``, cheaper than RCVMORE)."""
+        frame = self.sock.recv(zmq.NOBLOCK, copy=False)
+        frames = [frame]
+        while frame.more:
+            frame = self.sock.recv(zmq.NOBLOCK, copy=False)
+            frames.append(frame)
+        return frames
 
     def _poke(self) -> None:
         # A full buffer means wake-up bytes are waiting already: recv will wake.
@@ -297,7 +394,7 @@ class ZmqHub(Hub):
         frames = self._core.recv(timeout)
         if frames is None:
             return None
-        return frames[0].bytes, list(frames[1:])
+        return frames[0].bytes, unpack(frames[1:])
 
     def wakeup(self) -> None:
         self._core.wakeup()
@@ -316,7 +413,8 @@ class ZmqEndpoint(Endpoint):
         self._core.send(_message(frames))
 
     def recv(self, timeout: float | None) -> list[Frame] | None:
-        return self._core.recv(timeout)
+        frames = self._core.recv(timeout)
+        return None if frames is None else unpack(frames)
 
     def wakeup(self) -> None:
         self._core.wakeup()
