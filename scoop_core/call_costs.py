@@ -32,6 +32,12 @@ long may run in the root while the root waits for it. Longer ones run on
 the workers, in parallel; up to this, the root would spend about as long
 waiting for the answer, and sending the future costs CPU the workers need."""
 
+TINY_SECONDS = 0.0005
+"""A future expected to take at most this long is *tiny*: sending it costs
+the run more CPU (pickling, three processes, two hops) than running it.
+A root keeps only so many tiny futures on the workers at once, and runs
+the rest itself while it waits (:class:`~scoop_core.runtime.RootRuntime`)."""
+
 RUNS_BEFORE_HERE = 3
 """Successful runs on workers a function needs before the root runs it."""
 
@@ -99,6 +105,11 @@ class CallCosts:
             and cost.runs >= RUNS_BEFORE_HERE
             and cost.item_seconds * items <= RUN_HERE_SECONDS
         )
+
+    def is_tiny(self, fn: Callable[..., Any], items: int) -> bool:
+        """Whether a future of ``items`` calls of ``fn`` (one that
+        :meth:`runs_here`) is expected to take :data:`TINY_SECONDS` at most."""
+        return 0 <= self.item_seconds(fn) * items <= TINY_SECONDS
 
     def _entry(self, fn: Callable[..., Any]) -> Cost | None:
         key = self._key(fn)

@@ -63,8 +63,9 @@ class Future(cf.Future[Any]):
         self.nbytes = 0  # size of its pickled call, when it was pickled
         # The function it calls and how many times (a chunk's items), to learn its cost.
         self.call: tuple[Callable[..., Any], int] | None = None
-        # Runs it in the calling thread if it was not sent yet; True if it did.
-        self.run_here: Callable[[Future], bool] | None = None
+        # Runs it in the calling thread if it was not sent yet, True if it
+        # did; with help_out=True, runs other futures until it is done.
+        self.run_here: Callable[..., bool] | None = None
 
     def __repr__(self) -> str:
         return f"<scoop Future {self.fid:#x} state={self._state.lower()}>"
@@ -74,7 +75,7 @@ class Future(cf.Future[Any]):
         # class blocks the thread on its condition.
         if self.done():
             return
-        if self.run_here is not None and self.run_here(self):
+        if self.run_here is not None and self.run_here(self, help_out=True):
             return
         event = greenlet_event()
         if event is None:

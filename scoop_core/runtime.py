@@ -719,11 +719,24 @@ class RootRuntime(ThreadedRuntime):
     pickled call), as on a worker. The I/O thread holds such a future back
     for up to ``HOLD_SECONDS`` before it sends it, so that the program's
     thread, busy submitting it, has the time to come and wait for it.
+
+    Tiny futures (:data:`~scoop_core.call_costs.TINY_SECONDS`) cost more
+    to send than to run: the root keeps at most ``MAX_TINY_ON_WORKERS`` of
+    them sent and unfinished, and holds the others back. A thread that
+    waits for a future already sent runs held ones meanwhile, newest first
+    (the I/O thread sends the oldest as results come back), as SCOOP's
+    root does: a program that submits thousands of small calls and then
+    reads them has the root and the workers share them.
     """
 
     role = m.ROOT
 
     HOLD_SECONDS = 0.001
+
+    MAX_TINY_ON_WORKERS = 256
+    """Enough to keep the workers busy: the broker moves a few thousand
+    futures a second, so more tiny futures on the workers would only wait
+    in queues, while the root could run them for less than sending costs."""
 
     def __init__(self, endpoint: Endpoint, *, run_here: bool = True, **kwargs: Any) -> None:
         super().__init__(endpoint, **kwargs)
@@ -732,12 +745,18 @@ class RootRuntime(ThreadedRuntime):
         # they were submitted; a taken id moves to _taken, and the I/O
         # thread drops its task instead of sending it. One lock, so a task
         # is either sent or run here, never both.
-        self._unsent: dict[int, tuple[m.Task, float]] = {}
+        # With when they were submitted, and whether they are tiny.
+        self._unsent: dict[int, tuple[m.Task, float, bool]] = {}
         self._taken: set[int] = set()
         self._take_lock = threading.Lock()
         # I/O thread only: the tasks it holds back a moment, oldest first,
         # with when they were submitted.
         self._held: list[tuple[m.Task, float]] = []
+        # Tiny tasks held back until fewer are on the workers, oldest first
+        # (under _take_lock: a waiting thread takes the newest).
+        self._waiting: collections.deque[m.Task] = collections.deque()
+        # I/O thread only: ids of the tiny futures sent and not finished.
+        self._tiny_on_workers: set[int] = set()
 
     def _send_tasks(self, tasks: list[m.Task]) -> None:
         if self.runs_here:
@@ -747,12 +766,12 @@ class RootRuntime(ThreadedRuntime):
                 fut = self._owned.get(task.fid)
                 if fut is not None and fut.call is not None and self.costs.runs_here(*fut.call):
                     fut.run_here = self._run_here
-                    here.append(task)
+                    here.append((task, self.costs.is_tiny(*fut.call)))
             if here:
                 now = time.monotonic()
                 with self._take_lock:
-                    for task in here:
-                        self._unsent[task.fid] = (task, now)
+                    for task, tiny in here:
+                        self._unsent[task.fid] = (task, now, tiny)
         super()._send_tasks(tasks)
 
     def _send_pending(self) -> None:
@@ -761,6 +780,13 @@ class RootRuntime(ThreadedRuntime):
             # The oldest is due: all are looked at again, before what came after.
             self._outbox.extendleft(reversed([task for task, _ in held]))
             self._held = []
+        room = self.MAX_TINY_ON_WORKERS - len(self._tiny_on_workers)
+        if self._waiting and (room > 0 or self._stop):
+            with self._take_lock:
+                waiting = self._waiting
+                count = len(waiting) if self._stop else min(room, len(waiting))
+                leaving = [waiting.popleft() for _ in range(count)]
+            self._outbox.extendleft(reversed(leaving))
         super()._send_pending()
 
     def not_taken(self, tasks: list[m.Task]) -> list[m.Task]:
@@ -768,18 +794,37 @@ class RootRuntime(ThreadedRuntime):
             return tasks
         now = time.monotonic()
         kept = []
+        on_workers = self._tiny_on_workers
         with self._take_lock:
             for task in tasks:
-                if task.fid in self._taken:
-                    self._taken.discard(task.fid)
+                fid = task.fid
+                if fid in self._taken:
+                    self._taken.discard(fid)
                     continue
-                unsent = self._unsent.get(task.fid)
-                if unsent is not None and now - unsent[1] < self.HOLD_SECONDS and not self._stop:
-                    self._held.append((task, unsent[1]))
-                    continue
-                self._unsent.pop(task.fid, None)
+                unsent = self._unsent.get(fid)
+                if unsent is not None and not self._stop:
+                    if now - unsent[1] < self.HOLD_SECONDS:
+                        self._held.append((task, unsent[1]))
+                        continue
+                    if unsent[2]:
+                        if len(on_workers) >= self.MAX_TINY_ON_WORKERS:
+                            self._waiting.append(task)
+                            continue
+                        on_workers.add(fid)
+                self._unsent.pop(fid, None)
                 kept.append(task)
         return kept
+
+    def _on_results(self, outcomes: Iterable[m.Outcome]) -> None:
+        if self._tiny_on_workers:
+            outcomes = list(outcomes)
+            for out in outcomes:
+                self._tiny_on_workers.discard(out.fid)
+        super()._on_results(outcomes)
+
+    def _forget(self, fid: int) -> Future | None:
+        self._tiny_on_workers.discard(fid)
+        return super()._forget(fid)
 
     def io_tick(self) -> float:
         if not self._held:
@@ -797,14 +842,48 @@ class RootRuntime(ThreadedRuntime):
         fut.run_here = None
         return unsent[0]
 
-    def _run_here(self, fut: Future) -> bool:
+    def _take_waiting(self) -> tuple[Future, m.Task] | None:
+        """The newest tiny future held back for want of room on the workers,
+        and its task, taken to run here; None if there is none."""
+        found = None
+        given_back = []
+        with self._take_lock:
+            while self._waiting and found is None:
+                task = self._waiting.pop()
+                fid = task.fid
+                if self._unsent.pop(fid, None) is not None:
+                    fut = self._owned.get(fid)
+                    if fut is not None:
+                        fut.run_here = None
+                        found = fut, task
+                elif fid in self._taken:
+                    self._taken.discard(fid)  # a thread took it for itself
+                else:
+                    given_back.append(task)  # it failed here: it goes to a worker
+        if given_back:
+            super()._send_tasks(given_back)
+        return found
+
+    def _run_here(self, fut: Future, *, help_out: bool = False) -> bool:
         """Run ``fut`` in the calling thread if it has not been sent yet;
-        True if it did (``fut`` is then done)."""
+        True if it did (``fut`` is then done). If it was sent, and
+        ``help_out``, run tiny futures held back until ``fut`` is done;
+        True if it is."""
         if self.in_io_thread():
             return False  # a done-callback: results must keep flowing
         task = self._take(fut)
         if task is None:
-            return False
+            while help_out and not fut.done():
+                other = self._take_waiting()
+                if other is None:
+                    break
+                self._run_task(*other)
+            return fut.done()
+        return self._run_task(fut, task)
+
+    def _run_task(self, fut: Future, task: m.Task) -> bool:
+        """Run ``fut``'s ``task``, taken back from the I/O thread, here; True
+        if it ran (``fut`` is done), False if it was sent after all."""
         if not fut.set_running_or_notify_cancel():
             self._forget(fut.fid)
             return True

@@ -126,8 +126,14 @@ def _defined_on_workers(name: str) -> bool:
     path = getattr(sys.modules["__main__"], "__file__", None)
     if not path:
         return False
-    names = _worker_names(os.path.abspath(path))
+    names = _worker_names(_absolute(path))
     return names is not None and name in names
+
+
+@functools.lru_cache(maxsize=8)
+def _absolute(path: str) -> str:
+    # Asked for every function pickled: os.path.abspath costs microseconds.
+    return os.path.abspath(path)
 
 
 def _is_main_toplevel(obj: Any) -> bool:

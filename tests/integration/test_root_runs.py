@@ -166,3 +166,31 @@ if __name__ == "__main__":
 """)
     (got,) = program_results(scoop_run(prog))
     assert got == [[], 1, True, 9]
+
+
+@pytest.mark.both_transports
+def test_many_tiny_futures_are_shared_by_the_root_and_the_workers_each_run_once(
+    program, scoop_run, tmp_path
+):
+    # More tiny futures than the root keeps on the workers: the rest wait in
+    # the root, which runs them while it waits for the ones it sent. Each
+    # future claims a file of its own, so a second run of any would fail.
+    claimed = tmp_path / "claimed"
+    claimed.mkdir()
+    prog = program(f"""
+def claim(i):
+    os.close(os.open(os.path.join({str(claimed)!r}, str(i)), os.O_CREAT | os.O_EXCL))
+    return i, os.getpid()
+
+if __name__ == "__main__":
+    for i in range(3):
+        futures.submit(claim, -1 - i).result()
+    pending = [futures.submit(claim, i) for i in range(3000)]
+    got = [f.result() for f in pending]
+    out([[i for i, _ in got] == list(range(3000)), roots(p for _, p in got)])
+""")
+    (got,) = program_results(scoop_run(prog))
+    in_order, in_root = got
+    assert in_order
+    assert 0 < in_root < 3000, in_root
+    assert len(list(claimed.iterdir())) == 3003
