@@ -38,6 +38,7 @@ import logging
 import os
 import re
 import reprlib
+import sys
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -445,6 +446,8 @@ def _builtin_source(name: str, module: str) -> _Source:
 
 
 def _entry_point_sources(builtin_modules: set[str]) -> list[_Source]:
+    if not _may_declare_plugins():
+        return []
     import importlib.metadata
 
     sources = []
@@ -464,6 +467,45 @@ def _entry_point_sources(builtin_modules: set[str]) -> list[_Source]:
             )
         )
     return sources
+
+
+_SECTION = re.compile(rb"^\[\s*" + re.escape(ENTRY_POINT_GROUP.encode()) + rb"\s*\]\s*$", re.M)
+
+
+def _may_declare_plugins() -> bool:
+    """Whether an installed distribution may declare a plugin: one has an
+    ``entry_points.txt`` with a section for our group, or this cannot be
+    told without importlib.metadata (a zip on ``sys.path``, a finder of
+    distributions other than the standard one). What importlib.metadata
+    would read anyway, without importing it (email, zipfile, csv...) or
+    parsing every distribution's metadata: tens of milliseconds in every
+    launcher, for a scan that finds no third-party plugin in most installs."""
+    from importlib.machinery import PathFinder
+
+    if any(
+        hasattr(finder, "find_distributions") and finder is not PathFinder
+        for finder in sys.meta_path
+    ):
+        return True
+    for entry in sys.path:
+        root = entry or "."
+        try:
+            children = os.listdir(root)
+        except NotADirectoryError:
+            return True  # a zip, which may hold distributions
+        except OSError:
+            continue
+        infos = [c for c in children if c.lower().endswith((".dist-info", ".egg-info"))]
+        if root.lower().endswith(".egg"):
+            infos.append("EGG-INFO")
+        for info in infos:
+            try:
+                with open(os.path.join(root, info, "entry_points.txt"), "rb") as fh:
+                    if _SECTION.search(fh.read()):
+                        return True
+            except OSError:
+                continue
+    return False
 
 
 def format_plugin_table(infos: Iterable[PluginInfo]) -> str:

@@ -289,6 +289,19 @@ def test_an_installed_distribution_is_listed_and_selectable(tmp_path: Path) -> N
     assert "round trip: [1, 2, 3]" in result.stdout
 
 
+def test_a_plugin_declared_among_other_entry_points_is_found(site: Path) -> None:
+    # Console scripts often come first.
+    make_fake_distribution(site, "mixedplug", "0.2", serializer_plugin("mixed"))
+    (site / "mixedplug-0.2.dist-info" / "entry_points.txt").write_text(
+        "[console_scripts]\nmixed = mixedplug:main\n\n[scoop]\nmixedplug = mixedplug\n"
+    )
+
+    pm = PluginManager(builtins=SERIALIZERS_ONLY)
+
+    assert row(pm, "mixedplug", "mixed").status == "enabled"
+    assert pm.serializer("mixed").factory().loads(pm.serializer("mixed").factory().dumps(7)) == 7
+
+
 def test_a_broken_distribution_is_listed_and_skipped(
     site: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
