@@ -1,7 +1,6 @@
 """``python -m scoop [flags] prog.py [args]``: see :mod:`scoop_core.cli`."""
 
-import sys
-
 from scoop_core.cli import main_module
+from scoop_core.fork_server import finish
 
-sys.exit(main_module())
+finish(main_module())

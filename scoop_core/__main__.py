@@ -1,7 +1,6 @@
 """``python -m scoop_core``: the ``scoop`` command."""
 
-import sys
-
 from scoop_core.cli import main
+from scoop_core.fork_server import finish
 
-sys.exit(main())
+finish(main())

@@ -24,7 +24,7 @@ import traceback
 import types
 import urllib.parse
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from scoop_core import context, runtime
 from scoop_core import log as scoop_log
@@ -332,5 +332,22 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
+def run(argv: list[str]) -> NoReturn:
+    """Run :func:`main`, then end this process as the interpreter ends
+    ``python prog.py`` (see :func:`scoop_core.fork_server.finish`), with
+    main's status, or that of an exception main let through, reported as
+    the interpreter reports it."""
+    from scoop_core.fork_server import finish
+
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = _exit_code(exc.code)
+    except BaseException as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        code = 128 + signal.SIGINT if isinstance(exc, KeyboardInterrupt) else 1
+    finish(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run(sys.argv[1:])

@@ -13,7 +13,6 @@ import argparse
 import contextlib
 import logging
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -438,7 +437,7 @@ def run_program(options: argparse.Namespace) -> int:
     if not _compiles(program):
         return 1
     # Started first, so that it imports the core while this process configures the run.
-    server = fork_server.start(os.path.abspath(program))
+    server = fork_server.start()
     try:
         return _run_program(options, program, server)
     finally:
@@ -448,7 +447,7 @@ def run_program(options: argparse.Namespace) -> int:
 def _run_program(
     options: argparse.Namespace, program: str, server: fork_server.ForkServer | None
 ) -> int:
-    from scoop_core.run import Run, WorkerOptions, worker_count
+    from scoop_core.run import Run, WorkerOptions, needed_plugins, worker_count
 
     hosts = _hosts(options)
     cli = {
@@ -464,6 +463,16 @@ def _run_program(
     cli.update(_launcher_flags(options, cli["transport"]))
     config, plugins = _configure(options, {k: v for k, v in cli.items() if v is not None})
     scoop_log.configure(config["log_level"])
+    if server is not None:
+        # As soon as they are known: the server imports them while this process goes on.
+        server.preload(
+            {
+                "_SCOOP_TRANSPORT": config["transport"],
+                "_SCOOP_SERIALIZER": config["serializer"],
+                "_SCOOP_PLUGINS": needed_plugins(config, plugins),
+                "_SCOOP_DISABLE_PLUGINS": ",".join(config["disable_plugins"]),
+            }
+        )
     launcher, placed = _placement(config, plugins, hosts)
     remote = placed is not None and not all(_is_local(h) for h in placed)
     _warn_remote_only(options, remote)
@@ -488,15 +497,6 @@ def _run_program(
         launcher=launcher,
         hosts=placed,
     )
-    if server is not None:
-        server.preload(
-            {
-                "_SCOOP_TRANSPORT": run.transport_name,
-                "_SCOOP_SERIALIZER": config["serializer"],
-                "_SCOOP_PLUGINS": run.needed_plugins,
-                "_SCOOP_DISABLE_PLUGINS": ",".join(config["disable_plugins"]),
-            }
-        )
     return _supervise(run, program, list(options.args))
 
 
@@ -532,13 +532,8 @@ class _Root:
 
     def wait(self, timeout: float) -> int | None:
         """The exit status (negative: killed by that signal), or None after ``timeout``."""
-        if isinstance(self.proc, subprocess.Popen):
-            return _wait_exit(self.proc, timeout)
         if self.proc is not None:
-            try:
-                return self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                return None
+            return fork_server.wait_exit(self.proc, timeout)
         assert self.group is not None
         deadline = time.monotonic() + timeout
         while True:
@@ -570,27 +565,6 @@ def _start_root(argv: list[str], env: dict[str, str]) -> LocalProcess:
         except OSError as exc:
             log.info("the root starts as a fresh interpreter: %s", exc)
     return subprocess.Popen(argv, env={**os.environ, **env})
-
-
-def _wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
-    """``proc``'s exit status, or None after ``timeout``, known as soon as it
-    exits: ``Popen.wait`` polls, up to 50 ms late, and the whole run waits
-    for the launcher to notice that its program has ended."""
-    status = proc.poll()
-    if status is not None:
-        return status
-    try:
-        exited = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):  # not Linux 5.3 or later
-        try:
-            return proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            return None
-    try:
-        select.select([exited], [], [], timeout)
-    finally:
-        os.close(exited)
-    return proc.poll()
 
 
 def _supervise(run: Run, program: str, args: list[str]) -> int:

@@ -4,20 +4,27 @@ Each process of a run (the root, every worker) would otherwise be a fresh
 interpreter importing the core, its transport and its serializer: about a
 tenth of a second of CPU each, and on a machine with few cores a run of
 ``-n 2`` spends more time starting than doing a small program's work. The
-launcher of ``python -m scoop`` starts one fork server (``python -m
-scoop_core.fork_server``) as soon as it has checked the program, so the
-server imports while the launcher configures the run; the root and the
-workers are then forks of it, ready at once.
+launcher of ``python -m scoop`` forks one fork server as soon as it has
+checked the program, so the server imports what the run's processes need
+while the launcher configures the run; the root and the workers are then
+forks of it, ready at once. The server is a fork rather than a new
+interpreter because the launcher has imported part of it already
+(a new interpreter would start from nothing, a few tens of milliseconds
+of CPU that a run on a busy machine waits for).
 
 Rules:
 
-- The server is an ordinary exec'd interpreter with no thread, no socket
-  but its line to the launcher, and nothing of the user's imported, so a
-  fork of it is a clean process. A forked process resets Ctrl-C to raise
+- The server is forked before the launcher has a thread, a socket but its
+  line to the server, or anything of the user's imported, and it drops
+  the launcher's log handlers (a ``--log`` file), so a fork of it is a
+  clean process. It never returns into the launcher's code: it and its
+  forks end by exiting. Its command line is the launcher's, which names
+  the program. A forked process resets Ctrl-C to raise
   KeyboardInterrupt, takes the environment and the working directory it
-  was asked for, and runs :func:`scoop_core.bootstrap.main` at the top of
-  its own stack, so it ends as an interpreter does (atexit, non-daemon
-  threads).
+  was asked for, and runs :func:`scoop_core.bootstrap.run` at the top of
+  its own stack, which ends it as an interpreter ends (non-daemon threads
+  waited for, atexit handlers run, output flushed) but for the freeing of
+  every module, which only costs time (:func:`finish`).
 - Every process it makes is the launcher's child, as if the launcher had
   started it: the launcher is a child subreaper (Linux
   ``PR_SET_CHILD_SUBREAPER``) and the server forks twice, so the process
@@ -34,11 +41,13 @@ Rules:
   that died is a fresh interpreter, as is a process that needs one:
   another Python, a prolog, or ``PYTHON*`` variables that only matter at
   an interpreter's start (``--pythonpath``). So is everything where the
-  server cannot run (not Linux) or failed.
+  server cannot run (not Linux; a program that runs the command line in
+  a process with threads) or failed.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import logging
@@ -50,11 +59,12 @@ import subprocess
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
+
+from scoop_core import log as scoop_log
 
 log = logging.getLogger("scoop.launcher")
 
-MODULE = "scoop_core.fork_server"
 BOOTSTRAP = "scoop_core.bootstrap"
 
 _ANSWER_TIMEOUT = 30.0
@@ -81,18 +91,17 @@ class LocalProcess(Protocol):
 class ForkServer:
     """The launcher's end of a fork server."""
 
-    def __init__(self, marker: str) -> None:
-        """Start the server. ``marker`` is put in its environment (and so in
-        its forks', as ``/proc`` shows it) to tell whose run they are of."""
+    def __init__(self) -> None:
+        """Fork the server from this process, which has no thread yet."""
         ours, theirs = socket.socketpair()
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", MODULE, str(theirs.fileno())],
-                env={**os.environ, "_SCOOP_FORK_SERVER": marker},
-                pass_fds=(theirs.fileno(),),
-            )
-        finally:
-            theirs.close()
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()  # or the server's forks would write it again
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            _serve(theirs)
+        theirs.close()
+        self.proc = ForkedProcess(pid)
         ours.settimeout(_ANSWER_TIMEOUT)
         self._sock = ours
         self._answers = ours.makefile("rb")
@@ -172,14 +181,7 @@ class ForkedProcess:
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        if self.poll() is None:
-            # Readable once the process has ended: no polling, no delay.
-            ended = os.pidfd_open(self.pid)
-            try:
-                select.select([ended], [], [], timeout)
-            finally:
-                os.close(ended)
-        status = self.poll()
+        status = wait_exit(self, timeout)
         if status is None:
             raise subprocess.TimeoutExpired(str(self.pid), timeout or 0.0)
         return status
@@ -196,17 +198,47 @@ class ForkedProcess:
             os.kill(self.pid, signum)
 
 
+def wait_exit(process: LocalProcess, timeout: float | None) -> int | None:
+    """``process``'s exit status, or None after ``timeout`` seconds, known
+    the moment it exits: ``Popen.wait`` polls, up to 50 ms late, and the
+    end of a run waits for the launcher to notice that its processes ended."""
+    status = process.poll()
+    if status is not None:
+        return status
+    try:
+        # Readable once the process has ended.
+        ended = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):  # not Linux 5.3 or later
+        if not isinstance(process, subprocess.Popen):
+            raise
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            return process.wait(timeout)
+        return None
+    try:
+        select.select([ended], [], [], timeout)
+    finally:
+        os.close(ended)
+    return process.poll()
+
+
 _current: ForkServer | None = None
 
 
-def start(marker: str) -> ForkServer | None:
+def start() -> ForkServer | None:
     """Start this process's fork server (see :class:`ForkServer`); None
-    where processes cannot be forked from one."""
+    where processes cannot be forked from one, or this process has a
+    thread already (a program that runs the command line itself), whose
+    locks a fork could copy held."""
     global _current
-    if not (hasattr(os, "fork") and hasattr(os, "pidfd_open") and _become_subreaper()):
+    if not (
+        hasattr(os, "fork")
+        and hasattr(os, "pidfd_open")
+        and threading.active_count() == 1
+        and _become_subreaper()
+    ):
         return None
     try:
-        _current = ForkServer(marker)
+        _current = ForkServer()
     except OSError as exc:
         log.info("no fork server (%s): local processes start as fresh interpreters", exc)
         _current = None
@@ -236,6 +268,23 @@ def _become_subreaper() -> bool:
         return bool(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
+
+
+def finish(code: int) -> NoReturn:
+    """Exit with ``code`` once what the interpreter does at exit that anyone
+    can see is done: non-daemon threads waited for, ``atexit`` handlers run
+    (logging's flush among them), the standard streams flushed. The rest of
+    an interpreter's exit, freeing every object of every module one by one,
+    is skipped: it takes a process of a run tens of milliseconds of CPU,
+    more than its start as a fork, and the run's end waits for it. Every
+    message of the run is out by then: closing a runtime or a broker
+    flushes its connection."""
+    threading._shutdown()  # type: ignore[attr-defined]
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 # -- the server ----------------------------------------------------------------
@@ -307,9 +356,30 @@ def _fork_twice() -> int:
     return int(data)
 
 
-def run_child(request: Mapping[str, Any], server: int) -> int:
+def _serve(line: socket.socket) -> NoReturn:
+    """The server's life, in the fork the launcher made; it never returns."""
+    try:
+        # Ctrl-C in the terminal reaches the whole process group; the
+        # launcher decides when the run stops.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        scoop_log.reset()
+        # What every process of a run imports, imported once, while the launcher configures the run.
+        from scoop_core import bootstrap, worker  # noqa: F401
+
+        forked = serve(line)
+        if forked is not None:
+            _run_child(*forked)
+    except BaseException as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+        os._exit(1)
+    # Nothing to flush or clean up, and every fork waits for this exit.
+    os._exit(0)
+
+
+def _run_child(request: Mapping[str, Any], server: int) -> NoReturn:
     """In a fresh fork: wait for the server to exit (``server`` is its
-    pidfd), then become the process the launcher asked for."""
+    pidfd), then become the process the launcher asked for, and exit as
+    it does (:func:`scoop_core.bootstrap.run`)."""
     from scoop_core import bootstrap
 
     select.select([server], [], [])
@@ -322,23 +392,4 @@ def run_child(request: Mapping[str, Any], server: int) -> int:
         sys.path[0] = os.getcwd()  # as ``python -m`` started there would have it
     args = list(request["args"])
     sys.argv = [bootstrap.__file__, *args]
-    return bootstrap.main(args)
-
-
-def main() -> int:
-    # Ctrl-C in the terminal reaches the whole process group; the launcher
-    # decides when the run stops.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    line = socket.socket(fileno=int(sys.argv[1]))
-    # What every process of a run imports, imported once, while the launcher configures the run.
-    from scoop_core import bootstrap, worker  # noqa: F401
-
-    forked = serve(line)
-    if forked is None:
-        # Nothing to flush or clean up, and every fork waits for this exit.
-        os._exit(0)
-    return run_child(*forked)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    bootstrap.run(args)

@@ -14,12 +14,12 @@ import logging
 import os
 import subprocess
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from scoop_core import fork_server
 from scoop_core.errors import LaunchError
-from scoop_core.fork_server import LocalProcess
+from scoop_core.fork_server import LocalProcess, wait_exit
 from scoop_core.interfaces import Launcher, WorkerGroup, WorkerSpec
 from scoop_core.plugins.hookspec import hookimpl
 from scoop_core.plugins.types import LauncherPlugin
@@ -41,6 +41,14 @@ class LocalWorkers(WorkerGroup):
     def pids(self) -> dict[str, int]:
         return {name: p.pid for name, p in self.processes.items()}
 
+    def wait(self, names: Collection[str], timeout: float) -> None:
+        """Return once the workers ``names`` have all exited, or after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        for name in names:
+            process = self.processes.get(name)
+            if process is not None:
+                wait_exit(process, max(0.0, deadline - time.monotonic()))
+
     def stop(self, grace: float) -> None:
         alive = [p for p in self.processes.values() if p.poll() is None]
         for p in stop_processes(alive, grace):
@@ -58,9 +66,7 @@ def stop_processes(processes: Sequence[LocalProcess], grace: float) -> list[Loca
     deadline = time.monotonic() + grace
     killed = []
     for p in processes:
-        try:
-            p.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
+        if wait_exit(p, max(0.0, deadline - time.monotonic())) is None:
             p.kill()
             p.wait()
             killed.append(p)

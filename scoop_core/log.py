@@ -37,6 +37,17 @@ def configure(level: str | int = "WARNING", stream: object = None) -> None:
     logger.setLevel(level if isinstance(level, int) else level.upper())
 
 
+def reset() -> None:
+    """Take away the handlers :func:`configure` and :func:`add_file` gave:
+    in a fork of the launcher, whose handlers (a ``--log`` file) are not
+    its own, before it configures its logging as a new process would."""
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.propagate = True
+    logger.setLevel(logging.NOTSET)
+
+
 def add_file(path: str) -> logging.Handler:
     """Send the ``scoop`` logger's records to ``path`` too (appended), in
     the same layout; returns the handler so the caller can remove it."""

@@ -28,6 +28,7 @@ from scoop_core.config import Config, set_current
 from scoop_core.errors import PROGRAM_IMPORT_FAILED, LaunchError
 from scoop_core.hosts import Host, is_local
 from scoop_core.interfaces import Launcher, WorkerGroup, WorkerSpec
+from scoop_core.local_launcher import LocalWorkers
 from scoop_core.plugins.manager import PluginManager
 from scoop_core.run_backend import RunSettings, backend_for
 
@@ -194,14 +195,8 @@ class Run:
 
     @property
     def needed_plugins(self) -> str:
-        """The names of the plugins holding the run's transport and serializer,
-        comma-separated: all that a process of the run loads (see
-        :func:`scoop_core.bootstrap.run_plugins`)."""
-        names = {
-            self.plugins.plugin_of("transport", self.transport_name),
-            self.plugins.plugin_of("serializer", self.config["serializer"]),
-        }
-        return ",".join(sorted(names))
+        """See :func:`needed_plugins`."""
+        return needed_plugins(self.config, self.plugins)
 
     @property
     def remote(self) -> bool:
@@ -330,11 +325,15 @@ class Run:
         if self.group is not None:
             # A worker that never reached the run did not hear the
             # shutdown and holds nothing: no reason to wait for it.
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline and any(
-                s is None and n in joined for n, s in self.group.poll().items()
-            ):
-                time.sleep(0.02)  # polling child processes, not synchronising a test
+            if isinstance(self.group, LocalWorkers):
+                # Their exits are seen the moment they happen, not at the next poll.
+                self.group.wait(joined, grace)
+            else:
+                deadline = time.monotonic() + grace
+                while time.monotonic() < deadline and any(
+                    s is None and n in joined for n, s in self.group.poll().items()
+                ):
+                    time.sleep(0.02)  # polling child processes, not synchronising a test
             self.group.stop(1.0)
         self.backend.close()
 
@@ -374,6 +373,17 @@ def run_env(
         env["_SCOOP_PROGRAM"] = str(info["program"])
         env["_SCOOP_ARGV"] = json.dumps(info.get("argv") or [info["program"]])
     return env
+
+
+def needed_plugins(config: Config, plugins: PluginManager) -> str:
+    """The names of the plugins holding the transport and serializer that
+    ``config`` chooses, comma-separated: all that a process of the run
+    loads (see :func:`scoop_core.bootstrap.run_plugins`)."""
+    names = {
+        plugins.plugin_of("transport", config["transport"]),
+        plugins.plugin_of("serializer", config["serializer"]),
+    }
+    return ",".join(sorted(names))
 
 
 def worker_count(config: Config) -> int:
