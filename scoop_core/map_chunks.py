@@ -15,7 +15,7 @@ import itertools
 import operator
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 
 from scoop_core import runtime
@@ -26,7 +26,7 @@ from scoop_core.future import FIRST_COMPLETED, Future, wait_futures
 # Chunk sizing: aim for chunks that take this long on a worker, within bounds.
 TARGET_SECONDS = 0.02
 TARGET_BYTES = 4 << 20
-MAX_CHUNK = 8192
+MAX_CHUNK = 65536
 CHUNKS_PER_WORKER = 4  # chunks in flight per worker, so none waits for work
 
 
@@ -150,14 +150,57 @@ def ordered_chunks(chunker: Chunker, deadline: float | None) -> Iterator[ChunkRe
         chunker.abandon()
 
 
+def _raising(result: ChunkResult) -> Iterator[Any]:
+    """An iterator that raises the error of ``result`` when it is advanced."""
+    assert result.error is not None
+    raise result.error.rebuild()
+    yield  # a generator: the error is raised where the items are read
+
+
+class Values(Iterator[Any]):
+    """The results of a map, read as a generator's (``next``, ``for``,
+    ``close()``). The items of each chunk are handed on by
+    ``itertools.chain``, in C: ``list(...)`` and ``for`` loops iterate that
+    directly, since a generator of ours would cost as much per item as a
+    tiny call does."""
+
+    __slots__ = ("_items", "_lists")
+
+    def __init__(self, lists: Generator[Iterable[Any], None, None]) -> None:
+        self._lists = lists
+        self._items = itertools.chain.from_iterable(lists)
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._items
+
+    def __next__(self) -> Any:
+        return next(self._items)
+
+    def close(self) -> None:
+        """Stop the map: what is still running is cancelled."""
+        self._lists.close()
+
+
 def ordered_values(chunker: Chunker, deadline: float | None) -> Iterator[Any]:
+    return Values(_ordered_lists(chunker, deadline))
+
+
+def _ordered_lists(
+    chunker: Chunker, deadline: float | None
+) -> Generator[Iterable[Any], None, None]:
     for result in ordered_chunks(chunker, deadline):
-        yield from result.values
+        yield result.values
         if result.error is not None:
-            raise result.error.rebuild()
+            yield _raising(result)
 
 
 def values_as_completed(chunker: Chunker, deadline: float | None) -> Iterator[Any]:
+    return Values(_lists_as_completed(chunker, deadline))
+
+
+def _lists_as_completed(
+    chunker: Chunker, deadline: float | None
+) -> Generator[Iterable[Any], None, None]:
     try:
         chunker.fill()
         while chunker.inflight:
@@ -170,6 +213,6 @@ def values_as_completed(chunker: Chunker, deadline: float | None) -> Iterator[An
             results = [chunker.done(f, n) for f, n in finished]
             chunker.fill()
             for result in results:
-                yield from chunk_values(result)
+                yield result.values if result.error is None else _raising(result)
     finally:
         chunker.abandon()
