@@ -64,12 +64,14 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.both_transports
 @pytest.mark.parametrize("setting", ["true", "false"])
-def test_large_arrays_arrive_whole_and_writable_both_ways(program, scoop_run, setting):
+def test_large_arrays_arrive_whole_and_writable_both_ways(program, scoop_run, transport, setting):
     proc = scoop_run(program(ROUND_TRIP), env={**ON_WORKERS, "SCOOP_SHARED_MEMORY": setting})
     [got] = program_results(proc)
     assert got["doubled"] and got["kept"]
-    on = setting == "true"
+    # Through Redis, payloads go as bytes: what a store holds may be read anywhere.
+    on = setting == "true" and transport == "zmq"
     assert got["shared_there"] == [on] * 4
     assert got["shared_back"] == [on] * 4
 
