@@ -24,7 +24,7 @@ from scoop import futures
 def out(value):
     print("RESULT " + json.dumps(value), flush=True)
 
-def shared(array):
+def in_shared_memory(array):
     # Whether the array's memory is a mapping of a shared frame.
     address = array.__array_interface__["data"][0]
     with open("/proc/self/maps") as maps:
@@ -43,7 +43,7 @@ ON_WORKERS = {"SCOOP_ROOT_RUNS_FUTURES": "0"}
 
 ROUND_TRIP = """
 def double(array):
-    there = shared(array)
+    there = in_shared_memory(array)
     array *= 2  # the argument is writable
     return array, there
 
@@ -59,7 +59,7 @@ if __name__ == "__main__":
         "doubled": doubled,
         "kept": kept,
         "shared_there": [r[1] for r in results],
-        "shared_back": [shared(b) for b in back],
+        "shared_back": [in_shared_memory(b) for b in back],
     })
 """
 
@@ -74,6 +74,24 @@ def test_large_arrays_arrive_whole_and_writable_both_ways(program, scoop_run, tr
     on = setting == "true" and transport == "zmq"
     assert got["shared_there"] == [on] * 4
     assert got["shared_back"] == [on] * 4
+
+
+CONSTANT = """
+from scoop import shared
+
+def total(_):
+    table = shared.getConst("table")
+    return float(table.sum()), in_shared_memory(table)
+
+if __name__ == "__main__":
+    shared.setConst(table=np.ones(ITEMS))
+    out(list(futures.map(total, range(4))))
+"""
+
+
+def test_a_large_constant_reaches_every_worker_through_shared_memory(program, scoop_run):
+    got = program_results(scoop_run(program(CONSTANT), env=ON_WORKERS))
+    assert got == [[[float(8 << 20) / 8, True]] * 4]
 
 
 HOLDING = """
