@@ -208,10 +208,8 @@ class BrokerStore(abc.ABC):
        uses the tables ``peers``, ``constants``, ``marks`` and ``run``; a
        store accepts any table name made of ASCII letters, digits, ``-``
        and ``_`` (ValueError otherwise).
-    4. *Liveness*: a counter (:meth:`new_index`), flags that go down by
-       themselves (:meth:`flag`, :meth:`flagged`, :meth:`flags_up`), and
-       leases that one store of the run holds at a time (:meth:`lease`), so
-       that one peer does for all what would cost every peer as much.
+    4. *Liveness*: a counter (:meth:`new_index`) and flags that go down by
+       themselves (:meth:`flag`, :meth:`flagged`).
 
     Contract:
 
@@ -354,23 +352,6 @@ class BrokerStore(abc.ABC):
     @abc.abstractmethod
     def flagged(self, name: str) -> bool:
         """Whether flag ``name`` is up."""
-
-    def flags_up(self, names: Sequence[str]) -> list[bool]:
-        """For each of ``names``, in order, whether that flag is up: one look
-        at many flags, where a store can make it cheaper than a
-        :meth:`flagged` each (the default)."""
-        return [self.flagged(name) for name in names]
-
-    @abc.abstractmethod
-    def lease(self, name: str, ttl: float) -> str:
-        """Hold lease ``name`` for ``ttl`` seconds if nobody else does:
-        the lease is free, ran out, or is ours already (holding it again
-        restarts its clock). ``ttl <= 0`` gives it up now if it is ours.
-        Returns who holds it now: :attr:`identity` if we do, else the other
-        holder's identity, or ``""`` if nobody. Atomic: two stores never
-        both hold a lease. Like flags, leases carry no data the core acts
-        on: whoever holds one without the run's key can only keep the
-        duty it stands for from being done by a peer that holds it."""
 
     # -- wake-ups and the end ---------------------------------------------------------
 

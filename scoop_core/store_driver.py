@@ -21,18 +21,20 @@ Some duties cost a look at every peer: counting the live workers (each
 peer's signed record, and its flag) and claiming what silent takers held.
 Done by every peer at every heartbeat, that is N looks for each of N
 peers, and a run of a thousand consumers spent its time, and its Redis
-server's, on it. So one peer does them for all: whoever holds the store's
-lease :data:`~scoop_core.store_records.CENSUS` (the first to ask, then
-whoever asks once its holder stops renewing it) counts, claims, and writes
-the *census*, a record signed with the run's key that says how many workers
-are alive and carries the count's number. Every other peer reads that one
-record at its heartbeat. The census is as trustworthy as the count it
+server's, on it. So one peer does them for all, the *census taker*: the
+peer a signed record of the table :data:`~scoop_core.store_records.CENSUS`
+names (the first to write it; once the peer it names is no longer alive,
+the first to replace it). It counts, claims, and writes the *census*, a
+record signed with the run's key that says how many workers are alive and
+carries the count's number. Every other peer reads that table, two
+records, at its heartbeat. The census is as trustworthy as the count it
 replaces: only a holder of the run's key writes one, and an old census
 copied over a newer one has a smaller number, which a peer that read the
-newer one ignores. The lease is not signed: whoever takes it without the
-key, or a holder that stopped counting, only stops the census: a peer that
-has read no newer census for twice ``heartbeat_timeout`` counts and claims
-for itself, as every peer once did (slower, never wrong).
+newer one ignores. Whoever copies an old taker record back only makes
+another live peer the taker; whoever keeps the flag of a dead taker raised
+only stops the census, and a peer that has read no newer census for twice
+``heartbeat_timeout`` counts and claims for itself, as every peer once did
+(slower, never wrong).
 
 What the policy decides is carried out as store operations, in one atomic
 commit per turn: its messages to the runtime go to the runtime, those to
@@ -80,6 +82,7 @@ from scoop_core.store_records import (
     HUNGRY,
     LAUNCHER,
     PEERS,
+    TAKER,
     WORKERS,
     Census,
     Peers,
@@ -90,10 +93,12 @@ from scoop_core.store_records import (
     read_census,
     read_const,
     read_entry,
+    read_taker,
     refusals,
     seal_census,
     seal_const,
     seal_peer,
+    seal_taker,
 )
 
 log = logging.getLogger("scoop.broker")
@@ -276,7 +281,7 @@ class StoreEndpoint(Endpoint):
         self.store.flag(alive_flag(self.name), self.heartbeat_timeout)
         self.policy.next_index = index
         self.policy.constants.update(self._constants(self.store.records(CONSTANTS)))
-        self._read_census()
+        self._read_census(self.store.records(CENSUS).get(WORKERS))
         log.debug("%s joined the run as peer %d", self.name, index)
 
     # -- carrying out the policy's decisions ------------------------------------
@@ -460,21 +465,48 @@ class StoreEndpoint(Endpoint):
         for owner in owners - {self.identity}:
             if not store.flagged(alive_flag(owner.decode(errors="replace"))):
                 self.policy.owner_gone(owner)
-        taker = store.lease(CENSUS, self.heartbeat_timeout)
+        census = store.records(CENSUS)
+        self._read_census(census.get(WORKERS))
+        taker = self._census_taker(census.get(TAKER))
         if taker != self.name:
-            self._read_census()
             if time.monotonic() - self._census_read <= 2 * self.heartbeat_timeout:
+                if not self._census.workers:
+                    # No worker, says the census: maybe none yet, or one joined since.
+                    # Counted here (few peers to look at), since the policy fails
+                    # what is queued once it has seen no worker for a while.
+                    self._count_workers()
                 return
             if not self._counting_alone:
                 self._counting_alone = True
                 log.warning(
-                    "%s has read no new census of the workers for %g s (its lease is held by "
-                    "%s): it counts them itself",
+                    "%s has read no new census of the workers for %g s (its taker is %s): "
+                    "it counts them itself",
                     self.name,
                     2 * self.heartbeat_timeout,
-                    repr(taker[:40]) if taker else "nobody",
+                    repr(taker[:40]),
                 )
         self._take_census()
+
+    def _census_taker(self, blob: bytes | None) -> str:
+        """Who takes the census: the live peer the taker record names, else
+        us if we write ours in its place first (a record that is not the
+        run's, or names a peer no longer alive, is deleted)."""
+        if blob is not None:
+            try:
+                taker = read_taker(blob, self.key)
+            except ProtocolError as exc:
+                refusals.note(self.name, "census", "the record of the census taker", exc)
+            else:
+                if taker == self.name or self.store.flagged(alive_flag(taker)):
+                    return taker
+            self.store.drop_records(CENSUS, {TAKER: blob})
+        [there] = self.store.put_records(CENSUS, [(TAKER, seal_taker(self.key, self.name))])
+        if there is None:
+            return self.name
+        try:
+            return read_taker(there, self.key)
+        except ProtocolError:
+            return "unknown"  # written meanwhile by someone else: deleted at the next look
 
     def _take_census(self) -> None:
         """Claim the entries of takers silent too long, count the live
@@ -496,10 +528,9 @@ class StoreEndpoint(Endpoint):
             store.put_records(CENSUS, [(WORKERS, blob)], replace=True)
         self._census, self._census_read = census, time.monotonic()
 
-    def _read_census(self) -> None:
-        """The census, if it is newer than the one we know: the live workers
-        elsewhere. One that is not the run's is deleted."""
-        blob = self.store.records(CENSUS).get(WORKERS)
+    def _read_census(self, blob: bytes | None) -> None:
+        """The census ``blob``, if it is newer than the one we know: the live
+        workers elsewhere. One that is not the run's is deleted."""
         if blob is None:
             return
         try:
@@ -643,8 +674,8 @@ class StoreEndpoint(Endpoint):
                 if self._record is not None:
                     self.store.drop_records(PEERS, {self.name: self._record})
                 self.store.flag(alive_flag(self.name), 0)
-                if self._census.taker == self.name:
-                    self.store.lease(CENSUS, 0)  # the next to ask takes the census at once
+                if self._census.taker == self.name:  # the next peer to look takes it at once
+                    self.store.drop_records(CENSUS, {TAKER: seal_taker(self.key, self.name)})
                 if self.role == m.ROOT and not self.launcher_alive():
                     log.info("%s ends the run itself: its launcher is gone", self.name)
                     end_run = True
@@ -689,7 +720,5 @@ def tell_everyone(store: BrokerStore, codec: m.Codec, reason: str, wait: float) 
 
 
 def _alive(store: BrokerStore, peers: Iterable[str]) -> set[str]:
-    """Those of ``peers`` whose flag is up, in one look."""
-    names = list(peers)
-    up = store.flags_up([alive_flag(p) for p in names])
-    return {p for p, live in zip(names, up, strict=True) if live}
+    """Those of ``peers`` whose flag is up."""
+    return {p for p in peers if store.flagged(alive_flag(p))}

@@ -54,11 +54,10 @@ PEERS, CONSTANTS, MARKS, RUN = "peers", "constants", "marks", "run"
 """The store's record tables: peer records, shared constants, taken marks, the run's description."""
 
 CENSUS = "census"
-"""The store's table of the census (its one record, :data:`WORKERS`), and
-the lease of the peer that takes it."""
+"""The store's table of the census: its records :data:`WORKERS` and :data:`TAKER`."""
 
-WORKERS = "workers"
-"""The census's record: how many workers are alive."""
+WORKERS, TAKER = "workers", "taker"
+"""The census's records: how many workers are alive, and which peer counts them."""
 
 HUNGRY = "hungry"
 """The store's flag a worker raises when it found the queue empty."""
@@ -90,6 +89,7 @@ PEER = "peer record"
 MARK = "taken mark"
 INFO = "run description"
 COUNT = "census"
+CENSUS_TAKER = "census taker"
 
 
 def _limit(max_size: int | None) -> int | None:
@@ -366,6 +366,18 @@ class Census:
 
 def seal_census(key: bytes, census: Census) -> bytes:
     return seal_record(key, COUNT, [census.number, census.workers, census.taker])
+
+
+def seal_taker(key: bytes, name: str) -> bytes:
+    return seal_record(key, CENSUS_TAKER, [name])
+
+
+def read_taker(blob: bytes, key: bytes) -> str:
+    """The census taker :func:`seal_taker` names; ProtocolError for anything else."""
+    fields = open_record(blob, key, CENSUS_TAKER, RECORD_ALLOWANCE)
+    if len(fields) != 1:
+        raise ProtocolError("malformed census taker")
+    return _text_field(fields[0], "census taker")
 
 
 def read_census(blob: bytes, key: bytes) -> Census:

@@ -82,7 +82,6 @@ class _Run:
     mail: dict[str, deque[tuple[bytes, ...]]] = field(default_factory=dict)
     tables: dict[str, dict[str, bytes]] = field(default_factory=dict)
     flags: dict[str, float] = field(default_factory=dict)  # name -> when it goes down
-    leases: dict[str, tuple[str, float]] = field(default_factory=dict)  # name -> holder, until
     index: int = 0
 
 
@@ -318,21 +317,6 @@ class MemoryStore(BrokerStore):
                 del run.flags[name]
                 return False
             return until is not None
-
-    def lease(self, name: str, ttl: float) -> str:
-        with self._changed:
-            run = self._open()
-            now = time.monotonic()
-            holder, until = run.leases.get(name, ("", now))
-            if until <= now:
-                holder = ""
-            if holder not in ("", self.identity):
-                return holder
-            if ttl <= 0:
-                run.leases.pop(name, None)
-                return ""
-            run.leases[name] = (self.identity, now + ttl)
-            return self.identity
 
     # -- wake-ups and the end ---------------------------------------------------------
 

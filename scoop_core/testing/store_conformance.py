@@ -50,9 +50,6 @@ __all__ = [
     "check_end_run",
     "check_flags",
     "check_flag_expires",
-    "check_flags_up",
-    "check_lease",
-    "check_lease_expires",
     "check_leased_entry_not_handed_twice",
     "check_mail_order",
     "check_new_index_unique",
@@ -459,43 +456,6 @@ def check_flag_expires(make_store: MakeStore) -> None:
             time.sleep(POLL * 10)  # watching the flag stay up across its first ttl
 
 
-def check_flags_up(make_store: MakeStore) -> None:
-    """flags_up says, in order, what flagged says of each flag."""
-    with _run(make_store, "check-a", "check-b") as (a, b):
-        a.flag("alive:check-a", 60)
-        a.flag("alive:check-c", 60)
-        a.flag("alive:check-c", 0)
-        names = ["alive:check-c", "alive:check-a", "alive:nobody", "alive:check-a"]
-        got = b.flags_up(names)
-        expect(got == [False, True, False, True], f"flags_up({names!r}) gave {got!r}")
-        expect(b.flags_up([]) == [], "flags_up of no name is an empty list")
-
-
-def check_lease(make_store: MakeStore) -> None:
-    """One store of the run holds a lease at a time; its holder keeps it, and gives it up."""
-    with _run(make_store, "check-a", "check-b") as (a, b):
-        expect(a.lease("duty", 60) == "check-a", "a free lease goes to whoever asks")
-        expect(b.lease("duty", 60) == "check-a", "a held lease stays with its holder")
-        expect(a.lease("duty", 60) == "check-a", "its holder holds it again")
-        expect(b.lease("other", 60) == "check-b", "leases are separate")
-        expect(b.lease("duty", 0) == "check-a", "only its holder gives a lease up")
-        expect(a.lease("duty", 0) == "", "lease(name, 0) gives it up at once")
-        expect(b.lease("duty", 60) == "check-b", "a lease given up is free")
-
-
-def check_lease_expires(make_store: MakeStore) -> None:
-    """A lease its holder does not hold again runs out after its ttl; holding it again restarts the clock."""
-    with _run(make_store, "check-a", "check-b") as (a, b):
-        a.lease("short", LEASE)
-        _until(lambda: b.lease("short", 60) == "check-b", f"a lease held for {LEASE} s to run out")
-        a.lease("again", LEASE)
-        a.lease("again", 60)
-        start = time.monotonic()
-        while time.monotonic() - start < 2 * LEASE:
-            expect(b.lease("again", 60) == "check-a", "a lease held again ran out with its old ttl")
-            time.sleep(POLL * 10)  # watching the lease stay held across its first ttl
-
-
 def check_take_timeout(make_store: MakeStore) -> None:
     """take waits about ``timeout`` for nothing, and returns at once when there is something."""
     with _run(make_store, "check-a") as (a,):
@@ -563,14 +523,12 @@ def check_end_run(make_store: MakeStore) -> None:
         a.commit(mail=[("check-b", [b"letter"])])
         a.put_records(TABLE, [("x", b"1")])
         a.flag("alive:check-a", 60)
-        a.lease("duty", 60)
         a.new_index()
         a.close(end_run=True)
         a.close(end_run=True)
         expect(b.records(TABLE) == {}, "end_run must delete the run's tables")
         expect(b.queued() == [], "end_run must delete the run's queue")
         expect(not b.flagged("alive:check-a"), "end_run must delete the run's flags")
-        expect(b.lease("duty", 0) == "", "end_run must free the run's leases")
         expect(b.take(5, 0) == ([], []), "end_run must delete the run's mailboxes")
         b.put_records(TABLE, [("x", b"2")], replace=True)
         expect(b.records(TABLE) == {}, "a replacing write must not bring an ended run back")
@@ -594,9 +552,6 @@ STORE_CHECKS: tuple[Callable[[MakeStore], None], ...] = (
     check_new_index_unique,
     check_flags,
     check_flag_expires,
-    check_flags_up,
-    check_lease,
-    check_lease_expires,
     check_take_timeout,
     check_wakeup_across_threads,
     check_wakeup_not_lost,

@@ -46,6 +46,7 @@ from scoop_core.store_driver import StoreEndpoint, report_lost, tell_everyone
 from scoop_core.store_records import (
     CENSUS,
     LAUNCHER,
+    TAKER,
     WORKERS,
     Census,
     Queued,
@@ -53,6 +54,7 @@ from scoop_core.store_records import (
     entry_for,
     read_entry,
     seal_census,
+    seal_taker,
 )
 from scoop_core.testing.memory_store import MemoryStore, MemoryStoreServer
 from scoop_core.worker import WorkerRuntime
@@ -218,14 +220,19 @@ def test_the_futures_of_a_dead_worker_run_again_elsewhere_once_it_is_reported(
     assert RAN == ["victim", "victim"]
 
 
+@pytest.mark.parametrize("taker", ["root", "worker-1"])
 def test_the_futures_of_a_silent_worker_run_again_elsewhere_without_the_launcher(
-    new_run: Callable[..., Run],
+    new_run: Callable[..., Run], taker: str
 ) -> None:
     # Nobody reports worker-1: its entry is claimed, once its lease ran
-    # out, by whichever peer takes the census.
+    # out, by the peer that takes the census, or, if worker-1 took it,
+    # by the peer that takes it over.
     run = new_run(timeout=0.5)
     started, _ = held("victim")
     run.add_worker("worker-1")
+    named = [(TAKER, seal_taker(run.key, taker))]
+    run.launcher.put_records(CENSUS, named)  # makes the table, if the root did not yet
+    run.launcher.put_records(CENSUS, named, replace=True)
     fut = run.submit(hold_the_first_time, "victim")
     assert started.wait(WAIT), "the future never started"
     run.workers["worker-1"].store.close()  # silent from now on
@@ -272,7 +279,8 @@ def test_a_forged_census_welcomes_no_program_before_its_workers(forged: str) -> 
     root_codec, worker_codec = m.Codec(key, b"root"), m.Codec(key, b"worker-1")
     try:
         if forged == "an older count":
-            root._read_census()  # the root read the newer census before the copy
+            # The root read the newer census (at a heartbeat) before the copy.
+            root._read_census(forger.records(CENSUS)[WORKERS])
         forger.put_records(
             CENSUS,
             [

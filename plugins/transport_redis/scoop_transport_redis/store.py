@@ -50,10 +50,6 @@ Why these choices:
   the run's counter is ``...:index`` (``INCR``). Flags are not signed, and a
   writer without the key can only make a run slower or end it with them:
   nothing in them is unpickled or routes anything.
-- A lease is a key ``...:lease:{name hex}`` holding its holder's identity,
-  set with ``PX`` by a script that does so only if the key is absent or
-  already names us (a look and a set no other store can come between).
-  :meth:`RedisStore.flags_up` is one ``MGET``, however many flags.
 - Every key gets an ``EXPIRE`` when it is written, pipelined in the same
   round trip, and a raised flag (every peer raises its own each heartbeat)
   renews the run's long-lived keys, at most every :data:`KEEP_EVERY`
@@ -183,21 +179,6 @@ for i = 2, #ARGV do
   end
 end
 return answers
-"""
-
-# Holds a lease unless another store does; KEYS: the lease; ARGV: our
-# identity, milliseconds (0: give it up if ours). Returns the holder now.
-_LEASE = """
-local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then
-  return holder
-end
-if tonumber(ARGV[2]) <= 0 then
-  redis.call('DEL', KEYS[1])
-  return ''
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return ARGV[1]
 """
 
 # Renews the expiry of the run's long-lived keys and of every table;
@@ -695,20 +676,6 @@ class RedisStore(BrokerStore):
     def flagged(self, name: str) -> bool:
         with self._io():
             return bool(self._client.execute_command("EXISTS", self._flag_key(name)))
-
-    def flags_up(self, names: Sequence[str]) -> list[bool]:
-        if not names:
-            return []
-        with self._io():
-            values = self._client.execute_command("MGET", *map(self._flag_key, names))
-        return [value is not None for value in values]
-
-    def lease(self, name: str, ttl: float) -> str:
-        key = self._base + b"lease:" + name.encode(errors="surrogateescape").hex().encode()
-        ms = max(1, math.ceil(ttl * 1000)) if ttl > 0 else 0
-        with self._io():
-            holder = self._client.execute_command("EVAL", _LEASE, 1, key, self._consumer, ms)
-        return _text(holder)
 
     # -- wake-ups and the end -----------------------------------------------------
 
