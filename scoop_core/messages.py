@@ -27,9 +27,9 @@ Rules of this module:
   uses, writes ``[PROTOCOL_VERSION, KIND, sender, recipient, session, seq,
   shared, *fields]``: who signed it, for whom, the sender's random session
   nonce and its sequence number, and which payload frames are handles to
-  shared frames (their indexes), all under the mac. So a message captured on the wire
-  cannot be replayed, reordered, reflected back to its sender or passed off
-  as another peer's. The bare :func:`encode`/:func:`decode` write and read
+  shared frames (their indexes), all under the mac. So a message captured
+  on the wire cannot be replayed, reordered, reflected back to its sender
+  or passed off as another peer's, and no frame can pass for a handle. The bare :func:`encode`/:func:`decode` write and read
   ``[PROTOCOL_VERSION, KIND, *fields]`` with none of that bookkeeping.
 - Decoding checks the size, the mac and the digests before it parses
   anything, and raises
