@@ -40,14 +40,12 @@ from __future__ import annotations
 import atexit
 import ctypes
 import errno
-import fcntl
 import functools
 import hashlib
 import hmac
 import logging
 import mmap
 import os
-import resource
 import secrets
 import stat
 import struct
@@ -85,7 +83,6 @@ HANDLE = struct.Struct("!IIQ16sH")
 """A handle on the wire: pid, fd, size, token, hop slot."""
 
 _MAP_FAILED = ctypes.c_void_p(-1).value
-_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 _OFF_WORDS = {"0", "false", "no", "off"}
 
 
@@ -107,9 +104,7 @@ def _place() -> str:
         namespace = os.stat("/proc/self/ns/pid").st_ino
     except OSError:
         return ""  # no /proc as on Linux: no shared frames
-    if not hasattr(os, "memfd_create"):
-        return ""
-    return f"{boot}:{namespace}:{os.getuid()}"
+    return f"{boot}:{namespace}:{os.getuid()}" if hasattr(os, "memfd_create") else ""
 
 
 def place() -> str:
@@ -158,11 +153,23 @@ def _close_all_in_child() -> None:
     _pending.reset()
 
 
-os.register_at_fork(after_in_child=_close_all_in_child)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_all_in_child)
+
+
+def _seals() -> int:
+    """The seals of a frame's memfd: it may neither shrink (which would crash
+    a reader that maps it, SIGBUS) nor grow, nor take other seals. Linux
+    only, as is this module's use (imported here, not on other systems)."""
+    import fcntl
+
+    return fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 
 
 def _create(buffer: Any) -> _Memfd:
     """A new memfd holding ``buffer`` after its header page."""
+    import fcntl
+
     view = memoryview(buffer).cast("B")
     size = view.nbytes
     token = secrets.token_bytes(TOKEN_SIZE)
@@ -173,8 +180,7 @@ def _create(buffer: Any) -> _Memfd:
         done = 0
         while done < size:
             done += os.pwrite(fd, view[done:], HEADER_SIZE + done)
-        # A reader maps it: a memfd that could shrink would crash it (SIGBUS).
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _seals())
     except BaseException:
         os.close(fd)
         raise
@@ -188,6 +194,8 @@ def _handle(f: _Memfd, slot: int) -> bytes:
 def _open(handle: bytes) -> tuple[_Memfd, int]:
     """Open the memfd ``handle`` names and mark its hop slot taken; the fd
     is ours then. ProtocolError names what went wrong."""
+    import fcntl
+
     if type(handle) is not bytes or len(handle) != HANDLE.size:
         raise ProtocolError(f"a shared frame's handle must be {HANDLE.size} bytes")
     pid, fd, size, token, slot = HANDLE.unpack(handle)
@@ -209,7 +217,7 @@ def _open(handle: bytes) -> tuple[_Memfd, int]:
         info = os.fstat(own)
         if not stat.S_ISREG(info.st_mode) or info.st_size != HEADER_SIZE + size:
             raise ProtocolError(f"a shared frame of process {pid} is not the size its handle says")
-        if fcntl.fcntl(own, fcntl.F_GET_SEALS) & _SEALS != _SEALS:
+        if fcntl.fcntl(own, fcntl.F_GET_SEALS) & _seals() != _seals():
             raise ProtocolError(f"a shared frame of process {pid} is not sealed against resizing")
         if not hmac.compare_digest(os.pread(own, TOKEN_SIZE, 0), token):
             raise ProtocolError(
@@ -316,6 +324,8 @@ def relay(handle: bytes) -> SharedFrame | memoryview:
     read-only, its fd closed. A mapping counts against no file limit (a
     broker holding many futures must not fail to open their frames), and
     passing it on costs a copy into a new memfd."""
+    import resource
+
     f, slot = _open(handle)
     files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     if files == resource.RLIM_INFINITY or len(_open_files) <= files // 4:
