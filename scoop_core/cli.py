@@ -436,7 +436,12 @@ def run_program(options: argparse.Namespace) -> int:
         raise UsageError(f"program file {program!r} not found")
     if not _compiles(program):
         return 1
-    # Started first, so that it imports the core while this process configures the run.
+    # The server is forked once this process has imported the part of the
+    # core that the run's processes share with it (they inherit it instead
+    # of importing it again), and imports the rest of theirs while this
+    # process configures the run.
+    import scoop_core.run  # noqa: F401
+
     server = fork_server.start()
     try:
         return _run_program(options, program, server)
