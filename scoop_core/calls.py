@@ -74,6 +74,25 @@ class Chunk:
         return ChunkResult(values, None)
 
 
+def to_wire(payload: Call | Chunk) -> Any:
+    """What is pickled for a future: a Call as a plain tuple, a Chunk as it
+    is. Unpickling an instance of a class looks the class up (an import)
+    every time; a tuple costs none of that, and single calls are what a
+    loop of ``submit`` sends by the thousand."""
+    if type(payload) is Call:
+        return (payload.fn, payload.args, payload.kwargs)
+    return payload
+
+
+def from_wire(obj: Any) -> Call | Chunk:
+    """The Call or Chunk that :func:`to_wire` made ``obj`` from."""
+    if type(obj) is tuple and len(obj) == 3:
+        return Call(*obj)
+    if isinstance(obj, Call | Chunk):
+        return obj
+    raise TypeError(f"a future's payload is a call or a chunk, not {type(obj).__name__}")
+
+
 @dataclass
 class ChunkResult:
     """Values of a chunk in order; ``error`` is set if item ``len(values)``

@@ -24,7 +24,7 @@ from typing import Any
 from scoop_core import exit_guard
 from scoop_core import messages as m
 from scoop_core.call_costs import CallCosts
-from scoop_core.calls import Call, Chunk, ChunkResult, RemoteException
+from scoop_core.calls import Call, Chunk, ChunkResult, RemoteException, from_wire, to_wire
 from scoop_core.errors import (
     ConstantError,
     ConstantNotFound,
@@ -213,7 +213,7 @@ class Runtime:
 
     def dumps_payload(self, payload: Call | Chunk) -> list[Frame]:
         try:
-            return self.serializer.dumps(payload)
+            return self.serializer.dumps(to_wire(payload))
         except Exception as exc:
             raise describe_unpicklable(payload, self.serializer, exc) from exc
 
@@ -890,7 +890,7 @@ class RootRuntime(ThreadedRuntime):
         start = time.perf_counter()
         try:
             with exit_guard.guarded():
-                value = self.serializer.loads(task.frames).run()
+                value = from_wire(self.serializer.loads(task.frames)).run()
             failed = isinstance(value, ChunkResult) and value.error is not None
         except KeyboardInterrupt as exc:
             self._done_here(fut, start)

@@ -29,7 +29,16 @@ import greenlet
 
 from scoop_core import calls, future
 from scoop_core import messages as m
-from scoop_core.calls import Call, Chunk, ChunkResult, RemoteException, capture, portable
+from scoop_core.calls import (
+    Call,
+    Chunk,
+    ChunkResult,
+    RemoteException,
+    capture,
+    from_wire,
+    portable,
+    to_wire,
+)
 from scoop_core.errors import PROGRAM_IMPORT_FAILED, SerializationError
 from scoop_core.future import Future
 from scoop_core.interfaces import Endpoint
@@ -251,7 +260,7 @@ class WorkerRuntime(ThreadedRuntime):
         limit = m.payload_limit(self.codec.max_size)
         for job in jobs:
             try:
-                frames = self.serializer.dumps(job.payload)
+                frames = self.serializer.dumps(to_wire(job.payload))
             except Exception:
                 kept.append(job)
                 continue
@@ -317,7 +326,7 @@ class WorkerRuntime(ThreadedRuntime):
         status = m.OK
         payload: Any = None
         try:
-            payload = self.serializer.loads(job.task.frames)
+            payload = from_wire(self.serializer.loads(job.task.frames))
             if not isinstance(payload, Chunk):
                 # Its owner may ask running(): if it runs for more than a
                 # moment, the I/O thread says it started (see io_tick).
