@@ -96,10 +96,21 @@ class ForkServer:
         ours, theirs = socket.socketpair()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()  # or the server's forks would write it again
-        pid = os.fork()
+        # Ctrl-C in the terminal reaches the whole process group; the
+        # launcher decides when the run stops, so the server ignores it
+        # from its first instant.
+        interrupt = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            pid = os.fork()
+        except OSError:
+            signal.signal(signal.SIGINT, interrupt)
+            ours.close()
+            theirs.close()
+            raise
         if pid == 0:
             ours.close()
             _serve(theirs)
+        signal.signal(signal.SIGINT, interrupt)
         theirs.close()
         self.proc = ForkedProcess(pid)
         ours.settimeout(_ANSWER_TIMEOUT)
@@ -359,9 +370,6 @@ def _fork_twice() -> int:
 def _serve(line: socket.socket) -> NoReturn:
     """The server's life, in the fork the launcher made; it never returns."""
     try:
-        # Ctrl-C in the terminal reaches the whole process group; the
-        # launcher decides when the run stops.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         scoop_log.reset()
         # What every process of a run imports, imported once, while the launcher configures the run.
         from scoop_core import bootstrap, worker  # noqa: F401

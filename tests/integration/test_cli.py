@@ -387,6 +387,35 @@ def test_remote_only_flags_run_with_a_warning(write_program, scoop_run, tmp_path
         assert warning in logged.splitlines()
 
 
+def test_the_log_file_has_each_processs_records_once(write_program, scoop_run, tmp_path):
+    log_file = tmp_path / "scoop.log"
+    prog = write_program(
+        PRELUDE
+        + """
+def note(_):
+    scoop.logger.warning("a note from %s", scoop.worker)
+    return scoop.worker
+
+
+if __name__ == "__main__":
+    worker = futures.submit(note, 0).result()
+    note(0)
+    out({"size": scoop.SIZE, "worker": worker})
+"""
+    )
+    proc = scoop_run(
+        prog,
+        flags=("-n", "1", "--log", str(log_file)),
+        env={"SCOOP_ROOT_RUNS_FUTURES": "false"},
+    )
+
+    [report] = results(proc)
+    assert report == {"size": 1, "worker": "worker-1"}
+    logged = log_file.read_text().splitlines()
+    for name in ("root", "worker-1"):
+        assert len([line for line in logged if f"a note from {name}" in line]) == 1, logged
+
+
 @pytest.mark.parametrize(
     ("verbosity", "shown", "hidden"),
     [
