@@ -36,6 +36,11 @@ class Event(enum.Enum):
     SUBMIT = "submit"
     WELCOME = "welcome"
 
+    # Members are singletons, each equal to itself alone, so hashing by
+    # identity agrees with equality; Enum's own __hash__ is Python code, and
+    # every transition of every future hashes an event.
+    __hash__ = object.__hash__
+
 
 class State:
     """A named sentinel; identity is what matters."""

@@ -131,6 +131,13 @@ PACK_MOST = 256
 """Frames described by one pack at most, so that a pack is never more than
 a few KiB over the frames it holds (ZMQ_MAXMSGSIZE allows CURVE_ALLOWANCE)."""
 
+# Plain ints: pyzmq's constants are enum.IntFlag members, whose operators
+# are Python code, paid on every receive.
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+
 _COUNT = struct.Struct("<I")
 _IN_NEXT_FRAME = 0xFFFFFFFF  # this frame is the next ZeroMQ frame, not in the pack
 
@@ -306,7 +313,10 @@ class _Socket:
         with self._io_lock:
             if self._wake.closed:
                 raise TransportClosed(f"{self._describe} is closed; it cannot send any more")
-            self.sock.send_multipart(frames, copy=False)
+            sock = self.sock
+            for frame in frames[:-1]:  # send_multipart, with int flags (see _NOBLOCK)
+                sock.send(frame, _SNDMORE, copy=False)
+            sock.send(frames[-1], 0, copy=False)
 
     def recv(self, timeout: float | None) -> list[zmq.Frame] | None:
         with self._io_lock, self._wake.receiving():
@@ -316,8 +326,8 @@ class _Socket:
                 # steady stream of messages cannot starve it.
                 if self._wake.take():
                     return None
-                flags = self.sock.get(zmq.EVENTS)
-                if isinstance(flags, int) and flags & zmq.POLLIN:  # cheaper than zmq.Again
+                flags = self.sock.get(_EVENTS)
+                if isinstance(flags, int) and flags & _POLLIN:  # cheaper than zmq.Again
                     return self._recv_message()
                 if deadline is None:
                     poll_ms = None
@@ -334,10 +344,10 @@ class _Socket:
     def _recv_message(self) -> list[zmq.Frame]:
         """The message waiting on the socket: its frames, asked for until
         one says it is the last (``Frame.more``, cheaper than RCVMORE)."""
-        frame = self.sock.recv(zmq.NOBLOCK, copy=False)
+        frame = self.sock.recv(_NOBLOCK, copy=False)
         frames = [frame]
         while frame.more:
-            frame = self.sock.recv(zmq.NOBLOCK, copy=False)
+            frame = self.sock.recv(_NOBLOCK, copy=False)
             frames.append(frame)
         return frames
 
