@@ -649,7 +649,10 @@ class BrokerPolicy:
         self._started.pop(peer, None)
         self._results.pop(peer, None)
         if requeued:
-            log.warning(
+            # A peer that said goodbye (asked to leave, or Ctrl-C at a
+            # terminal) charges nothing: worth a word, not a warning.
+            log.log(
+                logging.WARNING if lost else logging.INFO,
                 "%s %s holding %d future(s); queued again: %s",
                 rec.name,
                 "was lost" if lost else "left",
