@@ -436,23 +436,14 @@ def run_program(options: argparse.Namespace) -> int:
         raise UsageError(f"program file {program!r} not found")
     if not _compiles(program):
         return 1
-    # The server is forked once this process has imported the part of the
-    # core that the run's processes share with it (they inherit it instead
-    # of importing it again), and imports the rest of theirs while this
-    # process configures the run.
-    import scoop_core.run  # noqa: F401
-
-    server = fork_server.start()
     try:
-        return _run_program(options, program, server)
+        return _run_program(options, program)
     finally:
         fork_server.stop()
 
 
-def _run_program(
-    options: argparse.Namespace, program: str, server: fork_server.ForkServer | None
-) -> int:
-    from scoop_core.run import Run, WorkerOptions, needed_plugins, worker_count
+def _run_program(options: argparse.Namespace, program: str) -> int:
+    from scoop_core.run import Run, WorkerOptions, worker_count
 
     hosts = _hosts(options)
     cli = {
@@ -468,16 +459,7 @@ def _run_program(
     cli.update(_launcher_flags(options, cli["transport"]))
     config, plugins = _configure(options, {k: v for k, v in cli.items() if v is not None})
     scoop_log.configure(config["log_level"])
-    if server is not None:
-        # As soon as they are known: the server imports them while this process goes on.
-        server.preload(
-            {
-                "_SCOOP_TRANSPORT": config["transport"],
-                "_SCOOP_SERIALIZER": config["serializer"],
-                "_SCOOP_PLUGINS": needed_plugins(config, plugins),
-                "_SCOOP_DISABLE_PLUGINS": ",".join(config["disable_plugins"]),
-            }
-        )
+    _start_fork_server(config, plugins)
     launcher, placed = _placement(config, plugins, hosts)
     remote = placed is not None and not all(_is_local(h) for h in placed)
     _warn_remote_only(options, remote)
@@ -503,6 +485,35 @@ def _run_program(
         hosts=placed,
     )
     return _supervise(run, program, list(options.args))
+
+
+def _start_fork_server(config: Config, plugins: PluginManager) -> None:
+    """Fork the run's fork server (:mod:`scoop_core.fork_server`) once this
+    process has imported what the run's processes share with it, the core,
+    the transport and the serializer: they inherit all that instead of
+    importing it a second time, which on a machine with few busy cores
+    cost the run's start as much as running both imports side by side
+    saved. The server imports the rest of theirs while this process starts
+    the broker."""
+    from scoop_core.run import needed_plugins
+
+    for record in (
+        plugins.transport(config["transport"]),
+        plugins.serializer(config["serializer"]),
+    ):
+        resolve = getattr(record.factory, "resolve", None)
+        if resolve is not None:
+            resolve()
+    server = fork_server.start()
+    if server is not None:
+        server.preload(
+            {
+                "_SCOOP_TRANSPORT": config["transport"],
+                "_SCOOP_SERIALIZER": config["serializer"],
+                "_SCOOP_PLUGINS": needed_plugins(config, plugins),
+                "_SCOOP_DISABLE_PLUGINS": ",".join(config["disable_plugins"]),
+            }
+        )
 
 
 class _Stop(Exception):

@@ -4,13 +4,14 @@ Each process of a run (the root, every worker) would otherwise be a fresh
 interpreter importing the core, its transport and its serializer: about a
 tenth of a second of CPU each, and on a machine with few cores a run of
 ``-n 2`` spends more time starting than doing a small program's work. The
-launcher of ``python -m scoop`` forks one fork server as soon as it has
-checked the program, so the server imports what the run's processes need
-while the launcher configures the run; the root and the workers are then
-forks of it, ready at once. The server is a fork rather than a new
-interpreter because the launcher has imported part of it already
-(a new interpreter would start from nothing, a few tens of milliseconds
-of CPU that a run on a busy machine waits for).
+launcher of ``python -m scoop`` forks one fork server once it has
+configured the run and imported the core, the transport and the
+serializer, which the server and its forks inherit; the server imports the
+rest of what the run's processes need while the launcher starts the
+broker, and the root and the workers are then forks of it, ready at once.
+The server is a fork rather than a new interpreter, which would import
+all that a second time: a few tens of milliseconds of CPU that a run on a
+busy machine waits for.
 
 Rules:
 
