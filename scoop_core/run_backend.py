@@ -28,16 +28,13 @@ from dataclasses import dataclass
 
 from scoop_core import messages as m
 from scoop_core import run_keys
-from scoop_core import store_records as records
 from scoop_core.broker import Broker, supported
 from scoop_core.errors import LaunchError, TransportClosed
 from scoop_core.interfaces import BrokerStore, Endpoint, StoreTransport, Transport
-from scoop_core.store_driver import (
-    StoreEndpoint,
-    announce_departure,
-    report_lost,
-    tell_everyone,
-)
+
+# The store's own modules (store_records, store_driver) are imported by the
+# store-backed code below only: a run over a hub never needs them, and every
+# launcher would pay for their import.
 
 log = logging.getLogger("scoop.launcher")
 
@@ -216,10 +213,14 @@ class StoreBackend(RunBackend):
         # The beat thread and the launcher's own thread share the store object.
         self._lock = threading.Lock()
         self._beating = threading.Event()
-        self._codec = m.Codec(settings.key, records.LAUNCHER.encode())
+        from scoop_core.store_records import LAUNCHER
+
+        self._codec = m.Codec(settings.key, LAUNCHER.encode())
         self._ended = False
 
     def start(self, description: Mapping[str, object]) -> None:
+        from scoop_core import store_records as records
+
         s = self.settings
         store = self.transport.open_store(run_id=s.run_id, identity=records.LAUNCHER)
         signed = records.sign_info(dict(description), s.key)
@@ -248,6 +249,8 @@ class StoreBackend(RunBackend):
         threading.Thread(target=self._keep_beating, name="scoop-launcher-beat", daemon=True).start()
 
     def _beat(self) -> None:
+        from scoop_core import store_records as records
+
         assert self.store is not None
         try:
             with self._lock:
@@ -262,6 +265,8 @@ class StoreBackend(RunBackend):
             self._beat()
 
     def connect(self, name: str, *, launcher_alive: Callable[[], bool] | None = None) -> Connection:
+        from scoop_core.store_driver import StoreEndpoint
+
         s = self.settings
         endpoint = StoreEndpoint(
             self.transport.open_store(address=self.address, identity=name),
@@ -279,6 +284,8 @@ class StoreBackend(RunBackend):
         return Connection(endpoint, over=endpoint.over, leave=endpoint.leave)
 
     def peer_lost(self, name: str) -> None:
+        from scoop_core.store_driver import announce_departure, report_lost
+
         if self.store is None:
             return
         try:
@@ -296,6 +303,8 @@ class StoreBackend(RunBackend):
             log.error("could not hand on the futures of %s: %s", name, exc)
 
     def end(self, reason: str) -> set[str]:
+        from scoop_core.store_driver import tell_everyone
+
         if self.store is None or self._ended:
             return set()
         self._ended = True
@@ -351,6 +360,8 @@ def find_run(
     launcher's :meth:`StoreBackend.start` left them, for workers that join
     it; :class:`LaunchError` if there is no such run or the key is not its.
     The key comes from :func:`~scoop_core.run_keys.find_run_key`."""
+    from scoop_core import store_records as records
+
     store = transport.open_store(run_id=run_id, identity=f"joiner-{os.getpid()}")
     try:
         blob = store.records(records.RUN).get(INFO)
