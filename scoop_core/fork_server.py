@@ -372,7 +372,8 @@ def _serve(line: socket.socket) -> NoReturn:
     """The server's life, in the fork the launcher made; it never returns."""
     try:
         scoop_log.reset()
-        # What every process of a run imports, imported once, while the launcher configures the run.
+        # The rest of what every process of a run imports, imported once,
+        # while the launcher starts the broker.
         from scoop_core import bootstrap, worker  # noqa: F401
 
         forked = serve(line)
