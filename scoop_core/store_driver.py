@@ -470,10 +470,11 @@ class StoreEndpoint(Endpoint):
         taker = self._census_taker(census.get(TAKER))
         if taker != self.name:
             if time.monotonic() - self._census_read <= 2 * self.heartbeat_timeout:
-                if not self._census.workers:
-                    # No worker, says the census: maybe none yet, or one joined since.
-                    # Counted here (few peers to look at), since the policy fails
-                    # what is queued once it has seen no worker for a while.
+                if not self._census.workers and self.role != m.WORKER:
+                    # No worker, says the census (or there is none yet): maybe
+                    # one joined since. A program counts for itself, since its
+                    # policy fails what is queued once it has seen no worker for
+                    # a while (a worker's policy counts itself as one).
                     self._count_workers()
                 return
             if not self._counting_alone:
