@@ -29,11 +29,7 @@ Why these choices:
   opened the store, say).
 - ``COUNT`` applies to each stream of one ``XREADGROUP``, so :meth:`take`
   first looks without blocking (mailbox up to :data:`BATCH`, queue up to
-  ``count``, one pipeline) and only if both are empty blocks on both. A
-  take that follows one that found nothing blocks at once: an idle peer
-  wakes every second or so, and its look would find nothing again, so this
-  saves the server and the peer a round trip per wake-up (a thousand idle
-  consumers made a third of the server's commands with those looks).
+  ``count``, one pipeline) and only if both are empty blocks on both.
 - :meth:`RedisStore.commit` is one ``MULTI``/``EXEC`` round trip: the
   additions, the mail and the removals happen together or not at all.
 - :meth:`RedisStore.withdraw` is one script: for each entry, who holds it
@@ -284,7 +280,6 @@ class RedisStore(BrokerStore):
         self._wake = WakeUp(self._poke)
         self._groups_ready = False  # the queue's and our mailbox's groups exist
         self._keep_due = 0.0  # when a raised flag next renews the expiry of the run's keys
-        self._found_nothing = False  # the last take returned nothing: the next blocks at once
         for command in _RAW_REPLIES:
             client.set_response_callback(command, lambda reply, **_: reply)
 
@@ -446,10 +441,7 @@ class RedisStore(BrokerStore):
         count = max(0, int(count))
         deadline = time.monotonic() + (BLOCK_MS / 1000 if timeout is None else max(0.0, timeout))
         with self._io_lock, self._wake.receiving():
-            block: int | None = None  # the first look never blocks, unless we are idle
-            if self._found_nothing and deadline > time.monotonic():
-                block = max(1, min(BLOCK_MS, math.ceil((deadline - time.monotonic()) * 1000)))
-            self._found_nothing = False
+            block: int | None = None  # the first look never blocks
             while True:
                 # A wake-up is served before anything else, so a busy queue cannot starve it.
                 if self._wake.take():
@@ -464,7 +456,6 @@ class RedisStore(BrokerStore):
                     return entries, mail
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    self._found_nothing = True
                     return [], []
                 block = max(1, min(BLOCK_MS, math.ceil(remaining * 1000)))
 
