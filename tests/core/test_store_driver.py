@@ -220,17 +220,22 @@ def test_the_futures_of_a_dead_worker_run_again_elsewhere_once_it_is_reported(
     assert RAN == ["victim", "victim"]
 
 
-@pytest.mark.parametrize("taker", ["root", "worker-1"])
+@pytest.mark.parametrize("taker", ["root", "worker-1", "forged"])
 def test_the_futures_of_a_silent_worker_run_again_elsewhere_without_the_launcher(
     new_run: Callable[..., Run], taker: str
 ) -> None:
     # Nobody reports worker-1: its entry is claimed, once its lease ran
-    # out, by the peer that takes the census, or, if worker-1 took it,
-    # by the peer that takes it over.
+    # out, by the peer that takes the census; if worker-1 took it, by the
+    # peer that takes it over; if someone without the key wrote the taker's
+    # record (naming a live peer that takes no census), by the peer that
+    # replaces it.
     run = new_run(timeout=0.5)
     started, _ = held("victim")
     run.add_worker("worker-1")
-    named = [(TAKER, seal_taker(run.key, taker))]
+    signed = (
+        seal_taker(os.urandom(32), LAUNCHER) if taker == "forged" else seal_taker(run.key, taker)
+    )
+    named = [(TAKER, signed)]
     run.launcher.put_records(CENSUS, named)  # makes the table, if the root did not yet
     run.launcher.put_records(CENSUS, named, replace=True)
     fut = run.submit(hold_the_first_time, "victim")
