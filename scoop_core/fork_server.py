@@ -186,8 +186,11 @@ class ForkedProcess:
         self.returncode: int | None = None
 
     def poll(self) -> int | None:
+        return self._reap(os.WNOHANG)
+
+    def _reap(self, flags: int) -> int | None:
         if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            pid, status = os.waitpid(self.pid, flags)
             if pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
@@ -227,10 +230,16 @@ def wait_exit(process: LocalProcess, timeout: float | None) -> int | None:
             return process.wait(timeout)
         return None
     try:
-        select.select([ended], [], [], timeout)
+        exited, _, _ = select.select([ended], [], [], timeout)
     finally:
         os.close(ended)
-    return process.poll()
+    if not exited:
+        return None
+    # It has exited, and its status follows at once, except under a
+    # tracer (strace), which sees the exit first: wait for that instant.
+    if isinstance(process, ForkedProcess):
+        return process._reap(0)
+    return process.wait()
 
 
 _current: ForkServer | None = None
