@@ -17,6 +17,7 @@ which ``set_result`` and ``set_exception`` notify under the future's lock.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import logging
 import threading
@@ -48,6 +49,41 @@ def new_event() -> Event:
     return greenlet_event() or threading.Event()
 
 
+class _Condition(threading.Condition):
+    """``threading.Condition()`` (over an RLock) without the five bound
+    methods and the dict its ``__init__`` makes for every instance: a
+    program holds one per future, thousands at a time, and the garbage
+    collector walks all of them. Its methods are the standard ones, which
+    find the lock's through these."""
+
+    __slots__ = ("_lock", "_waiters")
+
+    def __init__(self) -> None:  # no super().__init__: that is what it spares
+        self._lock = threading.RLock()
+        self._waiters: collections.deque[Any] = collections.deque()
+
+    def __enter__(self) -> bool:
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._lock.__exit__(*exc)
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def _release_save(self) -> Any:
+        return self._lock._release_save()  # type: ignore[attr-defined]
+
+    def _acquire_restore(self, state: Any) -> None:
+        self._lock._acquire_restore(state)  # type: ignore[attr-defined]
+
+    def _is_owned(self) -> bool:
+        return bool(self._lock._is_owned())  # type: ignore[attr-defined]
+
+
 class Future(cf.Future[Any]):
     """The result of a call that runs, or will run, on a worker.
 
@@ -56,7 +92,13 @@ class Future(cf.Future[Any]):
     """
 
     def __init__(self, fid: int = 0, canceller: Callable[[int], bool] | None = None) -> None:
-        super().__init__()
+        # What cf.Future.__init__ sets, with a lighter condition.
+        self._condition = _Condition()
+        self._state = "PENDING"
+        self._result = None
+        self._exception = None
+        self._waiters = []
+        self._done_callbacks: list[Callable[[cf.Future[Any]], object]] = []
         self.fid = fid
         self._canceller = canceller
         self.elapsed = 0.0  # seconds the worker spent on it, for chunk sizing
@@ -119,12 +161,12 @@ class Future(cf.Future[Any]):
     def add_done_callback(self, fn: Callable[[cf.Future[Any]], object]) -> None:
         with self._condition:
             if self._state not in ("CANCELLED", "CANCELLED_AND_NOTIFIED", "FINISHED"):
-                self._done_callbacks.append(fn)  # type: ignore[attr-defined]
+                self._done_callbacks.append(fn)
                 return
         _call_back(fn, self)
 
     def _invoke_callbacks(self) -> None:
-        for callback in self._done_callbacks:  # type: ignore[attr-defined]
+        for callback in self._done_callbacks:
             _call_back(callback, self)
 
 

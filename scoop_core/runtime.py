@@ -148,6 +148,8 @@ class Runtime:
         self.constants: dict[str, Any] = {}
         self._const_events: list[Event] = []
         self.shutdown_reason = ""
+        # One bound method for every future, not a new one each.
+        self._canceller = self.cancel
 
     def owned(self) -> list[Future]:
         """The futures this process submitted that have no outcome yet."""
@@ -239,7 +241,7 @@ class Runtime:
                 self.codec.check_size(
                     frames, f"the call to {getattr(payload.fn, '__qualname__', payload.fn)}"
                 )
-            fut = Future(self._next_fid(), self.cancel)
+            fut = Future(self._next_fid(), self._canceller)
             fut.nbytes = nbytes
             tasks.append(m.Task(fut.fid, parent, depth + 1, tuple(frames), max_losses))
             futures.append(fut)
@@ -757,6 +759,7 @@ class RootRuntime(ThreadedRuntime):
         self._waiting: collections.deque[m.Task] = collections.deque()
         # I/O thread only: ids of the tiny futures sent and not finished.
         self._tiny_on_workers: set[int] = set()
+        self._runner = self._run_here  # one bound method for every future
 
     def _send_tasks(self, tasks: list[m.Task]) -> None:
         if self.runs_here:
@@ -765,7 +768,7 @@ class RootRuntime(ThreadedRuntime):
             for task in tasks:
                 fut = self._owned.get(task.fid)
                 if fut is not None and fut.call is not None and self.costs.runs_here(*fut.call):
-                    fut.run_here = self._run_here
+                    fut.run_here = self._runner
                     here.append((task, self.costs.is_tiny(*fut.call)))
             if here:
                 now = time.monotonic()

@@ -193,7 +193,7 @@ class WorkerRuntime(ThreadedRuntime):
         futures = []
         with self._lock:
             for payload in payloads:
-                fut = Future(self._next_fid(), self.cancel)
+                fut = Future(self._next_fid(), self._canceller)
                 self._owned[fut.fid] = fut
                 self.book.adopt(m.Task(fut.fid, parent, depth + 1, (), max_losses), payload)
                 futures.append(fut)
