@@ -157,6 +157,7 @@ class Run:
             "serializer": self.config["serializer"],
             "prefetch": self.config["prefetch"],
             "root_runs_futures": self.config["root_runs_futures"],
+            "shared_memory": self.config["shared_memory"],
             "max_losses": self.config["max_losses"],
             "heartbeat": [self.config["heartbeat_interval"], self.config["heartbeat_timeout"]],
             "max_message_size": self.config["max_message_size"],
@@ -363,6 +364,9 @@ def run_env(
         "_SCOOP_WORKERS": str(info["workers"]),
         "_SCOOP_PREFETCH": str(info["prefetch"]),
         "_SCOOP_ROOT_RUNS_FUTURES": "0" if info.get("root_runs_futures") is False else "1",
+        # Peers that say no shared frames where they are get none (a
+        # codec sends a peer handles only if its place is theirs).
+        "_SCOOP_SHARED_MEMORY": "0" if info.get("shared_memory") is False else "1",
         "_SCOOP_MAX_LOSSES": str(info["max_losses"]),
         "_SCOOP_MAX_MESSAGE_SIZE": str(info["max_message_size"]),
         "_SCOOP_HEARTBEAT": f"{interval},{timeout}",

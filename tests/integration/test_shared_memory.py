@@ -76,6 +76,18 @@ def test_large_arrays_arrive_whole_and_writable_both_ways(program, scoop_run, tr
     assert got["shared_back"] == [on] * 4
 
 
+def test_shared_memory_false_in_scoop_toml_keeps_every_frame_in_the_messages(
+    program, scoop_run, tmp_path
+):
+    # The launcher passes the setting to the root and the workers, and the
+    # broker then sends none of them a handle either.
+    (tmp_path / "scoop.toml").write_text("[scoop]\nshared_memory = false\n")
+    [got] = program_results(scoop_run(program(ROUND_TRIP), env=ON_WORKERS))
+    assert got["doubled"] and got["kept"]
+    assert got["shared_there"] == [False] * 4
+    assert got["shared_back"] == [False] * 4
+
+
 CONSTANT = """
 from scoop import shared
 
