@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -385,6 +386,11 @@ def _serve(line: socket.socket) -> NoReturn:
         # while the launcher starts the broker.
         from scoop_core import bootstrap, worker  # noqa: F401
 
+        # All that is imported lives as long as the processes forked from
+        # here: frozen, the garbage collector never walks it again (each
+        # full collection in a root holding thousands of futures did), and
+        # the forks' pages of it stay shared.
+        gc.freeze()
         forked = serve(line)
         if forked is not None:
             _run_child(*forked)
