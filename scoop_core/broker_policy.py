@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypedDict
@@ -130,6 +131,10 @@ class PeerRecord:
     stealing: bool = False  # a Steal was sent and not answered yet
     suspects: int = 0  # how many of the futures it holds have been lost before
     heard: float = 0.0  # when it last spoke (tick's clock)
+    # A program in the broker's own process (an embedding program's pool):
+    # alive while the broker is, however long its thread was kept from
+    # speaking on a loaded machine.
+    in_process: bool = False
 
     @property
     def is_worker(self) -> bool:
@@ -372,6 +377,7 @@ class BrokerPolicy:
             raise ProtocolError(f"peer {peer!r} said hello twice")
         rec = PeerRecord(peer, self.next_index, msg.role, msg.name, max(0, msg.slots))
         rec.heard = self.now
+        rec.in_process = msg.role != m.WORKER and msg.pid == os.getpid()
         self.next_index += 1
         rec.fire(Event.WELCOME)
         self.peers[peer] = rec
@@ -893,7 +899,7 @@ class BrokerPolicy:
             # (On a store, the one local peer is this process's own runtime.)
             for peer, rec in list(self.peers.items()):
                 silent = now - rec.heard
-                if silent > self.heartbeat_timeout:
+                if silent > self.heartbeat_timeout and not rec.in_process:
                     log.warning(
                         "%s has been silent for %.0f s (heartbeat_timeout); counting it as lost",
                         rec.name,

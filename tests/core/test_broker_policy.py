@@ -8,6 +8,7 @@ the one promise users care about most: every future comes back exactly once.
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict, deque
 
 import pytest
@@ -790,6 +791,20 @@ def test_credit_only_from_workers_and_never_negative(run: Run) -> None:
     with pytest.raises(ProtocolError):
         run.book.handle(W1, m.Ready(-1))
     assert run.book.peers[W1].credit == 0
+
+
+@pytest.mark.parametrize("in_process", [True, False])
+def test_only_a_program_in_the_brokers_own_process_outlives_its_silence(in_process: bool) -> None:
+    # An embedding program's pool: its root shares the broker's process, and
+    # a loaded machine can keep its thread quiet past heartbeat_timeout, but
+    # it lives as long as the broker does. Any other silent peer is lost.
+    run = Run(heartbeat_timeout=1)
+    pid = os.getpid() if in_process else os.getpid() + 1
+    run.send(ROOT, m.Hello(m.ROOT, "root", pid, "localhost", 0))
+    run.join(W1, slots=1)
+    run.book.tick(5.0)
+    assert (ROOT in run.book.peers) is in_process
+    assert W1 not in run.book.peers
 
 
 def test_heartbeats_change_nothing(run: Run) -> None:
