@@ -247,6 +247,8 @@ def test_a_signal_stops_the_run_and_leaves_nothing_behind(
             proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=5)
         assert proc.returncode == status, stderr.decode()
+        # Stopping is no fault: no word of workers that left holding futures.
+        assert "holding" not in stderr.decode(), stderr.decode()
         assert wait_gone(str(prog)) == []
     finally:
         kill_run(str(prog), proc)
