@@ -54,7 +54,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import msgpack
 
@@ -100,8 +100,11 @@ CLIENT = "client"
 _LEN = struct.Struct("!Q")
 
 
-@dataclass(frozen=True)
-class Task:
+# Task and Outcome are named tuples, not frozen dataclasses: one is made
+# for every future at every hop, and a tuple is made in half the time.
+
+
+class Task(NamedTuple):
     """One future on its way to be run: the pickled call is ``frames``."""
 
     fid: int
@@ -111,8 +114,7 @@ class Task:
     max_losses: int = 0  # times it may be lost with its worker; 0: the run's setting
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """How one future ended: ``status`` is OK, RAISED, CANCELLED or LOST."""
 
     fid: int

@@ -217,7 +217,14 @@ _names = st.text(max_size=20)
 _ints = st.integers(0, 2**64 - 1)
 _frames = st.lists(st.binary(max_size=40), max_size=3).map(tuple)
 _tasks = st.lists(
-    st.builds(m.Task, fid=_ints, parent=_ints, depth=st.integers(0, 10**6), frames=_frames),
+    st.builds(
+        m.Task,
+        fid=_ints,
+        parent=_ints,
+        depth=st.integers(0, 10**6),
+        frames=_frames,
+        max_losses=st.integers(0, 1000),
+    ),
     max_size=4,
 ).map(tuple)
 _outcomes = st.lists(
