@@ -373,8 +373,8 @@ class Runtime:
 
     def _on_results(self, outcomes: Iterable[m.Outcome]) -> None:
         for out in outcomes:
-            fut = self._owned.pop(out.fid, None)
-            chunk = self._chunks.pop(out.fid, None)
+            chunk = self._chunks.get(out.fid)
+            fut = self._forget(out.fid)
             if fut is None:
                 continue
             fut.elapsed = out.elapsed
@@ -757,7 +757,8 @@ class RootRuntime(ThreadedRuntime):
         # Tiny tasks held back until fewer are on the workers, oldest first
         # (under _take_lock: a waiting thread takes the newest).
         self._waiting: collections.deque[m.Task] = collections.deque()
-        # I/O thread only: ids of the tiny futures sent and not finished.
+        # Ids of the tiny futures sent and not finished (added by the I/O
+        # thread, dropped wherever a future ends: see _forget).
         self._tiny_on_workers: set[int] = set()
         self._runner = self._run_here  # one bound method for every future
 
@@ -817,13 +818,6 @@ class RootRuntime(ThreadedRuntime):
                 self._unsent.pop(fid, None)
                 kept.append(task)
         return kept
-
-    def _on_results(self, outcomes: Iterable[m.Outcome]) -> None:
-        if self._tiny_on_workers:
-            outcomes = list(outcomes)
-            for out in outcomes:
-                self._tiny_on_workers.discard(out.fid)
-        super()._on_results(outcomes)
 
     def _forget(self, fid: int) -> Future | None:
         self._tiny_on_workers.discard(fid)
