@@ -288,7 +288,40 @@ def command_parser() -> _Parser:
     worker.add_argument("--key-file", metavar="FILE", help="file holding the run's key (hex)")
     worker.add_argument("--path", "-p", metavar="DIR", help="working directory of the workers")
     worker.add_argument("--python-interpreter", metavar="PATH", help="Python that runs the workers")
-    parser.commands = {"run": run, "plugins": plugins, "worker": worker}
+    status = sub.add_parser(
+        "status",
+        help="show the workers and futures of a running run",
+        description="Print the workers of a running run (host, pid, futures run, busy or "
+        "idle, last heard from) and its futures queued, running and done. With no RUN_ID, "
+        "list your running runs. A ZeroMQ run answers on the machine that started it; a "
+        "Redis run answers wherever its server and key are reachable.",
+    )
+    _add_common(status, suppress=True)
+    status.add_argument("run_id", nargs="?", metavar="RUN_ID", help="the run to show")
+    status.add_argument(
+        "--url", metavar="URL", help="the transport's server, e.g. redis://host:6379/0"
+    )
+    status.add_argument("--key-file", metavar="FILE", help="file holding the run's key (hex)")
+    report = sub.add_parser(
+        "report",
+        help="turn a --trace file into one self-contained HTML page",
+        description="Read a trace written by --trace FILE and write an HTML page with a "
+        "timeline of every worker, utilisation and queue length over time, the functions "
+        "that took the most time, futures lost and run again, and the run's settings. The "
+        "page needs no network to be viewed.",
+    )
+    _add_common(report, suppress=True)
+    report.add_argument("trace", metavar="TRACE.json", help="a file written by --trace")
+    report.add_argument(
+        "-o", "--output", metavar="FILE", help="the page to write (default: TRACE.html)"
+    )
+    parser.commands = {
+        "run": run,
+        "plugins": plugins,
+        "worker": worker,
+        "status": status,
+        "report": report,
+    }
     return parser
 
 
@@ -681,6 +714,14 @@ def _main(parser: _Parser, argv: Sequence[str] | None) -> int:
                 return list_plugins(options)
             if command == "worker":
                 return join_run(options)
+            if command == "status":
+                from scoop_core import status
+
+                return status.main(options)
+            if command == "report":
+                from scoop_core import report
+
+                return report.main(options)
             return run_program(options)
     except (UsageError, ConfigError, PluginError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
