@@ -51,6 +51,7 @@ from scoop_core import messages as m
 from scoop_core.broker_policy import BrokerPolicy, PolicyOptions
 from scoop_core.errors import ProtocolError, SerializationError
 from scoop_core.interfaces import Hub, Transport
+from scoop_core.run_activity import RunActivity, pack_snapshot
 
 log = logging.getLogger("scoop.broker")
 
@@ -120,11 +121,17 @@ class Broker:
         run_id: str,
         public: bool = False,
         local: bool = False,
+        activity: RunActivity | None = None,
         **options: Unpack[PolicyOptions],
     ) -> None:
         self.key = key
         allow_many_connections()
         self.book = BrokerPolicy(**options, now=time.monotonic())
+        # The peers' reports, for status, progress, the summary and the trace.
+        self.activity = activity or RunActivity(
+            run_id, heartbeat_timeout=self.book.heartbeat_timeout
+        )
+        self.book.activity = self.activity.launcher
         max_message_size = self.book.max_message_size
         self.codec = m.Codec(key, m.BROKER_IDENTITY, max_size=max_message_size, payload=m.RELAY)
         self.hub = bind_hub(
@@ -203,7 +210,9 @@ class Broker:
                 if self._running:
                     book.tick(time.monotonic())
                     for peer in book.take_lost():
-                        self.lost.add(peer.decode(errors="replace"))
+                        name = peer.decode(errors="replace")
+                        self.lost.add(name)
+                        self.activity.lost(name)
                         self._unbind(peer, lost=True)
                 book.dispatch()
                 outgoing = []
@@ -274,6 +283,17 @@ class Broker:
         if conn not in self._rejected:
             self._rejected.add(conn)
             log.warning("rejected a message from peer %r: %s", conn, reason)
+            self.activity.launcher.instant(
+                "rejected", f"rejected a message: {reason}", reason=reason
+            )
+
+    def _answer_status(self, conn: bytes, client: bytes) -> None:
+        """``scoop status`` asks (a signed request, on a connection bound to
+        nobody): answer on that connection, and end the client's session so
+        that the request cannot be replayed. It never joins the run."""
+        snapshot = self.activity.snapshot()
+        self._send(conn, client, m.StatusReply(pack_snapshot(snapshot)))
+        self.codec.forget(client)
 
     def _receive(self, conn: bytes, frames: list[object]) -> None:
         name = self._name_of.get(conn)
@@ -282,6 +302,9 @@ class Broker:
                 sender, msg = name, self.codec.decode(frames, name)
             else:
                 sender, msg = self.codec.decode_from(frames, take_over=False)
+                if isinstance(msg, m.StatusRequest):
+                    self._answer_status(conn, sender)
+                    return
         except ProtocolError as exc:
             self._refuse(conn, str(exc))
             if isinstance(exc, m.VersionMismatch) and conn not in self._name_of:
@@ -295,6 +318,11 @@ class Broker:
             return
         if name is None and not self._bind(conn, sender, msg):
             return
+        if isinstance(msg, m.Report):
+            try:
+                self.activity.add(sender.decode(errors="replace"), msg.counters, msg.events)
+            except ProtocolError as exc:
+                log.warning("ignored a report from peer %r: %s", sender, exc)
         try:
             self.book.handle(sender, msg)
         except ProtocolError as exc:

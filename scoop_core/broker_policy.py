@@ -55,11 +55,13 @@ from __future__ import annotations
 import heapq
 import logging
 import os
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypedDict
 
 from scoop_core import messages as m
+from scoop_core.activity import Activity, boot_id
 from scoop_core.errors import ConstantError, ProtocolError
 from scoop_core.interfaces import Frame
 from scoop_core.states import (
@@ -135,6 +137,7 @@ class PeerRecord:
     # alive while the broker is, however long its thread was kept from
     # speaking on a loaded machine.
     in_process: bool = False
+    hello_clock: int = 0  # the run's clock when its hello came (for its clock offset)
 
     @property
     def is_worker(self) -> bool:
@@ -305,6 +308,13 @@ class BrokerPolicy:
         # take these, which its running futures may be waiting for.
         self._own: dict[bytes, list[tuple[int, int, int]]] = {}
         self._own_cap: dict[bytes, int] = {}
+        # What a run's reports tell of this policy: the futures lost with
+        # each worker (the driver sets the process's activity).
+        self.activity: Activity | None = None
+        # The run's reference clock, for the welcome (the driver of a store
+        # sets the store server's).
+        self.clock: Callable[[], int] = time.time_ns
+        self.boot = boot_id()  # whose clock that is: a peer that shares it has no offset
 
     # -- messages from local peers -------------------------------------------
 
@@ -334,8 +344,8 @@ class BrokerPolicy:
             self._set_const(peer, msg.name, msg.frames)
         elif isinstance(msg, m.Bye):
             self.leave(peer, lost=False)
-        elif isinstance(msg, m.Heartbeat):
-            pass
+        elif isinstance(msg, (m.Heartbeat, m.Report)):
+            pass  # heard from (a report is read by whoever drives this policy)
         else:
             raise ProtocolError(f"a peer may not send {type(msg).__name__}")
 
@@ -377,6 +387,7 @@ class BrokerPolicy:
             raise ProtocolError(f"peer {peer!r} said hello twice")
         rec = PeerRecord(peer, self.next_index, msg.role, msg.name, max(0, msg.slots))
         rec.heard = self.now
+        rec.hello_clock = self.clock()
         rec.in_process = msg.role != m.WORKER and msg.pid == os.getpid()
         self.next_index += 1
         rec.fire(Event.WELCOME)
@@ -398,7 +409,9 @@ class BrokerPolicy:
 
     def _welcome(self, rec: PeerRecord) -> None:
         consts = tuple(m.Constant(k, v) for k, v in self.constants.items())
-        self._outbox.append((rec.peer, m.Welcome(rec.index, consts)))
+        held = self.clock() - rec.hello_clock
+        welcome = m.Welcome(rec.index, consts, clock=rec.hello_clock, held=held, boot=self.boot)
+        self._outbox.append((rec.peer, welcome))
 
     def release_parked(self) -> None:
         """Welcome the programs waiting for workers (all joined, or waited enough)."""
@@ -703,6 +716,8 @@ class BrokerPolicy:
         if charge:
             fut.losses += 1
             fut.lost_on.append(worker)
+            if self.activity is not None:
+                self.activity.lost_with(worker, fid, fut.losses)
         if asker is not None:
             # Its owner asked to cancel it: do so rather than run it again.
             fut.fire(Event.CANCEL)

@@ -13,9 +13,11 @@ import argparse
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -34,6 +36,7 @@ if TYPE_CHECKING:
     from scoop_core.interfaces import Launcher, WorkerGroup
     from scoop_core.plugins.manager import PluginManager
     from scoop_core.run import Run
+    from scoop_core.run_activity import RunSnapshot
 
 log = logging.getLogger("scoop.launcher")
 
@@ -227,6 +230,18 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         "--prolog", metavar="FILE", help="shell script sourced before each worker starts"
     )
     parser.add_argument("--profile", action="store_true", help="write a cProfile file per worker")
+    parser.add_argument(
+        "--trace",
+        metavar="FILE",
+        help="write the run's trace to FILE (Chrome Trace Event JSON: open it in Perfetto, "
+        "or make a page of it with scoop report FILE)",
+    )
+    parser.add_argument(
+        "--progress",
+        action="store_true",
+        default=None,
+        help="show a live line of the run's progress on this terminal",
+    )
     parser.add_argument("--debug", action="store_true", help="debug logging and scoop.DEBUG = True")
     parser.add_argument(
         "--log", metavar="FILE", help="write the launcher's log records to FILE too"
@@ -476,8 +491,6 @@ def run_program(options: argparse.Namespace) -> int:
 
 
 def _run_program(options: argparse.Namespace, program: str) -> int:
-    from scoop_core.run import Run, WorkerOptions, worker_count
-
     hosts = _hosts(options)
     cli = {
         "workers": options.workers,
@@ -488,10 +501,37 @@ def _run_program(options: argparse.Namespace, program: str) -> int:
         "python_interpreter": options.python_interpreter,
         "pythonpath": options.pythonpath.split(os.pathsep) if options.pythonpath else None,
         "run_id": options.run_id,
+        "trace": os.path.abspath(options.trace) if options.trace else None,
+        "progress": options.progress,
     }
     cli.update(_launcher_flags(options, cli["transport"]))
     config, plugins = _configure(options, {k: v for k, v in cli.items() if v is not None})
     scoop_log.configure(config["log_level"])
+    watch = _Watch(config)
+    # The progress line takes the terminal before any process of the run
+    # starts: they all write through it (see scoop_core.progress).
+    with _progress_line(config, watch):
+        return _start_run(options, program, config, plugins, hosts, watch)
+
+
+def _progress_line(config: Config, watch: _Watch) -> contextlib.AbstractContextManager[Any]:
+    if not config["progress"]:
+        return contextlib.nullcontext()
+    from scoop_core.progress import ProgressLine
+
+    return ProgressLine(watch.snapshot)
+
+
+def _start_run(
+    options: argparse.Namespace,
+    program: str,
+    config: Config,
+    plugins: PluginManager,
+    hosts: list[Host],
+    watch: _Watch,
+) -> int:
+    from scoop_core.run import Run, WorkerOptions, worker_count
+
     _start_fork_server(config, plugins)
     launcher, placed = _placement(config, plugins, hosts)
     remote = placed is not None and not all(_is_local(h) for h in placed)
@@ -517,7 +557,73 @@ def _run_program(options: argparse.Namespace, program: str) -> int:
         launcher=launcher,
         hosts=placed,
     )
-    return _supervise(run, program, list(options.args))
+    watch.run = run
+    return _supervise(run, program, list(options.args), watch)
+
+
+class _Watch:
+    """What the launcher shows of a run while it goes on and when it ends:
+    the progress line's numbers, the summary of ``-v``, the ``--trace`` file.
+
+    With any of them wanted, a thread brings the run's activity up to date
+    about twice a second (a store's reports are read from the store; a
+    broker's come by themselves) and samples it for the trace."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.run: Run | None = None
+        self.summary = logging.getLogger("scoop").isEnabledFor(logging.INFO)
+        self.wanted = bool(config["progress"] or config["trace"] or self.summary)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def snapshot(self) -> RunSnapshot | None:
+        return self.run.backend.activity.snapshot() if self.run is not None else None
+
+    def start(self) -> None:
+        if self.wanted and self.run is not None:
+            self._thread = threading.Thread(target=self._loop, name="scoop-watch", daemon=True)
+            self._thread.start()
+
+    def _loop(self) -> None:
+        assert self.run is not None
+        backend = self.run.backend
+        while not self._stop.wait(0.5):
+            backend.poll()
+            backend.activity.sample()
+
+    def finish(self, status: int | None) -> None:
+        """The run is over (its backend closed): say what it did."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        run = self.run
+        if run is None:
+            return
+        activity = run.backend.activity
+        snapshot = activity.sample()
+        if self.summary:
+            from scoop_core import run_tables
+
+            print(run_tables.summary(snapshot), file=sys.stderr, flush=True)
+        path = self.config["trace"]
+        if path:
+            from scoop_core import trace_file
+
+            info = {**run.describe(), "exit_status": status}
+            try:
+                trace = trace_file.build(activity, snapshot, info)
+                trace_file.write(path, trace)
+            except OSError as exc:
+                log.error("could not write the trace to %s: %s", path, exc)
+                return
+            print(
+                f"scoop: wrote the trace ({len(trace['traceEvents']):,} events) to {path}: "
+                f"open it in https://ui.perfetto.dev, or make a page of it with: "
+                f"scoop report {shlex.quote(path)}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _start_fork_server(config: Config, plugins: PluginManager) -> None:
@@ -616,13 +722,15 @@ def _start_root(argv: list[str], env: dict[str, str]) -> LocalProcess:
     return subprocess.Popen(argv, env={**os.environ, **env})
 
 
-def _supervise(run: Run, program: str, args: list[str]) -> int:
+def _supervise(run: Run, program: str, args: list[str], watch: _Watch) -> int:
     """Run the root next to the workers; stop everything however it ends."""
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     root: _Root | None = None
     grace = 3.0
+    status: int | None = None
     try:
         run.start()
+        watch.start()
         root = _Root(run, program, args)
         # Everything is started: a worker that replaces one is a fresh interpreter.
         fork_server.stop()
@@ -636,11 +744,13 @@ def _supervise(run: Run, program: str, args: list[str]) -> int:
                 root.stop(grace)
                 status = 1
                 break
-        return status if status >= 0 else 128 - status
+        status = status if status >= 0 else 128 - status
+        return status
     except _Stop as stop:
         log.info("stopping on signal %d", stop.signum)
         grace = 1.0  # the user asked to stop: busy workers are not waited for long
-        return 128 + stop.signum
+        status = 128 + stop.signum
+        return status
     finally:
         # Signals from here on would only interrupt the clean-up.
         for s in previous:
@@ -648,6 +758,8 @@ def _supervise(run: Run, program: str, args: list[str]) -> int:
         if root is not None:
             root.stop(grace)
         run.stop(grace=grace)
+        # What reached the launcher, however the run ended.
+        watch.finish(status)
         for s, handler in previous.items():
             signal.signal(s, handler)
 

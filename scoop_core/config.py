@@ -82,6 +82,20 @@ CORE_SETTINGS: tuple[Setting, ...] = (
         "shared memory (Linux memfds) instead of sockets; false sends their bytes.",
     ),
     Setting(
+        "progress",
+        bool,
+        False,
+        "Show a live line of the run's progress (futures done and submitted, failures, "
+        "rate, ETA) on the launcher's terminal; never in a pipe or a file.",
+    ),
+    Setting(
+        "trace",
+        str,
+        "",
+        "Write the run's trace to this file (Chrome Trace Event JSON, for Perfetto, "
+        "chrome://tracing or scoop report); empty writes none.",
+    ),
+    Setting(
         "max_losses",
         int,
         3,

@@ -29,6 +29,10 @@ from scoop_core.errors import TimeoutError
 
 log = logging.getLogger("scoop.futures")
 
+waits: Callable[[int, float], None] | None = None
+"""Where a traced root records its waits for a result: called with the
+future's id and when the wait began (``time.perf_counter()``)."""
+
 FIRST_COMPLETED = cf.FIRST_COMPLETED
 FIRST_EXCEPTION = cf.FIRST_EXCEPTION
 ALL_COMPLETED = cf.ALL_COMPLETED
@@ -137,8 +141,15 @@ class Future(cf.Future[Any]):
             raise TimeoutError()
 
     def result(self, timeout: float | None = None) -> Any:
-        self._wait_here(timeout)
-        return super().result(timeout)
+        if waits is None or self._state == "FINISHED":
+            self._wait_here(timeout)
+            return super().result(timeout)
+        start = time.perf_counter()
+        try:
+            self._wait_here(timeout)
+            return super().result(timeout)
+        finally:
+            waits(self.fid, start)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         self._wait_here(timeout)

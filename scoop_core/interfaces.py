@@ -304,6 +304,11 @@ class BrokerStore(abc.ABC):
         """Every entry nobody holds, oldest first (for rare scans, such as
         cleaning up after a dead peer; it need not be fast)."""
 
+    def server_time(self) -> int | None:
+        """The store server's clock, in ns since the epoch, against which the
+        run's processes align their traces; None (the default) if it has none."""
+        return None
+
     def room(self) -> int | None:
         """How many more entries the queue takes now; None: no limit (the default).
 

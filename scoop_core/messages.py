@@ -63,7 +63,7 @@ from scoop_core.errors import ProtocolError, SerializationError
 from scoop_core.interfaces import Frame
 from scoop_core.shared_frames import SharedFrame
 
-PROTOCOL_VERSION = 5
+PROTOCOL_VERSION = 6
 MAC_SIZE = 32
 
 DIGEST_SIZE = 32
@@ -155,6 +155,7 @@ _FIELD_TYPES = {
     "int": _is_int,
     "bool": lambda v: isinstance(v, bool),
     "list[int]": lambda v: isinstance(v, list) and all(_is_int(x) for x in v),
+    "bytes": lambda v: isinstance(v, bytes),
 }
 
 
@@ -203,12 +204,20 @@ class Hello(Message):
 class Welcome(Message):
     """Broker → peer: the peer's index (the high bits of its future ids) and
     every shared constant defined so far. ``place``: as in :class:`Hello`,
-    the broker's."""
+    the broker's. ``clock``: the run's reference clock (ns since the epoch)
+    when the hello came, ``held``: ns from then to the welcome, from which
+    the peer learns how far its own clock is off, as NTP does
+    (:mod:`scoop_core.activity`); 0 if unknown. ``boot``: the boot id of the
+    kernel whose clock that is (empty if unknown): a peer under the same
+    kernel reads the same clock."""
 
     KIND = 2
     index: int
     constants: tuple[Constant, ...] = ()
     place: str = dataclasses.field(default_factory=sf.place)
+    clock: int = 0
+    held: int = 0
+    boot: str = ""
 
     def _fields(self) -> tuple[list[Any], list[Frame]]:
         frames: list[Frame] = []
@@ -216,20 +225,22 @@ class Welcome(Message):
         for c in self.constants:
             heads.append([c.name, len(c.frames)])
             frames.extend(c.frames)
-        return [self.index, heads, self.place], frames
+        return [self.index, heads, self.place, self.clock, self.held, self.boot], frames
 
     @classmethod
     def _build(cls, fields: list[Any], frames: list[Frame]) -> Welcome:
-        index, heads, place = fields
-        if not isinstance(place, str):
-            raise ProtocolError(f"malformed Welcome message: bad place {place!r}")
+        index, heads, place, clock, held, boot = fields
+        if not isinstance(place, str) or not isinstance(boot, str):
+            raise ProtocolError(f"malformed Welcome message: bad place {place!r} or boot {boot!r}")
+        if not (_is_int(clock) and _is_int(held)):
+            raise ProtocolError(f"malformed Welcome message: bad clock {clock!r}, {held!r}")
         consts, pos = [], 0
         for name, count in heads:
             consts.append(Constant(name, _take(frames, pos, count)))
             pos += count
         if pos != len(frames):
             raise ProtocolError("payload frame count does not match the header")
-        return cls(index, tuple(consts), place)
+        return cls(index, tuple(consts), place, clock, held, boot)
 
 
 class _TaskBatch(Message):
@@ -469,6 +480,42 @@ class Departed(Message):
     name: str
 
 
+@dataclass(frozen=True)
+class Report(Message):
+    """Peer → broker: what this process did (:mod:`scoop_core.activity`):
+    its ``counters``, a map of msgpack scalars, and its trace ``events``
+    since its last report, packed (empty when the run is not traced)."""
+
+    KIND = 23
+    counters: dict[str, Any]
+    events: Frame = b""
+
+    def _fields(self) -> tuple[list[Any], list[Frame]]:
+        return [self.counters], [self.events] if len(self.events) else []
+
+    @classmethod
+    def _build(cls, fields: list[Any], frames: list[Frame]) -> Report:
+        if len(fields) != 1 or not isinstance(fields[0], dict) or len(frames) > 1:
+            raise ProtocolError("malformed Report message")
+        return cls(fields[0], frames[0] if frames else b"")
+
+
+@_plain(24, "detail")
+@dataclass(frozen=True)
+class StatusRequest(Message):
+    """Client → broker: how is the run doing? (``scoop status``)."""
+
+    detail: int
+
+
+@_plain(25, "status")
+@dataclass(frozen=True)
+class StatusReply(Message):
+    """Broker → client: the run's snapshot (:mod:`scoop_core.run_activity`), packed."""
+
+    status: bytes
+
+
 MESSAGE_TYPES: dict[int, type[Message]] = {
     cls.KIND: cls
     for cls in (
@@ -494,6 +541,9 @@ MESSAGE_TYPES: dict[int, type[Message]] = {
         RecallReply,
         Returned,
         Departed,
+        Report,
+        StatusRequest,
+        StatusReply,
     )
 }
 

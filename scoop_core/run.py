@@ -107,6 +107,7 @@ class Run:
                 heartbeat_interval=config["heartbeat_interval"],
                 heartbeat_timeout=config["heartbeat_timeout"],
                 max_message_size=config["max_message_size"],
+                trace=bool(config["trace"]),
             ),
             # Remote workers dial in, unless they come through SSH tunnels
             # from this machine: then loopback is enough, and safer.
@@ -161,6 +162,7 @@ class Run:
             "max_losses": self.config["max_losses"],
             "heartbeat": [self.config["heartbeat_interval"], self.config["heartbeat_timeout"]],
             "max_message_size": self.config["max_message_size"],
+            "trace": bool(self.config["trace"]),
         }
 
     def env(self, name: str) -> dict[str, str]:
@@ -257,6 +259,7 @@ class Run:
                 self._reported.add(name)
                 self.backend.peer_lost(name)
                 if status != 0:
+                    self.backend.activity.lost(name)
                     self._replace(name, status)
         return {n: s for n, s in ended.items() if n not in self._replaced}
 
@@ -309,6 +312,9 @@ class Run:
             return
         self._restarts[host] = done + 1
         self._replaced.add(dead)
+        self.backend.activity.launcher.instant(
+            "restart", f"{name} replaces {dead}", worker=dead, status=status, by=name
+        )
         log.warning(
             "%s; %s replaces it (restart %d of max_restarts = %d on %s)",
             died,
@@ -336,6 +342,7 @@ class Run:
                 ):
                     time.sleep(0.02)  # polling child processes, not synchronising a test
             self.group.stop(1.0)
+        self.backend.poll()  # the last reports, before a store forgets the run
         self.backend.close()
 
 
@@ -372,6 +379,7 @@ def run_env(
         "_SCOOP_HEARTBEAT": f"{interval},{timeout}",
         "_SCOOP_LOG_LEVEL": logging.getLevelName(logging.getLogger("scoop").getEffectiveLevel()),
         "_SCOOP_DISABLE_PLUGINS": ",".join(disabled_plugins),
+        "_SCOOP_TRACE": "1" if info.get("trace") else "",
     }
     if info.get("program"):
         env["_SCOOP_PROGRAM"] = str(info["program"])

@@ -31,6 +31,7 @@ from scoop_core import run_keys
 from scoop_core.broker import Broker, supported
 from scoop_core.errors import LaunchError, TransportClosed
 from scoop_core.interfaces import BrokerStore, Endpoint, StoreTransport, Transport
+from scoop_core.run_activity import RunActivity
 
 # The store's own modules (store_records, store_driver) are imported by the
 # store-backed code below only: a run over a hub never needs them, and every
@@ -56,6 +57,8 @@ class RunSettings:
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 30.0
     max_message_size: int | None = None
+    trace: bool = False
+    """Whether the run's processes keep trace events (``--trace``)."""
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,13 @@ class RunBackend(abc.ABC):
     def __init__(self, settings: RunSettings, address: str | None) -> None:
         self.settings = settings
         self._address = address
+        # The processes' reports (scoop_core.run_activity), where this process reads them.
+        self.activity = RunActivity(
+            settings.run_id,
+            settings.transport,
+            tracing=settings.trace,
+            heartbeat_timeout=settings.heartbeat_timeout,
+        )
 
     @property
     def address(self) -> str:
@@ -132,6 +142,10 @@ class RunBackend(abc.ABC):
         """Variables a process of the run needs from this backend, besides the run's own."""
         return {}
 
+    def poll(self) -> None:  # noqa: B027 (a hook: a broker's reports come by themselves)
+        """Bring :attr:`activity` up to date with the processes' reports, where
+        they are not brought to it (a broker's come to it as they are sent)."""
+
 
 class BrokerBackend(RunBackend):
     """A hub-based transport: the broker runs in a thread of this process."""
@@ -165,6 +179,7 @@ class BrokerBackend(RunBackend):
             heartbeat_interval=s.heartbeat_interval,
             heartbeat_timeout=s.heartbeat_timeout,
             max_message_size=s.max_message_size,
+            activity=self.activity,
         )
         self.broker.start()
         self._address = self.broker.address
@@ -234,6 +249,13 @@ class StoreBackend(RunBackend):
             )
         self.store = store
         self._address = store.address
+        # The tables the run's processes report into (see poll): made here,
+        # so that a process that reports after the run ended makes none again.
+        store.put_records(records.REPORTS, [(records.LAUNCHER, b"")])
+        store.put_records(records.TRACE, [(records.LAUNCHER, b"")])
+        from scoop_core.store_driver import server_clock_offset
+
+        self.activity.launcher.clock_offset = server_clock_offset(store)
         if not os.environ.get(run_keys.KEY_ENV):
             self.key_path = str(run_keys.write_key_file(s.run_id, s.key))
         log.info(
@@ -301,6 +323,17 @@ class StoreBackend(RunBackend):
                 announce_departure(self.store, self._codec, name)
         except TransportClosed as exc:
             log.error("could not hand on the futures of %s: %s", name, exc)
+
+    def poll(self) -> None:
+        from scoop_core import store_records as records
+
+        if self.store is None:
+            return
+        try:
+            with self._lock:
+                records.read_reports(self.store, self.settings.key, self.activity)
+        except TransportClosed as exc:
+            log.error("could not read the run's reports: %s", exc)
 
     def end(self, reason: str) -> set[str]:
         from scoop_core.store_driver import tell_everyone

@@ -21,7 +21,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from scoop_core import exit_guard
+from scoop_core import activity, exit_guard
+from scoop_core import future as future_module
 from scoop_core import messages as m
 from scoop_core.call_costs import CallCosts
 from scoop_core.calls import Call, Chunk, ChunkResult, RemoteException, from_wire, to_wire
@@ -58,6 +59,12 @@ def short_repr(obj: Any, limit: int = 80) -> str:
 def _part(chunk: Chunk, start: int, stop: int) -> Chunk:
     """Items ``start:stop`` of ``chunk``, as a chunk of their own."""
     return dataclasses.replace(chunk, items=chunk.items[start:stop])
+
+
+def items_of(fut: Future) -> int:
+    """How many futures ``fut`` is to the program: a map chunk's items, else one."""
+    call = fut.call
+    return 1 if call is None else call[1]
 
 
 ALONE_LOSSES = 2
@@ -150,6 +157,8 @@ class Runtime:
         self.shutdown_reason = ""
         # One bound method for every future, not a new one each.
         self._canceller = self.cancel
+        # What this process did, for the run's reports (and its trace).
+        self.activity = activity.here = activity.Activity(name, self.role)
 
     def owned(self) -> list[Future]:
         """The futures this process submitted that have no outcome yet."""
@@ -176,6 +185,7 @@ class Runtime:
     def handshake(self, timeout: float) -> None:
         """Say hello and wait for the broker's welcome (before any I/O loop runs)."""
         hello = m.Hello(self.role, self.name, os.getpid(), socket.gethostname(), self.slots)
+        said = time.time_ns()
         self.endpoint.send(self.codec.encode(hello))
         deadline = time.monotonic() + timeout
         while True:
@@ -195,6 +205,7 @@ class Runtime:
                     f"{self.name}: the broker speaks another protocol: {exc}"
                 ) from None
             if isinstance(msg, m.Welcome):
+                self.activity.clock_offset = activity.offset_from(msg, said, time.time_ns())
                 self._on_welcome(msg)
                 return
             if isinstance(msg, m.Refused):
@@ -246,11 +257,18 @@ class Runtime:
             tasks.append(m.Task(fut.fid, parent, depth + 1, tuple(frames), max_losses))
             futures.append(fut)
             sent.append((fut, payload))
+        count = 0
         for fut, payload in sent:
             self._owned[fut.fid] = fut
-            fut.call = payload.fn, len(payload.items) if isinstance(payload, Chunk) else 1
+            items = len(payload.items) if isinstance(payload, Chunk) else 1
+            fut.call = payload.fn, items
+            count += items
             if isinstance(payload, Chunk) and not payload.fold:
                 self._chunks[fut.fid] = (payload, max_losses)
+        act = self.activity
+        act.submitted += count
+        if act.events is not None:
+            self._trace_submits([fut.fid for fut, _ in sent])
         self._send_tasks(tasks)
         for fut, chunk in split:
             half = len(chunk.items) // 2
@@ -260,6 +278,17 @@ class Runtime:
 
     def _send_tasks(self, tasks: list[m.Task]) -> None:
         self._send(m.Submit(tuple(tasks)))
+
+    def _trace_submits(self, fids: Iterable[int]) -> None:
+        """Trace the submits of ``fids`` from where the caller runs."""
+        act = self.activity
+        assert act.events is not None
+        now, lane = time.perf_counter(), self.submit_lane()
+        act.events.extend([(activity.SUBMIT, now, fid, lane) for fid in fids])
+
+    def submit_lane(self) -> int:
+        """The trace lane of the code that calls :meth:`submit`."""
+        return self.activity.thread_lane()
 
     def cancel(self, fid: int) -> bool:
         """Ask the broker to cancel future ``fid``; True if it will never run."""
@@ -352,6 +381,7 @@ class Runtime:
             if msg.cancelled:
                 fut = self._forget(msg.fid)
                 if fut is not None:
+                    self.activity.cancelled += items_of(fut)
                     fut.mark_cancelled()
             reply = self._replies.pop(("cancel", msg.fid), None)
             if reply is not None:
@@ -372,6 +402,7 @@ class Runtime:
             raise ProtocolError(f"{self.name} cannot handle {type(msg).__name__}")
 
     def _on_results(self, outcomes: Iterable[m.Outcome]) -> None:
+        act = self.activity
         for out in outcomes:
             chunk = self._chunks.get(out.fid)
             fut = self._forget(out.fid)
@@ -380,6 +411,7 @@ class Runtime:
             fut.elapsed = out.elapsed
             self._learn(fut, out.status)
             if out.status == m.CANCELLED:
+                act.cancelled += items_of(fut)
                 fut.mark_cancelled()
                 continue
             if out.status == m.LOST:
@@ -388,11 +420,16 @@ class Runtime:
                 if chunk is not None and len(chunk[0].items) > 1 and not chunk[0].fold:
                     self._run_alone(fut, chunk[0], lost)
                 else:
+                    act.failed += items_of(fut)
                     fut.set_exception(lost)
                 continue
+            if out.status != m.OK:
+                act.failed += items_of(fut)
             try:
                 value = self.serializer.loads(out.frames)
             except Exception as exc:
+                if out.status == m.OK:
+                    act.failed += items_of(fut)
                 fut.set_exception(
                     SerializationError(
                         f"the result of future {out.fid:#x} arrived but cannot be read here: "
@@ -409,6 +446,8 @@ class Runtime:
                 ):
                     self._run_rest(fut, chunk, value)
                 else:
+                    if isinstance(value, ChunkResult) and value.error is not None:
+                        act.failed += 1  # the item that raised; those after it did not run
                     fut.set_result(value)
             elif isinstance(value, RemoteException):
                 fut.set_exception(value.rebuild())
@@ -428,7 +467,10 @@ class Runtime:
     def _forget(self, fid: int) -> Future | None:
         """Stop tracking future ``fid`` (it ended); the future, if it was ours."""
         self._chunks.pop(fid, None)
-        return self._owned.pop(fid, None)
+        fut = self._owned.pop(fid, None)
+        if fut is not None:
+            self.activity.ended += items_of(fut)
+        return fut
 
     def _run_rest(self, fut: Future, chunk: tuple[Chunk, int], got: ChunkResult) -> None:
         """A chunk came back cut (ChunkCut): run the items it did not bring
@@ -632,7 +674,9 @@ class ThreadedRuntime(Runtime):
             if len(tasks) == 1:
                 fid = tasks[0].fid
                 log.error("%s could not send future %#x: %s", self.name, fid, exc)
-                fut = self._owned.pop(fid, None)
+                fut = self._forget(fid)
+                if fut is not None:
+                    self.activity.failed += items_of(fut)
                 if fut is not None and not fut.done():
                     fut.set_exception(
                         SerializationError(f"cannot send future {fid:#x} to the broker: {exc}")
@@ -653,6 +697,19 @@ class ThreadedRuntime(Runtime):
         return max(
             0.0, min(self._last_sent + self.heartbeat_interval - now, self.heartbeat_interval)
         )
+
+    def _report(self, *, final: bool = False) -> float:
+        """Send this process's report when it is due (see
+        :mod:`scoop_core.activity`); returns how long until the next one."""
+        act = self.activity
+        now = time.perf_counter()
+        left = act.report_due(now)
+        if left > 0 and not final:
+            return left
+        report = act.take_report(now, final=final)
+        if report is not None:
+            self._send(m.Report(*report))
+        return activity.REPORT_INTERVAL
 
     def on_broker_lost(self, silent: float) -> None:
         """The broker has not been heard of for ``silent`` seconds."""
@@ -689,7 +746,7 @@ class ThreadedRuntime(Runtime):
                         except ProtocolError as exc:
                             log.warning("%s ignored %s: %s", self.name, type(msg).__name__, exc)
                     frames = endpoint.recv(0)
-                timeout = min(self.io_tick(), self._keep_alive())
+                timeout = min(self.io_tick(), self._keep_alive(), self._report())
         except Exception:
             log.exception("the I/O thread of %s failed", self.name)
             self.on_io_failed()
@@ -761,6 +818,8 @@ class RootRuntime(ThreadedRuntime):
         # thread, dropped wherever a future ends: see _forget).
         self._tiny_on_workers: set[int] = set()
         self._runner = self._run_here  # one bound method for every future
+        if self.activity.events is not None:
+            future_module.waits = self.activity.waited  # the root's waits, on its tracks
 
     def _send_tasks(self, tasks: list[m.Task]) -> None:
         if self.runs_here:
@@ -884,6 +943,8 @@ class RootRuntime(ThreadedRuntime):
         if not fut.set_running_or_notify_cancel():
             self._forget(fut.fid)
             return True
+        act = self.activity
+        act.running += 1
         start = time.perf_counter()
         try:
             with exit_guard.guarded():
@@ -891,6 +952,7 @@ class RootRuntime(ThreadedRuntime):
             failed = isinstance(value, ChunkResult) and value.error is not None
         except KeyboardInterrupt as exc:
             self._done_here(fut, start)
+            act.failed += 1
             fut.set_exception(exc)
             raise
         except exit_guard.ExitInFuture as exc:
@@ -911,6 +973,7 @@ class RootRuntime(ThreadedRuntime):
             )
             failed = True
         if failed:
+            act.running -= 1
             # What fails here may run on a worker (a name only workers define,
             # say), and what would end the root ends a worker there: the
             # worker's outcome is the one that counts, as without
@@ -935,7 +998,19 @@ class RootRuntime(ThreadedRuntime):
             super()._send_tasks([task])
 
     def _done_here(self, fut: Future, start: float) -> None:
-        fut.elapsed = time.perf_counter() - start
+        """``fut`` ran here from ``start`` (``time.perf_counter()``)."""
+        fut.elapsed = elapsed = time.perf_counter() - start
+        act = self.activity
+        act.running -= 1
+        items = items_of(fut)
+        act.ran += items
+        act.busy += elapsed
+        if act.events is not None:
+            lane = act.thread_lane()
+            fn = activity.function_name(fut.call[0]) if fut.call is not None else "?"
+            act.events.append(
+                (activity.RUN, start, elapsed, fut.fid, 0, fn, items, fut.nbytes, 0, m.OK, lane)
+            )
         self._forget(fut.fid)
 
     def cancel(self, fid: int) -> bool:
@@ -950,6 +1025,7 @@ class RootRuntime(ThreadedRuntime):
         if fut is None or fut.run_here is None or self._take(fut) is None:
             return False
         self._forget(fid)
+        self.activity.cancelled += items_of(fut)
         fut.mark_cancelled()
         return True
 
@@ -961,6 +1037,7 @@ class RootRuntime(ThreadedRuntime):
         if self._stop:
             return
         if not self.closed:
+            self._report(final=True)
             self._send(m.Bye(reason))
         self.closed = True
         self.stop_io()

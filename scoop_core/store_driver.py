@@ -61,6 +61,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Unpack
 
+from scoop_core import activity
 from scoop_core import messages as m
 from scoop_core.broker_policy import (
     Ack,
@@ -82,7 +83,9 @@ from scoop_core.store_records import (
     HUNGRY,
     LAUNCHER,
     PEERS,
+    REPORTS,
     TAKER,
+    TRACE,
     WORKERS,
     Census,
     Peers,
@@ -98,7 +101,9 @@ from scoop_core.store_records import (
     seal_census,
     seal_const,
     seal_peer,
+    seal_report,
     seal_taker,
+    seal_trace,
 )
 
 log = logging.getLogger("scoop.broker")
@@ -175,6 +180,16 @@ def report_lost(
     return reported
 
 
+def server_clock_offset(store: BrokerStore) -> int:
+    """How far (ns) the store server's clock is ahead of this process's wall
+    clock, read halfway through one round trip; 0 if the store has no clock."""
+    before = time.time_ns()
+    server = store.server_time()
+    if server is None:
+        return 0
+    return server - (before + time.time_ns()) // 2
+
+
 class StoreEndpoint(Endpoint):
     """An endpoint that is its own process's broker, through a :class:`BrokerStore`.
 
@@ -234,6 +249,7 @@ class StoreEndpoint(Endpoint):
         self._last_hungry = 0.0
         self._last_steal_check = 0.0
         self._root_seen = False
+        self._reports_sent = 0
         self._closed = False
         self._finished = False
         self._store_gone = False
@@ -261,6 +277,8 @@ class StoreEndpoint(Endpoint):
                     continue
                 if isinstance(msg, m.Hello):
                     self._join(msg)
+                elif isinstance(msg, m.Report):
+                    self._report(msg)
                 try:
                     self.policy.handle(self.identity, msg)
                 except ProtocolError as exc:
@@ -280,9 +298,29 @@ class StoreEndpoint(Endpoint):
             self.store.put_records(PEERS, [(self.name, self._record)], replace=True)
         self.store.flag(alive_flag(self.name), self.heartbeat_timeout)
         self.policy.next_index = index
+        self.policy.activity = activity.here  # its losses go in our reports
+        offset = server_clock_offset(self.store)
+        # The welcome's clock is the server's, whatever kernel we share with it.
+        self.policy.clock = lambda: time.time_ns() + offset
+        self.policy.boot = ""
         self.policy.constants.update(self._constants(self.store.records(CONSTANTS)))
         self._read_census(self.store.records(CENSUS).get(WORKERS))
         log.debug("%s joined the run as peer %d", self.name, index)
+
+    def _report(self, msg: m.Report) -> None:
+        """Our runtime's report goes into the store's tables, where the
+        launcher and ``scoop status`` read it (see :mod:`scoop_core.run_activity`)."""
+        counters = msg.counters
+        self.store.put_records(
+            REPORTS, [(self.name, seal_report(self.key, self.name, counters))], replace=True
+        )
+        if len(msg.events):
+            self._reports_sent += 1
+            anchor = counters.get("anchor", [0, 0, 0])
+            record = seal_trace(self.key, self.name, anchor, bytes(msg.events))
+            self.store.put_records(
+                TRACE, [(f"{self.name}.{self._reports_sent}", record)], replace=True
+            )
 
     # -- carrying out the policy's decisions ------------------------------------
 

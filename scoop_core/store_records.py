@@ -35,15 +35,19 @@ import hmac
 import json
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from scoop_core import messages as m
 from scoop_core.errors import ProtocolError
 from scoop_core.interfaces import BrokerStore, Entry, Frame
+
+if TYPE_CHECKING:
+    from scoop_core.run_activity import RunActivity
 
 log = logging.getLogger("scoop.broker")
 
@@ -52,6 +56,12 @@ LAUNCHER = "launcher"
 
 PEERS, CONSTANTS, MARKS, RUN = "peers", "constants", "marks", "run"
 """The store's record tables: peer records, shared constants, taken marks, the run's description."""
+
+REPORTS, TRACE = "reports", "trace"
+"""The tables of the processes' reports (:mod:`scoop_core.activity`): the
+newest of each process by its name, and the trace events not yet read by
+the launcher, by process name and report number."""
+
 
 CENSUS = "census"
 """The store's table of the census: its records :data:`WORKERS` and :data:`TAKER`."""
@@ -88,6 +98,8 @@ CONSTANT = "constant"
 PEER = "peer record"
 MARK = "taken mark"
 INFO = "run description"
+REPORT = "report"
+TRACE_EVENTS = "trace events"
 COUNT = "census"
 CENSUS_TAKER = "census taker"
 
@@ -432,3 +444,62 @@ def read_info(blob: bytes, key: bytes) -> dict[str, object]:
     if not isinstance(info, dict):
         raise ValueError("the run's description is not a JSON object")
     return info
+
+
+def seal_report(key: bytes, name: str, counters: dict[str, Any]) -> bytes:
+    """The ``reports`` record of process ``name``."""
+    return seal_record(key, REPORT, [name, counters])
+
+
+def seal_trace(key: bytes, name: str, anchor: list[Any], events: bytes) -> bytes:
+    """A ``trace`` record: events of process ``name``, with its clock anchor."""
+    return seal_record(key, TRACE_EVENTS, [name, anchor, events])
+
+
+def _opened(blob: bytes, key: bytes, kind: str, name: str, count: int) -> list[Any]:
+    fields = open_record(blob, key, kind, None)
+    if len(fields) != count or fields[0] != name:
+        raise ProtocolError(f"a {kind} filed under another name or malformed")
+    return fields
+
+
+def read_reports(
+    store: BrokerStore, key: bytes, activity: RunActivity, *, trace: bool = True
+) -> None:
+    """Give ``activity`` the newest report of each process in ``store``, and,
+    with ``trace``, the trace events not read yet (which are then deleted).
+    Records not signed with the run's key are deleted unread."""
+    now_ns, now = time.time_ns(), time.monotonic()
+    bad: dict[str, bytes] = {}
+    for name, blob in store.records(REPORTS).items():
+        if name == LAUNCHER:
+            continue
+        try:
+            _, counters = _opened(blob, key, REPORT, name, 2)
+            anchor = counters.get("anchor") if isinstance(counters, dict) else None
+            offset = anchor[2] if isinstance(anchor, list) and len(anchor) == 3 else 0
+            age = max(0.0, (now_ns - (int(counters.get("sent", 0)) + int(offset))) / 1e9)
+            activity.add(name, counters, heard=now - age)
+        except (ProtocolError, TypeError, ValueError) as exc:
+            refusals.note(store.identity, REPORT, f"the report {_shown(name)}", exc)
+            bad[name] = blob
+    if bad:
+        store.drop_records(REPORTS, bad)
+    if not (trace and activity.tracing):
+        return
+    records = store.records(TRACE)
+    records.pop(LAUNCHER, None)
+    for where in sorted(records, key=_report_order):
+        name = where.rpartition(".")[0]
+        try:
+            _, anchor, events = _opened(records[where], key, TRACE_EVENTS, name, 3)
+            activity.add_events(name, anchor, events)
+        except (ProtocolError, TypeError, ValueError) as exc:
+            refusals.note(store.identity, TRACE_EVENTS, f"the trace events {_shown(where)}", exc)
+    if records:
+        store.drop_records(TRACE, records)
+
+
+def _report_order(where: str) -> tuple[str, int]:
+    name, _, number = where.rpartition(".")
+    return name, int(number) if number.isdigit() else 0

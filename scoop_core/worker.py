@@ -27,7 +27,7 @@ from typing import Any
 
 import greenlet
 
-from scoop_core import calls, future
+from scoop_core import activity, calls, future
 from scoop_core import messages as m
 from scoop_core.calls import (
     Call,
@@ -42,7 +42,7 @@ from scoop_core.calls import (
 from scoop_core.errors import PROGRAM_IMPORT_FAILED, SerializationError
 from scoop_core.future import Future
 from scoop_core.interfaces import Endpoint
-from scoop_core.runtime import ChunkCut, ThreadedRuntime, short_repr
+from scoop_core.runtime import ChunkCut, ThreadedRuntime, items_of, short_repr
 from scoop_core.worker_book import Job, WorkerBook
 
 log = logging.getLogger("scoop.worker")
@@ -153,6 +153,8 @@ class WorkerRuntime(ThreadedRuntime):
         elif isinstance(msg, m.Recall):
             with self._lock:
                 recalled = self.book.recall(msg.fid)
+            if recalled:
+                self._handed([msg.fid])
             self._send(m.RecallReply(msg.fid, recalled))
             return
         elif isinstance(msg, m.Steal):
@@ -167,6 +169,10 @@ class WorkerRuntime(ThreadedRuntime):
         if job is None:
             return 0, 0
         return job.task.fid, job.task.depth
+
+    def submit_lane(self) -> int:
+        # The lane of the future that submits (see _job_began).
+        return self.activity.lane_of(self.current_parent()[0])
 
     def event(self) -> GreenletEvent | None:
         if isinstance(greenlet.getcurrent(), TaskGreenlet):
@@ -191,12 +197,19 @@ class WorkerRuntime(ThreadedRuntime):
             return super().submit(payloads, max_losses=max_losses)
         parent, depth = self.current_parent()
         futures = []
+        count = 0
         with self._lock:
             for payload in payloads:
                 fut = Future(self._next_fid(), self._canceller)
+                items = len(payload.items) if isinstance(payload, Chunk) else 1
+                fut.call = payload.fn, items
+                count += items
                 self._owned[fut.fid] = fut
                 self.book.adopt(m.Task(fut.fid, parent, depth + 1, (), max_losses), payload)
                 futures.append(fut)
+        self.activity.submitted += count
+        if self.activity.events is not None:
+            self._trace_submits([fut.fid for fut in futures])
         self._wake.set()  # in case a thread of the user's submitted while we idle
         return futures
 
@@ -209,8 +222,9 @@ class WorkerRuntime(ThreadedRuntime):
                 return False
         if job is None:
             return super().cancel(fid)  # it was stolen: ask the broker
-        fut = self._owned.pop(fid, None)
+        fut = self._forget(fid)
         if fut is not None:
+            self.activity.cancelled += 1
             fut.mark_cancelled()
         return True
 
@@ -276,9 +290,18 @@ class WorkerRuntime(ThreadedRuntime):
                 self.book.adopt(job.task, job.payload, stealable=False)
             spare = self.book.spare
         if tasks:
+            self._handed([t.fid for t in tasks])
             self._send_tasks(tasks)
         self._send(m.Spare(spare))
         self._reported_spare = spare
+
+    def _handed(self, fids: list[int]) -> None:
+        """These futures leave this worker unstarted, for others to run."""
+        act = self.activity
+        act.handed += len(fids)
+        if act.events is not None:
+            now = time.perf_counter()
+            act.events.extend([(activity.HANDED, now, fid) for fid in fids])
 
     def _report_spare(self) -> None:
         spare = self.book.spare
@@ -293,11 +316,50 @@ class WorkerRuntime(ThreadedRuntime):
 
     # -- running futures ----------------------------------------------------------
 
+    def _job_began(self, fid: int) -> None:
+        """Future ``fid`` starts running here."""
+        act = self.activity
+        act.running += 1
+        if act.events is not None:
+            act.take_lane(fid)
+
+    def _job_ended(
+        self, task: m.Task, payload: Any, start: float, elapsed: float, status: int, size: int
+    ) -> None:
+        """Future ``task`` ran here from ``start`` for ``elapsed`` seconds;
+        ``size``: the bytes of its outcome."""
+        act = self.activity
+        act.running -= 1
+        items = len(payload.items) if isinstance(payload, Chunk) else 1
+        act.ran += items
+        if act.events is not None:
+            fid = task.fid
+            fn = activity.function_name(payload.fn) if payload is not None else "?"
+            args = m.frames_nbytes(task.frames)
+            lane = act.lane_of(fid)
+            act.free_lane(fid)
+            act.events.append(
+                (
+                    activity.RUN,
+                    start,
+                    elapsed,
+                    fid,
+                    task.parent,
+                    fn,
+                    items,
+                    args,
+                    size,
+                    status,
+                    lane,
+                )
+            )
+
     def _run_local(self, job: Job) -> None:
         fid = job.task.fid
         fut = self._owned.get(fid)
         if fut is not None and fut._state == "PENDING":
             fut.set_running_or_notify_cancel()
+        self._job_began(fid)
         start = time.perf_counter()
         error: BaseException | None = None
         try:
@@ -306,15 +368,20 @@ class WorkerRuntime(ThreadedRuntime):
             if isinstance(exc, greenlet.GreenletExit):
                 raise
             error = exc
+        elapsed = time.perf_counter() - start
+        self._job_ended(
+            job.task, job.payload, start, elapsed, m.OK if error is None else m.RAISED, 0
+        )
         with self._lock:
             self.book.finish(fid, error is None)
-        fut = self._owned.pop(fid, None)
+        fut = self._forget(fid)
         if fut is None:
             return
-        fut.elapsed = time.perf_counter() - start
+        fut.elapsed = elapsed
         if error is None:
             fut.set_result(value)
         else:
+            self.activity.failed += items_of(fut)
             fut.set_exception(error)
 
     def _run_job(self, job: Job) -> None:
@@ -322,6 +389,7 @@ class WorkerRuntime(ThreadedRuntime):
             self._run_local(job)
             return
         fid = job.task.fid
+        self._job_began(fid)
         start = time.perf_counter()
         status = m.OK
         payload: Any = None
@@ -354,6 +422,7 @@ class WorkerRuntime(ThreadedRuntime):
                 size = -1
         if size < 0:
             size = m.frames_nbytes(frames)
+        self._job_ended(job.task, payload, start, elapsed, status, size)
         self._announced.discard(fid)
         with self._lock:
             self.book.finish(fid, status == m.OK)
@@ -487,10 +556,14 @@ class WorkerRuntime(ThreadedRuntime):
             importer = TaskGreenlet(lambda: self._import_program(program))
             self.ready.append(importer)
         book, ready = self.book, self.ready
+        act = self.activity
+        clock = time.perf_counter
         while self._running:
             progressed = False
             if ready:
+                began = clock()
                 ready.popleft().switch()
+                act.busy += clock() - began
                 progressed = True
             else:
                 with self._lock:
@@ -498,7 +571,9 @@ class WorkerRuntime(ThreadedRuntime):
                 if job is not None:
                     g = TaskGreenlet(self._run_job)
                     g.job = job
+                    began = clock()
                     g.switch(job)
+                    act.busy += clock() - began
                     progressed = True
             self._fire_timers()
             now = time.monotonic()
@@ -521,9 +596,11 @@ class WorkerRuntime(ThreadedRuntime):
             # Let the broker know we heard it, so it closes without waiting for us.
             self._results = []
             self._results_size = 0
+            self._report(final=True)
             self._send(m.Bye("shutdown"))
         else:
             self._flush()
+            self._report(final=True)
         self.stop_io()
 
     def leave(self, timeout: float) -> bool:
@@ -531,6 +608,7 @@ class WorkerRuntime(ThreadedRuntime):
         again, without a loss, every future this worker holds; send it and
         stop the I/O thread. True if that was done within ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
+        self._report(final=True)
         self._send(m.Bye("asked to leave"))
         self.stop_io()
         return time.monotonic() < deadline

@@ -149,6 +149,11 @@ def _samples() -> list[m.Message]:
         m.Refused("bad HMAC"),
         m.Spare(4),
         m.Steal(2),
+        m.Welcome(5, (), "", clock=1_796_000_000_000_000_000, held=12_345, boot="b0"),
+        m.Report({"role": "worker", "ran": 3, "busy": 0.5, "losses": {"worker-2": 1}}),
+        m.Report({"role": "root"}, b"\x91\x90"),
+        m.StatusRequest(1),
+        m.StatusReply(b"\x80"),
     ]
 
 

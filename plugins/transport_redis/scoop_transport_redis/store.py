@@ -649,6 +649,11 @@ class RedisStore(BrokerStore):
 
     # -- liveness ----------------------------------------------------------------------
 
+    def server_time(self) -> int | None:
+        with self._io():
+            seconds, micros = self._client.execute_command("TIME")
+            return int(seconds) * 1_000_000_000 + int(micros) * 1000
+
     def new_index(self) -> int:
         with self._io():
             pipe = self._client.pipeline(transaction=True)
