@@ -1,9 +1,10 @@
 """The two test suites: the default run, and the cluster suite it leaves out.
 
 Most tests need Python and a ``redis-server`` (the Redis tests start their
-own). The *cluster suite* needs daemons a fresh machine lacks, started for
-real by its fixtures: sshd servers for the ssh launcher and ``--hosts``
-runs, a SLURM cluster, a Grid Engine. So that the README's test command
+own). The *cluster suite* needs what a fresh machine lacks: daemons started for
+real by its fixtures (sshd servers for the ssh launcher and ``--hosts``
+runs, a SLURM cluster, a Grid Engine) and Chromium, which renders the page
+of ``scoop report`` headless. So that the README's test command
 passes on a fresh machine, a plain ``python -m pytest`` deselects the
 cluster suite (its fixtures never run, so none of their "not installed"
 failures either) and its last lines say how many tests that left out and
@@ -12,7 +13,7 @@ the command that runs them:
 - ``python -m pytest --cluster`` runs the cluster suite alone. Run as root,
   it first installs the packages the suite needs that are missing, with
   ``.ci/install-packages cluster`` (the script ``.ci/run`` uses too).
-  Selected, a test whose daemon is missing fails, never skips.
+  Selected, a test whose daemon or browser is missing fails, never skips.
 - ``-m`` with an expression naming ``cluster`` (``-m cluster``,
   ``-m "cluster or not cluster"``) leaves the choice to that expression.
 
@@ -44,12 +45,13 @@ CLUSTER_FIXTURES = {
     "integration/test_ssh_runs.py": "machines",  # the same hosts for --hosts runs
     "plugins/launcher_slurm/test_real_slurm.py": "cluster",  # munged, slurmctld, slurmd
     "plugins/launcher_sge/test_real_sge.py": "cluster",  # sge_qmaster, sge_execd
+    "integration/test_report.py": "chromium",  # headless Chromium renders a report
 }
-"""The fixtures that start sshd, SLURM or Grid Engine daemons."""
+"""The fixtures that start sshd, SLURM or Grid Engine daemons, or find Chromium."""
 
 _CLUSTER_FIXTURES = {(TESTS / where, name) for where, name in CLUSTER_FIXTURES.items()}
 
-NEEDS = "sshd, SLURM and Grid Engine"
+NEEDS = "sshd, SLURM and Grid Engine daemons, or Chromium"
 
 _LEFT_OUT = pytest.StashKey[int]()
 
@@ -59,7 +61,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--cluster",
         action="store_true",
         help=(
-            f"run the cluster suite (tests that start {NEEDS} daemons) instead of the "
+            f"run the cluster suite (tests that need {NEEDS}) instead of the "
             "default one; as root, first install the packages it lacks "
             "(.ci/install-packages cluster)"
         ),
