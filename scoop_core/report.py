@@ -697,6 +697,9 @@ def _cells(values: Sequence[Any], *, numeric_from: int = 1, raw: bool = False) -
 
 
 def _kv(pairs: Iterable[tuple[str, Any]]) -> str:
+    pairs = (
+        (k, f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else v) for k, v in pairs
+    )
     rows = "".join(
         f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in pairs if v not in (None, "")
     )
@@ -735,9 +738,12 @@ def _settings_section(summary: Summary) -> str:
         hosts = Counter(t.host or "?" for t in workers)
     ran: Counter[str] = Counter()
     for t in workers:
-        ran[t.host or "?"] += len(t.runs)
-    host_rows = (f"<tr>{_cells([h, n, ran.get(h, 0)])}</tr>" for h, n in hosts.items())
+        ran[t.host or "?"] += sum(s.items for s in t.runs)
+    host_rows = (f"<tr>{_cells([h, n, f'{ran.get(h, 0):,}'])}</tr>" for h, n in hosts.items())
     settings = meta.get("settings")
+    if not isinstance(settings, dict):
+        # The writer may put the run's settings beside the fields above.
+        settings = {k: v for k, v in meta.items() if k not in _RUN_FIELDS}
     totals = meta.get("totals") if isinstance(meta.get("totals"), dict) else {}
     assert isinstance(totals, dict)
     futures = sum(r.items for r in summary.functions)
@@ -765,7 +771,30 @@ def _settings_section(summary: Summary) -> str:
     return "".join(parts)
 
 
+_RUN_FIELDS = frozenset(
+    [
+        "format",
+        "run_id",
+        "transport",
+        "serializer",
+        "program",
+        "argv",
+        "started",
+        "duration",
+        "exit_status",
+        "hosts",
+        "workers",
+        "processes",
+        "totals",
+        "settings",
+    ]
+)
+"""The metadata's fields shown apart from the run's settings."""
+
+
 def _flat(value: Any) -> str:
+    if value is None:
+        return "not set"
     return value if isinstance(value, str) else json.dumps(value)
 
 
@@ -959,7 +988,7 @@ def render(summary: Summary) -> str:
         "utilisation": summary.utilisation,
         "queue": summary.queue,
     }
-    program = summary.meta.get("program") or "a traced run"
+    program = Path(str(summary.meta.get("program") or "a traced run")).name
     run_id = summary.meta.get("run_id")
     title = f"scoop report: {program}" + (f" (run {run_id})" if run_id else "")
     notes = []

@@ -51,6 +51,7 @@
   }
 
   function timeLabel(us, step) {
+    if (us === 0) return "0";
     if (step >= 3600e6) return Math.round(us / 3600e6) + " h";
     if (step >= 60e6) {
       var m = Math.round(us / 60e6);
@@ -159,7 +160,7 @@
   // A line chart of values over equal bins of the run: series [{values, colour, name, area}].
   function binChart(box, series, opts) {
     var width = Math.max(320, box.clientWidth), height = 220;
-    var left = 46, right = 12, top = 14, bottom = 28;
+    var left = 46, right = 12, top = 30, bottom = 28;
     var plotW = width - left - right, plotH = height - top - bottom;
     var topValue = opts.top || Math.max(1, Math.max.apply(null, series.map(function (s) { return Math.max.apply(null, s.values); })));
     var yTicks = opts.yTicks || ticks(topValue, 4);
@@ -188,15 +189,17 @@
     });
     if (opts.mean !== undefined) {
       parts.push('<line x1="' + left + '" x2="' + (width - right) + '" y1="' + y(opts.mean) + '" y2="' + y(opts.mean) + '" stroke="#1d2b3a" stroke-dasharray="5 4" stroke-width="1"/>');
-      parts.push('<text x="' + (width - right - 4) + '" y="' + (y(opts.mean) - 5) + '" text-anchor="end" style="fill:#1d2b3a">mean ' + esc(opts.format(opts.mean)) + "</text>");
     }
     parts.push('<line class="axis" x1="' + left + '" x2="' + (width - right) + '" y1="' + y(0) + '" y2="' + y(0) + '"/>');
-    var keyX = left + 8;
-    if (series.length > 1) {
-      series.forEach(function (s) {
-        parts.push('<rect x="' + keyX + '" y="' + (top + 2) + '" width="10" height="10" fill="' + s.colour + '"/><text x="' + (keyX + 14) + '" y="' + (top + 11) + '" style="fill:#1f2933">' + esc(s.name) + "</text>");
-        keyX += 22 + s.name.length * 6.5;
-      });
+    // The key, above the plot.
+    var keyX = left;
+    series.forEach(function (s) {
+      parts.push('<rect x="' + keyX + '" y="4" width="10" height="10" fill="' + s.colour + '"/><text x="' + (keyX + 14) + '" y="13" style="fill:#1f2933">' + esc(s.name) + "</text>");
+      keyX += 26 + s.name.length * 6.5;
+    });
+    if (opts.mean !== undefined) {
+      var label = "mean " + opts.format(opts.mean);
+      parts.push('<line x1="' + keyX + '" x2="' + (keyX + 16) + '" y1="9" y2="9" stroke="#1d2b3a" stroke-dasharray="4 3"/><text x="' + (keyX + 20) + '" y="13" style="fill:#1f2933">' + esc(label) + "</text>");
     }
     box.innerHTML = svg(width, height, parts.join(""));
   }
