@@ -65,9 +65,12 @@ PEERS = HERE / "peers.py"
 RESULT_RE = re.compile(r"^RESULT (\S+) (\S+) (\S+)\s*$", re.MULTILINE)
 PR_SET_CHILD_SUBREAPER = 36
 CAPTURE = {"stdin": subprocess.DEVNULL, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
-FRAMEWORKS = ["ours", "scoop", "pool", "executor", "loky"]
+FRAMEWORKS = ["ours", "traced", "scoop", "pool", "executor", "loky"]
+# Run only when asked for by name: ours again, with --trace (its overhead).
+ON_REQUEST = {"traced"}
 LABELS = {
     "ours": "ours",
+    "traced": "ours --trace",
     "scoop": "SCOOP",
     "pool": "Pool",
     "executor": "Executor",
@@ -589,8 +592,9 @@ def choose_frameworks(args: argparse.Namespace) -> tuple[list[str], dict[str, st
     every framework that can run here: SCOOP if its virtualenv can be made,
     loky if it is installed; one asked for by name that cannot run stops us."""
     asked = args.frameworks is not None
-    frameworks = [fw for fw in FRAMEWORKS if fw in (args.frameworks or FRAMEWORKS)]
-    pythons = {"ours": sys.executable} if "ours" in frameworks else {}
+    default = [fw for fw in FRAMEWORKS if fw not in ON_REQUEST]
+    frameworks = [fw for fw in FRAMEWORKS if fw in (args.frameworks or default)]
+    pythons = {fw: sys.executable for fw in ("ours", "traced") if fw in frameworks}
     if "loky" in frameworks and importlib.util.find_spec("loky") is None:
         if asked:
             raise SystemExit("loky is not installed: pip install loky (or pip install .[bench])")
@@ -611,6 +615,9 @@ def command(fw: str, python: str, workers: int, prog: str, args: list[str]) -> l
     """How framework ``fw`` runs ``prog`` with ``workers`` workers."""
     if fw in ("ours", "scoop"):
         return [python, "-m", "scoop", "-n", str(workers), prog, *args]
+    if fw == "traced":
+        # Written in the run's working directory, a temporary one.
+        return [python, "-m", "scoop", "-n", str(workers), "--trace", "trace.json", prog, *args]
     if fw == "serial":
         return [python, prog, *args, "--serial"]
     return [python, str(PEERS), "--with", fw, "-n", str(workers), prog, *args]
@@ -634,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
         if not (src / "scoop_core" / "__init__.py").exists():
             raise SystemExit(f"--ours-src {src}: no scoop_core package there")
         paths = [str(src), *sorted(str(p) for p in (src / "plugins").glob("*") if p.is_dir())]
-        envs["ours"] = {**env, "PYTHONPATH": os.pathsep.join(paths)}
+        envs["ours"] = envs["traced"] = {**env, "PYTHONPATH": os.pathsep.join(paths)}
 
     if "ours" in frameworks:
         compile_tree(args.ours_src, envs["ours"])

@@ -26,7 +26,7 @@ def seconds(value: float) -> str:
         return f"{int(value // 3600)}:{int(value % 3600 // 60):02d}:{int(value % 60):02d}"
     if value >= 60:
         return f"{int(value // 60)}:{value % 60:04.1f}"
-    return f"{value:.2f} s" if value < 10 else f"{value:.1f} s"
+    return f"{value:.2f}s" if value < 10 else f"{value:.1f}s"
 
 
 def totals_line(s: RunSnapshot) -> str:
