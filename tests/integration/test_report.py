@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -321,12 +321,55 @@ def external_urls(page: str) -> list[str]:
     )
 
 
+def function_cells(page: str, function: str) -> list[str]:
+    """The figures of ``function``'s row in the table of functions: calls,
+    items, total, share, mean, max, raised."""
+    row = re.search(rf'<tr data-function="{re.escape(function)}">(.*?)</tr>', page)
+    assert row is not None, f"no row for {function}"
+    return re.findall(r'<td class="num">([^<]*)</td>', row.group(1))
+
+
 @pytest.fixture
 def trace_file(tmp_path: Path) -> Path:
     return write_trace(tmp_path / "evolve.json", realistic_trace())
 
 
 # -- the page, read as text ------------------------------------------------------
+
+TRACED = """
+import time
+from scoop import futures
+
+def square(x):
+    time.sleep(0.01)
+    return x * x
+
+def total(n):
+    return sum(futures.map(square, range(n)))
+
+if __name__ == "__main__":
+    print(sum(futures.map(total, [3, 4, 5, 6])))
+"""
+
+
+@pytest.mark.both_transports
+def test_a_traced_run_gives_a_page_of_its_workers_and_functions(
+    scoop_run: Callable[..., subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
+    prog = tmp_path / "prog.py"
+    prog.write_text(TRACED)
+    trace = tmp_path / "run.json"
+    done = scoop_run(prog, flags=("-n", "3", "--trace", str(trace)))
+    assert done.returncode == 0 and done.stdout.strip() == "104", done.stderr
+    made = report(trace, "-o", tmp_path / "run.html")
+    assert made.returncode == 0, made.stderr
+    page = (tmp_path / "run.html").read_text()
+    found = elements(page)
+    assert {"worker-1", "worker-2", "worker-3"} <= found.values("data-worker", "workers")
+    assert found.values("data-function", "functions") == {"square", "total"}
+    assert function_cells(page, "total")[1] == "4"  # items
+    assert function_cells(page, "square")[1] == "18"  # 3 + 4 + 5 + 6
+    assert "prog.py" in " ".join(found.text)
 
 
 def test_the_page_names_every_worker_and_function_and_fetches_nothing(trace_file: Path) -> None:
@@ -365,10 +408,10 @@ def test_function_totals_are_the_sums_of_their_runs(tmp_path: Path) -> None:
     page = (tmp_path / "page.html").read_text()
     for function in FUNCTIONS:
         calls = sum(1 for e in runs if e["name"] == function)
-        row = re.search(rf'<tr data-function="{re.escape(function)}">(.*?)</tr>', page)
-        assert row is not None
-        cells = re.findall(r'<td class="num">([^<]*)</td>', row.group(1))
+        total = sum(e["dur"] for e in runs if e["name"] == function) / 1e6
+        cells = function_cells(page, function)
         assert cells[0] == f"{calls:,}", (function, cells)
+        assert cells[2] == f"{total:.3g} s" or cells[2] == f"{total * 1e3:.3g} ms", cells
 
 
 def test_a_trace_cut_short_still_gives_a_page(tmp_path: Path, trace_file: Path) -> None:
