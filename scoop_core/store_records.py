@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
+from scoop_core import activity
 from scoop_core import messages as m
 from scoop_core.errors import ProtocolError
 from scoop_core.interfaces import BrokerStore, Entry, Frame
@@ -182,6 +183,8 @@ class _Refusals:
                 what,
                 why,
             )
+            if activity.here is not None:  # in the trace, on this process's track
+                activity.here.instant("rejected", f"deleted {what}", reason=str(why))
 
 
 refusals = _Refusals()

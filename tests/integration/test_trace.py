@@ -292,3 +292,26 @@ if __name__ == "__main__":
 """)
     assert program_results(scoop_run(prog)) == [[True, True]]
     assert not list(tmp_path.glob("*.json"))
+
+
+def test_a_message_the_broker_refuses_is_an_instant_on_the_launcher_track(
+    program, scoop_run, tmp_path
+):
+    prog = program("""
+import zmq
+import scoop
+
+if __name__ == "__main__":
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.connect(scoop.BROKER)
+    sock.send_multipart([b"not", b"a message"])  # no signature: refused
+    # Round trips through the broker, which reads the stranger's message meanwhile.
+    out(sum(futures.map(where, range(4))) > 0)
+    sock.close()
+""")
+    path = tmp_path / "refused.json"
+    proc = scoop_run(prog, flags=("-n", "1", "--trace", str(path)))
+    assert program_results(proc) == [True]
+    trace = read_trace(path)
+    [refused] = [e for e in trace["traceEvents"] if e["ph"] == "i" and e["cat"] == "rejected"]
+    assert refused["pid"] == 1 and refused["args"]["reason"]
