@@ -31,7 +31,12 @@ TRACE_ENV = "_SCOOP_TRACE"
 """Set to 1 in the environment of a traced run's processes (the launcher's ``--trace``)."""
 
 REPORT_INTERVAL = 0.5
-"""Seconds between two reports of a process (when something changed)."""
+"""Seconds between two reports of a process (when something changed), in a
+run of up to :data:`REPORTS_PER_SECOND` / 2 processes; in a larger one,
+longer, so that the broker (or the store) gets at most about that many
+reports a second whatever the size of the run."""
+
+REPORTS_PER_SECOND = 400
 
 MAX_EVENTS_PER_REPORT = 20_000
 """Events sent in one report at most; the rest go in the next ones, so a
@@ -120,6 +125,11 @@ class Activity:
         self._lock = threading.Lock()  # lanes are taken by any thread of a root
         self._last_sent: tuple[Any, ...] | None = None
         self._next_report = 0.0
+        self.interval = REPORT_INTERVAL
+
+    def run_size(self, processes: int) -> None:
+        """The run has about ``processes`` processes: report less often if many."""
+        self.interval = max(REPORT_INTERVAL, processes / REPORTS_PER_SECOND)
 
     # -- lanes: where a running future's slices go --------------------------------
 
@@ -199,7 +209,7 @@ class Activity:
     ) -> tuple[dict[str, Any], bytes] | None:
         """The counters and the packed events since the last report, if
         anything changed (always when ``final``); None otherwise."""
-        self._next_report = now + REPORT_INTERVAL
+        self._next_report = now + self.interval
         state = (self.busy, len(self.losses), *[getattr(self, c) for c in COUNTERS])
         events = self.events
         if not final and not events and state == self._last_sent:

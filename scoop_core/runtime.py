@@ -159,6 +159,7 @@ class Runtime:
         self._canceller = self.cancel
         # What this process did, for the run's reports (and its trace).
         self.activity = activity.here = activity.Activity(name, self.role)
+        self.activity.run_size(self.workers + 1)
 
     def owned(self) -> list[Future]:
         """The futures this process submitted that have no outcome yet."""
@@ -709,7 +710,7 @@ class ThreadedRuntime(Runtime):
         report = act.take_report(now, final=final)
         if report is not None:
             self._send(m.Report(*report))
-        return activity.REPORT_INTERVAL
+        return act.interval
 
     def on_broker_lost(self, silent: float) -> None:
         """The broker has not been heard of for ``silent`` seconds."""
