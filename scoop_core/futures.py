@@ -11,6 +11,13 @@ and may be used inside futures, to any depth.
 
 Outside a launched program ``map`` and friends run serially with one
 warning, as SCOOP does; ``submit`` raises, naming how to launch.
+
+``map`` and ``map_as_completed`` take ``progress=True``: a tqdm bar on the
+root's stderr advances as the results come to the program (none in a
+future on a worker, whose stderr is the launcher's too and whose bars
+would fight the root's). The run counts the futures of a map whose
+iterables all have a ``len()`` as expected (:func:`scoop_core.activity.expect`):
+that gives ``--progress`` its bar and ETA.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from scoop_core import runtime
+from scoop_core import activity, context, runtime
 from scoop_core.calls import Call
 from scoop_core.errors import CancelledError, TimeoutError
 from scoop_core.future import (
@@ -116,6 +123,34 @@ def _ignore_extra(what: str, extra: dict[str, Any]) -> None:
     )
 
 
+def _known_length(iterables: tuple[Iterable[Any], ...]) -> int | None:
+    """How many items a map over ``iterables`` has: the shortest's ``len()``,
+    or None if one of them has none (a generator, a file)."""
+    try:
+        return min(len(it) for it in iterables)  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # no len(), or no iterable at all
+        return None
+
+
+def _expect(iterables: tuple[Iterable[Any], ...]) -> int | None:
+    """Tell the run how many futures a map that starts now makes, when that
+    is known; return it."""
+    count = _known_length(iterables)
+    if count is not None:
+        activity.expect(count)
+    return count
+
+
+def _with_bar(results: Iterator[Any], total: int | None, progress: bool) -> Iterator[Any]:
+    """``results``, advancing a tqdm bar on stderr as they are taken, when
+    ``progress`` is asked for in the root program (or outside a run)."""
+    if not progress or (context.IS_RUNNING and not context.IS_ORIGIN):
+        return results
+    from tqdm import tqdm  # only programs that ask for a bar pay its import
+
+    return iter(tqdm(results, total=total, unit="future", dynamic_ncols=True))
+
+
 # Per-call options (see :class:`options`): read when futures are submitted.
 _max_losses: contextvars.ContextVar[int] = contextvars.ContextVar("max_losses", default=0)
 
@@ -131,6 +166,7 @@ def map(
     func: Callable[..., Any],
     *iterables: Iterable[Any],
     timeout: float | None = None,
+    progress: bool = False,
     **ignored: Any,
 ) -> Iterator[Any]:
     """Like the built-in ``map``, in parallel: results in the order of the inputs.
@@ -138,33 +174,37 @@ def map(
     Several iterables are zipped. The work starts when the generator is first
     advanced; iterating raises the exception of a call that failed, at its
     place in the order, and ``TimeoutError`` if a result is not there
-    ``timeout`` seconds after the call to ``map``. Other keyword arguments
-    are ignored with a warning, as the original SCOOP ignored them."""
+    ``timeout`` seconds after the call to ``map``. ``progress=True`` shows
+    a tqdm bar of the results taken so far. Other keyword arguments are
+    ignored with a warning, as the original SCOOP ignored them."""
     _check_callable(func, "map()")
     _ignore_extra("futures.map()", ignored)
     if _serial("futures.map()"):
-        return builtins.map(func, *iterables)
+        return _with_bar(builtins.map(func, *iterables), _known_length(iterables), progress)
     deadline = None if timeout is None else time.monotonic() + timeout
     chunker = Chunker(runtime.require("futures.map()"), func, iterables)
+    total = _expect(iterables)
     chunker.fill()  # the work starts now, as in SCOOP, not at the first next()
-    return ordered_values(chunker, deadline)
+    return _with_bar(ordered_values(chunker, deadline), total, progress)
 
 
 def map_as_completed(
     func: Callable[..., Any],
     *iterables: Iterable[Any],
     timeout: float | None = None,
+    progress: bool = False,
     **ignored: Any,
 ) -> Iterator[Any]:
     """Like :func:`map`, but yields each result as soon as it is there."""
     _check_callable(func, "map_as_completed()")
     _ignore_extra("futures.map_as_completed()", ignored)
     if _serial("futures.map_as_completed()"):
-        return builtins.map(func, *iterables)
+        return _with_bar(builtins.map(func, *iterables), _known_length(iterables), progress)
     deadline = None if timeout is None else time.monotonic() + timeout
     chunker = Chunker(runtime.require("futures.map_as_completed()"), func, iterables)
+    total = _expect(iterables)
     chunker.fill()
-    return values_as_completed(chunker, deadline)
+    return _with_bar(values_as_completed(chunker, deadline), total, progress)
 
 
 def mapReduce(
@@ -187,6 +227,7 @@ def mapReduce(
     rt = runtime.require("futures.mapReduce()")
     deadline = None if timeout is None else time.monotonic() + timeout
     chunker = Chunker(rt, mapFunc, iterables, "reduce", reductionFunc, max_losses=_max_losses.get())
+    _expect(iterables)
     level = [chunk_values(r)[0] for r in ordered_chunks(chunker, deadline)]
     if not level:
         raise TypeError("mapReduce() of empty iterables: there is nothing to reduce")
@@ -205,17 +246,20 @@ def mapScan(
     reductionFunc: Callable[[Any, Any], Any],
     *iterables: Iterable[Any],
     timeout: float | None = None,
+    progress: bool = False,
     **ignored: Any,
 ) -> list[Any]:
     """``list(itertools.accumulate(map(mapFunc, *iterables), reductionFunc))``.
 
     The map runs in parallel; the scan runs in order here, so the values are
     exactly those of ``itertools.accumulate`` for any ``reductionFunc``
-    (the original SCOOP returned wrong values here)."""
+    (the original SCOOP returned wrong values here). ``progress=True``
+    shows the map's bar."""
     _check_callable(mapFunc, "mapScan()")
     _check_callable(reductionFunc, "mapScan()")
     _ignore_extra("futures.mapScan()", ignored)
-    return list(itertools.accumulate(map(mapFunc, *iterables, timeout=timeout), reductionFunc))
+    mapped = map(mapFunc, *iterables, timeout=timeout, progress=progress)
+    return list(itertools.accumulate(mapped, reductionFunc))
 
 
 def _with_options(fn: Callable[_P, _R]) -> Callable[Concatenate[options, _P], _R]:
