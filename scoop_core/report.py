@@ -293,7 +293,7 @@ def summarise(trace: Trace) -> Summary:
                 continue
             dur = float(event.get("dur") or 0.0)
             end = max(end, ts + dur)
-            args = event.get("args") or {}
+            args = _args(event)
             track = tracks.get(pid) or tracks.setdefault(pid, Track(pid, "", ""))
             if cat == "wait":
                 track.waits.append(
@@ -314,24 +314,22 @@ def summarise(trace: Trace) -> Summary:
                 )
             )
         elif ph == "M" and event.get("name") == "process_name":
-            names[pid] = str((event.get("args") or {}).get("name", ""))
+            names[pid] = str(_args(event).get("name", ""))
         elif ph == "i" or ph == "I":
             end = max(end, ts)
             instants[str(event.get("cat", ""))].append(
-                {"t": ts, "text": str(event.get("name", "")), **(event.get("args") or {})}
+                {**_args(event), "t": ts, "text": str(event.get("name", ""))}
             )
         elif ph == "C" and event.get("name") == "futures":
             end = max(end, ts)
-            args = event.get("args") or {}
-            counters.append((ts, float(args.get("queued", 0)), float(args.get("running", 0))))
+            args = _args(event)
+            counters.append((ts, _number(args.get("queued")), _number(args.get("running"))))
         elif ph == "s":
             submits.append(ts)
         elif ph == "f":
             starts.append(ts)
-        elif ph == "t" and pid in tracks:
-            tracks[pid].handed += 1
         elif ph == "t":
-            tracks.setdefault(pid, Track(pid, "", "")).handed += 1
+            (tracks.get(pid) or tracks.setdefault(pid, Track(pid, "", ""))).handed += 1
     if isinstance(meta.get("duration"), int | float):
         end = max(end, float(meta["duration"]) * 1e6)
     _name_tracks(tracks, names, meta)
@@ -364,6 +362,15 @@ def summarise(trace: Trace) -> Summary:
         rejected=sorted(instants["rejected"], key=lambda i: i["t"]),
         failed=sorted(instants["failed"], key=lambda i: i["t"]),
     )
+
+
+def _args(event: dict[str, Any]) -> dict[str, Any]:
+    args = event.get("args")
+    return args if isinstance(args, dict) else {}
+
+
+def _number(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def _int(value: Any, default: int = 0) -> int:
