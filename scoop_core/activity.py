@@ -38,9 +38,11 @@ reports a second whatever the size of the run."""
 
 REPORTS_PER_SECOND = 400
 
-MAX_EVENTS_PER_REPORT = 20_000
-"""Events sent in one report at most; the rest go in the next ones, so a
-report stays far below any message size limit."""
+MAX_REPORT_BYTES = 48 << 10
+"""Bytes of packed events in one report at most; the rest go in the next
+ones, sent at once. So a report is a small message: below the size from
+which a frame is signed by its digest (and relayed unread by the broker) or
+goes through shared memory, and far below any message size limit."""
 
 # Event kinds: the first field of each buffered event.
 RUN = (
@@ -126,6 +128,7 @@ class Activity:
         self._last_sent: tuple[Any, ...] | None = None
         self._next_report = 0.0
         self.interval = REPORT_INTERVAL
+        self._batch = 1000  # events packed in one report, adapted to stay under the limit
 
     def run_size(self, processes: int) -> None:
         """The run has about ``processes`` processes: report less often if many."""
@@ -217,12 +220,18 @@ class Activity:
         self._last_sent = state
         packed = b""
         if events:
-            count = min(len(events), MAX_EVENTS_PER_REPORT)
-            batch = events[:count]
+            # Events are only ever added at the end: the first ones stay put.
+            count = min(len(events), self._batch)
+            packed = msgpack.packb(events[:count], use_bin_type=True)
+            while len(packed) > MAX_REPORT_BYTES and count > 1:
+                count //= 2
+                packed = msgpack.packb(events[:count], use_bin_type=True)
+            self._batch = count * 2 if len(packed) < MAX_REPORT_BYTES // 4 else count
             del events[:count]  # one step under the GIL: an event added meanwhile stays
-            packed = msgpack.packb(batch, use_bin_type=True)
+            if events:
+                self._next_report = now  # more than one report holds: the next one now
         counters = self.counters()
-        counters["final"] = final
+        counters["final"] = final and not events  # the last of the last reports
         counters["sent"] = time.time_ns()
         return counters, packed
 

@@ -52,6 +52,7 @@ from scoop_core.broker_policy import BrokerPolicy, PolicyOptions
 from scoop_core.errors import ProtocolError, SerializationError
 from scoop_core.interfaces import Hub, Transport
 from scoop_core.run_activity import RunActivity, pack_snapshot
+from scoop_core.shared_frames import SharedFrame
 
 log = logging.getLogger("scoop.broker")
 
@@ -320,9 +321,14 @@ class Broker:
             return
         if isinstance(msg, m.Report):
             try:
+                if isinstance(msg.events, m.Sealed | SharedFrame):
+                    # Reports are made small (activity.MAX_REPORT_BYTES): not one of ours.
+                    raise ProtocolError("its events came as a large frame")
                 self.activity.add(sender.decode(errors="replace"), msg.counters, msg.events)
             except ProtocolError as exc:
                 log.warning("ignored a report from peer %r: %s", sender, exc)
+            except Exception:  # a bug must not stop the broker for every peer
+                log.exception("could not read a report from peer %r", sender)
         try:
             self.book.handle(sender, msg)
         except ProtocolError as exc:

@@ -707,10 +707,12 @@ class ThreadedRuntime(Runtime):
         left = act.report_due(now)
         if left > 0 and not final:
             return left
-        report = act.take_report(now, final=final)
-        if report is not None:
-            self._send(m.Report(*report))
-        return act.interval
+        while True:
+            report = act.take_report(now, final=final)
+            if report is not None:
+                self._send(m.Report(*report))
+            if not (final and act.events):
+                return act.report_due(now)
 
     def on_broker_lost(self, silent: float) -> None:
         """The broker has not been heard of for ``silent`` seconds."""

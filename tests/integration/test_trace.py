@@ -315,3 +315,21 @@ if __name__ == "__main__":
     trace = read_trace(path)
     [refused] = [e for e in trace["traceEvents"] if e["ph"] == "i" and e["cat"] == "rejected"]
     assert refused["pid"] == 1 and refused["args"]["reason"]
+
+
+def test_more_events_than_one_report_holds_all_arrive(program, scoop_run, tmp_path):
+    prog = program("""
+def tiny(x):
+    return x
+
+if __name__ == "__main__":
+    fs = [futures.submit(tiny, i) for i in range(25_000)]
+    out(sum(f.result() for f in fs))
+""")
+    path = tmp_path / "many.json"
+    proc = scoop_run(prog, flags=("-n", "2", "--trace", str(path)), env=ON_WORKERS)
+    assert program_results(proc) == [sum(range(25_000))]
+    trace = read_trace(path)
+    # More than activity.MAX_EVENTS_PER_REPORT submits in the root alone.
+    assert len([e for e in trace["traceEvents"] if e["ph"] == "s"]) == 25_000
+    assert len({e["args"]["fid"] for e in slices(trace)}) == len(slices(trace)) == 25_000
