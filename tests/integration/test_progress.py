@@ -12,6 +12,7 @@ nothing is left behind. Without a terminal the line must change nothing.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -22,9 +23,10 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from conftest import RunResult, program_results, wait_for
+from conftest import RunResult, kill_run, program_results, wait_for, wait_gone
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
@@ -111,12 +113,20 @@ class Screen:
     one pane is ``width`` x ``height``, kept on screen after the program
     ends (``remain-on-exit``) so what it left can be read."""
 
-    def __init__(self, tmp_path: Path, argv: list[str], width: int = 120, height: int = 30) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        argv: list[str],
+        width: int = 120,
+        height: int = 30,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.socket = f"scoop-progress-{uuid.uuid4().hex[:8]}"
         config = tmp_path / "tmux.conf"
         config.write_text(
             "set -g history-limit 50000\nset -g remain-on-exit on\nset -g status off\n"
         )
+        # The server, started by this first command, gives its environment to the pane.
         self._tmux(
             "-f",
             str(config),
@@ -129,11 +139,13 @@ class Screen:
             "-c",
             str(tmp_path),
             shlex.join(argv),
+            env=env,
         )
 
-    def _tmux(self, *args: str) -> str:
+    def _tmux(self, *args: str, env: dict[str, str] | None = None) -> str:
         return subprocess.run(
             ["tmux", "-L", self.socket, *args],
+            env=env,
             capture_output=True,
             text=True,
             check=True,
@@ -182,8 +194,8 @@ class Screen:
 def screens() -> Iterator[Callable[..., Screen]]:
     opened: list[Screen] = []
 
-    def open_screen(tmp_path: Path, argv: list[str], **size: int) -> Screen:
-        opened.append(Screen(tmp_path, argv, **size))
+    def open_screen(tmp_path: Path, argv: list[str], **options: Any) -> Screen:
+        opened.append(Screen(tmp_path, argv, **options))
         return opened[-1]
 
     yield open_screen
@@ -374,3 +386,70 @@ def test_a_program_shows_its_own_bar_over_results_as_they_come(
         assert program_results(proc) == [squares]
     assert "100/100" in proc.stderr
     assert "ignores the keyword" not in proc.stderr
+
+
+# -- --progress in real runs ----------------------------------------------------
+
+RUN_PROGRAM = """
+import os, sys, time
+from scoop import futures
+
+
+def work(x):
+    return x
+
+
+if __name__ == "__main__":
+    for i, value in enumerate(futures.map_as_completed(work, range(2000))):
+        if i == 1000:
+            print("half way", flush=True)
+            deadline = time.monotonic() + 60
+            while not os.path.exists(sys.argv[1]) and time.monotonic() < deadline:
+                time.sleep(0.01)  # waiting for the test's go-ahead, with a deadline
+    print("all", i + 1, flush=True)
+"""
+
+RUN_LINE = re.compile(
+    r"^scoop (\|.*\| [\d,]+/2,000 futures|[\d,]+ done / [\d,]+ submitted)  .*  \d+ workers?$"
+)
+
+
+@pytest.mark.both_transports
+def test_a_run_with_progress_shows_the_line_and_leaves_its_output_whole(
+    tmp_path: Path,
+    screens: Callable[..., Screen],
+    write_program: Callable[[str, str], Path],
+    transport_env: dict[str, str],
+) -> None:
+    program = write_program(RUN_PROGRAM, "prog.py")
+    argv = [sys.executable, "-m", "scoop", "-n", "2", "--progress", str(program), "go"]
+    screen = screens(tmp_path, argv, env={**os.environ, **transport_env})
+    try:
+        screen.wait(
+            lambda lines: (
+                lines[:1] == ["half way"] and len(lines) == 2 and RUN_LINE.match(lines[1])
+            ),
+            "the run's progress line below the program's line",
+        )
+        (tmp_path / "go").touch()
+        wait_for(screen.ended, "the run's end", timeout=60)
+        assert screen.lines() == ["half way", "all 2000"]
+    finally:
+        (tmp_path / "go").touch()
+        screen.close()  # the tmux server's command line names the program too
+        left = wait_gone(str(program))
+        kill_run(str(program))
+        assert left == [], "processes of the run were left running"
+
+
+@pytest.mark.both_transports
+def test_a_run_with_progress_without_a_terminal_writes_what_it_would_without(
+    write_program: Callable[[str, str], Path], scoop_run: Callable[..., RunResult], tmp_path: Path
+) -> None:
+    program = write_program(RUN_PROGRAM, "prog.py")
+    (tmp_path / "go").touch()
+    plain = scoop_run(program, "go")
+    with_flag = scoop_run(program, "go", flags=("-n", "2", "--progress"))
+    assert plain.returncode == with_flag.returncode == 0, with_flag.stderr
+    assert (with_flag.stdout, with_flag.stderr) == (plain.stdout, plain.stderr)
+    assert with_flag.stdout == "half way\nall 2000\n"
