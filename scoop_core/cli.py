@@ -317,6 +317,9 @@ def command_parser() -> _Parser:
         "--url", metavar="URL", help="the transport's server, e.g. redis://host:6379/0"
     )
     status.add_argument("--key-file", metavar="FILE", help="file holding the run's key (hex)")
+    status.add_argument(
+        "--json", action="store_true", help="print the run (or the list of runs) as JSON"
+    )
     report = sub.add_parser(
         "report",
         help="turn a --trace file into one self-contained HTML page",

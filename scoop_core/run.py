@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from scoop_core import run_keys
+from scoop_core import run_keys, run_registry
 from scoop_core.config import Config, set_current
 from scoop_core.errors import PROGRAM_IMPORT_FAILED, LaunchError
 from scoop_core.hosts import Host, is_local
@@ -33,6 +33,8 @@ from scoop_core.plugins.manager import PluginManager
 from scoop_core.run_backend import RunSettings, backend_for
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from scoop_core.runtime import RootRuntime
 
 log = logging.getLogger("scoop.launcher")
@@ -123,6 +125,7 @@ class Run:
         self._replaced: set[str] = set()  # dead workers a replacement stands in for
         self._next_worker = workers + 1
         self._stopping = False
+        self._registration: Path | None = None  # for scoop status (scoop_core.run_registry)
 
     # -- starting -------------------------------------------------------------
 
@@ -133,6 +136,7 @@ class Run:
 
     def start(self) -> Run:
         self.backend.start(self.describe())
+        self._registration = run_registry.register(self)
         launcher = self.launcher
         if launcher is None:
             name = self.config["launcher"]
@@ -140,6 +144,7 @@ class Run:
         try:
             self.group = launcher.start(self.worker_specs())
         except BaseException:
+            run_registry.unregister(self._registration)
             self.backend.end("the workers could not start")
             self.backend.close()
             raise
@@ -328,6 +333,7 @@ class Run:
         """Tell the workers the run is over, give them ``grace`` seconds to
         exit on their own, then make sure they are gone."""
         self._stopping = True  # workers exiting from here on are not replaced
+        run_registry.unregister(self._registration)
         joined = self.backend.end("the run is over")
         if self.group is not None:
             # A worker that never reached the run did not hear the
