@@ -183,6 +183,17 @@ class Screen:
             raise AssertionError(f"{error}; the screen:\n" + "\n".join(seen)) from None
         return seen
 
+    def wait_for_line(self, above: list[str], line: re.Pattern[str]) -> re.Match[str]:
+        """Wait until the screen shows the lines ``above`` and, below them,
+        a progress line that matches ``line``; return that match."""
+        lines = self.wait(
+            lambda lines: lines[:-1] == above and line.match(lines[-1]),
+            f"the progress line below {above}",
+        )
+        match = line.match(lines[-1])
+        assert match is not None
+        return match
+
     def keys(self, *keys: str) -> None:
         self._tmux("send-keys", *keys)
 
@@ -243,12 +254,8 @@ def test_the_line_shows_the_counts_below_whole_program_lines(
     bar: re.Pattern[str],
 ) -> None:
     screen = screens(tmp_path, driver("wait", expected))
-    running = screen.wait(
-        lambda lines: lines and bar.match(lines[-1]), "the progress line below the output"
-    )
-    assert running[:-1] == [*program_lines(0, 5), "warning line"]
-    match = bar.match(running[-1])
-    assert match is not None and match.group(1) == "50"  # 10 futures per line printed
+    match = screen.wait_for_line([*program_lines(0, 5), "warning line"], bar)
+    assert match.group(1) == "50"  # 10 futures per line printed
 
     (tmp_path / "go").touch()
     wait_for(screen.ended, "the program's end")
@@ -267,7 +274,9 @@ def test_a_prompt_keeps_the_line_away_until_it_is_answered(
     tmp_path: Path, screens: Callable[..., Screen], driver: Callable[..., list[str]]
 ) -> None:
     screen = screens(tmp_path, driver("prompt"))
-    screen.wait(lambda lines: lines and lines[-1] == "Name?", "the prompt")
+    screen.wait(
+        lambda lines: lines == [*program_lines(0, 5), "warning line", "Name?"], "the prompt"
+    )
     # The line is redrawn five times a second: for a second it must stay away.
     deadline = time.monotonic() + 1.0
     while time.monotonic() < deadline:
@@ -304,10 +313,14 @@ def test_ctrl_c_leaves_a_clean_terminal(
     tmp_path: Path, screens: Callable[..., Screen], driver: Callable[..., list[str]]
 ) -> None:
     screen = screens(tmp_path, driver("wait"))
-    screen.wait(lambda lines: lines and BAR_WITH_ETA.match(lines[-1]), "the progress line")
+    screen.wait_for_line([*program_lines(0, 5), "warning line"], BAR_WITH_ETA)
     screen.keys("C-c")
     wait_for(screen.ended, "the program's end")
-    assert screen.lines() == [*program_lines(0, 5), "warning line", "after the line"]
+    *before, last = screen.lines()
+    assert before == [*program_lines(0, 5), "warning line"]
+    # The terminal echoes ^C after it sends SIGINT: the echo can come after
+    # the line is gone, at the start of the row, as it does without the line.
+    assert last.removeprefix("^C") == "after the line"
     record = record_of(tmp_path)
     assert record["interrupted"]
     assert_nothing_left(record)
@@ -318,8 +331,7 @@ def test_stdout_sent_to_a_file_is_left_alone(
 ) -> None:
     argv = driver("wait")
     screen = screens(tmp_path, ["sh", "-c", shlex.join(argv) + " > out.txt"])
-    running = screen.wait(lambda lines: lines and BAR_WITH_ETA.match(lines[-1]), "the line")
-    assert running[:-1] == ["warning line"]
+    screen.wait_for_line(["warning line"], BAR_WITH_ETA)
     (tmp_path / "go").touch()
     wait_for(screen.ended, "the program's end")
     assert screen.lines() == ["warning line"]
@@ -362,6 +374,11 @@ if __name__ == "__main__":
     if sys.argv[1] == "tqdm":
         for value in tqdm(futures.map_as_completed(square, range(100)), total=100):
             results.append(value)
+    elif sys.argv[1] == "rich":
+        from rich.progress import track
+
+        for value in track(futures.map_as_completed(square, range(100)), total=100):
+            results.append(value)
     elif sys.argv[1] == "as_completed":
         fs = [futures.submit(square, x) for x in range(100)]
         for fut in tqdm(futures.as_completed(fs), total=len(fs)):
@@ -373,7 +390,7 @@ if __name__ == "__main__":
 """
 
 
-@pytest.mark.parametrize("form", ["tqdm", "as_completed", "progress=True"])
+@pytest.mark.parametrize("form", ["tqdm", "as_completed", "rich", "progress=True"])
 def test_a_program_shows_its_own_bar_over_results_as_they_come(
     write_program: Callable[[str, str], Path], scoop_run: Callable[..., RunResult], form: str
 ) -> None:
@@ -382,9 +399,12 @@ def test_a_program_shows_its_own_bar_over_results_as_they_come(
     if form == "progress=True":
         assert program_results(proc) == [sorted([*squares, sum(squares[:50])])]
         assert "50/50" in proc.stderr
+        assert "100/100" in proc.stderr
+    elif form == "rich":
+        assert program_results(proc) == [squares]  # rich draws on a terminal only
     else:
         assert program_results(proc) == [squares]
-    assert "100/100" in proc.stderr
+        assert "100/100" in proc.stderr
     assert "ignores the keyword" not in proc.stderr
 
 
@@ -409,6 +429,15 @@ if __name__ == "__main__":
     print("all", i + 1, flush=True)
 """
 
+
+def end_run(screen: Screen, program: Path) -> None:
+    """Close ``screen`` and check that no process of its run is left."""
+    screen.close()  # first: the tmux server's command line names the program too
+    left = wait_gone(str(program))
+    kill_run(str(program))
+    assert left == [], "processes of the run were left running"
+
+
 RUN_LINE = re.compile(
     r"^scoop (\|.*\| [\d,]+/2,000 futures|[\d,]+ done / [\d,]+ submitted)  .*  \d+ workers?$"
 )
@@ -425,21 +454,13 @@ def test_a_run_with_progress_shows_the_line_and_leaves_its_output_whole(
     argv = [sys.executable, "-m", "scoop", "-n", "2", "--progress", str(program), "go"]
     screen = screens(tmp_path, argv, env={**os.environ, **transport_env})
     try:
-        screen.wait(
-            lambda lines: (
-                lines[:1] == ["half way"] and len(lines) == 2 and RUN_LINE.match(lines[1])
-            ),
-            "the run's progress line below the program's line",
-        )
+        screen.wait_for_line(["half way"], RUN_LINE)
         (tmp_path / "go").touch()
         wait_for(screen.ended, "the run's end", timeout=60)
         assert screen.lines() == ["half way", "all 2000"]
     finally:
         (tmp_path / "go").touch()
-        screen.close()  # the tmux server's command line names the program too
-        left = wait_gone(str(program))
-        kill_run(str(program))
-        assert left == [], "processes of the run were left running"
+        end_run(screen, program)
 
 
 @pytest.mark.both_transports
@@ -453,3 +474,18 @@ def test_a_run_with_progress_without_a_terminal_writes_what_it_would_without(
     assert plain.returncode == with_flag.returncode == 0, with_flag.stderr
     assert (with_flag.stdout, with_flag.stderr) == (plain.stdout, plain.stderr)
     assert with_flag.stdout == "half way\nall 2000\n"
+
+
+def test_a_programs_own_bar_and_the_progress_line_share_the_terminal(
+    tmp_path: Path, screens: Callable[..., Screen], write_program: Callable[[str, str], Path]
+) -> None:
+    program = write_program(BAR_PROGRAM, "prog.py")
+    argv = [sys.executable, "-m", "scoop", "-n", "2", "--progress", str(program), "tqdm"]
+    screen = screens(tmp_path, argv)
+    try:
+        wait_for(screen.ended, "the run's end", timeout=60)
+        bar, result = screen.lines()
+        assert bar.startswith("100%|") and "| 100/100 [" in bar  # the program's bar, whole
+        assert result == "RESULT " + json.dumps([x * x for x in range(100)])
+    finally:
+        end_run(screen, program)
