@@ -243,6 +243,12 @@ def read_store(
         for peer, counters in activity.reports().items():
             if not counters.get("final") and not store.flagged(records.alive_flag(peer)):
                 activity.lost(peer)
+        if not store.flagged(records.alive_flag(records.LAUNCHER)):
+            log.warning(
+                "run %s: its launcher has not been heard from for a heartbeat timeout; "
+                "the run ends when its program sees that",
+                run_id,
+            )
     finally:
         store.close()
     snapshot = activity.snapshot()
