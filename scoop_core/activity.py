@@ -19,6 +19,8 @@ broker's, or the store server's).
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import socket
 import threading
@@ -121,10 +123,12 @@ class Activity:
         if tracing is None:
             tracing = os.environ.get(TRACE_ENV) == "1"
         self.events: list[tuple[Any, ...]] | None = [] if tracing else None
+        # Lanes are taken by any thread of a root: each step below is one
+        # call the GIL makes atomic (a heap of free lanes, a counter of new ones).
         self._free_lanes: list[int] = []
-        self._lanes = 0
+        self._new_lanes = itertools.count()
         self._lane_of: dict[int, int] = {}  # running future (or thread) -> its lane
-        self._lock = threading.Lock()  # lanes are taken by any thread of a root
+        self._names: dict[Any, str] = {}  # function -> its name in the trace
         self._last_sent: tuple[Any, ...] | None = None
         self._next_report = 0.0
         self.interval = REPORT_INTERVAL
@@ -137,22 +141,22 @@ class Activity:
     # -- lanes: where a running future's slices go --------------------------------
 
     def take_lane(self, key: int) -> int:
-        """A lane for ``key`` (a running future, a thread) until :meth:`free_lane`."""
-        with self._lock:
-            lane = self._free_lanes.pop() if self._free_lanes else self._new_lane()
-            self._lane_of[key] = lane
-            return lane
+        """The lowest free lane, for ``key`` (a running future, a thread)
+        until :meth:`free_lane`."""
+        try:
+            lane = heapq.heappop(self._free_lanes)
+        except IndexError:
+            lane = next(self._new_lanes)
+        self._lane_of[key] = lane
+        return lane
 
-    def _new_lane(self) -> int:
-        self._lanes += 1
-        return self._lanes - 1
-
-    def free_lane(self, key: int) -> None:
-        with self._lock:
-            lane = self._lane_of.pop(key, None)
-            if lane is not None:
-                self._free_lanes.append(lane)
-                self._free_lanes.sort(reverse=True)  # the lowest free lane first
+    def free_lane(self, key: int) -> int:
+        """Free the lane of ``key``, and return it."""
+        lane = self._lane_of.pop(key, None)
+        if lane is None:
+            return 0
+        heapq.heappush(self._free_lanes, lane)
+        return lane
 
     def lane_of(self, key: int) -> int:
         return self._lane_of.get(key, 0)
@@ -164,6 +168,16 @@ class Activity:
         return self.take_lane(ident) if lane is None else lane
 
     # -- what happened ------------------------------------------------------------
+
+    def name_of(self, fn: Any) -> str:
+        """:func:`function_name` of ``fn``, worked out once per function."""
+        try:
+            return self._names[fn]
+        except KeyError:
+            name = self._names[fn] = function_name(fn)
+            return name
+        except TypeError:  # not hashable
+            return function_name(fn)
 
     def instant(self, category: str, text: str, **args: Any) -> None:
         """Something that happened at one moment: a loss, a restart, a refusal.

@@ -1010,7 +1010,7 @@ class RootRuntime(ThreadedRuntime):
         act.busy += elapsed
         if act.events is not None:
             lane = act.thread_lane()
-            fn = activity.function_name(fut.call[0]) if fut.call is not None else "?"
+            fn = act.name_of(fut.call[0]) if fut.call is not None else "?"
             act.events.append(
                 (activity.RUN, start, elapsed, fut.fid, 0, fn, items, fut.nbytes, 0, m.OK, lane)
             )

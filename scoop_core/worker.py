@@ -334,10 +334,9 @@ class WorkerRuntime(ThreadedRuntime):
         act.ran += items
         if act.events is not None:
             fid = task.fid
-            fn = activity.function_name(payload.fn) if payload is not None else "?"
+            fn = act.name_of(payload.fn) if payload is not None else "?"
             args = m.frames_nbytes(task.frames)
-            lane = act.lane_of(fid)
-            act.free_lane(fid)
+            lane = act.free_lane(fid)
             act.events.append(
                 (
                     activity.RUN,
