@@ -107,15 +107,6 @@ def read_status(options: argparse.Namespace) -> RunSnapshot:
     from scoop_core.cli import _configure
 
     run_id = options.run_id
-    entry = run_registry.find(run_id)
-    if entry is not None and not entry.alive():
-        run_registry.forget(entry)
-        if not _store_backed(entry.transport):
-            raise LaunchError(
-                f"run {run_id} is not running: its launcher (pid {entry.pid}) has exited; "
-                + _running_list()
-            )
-        entry = None  # a store may keep a run that outlives its launcher
     cli: dict[str, Any] = {}
     if getattr(options, "transport", None):
         cli["transport"] = options.transport
@@ -123,6 +114,23 @@ def read_status(options: argparse.Namespace) -> RunSnapshot:
         first, _ = _configure(options, cli)
         cli[f"transport.{first['transport']}.url"] = options.url
     config, plugins = _configure(options, cli)
+    entry = run_registry.find(run_id)
+    if entry is not None and not cli:
+        # Where the run's launcher found its server, whatever the config says now.
+        name, settings = entry.transport, entry.settings
+    else:
+        name = config["transport"]
+        settings = config.section(f"transport.{name}")
+        entry = entry if entry is not None and entry.transport == name else None
+    transport = plugins.transport(name).factory(settings)
+    if entry is not None and not entry.alive():
+        run_registry.forget(entry)
+        if not isinstance(transport, StoreTransport):
+            raise LaunchError(
+                f"run {run_id} is not running: its launcher (pid {entry.pid}) has exited; "
+                + _running_list()
+            )
+        entry = None  # a store may keep a run that outlives its launcher
 
     def key() -> bytes:
         if not options.key_file and entry is not None and entry.key:
@@ -133,13 +141,6 @@ def read_status(options: argparse.Namespace) -> RunSnapshot:
             said = str(exc)
             raise LaunchError(said if run_id in said else f"run {run_id}: {said}") from None
 
-    if entry is not None and not (options.url or getattr(options, "transport", None)):
-        name, settings = entry.transport, entry.settings
-    else:
-        name = config["transport"]
-        settings = config.section(f"transport.{name}")
-        entry = entry if entry is not None and entry.transport == name else None
-    transport = plugins.transport(name).factory(settings)
     if isinstance(transport, StoreTransport):
         return read_store(
             transport,
@@ -155,12 +156,6 @@ def read_status(options: argparse.Namespace) -> RunSnapshot:
             f"scoop status on the machine that started it; {_running_list()}"
         )
     return ask_broker(transport, entry, key())
-
-
-def _store_backed(transport: str) -> bool:
-    # The built-in store-backed transport; another one's stale registration
-    # is reported as a hub's, which is what it says: the launcher is gone.
-    return transport == "redis"
 
 
 def ask_broker(transport: Transport, entry: run_registry.RunEntry, key: bytes) -> RunSnapshot:
