@@ -132,6 +132,9 @@ class Activity:
         self._last_sent: tuple[Any, ...] | None = None
         self._next_report = 0.0
         self.interval = REPORT_INTERVAL
+        # A report goes at least this often, changed or not: "last heard from".
+        self.max_quiet = 5.0
+        self._last_report = 0.0
         self._batch = 1000  # events packed in one report, adapted to stay under the limit
 
     def run_size(self, processes: int) -> None:
@@ -225,13 +228,16 @@ class Activity:
         self, now: float, *, final: bool = False
     ) -> tuple[dict[str, Any], bytes] | None:
         """The counters and the packed events since the last report, if
-        anything changed (always when ``final``); None otherwise."""
+        anything changed, or nothing did for :attr:`max_quiet` seconds
+        (always when ``final``); None otherwise."""
         self._next_report = now + self.interval
         state = (self.busy, len(self.losses), *[getattr(self, c) for c in COUNTERS])
         events = self.events
-        if not final and not events and state == self._last_sent:
+        quiet = now - self._last_report < self.max_quiet
+        if not final and not events and state == self._last_sent and quiet:
             return None
         self._last_sent = state
+        self._last_report = now
         packed = b""
         if events:
             # Events are only ever added at the end: the first ones stay put.

@@ -584,6 +584,7 @@ class ThreadedRuntime(Runtime):
         super().__init__(endpoint, **kwargs)
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
+        self.activity.max_quiet = heartbeat_interval
         self._last_sent = self._last_heard = time.monotonic()
         # Messages, and new futures as bare tasks: the I/O thread sends
         # consecutive tasks as one Submit, so a loop of submit() calls costs a

@@ -25,6 +25,8 @@ def test_a_report_is_sent_only_when_something_changed() -> None:
     first = act.take_report(0.0)
     assert first is not None and first[1] == b""
     assert act.take_report(1.0) is None
+    assert act.take_report(6.0) is not None  # nothing changed for max_quiet: "still here"
+    assert act.take_report(6.5) is None
     act.ran += 3
     counters, events = act.take_report(2.0)  # type: ignore[misc]
     assert counters["ran"] == 3 and counters["final"] is False and events == b""
