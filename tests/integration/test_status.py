@@ -192,6 +192,9 @@ def test_status_shows_the_workers_and_futures_of_a_running_run(
     [line] = [line.split() for line in listing.stdout.splitlines() if run.run_id in line]
     assert line[:4] == [run.run_id, transport, "prog.py", "2"]
     assert line[-1] == str(run.proc.pid)
+    [listed] = json.loads(run.status("--json").stdout)
+    assert (listed["run_id"], listed["pid"]) == (run.run_id, run.proc.pid)
+    assert "key" not in listed and "settings" not in listed, "secrets stay in the file"
 
     assert "RESULT 18" in run.finish()
     registration = run.home / ".scoop" / "runs" / f"{run.run_id}.json"
