@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import select
@@ -44,12 +45,11 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 from weakref import WeakSet
 
-from tqdm import tqdm
-
-from scoop_core.run_activity import RunSnapshot
+if TYPE_CHECKING:
+    from scoop_core.run_activity import RunSnapshot
 
 log = logging.getLogger("scoop.launcher")
 
@@ -65,7 +65,7 @@ LAST_WORDS_WAIT = 0.2
 still holds the pseudo-terminal (one that outlived the run)."""
 
 ECHO_ROOM = 3
-"""Columns left free at the right of the line (see :meth:`_Line.wipe`)."""
+"""Columns left free at the right of the line (see ``wipe`` in :func:`_line_class`)."""
 
 _READ_SIZE = 65536
 
@@ -86,40 +86,48 @@ def describe(snapshot: RunSnapshot) -> tuple[bool, str]:
     rate = snapshot.rate
     parts.append(f"{rate:,.1f}/s" if 0 < rate < 10 else f"{rate:,.0f}/s")
     if snapshot.eta is not None:
-        parts.append(f"ETA {tqdm.format_interval(snapshot.eta)}")
+        parts.append(f"ETA {_line_class().format_interval(snapshot.eta)}")
     workers = sum(1 for w in snapshot.workers if w.state in ("busy", "idle"))
     parts.append(f"{workers} worker" + ("" if workers == 1 else "s"))
     return with_bar, "  ".join(parts)
 
 
-class _Line(tqdm):
-    """A tqdm bar that shows our text beside it.
+@functools.cache
+def _line_class() -> type[Any]:
+    """The line's class, a tqdm bar; tqdm is imported here, so that a
+    launcher whose stderr is no terminal never spends the time."""
+    from tqdm import tqdm
 
-    Its own lock, instance set and no monitor thread: the launcher has no
-    other bar, and tqdm's defaults would make a multiprocessing lock (which
-    fixes the process's start method) and a thread that outlives the run."""
+    class Line(tqdm):
+        """A tqdm bar that shows our text beside it.
 
-    monitor_interval = 0
-    _lock = threading.RLock()
-    _instances: WeakSet[Any] = WeakSet()
-    text = ""
+        Its own lock, instance set and no monitor thread: the launcher has no
+        other bar, and tqdm's defaults would make a multiprocessing lock (which
+        fixes the process's start method) and a thread that outlives the run."""
 
-    @property
-    def format_dict(self) -> dict[str, Any]:
-        shape = super().format_dict
-        # A few columns stay free at the right: the ^C that the terminal
-        # echoes after the line (or a key typed) stays on its row, where
-        # wipe() reaches it, instead of wrapping to the next.
-        if shape["ncols"]:
-            shape["ncols"] = max(1, shape["ncols"] - ECHO_ROOM)
-        return {**shape, "text": self.text}
+        monitor_interval = 0
+        _lock = threading.RLock()
+        _instances: WeakSet[Any] = WeakSet()
+        text = ""
 
-    def wipe(self) -> None:
-        """Take the line off the screen, with what the terminal echoed after
-        it: blank the whole row (but its last column, which would wrap)."""
-        width = (self.dynamic_ncols(self.fp)[0] if self.dynamic_ncols else None) or 80
-        self.display(msg=" " * (width - 1))
-        self.clear()
+        @property
+        def format_dict(self) -> dict[str, Any]:
+            shape = super().format_dict
+            # A few columns stay free at the right: the ^C that the terminal
+            # echoes after the line (or a key typed) stays on its row, where
+            # wipe() reaches it, instead of wrapping to the next.
+            if shape["ncols"]:
+                shape["ncols"] = max(1, shape["ncols"] - ECHO_ROOM)
+            return {**shape, "text": self.text}
+
+        def wipe(self) -> None:
+            """Take the line off the screen, with what the terminal echoed after
+            it: blank the whole row (but its last column, which would wrap)."""
+            width = (self.dynamic_ncols(self.fp)[0] if self.dynamic_ncols else None) or 80
+            self.display(msg=" " * (width - 1))
+            self.clear()
+
+    return Line
 
 
 class ProgressLine:
@@ -257,7 +265,7 @@ class _Screen:
     def __init__(self, term: TextIO, snapshot: Callable[[], RunSnapshot | None]) -> None:
         self.term = term
         self.snapshot = snapshot
-        self.line: _Line | None = None
+        self.line: Any = None  # the tqdm bar, made at the first redraw
         self.shown = False
         self.at_line_start = True
         self.failure: Exception | None = None  # drawing failed: output goes on without the line
@@ -285,7 +293,7 @@ class _Screen:
                 return
             with_bar, text = describe(snapshot)
             if self.line is None:
-                self.line = _Line(
+                self.line = _line_class()(
                     file=self.term,
                     dynamic_ncols=True,
                     leave=False,
