@@ -472,7 +472,8 @@ def read_reports(
     """Give ``activity`` the newest report of each process in ``store``, and,
     with ``trace``, the trace events not read yet (which are then deleted).
     Records not signed with the run's key are deleted unread."""
-    now_ns, now = time.time_ns(), time.monotonic()
+    # The reports' times are the store server's clock: so is "now".
+    now_ns, now = time.time_ns() + activity.launcher.clock_offset, time.monotonic()
     bad: dict[str, bytes] = {}
     for name, blob in store.records(REPORTS).items():
         if name == LAUNCHER:
