@@ -466,14 +466,12 @@ def _opened(blob: bytes, key: bytes, kind: str, name: str, count: int) -> list[A
     return fields
 
 
-def read_reports(
-    store: BrokerStore, key: bytes, activity: RunActivity, *, trace: bool = True
-) -> None:
-    """Give ``activity`` the newest report of each process in ``store``, and,
+def read_reports(store: BrokerStore, key: bytes, run: RunActivity, *, trace: bool = True) -> None:
+    """Give ``run`` the newest report of each process in ``store``, and,
     with ``trace``, the trace events not read yet (which are then deleted).
     Records not signed with the run's key are deleted unread."""
     # The reports' times are the store server's clock: so is "now".
-    now_ns, now = time.time_ns() + activity.launcher.clock_offset, time.monotonic()
+    now_ns, now = time.time_ns() + run.launcher.clock_offset, time.monotonic()
     bad: dict[str, bytes] = {}
     for name, blob in store.records(REPORTS).items():
         if name == LAUNCHER:
@@ -483,13 +481,13 @@ def read_reports(
             anchor = counters.get("anchor") if isinstance(counters, dict) else None
             offset = anchor[2] if isinstance(anchor, list) and len(anchor) == 3 else 0
             age = max(0.0, (now_ns - (int(counters.get("sent", 0)) + int(offset))) / 1e9)
-            activity.add(name, counters, heard=now - age)
+            run.add(name, counters, heard=now - age)
         except (ProtocolError, TypeError, ValueError) as exc:
             refusals.note(store.identity, REPORT, f"the report {_shown(name)}", exc)
             bad[name] = blob
     if bad:
         store.drop_records(REPORTS, bad)
-    if not (trace and activity.tracing):
+    if not (trace and run.tracing):
         return
     records = store.records(TRACE)
     records.pop(LAUNCHER, None)
@@ -497,7 +495,7 @@ def read_reports(
         name = where.rpartition(".")[0]
         try:
             _, anchor, events = _opened(records[where], key, TRACE_EVENTS, name, 3)
-            activity.add_events(name, anchor, events)
+            run.add_events(name, anchor, events)
         except (ProtocolError, TypeError, ValueError) as exc:
             refusals.note(store.identity, TRACE_EVENTS, f"the trace events {_shown(where)}", exc)
     if records:
