@@ -109,6 +109,7 @@ def _line_class() -> type[Any]:
         _lock = threading.RLock()
         _instances: WeakSet[Any] = WeakSet()
         text = ""
+        drawn = 0  # the length of the line on screen (0: none)
 
         @property
         def format_dict(self) -> dict[str, Any]:
@@ -120,12 +121,32 @@ def _line_class() -> type[Any]:
                 shape["ncols"] = max(1, shape["ncols"] - ECHO_ROOM)
             return {**shape, "text": self.text}
 
+        def draw(self) -> None:
+            """Show the line as it is now, in place of the one on screen."""
+            if self.drawn > self.columns():
+                self.wipe()
+            self.refresh()
+            self.drawn = len(str(self))
+
         def wipe(self) -> None:
             """Take the line off the screen, with what the terminal echoed after
-            it: blank the whole row (but its last column, which would wrap)."""
-            width = (self.dynamic_ncols(self.fp)[0] if self.dynamic_ncols else None) or 80
-            self.display(msg=" " * (width - 1))
-            self.clear()
+            it: blank its whole row (a character in the last column leaves
+            the cursor there until the next one, and ``\\r`` comes next). A
+            terminal made narrower than the line has rewrapped it over
+            several rows, the cursor on the last: each is blanked, upwards."""
+            width = self.columns()
+            rows = max(1, -(-self.drawn // width))
+            if rows > 1:
+                self.sp = self.status_printer(self.fp)  # forget the old length: blanks fit a row
+            for row in range(rows):
+                if row:
+                    self.moveto(-1)
+                self.display(msg=" " * width)
+                self.clear()
+            self.drawn = 0
+
+        def columns(self) -> int:
+            return (self.dynamic_ncols(self.fp)[0] if self.dynamic_ncols else None) or 80
 
     return Line
 
@@ -310,7 +331,7 @@ class _Screen:
                 line.bar_format = "scoop {text}"
                 line.total = None
                 line.n = snapshot.ended
-            line.refresh()
+            line.draw()
             self.shown = True
         except Exception as error:
             # Said when the line ends (ProgressLine.__exit__): a log record

@@ -78,6 +78,8 @@ def program():
         print("Ann", flush=True)
     else:
         wait_for_go()
+    if mode == "resize":
+        print("columns", os.get_terminal_size(1).columns, flush=True)
     for i in range(lines, 2 * lines):
         print(f"program line {i}", flush=True)
         printed += 1
@@ -156,7 +158,7 @@ class Screen:
         """The pane's lines as shown, from the top of its history, without
         the trailing blank ones and tmux's word on the program's end (which
         scrolls the screen a line: the history keeps what scrolled away)."""
-        text = self._tmux("capture-pane", "-p", "-J", "-S", "-", "-E", "-")
+        text = self._tmux("capture-pane", "-p", "-S", "-", "-E", "-")
         shown = [line.rstrip() for line in text.splitlines()]
         shown = [line for line in shown if not line.startswith("Pane is dead")]
         while shown and not shown[-1]:
@@ -193,6 +195,9 @@ class Screen:
         match = line.match(lines[-1])
         assert match is not None
         return match
+
+    def resize(self, width: int, height: int) -> None:
+        self._tmux("resize-window", "-x", str(width), "-y", str(height))
 
     def keys(self, *keys: str) -> None:
         self._tmux("send-keys", *keys)
@@ -291,6 +296,28 @@ def test_a_prompt_keeps_the_line_away_until_it_is_answered(
         *program_lines(5, 10),
         "after the line",
     ]
+
+
+def test_the_line_and_the_program_follow_a_resized_terminal(
+    tmp_path: Path, screens: Callable[..., Screen], driver: Callable[..., list[str]]
+) -> None:
+    screen = screens(tmp_path, driver("resize"))
+    above = [*program_lines(0, 5), "warning line"]
+    screen.wait_for_line(above, BAR_WITH_ETA)
+    screen.resize(70, 30)
+    # tmux rewraps the rows it had when it narrows, which can leave a blank one.
+    screen.wait(
+        lambda lines: (
+            [line for line in lines[:-1] if line] == above
+            and BAR_WITH_ETA.match(lines[-1])
+            and len(lines[-1]) < 70
+        ),
+        "the line redrawn within 70 columns",
+    )
+    (tmp_path / "go").touch()
+    wait_for(screen.ended, "the program's end")
+    shown = [line for line in screen.lines() if line]
+    assert shown == [*above, "columns 70", *program_lines(5, 10), "after the line"]
 
 
 def test_twenty_thousand_lines_come_through_whole_and_in_order(
@@ -484,8 +511,8 @@ def test_a_programs_own_bar_and_the_progress_line_share_the_terminal(
     screen = screens(tmp_path, argv)
     try:
         wait_for(screen.ended, "the run's end", timeout=60)
-        bar, result = screen.lines()
+        bar, *rows = screen.lines()
         assert bar.startswith("100%|") and "| 100/100 [" in bar  # the program's bar, whole
-        assert result == "RESULT " + json.dumps([x * x for x in range(100)])
+        assert "".join(rows) == "RESULT " + json.dumps([x * x for x in range(100)])  # wrapped
     finally:
         end_run(screen, program)
