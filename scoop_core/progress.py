@@ -165,11 +165,6 @@ class ProgressLine:
         self._term: TextIO | None = None
         self._failure: Exception | None = None
 
-    @property
-    def active(self) -> bool:
-        """Whether the line is on (stderr is a terminal)."""
-        return self._thread is not None
-
     def __enter__(self) -> ProgressLine:
         if not os.isatty(2):
             return self
@@ -296,12 +291,15 @@ class _Screen:
         self.at_line_start = data.endswith(b"\n")
         if self.gone:
             return
-        try:
-            if self.shown and self.line is not None:
+        if self.shown:
+            self.shown = False
+            try:
                 self.line.wipe()
-                self.shown = False
+            except Exception as error:  # the line stops; the output must go on
+                self.failure = error
+        try:
             _write_all(self.term.fileno(), data)
-        except (OSError, ValueError):
+        except OSError:
             self.gone = True
 
     def redraw(self) -> None:
@@ -335,7 +333,8 @@ class _Screen:
             self.shown = True
         except Exception as error:
             # Said when the line ends (ProgressLine.__exit__): a log record
-            # written now would go into the pseudo-terminal this thread drains.
+            # written now would go into the pseudo-terminal this thread
+            # drains. The program's output goes on without the line.
             self.failure = error
 
     def remove_line(self) -> None:

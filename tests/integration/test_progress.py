@@ -42,6 +42,8 @@ printed = 0
 def snapshot():
     # Ten futures end per line printed: the line's counts follow the program.
     ended = printed * 10
+    if mode == "broken" and printed:
+        raise RuntimeError("no numbers today")
     worker = ProcessRow("worker-1", "worker", "here", 1, ended, 0.0, 1.0, 1, 0, 0, 0.0, "busy")
     return RunSnapshot("run", "zmq", 1.0, submitted=ended + 5, done=ended - 2, failed=2,
                        cancelled=0, lost=0, running=1, queued=4, expected=expected,
@@ -318,6 +320,22 @@ def test_the_line_and_the_program_follow_a_resized_terminal(
     wait_for(screen.ended, "the program's end")
     shown = [line for line in screen.lines() if line]
     assert shown == [*above, "columns 70", *program_lines(5, 10), "after the line"]
+
+
+def test_a_line_that_cannot_be_drawn_stops_and_the_output_goes_on(
+    tmp_path: Path, screens: Callable[..., Screen], driver: Callable[..., list[str]]
+) -> None:
+    screen = screens(tmp_path, driver("broken"))
+    screen.wait(
+        lambda lines: lines == [*program_lines(0, 5), "warning line"], "the program's lines alone"
+    )
+    (tmp_path / "go").touch()
+    wait_for(screen.ended, "the program's end")
+    lines = screen.lines()
+    assert lines[:11] == [*program_lines(0, 5), "warning line", *program_lines(5, 10)]
+    assert lines[11] == "the progress line stopped early: it could not be drawn"
+    assert "RuntimeError: no numbers today" in lines
+    assert lines[-1] == "after the line"
 
 
 def test_twenty_thousand_lines_come_through_whole_and_in_order(
