@@ -37,12 +37,14 @@ from scoop_core.run_activity import ProcessRow, RunSnapshot
 
 mode, expected, lines, go, record = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 printed = 0
+broken = threading.Event()  # the line has asked for numbers and been refused
 
 
 def snapshot():
     # Ten futures end per line printed: the line's counts follow the program.
     ended = printed * 10
     if mode == "broken" and printed:
+        broken.set()
         raise RuntimeError("no numbers today")
     worker = ProcessRow("worker-1", "worker", "here", 1, ended, 0.0, 1.0, 1, 0, 0, 0.0, "busy")
     return RunSnapshot("run", "zmq", 1.0, submitted=ended + 5, done=ended - 2, failed=2,
@@ -74,6 +76,8 @@ def program():
         print(f"program line {i}", flush=True)
         printed += 1
     print("warning line", file=sys.stderr, flush=True)
+    if mode == "broken" and not broken.wait(30):
+        raise SystemExit("the progress line never asked for numbers")
     if mode == "prompt":
         print("Name? ", end="", flush=True)
         wait_for_go()
