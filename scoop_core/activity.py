@@ -2,11 +2,15 @@
 
 Every root and worker keeps one :class:`Activity` (:data:`here`). Its
 counters are a few integer additions per future, and cost nothing worth
-measuring; with ``--trace`` (:data:`TRACING`) it also buffers one small
-tuple per event: a future run, a submit, a hand-over, a wait. Every
-:data:`REPORT_INTERVAL` the runtime's I/O thread sends what changed in a
-:class:`~scoop_core.messages.Report`: the counters, and the events buffered
-since the last report packed in one frame; and once more when the process
+measuring; with ``--trace`` (:data:`TRACE_ENV`) it also buffers each event
+(a future run, a submit, a hand-over, a wait) as a few numbers at the end
+of one flat array of doubles: no Python object is kept per event, and
+sending them is copying the array's memory. Every :data:`REPORT_INTERVAL`
+the runtime's I/O thread sends what changed in a
+:class:`~scoop_core.messages.Report`: the counters, the names of the
+functions and the rare instants (losses, refusals) first seen since the
+last report, and the events' bytes, cut in frames small enough for the
+broker to read them as any small frame; and once more when the process
 leaves. So events cost no message of their own, and a run that dies keeps
 what its processes reported before.
 
@@ -19,6 +23,8 @@ broker's, or the store server's).
 
 from __future__ import annotations
 
+import array
+import contextlib
 import heapq
 import itertools
 import os
@@ -26,8 +32,6 @@ import socket
 import threading
 import time
 from typing import Any
-
-import msgpack
 
 TRACE_ENV = "_SCOOP_TRACE"
 """Set to 1 in the environment of a traced run's processes (the launcher's ``--trace``)."""
@@ -40,20 +44,19 @@ reports a second whatever the size of the run."""
 
 REPORTS_PER_SECOND = 400
 
-MAX_REPORT_BYTES = 48 << 10
-"""Bytes of packed events in one report at most; the rest go in the next
-ones, sent at once. So a report is a small message: below the size from
-which a frame is signed by its digest (and relayed unread by the broker) or
-goes through shared memory, and far below any message size limit."""
+FRAME_BYTES = 48 << 10
+"""A report's events are cut into frames of this many bytes at most: below
+the size from which a frame is signed by its digest (and relayed unread by
+the broker) or goes through shared memory."""
 
-# Event kinds: the first field of each buffered event.
-RUN = (
-    0  # (RUN, start, seconds, fid, parent, function, items, args_bytes, result_bytes, status, lane)
-)
-WAIT = 1  # (WAIT, start, seconds, fid, lane)
-SUBMIT = 2  # (SUBMIT, time, fid, lane)
-HANDED = 3  # (HANDED, time, fid)
-INSTANT = 4  # (INSTANT, time, category, text, args)
+# Event kinds: the first number of each buffered event, which tells how
+# many numbers it has (WIDTHS). Future ids fit a double exactly (53 bits).
+# RUN: start, seconds, fid, parent, function id, items, args bytes, result bytes, status, lane
+RUN = 0
+WAIT = 1  # start, seconds, fid, lane
+SUBMIT = 2  # time, fid, lane
+HANDED = 3  # time, fid
+WIDTHS = {RUN: 11, WAIT: 5, SUBMIT: 4, HANDED: 3}
 
 HANDOVER_LANE = 999
 """The lane of a process's hand-overs (its I/O thread's doing)."""
@@ -95,6 +98,8 @@ def offset_from(welcome: Any, said: int, heard: int) -> int:
 
 def function_name(fn: Any) -> str:
     """How a trace names the function a future calls."""
+    if fn is None:
+        return "?"
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
     if name is None:
         return type(fn).__qualname__
@@ -122,20 +127,26 @@ class Activity:
         self.losses: dict[str, int] = {}  # futures lost with each worker, seen here
         if tracing is None:
             tracing = os.environ.get(TRACE_ENV) == "1"
-        self.events: list[tuple[Any, ...]] | None = [] if tracing else None
+        # The events: each one extend() of whole numbers, so the array's
+        # length is always at an event's end (one C call under the GIL).
+        self.events: array.array[float] | None = array.array("d") if tracing else None
+        # Instants (time, category, text, args) and function names (id,
+        # name) not reported yet: few, sent beside the events.
+        self.instants: list[list[Any]] = []
+        self._new_names: list[list[Any]] = []
         # Lanes are taken by any thread of a root: each step below is one
         # call the GIL makes atomic (a heap of free lanes, a counter of new ones).
         self._free_lanes: list[int] = []
         self._new_lanes = itertools.count()
         self._lane_of: dict[int, int] = {}  # running future (or thread) -> its lane
-        self._names: dict[Any, str] = {}  # function -> its name in the trace
+        self._name_ids = itertools.count()
+        self._names: dict[Any, int] = {}  # function (and name) -> its name's id in the trace
         self._last_sent: tuple[Any, ...] | None = None
         self._next_report = 0.0
         self.interval = REPORT_INTERVAL
         # A report goes at least this often, changed or not: "last heard from".
         self.max_quiet = 5.0
         self._last_report = 0.0
-        self._batch = 1000  # events packed in one report, adapted to stay under the limit
 
     def run_size(self, processes: int) -> None:
         """The run has about ``processes`` processes: report less often if many."""
@@ -172,21 +183,27 @@ class Activity:
 
     # -- what happened ------------------------------------------------------------
 
-    def name_of(self, fn: Any) -> str:
-        """:func:`function_name` of ``fn``, worked out once per function."""
+    def name_id(self, fn: Any) -> int:
+        """The id of :func:`function_name` of ``fn`` in this process's events,
+        worked out once per function."""
         try:
             return self._names[fn]
-        except KeyError:
-            name = self._names[fn] = function_name(fn)
-            return name
-        except TypeError:  # not hashable
-            return function_name(fn)
+        except (KeyError, TypeError):  # a new function, or one not hashable
+            pass
+        name = function_name(fn)
+        ident = self._names.get(name)
+        if ident is None:
+            ident = self._names[name] = next(self._name_ids)
+            self._new_names.append([ident, name])
+        with contextlib.suppress(TypeError):
+            self._names[fn] = ident
+        return ident
 
     def instant(self, category: str, text: str, **args: Any) -> None:
         """Something that happened at one moment: a loss, a restart, a refusal.
         Recorded when tracing (it is rare: no cost worth a test)."""
         if self.events is not None:
-            self.events.append((INSTANT, time.perf_counter(), category, text, args))
+            self.instants.append([time.perf_counter(), category, text, args])
 
     def lost_with(self, worker: str, fid: int, losses: int) -> None:
         """A future was lost when ``worker`` died (this process's policy saw it)."""
@@ -199,7 +216,7 @@ class Activity:
         """The calling thread waited for future ``fid``'s result since ``start``."""
         assert self.events is not None
         now = time.perf_counter()
-        self.events.append((WAIT, start, now - start, fid, self.thread_lane()))
+        self.events.extend((WAIT, start, now - start, fid, self.thread_lane()))
 
     # -- reports ------------------------------------------------------------------
 
@@ -226,34 +243,37 @@ class Activity:
 
     def take_report(
         self, now: float, *, final: bool = False
-    ) -> tuple[dict[str, Any], bytes] | None:
-        """The counters and the packed events since the last report, if
-        anything changed, or nothing did for :attr:`max_quiet` seconds
-        (always when ``final``); None otherwise."""
+    ) -> tuple[dict[str, Any], tuple[memoryview, ...]] | None:
+        """The counters and the events since the last report (their bytes,
+        in frames of :data:`FRAME_BYTES` at most), if anything changed, or
+        nothing did for :attr:`max_quiet` seconds (always when ``final``);
+        None otherwise. With trace events or instants, the counters hold
+        ``trace``: the instants, and the function names the events use that
+        no earlier report named."""
         self._next_report = now + self.interval
         state = (self.busy, len(self.losses), *[getattr(self, c) for c in COUNTERS])
         events = self.events
         quiet = now - self._last_report < self.max_quiet
-        if not final and not events and state == self._last_sent and quiet:
+        if not (final or events or self.instants or state != self._last_sent or not quiet):
             return None
         self._last_sent = state
         self._last_report = now
-        packed = b""
-        if events:
-            # Events are only ever added at the end: the first ones stay put.
-            count = min(len(events), self._batch)
-            packed = msgpack.packb(events[:count], use_bin_type=True)
-            while len(packed) > MAX_REPORT_BYTES and count > 1:
-                count //= 2
-                packed = msgpack.packb(events[:count], use_bin_type=True)
-            self._batch = count * 2 if len(packed) < MAX_REPORT_BYTES // 4 else count
-            del events[:count]  # one step under the GIL: an event added meanwhile stays
-            if events:
-                self._next_report = now  # more than one report holds: the next one now
+        frames: tuple[memoryview, ...] = ()
         counters = self.counters()
-        counters["final"] = final and not events  # the last of the last reports
+        if events is not None:
+            # Up to an event's end: one added meanwhile stays for the next report.
+            count = len(events)
+            data = memoryview(events[:count].tobytes())
+            del events[:count]
+            frames = tuple(data[i : i + FRAME_BYTES] for i in range(0, len(data), FRAME_BYTES))
+            # Taken after the events: the names they use were made before them.
+            names, self._new_names = self._new_names, []
+            instants, self.instants = self.instants, []
+            if names or instants:
+                counters["trace"] = {"names": names, "instants": instants}
+        counters["final"] = final
         counters["sent"] = time.time_ns()
-        return counters, packed
+        return counters, frames
 
 
 here: Activity | None = None

@@ -321,9 +321,9 @@ class Broker:
             return
         if isinstance(msg, m.Report):
             try:
-                if isinstance(msg.events, m.Sealed | SharedFrame):
-                    # Reports are made small (activity.MAX_REPORT_BYTES): not one of ours.
-                    raise ProtocolError("its events came as a large frame")
+                if any(isinstance(f, m.Sealed | SharedFrame) for f in msg.events):
+                    # Cut into small frames (activity.FRAME_BYTES): not one of ours.
+                    raise ProtocolError("its events came in a large frame")
                 self.activity.add(sender.decode(errors="replace"), msg.counters, msg.events)
             except ProtocolError as exc:
                 log.warning("ignored a report from peer %r: %s", sender, exc)

@@ -483,21 +483,22 @@ class Departed(Message):
 @dataclass(frozen=True)
 class Report(Message):
     """Peer → broker: what this process did (:mod:`scoop_core.activity`):
-    its ``counters``, a map of msgpack scalars, and its trace ``events``
-    since its last report, packed (empty when the run is not traced)."""
+    its ``counters``, a map of msgpack values, and the bytes of its trace
+    ``events`` since its last report, in frames (none when the run is not
+    traced)."""
 
     KIND = 23
     counters: dict[str, Any]
-    events: Frame = b""
+    events: tuple[Frame, ...] = ()
 
     def _fields(self) -> tuple[list[Any], list[Frame]]:
-        return [self.counters], [self.events] if len(self.events) else []
+        return [self.counters], list(self.events)
 
     @classmethod
     def _build(cls, fields: list[Any], frames: list[Frame]) -> Report:
-        if len(fields) != 1 or not isinstance(fields[0], dict) or len(frames) > 1:
+        if len(fields) != 1 or not isinstance(fields[0], dict):
             raise ProtocolError("malformed Report message")
-        return cls(fields[0], frames[0] if frames else b"")
+        return cls(fields[0], tuple(frames))
 
 
 @_plain(24, "detail")

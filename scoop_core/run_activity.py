@@ -17,6 +17,7 @@ import dataclasses
 import re
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ import msgpack
 from scoop_core.activity import COUNTERS, Activity
 from scoop_core.errors import ProtocolError
 from scoop_core.interfaces import Frame
+from scoop_core.messages import buffer_of
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,34 @@ class RunSnapshot:
         return max(0, max(self.expected, self.submitted) - self.ended) / self.rate
 
 
+def joined(frames: Sequence[Frame]) -> bytes:
+    """The bytes of ``frames``, one after the other."""
+    return b"".join(memoryview(buffer_of(f)) for f in frames)
+
+
+def check_trace(trace: Any) -> None:
+    """The ``trace`` part of a report: function names and instants."""
+    if not isinstance(trace, dict):
+        raise ProtocolError("a report's trace part is not a map")
+    names = trace.get("names", [])
+    instants = trace.get("instants", [])
+    if not isinstance(names, list) or not all(
+        isinstance(n, list) and len(n) == 2 and isinstance(n[0], int) and isinstance(n[1], str)
+        for n in names
+    ):
+        raise ProtocolError("a report's function names are malformed")
+    if not isinstance(instants, list) or not all(
+        isinstance(i, list)
+        and len(i) == 4
+        and _number(i[0])
+        and isinstance(i[1], str)
+        and isinstance(i[2], str)
+        and isinstance(i[3], dict)
+        for i in instants
+    ):
+        raise ProtocolError("a report's instants are malformed")
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -166,8 +196,9 @@ class RunActivity:
         self._reports: dict[str, dict[str, Any]] = {}
         self._heard: dict[str, float] = {}  # time.monotonic() of each newest report
         self._lost: set[str] = set()
-        # Trace events as they came: (process name, its clock anchor, packed events).
-        self.batches: list[tuple[str, list[Any], bytes]] = []
+        # Trace events as they came: (process name, its clock anchor, the
+        # report's trace part, the events' bytes).
+        self.batches: list[tuple[str, list[Any], dict[str, Any], bytes]] = []
         # (time.perf_counter(), queued, running, ended) about twice a second.
         self.samples: list[tuple[float, int, int, int]] = []
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
@@ -176,28 +207,36 @@ class RunActivity:
         self,
         name: str,
         counters: dict[str, Any],
-        events: Frame = b"",
+        events: Sequence[Frame] = (),
         *,
         heard: float | None = None,
     ) -> None:
         """The report of process ``name`` (its counters checked by
-        :func:`check_report`); ``heard``: when it was sent, on this
-        process's ``time.monotonic()`` clock (default: now)."""
+        :func:`check_report`), with the frames of its trace events;
+        ``heard``: when it was sent, on this process's ``time.monotonic()``
+        clock (default: now)."""
         counters = check_report(counters)
         with self._lock:
             self._reports[name] = counters
             self._heard[name] = time.monotonic() if heard is None else heard
-            if len(events) and self.tracing:
-                self.batches.append((name, counters["anchor"], bytes(events)))
+        trace = counters.get("trace") or {}
+        if events or trace:
+            self.add_events(name, counters["anchor"], trace, joined(events))
 
-    def add_events(self, name: str, anchor: list[Any], events: Frame) -> None:
-        """Trace events of process ``name`` that came apart from its report
-        (from a store), with its clock ``anchor``."""
+    def add_events(
+        self, name: str, anchor: list[Any], trace: dict[str, Any], events: bytes
+    ) -> None:
+        """Trace events of process ``name`` (their bytes), with its clock
+        ``anchor`` and the ``trace`` part of its report (function names and
+        instants): from a report, or from a store, where they come apart."""
         if not (isinstance(anchor, list) and len(anchor) == 3 and all(map(_number, anchor))):
             raise ProtocolError("trace events with a malformed clock anchor")
-        if self.tracing and len(events):
+        check_trace(trace)
+        if len(events) % 8:
+            raise ProtocolError("trace events that are not whole numbers")
+        if self.tracing:
             with self._lock:
-                self.batches.append((name, anchor, bytes(events)))
+                self.batches.append((name, anchor, trace, events))
 
     def lost(self, name: str) -> None:
         """Process ``name`` died or went silent (the broker or the launcher says so)."""

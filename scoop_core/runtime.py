@@ -285,7 +285,9 @@ class Runtime:
         act = self.activity
         assert act.events is not None
         now, lane = time.perf_counter(), self.submit_lane()
-        act.events.extend([(activity.SUBMIT, now, fid, lane) for fid in fids])
+        events = act.events
+        for fid in fids:
+            events.extend((activity.SUBMIT, now, fid, lane))
 
     def submit_lane(self) -> int:
         """The trace lane of the code that calls :meth:`submit`."""
@@ -708,12 +710,10 @@ class ThreadedRuntime(Runtime):
         left = act.report_due(now)
         if left > 0 and not final:
             return left
-        while True:
-            report = act.take_report(now, final=final)
-            if report is not None:
-                self._send(m.Report(*report))
-            if not (final and act.events):
-                return act.report_due(now)
+        report = act.take_report(now, final=final)
+        if report is not None:
+            self._send(m.Report(*report))
+        return act.report_due(now)
 
     def on_broker_lost(self, silent: float) -> None:
         """The broker has not been heard of for ``silent`` seconds."""
@@ -1011,8 +1011,8 @@ class RootRuntime(ThreadedRuntime):
         act.busy += elapsed
         if act.events is not None:
             lane = act.thread_lane()
-            fn = act.name_of(fut.call[0]) if fut.call is not None else "?"
-            act.events.append(
+            fn = act.name_id(fut.call[0] if fut.call is not None else None)
+            act.events.extend(
                 (activity.RUN, start, elapsed, fut.fid, 0, fn, items, fut.nbytes, 0, m.OK, lane)
             )
         self._forget(fut.fid)

@@ -77,6 +77,7 @@ from scoop_core.broker_policy import (
 )
 from scoop_core.errors import ProtocolError, SerializationError, TransportClosed
 from scoop_core.interfaces import BrokerStore, Endpoint, Entry, Frame
+from scoop_core.run_activity import joined
 from scoop_core.store_records import (
     CENSUS,
     CONSTANTS,
@@ -310,14 +311,17 @@ class StoreEndpoint(Endpoint):
     def _report(self, msg: m.Report) -> None:
         """Our runtime's report goes into the store's tables, where the
         launcher and ``scoop status`` read it (see :mod:`scoop_core.run_activity`)."""
-        counters = msg.counters
+        # The trace part goes with the events: the newest report replaces
+        # the one before, and with it the names and instants it told.
+        counters = dict(msg.counters)
+        trace = counters.pop("trace", None) or {}
         self.store.put_records(
             REPORTS, [(self.name, seal_report(self.key, self.name, counters))], replace=True
         )
-        if len(msg.events):
+        if msg.events or trace:
             self._reports_sent += 1
             anchor = counters.get("anchor", [0, 0, 0])
-            record = seal_trace(self.key, self.name, anchor, bytes(msg.events))
+            record = seal_trace(self.key, self.name, anchor, trace, joined(msg.events))
             self.store.put_records(
                 TRACE, [(f"{self.name}.{self._reports_sent}", record)], replace=True
             )

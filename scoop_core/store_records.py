@@ -454,9 +454,12 @@ def seal_report(key: bytes, name: str, counters: dict[str, Any]) -> bytes:
     return seal_record(key, REPORT, [name, counters])
 
 
-def seal_trace(key: bytes, name: str, anchor: list[Any], events: bytes) -> bytes:
-    """A ``trace`` record: events of process ``name``, with its clock anchor."""
-    return seal_record(key, TRACE_EVENTS, [name, anchor, events])
+def seal_trace(
+    key: bytes, name: str, anchor: list[Any], trace: dict[str, Any], events: bytes
+) -> bytes:
+    """A ``trace`` record: events of process ``name``, with its clock anchor
+    and its report's trace part (function names, instants)."""
+    return seal_record(key, TRACE_EVENTS, [name, anchor, trace, events])
 
 
 def _opened(blob: bytes, key: bytes, kind: str, name: str, count: int) -> list[Any]:
@@ -494,8 +497,8 @@ def read_reports(store: BrokerStore, key: bytes, run: RunActivity, *, trace: boo
     for where in sorted(records, key=_report_order):
         name = where.rpartition(".")[0]
         try:
-            _, anchor, events = _opened(records[where], key, TRACE_EVENTS, name, 3)
-            run.add_events(name, anchor, events)
+            _, anchor, part, events = _opened(records[where], key, TRACE_EVENTS, name, 4)
+            run.add_events(name, anchor, part, events)
         except (ProtocolError, TypeError, ValueError) as exc:
             refusals.note(store.identity, TRACE_EVENTS, f"the trace events {_shown(where)}", exc)
     if records:

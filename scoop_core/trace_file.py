@@ -28,12 +28,12 @@ from at hello.
 
 from __future__ import annotations
 
+import array
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
-
-import msgpack
 
 from scoop_core import activity as a
 from scoop_core import messages as m
@@ -45,6 +45,8 @@ FORMAT = 1
 LAUNCHER_TRACK, ROOT_TRACK, FIRST_WORKER_TRACK = 1, 2, 10
 
 _FLOW = "submit"
+
+log = logging.getLogger("scoop.launcher")
 
 
 class _Clock:
@@ -77,32 +79,54 @@ def tracks(reports: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
     return numbers
 
 
+def records(data: bytes) -> Iterator[array.array[float]]:
+    """The events in ``data`` (see :mod:`scoop_core.activity`), each as its
+    numbers; ValueError if it ends in the middle of one or has an unknown kind."""
+    numbers = array.array("d")
+    numbers.frombytes(data)
+    at, end = 0, len(numbers)
+    while at < end:
+        width = a.WIDTHS.get(int(numbers[at]), 0)
+        if not width or at + width > end:
+            raise ValueError(f"an event of unknown kind {numbers[at]!r}, or cut short")
+        yield numbers[at : at + width]
+        at += width
+
+
 def _process_events(
-    pid: int, clock: _Clock, events: list[list[Any]], lanes: set[int]
+    pid: int,
+    clock: _Clock,
+    data: bytes,
+    names: Mapping[int, str],
+    instants: list[list[Any]],
+    lanes: set[int],
 ) -> Iterator[dict[str, Any]]:
-    """The trace events of one process's buffered events (see :mod:`scoop_core.activity`)."""
+    """The trace events of one process's events (``data``, see
+    :mod:`scoop_core.activity`; ``names``: its function names by id) and
+    ``instants``."""
     submits: dict[tuple[int, float], list[int]] = {}
-    for ev in events:
-        kind = ev[0]
+    for ev in records(data):
+        kind = int(ev[0])
         if kind == a.RUN:
-            _, start, seconds, fid, parent, fn, items, args_bytes, result_bytes, status, lane = ev
+            _, start, seconds, fid_, parent, fn, items, args_bytes, result_bytes, status, lane_ = ev
+            fid, lane = int(fid_), int(lane_)
             ts = clock(start)
             lanes.add(lane)
             yield {
                 "ph": "X",
                 "cat": "future",
-                "name": fn,
+                "name": names.get(int(fn), "?"),
                 "pid": pid,
                 "tid": lane,
                 "ts": ts,
                 "dur": round(seconds * 1e6, 3),
                 "args": {
                     "fid": _fid(fid),
-                    "parent": _fid(parent),
-                    "items": items,
-                    "args_bytes": args_bytes,
-                    "result_bytes": result_bytes,
-                    "status": m.STATUS_NAMES.get(status, str(status)),
+                    "parent": _fid(int(parent)),
+                    "items": int(items),
+                    "args_bytes": int(args_bytes),
+                    "result_bytes": int(result_bytes),
+                    "status": m.STATUS_NAMES.get(int(status), str(status)),
                 },
             }
             # The arrow's head, inside the slice it binds to.
@@ -117,7 +141,8 @@ def _process_events(
                 "ts": ts + 0.001,
             }
         elif kind == a.WAIT:
-            _, start, seconds, fid, lane = ev
+            _, start, seconds, fid_, lane_ = ev
+            fid, lane = int(fid_), int(lane_)
             lanes.add(lane)
             yield {
                 "ph": "X",
@@ -130,23 +155,22 @@ def _process_events(
                 "args": {"fid": _fid(fid)},
             }
         elif kind == a.SUBMIT:
-            _, t, fid, lane = ev
-            submits.setdefault((lane, t), []).append(fid)
-        elif kind == a.HANDED:
-            _, t, fid = ev
-            submits.setdefault((a.HANDOVER_LANE, t), []).append(fid)
-        elif kind == a.INSTANT:
-            _, t, category, text, args = ev
-            yield {
-                "ph": "i",
-                "s": "p",
-                "cat": category,
-                "name": text,
-                "pid": pid,
-                "tid": 0,
-                "ts": clock(t),
-                "args": {k: _fid(v) if k == "fid" else v for k, v in args.items()},
-            }
+            _, t, fid_, lane_ = ev
+            submits.setdefault((int(lane_), t), []).append(int(fid_))
+        else:  # a.HANDED
+            _, t, fid_ = ev
+            submits.setdefault((a.HANDOVER_LANE, t), []).append(int(fid_))
+    for t, category, text, args in instants:
+        yield {
+            "ph": "i",
+            "s": "p",
+            "cat": category,
+            "name": text,
+            "pid": pid,
+            "tid": 0,
+            "ts": clock(t),
+            "args": {k: _fid(v) if k == "fid" else v for k, v in args.items()},
+        }
     # Submits and hand-overs of one moment share a slice, where their
     # arrows start (an arrow binds to the slice around it).
     for (lane, t), fids in submits.items():
@@ -200,15 +224,22 @@ def build(run: RunActivity, snapshot: RunSnapshot, info: Mapping[str, Any]) -> d
     lanes: dict[int, set[int]] = {pid: set() for pid in numbers.values()}
     events: list[dict[str, Any]] = []
     batches = list(run.batches)
-    if launcher.events:
-        batches.append(("launcher", launcher.anchor(), msgpack.packb(launcher.events)))
-    for name, anchor, packed in batches:
+    batches.append(("launcher", launcher.anchor(), {"instants": launcher.instants}, b""))
+    names: dict[str, dict[int, str]] = {}
+    for name, anchor, trace, data in batches:
         pid = numbers.get(name)
         if pid is None:  # events of a process whose report never came
             pid = numbers[name] = FIRST_WORKER_TRACK + len(numbers)
             lanes[pid] = set()
-        unpacked = msgpack.unpackb(packed, raw=False, strict_map_key=False)
-        events.extend(_process_events(pid, _Clock(anchor, origin_ns), unpacked, lanes[pid]))
+        known = names.setdefault(name, {})
+        known.update((ident, text) for ident, text in trace.get("names", []))
+        clock = _Clock(anchor, origin_ns)
+        try:
+            events.extend(
+                _process_events(pid, clock, data, known, trace.get("instants", []), lanes[pid])
+            )
+        except ValueError as exc:  # a process of another version, say: the rest is good
+            log.warning("left out events of %s from the trace: %s", name, exc)
     clock = _Clock(launcher.anchor(), origin_ns)
     for t, queued, running, ended in run.samples:
         events.append(

@@ -301,7 +301,9 @@ class WorkerRuntime(ThreadedRuntime):
         act.handed += len(fids)
         if act.events is not None:
             now = time.perf_counter()
-            act.events.extend([(activity.HANDED, now, fid) for fid in fids])
+            events = act.events
+            for fid in fids:
+                events.extend((activity.HANDED, now, fid))
 
     def _report_spare(self) -> None:
         spare = self.book.spare
@@ -334,10 +336,10 @@ class WorkerRuntime(ThreadedRuntime):
         act.ran += items
         if act.events is not None:
             fid = task.fid
-            fn = act.name_of(payload.fn) if payload is not None else "?"
+            fn = act.name_id(payload.fn if payload is not None else None)
             args = m.frames_nbytes(task.frames)
             lane = act.free_lane(fid)
-            act.events.append(
+            act.events.extend(
                 (
                     activity.RUN,
                     start,

@@ -6,6 +6,7 @@ import msgpack
 import pytest
 
 from scoop_core import activity as a
+from scoop_core import trace_file
 from scoop_core.errors import ProtocolError
 from scoop_core.run_activity import RunActivity, pack_snapshot, unpack_snapshot
 
@@ -23,32 +24,37 @@ def test_a_running_future_takes_the_lowest_free_lane() -> None:
 def test_a_report_is_sent_only_when_something_changed() -> None:
     act = a.Activity("worker-1", "worker", tracing=False)
     first = act.take_report(0.0)
-    assert first is not None and first[1] == b""
+    assert first is not None and first[1] == ()
     assert act.take_report(1.0) is None
     assert act.take_report(6.0) is not None  # nothing changed for max_quiet: "still here"
     assert act.take_report(6.5) is None
     act.ran += 3
     counters, events = act.take_report(2.0)  # type: ignore[misc]
-    assert counters["ran"] == 3 and counters["final"] is False and events == b""
+    assert counters["ran"] == 3 and counters["final"] is False and events == ()
     final = act.take_report(3.0, final=True)
     assert final is not None and final[0]["final"] is True
 
 
-def test_many_events_go_in_several_small_reports_and_none_is_lost() -> None:
+def test_events_travel_as_their_bytes_in_small_frames_and_none_is_lost() -> None:
     act = a.Activity("root", "root", tracing=True)
     assert act.events is not None
-    act.events.extend((a.SUBMIT, 0.5, fid, 0) for fid in range(30_000))
-    got, now = [], 0.0
-    while True:
-        report = act.take_report(now, final=True)
-        assert report is not None
-        counters, packed = report
-        assert len(packed) <= a.MAX_REPORT_BYTES
-        got.extend(msgpack.unpackb(packed))
-        if counters["final"]:
-            break
-        assert act.report_due(now) == 0  # the rest leaves at once
-    assert [e[2] for e in got] == list(range(30_000))
+    for fid in range(30_000):
+        act.events.extend((a.SUBMIT, 0.5, fid, 0))
+    act.events.extend((a.RUN, 1.0, 0.25, 7, 0, act.name_id(len), 1, 10, 20, 0, 3))
+    act.instant("loss", "lost", fid=7)
+    counters, frames = act.take_report(0.0, final=True)  # type: ignore[misc]
+    assert frames and all(len(f) <= a.FRAME_BYTES for f in frames)
+    data = b"".join(frames)
+    events = list(trace_file.records(data))
+    assert [int(e[2]) for e in events[:-1]] == list(range(30_000))
+    assert list(events[-1]) == [a.RUN, 1.0, 0.25, 7, 0, 0, 1, 10, 20, 0, 3]
+    assert counters["trace"]["names"] == [[0, "len"]]
+    assert [i[1:3] for i in counters["trace"]["instants"]] == [["loss", "lost"]]
+    assert len(act.events) == 0 and act.take_report(1.0) is None
+    # A name is told once: the next report of an event that uses it does not repeat it.
+    act.events.extend((a.RUN, 2.0, 0.1, 8, 0, act.name_id(len), 1, 0, 0, 0, 0))
+    counters, frames = act.take_report(2.0)  # type: ignore[misc]
+    assert "trace" not in counters and len(b"".join(frames)) == 11 * 8
 
 
 def _report(name: str, role: str = "worker", **counts: int) -> dict[str, object]:

@@ -151,7 +151,7 @@ def _samples() -> list[m.Message]:
         m.Steal(2),
         m.Welcome(5, (), "", clock=1_796_000_000_000_000_000, held=12_345, boot="b0"),
         m.Report({"role": "worker", "ran": 3, "busy": 0.5, "losses": {"worker-2": 1}}),
-        m.Report({"role": "root"}, b"\x91\x90"),
+        m.Report({"role": "root"}, (b"\x00" * 32, b"\x01" * 8)),
         m.StatusRequest(1),
         m.StatusReply(b"\x80"),
     ]
