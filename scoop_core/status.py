@@ -40,7 +40,7 @@ from scoop_core import messages as m
 from scoop_core import run_keys, run_registry, run_tables
 from scoop_core.broker import supported
 from scoop_core.errors import LaunchError, ProtocolError
-from scoop_core.interfaces import BrokerStore, StoreTransport, Transport
+from scoop_core.interfaces import StoreTransport, Transport
 from scoop_core.run_activity import RunActivity, RunSnapshot, unpack_snapshot
 from scoop_core.run_backend import INFO
 
@@ -232,7 +232,15 @@ def read_store(
                 f"--key-file or ${run_keys.KEY_ENV}"
             ) from None
         activity = RunActivity(run_id, name, heartbeat_timeout=math.inf)
-        unreadable = _read_reports(store, run_key, activity)
+        server = store.server_time()
+        unreadable = records.read_reports(
+            store,
+            run_key,
+            activity,
+            trace=False,
+            now_ns=server if server is not None else time.time_ns(),
+            reader=True,
+        )
         # Reports come when something changed: a quiet process is known
         # alive by the flag it raises every heartbeat, not by its report.
         for peer, counters in activity.reports().items():
@@ -254,29 +262,3 @@ def read_store(
     if unreadable:
         log.warning("run %s: %d report(s) that fail their check were not read", run_id, unreadable)
     return dataclasses.replace(snapshot, elapsed=elapsed)
-
-
-def _read_reports(store: BrokerStore, key: bytes, activity: RunActivity) -> int:
-    """Give ``activity`` the newest report of each process in ``store``,
-    with the age of each on the server's clock; how many records failed
-    their check (left in place: see the module's docstring)."""
-    from scoop_core import store_records as records
-
-    server = store.server_time()
-    now_ns = server if server is not None else time.time_ns()
-    now = time.monotonic()
-    unreadable = 0
-    for peer, blob in store.records(records.REPORTS).items():
-        if peer == records.LAUNCHER:
-            continue
-        try:
-            name, counters = records.open_record(blob, key, records.REPORT, None)
-            if name != peer or not isinstance(counters, dict):
-                raise ProtocolError("a report filed under another name")
-            anchor = counters.get("anchor")
-            offset = anchor[2] if isinstance(anchor, list) and len(anchor) == 3 else 0
-            age = max(0.0, (now_ns - (int(counters.get("sent", 0)) + int(offset))) / 1e9)
-            activity.add(peer, counters, heard=now - age)
-        except (ProtocolError, TypeError, ValueError):
-            unreadable += 1
-    return unreadable

@@ -469,12 +469,25 @@ def _opened(blob: bytes, key: bytes, kind: str, name: str, count: int) -> list[A
     return fields
 
 
-def read_reports(store: BrokerStore, key: bytes, run: RunActivity, *, trace: bool = True) -> None:
+def read_reports(
+    store: BrokerStore,
+    key: bytes,
+    run: RunActivity,
+    *,
+    trace: bool = True,
+    now_ns: int | None = None,
+    reader: bool = False,
+) -> int:
     """Give ``run`` the newest report of each process in ``store``, and,
-    with ``trace``, the trace events not read yet (which are then deleted).
-    Records not signed with the run's key are deleted unread."""
-    # The reports' times are the store server's clock: so is "now".
-    now_ns, now = time.time_ns() + run.launcher.clock_offset, time.monotonic()
+    with ``trace``, the trace events not read yet (which are then deleted);
+    how many reports failed their check. ``now_ns``: the store server's
+    clock now, against which the reports' ages are told (default: ours
+    with the launcher's offset from it). Records not signed with the run's
+    key are deleted unread, unless this is only a ``reader`` (``scoop
+    status``), who may hold the wrong key and must leave the run alone."""
+    if now_ns is None:
+        now_ns = time.time_ns() + run.launcher.clock_offset
+    now = time.monotonic()
     bad: dict[str, bytes] = {}
     for name, blob in store.records(REPORTS).items():
         if name == LAUNCHER:
@@ -486,12 +499,13 @@ def read_reports(store: BrokerStore, key: bytes, run: RunActivity, *, trace: boo
             age = max(0.0, (now_ns - (int(counters.get("sent", 0)) + int(offset))) / 1e9)
             run.add(name, counters, heard=now - age)
         except (ProtocolError, TypeError, ValueError) as exc:
-            refusals.note(store.identity, REPORT, f"the report {_shown(name)}", exc)
+            if not reader:
+                refusals.note(store.identity, REPORT, f"the report {_shown(name)}", exc)
             bad[name] = blob
-    if bad:
+    if bad and not reader:
         store.drop_records(REPORTS, bad)
-    if not (trace and run.tracing):
-        return
+    if not (trace and run.tracing and not reader):
+        return len(bad)
     records = store.records(TRACE)
     records.pop(LAUNCHER, None)
     for where in sorted(records, key=_report_order):
@@ -503,6 +517,7 @@ def read_reports(store: BrokerStore, key: bytes, run: RunActivity, *, trace: boo
             refusals.note(store.identity, TRACE_EVENTS, f"the trace events {_shown(where)}", exc)
     if records:
         store.drop_records(TRACE, records)
+    return len(bad)
 
 
 def _report_order(where: str) -> tuple[str, int]:
