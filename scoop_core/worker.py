@@ -224,7 +224,7 @@ class WorkerRuntime(ThreadedRuntime):
             return super().cancel(fid)  # it was stolen: ask the broker
         fut = self._forget(fid)
         if fut is not None:
-            self.activity.cancelled += 1
+            self.activity.cancelled += items_of(fut)
             fut.mark_cancelled()
         return True
 
