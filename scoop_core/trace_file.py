@@ -255,13 +255,10 @@ def build(run: RunActivity, snapshot: RunSnapshot, info: Mapping[str, Any]) -> d
     meta: list[dict[str, Any]] = []
     for name, pid in numbers.items():
         seen = reports.get(name, {})
-        title = (
-            name
-            if name == "launcher"
-            else f"{name} @ {seen.get('host', '?')} (pid {seen.get('pid', '?')})"
-        )
         if name == "launcher":
             title = f"launcher @ {launcher.host}"
+        else:
+            title = f"{name} @ {seen.get('host', '?')} (pid {seen.get('pid', '?')})"
         meta.extend(_names(pid, title, lanes.get(pid, set())))
     rows = {p.name: p for p in snapshot.processes}
     processes = []
