@@ -506,3 +506,45 @@ def test_an_entry_over_the_size_limit_is_refused_before_its_hmac_is_computed(run
     # Refused for its size: its HMAC was never computed (that would say "HMAC").
     [said] = [line for line in err.splitlines() if "deleted a queue entry" in line]
     assert "over the limit" in said and "HMAC" not in said, said
+
+
+# -- (f) forged reports and trace events --------------------------------------------------
+
+REPORTED = """
+def work(i):
+    ran(i)
+    return i
+
+if __name__ == "__main__":
+    wait_for("go")
+    out(sum(futures.map(work, range(20))))
+"""
+
+
+def test_forged_reports_and_trace_events_are_deleted_unread(run: Run) -> None:
+    trace = run.dir / "trace.json"
+    proc = run.launch(REPORTED, "-v", "--trace", str(trace))
+    wait_for(lambda: run.attacker.exists(run.key("table:reports")), "the run to start")
+    # A process that never was, and events for a real one, written without the key.
+    run.attacker.hset(
+        run.key("table:reports"), "worker-9", msgpack.packb(["report", {"ran": 10**6}])
+    )
+    run.attacker.hset(run.key("table:trace"), "worker-1.999", pickle.dumps(Evil(str(run.proof))))
+    # The launcher reads the tables twice a second, and deletes what fails its check.
+    wait_for(
+        lambda: (
+            not run.attacker.hexists(run.key("table:reports"), "worker-9")
+            and not run.attacker.hexists(run.key("table:trace"), "worker-1.999")
+        ),
+        "the forged records to be deleted",
+    )
+    run.go()
+    out, err = _finish(proc)
+    assert _results(out) == [sum(range(20))]
+    assert not run.proof.exists()
+    assert "worker-9" not in err.split("process ")[-1]  # not in the summary
+    assert "futures: 20 submitted, 20 done" in err
+    written = json.loads(trace.read_text())
+    assert "worker-9" not in {p["name"] for p in written["scoop"]["processes"]}
+    runs = [e for e in written["traceEvents"] if e.get("cat") == "future"]
+    assert sum(e["args"]["items"] for e in runs) == 20
