@@ -33,7 +33,7 @@ from scoop_core.fork_server import LocalProcess
 if TYPE_CHECKING:
     from scoop_core.config import Config
     from scoop_core.hosts import Host
-    from scoop_core.interfaces import Launcher, WorkerGroup
+    from scoop_core.interfaces import WorkerGroup
     from scoop_core.plugins.manager import PluginManager
     from scoop_core.run import Run
     from scoop_core.run_activity import RunSnapshot
@@ -346,71 +346,6 @@ def command_parser() -> _Parser:
 # -- from flags to a run ------------------------------------------------------
 
 
-def _is_local(host: Host) -> bool:
-    from scoop_core.hosts import is_local
-
-    return is_local(host.name)
-
-
-def _hosts(options: argparse.Namespace) -> list[Host]:
-    """The hosts of --hostfile then --hosts, as given."""
-    from scoop_core.hosts import hosts_from_list, parse_hostfile
-
-    hosts: list[Host] = []
-    if options.hostfile:
-        try:
-            with open(options.hostfile, encoding="utf-8") as fh:
-                text = fh.read()
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise UsageError(f"cannot read the hostfile {options.hostfile!r}: {reason}") from None
-        hosts += parse_hostfile(text, options.hostfile)
-    if options.hosts:
-        hosts += hosts_from_list(options.hosts)
-    return hosts
-
-
-def _placement(
-    config: Config, plugins: PluginManager, hosts: list[Host]
-) -> tuple[Launcher, list[Host] | None]:
-    """The launcher, and the hosts with their number of workers each (None:
-    this machine only, ``workers`` of them).
-
-    Hosts given by --hosts/--hostfile win; else, with the default launcher,
-    a launcher whose ``detect()`` recognises its surroundings (a scheduler's
-    allocation) brings its own. Remote hosts with the local launcher mean
-    the ssh launcher. Hosts without a count get their number of cores, and
-    ``-n`` then follows the seed's rules (:func:`~scoop_core.hosts.assign_workers`)."""
-    import dataclasses
-
-    from scoop_core.hosts import assign_workers
-
-    name = config["launcher"]
-    if not hosts and name == "local":
-        for record in plugins.launchers().values():
-            if record.detect is not None and record.detect():
-                log.info("running inside a %s allocation: workers go to its hosts", record.name)
-                name = record.name
-                break
-    if hosts and name == "local" and not all(_is_local(h) for h in hosts):
-        name = "ssh"
-    launcher = plugins.launcher(name).factory(config.section(f"launcher.{name}"))
-    if not hosts:
-        hosts = list(launcher.allocation() or [])
-        if not hosts:
-            return launcher, None
-    uncounted = [h for h in hosts if h.count is None and not _is_local(h)]
-    cores = launcher.count_cores(uncounted) if uncounted else {}
-    counted = [
-        dataclasses.replace(
-            h,
-            count=h.count or ((os.cpu_count() or 1) if _is_local(h) else cores.get(h.address, 1)),
-        )
-        for h in hosts
-    ]
-    return launcher, assign_workers(counted, config["workers"], 1)
-
-
 def _log_level(options: argparse.Namespace) -> str | None:
     if getattr(options, "quiet", False):
         return "ERROR"
@@ -494,7 +429,9 @@ def run_program(options: argparse.Namespace) -> int:
 
 
 def _run_program(options: argparse.Namespace, program: str) -> int:
-    hosts = _hosts(options)
+    from scoop_core.placement import read_hosts
+
+    hosts = read_hosts(options.hostfile, options.hosts)
     cli = {
         "workers": options.workers,
         "transport": getattr(options, "transport", None),
@@ -533,11 +470,12 @@ def _start_run(
     hosts: list[Host],
     watch: _Watch,
 ) -> int:
+    from scoop_core.placement import is_remote, place
     from scoop_core.run import Run, WorkerOptions, worker_count
 
     _start_fork_server(config, plugins)
-    launcher, placed = _placement(config, plugins, hosts)
-    remote = placed is not None and not all(_is_local(h) for h in placed)
+    launcher, placed = place(config, plugins, hosts)
+    remote = is_remote(placed)
     _warn_remote_only(options, remote)
     worker_options = WorkerOptions(
         python=config["python_interpreter"] or sys.executable,
