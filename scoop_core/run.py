@@ -71,6 +71,7 @@ class Run:
         root_name: str = "root",
         launcher: Launcher | None = None,
         hosts: Sequence[Host] | None = None,
+        public: bool | None = None,
     ) -> None:
         if workers < 1:
             raise LaunchError(f"a run needs at least one worker, got {workers}")
@@ -113,7 +114,11 @@ class Run:
             ),
             # Remote workers dial in, unless they come through SSH tunnels
             # from this machine: then loopback is enough, and safer.
-            public=self.remote and not config.get("launcher.ssh.tunnel", False),
+            # None: as the hosts say; True for workers whose hosts are not
+            # known beforehand (jobs of a scheduler's queue).
+            public=(self.remote and not config.get("launcher.ssh.tunnel", False))
+            if public is None
+            else public,
             # Every process on this machine, as this user: a socket nobody else can open.
             local=not self.remote and not any(h.user for h in self.hosts or ()),
         )
