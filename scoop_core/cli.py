@@ -227,6 +227,20 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         "--pythonpath", metavar="PATHS", help="prepended to the workers' PYTHONPATH"
     )
     parser.add_argument(
+        "--upload",
+        action="store_true",
+        default=None,
+        help="copy the program to remote hosts that cannot see it (no shared file system), "
+        "into their temporary directory",
+    )
+    parser.add_argument(
+        "--upload-file",
+        action="append",
+        metavar="FILE",
+        help="copy FILE too (a module or data the program needs), beside the program; "
+        "repeat for more; implies --upload",
+    )
+    parser.add_argument(
         "--prolog", metavar="FILE", help="shell script sourced before each worker starts"
     )
     parser.add_argument("--profile", action="store_true", help="write a cProfile file per worker")
@@ -373,6 +387,10 @@ def _launcher_flags(options: argparse.Namespace, transport: str | None) -> dict[
     flags: dict[str, Any] = {}
     if options.tunnel:
         flags["launcher.ssh.tunnel"] = True
+    if options.upload or options.upload_file:
+        flags["launcher.ssh.upload"] = True
+    if options.upload_file:
+        flags["launcher.ssh.upload_files"] = [os.path.abspath(f) for f in options.upload_file]
     if options.ssh_executable or options.rsh:
         flags["launcher.ssh.ssh_executable"] = options.ssh_executable or "rsh"
     hostname = options.broker_hostname or options.external_hostname

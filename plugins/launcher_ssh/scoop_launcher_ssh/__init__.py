@@ -74,6 +74,18 @@ LAUNCHER = LauncherPlugin(
             "tunnel", bool, False, "workers reach the broker through SSH port forwarding (--tunnel)"
         ),
         Setting("connections", int, 32, "how many hosts are logged in to at once"),
+        Setting(
+            "upload",
+            bool,
+            False,
+            "copy the program to hosts that cannot see it, into their temporary directory (--upload)",
+        ),
+        Setting(
+            "upload_files",
+            list,
+            [],
+            "more files copied beside the program (--upload-file); implies upload",
+        ),
     ),
 )
 
