@@ -8,11 +8,32 @@ written for SCOOP import the facade package ``scoop`` instead.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from scoop_core.executor import Executor
 
 __version__ = "0.1.0"
 
-__all__ = ["Executor", "__version__"]
+__all__ = ["Executor", "__version__", "run"]
+
+
+def run(workers: int | None = None, **options: Any) -> Executor:
+    """Start a run from any Python program or notebook, without the launcher.
+
+    ``with scoop_core.run(workers=4) as run:`` (or ``run = scoop_core.run()``
+    in a notebook cell, and ``run.shutdown()`` at the end): while it is
+    open, ``scoop.futures`` and ``scoop.shared`` work as in a program
+    started by ``python -m scoop``. It is a :class:`scoop_core.Executor`,
+    and takes the same keyword arguments (``hosts=``, ``transport=``,
+    ``config=``...). In IPython and Jupyter, a cell that is interrupted
+    cancels the futures it submitted (:mod:`scoop_core.notebook`)."""
+    from scoop_core.executor import Executor
+    from scoop_core.notebook import watch_cells
+
+    pool = Executor(workers=workers, **options)
+    watch_cells(pool._rt)
+    return pool
 
 
 def __getattr__(name: str) -> Any:
