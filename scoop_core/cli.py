@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import logging
 import os
+import secrets
 import shlex
 import signal
 import subprocess
@@ -33,10 +34,11 @@ from scoop_core.fork_server import LocalProcess
 if TYPE_CHECKING:
     from scoop_core.config import Config
     from scoop_core.hosts import Host
-    from scoop_core.interfaces import WorkerGroup
+    from scoop_core.interfaces import Launcher, WorkerGroup
     from scoop_core.plugins.manager import PluginManager
     from scoop_core.run import Run
     from scoop_core.run_activity import RunSnapshot
+    from scoop_core.worker_jobs import WorkerJobs
 
 log = logging.getLogger("scoop.launcher")
 
@@ -137,6 +139,24 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a number of at least 1, got {value}")
     return value
+
+
+def _size(text: str) -> int:
+    from scoop_core.worker_jobs import parse_memory
+
+    try:
+        return parse_memory(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _duration(text: str) -> int:
+    from scoop_core.worker_jobs import parse_walltime
+
+    try:
+        return parse_walltime(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _add_common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
@@ -264,6 +284,47 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         "--run-id",
         metavar="ID",
         help="the run's id (default: a new random one); workers join it with scoop worker --run ID",
+    )
+    jobs = parser.add_argument_group(
+        "workers in batch jobs (submitted from a login node; see docs/scheduler-jobs.md)"
+    )
+    jobs.add_argument(
+        "--jobs",
+        type=_positive,
+        metavar="N",
+        help="submit N jobs of workers to the --scheduler; the program starts at once and "
+        "their workers join as the jobs start; every job is cancelled when the run ends",
+    )
+    jobs.add_argument(
+        "--scheduler", metavar="NAME", help="the batch scheduler: slurm, sge or torque"
+    )
+    jobs.add_argument(
+        "--cores-per-job",
+        type=_positive,
+        metavar="N",
+        help="cores each job asks for, one worker on each (default 1)",
+    )
+    jobs.add_argument(
+        "--memory", type=_size, metavar="SIZE", help="memory each job asks for: 16G, 512M"
+    )
+    jobs.add_argument(
+        "--walltime",
+        type=_duration,
+        metavar="TIME",
+        help="time limit of each job: H:MM:SS, D-H:MM:SS, or 90m, 1h30m",
+    )
+    jobs.add_argument("--queue", metavar="QUEUE", help="the queue (SLURM: partition) of the jobs")
+    jobs.add_argument(
+        "--job-extra",
+        action="append",
+        metavar="OPTIONS",
+        help="one more line of the job script's header, after the directive "
+        "(--job-extra=--account=abc); repeat for more",
+    )
+    jobs.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the job script and the submit commands, and submit nothing",
     )
     parser.add_argument("program", metavar="prog.py", help="the program to run")
     program_args = parser.add_argument(
@@ -491,9 +552,18 @@ def _start_run(
     from scoop_core.placement import is_remote, place
     from scoop_core.run import Run, WorkerOptions, worker_count
 
+    jobs = _worker_jobs(options, config, plugins, hosts)
+    if jobs is not None and options.dry_run:
+        print(jobs.dry_run(config["run_id"] or secrets.token_hex(6)), end="", flush=True)
+        return 0
     _start_fork_server(config, plugins)
-    launcher, placed = place(config, plugins, hosts)
-    remote = is_remote(placed)
+    if jobs is not None:
+        launcher: Launcher = jobs
+        placed = None
+        remote = True  # the jobs' nodes are not known beforehand
+    else:
+        launcher, placed = place(config, plugins, hosts)
+        remote = is_remote(placed)
     _warn_remote_only(options, remote)
     worker_options = WorkerOptions(
         python=config["python_interpreter"] or sys.executable,
@@ -509,15 +579,89 @@ def _start_run(
     run = Run(
         config=config,
         plugins=plugins,
-        workers=sum(h.count or 0 for h in placed) if placed else worker_count(config),
+        workers=jobs.options.workers
+        if jobs is not None
+        else sum(h.count or 0 for h in placed)
+        if placed
+        else worker_count(config),
         program=program,
         program_args=list(options.args),
         options=worker_options,
         launcher=launcher,
         hosts=placed,
+        # Jobs' workers dial in from nodes chosen by the scheduler.
+        public=True if jobs is not None else None,
     )
     watch.run = run
     return _supervise(run, program, list(options.args), watch)
+
+
+_JOB_FLAGS = (
+    ("--scheduler", "scheduler"),
+    ("--cores-per-job", "cores_per_job"),
+    ("--memory", "memory"),
+    ("--walltime", "walltime"),
+    ("--queue", "queue"),
+    ("--job-extra", "job_extra"),
+    ("--dry-run", "dry_run"),
+)
+
+
+def _worker_jobs(
+    options: argparse.Namespace, config: Config, plugins: PluginManager, hosts: list[Host]
+) -> WorkerJobs | None:
+    """The launcher that submits ``--jobs N`` to ``--scheduler``, or None without ``--jobs``.
+
+    :class:`UsageError` for job flags without ``--jobs``, and for ``--jobs``
+    with anything that places workers otherwise."""
+    if not options.jobs:
+        given = [flag for flag, dest in _JOB_FLAGS if getattr(options, dest)]
+        if given:
+            raise UsageError(
+                f"{', '.join(given)} only with --jobs N (workers in N batch jobs of "
+                "--scheduler NAME)"
+            )
+        return None
+    from scoop_core.worker_jobs import JobOptions, WorkerJobs
+
+    schedulers = sorted(n for n, r in plugins.launchers().items() if r.job_queue is not None)
+    if not options.scheduler:
+        raise UsageError(f"--jobs needs --scheduler: one of {', '.join(schedulers)}")
+    clashes = [
+        flag
+        for flag, given in (
+            ("-n", options.workers),
+            ("--hosts", options.hosts),
+            ("--hostfile", options.hostfile),
+        )
+        if given
+    ]
+    if clashes:
+        raise UsageError(
+            f"--jobs and {', '.join(clashes)}: with --jobs the workers are the jobs' "
+            "(--jobs N --cores-per-job C runs N x C workers, one per core)"
+        )
+    record = plugins.launcher(options.scheduler)
+    if record.job_queue is None:
+        raise UsageError(
+            f"the {record.name} launcher cannot submit jobs; --scheduler takes one of: "
+            f"{', '.join(schedulers)}"
+        )
+    settings = config.section(record.section)
+    return WorkerJobs(
+        record.job_queue(settings),
+        JobOptions(
+            jobs=options.jobs,
+            cores=options.cores_per_job or 1,
+            memory=options.memory,
+            walltime=options.walltime,
+            queue=options.queue,
+            extra=tuple(options.job_extra or ()),
+        ),
+        settings=settings,
+        python=config["python_interpreter"] or sys.executable,
+        cwd=options.path,
+    )
 
 
 class _Watch:

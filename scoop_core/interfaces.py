@@ -483,3 +483,92 @@ class Launcher(abc.ABC):
         """Cores of each of ``hosts`` (by ``Host.address``) that gave no
         worker count; hosts missing from the answer get one worker."""
         return {}
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """One batch job of workers, as :class:`JobQueue` writes it into a job script.
+
+    Sizes are already parsed: ``memory`` in bytes for the whole job,
+    ``walltime`` in seconds (None: the queue's default); ``extra`` holds the
+    user's own directive options, one per line of the header, written after
+    the others."""
+
+    name: str
+    cores: int
+    output: str
+    error: str
+    memory: int | None = None
+    walltime: int | None = None
+    queue: str | None = None
+    extra: tuple[str, ...] = ()
+
+
+class JobQueue(abc.ABC):
+    """A batch scheduler's queue seen from a login node: how to write a job
+    script's header and the command lines that submit, list and cancel jobs.
+
+    A scheduler launcher plugin offers one through its record's
+    ``job_queue`` field, and :mod:`scoop_core.worker_jobs` does the rest
+    (the script's body, running the commands, tracking and cancelling every
+    job), the same way for every scheduler. Nothing here runs a command: the
+    methods build command lines and read their output, so tests drive them
+    directly.
+
+    Contract:
+
+    - :meth:`header` returns the directive lines of a job of ``cores``
+      cores on one node, whose standard output and error go to the
+      request's files; it never holds a secret (the script is printed by
+      ``--dry-run``).
+    - A job's state is the scheduler's own word (``PENDING``, ``qw``, ``Q``);
+      :meth:`phase` maps it to one of :attr:`PENDING`, :attr:`RUNNING`,
+      :attr:`FAILED` or :attr:`ENDED`. A job the listing no longer shows has
+      ended.
+    - Errors: :meth:`job_id` and :meth:`states` raise ``ValueError`` naming
+      what they could not read.
+    """
+
+    PENDING = "pending"
+    """Waiting in the queue (held, or waiting for resources)."""
+    RUNNING = "running"
+    """Started on a node (its workers join the run)."""
+    FAILED = "failed"
+    """Ended, or about to, without running to its end (error state, cancelled, out of time)."""
+    ENDED = "ended"
+    """Ran to its end."""
+
+    scheduler: str = ""
+    """The scheduler's name for messages: ``"SLURM"``."""
+
+    directive: str = ""
+    """What starts a header line: ``"#SBATCH"``."""
+
+    @abc.abstractmethod
+    def header(self, job: JobRequest) -> list[str]:
+        """The header's lines, each starting with :attr:`directive`."""
+
+    @abc.abstractmethod
+    def submit_command(self, script: str) -> list[str]:
+        """The command line that submits the job script at path ``script``."""
+
+    @abc.abstractmethod
+    def job_id(self, output: str) -> str:
+        """The new job's id in the submit command's standard output."""
+
+    @abc.abstractmethod
+    def list_command(self) -> list[str]:
+        """The command line that lists this user's jobs with their states."""
+
+    @abc.abstractmethod
+    def states(self, output: str, ids: Sequence[str]) -> dict[str, str]:
+        """The state of each of ``ids`` the listing ``output`` shows, in the
+        scheduler's word; ids it does not show are left out."""
+
+    @abc.abstractmethod
+    def phase(self, state: str) -> str:
+        """:attr:`PENDING`, :attr:`RUNNING`, :attr:`FAILED` or :attr:`ENDED` for ``state``."""
+
+    @abc.abstractmethod
+    def cancel_command(self, ids: Sequence[str]) -> list[str]:
+        """The command line that cancels the jobs ``ids``."""

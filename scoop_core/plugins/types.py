@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from scoop_core.errors import PluginError
-from scoop_core.interfaces import Launcher, Serializer, StoreTransport, Transport
+from scoop_core.interfaces import JobQueue, Launcher, Serializer, StoreTransport, Transport
 
 SETTING_TYPES: tuple[type, ...] = (str, int, float, bool, list)
 """The types a :class:`Setting` may have; a ``list`` is a list of strings."""
@@ -261,7 +261,12 @@ class LauncherPlugin:
     ``settings`` declares the launcher's configuration keys, in section
     :attr:`section` (``launcher.<name>``), as for :class:`TransportPlugin`:
     ``factory`` receives their validated values, and each default must
-    survive a JSON round trip (checked here)."""
+    survive a JSON round trip (checked here).
+
+    ``job_queue`` (optional) is for a batch scheduler: ``job_queue(settings)``,
+    given the same settings, returns a :class:`~scoop_core.interfaces.JobQueue`
+    through which ``scoop run --jobs N --scheduler NAME`` submits jobs of
+    workers from outside the scheduler (see :mod:`scoop_core.worker_jobs`)."""
 
     kind: ClassVar[str] = "launcher"
 
@@ -270,6 +275,7 @@ class LauncherPlugin:
     description: str = ""
     detect: Callable[[], bool] | None = field(default=None)
     settings: tuple[Setting, ...] = ()
+    job_queue: Callable[[Mapping[str, Any]], JobQueue] | None = None
 
     @property
     def section(self) -> str:

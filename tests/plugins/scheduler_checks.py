@@ -15,9 +15,11 @@ import it by name.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import logging
 import os
+import re
 import signal
 import socket
 import stat
@@ -420,3 +422,116 @@ def check_launcher_death(
         proc.kill()
         proc.wait()
         kill_marked(mark)
+
+
+# -- jobs of workers submitted from outside the scheduler (scoop run --jobs) ----------
+
+JOB_PROGRAM = textwrap.dedent(
+    """
+    import json, os, sys, time
+    from scoop import futures
+
+    # argv: the job-id variable of the scheduler, the number of jobs to wait for.
+    variable, expected = sys.argv[1], int(sys.argv[2])
+
+    def where(x):
+        time.sleep(0.02)
+        return [x * x, os.environ.get(variable, ""), os.environ["_SCOOP_NAME"],
+                "SCOOP_RUN_KEY" in os.environ]
+
+    if __name__ == "__main__":
+        jobs, workers, leaked, total, rounds = set(), set(), False, 0, 0
+        deadline = time.monotonic() + 120
+        # Until a future has run in every job (the program starts before the jobs do).
+        while len(jobs) < expected and time.monotonic() < deadline:
+            rounds += 1
+            for square, job, worker, key in futures.map(where, range(40)):
+                total += square
+                jobs.add(job)
+                workers.add(worker)
+                leaked = leaked or key
+        print("RESULT " + json.dumps({"jobs": sorted(jobs), "workers": sorted(workers),
+              "right": total == rounds * sum(x * x for x in range(40)), "leaked": leaked}),
+              flush=True)
+    """
+)
+"""A program whose futures say which job and worker ran them, until every job has run some."""
+
+BLOCKING_PROGRAM = textwrap.dedent(
+    """
+    import time
+    from scoop import futures
+
+    if __name__ == "__main__":
+        print("STARTED", flush=True)
+        list(futures.map(time.sleep, [600] * 16))
+    """
+)
+"""A program whose futures never end: the run ends when the launcher is stopped."""
+
+
+def processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line or environment holds ``text``."""
+    needle = text.encode()
+    return [
+        pid
+        for pid in _proc_entries()
+        if pid != os.getpid()
+        and (needle in _read(f"/proc/{pid}/cmdline") or needle in _read(f"/proc/{pid}/environ"))
+    ]
+
+
+def kill_mentioning(text: str) -> list[int]:
+    """Kill every live process whose command line or environment holds
+    ``text``; their pids (``[]`` when none was left)."""
+    left = processes_mentioning(text)
+    for pid in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return left
+
+
+def job_run_env(
+    base: Mapping[str, str], home: Path, transport: str, redis_url: str
+) -> dict[str, str]:
+    """``base`` for a ``scoop run --jobs`` over ``transport``: HOME in the test's
+    directory (the jobs' plans go under it), a run key the test knows (to look
+    for it where it must not be), and the scheduler's list looked at often."""
+    env = {k: v for k, v in base.items() if not k.startswith(("SCOOP_", "_SCOOP_"))}
+    env.update(HOME=str(home), SCOOP_RUN_KEY=uuid.uuid4().hex * 2)
+    for scheduler in ("SLURM", "SGE", "TORQUE"):
+        env[f"SCOOP_LAUNCHER_{scheduler}_POLL_INTERVAL"] = "0.3"
+    if transport == "redis":
+        env.update(
+            SCOOP_TRANSPORT="redis",
+            SCOOP_TRANSPORT_REDIS_URL=redis_url,
+            SCOOP_TRANSPORT_REDIS_PREFIX=f"jobs-{uuid.uuid4().hex[:8]}",
+        )
+    return env
+
+
+def check_job_files(run_dir: Path, key: str, jobs: int) -> None:
+    """The run's job files are where the launcher said, and hold no key; its plans are gone."""
+    scripts = sorted(run_dir.glob("job-*.sh"))
+    assert len(scripts) == jobs, list(run_dir.iterdir())
+    for path in run_dir.iterdir():
+        assert key not in path.read_text(errors="replace"), path
+
+
+def run_directory(stderr: str) -> Path:
+    """The directory of job scripts and output the launcher's log line names."""
+    found = re.search(r"their scripts and output are in (\S+);", stderr)
+    assert found, stderr
+    return Path(found.group(1))
+
+
+@contextlib.contextmanager
+def redis_server() -> Any:
+    """A throw-away redis-server (the Redis transport tests' own); its URL."""
+    path = Path(__file__).parent / "transport_redis" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("_scoop_jobs_redis", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with module.start_redis() as url:
+        yield url

@@ -14,6 +14,10 @@ Settings, the table ``[scoop.launcher.sge]`` (environment
   default) means the launcher's own, so the hosts must share its file system.
 - ``start_timeout`` -- seconds to wait for every host's supervisor (60).
 - ``qrsh_args`` -- extra options for every ``qrsh -inherit``.
+- ``pe``, ``pending_timeout``, ``poll_interval``, ``job_directory`` -- for
+  jobs submitted from a login node (``scoop run --jobs N --scheduler sge``,
+  see :mod:`scoop_core.worker_jobs` and :mod:`scoop_launcher_sge.jobs`):
+  ``pe`` is the parallel environment a job of several cores asks for.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import Iterable, Mapping
 
 from scoop_core.plugins import LauncherPlugin, Setting, hookimpl, lazy
 from scoop_core.scheduler_launcher import COMMON_SETTINGS
+from scoop_core.worker_jobs import JOB_SETTINGS
 
 __all__ = ["LAUNCHER", "in_allocation", "scoop_launchers"]
 
@@ -41,7 +46,15 @@ LAUNCHER = LauncherPlugin(
     settings=(
         *COMMON_SETTINGS,
         Setting("qrsh_args", list, [], "extra options for every qrsh -inherit"),
+        Setting(
+            "pe",
+            str,
+            "",
+            "the parallel environment of submitted jobs of more than one core (qconf -spl)",
+        ),
+        *JOB_SETTINGS,
     ),
+    job_queue=lazy("scoop_launcher_sge.jobs:SgeJobs"),
 )
 
 

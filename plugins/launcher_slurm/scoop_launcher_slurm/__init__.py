@@ -14,6 +14,9 @@ Settings, the table ``[scoop.launcher.slurm]`` (environment
   default) means the launcher's own, so the nodes must share its file system.
 - ``start_timeout`` -- seconds to wait for every node's supervisor (60).
 - ``srun_args`` -- extra ``srun`` options for every step (``["--mpi=none"]``).
+- ``pending_timeout``, ``poll_interval``, ``job_directory`` -- for jobs
+  submitted from a login node (``scoop run --jobs N --scheduler slurm``,
+  see :mod:`scoop_core.worker_jobs` and :mod:`scoop_launcher_slurm.jobs`).
 
 Pure helpers: :func:`expand_nodelist` (``node[01-04,07]`` → names, no
 ``scontrol`` needed) and :func:`expand_tasks_per_node` (``2(x3),1``).
@@ -26,6 +29,7 @@ from collections.abc import Iterable, Mapping
 
 from scoop_core.plugins import LauncherPlugin, Setting, hookimpl, lazy
 from scoop_core.scheduler_launcher import COMMON_SETTINGS
+from scoop_core.worker_jobs import JOB_SETTINGS
 from scoop_launcher_slurm.nodelist import (
     allocation_from_env,
     expand_nodelist,
@@ -59,7 +63,9 @@ LAUNCHER = LauncherPlugin(
     settings=(
         *COMMON_SETTINGS,
         Setting("srun_args", list, [], "extra srun options for every job step"),
+        *JOB_SETTINGS,
     ),
+    job_queue=lazy("scoop_launcher_slurm.jobs:SlurmJobs"),
 )
 
 

@@ -22,6 +22,9 @@ Settings, the table ``[scoop.launcher.torque]`` (environment
   must be the user's; a ticket is used only if no other user can read it.
 - ``connect_host`` -- the name or address the nodes reach this machine by;
   empty means its host name.
+- ``pending_timeout``, ``poll_interval``, ``job_directory`` -- for jobs
+  submitted from a login node (``scoop run --jobs N --scheduler torque``,
+  see :mod:`scoop_core.worker_jobs` and :mod:`scoop_launcher_torque.jobs`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from collections.abc import Iterable, Mapping
 
 from scoop_core.plugins import LauncherPlugin, Setting, hookimpl, lazy
 from scoop_core.scheduler_launcher import COMMON_SETTINGS
+from scoop_core.worker_jobs import JOB_SETTINGS
 
 __all__ = ["LAUNCHER", "in_allocation", "scoop_launchers"]
 
@@ -66,7 +70,9 @@ LAUNCHER = LauncherPlugin(
             "",
             "the name or address the nodes reach this machine by; empty: its host name",
         ),
+        *JOB_SETTINGS,
     ),
+    job_queue=lazy("scoop_launcher_torque.jobs:TorqueJobs"),
 )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -211,3 +212,146 @@ def finished_state(cluster: slurm_cluster.Cluster, job: str) -> str | None:
     shown = cluster.run("scontrol", "show", "job", job, "-o").stdout
     state = next((f.split("=", 1)[1] for f in shown.split() if f.startswith("JobState=")), None)
     return state if state in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"} else None
+
+
+# -- jobs of workers submitted from outside (scoop run --jobs N --scheduler slurm) ------
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with checks.redis_server() as url:
+        yield url
+
+
+def jobs_env(
+    cluster: slurm_cluster.Cluster, request: pytest.FixtureRequest, tmp_path: Path, transport: str
+) -> dict[str, str]:
+    url = request.getfixturevalue("redis_url") if transport == "redis" else ""
+    return checks.job_run_env(cluster.env, tmp_path / "home", transport, url)
+
+
+def squeue(cluster: slurm_cluster.Cluster) -> list[str]:
+    """The jobs plain ``squeue`` shows (queued, running, being killed)."""
+    return cluster.run("squeue", "--noheader", "--format=%i %T %j").stdout.split("\n")[:-1]
+
+
+@pytest.mark.parametrize("transport", ["zmq", "redis"])
+def test_jobs_submitted_from_outside_run_the_workers(
+    cluster: slurm_cluster.Cluster, request: pytest.FixtureRequest, tmp_path: Path, transport: str
+) -> None:
+    program = tmp_path / "prog.py"
+    program.write_text(checks.JOB_PROGRAM)
+    env = jobs_env(cluster, request, tmp_path, transport)
+    result = subprocess.run(
+        [sys.executable, "-m", "scoop", "--jobs", "2", "--scheduler", "slurm"]
+        + ["--cores-per-job", "2", "--walltime", "10m", str(program), "SLURM_JOB_ID", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    try:
+        assert result.returncode == 0, result.stderr
+        line = next(ln for ln in result.stdout.splitlines() if ln.startswith("RESULT "))
+        report = json.loads(line[len("RESULT ") :])
+        assert report["right"]
+        assert len(report["jobs"]) == 2 and "" not in report["jobs"]  # every future in a job
+        assert report["workers"] == ["worker-1", "worker-2", "worker-3", "worker-4"]
+        assert not report["leaked"]  # the key did not travel in the jobs' environment
+        assert squeue(cluster) == []
+        run_dir = checks.run_directory(result.stderr)
+        assert run_dir.parent == tmp_path / "scoop-jobs"
+        checks.check_job_files(run_dir, env["SCOOP_RUN_KEY"], 2)
+        assert "#SBATCH --time=0:10:00" in (run_dir / "job-1.sh").read_text()
+        assert not (tmp_path / "home" / ".scoop" / "jobs" / run_dir.name).exists()
+    finally:
+        assert checks.kill_mentioning(str(program)) == []
+
+
+def test_ctrl_c_of_the_launcher_cancels_queued_and_running_jobs(
+    cluster: slurm_cluster.Cluster, tmp_path: Path
+) -> None:
+    program = tmp_path / "prog.py"
+    program.write_text(checks.BLOCKING_PROGRAM)
+    env = checks.job_run_env(cluster.env, tmp_path / "home", "zmq", "")
+    env["SCOOP_LAUNCHER_SLURM_PENDING_TIMEOUT"] = "1"
+    # Two nodes of two CPUs: two jobs of two cores run, the third waits for one.
+    proc = checks.start_piped(
+        [sys.executable, "-m", "scoop", "--jobs", "3", "--scheduler", "slurm"]
+        + ["--cores-per-job", "2", str(program)],
+        env,
+        cwd=tmp_path,
+    )
+    try:
+
+        def states() -> list[str]:
+            return sorted(line.split()[1] for line in squeue(cluster))
+
+        checks.wait_for(
+            lambda: states() == ["PENDING", "RUNNING", "RUNNING"],
+            "two jobs running and one queued",
+            context=lambda: "\n".join(squeue(cluster)),
+        )
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 130, stderr
+        assert squeue(cluster) == []
+        assert re.search(r"SLURM job \d+ \(job-3: worker-5, worker-6\) is still queued", stderr)
+        assert "job-3.out" in stderr
+    finally:
+        proc.kill()
+        proc.wait()
+        assert checks.kill_mentioning(str(program)) == []
+    assert squeue(cluster) == []
+
+
+DYING_JOB = textwrap.dedent(
+    """
+    import os, subprocess, sys, time
+    from scoop import futures
+
+    flag = sys.argv[1]
+
+    def work(x):
+        if x == 0:
+            try:
+                os.close(os.open(flag, os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                pass
+            else:  # the first time only: this future's job is cancelled under it
+                subprocess.run(["scancel", os.environ["SLURM_JOB_ID"]])
+                time.sleep(60)
+        time.sleep(0.05)
+        return x * x
+
+    if __name__ == "__main__":
+        print("RESULT", sum(futures.map(work, range(100))), flush=True)
+    """
+)
+
+
+def test_a_job_that_dies_is_reported_and_the_run_goes_on(
+    cluster: slurm_cluster.Cluster, tmp_path: Path
+) -> None:
+    program = tmp_path / "prog.py"
+    program.write_text(DYING_JOB)
+    env = checks.job_run_env(cluster.env, tmp_path / "home", "zmq", "")
+    result = subprocess.run(
+        [sys.executable, "-m", "scoop", "--jobs", "2", "--scheduler", "slurm"]
+        + ["--cores-per-job", "2", str(program), str(tmp_path / "flag")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    try:
+        assert result.returncode == 0, result.stderr
+        assert f"RESULT {sum(x * x for x in range(100))}" in result.stdout
+        assert re.search(r"SLURM job \d+ \(job-\d: [^)]*\) failed \(CANCELLED", result.stderr), (
+            result.stderr
+        )
+        assert squeue(cluster) == []
+    finally:
+        assert checks.kill_mentioning(str(program)) == []
