@@ -7,6 +7,14 @@ on each host, once: ``python -m scoop_core.host_supervisor``. That supervisor
 - reads one JSON line from stdin: the workers to start (name, argv,
   environment, working directory). The run's key is in the environments,
   so it travels through the launcher's channel, never on a command line;
+- before that plan, may be sent files (a line ``files {...}`` naming them
+  and their sizes, then their bytes): the program and the files it needs,
+  for a host that does not see them where they are on the launcher's
+  machine. It puts them in a new private directory in the host's
+  temporary directory (mode 0700, a unique name), says where on a line
+  ``@@scoop-files DIRECTORY``, points its workers there (see
+  :meth:`_Files.relocate`), and removes the directory when it exits,
+  however it exits (SIGKILL aside);
 - makes itself a process group leader, so the host's workers form one
   group, and starts them (their ``_SCOOP_PARENT_PID`` is the supervisor:
   they exit if it dies; on Linux the kernel kills them too, see
@@ -33,12 +41,15 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -52,6 +63,12 @@ log = logging.getLogger("scoop.launcher")
 
 EXIT_MARK = "@@scoop-exit "
 """Starts a supervisor's line that reports a worker's exit status."""
+
+FILES_MARK = "@@scoop-files "
+"""Starts the line a supervisor writes once it holds the files it was sent: their directory."""
+
+UPLOAD_PREFIX = "scoop-upload-"
+"""The name of a supervisor's directory of sent files starts with this."""
 
 MODULE = "scoop_core.host_supervisor"
 
@@ -70,7 +87,99 @@ def command(python: str = "python3") -> list[str]:
     return [python, "-m", MODULE]
 
 
+def sha256(path: str) -> str:
+    """The SHA-256 of a file's content, in hex: how a launcher and a host
+    tell whether they hold the same file at a path."""
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
 # -- on the host ----------------------------------------------------------------
+
+
+def look(request: str) -> str:
+    """What this host sees of the paths a launcher asks about, before it
+    starts anything: ``request`` is a JSON list of ``{"path": ...}`` (a
+    directory) or ``{"path": ..., "size": ..., "sha256": ...}`` (a file as
+    the launcher has it); the answer is a JSON list saying for each
+    ``"same"`` (readable here, and for a file with the same content),
+    ``"missing"`` (absent or unreadable) or ``"differs"`` (another content:
+    a stale copy). The content is read only when the sizes agree."""
+    return json.dumps([_seen(wanted) for wanted in json.loads(request or "[]")])
+
+
+def _seen(wanted: dict[str, Any]) -> str:
+    path = str(wanted["path"])
+    if "sha256" not in wanted:
+        return "same" if os.path.isdir(path) and os.access(path, os.R_OK | os.X_OK) else "missing"
+    try:
+        if not os.path.isfile(path):
+            return "missing"
+        if os.path.getsize(path) != wanted["size"]:
+            return "differs"
+        return "same" if sha256(path) == wanted["sha256"] else "differs"
+    except OSError:
+        return "missing"
+
+
+class _Files:
+    """The files a launcher sent, in their private directory, and where they stood there."""
+
+    def __init__(self) -> None:
+        self.directory: str | None = None
+        self.moved: dict[str, str] = {}
+        """Each file's path on the launcher's machine -> its path here."""
+        self.places: set[str] = set()
+        """The directories the files came from, on the launcher's machine."""
+
+    def receive(self, header: bytes, stream: IO[bytes]) -> None:
+        """Take the files that ``header`` (a ``files`` line's JSON) announces from ``stream``."""
+        wanted = json.loads(header)["files"]
+        self.directory = tempfile.mkdtemp(prefix=UPLOAD_PREFIX)
+        for f in wanted:
+            origin = str(f["path"])
+            target = os.path.join(self.directory, os.path.basename(origin))
+            left = int(f["size"])
+            with open(target, "wb") as out:
+                while left:
+                    chunk = stream.read(min(left, 1 << 20))
+                    if not chunk:
+                        raise EOFError(f"the launcher's channel closed while sending {origin}")
+                    out.write(chunk)
+                    left -= len(chunk)
+            os.chmod(target, int(f.get("mode", 0o600)) & 0o700)
+            self.moved[origin] = target
+            self.places.add(os.path.dirname(origin))
+
+    def relocate(self, w: dict[str, Any]) -> dict[str, Any]:
+        """A worker of the plan, pointed at the files sent here: its program
+        (``_SCOOP_PROGRAM``, ``sys.argv[0]``, and any argument that names a
+        sent file), its directory when it had none or had the directory of a
+        sent file, and ``PYTHONPATH``, which starts with the files' directory
+        so that modules sent beside the program import."""
+        if self.directory is None:
+            return w
+        env = dict(w["env"])
+        program = env.get("_SCOOP_PROGRAM", "")
+        if program in self.moved:
+            env["_SCOOP_PROGRAM"] = self.moved[program]
+            argv = json.loads(env.get("_SCOOP_ARGV") or "[]")
+            env["_SCOOP_ARGV"] = json.dumps([self.moved[program], *argv[1:]])
+        path = env.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+        env["PYTHONPATH"] = os.pathsep.join([self.directory, *([path] if path else [])])
+        cwd = w.get("cwd") or ""
+        return {
+            **w,
+            "argv": [self.moved.get(a, a) for a in w["argv"]],
+            "env": env,
+            "cwd": self.directory if not cwd or cwd in self.places else cwd,
+        }
+
+    def remove(self) -> None:
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
 
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
@@ -104,8 +213,9 @@ def _die_with_supervisor() -> Callable[[], None] | None:
 
 
 class _Supervisor:
-    def __init__(self, workers: list[dict[str, Any]]) -> None:
+    def __init__(self, workers: list[dict[str, Any]], files: _Files) -> None:
         self.workers = workers
+        self.files = files
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         # Reentrant: the signal handler stops the workers from the main
         # thread, which may hold it (in watch) at that moment.
@@ -119,6 +229,7 @@ class _Supervisor:
 
     def add(self, w: dict[str, Any]) -> None:
         """Start one worker (unless stopping: then it is reported as never run)."""
+        w = self.files.relocate(w)
         env = {**os.environ, **w["env"], "_SCOOP_PARENT_PID": str(os.getpid())}
         with self.lock:
             if not self.stopping:
@@ -190,33 +301,49 @@ def supervise() -> int:
     os.environ.pop("_SCOOP_KEY", None)
     with contextlib.suppress(OSError):  # already a group leader (started with setsid)
         os.setsid()
-    line = sys.stdin.buffer.readline()
-    try:
-        workers = json.loads(line)["workers"]
-    except (ValueError, KeyError, TypeError):
-        print(
-            f"{MODULE}: stdin did not start with the launcher's JSON plan; this command is run "
-            "by scoop launchers, not by hand",
-            file=sys.stderr,
-        )
-        return 2
-    sup = _Supervisor(workers)
+    files = _Files()
+    sup: _Supervisor | None = None
 
     def on_signal(signum: int, frame: object) -> None:
-        sup.stop(0.0)
+        if sup is not None:
+            sup.stop(0.0)
+        files.remove()
         os._exit(128 + signum)
 
     for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(s, on_signal)
+    stdin = sys.stdin.buffer
     try:
-        sup.start()
-        threading.Thread(target=_listen, args=(sup,), daemon=True).start()
-        sup.watch()
+        line = stdin.readline()
+        if line.startswith(b"files "):
+            try:
+                files.receive(line[len(b"files ") :], stdin)
+            except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
+                print(f"{MODULE}: cannot keep the files sent for this run: {exc}", file=sys.stderr)
+                return 2
+            os.write(1, f"{FILES_MARK}{files.directory}\n".encode())
+            line = stdin.readline()
+        try:
+            workers = json.loads(line)["workers"]
+        except (ValueError, KeyError, TypeError):
+            print(
+                f"{MODULE}: stdin did not start with the launcher's JSON plan; this command is "
+                "run by scoop launchers, not by hand",
+                file=sys.stderr,
+            )
+            return 2
+        sup = _Supervisor(workers, files)
+        try:
+            sup.start()
+            threading.Thread(target=_listen, args=(sup,), daemon=True).start()
+            sup.watch()
+        finally:
+            # Whatever ends the supervisor, none of its workers outlives it (after
+            # a normal end, they have all exited already).
+            sup.stop(0.0)
+        return 0
     finally:
-        # Whatever ends the supervisor, none of its workers outlives it (after
-        # a normal end, they have all exited already).
-        sup.stop(0.0)
-    return 0
+        files.remove()
 
 
 # -- on the launcher's side --------------------------------------------------------------

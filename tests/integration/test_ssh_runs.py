@@ -96,58 +96,41 @@ class Machines:
         return dict(left)
 
 
-@pytest.fixture(scope="module")
-def machines() -> Iterator[Machines]:
+def start_machines(views: dict[str, Any] | None = None) -> Iterator[Machines]:
+    """The test hosts h1, h2, h3 and hbad (which refuses the login), and
+    more with a :class:`ssh_hosts.View` of their own for ``views``."""
     if shutil.which("ssh-keygen") is None or not os.path.exists(ssh_hosts.SSHD):
         pytest.fail("these tests need openssh-server and openssh-client (.ci/run installs them)")
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     directory = Path(tempfile.mkdtemp(prefix="scoop-ssh-runs-"))
-    aliases = ["h1", "h2", "h3", "hbad"]
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, directory, True)
-        authorized = ssh_hosts.keygen(directory / "client_ed25519") + "\n"
-        stranger = ssh_hosts.keygen(directory / "stranger_ed25519") + "\n"
-        hosts = {}
-        in_namespaces = ssh_hosts.namespaces_work()
-        if in_namespaces:
-            placed, unreachable = ssh_hosts.make_namespaces(aliases, stack)
-            for alias in aliases:
-                ns, address = placed[alias]
-                hosts[alias] = ssh_hosts.SshdHost(
-                    alias, address, 22, f"{alias}-{os.getpid()}", directory / alias, ns
-                )
-        else:
-            print("no network namespaces here: test hosts are sshd on 127.0.0.2, 127.0.0.3, ...")
-            unreachable = "10.255.255.1"
-            for i, alias in enumerate(aliases, 2):
-                address = f"127.0.0.{i}"
-                hosts[alias] = ssh_hosts.SshdHost(
-                    alias,
-                    address,
-                    ssh_hosts.free_port(address),
-                    f"{alias}-{os.getpid()}",
-                    directory / alias,
-                )
-        for alias, host in hosts.items():
-            ssh_hosts.start_sshd(host, stranger if alias == "hbad" else authorized, stack)
-        cluster = ssh_hosts.Cluster(
-            hosts, directory / "client_ed25519", in_namespaces, unreachable, directory
-        )
+        aliases = ["h1", "h2", "h3", "hbad", *(views or {})]
+        cluster = ssh_hosts.start_cluster(directory, aliases, stack, views=views)
         yield Machines(cluster, directory)
 
 
-def _run(
-    machines: Machines, prog: Path, *flags: str, timeout: float = 180
+@pytest.fixture(scope="module")
+def machines() -> Iterator[Machines]:
+    yield from start_machines()
+
+
+def run_scoop(
+    machines: Machines,
+    prog: Path,
+    *flags: str,
+    timeout: float = 180,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     return run_command(
         [sys.executable, "-m", "scoop", "--broker-hostname", machines.here, *flags, str(prog)],
         cwd=prog.parent,
-        env=machines.env,
+        env={**machines.env, **(env or {})},
         timeout=timeout,
     )
 
 
-def _result(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+def result_of(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     [line] = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     return dict(json.loads(line[7:]))
@@ -155,8 +138,8 @@ def _result(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
 
 def test_a_program_runs_across_three_hosts(machines, write_program):
     prog = write_program(PROGRAM)
-    proc = _run(machines, prog, "--hosts", "h1", "h1", "h2", "h2", "h3", "h3")
-    got = _result(proc)
+    proc = run_scoop(machines, prog, "--hosts", "h1", "h1", "h2", "h2", "h3", "h3")
+    got = result_of(proc)
     assert got["squares"] == [i * i for i in range(60)]
     assert got["hosts"] == sorted(machines.marker(a) for a in ("h1", "h2", "h3"))
     assert len(got["workers"]) == 6
@@ -181,8 +164,8 @@ def test_a_killed_remote_worker_is_recovered(machines, write_program, tmp_path):
             "        os.kill(os.getpid(), 9)\n",
         )
     )
-    proc = _run(machines, prog, "--hosts", "localhost", "h2", "h3", "-n", "3")
-    got = _result(proc)
+    proc = run_scoop(machines, prog, "--hosts", "localhost", "h2", "h3", "-n", "3")
+    got = result_of(proc)
     assert (tmp_path / "killed").exists()
     assert got["squares"] == [i * i for i in range(60)]
     assert "worker-3" in proc.stderr and "-9" in proc.stderr
@@ -192,7 +175,7 @@ def test_a_killed_remote_worker_is_recovered(machines, write_program, tmp_path):
 def test_a_host_that_refuses_the_login_is_named_and_nothing_is_left(machines, write_program):
     prog = write_program(PROGRAM)
     start = time.monotonic()
-    proc = _run(machines, prog, "--hosts", "h1", "hbad", "h2", timeout=60)
+    proc = run_scoop(machines, prog, "--hosts", "h1", "hbad", "h2", timeout=60)
     assert proc.returncode == 1, proc.stderr
     assert "hbad" in proc.stderr and "Traceback" not in proc.stderr
     assert time.monotonic() - start < 30
@@ -238,7 +221,7 @@ def test_tunnel_reaches_a_broker_that_listens_on_loopback_only(machines, write_p
         env=machines.env,
         timeout=180,
     )
-    got = _result(proc)
+    got = result_of(proc)
     assert got["squares"] == [i * i for i in range(60)]
     assert got["hosts"] == sorted(machines.marker(a) for a in ("h2", "h3"))
     # The broker never listened beyond this machine: the hosts came in through SSH.
@@ -265,7 +248,7 @@ if __name__ == "__main__":
     print("RESULT " + json.dumps(list(futures.map(probe, range(4)))), flush=True)
 """
     )
-    proc = _run(
+    proc = run_scoop(
         machines,
         prog,
         "--hosts",

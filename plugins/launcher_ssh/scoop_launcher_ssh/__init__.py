@@ -24,6 +24,14 @@ It registers the launcher ``ssh`` and its settings, the table
   port forwarding (``--tunnel``), for hosts that cannot reach this machine
   directly (not with an rsh).
 - ``connections`` -- how many hosts are logged in to at once (default 32).
+- ``upload`` -- for hosts that do not see the program as it is here (no
+  shared file system, or a stale copy): send it to them (``--upload``),
+  into a private directory in each host's temporary directory, removed when
+  the run ends. Without it such a host fails the start, by name, before
+  any worker starts.
+- ``upload_files`` -- more files sent beside the program, such as modules
+  it imports and data it reads (``--upload-file FILE``, repeatable);
+  implies ``upload``.
 
 Nothing here prompts: keys come from ``IdentityFile``, ``~/.ssh/id_*`` or an
 ssh-agent; a key with a passphrase needs the agent. On each host one

@@ -46,6 +46,10 @@ class Attempt:
     def aborted(self) -> bool:
         return self._aborted
 
+    def progressed(self) -> None:
+        """The attempt moved on (another piece of a file sent): its time limit starts again."""
+        self.started = time.monotonic()
+
     def on_abort(self, cleanup: Callable[[], None]) -> None:
         """Run ``cleanup`` when the attempt is aborted (at once if it already was)."""
         with self._lock:
@@ -75,7 +79,8 @@ def run_all(
 ) -> list[Attempt]:
     """Run each ``(label, job)`` as ``job(attempt)`` in its own thread, at most
     ``limit`` at a time; return the attempts, in order, once each has finished
-    or run for ``timeout`` seconds (then it is aborted and ``timed_out``).
+    or run for ``timeout`` seconds since it started or last
+    :meth:`~Attempt.progressed` (then it is aborted and ``timed_out``).
 
     A finished attempt has its ``result`` or its ``error``; nothing raised by
     a job escapes. Resources of successful attempts stay open (the caller

@@ -4,7 +4,8 @@ Preferred: each host is a network namespace with its own address on a
 bridge (``10.77.N.0/24``), running its own ``/usr/sbin/sshd`` on port 22
 with a host key, ``authorized_keys`` and config made for this test session.
 One more host, ``hidden``, sits on a link reachable only from inside ``h1``,
-so that only ProxyJump can reach it. Without the rights to make namespaces,
+so that only ProxyJump can reach it; ``hnoisy`` logs in through a
+``.bashrc`` that prints (``ssh_hosts.NOISY_BASHRC``). Without the rights to make namespaces,
 the hosts are sshd servers on 127.0.0.2, 127.0.0.3, ... instead (said on
 stdout), and ``hidden`` is not hidden; ``SCOOP_TEST_SSH_LOOPBACK=1`` asks
 for that way even where namespaces work.
@@ -34,9 +35,11 @@ from typing import Any
 
 import pytest
 from ssh_hosts import (
+    NOISY_BASHRC,
     SSHD,
     Cluster,
     SshdHost,
+    View,
     cmdline,
     free_port,
     keygen,
@@ -56,7 +59,8 @@ def cluster() -> Iterator[Cluster]:
     # sshd refuses to start without its privilege-separation directory.
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     directory = Path(tempfile.mkdtemp(prefix="scoop-ssh-"))
-    aliases = ["h1", "h2", "h3", "hbad"]
+    aliases = ["h1", "h2", "h3", "hbad", "hnoisy"]
+    views = {"hnoisy": View(bashrc=NOISY_BASHRC)}
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, directory, True)
         client_key = directory / "client_ed25519"
@@ -69,7 +73,13 @@ def cluster() -> Iterator[Cluster]:
             for alias, (ns, address) in placed.items():
                 port = 2222 if alias == "h3" else 22
                 hosts[alias] = SshdHost(
-                    alias, address, port, f"{alias}-{os.getpid()}", directory / alias, ns
+                    alias,
+                    address,
+                    port,
+                    f"{alias}-{os.getpid()}",
+                    directory / alias,
+                    ns,
+                    view=views.get(alias, View()),
                 )
         else:
             warnings.warn(
@@ -81,7 +91,12 @@ def cluster() -> Iterator[Cluster]:
             for i, alias in enumerate([*aliases, "hidden"], 2):
                 address = f"127.0.0.{i}"
                 hosts[alias] = SshdHost(
-                    alias, address, free_port(address), f"{alias}-{os.getpid()}", directory / alias
+                    alias,
+                    address,
+                    free_port(address),
+                    f"{alias}-{os.getpid()}",
+                    directory / alias,
+                    view=views.get(alias, View()),
                 )
             unreachable = "10.255.255.1"  # nothing there speaks SSH
         for alias, host in hosts.items():

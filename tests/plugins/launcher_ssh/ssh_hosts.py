@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
+import shlex
 import shutil
 import signal
 import subprocess
@@ -43,6 +45,30 @@ def cmdline(pid: int) -> bytes:
         return b""
 
 
+NOISY_BASHRC = r"""
+echo "Welcome to a noisy login"
+echo "a login warning on stderr" >&2
+printf '\000\377\376\033[31mbinary junk without a newline'
+printf '\377\000binary junk on stderr' >&2
+"""
+"""A login script that prints, as users' do: lines, and binary junk with no
+final newline, on stdout and on stderr. Bash runs ``~/.bashrc`` for the
+commands sshd gives it, not only for interactive shells."""
+
+
+@dataclass(frozen=True)
+class View:
+    """What a host sees of this machine's files, when not all of it.
+
+    ``hides``: directories it does not see (an empty tmpfs over each, in
+    the sshd's own mount namespace), as a host without the shared file
+    system would; ``bashrc``: the login user's (root's) ``~/.bashrc``
+    there, a file of its own mounted over root's."""
+
+    hides: tuple[Path, ...] = ()
+    bashrc: str | None = None
+
+
 @dataclass
 class SshdHost:
     """One sshd of the cluster: ``alias`` is its name in the test ssh_config."""
@@ -55,6 +81,13 @@ class SshdHost:
     netns: str | None = None
     host_key: str = ""
     server: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    view: View = field(default_factory=View)
+
+    def own(self, path: Path | str) -> Path:
+        """``path`` as this host sees it (through its sshd's root: another
+        mount namespace when it has a :class:`View`)."""
+        assert self.server is not None
+        return Path(f"/proc/{self.server.pid}/root") / Path(path).relative_to("/")
 
     @property
     def known_name(self) -> str:
@@ -173,6 +206,8 @@ def start_sshd(host: SshdHost, authorized: str, stack: contextlib.ExitStack) -> 
         )
     )
     argv = [SSHD, "-D", "-e", "-f", str(d / "sshd_config")]
+    if host.view != View():
+        argv = _in_own_mounts(host, argv)
     if host.netns:
         argv = ["ip", "netns", "exec", host.netns, *argv]
     log = open(d / "sshd.log", "wb")  # noqa: SIM115 (closed by the stack)
@@ -198,6 +233,75 @@ def start_sshd(host: SshdHost, authorized: str, stack: contextlib.ExitStack) -> 
         return pidfile.exists()
 
     checks.wait_for(ready, f"sshd of {host.alias} ready", READY_WITHIN)
+
+
+def _in_own_mounts(host: SshdHost, argv: list[str]) -> list[str]:
+    """``argv`` run in a mount namespace of its own, where the host's
+    :class:`View` holds: what it hides covered, its login script its own."""
+    script = ["set -e"]
+    for hidden in host.view.hides:
+        script.append(f"mount -t tmpfs -o mode=0755 scoop-hidden {shlex.quote(str(hidden))}")
+    if host.view.bashrc is not None:
+        # Over the file alone: the rest of the home stays (a Python installed there, say).
+        bashrc = Path(pwd.getpwnam("root").pw_dir) / ".bashrc"
+        if not bashrc.is_file():
+            pytest.fail(f"{bashrc} is missing: the noisy login is a file mounted over it")
+        noisy = host.directory / "bashrc"
+        noisy.write_text(host.view.bashrc)
+        script.append(f"mount --bind {shlex.quote(str(noisy))} {shlex.quote(str(bashrc))}")
+    script.append('exec "$@"')
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "sh",
+        "-c",
+        "\n".join(script),
+        "sh",
+        *argv,
+    ]
+
+
+def start_cluster(
+    directory: Path,
+    aliases: list[str],
+    stack: contextlib.ExitStack,
+    *,
+    views: dict[str, View] | None = None,
+    refused: tuple[str, ...] = ("hbad",),
+) -> Cluster:
+    """sshd servers for ``aliases`` (``h1`` among them), each in its network
+    namespace, or on 127.0.0.2, 127.0.0.3, ... where namespaces cannot be
+    made; the hosts in ``refused`` do not take the client's key."""
+    authorized = keygen(directory / "client_ed25519") + "\n"
+    stranger = keygen(directory / "stranger_ed25519") + "\n"
+    hosts = {}
+    in_namespaces = namespaces_work()
+    if in_namespaces:
+        placed, unreachable = make_namespaces(aliases, stack)
+        places = [(alias, *placed[alias], 22) for alias in aliases]
+    else:
+        print("no network namespaces here: test hosts are sshd on 127.0.0.2, 127.0.0.3, ...")
+        unreachable = "10.255.255.1"
+        places = []
+        for i, alias in enumerate(aliases, 2):
+            address = f"127.0.0.{i}"
+            places.append((alias, None, address, free_port(address)))
+    for alias, ns, address, port in places:
+        hosts[alias] = SshdHost(
+            alias,
+            address,
+            port,
+            f"{alias}-{os.getpid()}",
+            directory / alias,
+            ns,
+            view=(views or {}).get(alias, View()),
+        )
+    for alias, host in hosts.items():
+        start_sshd(host, stranger if alias in refused else authorized, stack)
+    return Cluster(hosts, directory / "client_ed25519", in_namespaces, unreachable, directory)
 
 
 def namespaces_work() -> bool:

@@ -25,7 +25,7 @@ import scheduler_checks as checks
 from scoop_launcher_ssh.launcher import SshLauncher
 from ssh_hosts import Cluster, all_pids, cmdline
 
-from scoop_core.errors import ConfigError, LaunchError
+from scoop_core.errors import ConfigError, LaunchError, UsageError
 from scoop_core.hosts import parse_host
 from scoop_core.interfaces import WorkerGroup, WorkerSpec
 from scoop_core.plugins.manager import get_plugin_manager
@@ -472,12 +472,41 @@ def test_count_cores_asks_each_host(
     cluster: Cluster, client_settings: Callable[..., dict[str, Any]]
 ) -> None:
     here = int(subprocess.run(["nproc"], capture_output=True, text=True, check=True).stdout)
-    hosts = [parse_host("h1"), parse_host("root@h3"), parse_host("localhost")]
+    hosts = [parse_host(h) for h in ("h1", "root@h3", "hnoisy", "localhost")]
 
     cores = SshLauncher(client_settings()).count_cores(hosts)
 
-    assert cores == {"h1": here, "root@h3": here, "localhost": len(os.sched_getaffinity(0))}
-    nothing_left(cluster, "h1", "h3")
+    local = len(os.sched_getaffinity(0))
+    assert cores == {"h1": here, "root@h3": here, "hnoisy": here, "localhost": local}
+    nothing_left(cluster, "h1", "h3", "hnoisy")
+
+
+def test_a_login_that_prints_neither_breaks_the_start_nor_reaches_the_output(
+    cluster: Cluster, client_settings: Callable[..., dict[str, Any]], started: Any, output: Output
+) -> None:
+    group = started(
+        SshLauncher(client_settings()), [spec("w1", "hnoisy", TEST_SECRET="s"), spec("w2", "h1")]
+    )
+
+    output.wait_for("[hnoisy] w1 says s", "[hnoisy] w1 on stderr", "[h1] w2 says")
+    assert group.poll() == {"w1": None, "w2": None}
+    for text in ("noisy login", "login warning", "binary junk"):
+        assert text not in output.out + output.err
+
+
+def test_a_path_directory_a_host_lacks_fails_the_start_on_every_host(
+    cluster: Cluster, ssh_settings: Callable[..., dict[str, Any]], tmp_path: Path
+) -> None:
+    lacking = WorkerSpec("w1", "h2", spec("w1", "h2").argv, cwd=str(tmp_path / "only-here"), env={})
+
+    with pytest.raises(LaunchError) as caught:
+        SshLauncher(ssh_settings()).start([spec("w0", "h1"), lacking])
+
+    assert str(caught.value) == (
+        f"h2: the host does not see the directory {tmp_path / 'only-here'} (--path): "
+        "use a shared file system, or make it there"
+    )
+    nothing_left(cluster, "h1", "h2")
 
 
 def test_the_plugin_builds_the_launcher_and_checks_its_settings(tmp_path: Path) -> None:
@@ -497,6 +526,12 @@ def test_the_plugin_builds_the_launcher_and_checks_its_settings(tmp_path: Path) 
         plugin.factory({"host_key_policy": "trust-me", "ssh_config": str(empty)})
     with pytest.raises(ConfigError, match="not an executable program"):
         plugin.factory({"ssh_executable": "/nonexistent/ssh"})
+    with pytest.raises(
+        UsageError, match=r"^--upload-file /nonexistent/data\.csv: no such file here"
+    ):
+        plugin.factory({"upload_files": ["/nonexistent/data.csv"], "ssh_config": str(empty)})
+    with pytest.raises(UsageError, match=f"^--upload-file {tmp_path}: a directory here"):
+        plugin.factory({"upload_files": [str(tmp_path)], "ssh_config": str(empty)})
 
 
 LAUNCHER = """

@@ -1,0 +1,221 @@
+"""Hosts without the launcher's file system, and hosts whose login prints: real runs over SSH.
+
+The hosts are those of ``test_ssh_runs.py`` and three more, each an sshd in
+a mount namespace of its own (``ssh_hosts.View``): ``hprivate`` does not see
+the directory the tests' programs are written in (an empty tmpfs covers it
+there), ``hstale`` neither, but holds its own files at the same paths (a
+stale copy), and ``hnoisy`` sees everything but logs in through a
+``.bashrc`` that prints lines and binary junk on stdout and stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from test_ssh_runs import PROGRAM, Machines, result_of, run_scoop, ssh_hosts, start_machines
+
+pytestmark = pytest.mark.cluster
+
+CLIENTS = {"paramiko": {}, "ssh": {"SCOOP_LAUNCHER_SSH_SSH_EXECUTABLE": "ssh"}}
+"""The built-in SSH client, and the ``ssh`` program (``--ssh-executable ssh``)."""
+
+
+@pytest.fixture(scope="module")
+def programs() -> Iterator[Path]:
+    """Where the tests write their programs: a directory some hosts do not see."""
+    directory = Path(tempfile.mkdtemp(prefix="scoop-programs-"))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def machines(programs: Path) -> Iterator[Machines]:
+    views = {
+        "hprivate": ssh_hosts.View(hides=(programs,)),
+        "hstale": ssh_hosts.View(hides=(programs,)),
+        "hnoisy": ssh_hosts.View(bashrc=ssh_hosts.NOISY_BASHRC),
+    }
+    yield from start_machines(views)
+
+
+@pytest.fixture
+def here(programs: Path, request: pytest.FixtureRequest) -> Path:
+    """This test's own directory among the programs."""
+    directory = programs / request.node.name.replace("[", "-").strip("]")
+    directory.mkdir()
+    return directory
+
+
+UPLOADED = """
+import json, os
+from scoop import futures
+import helper_mod
+
+def place():
+    directory = os.path.dirname(os.path.abspath(__file__))
+    return [directory, oct(os.stat(directory).st_mode & 0o777),
+            os.environ.get("SCOOP_TEST_HOST", "launcher")]
+
+def probe(i):
+    with open("data.txt") as fh:
+        word = fh.read().strip()
+    return [i * i, helper_mod.VALUE, word, *place()]
+
+if __name__ == "__main__":
+    rows = list(futures.map(probe, range(40)))
+    print("RESULT " + json.dumps({"rows": rows, "root": place()}), flush=True)
+"""
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_upload_sends_the_program_and_its_files_to_a_host_that_does_not_see_them(
+    machines: Machines, here: Path, client: str
+) -> None:
+    prog = here / "prog.py"
+    prog.write_text(UPLOADED)
+    (here / "helper_mod.py").write_text("VALUE = 'helper sent'\n")
+    (here / "data.txt").write_text("data sent\n")
+    assert not machines.cluster["hprivate"].own(prog).exists()
+
+    proc = run_scoop(
+        machines,
+        prog,
+        "--hosts",
+        "hprivate",
+        "hprivate",
+        "h1",
+        "--path",
+        str(here),
+        "--upload-file",
+        str(here / "helper_mod.py"),
+        "--upload-file",
+        str(here / "data.txt"),
+        env=CLIENTS[client],
+    )
+
+    got = result_of(proc)
+    rows = got["rows"]
+    assert [r[0] for r in rows] == [i * i for i in range(40)]
+    assert {tuple(r[1:3]) for r in rows} == {("helper sent", "data sent")}
+    private, h1 = machines.marker("hprivate"), machines.marker("h1")
+    # As in SCOOP the first host runs the program itself: from what it was sent.
+    root_dir, root_mode, root_host = got["root"]
+    assert root_host == private
+    sent = {r[3] for r in rows if r[5] == private} | {root_dir}
+    assert {r[5] for r in rows} == {private, h1}
+    # h1 sees the program where it is: nothing is sent there.
+    assert {r[3] for r in rows if r[5] == h1} == {str(here)}
+    for directory in sent:
+        assert os.path.basename(directory).startswith("scoop-upload-"), directory
+    assert {r[4] for r in rows if r[5] == private} == {"0o700"} and root_mode == "0o700"
+    # The run is over: what was sent is gone from the host, and nothing runs there.
+    for directory in sent:
+        assert not machines.cluster["hprivate"].own(directory).exists(), directory
+    assert machines.leftovers() == {}
+
+
+def test_a_host_that_does_not_see_the_program_fails_the_start_before_any_worker(
+    machines: Machines, here: Path
+) -> None:
+    started = here.parent / f"{here.name}-imported"
+    prog = here / "prog.py"
+    prog.write_text(f"open({str(started)!r}, 'a').close()\n" + PROGRAM)
+
+    proc = run_scoop(machines, prog, "--hosts", "h1", "hprivate", "h2", timeout=60)
+
+    assert proc.returncode != 0, proc.stdout
+    assert (
+        f"hprivate: the host does not see {prog}: use a shared file system, copy it there, "
+        "or run with --upload [--upload-file FILE]"
+    ) in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # No worker started anywhere, not even on the hosts that see the program.
+    assert not started.exists()
+    assert machines.leftovers() == {}
+
+
+def test_a_stale_copy_on_a_host_is_reported_and_upload_replaces_it(
+    machines: Machines, here: Path
+) -> None:
+    prog = here / "prog.py"
+    prog.write_text(PROGRAM)
+    stale = machines.cluster["hstale"].own(prog)
+    stale.parent.mkdir(parents=True)
+    # The same size, another content: only the content tells them apart.
+    stale.write_text(PROGRAM.replace("i * i", "i + i"))
+    assert stale.stat().st_size == prog.stat().st_size
+
+    proc = run_scoop(machines, prog, "--hosts", "h1", "hstale", timeout=60)
+
+    assert proc.returncode != 0, proc.stdout
+    assert f"hstale: {prog} there is not the same as here (a stale copy?)" in proc.stderr
+    assert "--upload" in proc.stderr and "Traceback" not in proc.stderr
+    assert machines.leftovers() == {}
+
+    proc = run_scoop(machines, prog, "--hosts", "h1", "hstale", "hstale", "--upload")
+
+    got = result_of(proc)
+    assert got["squares"] == [i * i for i in range(60)]
+    assert machines.marker("hstale") in got["hosts"]
+    assert "i + i" in stale.read_text()  # the host's own copy is left as it was
+    assert machines.leftovers() == {}
+
+
+def test_an_upload_file_missing_here_is_refused_before_any_host_is_reached(
+    machines: Machines, here: Path
+) -> None:
+    prog = here / "prog.py"
+    prog.write_text(PROGRAM)
+    missing = here / "no-such-data.txt"
+
+    proc = run_scoop(machines, prog, "--hosts", "hprivate", "--upload-file", str(missing))
+
+    assert proc.returncode != 0, proc.stdout
+    assert f"--upload-file {missing}: no such file here" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert machines.leftovers() == {}
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_login_that_prints_breaks_nothing(machines: Machines, here: Path, client: str) -> None:
+    prog = here / "prog.py"
+    prog.write_text(PROGRAM)
+
+    proc = run_scoop(machines, prog, "--hosts", "hnoisy", "hnoisy", "h2", env=CLIENTS[client])
+
+    got = result_of(proc)
+    assert got["squares"] == [i * i for i in range(60)]
+    assert got["root"] == machines.marker("hnoisy")
+    assert machines.marker("hnoisy") in got["hosts"]
+    # What the login printed is the login's, not the program's output.
+    for text in ("noisy login", "login warning", "binary junk"):
+        assert text not in proc.stdout and text not in proc.stderr, text
+    assert machines.leftovers() == {}
+
+
+def test_the_noisy_host_login_does_print(machines: Machines) -> None:
+    """What makes the test above worth its name: ssh itself shows the noise."""
+    login = subprocess.run(
+        [
+            "ssh",
+            "-F",
+            machines.env["SCOOP_LAUNCHER_SSH_SSH_CONFIG"],
+            "-o",
+            f"UserKnownHostsFile={machines.env['SCOOP_LAUNCHER_SSH_KNOWN_HOSTS']}",
+            "-o",
+            "BatchMode=yes",
+            "hnoisy",
+            "echo the-command",
+        ],
+        capture_output=True,
+        timeout=30,
+    )
+    assert login.stdout.startswith(b"Welcome to a noisy login\n"), login
+    assert login.stdout.endswith(b"binary junk without a newlinethe-command\n"), login
+    assert b"a login warning on stderr" in login.stderr, login
