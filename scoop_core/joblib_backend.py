@@ -44,7 +44,10 @@ Nested ``Parallel``
     futures: joblib waits for its results by polling (``time.sleep`` in the
     calling thread), which would hold the worker's scheduler, so nested
     futures queued on that worker would run only if another worker stole
-    them, and with every worker inside such a loop, never. It falls back the
+    them, and with every worker inside such a loop, never. Nor could the
+    tasks of a worker take turns while they wait: they are greenlets of one
+    thread, and joblib keeps its ``parallel_config`` per thread, so one
+    task's configuration would leak into another's. It falls back the
     way joblib expects of a process backend (:meth:`ScoopBackend.get_nested_backend`):
     threads of the worker (:class:`NestedThreadingBackend`) at the first
     level, at most the cores of the machine divided by the run's workers

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -21,9 +22,12 @@ from typing import Any
 import pytest
 from conftest import (
     PROGRAM_HELPERS,
+    drain,
     environ_without_scoop,
+    kill_run,
     program_results,
     run_command,
+    wait_for,
     wait_gone,
 )
 
@@ -63,9 +67,11 @@ def in_pool(main):
 
 
 @pytest.fixture
-def run_way(tmp_path: Path) -> Iterator[Callable[..., subprocess.CompletedProcess[str]]]:
-    """Run ``program`` the way named (see :data:`WAYS`) to its end; then
-    check that none of its processes is left."""
+def run_way(
+    tmp_path: Path, transport_env: dict[str, str]
+) -> Iterator[Callable[..., subprocess.CompletedProcess[str]]]:
+    """Run ``program`` the way named (see :data:`WAYS`) to its end, on the
+    test's transport; then check that none of its processes is left."""
     programs: list[Path] = []
 
     def run(
@@ -73,7 +79,7 @@ def run_way(tmp_path: Path) -> Iterator[Callable[..., subprocess.CompletedProces
     ) -> subprocess.CompletedProcess[str]:
         programs.append(program)
         # The local pool has one worker per core: two here, whatever the machine.
-        env = {**environ_without_scoop(), "SCOOP_WORKERS": "2"}
+        env = {**environ_without_scoop(), **transport_env, "SCOOP_WORKERS": "2"}
         launcher = (
             [sys.executable, "-m", "scoop", *flags] if way == "launcher" else [sys.executable]
         )
@@ -139,10 +145,13 @@ if __name__ == "__main__":
     assert got["unpicklable"].startswith("cannot send argument 1 of sq() to a worker: <unlocked")
     assert got["generator"] == ["generator", [i * i for i in range(30)]]
     assert sorted(got["unordered"]) == [i * i for i in range(30)]
+    # Threads of the worker, up to its share of the cores (of two workers'),
+    # else one after another: never futures of the run.
+    share = (os.cpu_count() or 1) // 2
+    expected = "NestedThreadingBackend" if share >= 2 else "SequentialBackend"
     for i, (total, again, nested, named) in enumerate(got["nested"]):
         assert total == again == sum(j * j for j in range(i))
-        # Threads of the worker, or one after another: never futures of the run.
-        assert {nested, named} <= {"NestedThreadingBackend", "SequentialBackend"}
+        assert nested == named == expected
     assert got["many"] == [i * i for i in range(10_000)]
 
 
@@ -174,6 +183,7 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.both_transports
 @pytest.mark.parametrize("way", WAYS)
 def test_grid_search_finds_the_serial_best_on_the_workers(program, run_way, tmp_path, way):
     pids = tmp_path / "pids"
@@ -315,6 +325,40 @@ if __name__ == "__main__":
         r"^scoop\.joblib INFO .*started a local pool of 2 workers", proc.stderr, re.M
     )
     assert len(started) == 1, proc.stderr
+
+
+def test_ctrl_c_stops_the_call_and_the_local_pool(program, tmp_path):
+    started = tmp_path / "started"
+    prog = program(f"""
+def nap(i):
+    open({str(started)!r}, "w").close()
+    time.sleep(1)
+    return i
+
+if __name__ == "__main__":
+    with parallel_config(backend="scoop"):
+        Parallel()(delayed(nap)(i) for i in range(100))
+    print("not reached")
+""")
+    env = {**environ_without_scoop(), "SCOOP_WORKERS": "2"}
+    proc = subprocess.Popen(
+        [sys.executable, str(prog)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for(started.exists, "a call running on a worker")
+        proc.send_signal(signal.SIGINT)
+        out, err = drain(proc, 60)
+        left = wait_gone(str(prog))
+    finally:
+        kill_run(str(prog), proc)  # what a failure left behind, for the next tests
+    assert proc.returncode != 0 and "not reached" not in out
+    assert "KeyboardInterrupt" in err
+    assert left == [], "the local pool's workers were left running"
 
 
 def test_importing_scoop_core_leaves_joblib_alone() -> None:
