@@ -11,14 +11,25 @@ stale copy), and ``hnoisy`` sees everything but logs in through a
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_ssh_runs import PROGRAM, Machines, result_of, run_scoop, ssh_hosts, start_machines
+from test_ssh_runs import (
+    PROGRAM,
+    Machines,
+    checks,
+    result_of,
+    run_scoop,
+    ssh_hosts,
+    start_machines,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -117,6 +128,49 @@ def test_upload_sends_the_program_and_its_files_to_a_host_that_does_not_see_them
     # The run is over: what was sent is gone from the host, and nothing runs there.
     for directory in sent:
         assert not machines.cluster["hprivate"].own(directory).exists(), directory
+    assert machines.leftovers() == {}
+
+
+NAPPING = """
+import time
+from scoop import futures
+
+def nap(i):
+    time.sleep(60)
+
+if __name__ == "__main__":
+    fs = [futures.submit(nap, i) for i in range(2)]
+    print("READY", flush=True)
+    [f.result() for f in fs]
+"""
+
+
+@pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
+def test_what_was_sent_goes_when_the_launcher_is_stopped_or_killed(
+    machines: Machines, here: Path, how: signal.Signals
+) -> None:
+    prog = here / "prog.py"
+    prog.write_text(NAPPING)
+    temporary = machines.cluster["hprivate"].own(tempfile.gettempdir())
+    before = set(temporary.glob("scoop-upload-*"))
+    argv = [sys.executable, "-m", "scoop", "--broker-hostname", machines.here, "--upload"]
+    run = checks.start_piped([*argv, "--hosts", "hprivate", "hprivate", str(prog)], machines.env)
+    try:
+        assert run.stdout is not None
+        assert run.stdout.readline().strip() == "READY"
+        # The program runs there (its first host), and so do the workers:
+        # each of the two supervisors has its own copy.
+        sent = set(temporary.glob("scoop-upload-*")) - before
+        assert len(sent) == 2, sent
+        run.send_signal(how)
+        run.wait(30)
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    checks.wait_for(
+        lambda: not any(d.exists() for d in sent), f"{sent} removed from hprivate", 15.0
+    )
     assert machines.leftovers() == {}
 
 
@@ -219,3 +273,87 @@ def test_the_noisy_host_login_does_print(machines: Machines) -> None:
     assert login.stdout.startswith(b"Welcome to a noisy login\n"), login
     assert login.stdout.endswith(b"binary junk without a newlinethe-command\n"), login
     assert b"a login warning on stderr" in login.stderr, login
+
+
+# -- docs/remote-hosts.md: its examples, run on the test hosts ------------------------
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "remote-hosts.md"
+WHERE = "/home/ana/work"
+"""The directory the page's examples live in; the test's own stands for it."""
+
+
+def doc_blocks(kind: str) -> list[str]:
+    return re.findall(rf"^```{kind}\n(.*?)^```$", DOC.read_text(), re.S | re.M)
+
+
+def doc_files() -> dict[str, str]:
+    """The files the page writes: each block whose first line is ``# NAME``."""
+    files = {}
+    for kind in ("python", "text"):
+        for block in doc_blocks(kind):
+            name = re.match(r"# ([\w.]+)\n", block)
+            if name:
+                files[name[1]] = block
+    return files
+
+
+def doc_commands() -> list[tuple[str, list[str]]]:
+    """Each command the page runs (``$ ...``), with the lines it shows after it."""
+    return [
+        (block.splitlines()[0][2:], block.splitlines()[1:])
+        for block in doc_blocks("console")
+        if block.startswith("$ ")
+    ]
+
+
+def run_doc_command(
+    machines: Machines, here: Path, command: str, hosts: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    words = [hosts.get(w, w) for w in command.split()]
+    assert words[:3] == ["python", "-m", "scoop"], command
+    argv = [sys.executable, "-m", "scoop", "--broker-hostname", machines.here, *words[3:]]
+    proc = subprocess.run(
+        argv, cwd=here, env=machines.env, capture_output=True, text=True, timeout=180
+    )
+    assert machines.leftovers() == {}
+    return proc
+
+
+def test_the_docs_examples_run_on_a_host_that_does_not_see_them(
+    machines: Machines, here: Path
+) -> None:
+    for name, text in doc_files().items():
+        (here / name).write_text(text)
+    (refused, said), (uploading, shown) = doc_commands()
+
+    proc = run_doc_command(machines, here, refused, {"node1": "h1", "node2": "hprivate"})
+
+    assert proc.returncode != 0
+    expected = said[0].replace("node2", "hprivate").replace(WHERE, str(here))
+    assert proc.stderr.strip().splitlines()[-1] == expected, proc.stderr
+
+    proc = run_doc_command(machines, here, uploading, {"node1": "hprivate", "node2": "h1"})
+
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == shown
+
+    # The same, from the configuration file instead of the flags.
+    [toml] = doc_blocks("toml")
+    (here / "scoop.toml").write_text(toml.replace(WHERE, str(here)))
+
+    proc = run_doc_command(machines, here, refused, {"node1": "hprivate", "node2": "h1"})
+
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == shown
+
+
+def test_the_docs_quiet_bashrc_is_quiet_when_not_interactive(tmp_path: Path) -> None:
+    [guard] = doc_blocks("bash")
+    bashrc = tmp_path / "bashrc"
+    bashrc.write_text(guard + "echo a greeting\n")
+
+    quiet = subprocess.run(["bash", "-c", f". {bashrc}; echo the command"], capture_output=True)
+    talking = subprocess.run(["bash", "-ic", f". {bashrc}"], capture_output=True)
+
+    assert quiet.stdout == b"the command\n"
+    assert b"a greeting" in talking.stdout
