@@ -38,17 +38,19 @@ in its environment, since ``sbatch`` exports it into the job.
 **Files the user reads** go to ``scoop-jobs/RUN/`` in the working
 directory (the setting ``job_directory`` moves it): each job's script
 (``job-I.sh``), output and error files (``job-I.out``, ``job-I.err``), and
-its report (``job-I.report``), where the job writes the node it runs on and
-each worker's exit status as it exits. They are kept after the run.
+its report (``job-I.report``), where the job writes the node it runs on,
+each worker's exit status as it exits, and its own status at its end. They
+are kept after the run.
 
 **Tracking**: a thread lists the user's jobs every ``poll_interval``
 seconds and reads the reports. A worker is running (``None``) while its job
 is queued or running; its status is the one it reported, or 255 once its
 job has left the queue without a report, failed, or was stuck in an error
 state (cancelled at once). A job still queued after ``pending_timeout``
-seconds, a job that failed or left early, and a worker that died are
-logged with the job's id, the scheduler's state and where its output is;
-the run goes on with the workers it has.
+seconds, a job that failed, or ended otherwise than by its workers all
+leaving (it was cancelled from outside, killed, or never got going), and a
+worker that died are logged with the job's id, the scheduler's state and
+where its output is; the run goes on with the workers it has.
 
 **Cancelling**: :meth:`JobGroup.stop` (the run ending, an error, Ctrl-C)
 cancels every job still listed with one ``scancel``/``qdel`` and waits
@@ -226,6 +228,7 @@ class _Job:
     state: str = ""
     submitted: float = 0.0
     host: str = ""
+    end: int | None = None  # the status its job process reported at its end
     finished: bool = False
     seen: bool = False
     said_pending: bool = False
@@ -544,27 +547,27 @@ class JobGroup(WorkerGroup):
             missing = [name for name, status in job.statuses.items() if status is None]
             for name in missing:
                 job.statuses[name] = LOST
-            if phase == JobQueue.FAILED or missing:
-                how = (
-                    f"failed ({job.state})"
-                    if phase == JobQueue.FAILED
-                    else f"left the queue (last seen {job.state or 'queued'})"
-                )
-                gone = (
-                    f"before {', '.join(missing)} reported" if missing else "its workers are gone"
-                )
+            if phase == JobQueue.FAILED or missing or job.end != 0:
+                how = "failed" if phase == JobQueue.FAILED else "ended"
+                if missing:
+                    why = f"before {', '.join(missing)} reported"
+                elif job.end is None:
+                    why = "before its job process reported its end (killed, or never started)"
+                else:
+                    why = f"after its job process was stopped (status {job.end})"
                 log.warning(
-                    "%s %s %s; %s; the run goes on with the workers it has; see %s and %s",
+                    "%s %s %s (%s) %s; the run goes on with the workers it has; see %s and %s",
                     scheduler,
                     job.label,
                     how,
-                    gone,
+                    job.state or "no longer listed",
+                    why,
                     job.request.error,
                     job.request.output,
                 )
 
     def _read_report(self, job: _Job, *, quiet: bool = False) -> None:
-        """Take the exits ``job`` reported (lines ``host NAME`` and ``exit WORKER STATUS``)."""
+        """Take what ``job`` reported: lines ``host NAME``, ``exit WORKER STATUS`` and ``end STATUS``."""
         try:
             text = job.report.read_text(errors="replace")
         except OSError:
@@ -573,6 +576,8 @@ class JobGroup(WorkerGroup):
             kind, _, rest = line.partition(" ")
             if kind == "host":
                 job.host = rest.strip()
+            elif kind == "end" and rest.strip().lstrip("-").isdigit():
+                job.end = int(rest)
             elif kind == "exit":
                 name, _, status = rest.rpartition(" ")
                 if job.statuses.get(name, 0) is None and status.lstrip("-").isdigit():
@@ -667,8 +672,8 @@ def job_main(argv: Sequence[str] | None = None) -> int:
     """``python -m scoop_core.worker_jobs PLAN REPORT``: a job's one process of the run.
 
     Reads and deletes the plan, starts its workers here, writes ``host
-    NAME`` and then ``exit WORKER STATUS`` for each worker to REPORT as it
-    exits, and returns once they all have. On SIGTERM, SIGINT or SIGHUP (the
+    NAME``, then ``exit WORKER STATUS`` for each worker to REPORT as it
+    exits, and ``end STATUS`` (its own) once they all have. On SIGTERM, SIGINT or SIGHUP (the
     job cancelled) it stops them: they hand back what they hold."""
     from scoop_core.local_launcher import LocalLauncher
 
@@ -720,19 +725,22 @@ def job_main(argv: Sequence[str] | None = None) -> int:
                     out.write(f"exit {name} {status}\n")
             return statuses
 
+        status = 1
         try:
             group = LocalLauncher().start(specs)
-            while any(status is None for status in write_exits().values()):
+            while any(s is None for s in write_exits().values()):
                 time.sleep(0.2)  # polling our own children
-            return 0 if not any(write_exits().values()) else 1
+            status = 0 if not any(write_exits().values()) else 1
         except _Stop as stop:
-            return 128 + stop.signum
+            status = 128 + stop.signum
         finally:
             for s in previous:
                 signal.signal(s, signal.SIG_IGN)
             if group is not None:
                 group.stop(5.0)
                 write_exits()
+            out.write(f"end {status}\n")
+        return status
 
 
 if __name__ == "__main__":

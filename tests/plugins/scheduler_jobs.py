@@ -153,6 +153,78 @@ PBS_TMRSH = '''
 '''
 
 
+# Torque's qsub, qstat and qdel seen from a login node (one script, by the name
+# it is called by), with a job directory in $STANDIN_TORQUE_DIR. qsub prints
+# ``N.standin`` and really runs the script in the background, in a session of
+# its own, its output and error to the files its ``#PBS -o``/``-e`` name;
+# qstat lists each job as R while a process of its session lives, then C;
+# qdel sends its session SIGTERM, then SIGKILL two seconds later, as Torque's
+# kill_delay does.
+TORQUE_QUEUE = '''
+    """Stand-in for Torque's qsub, qstat and qdel (see tests/plugins/scheduler_jobs.py)."""
+    import os, signal, subprocess, sys, time
+    from pathlib import Path
+
+    jobs = Path(os.environ["STANDIN_TORQUE_DIR"])
+    jobs.mkdir(exist_ok=True)
+    command, args = os.path.basename(sys.argv[0]), sys.argv[1:]
+
+    def alive(job):
+        # A live (not zombie: nobody may reap them here) process in the job's group.
+        group = (jobs / job).read_text()
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[2] == group and fields[0] != "Z":
+                return True
+        return False
+
+    if args[:1] == ["--run"]:  # the job itself, in a session of its own
+        job, script = args[1], args[2]
+        lines = Path(script).read_text().splitlines()
+        paths = dict(line.split()[1:3] for line in lines if line.startswith("#PBS -o ")
+                     or line.startswith("#PBS -e "))
+        with open(paths["-o"], "ab") as out, open(paths["-e"], "ab") as err:
+            env = {**os.environ, "PBS_JOBID": job, "PBS_ENVIRONMENT": "PBS_BATCH"}
+            sys.exit(subprocess.call(["/bin/sh", script], stdout=out, stderr=err, env=env))
+    elif command == "qsub":
+        if len(args) != 1 or not os.path.isfile(args[0]):
+            sys.exit("qsub: script file cannot be loaded - No such file or directory")
+        for line in Path(args[0]).read_text().splitlines():
+            if line.startswith("#PBS -q ") and line.split()[2] != "batch":
+                sys.exit("qsub: submit error (Unknown queue MSG=requested queue not found)")
+        job = f"{len(list(jobs.iterdir())) + 1}.standin"
+        runner = subprocess.Popen(
+            [sys.executable, sys.argv[0], "--run", job, os.path.abspath(args[0])],
+            start_new_session=True, stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        (jobs / job).write_text(str(runner.pid))
+        print(job)
+    elif command == "qstat":
+        print("Job ID                    Name             User            Time Use S Queue")
+        print("------------------------- ---------------- --------------- -------- - -----")
+        for path in sorted(jobs.iterdir()):
+            state = "R" if alive(path.name) else "C"
+            print(f"{path.name:<25} scoop            {os.environ.get('USER', 'me'):<15} 00:00:00 {state} batch")
+    elif command == "qdel":
+        for job in args:
+            if not (jobs / job).exists():
+                print(f"qdel: Unknown Job Id {job}", file=sys.stderr)
+                continue
+            with __import__("contextlib").suppress(OSError):
+                os.killpg(int((jobs / job).read_text()), signal.SIGTERM)
+        deadline = time.monotonic() + 2
+        while any(alive(job) for job in args) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for job in args:
+            with __import__("contextlib").suppress(OSError, ValueError):
+                os.killpg(int((jobs / job).read_text()), signal.SIGKILL)
+'''
+
+
 @dataclass(frozen=True)
 class Scheduler:
     """What a job of one scheduler looks like from inside.

@@ -8,6 +8,7 @@ example job script runs a SCOOP program the same way.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import textwrap
 import uuid
@@ -123,3 +124,84 @@ def test_the_example_job_script_runs(cluster: sge_cluster.Cluster, tmp_path: Pat
     assert "map: 1000 values" in text
     assert "running inside a sge allocation" in text
     assert checks.kill_marked(mark) == []
+
+
+# -- jobs of workers submitted from outside (scoop run --jobs N --scheduler sge) --------
+
+
+def qstat(cluster: sge_cluster.Cluster) -> list[str]:
+    """Every user's jobs Grid Engine lists (queued, running, being deleted)."""
+    lines = cluster.run("qstat", "-u", "*").stdout.splitlines()
+    return [line for line in lines[2:] if line.strip()]
+
+
+def jobs_env(cluster: sge_cluster.Cluster, tmp_path: Path) -> dict[str, str]:
+    env = checks.job_run_env(cluster.env, tmp_path / "home", "zmq", "")
+    env["SCOOP_LAUNCHER_SGE_PE"] = cluster.pe
+    return env
+
+
+def test_jobs_submitted_from_outside_run_the_workers(
+    cluster: sge_cluster.Cluster, tmp_path: Path
+) -> None:
+    program = tmp_path / "prog.py"
+    program.write_text(checks.JOB_PROGRAM)
+    env = jobs_env(cluster, tmp_path)
+    result = checks.subprocess.run(
+        [sys.executable, "-m", "scoop", "--jobs", "2", "--scheduler", "sge"]
+        + ["--cores-per-job", "2", "--walltime", "10m", str(program), "JOB_ID", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    try:
+        assert result.returncode == 0, result.stderr
+        line = next(ln for ln in result.stdout.splitlines() if ln.startswith("RESULT "))
+        report = json.loads(line[len("RESULT ") :])
+        assert report["right"]
+        assert len(report["jobs"]) == 2 and "" not in report["jobs"]
+        assert report["workers"] == ["worker-1", "worker-2", "worker-3", "worker-4"]
+        assert not report["leaked"]
+        assert qstat(cluster) == []
+        run_dir = checks.run_directory(result.stderr)
+        checks.check_job_files(run_dir, env["SCOOP_RUN_KEY"], 2)
+        script = (run_dir / "job-1.sh").read_text()
+        assert f"#$ -pe {cluster.pe} 2\n" in script and "#$ -l h_rt=0:10:00\n" in script
+    finally:
+        assert checks.kill_mentioning(str(program)) == []
+
+
+def test_ctrl_c_of_the_launcher_deletes_queued_and_running_jobs(
+    cluster: sge_cluster.Cluster, tmp_path: Path
+) -> None:
+    program = tmp_path / "prog.py"
+    program.write_text(checks.BLOCKING_PROGRAM)
+    env = jobs_env(cluster, tmp_path)
+    # The queue has 4 slots: two jobs of two run, the third waits.
+    proc = checks.start_piped(
+        [sys.executable, "-m", "scoop", "--jobs", "3", "--scheduler", "sge"]
+        + ["--cores-per-job", "2", str(program)],
+        env,
+        cwd=tmp_path,
+    )
+    try:
+
+        def states() -> list[str]:
+            return sorted(line.split()[4] for line in qstat(cluster))
+
+        checks.wait_for(
+            lambda: states() == ["qw", "r", "r"],
+            "two jobs running and one queued",
+            timeout=90,
+            context=lambda: "\n".join(qstat(cluster)),
+        )
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 130, stderr
+        assert qstat(cluster) == []
+    finally:
+        proc.kill()
+        proc.wait()
+        assert checks.kill_mentioning(str(program)) == []

@@ -1,0 +1,230 @@
+"""Workers in Torque jobs submitted from a login node: ``scoop run --jobs N --scheduler torque``.
+
+Torque is not packaged for Debian: ``qsub``, ``qstat`` and ``qdel`` are
+stand-ins (``TORQUE_QUEUE`` in ../scheduler_jobs.py) with Torque's command
+lines and output that really run each job script in the background, so the
+runs here are real runs whose workers start from the job scripts the
+launcher wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import scheduler_checks as checks
+from scheduler_jobs import TORQUE_QUEUE
+from scoop_launcher_torque.jobs import TorqueJobs
+
+from scoop_core.interfaces import JobQueue, JobRequest
+
+REQUEST = JobRequest(
+    name="scoop-r1-1",
+    cores=4,
+    output="/j/job-1.out",
+    error="/j/job-1.err",
+    memory=(16 << 30) + 1,
+    walltime=90061,
+    queue="batch",
+    extra=("-A project7",),
+)
+
+
+def test_the_header_asks_torque_for_one_node_of_cores_memory_and_time() -> None:
+    assert TorqueJobs().header(REQUEST) == [
+        "#PBS -N scoop-r1-1",
+        "#PBS -S /bin/sh",
+        "#PBS -o /j/job-1.out",
+        "#PBS -e /j/job-1.err",
+        "#PBS -l nodes=1:ppn=4",
+        "#PBS -l mem=16385mb",  # rounded up: a job never gets less than asked
+        "#PBS -l walltime=25:01:01",
+        "#PBS -q batch",
+        "#PBS -A project7",
+    ]
+
+
+def test_commands_and_the_listing_as_torque_prints_them() -> None:
+    queue = TorqueJobs()
+    assert queue.submit_command("/j/job-1.sh") == ["qsub", "/j/job-1.sh"]
+    assert queue.job_id("1234.head.cluster.example.org\n") == "1234.head.cluster.example.org"
+    assert queue.cancel_command(["1.s", "2.s"]) == ["qdel", "1.s", "2.s"]
+    listing = (
+        "Job ID                    Name             User            Time Use S Queue\n"
+        "------------------------- ---------------- --------------- -------- - -----\n"
+        "1234.head.cluster.exa*    scoop-r1-1       alice           00:01:02 R batch\n"
+        "1235.head.cluster.exa*    scoop-r1-2       alice                  0 Q batch\n"
+        "1236.head.cluster.exa*    scoop-r1-3       alice           00:00:00 C batch\n"
+        "99.head.cluster.exa*      other            bob                    0 R batch\n"
+    )
+    ids = [f"{n}.head.cluster.example.org" for n in (1234, 1235, 1236, 1237)]
+    assert queue.states(listing, ids) == {ids[0]: "R", ids[1]: "Q", ids[2]: "C"}
+    phases = {s: queue.phase(s) for s in "QHWTRESC"}
+    assert phases == {
+        "Q": JobQueue.PENDING,
+        "H": JobQueue.PENDING,
+        "W": JobQueue.PENDING,
+        "T": JobQueue.PENDING,
+        "R": JobQueue.RUNNING,
+        "E": JobQueue.RUNNING,  # exiting: its processes are still being ended
+        "S": JobQueue.RUNNING,
+        "C": JobQueue.ENDED,
+    }
+    with pytest.raises(ValueError, match="not a job id"):
+        queue.job_id("qsub: submit error (Unknown queue)\n")
+
+
+# -- real runs through the stand-ins --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    with checks.redis_server() as url:
+        yield url
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> dict[str, str]:
+    """The stand-ins first on PATH, their jobs in tmp_path/torque: the environment of a login node."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for command in ("qsub", "qstat", "qdel"):
+        checks.write_script(bin_dir / command, TORQUE_QUEUE)
+    return {
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "STANDIN_TORQUE_DIR": str(tmp_path / "torque"),
+    }
+
+
+def qstat(env: dict[str, str]) -> list[str]:
+    """The state letter of each job the (stand-in) qstat lists."""
+    lines = subprocess.run(["qstat"], env=env, capture_output=True, text=True).stdout
+    return [line.split()[4] for line in lines.splitlines()[2:]]
+
+
+def run_env(tmp_path: Path, queue: dict[str, str], transport: str, url: str) -> dict[str, str]:
+    return {**checks.job_run_env(os.environ, tmp_path / "home", transport, url), **queue}
+
+
+@pytest.mark.parametrize("transport", ["zmq", "redis"])
+def test_jobs_run_the_workers_and_are_gone_at_the_end(
+    tmp_path: Path, queue: dict[str, str], request: pytest.FixtureRequest, transport: str
+) -> None:
+    program = tmp_path / "prog.py"
+    program.write_text(checks.JOB_PROGRAM)
+    url = request.getfixturevalue("redis_url") if transport == "redis" else ""
+    env = run_env(tmp_path, queue, transport, url)
+    result = subprocess.run(
+        [sys.executable, "-m", "scoop", "--jobs", "2", "--scheduler", "torque"]
+        + ["--cores-per-job", "2", "--memory", "1G", str(program), "PBS_JOBID", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    try:
+        assert result.returncode == 0, result.stderr
+        line = next(ln for ln in result.stdout.splitlines() if ln.startswith("RESULT "))
+        report = json.loads(line[len("RESULT ") :])
+        assert report["right"]
+        assert report["jobs"] == ["1.standin", "2.standin"]
+        assert report["workers"] == ["worker-1", "worker-2", "worker-3", "worker-4"]
+        assert not report["leaked"]
+        assert qstat(env) == ["C", "C"]
+        run_dir = checks.run_directory(result.stderr)
+        checks.check_job_files(run_dir, env["SCOOP_RUN_KEY"], 2)
+        assert "#PBS -l nodes=1:ppn=2\n#PBS -l mem=1024mb\n" in (run_dir / "job-2.sh").read_text()
+        assert (run_dir / "job-1.report").read_text().splitlines()[-1] == "end 0"
+    finally:
+        assert checks.kill_mentioning(str(program)) == []
+
+
+def test_ctrl_c_of_the_launcher_deletes_every_job(tmp_path: Path, queue: dict[str, str]) -> None:
+    program = tmp_path / "prog.py"
+    program.write_text(checks.BLOCKING_PROGRAM)
+    env = run_env(tmp_path, queue, "zmq", "")
+    proc = checks.start_piped(
+        [sys.executable, "-m", "scoop", "--jobs", "2", "--scheduler", "torque", str(program)],
+        env,
+        cwd=tmp_path,
+    )
+    try:
+        # Both jobs run, and their workers have started.
+        checks.wait_for(
+            lambda: (
+                len(checks.processes_mentioning("_SCOOP_NAME=worker-")) >= 2
+                and qstat(env) == ["R", "R"]
+            ),
+            "both jobs' workers",
+        )
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 130, stderr
+        assert qstat(env) == ["C", "C"]
+    finally:
+        proc.kill()
+        proc.wait()
+        assert checks.kill_mentioning(str(program)) == []
+
+
+def test_a_job_deleted_from_outside_is_reported_and_the_run_goes_on(
+    tmp_path: Path, queue: dict[str, str]
+) -> None:
+    program = tmp_path / "prog.py"
+    program.write_text(
+        "import sys, time\nfrom scoop import futures\n\n"
+        "def slow(x):\n    time.sleep(0.05)\n    return x\n\n"
+        "if __name__ == '__main__':\n"
+        "    while not __import__('os').path.exists(sys.argv[1]):\n"
+        "        time.sleep(0.05)  # until the test has deleted a job\n"
+        "    print('RESULT', sum(futures.map(slow, range(50))), flush=True)\n"
+    )
+    go = tmp_path / "go"
+    env = run_env(tmp_path, queue, "zmq", "")
+    proc = checks.start_piped(
+        [sys.executable, "-m", "scoop", "--jobs", "2", "--scheduler", "torque"]
+        + [str(program), str(go)],
+        env,
+        cwd=tmp_path,
+    )
+    try:
+        checks.wait_for(lambda: qstat(env) == ["R", "R"], "both jobs running")
+        subprocess.run(["qdel", "1.standin"], env=env, check=True)
+        go.touch()
+        stdout, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        assert f"RESULT {sum(range(50))}" in stdout
+        assert "Torque job 1.standin (job-1: worker-1) ended (C) " in stderr, stderr
+        assert "job-1.err" in stderr
+    finally:
+        proc.kill()
+        proc.wait()
+        assert checks.kill_mentioning(str(program)) == []
+
+
+def test_a_submission_the_queue_refuses_stops_the_run_with_its_error(
+    tmp_path: Path, queue: dict[str, str]
+) -> None:
+    program = tmp_path / "prog.py"
+    program.write_text(checks.BLOCKING_PROGRAM)
+    env = run_env(tmp_path, queue, "zmq", "")
+    result = subprocess.run(
+        [sys.executable, "-m", "scoop", "--jobs", "2", "--scheduler", "torque"]
+        + ["--queue", "nosuch", str(program)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert "qsub /" in result.stderr and "Unknown queue" in result.stderr, result.stderr
+    assert "STARTED" not in result.stdout
+    assert checks.kill_mentioning(str(program)) == []
