@@ -70,7 +70,7 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 try:
     import joblib
@@ -93,6 +93,9 @@ from scoop_core.calls import Call
 from scoop_core.errors import SerializationError
 from scoop_core.future import Future
 
+if TYPE_CHECKING:
+    from scoop_core.executor import Executor
+
 __all__ = ["BACKEND_NAME", "NestedThreadingBackend", "ScoopBackend"]
 
 log = logging.getLogger("scoop.joblib")
@@ -110,7 +113,7 @@ def _run_batch(batch: Callable[[], list[Any]]) -> list[Any]:
     return batch()
 
 
-def _in_joblib_terms(batch: Any, rt: runtime.Runtime, exc: Exception) -> Exception:
+def _naming_the_call(batch: Any, rt: runtime.Runtime, exc: Exception) -> Exception:
     """``exc``, raised sending ``batch``; if it says the batch cannot be
     pickled, the error that names the call of the user's that cannot."""
     if not isinstance(exc, SerializationError):
@@ -151,7 +154,7 @@ class NestedThreadingBackend(ThreadingBackend):
 # -- the local pool, for programs outside any run ------------------------------
 
 _local_lock = threading.Lock()
-_local_pool: Any = None  # the scoop_core.Executor, held so that it lives on
+_local_pool: Executor | None = None  # held, so that it lives on
 _local_runtime: runtime.Runtime | None = None
 
 
@@ -279,7 +282,8 @@ class ScoopBackend(AutoBatchingMixin, ParallelBackendBase):
         self._send(batch)
         return batch
 
-    # joblib before 1.5 calls backends' apply_async; pyproject allows 1.3.
+    # What joblib releases before the rename to ``submit`` call (the test
+    # extras allow joblib 1.3).
     apply_async = submit
 
     def _send(self, batch: _Batch) -> None:
@@ -298,7 +302,7 @@ class ScoopBackend(AutoBatchingMixin, ParallelBackendBase):
                 # it where it reads results (raised here, in the done-callback
                 # of another batch, it would reach nobody).
                 batch.future = Future()
-                batch.future.set_exception(_in_joblib_terms(batch.func, rt, exc))
+                batch.future.set_exception(_naming_the_call(batch.func, rt, exc))
                 following = self._ended(batch)
                 continue
             batch.future = fut
