@@ -447,3 +447,70 @@ def test_config_file_environment_and_n_in_that_order(write_program, scoop_run, t
     assert size_of(scoop_run(prog, flags=())) == 3
     assert size_of(scoop_run(prog, flags=(), env={"SCOOP_WORKERS": "2"})) == 2
     assert size_of(scoop_run(prog, flags=("-n", "1"), env={"SCOOP_WORKERS": "2"})) == 1
+
+
+# -- workers in batch jobs: --dry-run and the flags' errors -------------------------------
+
+
+def test_dry_run_prints_the_job_script_and_submits_nothing(write_program, tmp_path):
+    prog = write_program(REPORT)
+    home = tmp_path / "home"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # An sbatch that leaves a trace if anything calls it.
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ntouch {tmp_path / 'submitted'}\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    key = "5e" * 32
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "SCOOP_RUN_KEY": key,
+    }
+    flags = ["--jobs", "2", "--scheduler", "slurm", "--cores-per-job", "4", "--memory", "8G"]
+    flags += ["--walltime", "2:00:00", "--queue", "short", "--job-extra=--account=abc"]
+    proc = run_command(
+        [sys.executable, "-m", "scoop", *flags, "--dry-run", str(prog)], cwd=tmp_path, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    script = proc.stdout
+    for line in (
+        "#!/bin/sh",
+        "#SBATCH --cpus-per-task=4",
+        "#SBATCH --mem=8192M",
+        "#SBATCH --time=2:00:00",
+        "#SBATCH --partition=short",
+        "#SBATCH --account=abc",
+        f"cd {tmp_path} || exit 1",
+    ):
+        assert f"\n{line}\n" in f"\n{script}", script
+    run_id = script.split()[2].rstrip(":")
+    jobs = tmp_path / "scoop-jobs" / run_id
+    assert f"exec {sys.executable} -m scoop_core.worker_jobs {home}/.scoop/jobs/{run_id}/" in script
+    assert f"sbatch --parsable {jobs}/job-1.sh\nsbatch --parsable {jobs}/job-2.sh\n" in script
+    assert key not in script
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin", "prog.py"]  # nothing written
+    assert "RESULT" not in script  # the program did not run
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--jobs", "2"], "--jobs needs --scheduler: one of sge, slurm, torque"),
+        (["--queue", "q"], "--queue only with --jobs N"),
+        (["--dry-run"], "--dry-run only with --jobs N"),
+        (["--jobs", "2", "--scheduler", "ssh"], "the ssh launcher cannot submit jobs"),
+        (["--jobs", "2", "--scheduler", "pbs"], "pbs"),
+        (["--jobs", "2", "--scheduler", "slurm", "-n", "4"], "--jobs and -n:"),
+        (["--jobs", "2", "--scheduler", "slurm", "--hosts", "a", "b"], "--jobs and --hosts:"),
+        (["--jobs", "0", "--scheduler", "slurm"], "expected a number of at least 1"),
+        (["--jobs", "1", "--scheduler", "slurm", "--memory", "2"], "is not a size with a unit"),
+        (["--jobs", "1", "--scheduler", "slurm", "--walltime", "1:30"], "1:30:00"),
+        (["--jobs", "1", "--scheduler", "sge", "--cores-per-job", "2"], "parallel environment"),
+    ],
+)
+def test_job_flags_that_do_not_fit_are_one_line_errors(write_program, tmp_path, flags, message):
+    prog = write_program(REPORT)
+    proc = run_command([sys.executable, "-m", "scoop", *flags, str(prog)], cwd=tmp_path)
+    assert message in one_line_error(proc)
+    assert not (tmp_path / "scoop-jobs").exists()
