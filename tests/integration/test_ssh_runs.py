@@ -182,9 +182,7 @@ def test_a_host_that_refuses_the_login_is_named_and_nothing_is_left(machines, wr
     assert machines.leftovers() == {}
 
 
-def test_ctrl_c_stops_every_host(machines, write_program, tmp_path):
-    prog = write_program(
-        """
+NAPPING = """
 import time
 from scoop import futures
 
@@ -196,7 +194,11 @@ if __name__ == "__main__":
     print("READY", flush=True)
     [f.result() for f in fs]
 """
-    )
+"""A program whose futures take a minute: it says READY once they are submitted."""
+
+
+def test_ctrl_c_stops_every_host(machines, write_program, tmp_path):
+    prog = write_program(NAPPING)
     argv = [sys.executable, "-m", "scoop", "--broker-hostname", machines.here]
     run = checks.start_piped(
         [*argv, "--hosts", "localhost", "h2", "h3", str(prog)], machines.env, cwd=prog.parent

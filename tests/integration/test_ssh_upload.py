@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from test_ssh_runs import (
+    NAPPING,
     PROGRAM,
     Machines,
     checks,
@@ -129,20 +130,6 @@ def test_upload_sends_the_program_and_its_files_to_a_host_that_does_not_see_them
     for directory in sent:
         assert not machines.cluster["hprivate"].own(directory).exists(), directory
     assert machines.leftovers() == {}
-
-
-NAPPING = """
-import time
-from scoop import futures
-
-def nap(i):
-    time.sleep(60)
-
-if __name__ == "__main__":
-    fs = [futures.submit(nap, i) for i in range(2)]
-    print("READY", flush=True)
-    [f.result() for f in fs]
-"""
 
 
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])

@@ -28,25 +28,12 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from ssh_hosts import (
-    NOISY_BASHRC,
-    SSHD,
-    Cluster,
-    SshdHost,
-    View,
-    cmdline,
-    free_port,
-    keygen,
-    make_namespaces,
-    namespaces_work,
-    start_sshd,
-)
+from ssh_hosts import NOISY_BASHRC, SSHD, Cluster, View, cmdline, start_cluster
 
 
 @pytest.fixture(scope="session")
@@ -59,49 +46,16 @@ def cluster() -> Iterator[Cluster]:
     # sshd refuses to start without its privilege-separation directory.
     os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
     directory = Path(tempfile.mkdtemp(prefix="scoop-ssh-"))
-    aliases = ["h1", "h2", "h3", "hbad", "hnoisy"]
-    views = {"hnoisy": View(bashrc=NOISY_BASHRC)}
     with contextlib.ExitStack() as stack:
         stack.callback(shutil.rmtree, directory, True)
-        client_key = directory / "client_ed25519"
-        authorized = keygen(client_key) + "\n"
-        stranger = keygen(directory / "stranger_ed25519") + "\n"
-        in_namespaces = not os.environ.get("SCOOP_TEST_SSH_LOOPBACK") and namespaces_work()
-        hosts: dict[str, SshdHost] = {}
-        if in_namespaces:
-            placed, unreachable = make_namespaces(aliases, stack)
-            for alias, (ns, address) in placed.items():
-                port = 2222 if alias == "h3" else 22
-                hosts[alias] = SshdHost(
-                    alias,
-                    address,
-                    port,
-                    f"{alias}-{os.getpid()}",
-                    directory / alias,
-                    ns,
-                    view=views.get(alias, View()),
-                )
-        else:
-            warnings.warn(
-                "ssh launcher tests: no network namespaces here; the test hosts are sshd "
-                "servers on 127.0.0.2, 127.0.0.3, ... instead, and ProxyJump's target is "
-                "reachable without the jump",
-                stacklevel=1,
-            )
-            for i, alias in enumerate([*aliases, "hidden"], 2):
-                address = f"127.0.0.{i}"
-                hosts[alias] = SshdHost(
-                    alias,
-                    address,
-                    free_port(address),
-                    f"{alias}-{os.getpid()}",
-                    directory / alias,
-                    view=views.get(alias, View()),
-                )
-            unreachable = "10.255.255.1"  # nothing there speaks SSH
-        for alias, host in hosts.items():
-            start_sshd(host, stranger if alias == "hbad" else authorized, stack)
-        yield Cluster(hosts, client_key, in_namespaces, unreachable, directory)
+        yield start_cluster(
+            directory,
+            ["h1", "h2", "h3", "hbad", "hnoisy"],
+            stack,
+            views={"hnoisy": View(bashrc=NOISY_BASHRC)},
+            ports={"h3": 2222},
+            hidden=True,
+        )
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -270,25 +271,37 @@ def start_cluster(
     stack: contextlib.ExitStack,
     *,
     views: dict[str, View] | None = None,
+    ports: dict[str, int] | None = None,
+    hidden: bool = False,
     refused: tuple[str, ...] = ("hbad",),
 ) -> Cluster:
-    """sshd servers for ``aliases`` (``h1`` among them), each in its network
-    namespace, or on 127.0.0.2, 127.0.0.3, ... where namespaces cannot be
-    made; the hosts in ``refused`` do not take the client's key."""
+    """sshd servers for ``aliases`` (``h1`` among them), each in a network
+    namespace of its own, on port 22 or the one ``ports`` gives it; with
+    ``hidden``, one more host, ``hidden``, that only ``h1`` reaches. Where
+    namespaces cannot be made (or with ``SCOOP_TEST_SSH_LOOPBACK=1``), sshd
+    servers on 127.0.0.2, 127.0.0.3, ... instead, and ``hidden`` is not
+    hidden. The hosts in ``refused`` do not take the client's key; those in
+    ``views`` see this machine as their :class:`View` says."""
     authorized = keygen(directory / "client_ed25519") + "\n"
     stranger = keygen(directory / "stranger_ed25519") + "\n"
-    hosts = {}
-    in_namespaces = namespaces_work()
+    names = [*aliases, *(["hidden"] if hidden else [])]
+    in_namespaces = not os.environ.get("SCOOP_TEST_SSH_LOOPBACK") and namespaces_work()
     if in_namespaces:
         placed, unreachable = make_namespaces(aliases, stack)
-        places = [(alias, *placed[alias], 22) for alias in aliases]
+        places = [(alias, *placed[alias], (ports or {}).get(alias, 22)) for alias in names]
     else:
-        print("no network namespaces here: test hosts are sshd on 127.0.0.2, 127.0.0.3, ...")
-        unreachable = "10.255.255.1"
+        warnings.warn(
+            "ssh launcher tests: no network namespaces here; the test hosts are sshd "
+            "servers on 127.0.0.2, 127.0.0.3, ... instead, and ProxyJump's target is "
+            "reachable without the jump",
+            stacklevel=1,
+        )
+        unreachable = "10.255.255.1"  # nothing there speaks SSH
         places = []
-        for i, alias in enumerate(aliases, 2):
+        for i, alias in enumerate(names, 2):
             address = f"127.0.0.{i}"
             places.append((alias, None, address, free_port(address)))
+    hosts = {}
     for alias, ns, address, port in places:
         hosts[alias] = SshdHost(
             alias,
@@ -299,8 +312,7 @@ def start_cluster(
             ns,
             view=(views or {}).get(alias, View()),
         )
-    for alias, host in hosts.items():
-        start_sshd(host, stranger if alias in refused else authorized, stack)
+        start_sshd(hosts[alias], stranger if alias in refused else authorized, stack)
     return Cluster(hosts, directory / "client_ed25519", in_namespaces, unreachable, directory)
 
 
