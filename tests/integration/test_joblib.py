@@ -116,6 +116,7 @@ def main():
         out(["values", [v for v, _ in pairs]])
         out(["pids", sorted({p for _, p in pairs})])
         out(["root", os.getpid()])
+        out(["n_jobs", [joblib.effective_n_jobs(n) for n in (-1, -2, 1, 5)]])
         try:
             Parallel(n_jobs=-1)(delayed(fails_at_three)(i) for i in range(20))
         except KeyError as exc:
@@ -139,6 +140,7 @@ if __name__ == "__main__":
     got = results(run_way(prog, way))
     assert got["values"] == [i * i for i in range(200)]
     assert got["pids"] and got["root"] not in got["pids"]
+    assert got["n_jobs"] == [2, 1, 1, 5]  # -1: the two workers
     name, message, cause = got["raised"]
     assert (name, message) == ("KeyError", "'three is not allowed'")
     assert "Traceback from worker-" in cause and "fails_at_three" in cause
