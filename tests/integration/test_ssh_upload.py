@@ -132,6 +132,44 @@ def test_upload_sends_the_program_and_its_files_to_a_host_that_does_not_see_them
     assert machines.leftovers() == {}
 
 
+REPLACED = """
+import json, os, time
+import scoop
+from scoop import futures
+
+def who(i):
+    time.sleep(0.05)
+    flag = os.path.join(os.path.dirname(os.path.abspath(__file__)), "killed")
+    if scoop.worker == "worker-1" and not os.path.exists(flag):
+        open(flag, "w").close()
+        os.kill(os.getpid(), 9)
+    return [scoop.worker, os.path.dirname(os.path.abspath(__file__))]
+
+if __name__ == "__main__":
+    seen = {}
+    deadline = time.time() + 60
+    while "worker-3" not in seen and time.time() < deadline:
+        seen.update(futures.map(who, range(8)))
+    print("RESULT " + json.dumps(seen), flush=True)
+"""
+
+
+def test_a_worker_that_replaces_a_dead_one_runs_what_was_sent_too(
+    machines: Machines, here: Path
+) -> None:
+    prog = here / "prog.py"
+    prog.write_text(REPLACED)
+
+    proc = run_scoop(machines, prog, "--hosts", "hprivate", "hprivate", "--upload")
+
+    seen = result_of(proc)
+    assert "worker-1 exited with status -9; worker-3 replaces it" in proc.stderr, proc.stderr
+    # worker-3 imported the program from where its host's supervisor put it.
+    assert os.path.basename(seen["worker-3"]).startswith("scoop-upload-"), seen
+    assert seen["worker-3"] == seen["worker-2"]
+    assert machines.leftovers() == {}
+
+
 @pytest.mark.parametrize("how", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "killed"])
 def test_what_was_sent_goes_when_the_launcher_is_stopped_or_killed(
     machines: Machines, here: Path, how: signal.Signals
