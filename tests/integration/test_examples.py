@@ -83,6 +83,11 @@ def check_map_reduce(out: str, err: str) -> None:
     assert match(r"^mapReduce concat = (\d+)$", out)[1] == "".join(map(str, range(30)))
 
 
+def check_joblib_gridsearch(out: str, err: str) -> None:
+    match(r"^best parameters: \{.+\}, score [\d.]+$", out)
+    assert "the same as the serial search" in out
+
+
 def check_shared_constants(out: str, err: str) -> None:
     assert ast.literal_eval(match(r"^with offset: (.*)$", out)[1]) == list(range(5, 15))
     assert ast.literal_eval(match(r"^with default scale: (.*)$", out)[1]) == list(range(10))
@@ -170,6 +175,7 @@ CASES = [
     Case("exit_status.py", check_exit_status(7), args=("7",), status=7),
     Case("exit_status.py", check_exit_status(0), args=("0",), status=0),
     Case("embedded_executor.py", check_embedded_executor),
+    Case("joblib_gridsearch.py", check_joblib_gridsearch),
 ]
 
 
