@@ -244,6 +244,9 @@ def run_worker() -> int:
         name=name,
         workers=size,
         prefetch=int(_env("_SCOOP_PREFETCH", "2")),
+        # An Executor's max_tasks_per_child and initializer (see scoop_core.worker).
+        max_tasks=int(os.environ.get("_SCOOP_MAX_TASKS") or 0) or None,
+        initializer=bool(os.environ.get("_SCOOP_INITIALIZER")),
         **_limits(),
     )
     _leave_on_sigterm(connection, rt)
@@ -263,7 +266,9 @@ def run_worker() -> int:
         log.info("%s wrote its profile to %s", name, path)
     else:
         rt.serve(program)
-    return 0
+    # Nonzero for a worker that retired (max_tasks_per_child: its launcher
+    # replaces it) or whose initializer failed (see scoop_core.errors).
+    return rt.exit_status
 
 
 def run_root(program: str, args: list[str]) -> int:

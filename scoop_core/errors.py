@@ -6,9 +6,10 @@ re-exported here so that code written for PEP 3148 catches ours too.
 
 from __future__ import annotations
 
-from concurrent.futures import CancelledError, TimeoutError
+from concurrent.futures import BrokenExecutor, CancelledError, TimeoutError
 
 __all__ = [
+    "BrokenPool",
     "CancelledError",
     "ConfigError",
     "ConstantError",
@@ -29,6 +30,18 @@ __all__ = [
 PROGRAM_IMPORT_FAILED = 3
 """Exit status of a worker that could not import the program. The launcher
 does not replace such a worker: its replacement would fail the same way."""
+
+
+WORKER_RETIRED = 75
+"""Exit status of a worker that ran its ``max_tasks_per_child`` futures,
+handed back those it held and left: the run replaces it, and this counts
+neither as a loss nor against ``max_restarts``. (75 is ``EX_TEMPFAIL``:
+"try again", which a new worker does.)"""
+
+INITIALIZER_FAILED = 76
+"""Exit status of a worker whose Executor ``initializer`` raised. It is not
+replaced (its replacement would fail the same way): the pool is broken,
+as a ``ProcessPoolExecutor`` is."""
 
 
 class ScoopError(Exception):
@@ -99,3 +112,12 @@ class ConstantNotFound(ScoopError, KeyError):
 
 class WorkerLostError(ScoopError):
     """A future's worker died and the future could not be run elsewhere."""
+
+
+class BrokenPool(ScoopError, BrokenExecutor):
+    """A :class:`scoop_core.Executor` cannot run futures any more: a worker's
+    ``initializer`` raised, or every worker has exited and none replaces them.
+
+    A ``concurrent.futures.BrokenExecutor`` (as ``ProcessPoolExecutor``'s
+    ``BrokenProcessPool`` is): its pending futures fail with it, and so
+    does every later ``submit``."""

@@ -10,6 +10,9 @@ reads a key file only if it is a regular file of this user's that nobody
 else can read); it reaches the workers through their environment, never
 their command line.
 
+A worker that retires (an Executor's ``max_tasks_per_child``) is replaced
+by a new one here, as the Executor replaces its own.
+
 On Ctrl-C (or SIGTERM) the workers hand back the futures they hold, which
 other workers run at once, then exit; the command exits 130 (143). When the
 run ends, its workers exit and so does the command, with status 0.
@@ -25,7 +28,7 @@ import sys
 import time
 
 from scoop_core.config import Config
-from scoop_core.errors import LaunchError, UsageError
+from scoop_core.errors import WORKER_RETIRED, LaunchError, UsageError
 from scoop_core.interfaces import StoreTransport, WorkerSpec
 from scoop_core.local_launcher import LocalLauncher
 from scoop_core.plugins.manager import PluginManager
@@ -67,8 +70,10 @@ def worker_specs(
     run_id: str,
     info: dict[str, object],
     cwd: str | None = None,
+    first: int = 1,
 ) -> list[WorkerSpec]:
-    """How to start ``count`` workers of the run described by ``info``."""
+    """How to start ``count`` workers of the run described by ``info``,
+    numbered from ``first``."""
     program = str(info.get("program") or "")
     if program and not os.path.isfile(program):
         raise LaunchError(
@@ -89,7 +94,7 @@ def worker_specs(
     python = config["python_interpreter"] or sys.executable
     argv = (python, "-m", BOOTSTRAP, "worker")
     specs = []
-    for i in range(1, count + 1):
+    for i in range(first, first + count):
         worker = f"{host}-{os.getpid()}-{i}"
         specs.append(WorkerSpec(worker, host, argv, {**base, "_SCOOP_NAME": worker}, cwd))
     return specs
@@ -106,17 +111,35 @@ def join(
 ) -> int:
     """Start ``count`` workers for run ``run_id`` and wait for them; the exit status."""
     address, key, info = _run_info(config, plugins, run_id, key_path)
-    specs = worker_specs(
-        config, count=count, address=address, key=key, run_id=run_id, info=info, cwd=cwd
-    )
+
+    def specs_from(first: int, number: int) -> list[WorkerSpec]:
+        return worker_specs(
+            config,
+            count=number,
+            address=address,
+            key=key,
+            run_id=run_id,
+            info=info,
+            cwd=cwd,
+            first=first,
+        )
+
+    specs = specs_from(1, count)
+    retired: set[str] = set()
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     group = None
     try:
         group = LocalLauncher().start(specs)
         log.warning("joined run %s at %s with %d worker(s)", run_id, address, count)
         while any(status is None for status in group.poll().values()):
+            for name, status in group.poll().items():
+                if status == WORKER_RETIRED and name not in retired:
+                    retired.add(name)
+                    [new] = specs_from(count + len(retired), 1)
+                    group.replace(name, new)
+                    log.info("%s retired (max_tasks_per_child); %s replaces it", name, new.name)
             time.sleep(0.25)  # polling child processes, not synchronising a test
-        failed = {n: s for n, s in group.poll().items() if s}
+        failed = {n: s for n, s in group.poll().items() if s and n not in retired}
         for worker, status in failed.items():
             log.warning("%s exited with status %s", worker, status)
         return 1 if failed else 0

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from scoop_core import run_keys, run_registry
 from scoop_core.config import Config, set_current
-from scoop_core.errors import PROGRAM_IMPORT_FAILED, LaunchError
+from scoop_core.errors import INITIALIZER_FAILED, PROGRAM_IMPORT_FAILED, WORKER_RETIRED, LaunchError
 from scoop_core.hosts import Host, is_local
 from scoop_core.interfaces import Launcher, WorkerGroup, WorkerSpec
 from scoop_core.local_launcher import LocalWorkers
@@ -72,6 +72,8 @@ class Run:
         launcher: Launcher | None = None,
         hosts: Sequence[Host] | None = None,
         public: bool | None = None,
+        max_tasks_per_child: int | None = None,
+        initializer: bool = False,
     ) -> None:
         if workers < 1:
             raise LaunchError(f"a run needs at least one worker, got {workers}")
@@ -88,6 +90,10 @@ class Run:
         )
         self.root_name = root_name
         self.launcher = launcher
+        # A worker retires after this many futures, and is replaced (an Executor's setting).
+        self.max_tasks_per_child = max_tasks_per_child
+        # Whether workers run an Executor's initializer (a constant of the run) first.
+        self.initializer = initializer
         # Where the workers go, in order, with their number on each (None: this machine).
         self.hosts = list(hosts) if hosts else None
         if self.hosts and sum(h.count or 0 for h in self.hosts) != workers:
@@ -173,6 +179,8 @@ class Run:
             "heartbeat": [self.config["heartbeat_interval"], self.config["heartbeat_timeout"]],
             "max_message_size": self.config["max_message_size"],
             "trace": bool(self.config["trace"]),
+            "max_tasks_per_child": self.max_tasks_per_child,
+            "initializer": self.initializer,
         }
 
     def env(self, name: str) -> dict[str, str]:
@@ -268,7 +276,9 @@ class Run:
             if name not in self._reported:
                 self._reported.add(name)
                 self.backend.peer_lost(name)
-                if status != 0:
+                if status == WORKER_RETIRED:
+                    self._replace_retired(name)
+                elif status != 0:
                     self.backend.activity.lost(name)
                     self._replace(name, status)
         return {n: s for n, s in ended.items() if n not in self._replaced}
@@ -291,6 +301,9 @@ class Run:
             return
         if status == PROGRAM_IMPORT_FAILED:
             log.warning("%s; not replaced: it could not import the program", died)
+            return
+        if status == INITIALIZER_FAILED:
+            log.error("%s; not replaced: the Executor's initializer raised there", died)
             return
         done, limit = self._restarts.get(host, 0), self.config["max_restarts"]
         if limit == 0:
@@ -333,6 +346,33 @@ class Run:
             limit,
             where,
         )
+
+    def _replace_retired(self, retired: str) -> None:
+        """Start a new worker where ``retired`` ran: it ran its
+        ``max_tasks_per_child`` futures and left, having handed back those
+        it held. Neither a loss nor a restart: not counted against
+        ``max_restarts``."""
+        group = self.group
+        if self._stopping or group is None:
+            return
+        host = self._places.get(retired, "127.0.0.1")
+        name = f"worker-{self._next_worker}"
+        self._next_worker += 1
+        try:
+            group.replace(retired, self.worker_spec(name, host))
+        except NotImplementedError:
+            log.warning(
+                "%s retired; not replaced: its launcher cannot start workers later", retired
+            )
+            return
+        except LaunchError as exc:
+            log.error("%s retired and could not be replaced: %s", retired, exc)
+            return
+        self._replaced.add(retired)
+        self.backend.activity.launcher.instant(
+            "retire", f"{name} replaces {retired}", worker=retired, by=name
+        )
+        log.info("%s ran its max_tasks_per_child futures; %s replaces it", retired, name)
 
     def stop(self, grace: float = 5.0) -> None:
         """Tell the workers the run is over, give them ``grace`` seconds to
@@ -391,6 +431,9 @@ def run_env(
         "_SCOOP_LOG_LEVEL": logging.getLevelName(logging.getLogger("scoop").getEffectiveLevel()),
         "_SCOOP_DISABLE_PLUGINS": ",".join(disabled_plugins),
         "_SCOOP_TRACE": "1" if info.get("trace") else "",
+        # An Executor's settings for its workers (see scoop_core.worker).
+        "_SCOOP_MAX_TASKS": str(info.get("max_tasks_per_child") or ""),
+        "_SCOOP_INITIALIZER": "1" if info.get("initializer") else "",
     }
     if info.get("program"):
         env["_SCOOP_PROGRAM"] = str(info["program"])

@@ -12,6 +12,7 @@ trips, and turning outcomes back into results or exceptions.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import logging
 import os
@@ -19,6 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import InvalidStateError
 from typing import Any
 
 from scoop_core import activity, exit_guard
@@ -41,6 +43,16 @@ from scoop_core.interfaces import Endpoint, Frame, Serializer
 log = logging.getLogger("scoop.runtime")
 
 MISSING: Any = object()
+
+INITIALIZER = "__scoop_initializer__"
+"""The run constant holding an Executor's ``(initializer, initargs)``: each
+worker (joined ones and replacements included) runs it before its first
+future. A constant, not an environment variable: it reaches every worker
+through the run, and workers that join a Redis run later too."""
+
+INITIALIZER_FAILED = "__scoop_initializer_failed__:"
+"""The prefix of the constant a worker whose initializer raised sets (its
+name follows) to the exception's text, for the Executor's error."""
 
 LAUNCH_HINT = (
     "launch the program with `python -m scoop yourprogram.py` (or `scoop run yourprogram.py`), "
@@ -556,15 +568,22 @@ class Runtime:
         self.shutdown_reason = reason
         self.closed = True
         error = NotLaunchedError(f"the pool shut down before this future finished ({reason})")
-        for fut in list(self._owned.values()):
-            if not fut.done():
-                fut.set_exception(error)
-        self._owned.clear()
-        self._chunks.clear()
+        self.fail_owned(error)
         for reply in self._replies.values():
             if not reply.done():
                 reply.set_exception(error)
         self._replies.clear()
+
+    def fail_owned(self, error: BaseException) -> None:
+        """Every future of ours not done yet fails with ``error``, now, and
+        is forgotten: an outcome that comes later for it is dropped."""
+        owned = list(self._owned.values())
+        self._owned.clear()
+        self._chunks.clear()
+        for fut in owned:
+            # Its outcome may arrive meanwhile, in the I/O thread: that one stands.
+            with contextlib.suppress(InvalidStateError):
+                fut.set_exception(error)
 
 
 class ThreadedRuntime(Runtime):

@@ -39,10 +39,22 @@ from scoop_core.calls import (
     portable,
     to_wire,
 )
-from scoop_core.errors import PROGRAM_IMPORT_FAILED, SerializationError
+from scoop_core.errors import (
+    INITIALIZER_FAILED,
+    PROGRAM_IMPORT_FAILED,
+    WORKER_RETIRED,
+    SerializationError,
+)
 from scoop_core.future import Future
 from scoop_core.interfaces import Endpoint
-from scoop_core.runtime import ChunkCut, ThreadedRuntime, items_of, short_repr
+from scoop_core.runtime import (
+    INITIALIZER,
+    ChunkCut,
+    ThreadedRuntime,
+    items_of,
+    short_repr,
+)
+from scoop_core.runtime import INITIALIZER_FAILED as FAILED_CONSTANT
 from scoop_core.worker_book import Job, WorkerBook
 
 log = logging.getLogger("scoop.worker")
@@ -109,8 +121,25 @@ class WorkerRuntime(ThreadedRuntime):
 
     role = m.WORKER
 
-    def __init__(self, endpoint: Endpoint, *, prefetch: int = 2, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        prefetch: int = 2,
+        max_tasks: int | None = None,
+        initializer: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(endpoint, **kwargs)
+        # An Executor's max_tasks_per_child: after running that many futures
+        # of the broker's, the worker retires (see _retire) and is replaced.
+        self.max_tasks = max_tasks
+        self._taken = 0  # futures of the broker's started here
+        self.retiring = False
+        # An Executor's initializer runs before the first future (see _initialize).
+        self._initialized = not initializer
+        self._wants_initializer = initializer
+        self.initializer_failed = False
         self.book = WorkerBook(prefetch=prefetch)
         self._base_prefetch = self.book.prefetch
         self.ready: deque[TaskGreenlet] = deque()
@@ -556,6 +585,8 @@ class WorkerRuntime(ThreadedRuntime):
         if program:
             importer = TaskGreenlet(lambda: self._import_program(program))
             self.ready.append(importer)
+        if self._wants_initializer:
+            self.ready.append(TaskGreenlet(self._initialize))
         book, ready = self.book, self.ready
         act = self.activity
         clock = time.perf_counter
@@ -566,10 +597,14 @@ class WorkerRuntime(ThreadedRuntime):
                 ready.popleft().switch()
                 act.busy += clock() - began
                 progressed = True
-            else:
+            elif self._initialized:
+                if self.retiring:
+                    self._give_back_unstarted()
                 with self._lock:
                     job = book.next_job()
                 if job is not None:
+                    if not job.local:
+                        self._count_taken()
                     g = TaskGreenlet(self._run_job)
                     g.job = job
                     began = clock()
@@ -588,10 +623,11 @@ class WorkerRuntime(ThreadedRuntime):
             ):
                 self._flush()
                 self._flushed = now
-            with self._lock:
-                want = book.wanted(len(ready))
+            want = self._wanted(len(ready))
             if want:
                 self._send(m.Ready(want))
+            if self.retiring and not ready and not book.jobs:
+                break  # what ran here is done; what was not started is handed back
             self._take_messages(0.0 if (progressed or ready) else self._idle_timeout())
         if self.shutdown_reason:
             # Let the broker know we heard it, so it closes without waiting for us.
@@ -599,18 +635,91 @@ class WorkerRuntime(ThreadedRuntime):
             self._results_size = 0
             self._report(final=True)
             self._send(m.Bye("shutdown"))
+        elif self.retiring or self.initializer_failed:
+            # Goodbye, as a worker asked to leave says it: the broker queues
+            # again, without a loss, whatever this worker still held.
+            self._flush()
+            self.leave(10.0, "retired" if self.retiring else "its initializer failed")
+            return
         else:
             self._flush()
             self._report(final=True)
         self.stop_io()
 
-    def leave(self, timeout: float) -> bool:
+    @property
+    def exit_status(self) -> int:
+        """The status this worker's process ends with, once :meth:`serve` returned."""
+        if self.shutdown_reason:
+            return 0
+        if self.initializer_failed:
+            return INITIALIZER_FAILED
+        return WORKER_RETIRED if self.retiring else 0
+
+    # -- an Executor's initializer and max_tasks_per_child ------------------------
+
+    def _initialize(self) -> None:
+        """Run the Executor's initializer (a constant of the run, which may
+        reach this worker after its first futures do) before any future. If
+        it raises, the worker says why in a constant the Executor reads,
+        hands back what it holds, and exits with INITIALIZER_FAILED."""
+        try:
+            call = from_wire(self.serializer.loads(self.get_const(INITIALIZER, None)))
+            call.run()
+        except BaseException as exc:
+            if isinstance(exc, greenlet.GreenletExit):
+                raise
+            log.exception("%s: the Executor's initializer raised", self.name)
+            self.initializer_failed = True
+            self._running = False
+            try:
+                self.set_const(f"{FAILED_CONSTANT}{self.name}", f"{type(exc).__name__}: {exc}")
+            except Exception:
+                log.debug("%s could not say why its initializer failed", self.name, exc_info=True)
+            return
+        self._initialized = True
+
+    def _count_taken(self) -> None:
+        self._taken += 1
+        if self.max_tasks is not None and self._taken >= self.max_tasks:
+            self.retiring = True
+
+    def _wanted(self, runnable: int) -> int:
+        """How many futures to ask the broker for: never more than this
+        worker will run before it retires (it would only hand them back)."""
+        if self.retiring or self.initializer_failed:
+            return 0
+        book = self.book
+        with self._lock:
+            if self.max_tasks is None:
+                return book.wanted(runnable)
+            room = self.max_tasks - self._taken - (book.unstarted - book.spare) - book.asked
+            if room <= 0:
+                return 0
+            want = book.wanted(runnable)
+            if want > room:
+                book.asked -= want - room
+                want = room
+            return want
+
+    def _give_back_unstarted(self) -> None:
+        """Retiring: futures of the broker's held here and not started are
+        given up (the broker queues them again when this worker says goodbye)."""
+        with self._lock:
+            given = [
+                fid
+                for fid, job in list(self.book.jobs.items())
+                if not job.local and self.book.recall(fid)
+            ]
+        if given:
+            self._handed(given)
+
+    def leave(self, timeout: float, reason: str = "asked to leave") -> bool:
         """From a signal handler: say goodbye to the broker, which queues
         again, without a loss, every future this worker holds; send it and
         stop the I/O thread. True if that was done within ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         self._report(final=True)
-        self._send(m.Bye("asked to leave"))
+        self._send(m.Bye(reason))
         self.stop_io()
         return time.monotonic() < deadline
 

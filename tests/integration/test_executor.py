@@ -23,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import processes_of, program_results, run_command, wait_gone
+from conftest import (
+    environ_without_scoop,
+    kill_run,
+    processes_of,
+    program_results,
+    run_command,
+    wait_gone,
+)
 
 import scoop_core
 from scoop import futures
@@ -408,3 +415,98 @@ def test_a_lambda_from_the_pytest_process_runs_on_a_worker(monkeypatch):
         futures.submit(abs, -1)
     with pytest.raises(PluginError, match="unknown transport 'nope'; choose one of: .*zmq"):
         scoop_core.Executor(1, transport="nope")
+
+
+JOINED = """
+def where(_):
+    time.sleep(0.02)
+    return [scoop_core.context.worker, os.environ.get("JOIN_TAG", "no initializer")]
+
+def tag(value):
+    os.environ["JOIN_TAG"] = value
+
+if __name__ == "__main__":
+    with scoop_core.Executor(1, transport="redis", initializer=tag, initargs=("tagged",)) as pool:
+        out([pool.run_id, pool.key_file])
+        seen = set()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            seen.update(tuple(x) for x in pool.map(where, range(20)))
+            if any(not name.startswith("worker-") for name, _ in seen):
+                break
+        out(sorted(seen))
+"""
+
+
+def test_a_scoop_worker_joins_a_redis_executor_and_runs_its_initializer_first(
+    program, tmp_path, redis_server_url
+):
+    """``scoop worker --run ID`` on another machine (here, another process
+    with the same home directory) joins the Executor's run: it finds the
+    key in the file the pool names, runs the pool's initializer, then
+    futures; it exits once the pool shuts down."""
+    prog = program(JOINED)
+    env = {
+        **environ_without_scoop(),
+        "HOME": str(tmp_path),
+        "SCOOP_TRANSPORT_REDIS_URL": redis_server_url,
+        "SCOOP_TRANSPORT_REDIS_PREFIX": f"exec-{uuid.uuid4().hex[:8]}",
+    }
+    pool = subprocess.Popen(
+        [sys.executable, prog.name],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    joiner = None
+    try:
+        assert pool.stdout is not None
+        run_id, key_file = json.loads(pool.stdout.readline()[7:])
+        assert key_file == str(tmp_path / ".scoop" / "runs" / f"{run_id}.key")
+        assert os.stat(key_file).st_mode & 0o077 == 0
+        joiner = subprocess.Popen(
+            ["scoop", "--transport", "redis", "worker", "--run", run_id, "-n", "1"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        out, err = pool.communicate(timeout=120)
+        assert pool.returncode == 0, err
+        seen = json.loads(out.splitlines()[-1][7:])
+        joined = [tag for name, tag in seen if not name.startswith("worker-")]
+        assert joined, f"no future ran on the joined worker: {seen}"
+        assert {tag for _, tag in seen} == {"tagged"}, seen
+        # The pool is shut down: the run is over, the joined worker exits, its key file is gone.
+        assert joiner.wait(30) == 0, joiner.stderr.read() if joiner.stderr else ""
+        assert not os.path.exists(key_file)
+    finally:
+        kill_run(str(prog), pool)
+        if joiner is not None and joiner.poll() is None:
+            joiner.kill()
+            joiner.wait()
+    assert wait_gone(str(prog)) == []
+
+
+HOSTS = """
+import socket
+
+if __name__ == "__main__":
+    with scoop_core.Executor(hosts=["127.0.0.1", "127.0.0.1", "localhost"]) as pool:
+        out(pool.workers)
+        out(len(set(pool.map(pid, range(60)))) >= 1)
+    hostfile = os.path.join(os.path.dirname(os.path.abspath(__file__)), "hosts")
+    with open(hostfile, "w") as fh:
+        fh.write("127.0.0.1 2\\n")
+    with scoop_core.Executor(3, hostfile=hostfile) as pool:
+        out([pool.workers, pool.submit(sq, 9).result()])
+"""
+
+
+def test_hosts_and_hostfile_place_the_workers(program, run_program):
+    """``hosts=`` takes ``--hosts`` words (one per worker); ``hostfile=`` a
+    hostfile, whose counts ``max_workers`` overrides as ``-n`` does."""
+    assert run_program(program(HOSTS)) == [3, True, [3, 81]]
