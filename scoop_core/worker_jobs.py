@@ -525,14 +525,19 @@ class JobGroup(WorkerGroup):
             waited = time.monotonic() - job.submitted
             if waited > self.launcher.pending_timeout and not job.said_pending:
                 job.said_pending = True
+                started = any(j.phase != JobQueue.PENDING for j in self.jobs)
                 log.warning(
                     "%s %s is still queued (%s) after %.0f s; the run goes on without its "
-                    "workers until it starts; its output will be in %s",
+                    "workers until it starts; its output will be in %s%s",
                     scheduler,
                     job.label,
                     job.state,
                     waited,
                     job.request.output,
+                    ""
+                    if started
+                    else " (no job has started yet: futures fail once no worker has been "
+                    "connected for heartbeat_timeout; raise it for a busy queue)",
                 )
         elif phase == JobQueue.RUNNING:
             if previous == JobQueue.PENDING:

@@ -355,3 +355,31 @@ def test_a_job_that_dies_is_reported_and_the_run_goes_on(
         assert squeue(cluster) == []
     finally:
         assert checks.kill_mentioning(str(program)) == []
+
+
+def test_the_docs_example_runs(cluster: slurm_cluster.Cluster, tmp_path: Path) -> None:
+    """docs/scheduler-jobs.md's program and command, as written there."""
+    doc = (REPO / "docs" / "scheduler-jobs.md").read_text()
+    source = re.search(r"```python\n# jobs_example.py\n(.*?)```", doc, re.S)
+    command = re.search(r"```console\n\$ (scoop run [^\n]*)\n```", doc)
+    assert source and command
+    (tmp_path / "jobs_example.py").write_text(source.group(1))
+    env = checks.job_run_env(cluster.env, tmp_path / "home", "zmq", "")
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # the venv's scoop
+    result = subprocess.run(
+        command.group(1).split(),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    try:
+        assert result.returncode == 0, result.stderr
+        assert "sum of squares: 328350" in result.stdout
+        places = re.search(r"ran in: (.*)", result.stdout)
+        assert places and any(where.isdigit() for where in places.group(1).split(", "))
+        assert "submitted 2 SLURM job(s) of 2 worker(s)" in result.stderr
+        assert squeue(cluster) == []
+    finally:
+        assert checks.kill_mentioning(str(tmp_path / "jobs_example.py")) == []

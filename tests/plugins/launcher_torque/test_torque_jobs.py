@@ -228,3 +228,31 @@ def test_a_submission_the_queue_refuses_stops_the_run_with_its_error(
     assert "qsub /" in result.stderr and "Unknown queue" in result.stderr, result.stderr
     assert "STARTED" not in result.stdout
     assert checks.kill_mentioning(str(program)) == []
+
+
+def test_the_jobs_of_a_killed_launcher_end_once_their_workers_lose_the_run(
+    tmp_path: Path, queue: dict[str, str]
+) -> None:
+    program = tmp_path / "prog.py"
+    program.write_text(checks.BLOCKING_PROGRAM)
+    env = {**run_env(tmp_path, queue, "zmq", ""), "SCOOP_HEARTBEAT_TIMEOUT": "3"}
+    proc = checks.start_piped(
+        [sys.executable, "-m", "scoop", "--jobs", "2", "--scheduler", "torque", str(program)],
+        env,
+        cwd=tmp_path,
+    )
+    try:
+        checks.wait_for(
+            lambda: (
+                len(checks.processes_mentioning("_SCOOP_NAME=worker-")) >= 2
+                and qstat(env) == ["R", "R"]
+            ),
+            "both jobs' workers",
+        )
+        proc.kill()  # SIGKILL: nothing of the launcher's own clean-up runs
+        proc.wait()
+        checks.wait_for(lambda: qstat(env) == ["C", "C"], "the jobs to end", timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+        assert checks.kill_mentioning(str(program)) == []
