@@ -319,7 +319,11 @@ def supervise() -> int:
             try:
                 files.receive(line[len(b"files ") :], stdin)
             except (OSError, EOFError, ValueError, KeyError, TypeError) as exc:
-                print(f"{MODULE}: cannot keep the files sent for this run: {exc}", file=sys.stderr)
+                print(
+                    f"{MODULE}: cannot keep the files sent for this run in "
+                    f"{tempfile.gettempdir()}: {exc}",
+                    file=sys.stderr,
+                )
                 return 2
             os.write(1, f"{FILES_MARK}{files.directory}\n".encode())
             line = stdin.readline()

@@ -52,6 +52,7 @@ def machines(programs: Path) -> Iterator[Machines]:
         "hprivate": ssh_hosts.View(hides=(programs,)),
         "hstale": ssh_hosts.View(hides=(programs,)),
         "hnoisy": ssh_hosts.View(bashrc=ssh_hosts.NOISY_BASHRC),
+        "hfull": ssh_hosts.View(hides=(programs,), tmp_bytes=64 * 1024),
     }
     yield from start_machines(views)
 
@@ -243,6 +244,27 @@ def test_a_stale_copy_on_a_host_is_reported_and_upload_replaces_it(
     assert got["squares"] == [i * i for i in range(60)]
     assert machines.marker("hstale") in got["hosts"]
     assert "i + i" in stale.read_text()  # the host's own copy is left as it was
+    assert machines.leftovers() == {}
+
+
+def test_a_host_whose_temporary_directory_is_full_fails_the_start_by_name(
+    machines: Machines, here: Path
+) -> None:
+    prog = here / "prog.py"
+    prog.write_text(PROGRAM)
+    (here / "big.dat").write_bytes(b"x" * 256 * 1024)
+    full = machines.cluster["hfull"]
+
+    proc = run_scoop(
+        machines, prog, "--hosts", "h1", "hfull", "--upload-file", str(here / "big.dat")
+    )
+
+    assert proc.returncode != 0, proc.stdout
+    assert "hfull: the host could not keep the files sent (--upload): " in proc.stderr
+    assert f"in {full.temporary}: [Errno 28] No space left on device" in proc.stderr
+    assert "is its temporary directory full?" in proc.stderr and "Traceback" not in proc.stderr
+    # What was written before the space ran out is gone too.
+    assert list(full.own(full.temporary).iterdir()) == []
     assert machines.leftovers() == {}
 
 

@@ -322,7 +322,7 @@ class SshLauncher(Launcher):
             if not lacking:
                 directory = self._send(attempt, session, files)
                 log.info(
-                    "%s: the host does not see the program as it is here; sent %d file(s) to %s",
+                    "%s: the host does not see the files as they are here; sent %d to %s",
                     attempt.label,
                     len(files),
                     directory,
@@ -337,6 +337,7 @@ class SshLauncher(Launcher):
         total = sum(f.size or 0 for f in files)
         attempt.stage = f"sending {len(files)} file(s), {total:,} bytes (--upload)"
         header = {"files": [{"path": f.path, "size": f.size, "mode": f.mode} for f in files]}
+        broken = "its connection closed"
         try:
             session.stdin.write(b"files " + json.dumps(header).encode() + b"\n")
             for f in files:
@@ -350,19 +351,21 @@ class SshLauncher(Launcher):
                         left -= len(chunk)
                         attempt.progressed()
             session.stdin.flush()
+            attempt.stage = "waiting for the host to keep the files sent (--upload)"
+            for raw in session.stdout:
+                if raw.startswith(FILES_MARK.encode()):
+                    return raw[len(FILES_MARK) :].decode(errors="replace").strip()
         except (OSError, ValueError, EOFError) as exc:
-            if attempt.aborted:
-                raise LaunchError(f"{label}: aborted while {attempt.stage}") from exc
-            raise LaunchError(f"{label}: sending the files (--upload) failed: {exc}") from exc
-        attempt.stage = "waiting for the host to keep the files sent (--upload)"
-        for raw in session.stdout:
-            if raw.startswith(FILES_MARK.encode()):
-                return raw[len(FILES_MARK) :].decode(errors="replace").strip()
+            # The supervisor stopped reading: what it said on stderr tells why.
+            broken = str(exc)
         if attempt.aborted:
             raise LaunchError(f"{label}: aborted while {attempt.stage}")
         session.wait(min(self.timeout, 5.0))
-        said = session.error_output().strip() or "its connection closed"
-        raise LaunchError(f"{label}: the host could not keep the files sent (--upload): {said}")
+        said = session.error_output().strip() or broken
+        raise LaunchError(
+            f"{label}: the host could not keep the files sent (--upload): {said}; "
+            "is its temporary directory full? TMPDIR there chooses another"
+        )
 
     def _start_failure(
         self, label: str, specs: list[WorkerSpec], session: Session, chatter: list[bytes]

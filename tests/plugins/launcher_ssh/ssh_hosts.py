@@ -13,6 +13,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,10 +65,13 @@ class View:
     ``hides``: directories it does not see (an empty tmpfs over each, in
     the sshd's own mount namespace), as a host without the shared file
     system would; ``bashrc``: the login user's (root's) ``~/.bashrc``
-    there, a file of its own mounted over root's."""
+    there, a file of its own mounted over root's; ``tmp_bytes``: the size
+    of its temporary directory (``TMPDIR``, a tmpfs of its own), as on a
+    node whose ``/tmp`` is all but full."""
 
     hides: tuple[Path, ...] = ()
     bashrc: str | None = None
+    tmp_bytes: int | None = None
 
 
 @dataclass
@@ -83,6 +87,11 @@ class SshdHost:
     host_key: str = ""
     server: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     view: View = field(default_factory=View)
+
+    @property
+    def temporary(self) -> Path:
+        """The host's temporary directory, as it sees it."""
+        return self.directory / "tmp" if self.view.tmp_bytes else Path(tempfile.gettempdir())
 
     def own(self, path: Path | str) -> Path:
         """``path`` as this host sees it (through its sshd's root: another
@@ -200,7 +209,8 @@ def start_sshd(host: SshdHost, authorized: str, stack: contextlib.ExitStack) -> 
                 "AllowTcpForwarding yes",
                 "PrintMotd no",
                 "MaxStartups 100:30:200",
-                f"SetEnv SCOOP_TEST_HOST={host.marker}",
+                f"SetEnv SCOOP_TEST_HOST={host.marker}"
+                + (f" TMPDIR={host.temporary}" if host.view.tmp_bytes else ""),
                 "LogLevel VERBOSE",
                 "",
             ]
@@ -250,6 +260,11 @@ def _in_own_mounts(host: SshdHost, argv: list[str]) -> list[str]:
         noisy = host.directory / "bashrc"
         noisy.write_text(host.view.bashrc)
         script.append(f"mount --bind {shlex.quote(str(noisy))} {shlex.quote(str(bashrc))}")
+    if host.view.tmp_bytes:
+        host.temporary.mkdir()
+        script.append(
+            f"mount -t tmpfs -o size={host.view.tmp_bytes} scoop-tmp {shlex.quote(str(host.temporary))}"
+        )
     script.append('exec "$@"')
     return [
         "unshare",
