@@ -65,6 +65,15 @@ def here(programs: Path, request: pytest.FixtureRequest) -> Path:
     return directory
 
 
+def refused(machines: Machines, proc: subprocess.CompletedProcess[str]) -> str:
+    """What a run that did not start said: it failed without a traceback,
+    and left nothing on any host."""
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert machines.leftovers() == {}
+    return proc.stderr
+
+
 UPLOADED = """
 import json, os
 from scoop import futures
@@ -209,15 +218,12 @@ def test_a_host_that_does_not_see_the_program_fails_the_start_before_any_worker(
 
     proc = run_scoop(machines, prog, "--hosts", "h1", "hprivate", "h2", timeout=60)
 
-    assert proc.returncode != 0, proc.stdout
     assert (
         f"hprivate: the host does not see {prog}: use a shared file system, copy it there, "
         "or run with --upload [--upload-file FILE]"
-    ) in proc.stderr
-    assert "Traceback" not in proc.stderr
+    ) in refused(machines, proc)
     # No worker started anywhere, not even on the hosts that see the program.
     assert not started.exists()
-    assert machines.leftovers() == {}
 
 
 def test_a_stale_copy_on_a_host_is_reported_and_upload_replaces_it(
@@ -233,10 +239,9 @@ def test_a_stale_copy_on_a_host_is_reported_and_upload_replaces_it(
 
     proc = run_scoop(machines, prog, "--hosts", "h1", "hstale", timeout=60)
 
-    assert proc.returncode != 0, proc.stdout
-    assert f"hstale: {prog} there is not the same as here (a stale copy?)" in proc.stderr
-    assert "--upload" in proc.stderr and "Traceback" not in proc.stderr
-    assert machines.leftovers() == {}
+    said = refused(machines, proc)
+    assert f"hstale: {prog} there is not the same as here (a stale copy?)" in said
+    assert "or run with --upload" in said
 
     proc = run_scoop(machines, prog, "--hosts", "h1", "hstale", "hstale", "--upload")
 
@@ -259,13 +264,12 @@ def test_a_host_whose_temporary_directory_is_full_fails_the_start_by_name(
         machines, prog, "--hosts", "h1", "hfull", "--upload-file", str(here / "big.dat")
     )
 
-    assert proc.returncode != 0, proc.stdout
-    assert "hfull: the host could not keep the files sent (--upload): " in proc.stderr
-    assert f"in {full.temporary}: [Errno 28] No space left on device" in proc.stderr
-    assert "is its temporary directory full?" in proc.stderr and "Traceback" not in proc.stderr
+    said = refused(machines, proc)
+    assert "hfull: the host could not keep the files sent (--upload): " in said
+    assert f"in {full.temporary}: [Errno 28] No space left on device" in said
+    assert "is its temporary directory full?" in said
     # What was written before the space ran out is gone too.
     assert list(full.own(full.temporary).iterdir()) == []
-    assert machines.leftovers() == {}
 
 
 def test_an_upload_file_missing_here_is_refused_before_any_host_is_reached(
@@ -277,10 +281,7 @@ def test_an_upload_file_missing_here_is_refused_before_any_host_is_reached(
 
     proc = run_scoop(machines, prog, "--hosts", "hprivate", "--upload-file", str(missing))
 
-    assert proc.returncode != 0, proc.stdout
-    assert f"--upload-file {missing}: no such file here" in proc.stderr
-    assert "Traceback" not in proc.stderr
-    assert machines.leftovers() == {}
+    assert f"--upload-file {missing}: no such file here" in refused(machines, proc)
 
 
 @pytest.mark.parametrize("client", CLIENTS)
