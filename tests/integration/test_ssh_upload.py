@@ -1,11 +1,12 @@
 """Hosts without the launcher's file system, and hosts whose login prints: real runs over SSH.
 
-The hosts are those of ``test_ssh_runs.py`` and three more, each an sshd in
+The hosts are those of ``test_ssh_runs.py`` and four more, each an sshd in
 a mount namespace of its own (``ssh_hosts.View``): ``hprivate`` does not see
 the directory the tests' programs are written in (an empty tmpfs covers it
-there), ``hstale`` neither, but holds its own files at the same paths (a
-stale copy), and ``hnoisy`` sees everything but logs in through a
-``.bashrc`` that prints lines and binary junk on stdout and stderr.
+there); ``hstale`` neither, but holds its own files at the same paths (a
+stale copy); ``hfull`` neither, and its temporary directory is all but
+full; ``hnoisy`` sees everything but logs in through a ``.bashrc`` that
+prints lines and binary junk on stdout and stderr.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def refused(machines: Machines, proc: subprocess.CompletedProcess[str]) -> str:
 
 
 UPLOADED = """
-import json, os
+import json, os, time
 from scoop import futures
 import helper_mod
 
@@ -85,6 +86,7 @@ def place():
             os.environ.get("SCOOP_TEST_HOST", "launcher")]
 
 def probe(i):
+    time.sleep(0.1)  # long enough for every worker to get some
     with open("data.txt") as fh:
         word = fh.read().strip()
     return [i * i, helper_mod.VALUE, word, *place()]
@@ -175,8 +177,9 @@ def test_a_worker_that_replaces_a_dead_one_runs_what_was_sent_too(
     seen = result_of(proc)
     assert "worker-1 exited with status -9; worker-3 replaces it" in proc.stderr, proc.stderr
     # worker-3 imported the program from where its host's supervisor put it.
-    assert os.path.basename(seen["worker-3"]).startswith("scoop-upload-"), seen
-    assert seen["worker-3"] == seen["worker-2"]
+    sent = Path(seen["worker-3"])
+    assert sent.parent == machines.cluster["hprivate"].temporary, seen
+    assert sent.name.startswith("scoop-upload-"), seen
     assert machines.leftovers() == {}
 
 
@@ -186,7 +189,8 @@ def test_what_was_sent_goes_when_the_launcher_is_stopped_or_killed(
 ) -> None:
     prog = here / "prog.py"
     prog.write_text(NAPPING)
-    temporary = machines.cluster["hprivate"].own(tempfile.gettempdir())
+    private = machines.cluster["hprivate"]
+    temporary = private.own(private.temporary)
     before = set(temporary.glob("scoop-upload-*"))
     argv = [sys.executable, "-m", "scoop", "--broker-hostname", machines.here, "--upload"]
     run = checks.start_piped([*argv, "--hosts", "hprivate", "hprivate", str(prog)], machines.env)
