@@ -544,6 +544,10 @@ class JobQueue(abc.ABC):
     directive: str = ""
     """What starts a header line: ``"#SBATCH"``."""
 
+    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
+        # The launcher plugin's settings (its section): what the queue may need of them.
+        self.settings = dict(settings or {})
+
     @abc.abstractmethod
     def header(self, job: JobRequest) -> list[str]:
         """The header's lines, each starting with :attr:`directive`."""

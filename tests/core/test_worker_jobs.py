@@ -122,6 +122,7 @@ class ShellQueue(JobQueue):
     directive = "#SHELL"
 
     def __init__(self, listing: Path) -> None:
+        super().__init__()
         self.listing = listing
         self.submitted = 0
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import io
+import json
 import logging
 import os
 import re
@@ -535,3 +536,64 @@ def redis_server() -> Any:
     spec.loader.exec_module(module)
     with module.start_redis() as url:
         yield url
+
+
+def check_jobs_run(
+    tmp_path: Path, env: Mapping[str, str], flags: Sequence[str], variable: str, jobs: int
+) -> tuple[subprocess.CompletedProcess[str], Path]:
+    """``scoop run FLAGS`` of :data:`JOB_PROGRAM` in ``tmp_path``, ``jobs``
+    jobs of two workers each: every future ran in a job (``variable`` names
+    its id), every worker of every job took some, the results are right, the
+    run's key travelled neither in the jobs' environment nor into their files,
+    and no process of the run is left. The finished run and its directory of
+    job files."""
+    program = tmp_path / "prog.py"
+    program.write_text(JOB_PROGRAM)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "scoop", *flags, str(program), variable, str(jobs)],
+            cwd=tmp_path,
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert result.returncode == 0, result.stderr
+        line = next(ln for ln in result.stdout.splitlines() if ln.startswith("RESULT "))
+        report = json.loads(line[len("RESULT ") :])
+        assert report["right"]
+        assert len(report["jobs"]) == jobs and "" not in report["jobs"]  # every future in a job
+        assert report["workers"] == [f"worker-{i}" for i in range(1, 2 * jobs + 1)]
+        assert not report["leaked"]  # the key did not travel in the jobs' environment
+        run_dir = run_directory(result.stderr)
+        assert run_dir.parent == tmp_path / "scoop-jobs"
+        check_job_files(run_dir, env["SCOOP_RUN_KEY"], jobs)
+        assert not (Path(env["HOME"]) / ".scoop" / "jobs" / run_dir.name).exists()
+    finally:
+        assert kill_mentioning(str(program)) == []
+    return result, run_dir
+
+
+def check_ctrl_c(
+    tmp_path: Path,
+    env: Mapping[str, str],
+    flags: Sequence[str],
+    ready: Callable[[], Any],
+    what: str,
+    context: Callable[[], str] = str,
+) -> str:
+    """``scoop run FLAGS`` of :data:`BLOCKING_PROGRAM`, interrupted (SIGINT)
+    once ``ready()``: it exits 130 and leaves no process. Its stderr."""
+    program = tmp_path / "prog.py"
+    program.write_text(BLOCKING_PROGRAM)
+    proc = start_piped([sys.executable, "-m", "scoop", *flags, str(program)], env, cwd=tmp_path)
+    try:
+        wait_for(ready, what, timeout=90, context=context)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 130, stderr
+    finally:
+        proc.kill()
+        proc.wait()
+        assert kill_mentioning(str(program)) == []
+    return stderr

@@ -40,7 +40,7 @@ class SgeJobs(JobQueue):
     directive = "#$"
 
     def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
-        self.settings = dict(settings or {})
+        super().__init__(settings)
         self.pe = str(self.settings.get("pe") or "")
 
     def header(self, job: JobRequest) -> list[str]:

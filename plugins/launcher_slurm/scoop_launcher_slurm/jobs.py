@@ -16,8 +16,7 @@ final state, which tells a failure (``FAILED``, ``TIMEOUT``,
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from scoop_core.interfaces import JobQueue, JobRequest
 from scoop_core.worker_jobs import format_walltime, megabytes
@@ -34,9 +33,6 @@ class SlurmJobs(JobQueue):
 
     scheduler = "SLURM"
     directive = "#SBATCH"
-
-    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
-        self.settings = dict(settings or {})
 
     def header(self, job: JobRequest) -> list[str]:
         lines = [

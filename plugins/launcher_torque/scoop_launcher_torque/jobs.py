@@ -18,8 +18,7 @@ the first dot.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from scoop_core.interfaces import JobQueue, JobRequest
 from scoop_core.worker_jobs import format_walltime, megabytes
@@ -32,9 +31,6 @@ class TorqueJobs(JobQueue):
 
     scheduler = "Torque"
     directive = "#PBS"
-
-    def __init__(self, settings: Mapping[str, Any] | None = None) -> None:
-        self.settings = dict(settings or {})
 
     def header(self, job: JobRequest) -> list[str]:
         lines = [

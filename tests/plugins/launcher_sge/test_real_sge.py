@@ -8,7 +8,6 @@ example job script runs a SCOOP program the same way.
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import textwrap
 import uuid
@@ -144,64 +143,26 @@ def jobs_env(cluster: sge_cluster.Cluster, tmp_path: Path) -> dict[str, str]:
 def test_jobs_submitted_from_outside_run_the_workers(
     cluster: sge_cluster.Cluster, tmp_path: Path
 ) -> None:
-    program = tmp_path / "prog.py"
-    program.write_text(checks.JOB_PROGRAM)
-    env = jobs_env(cluster, tmp_path)
-    result = checks.subprocess.run(
-        [sys.executable, "-m", "scoop", "--jobs", "2", "--scheduler", "sge"]
-        + ["--cores-per-job", "2", "--walltime", "10m", str(program), "JOB_ID", "2"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    try:
-        assert result.returncode == 0, result.stderr
-        line = next(ln for ln in result.stdout.splitlines() if ln.startswith("RESULT "))
-        report = json.loads(line[len("RESULT ") :])
-        assert report["right"]
-        assert len(report["jobs"]) == 2 and "" not in report["jobs"]
-        assert report["workers"] == ["worker-1", "worker-2", "worker-3", "worker-4"]
-        assert not report["leaked"]
-        assert qstat(cluster) == []
-        run_dir = checks.run_directory(result.stderr)
-        checks.check_job_files(run_dir, env["SCOOP_RUN_KEY"], 2)
-        script = (run_dir / "job-1.sh").read_text()
-        assert f"#$ -pe {cluster.pe} 2\n" in script and "#$ -l h_rt=0:10:00\n" in script
-    finally:
-        assert checks.kill_mentioning(str(program)) == []
+    flags = ["--jobs", "2", "--scheduler", "sge", "--cores-per-job", "2", "--walltime", "10m"]
+    _, run_dir = checks.check_jobs_run(tmp_path, jobs_env(cluster, tmp_path), flags, "JOB_ID", 2)
+    assert qstat(cluster) == []
+    script = (run_dir / "job-1.sh").read_text()
+    assert f"#$ -pe {cluster.pe} 2\n" in script and "#$ -l h_rt=0:10:00\n" in script
 
 
 def test_ctrl_c_of_the_launcher_deletes_queued_and_running_jobs(
     cluster: sge_cluster.Cluster, tmp_path: Path
 ) -> None:
-    program = tmp_path / "prog.py"
-    program.write_text(checks.BLOCKING_PROGRAM)
-    env = jobs_env(cluster, tmp_path)
+    def states() -> list[str]:
+        return sorted(line.split()[4] for line in qstat(cluster))
+
     # The queue has 4 slots: two jobs of two run, the third waits.
-    proc = checks.start_piped(
-        [sys.executable, "-m", "scoop", "--jobs", "3", "--scheduler", "sge"]
-        + ["--cores-per-job", "2", str(program)],
-        env,
-        cwd=tmp_path,
+    checks.check_ctrl_c(
+        tmp_path,
+        jobs_env(cluster, tmp_path),
+        ["--jobs", "3", "--scheduler", "sge", "--cores-per-job", "2"],
+        lambda: states() == ["qw", "r", "r"],
+        "two jobs running and one queued",
+        context=lambda: "\n".join(qstat(cluster)),
     )
-    try:
-
-        def states() -> list[str]:
-            return sorted(line.split()[4] for line in qstat(cluster))
-
-        checks.wait_for(
-            lambda: states() == ["qw", "r", "r"],
-            "two jobs running and one queued",
-            timeout=90,
-            context=lambda: "\n".join(qstat(cluster)),
-        )
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
-        assert proc.returncode == 130, stderr
-        assert qstat(cluster) == []
-    finally:
-        proc.kill()
-        proc.wait()
-        assert checks.kill_mentioning(str(program)) == []
+    assert qstat(cluster) == []

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
 import textwrap
@@ -239,71 +238,35 @@ def squeue(cluster: slurm_cluster.Cluster) -> list[str]:
 def test_jobs_submitted_from_outside_run_the_workers(
     cluster: slurm_cluster.Cluster, request: pytest.FixtureRequest, tmp_path: Path, transport: str
 ) -> None:
-    program = tmp_path / "prog.py"
-    program.write_text(checks.JOB_PROGRAM)
-    env = jobs_env(cluster, request, tmp_path, transport)
-    result = subprocess.run(
-        [sys.executable, "-m", "scoop", "--jobs", "2", "--scheduler", "slurm"]
-        + ["--cores-per-job", "2", "--walltime", "10m", str(program), "SLURM_JOB_ID", "2"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
+    flags = ["--jobs", "2", "--scheduler", "slurm", "--cores-per-job", "2", "--walltime", "10m"]
+    _, run_dir = checks.check_jobs_run(
+        tmp_path, jobs_env(cluster, request, tmp_path, transport), flags, "SLURM_JOB_ID", 2
     )
-    try:
-        assert result.returncode == 0, result.stderr
-        line = next(ln for ln in result.stdout.splitlines() if ln.startswith("RESULT "))
-        report = json.loads(line[len("RESULT ") :])
-        assert report["right"]
-        assert len(report["jobs"]) == 2 and "" not in report["jobs"]  # every future in a job
-        assert report["workers"] == ["worker-1", "worker-2", "worker-3", "worker-4"]
-        assert not report["leaked"]  # the key did not travel in the jobs' environment
-        assert squeue(cluster) == []
-        run_dir = checks.run_directory(result.stderr)
-        assert run_dir.parent == tmp_path / "scoop-jobs"
-        checks.check_job_files(run_dir, env["SCOOP_RUN_KEY"], 2)
-        assert "#SBATCH --time=0:10:00" in (run_dir / "job-1.sh").read_text()
-        assert not (tmp_path / "home" / ".scoop" / "jobs" / run_dir.name).exists()
-    finally:
-        assert checks.kill_mentioning(str(program)) == []
+    assert squeue(cluster) == []
+    assert "#SBATCH --time=0:10:00" in (run_dir / "job-1.sh").read_text()
 
 
 def test_ctrl_c_of_the_launcher_cancels_queued_and_running_jobs(
     cluster: slurm_cluster.Cluster, tmp_path: Path
 ) -> None:
-    program = tmp_path / "prog.py"
-    program.write_text(checks.BLOCKING_PROGRAM)
     env = checks.job_run_env(cluster.env, tmp_path / "home", "zmq", "")
     env["SCOOP_LAUNCHER_SLURM_PENDING_TIMEOUT"] = "1"
+
+    def states() -> list[str]:
+        return sorted(line.split()[1] for line in squeue(cluster))
+
     # Two nodes of two CPUs: two jobs of two cores run, the third waits for one.
-    proc = checks.start_piped(
-        [sys.executable, "-m", "scoop", "--jobs", "3", "--scheduler", "slurm"]
-        + ["--cores-per-job", "2", str(program)],
+    stderr = checks.check_ctrl_c(
+        tmp_path,
         env,
-        cwd=tmp_path,
+        ["--jobs", "3", "--scheduler", "slurm", "--cores-per-job", "2"],
+        lambda: states() == ["PENDING", "RUNNING", "RUNNING"],
+        "two jobs running and one queued",
+        context=lambda: "\n".join(squeue(cluster)),
     )
-    try:
-
-        def states() -> list[str]:
-            return sorted(line.split()[1] for line in squeue(cluster))
-
-        checks.wait_for(
-            lambda: states() == ["PENDING", "RUNNING", "RUNNING"],
-            "two jobs running and one queued",
-            context=lambda: "\n".join(squeue(cluster)),
-        )
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
-        assert proc.returncode == 130, stderr
-        assert squeue(cluster) == []
-        assert re.search(r"SLURM job \d+ \(job-3: worker-5, worker-6\) is still queued", stderr)
-        assert "job-3.out" in stderr
-    finally:
-        proc.kill()
-        proc.wait()
-        assert checks.kill_mentioning(str(program)) == []
     assert squeue(cluster) == []
+    assert re.search(r"SLURM job \d+ \(job-3: worker-5, worker-6\) is still queued", stderr)
+    assert "job-3.out" in stderr
 
 
 DYING_JOB = textwrap.dedent(

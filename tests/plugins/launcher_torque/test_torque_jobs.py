@@ -9,9 +9,8 @@ launcher wrote.
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -116,62 +115,31 @@ def run_env(tmp_path: Path, queue: dict[str, str], transport: str, url: str) -> 
 def test_jobs_run_the_workers_and_are_gone_at_the_end(
     tmp_path: Path, queue: dict[str, str], request: pytest.FixtureRequest, transport: str
 ) -> None:
-    program = tmp_path / "prog.py"
-    program.write_text(checks.JOB_PROGRAM)
     url = request.getfixturevalue("redis_url") if transport == "redis" else ""
     env = run_env(tmp_path, queue, transport, url)
-    result = subprocess.run(
-        [sys.executable, "-m", "scoop", "--jobs", "2", "--scheduler", "torque"]
-        + ["--cores-per-job", "2", "--memory", "1G", str(program), "PBS_JOBID", "2"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    try:
-        assert result.returncode == 0, result.stderr
-        line = next(ln for ln in result.stdout.splitlines() if ln.startswith("RESULT "))
-        report = json.loads(line[len("RESULT ") :])
-        assert report["right"]
-        assert report["jobs"] == ["1.standin", "2.standin"]
-        assert report["workers"] == ["worker-1", "worker-2", "worker-3", "worker-4"]
-        assert not report["leaked"]
-        assert qstat(env) == ["C", "C"]
-        run_dir = checks.run_directory(result.stderr)
-        checks.check_job_files(run_dir, env["SCOOP_RUN_KEY"], 2)
-        assert "#PBS -l nodes=1:ppn=2\n#PBS -l mem=1024mb\n" in (run_dir / "job-2.sh").read_text()
-        assert (run_dir / "job-1.report").read_text().splitlines()[-1] == "end 0"
-    finally:
-        assert checks.kill_mentioning(str(program)) == []
+    flags = ["--jobs", "2", "--scheduler", "torque", "--cores-per-job", "2", "--memory", "1G"]
+    _, run_dir = checks.check_jobs_run(tmp_path, env, flags, "PBS_JOBID", 2)
+    assert qstat(env) == ["C", "C"]
+    assert "#PBS -l nodes=1:ppn=2\n#PBS -l mem=1024mb\n" in (run_dir / "job-2.sh").read_text()
+    assert (run_dir / "job-1.report").read_text().splitlines()[-1] == "end 0"
+
+
+def workers_running(env: dict[str, str], tmp_path: Path) -> bool:
+    """Both jobs run, and a worker of each has started."""
+    workers = 0
+    for pid in checks.processes_mentioning(str(tmp_path / "prog.py")):
+        with contextlib.suppress(OSError):  # gone meanwhile
+            workers += b"_SCOOP_NAME=worker-" in Path(f"/proc/{pid}/environ").read_bytes()
+    return workers >= 2 and qstat(env) == ["R", "R"]
 
 
 def test_ctrl_c_of_the_launcher_deletes_every_job(tmp_path: Path, queue: dict[str, str]) -> None:
-    program = tmp_path / "prog.py"
-    program.write_text(checks.BLOCKING_PROGRAM)
     env = run_env(tmp_path, queue, "zmq", "")
-    proc = checks.start_piped(
-        [sys.executable, "-m", "scoop", "--jobs", "2", "--scheduler", "torque", str(program)],
-        env,
-        cwd=tmp_path,
+    flags = ["--jobs", "2", "--scheduler", "torque"]
+    checks.check_ctrl_c(
+        tmp_path, env, flags, lambda: workers_running(env, tmp_path), "both jobs' workers"
     )
-    try:
-        # Both jobs run, and their workers have started.
-        checks.wait_for(
-            lambda: (
-                len(checks.processes_mentioning("_SCOOP_NAME=worker-")) >= 2
-                and qstat(env) == ["R", "R"]
-            ),
-            "both jobs' workers",
-        )
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=120)
-        assert proc.returncode == 130, stderr
-        assert qstat(env) == ["C", "C"]
-    finally:
-        proc.kill()
-        proc.wait()
-        assert checks.kill_mentioning(str(program)) == []
+    assert qstat(env) == ["C", "C"]
 
 
 def test_a_job_deleted_from_outside_is_reported_and_the_run_goes_on(
