@@ -552,6 +552,12 @@ class JobQueue(abc.ABC):
     def header(self, job: JobRequest) -> list[str]:
         """The header's lines, each starting with :attr:`directive`."""
 
+    def directives(self, job: JobRequest, options: Sequence[str | None]) -> list[str]:
+        """Header lines: each of ``options`` that is not None or empty (an
+        option a request leaves out), then the user's ``job.extra``, each
+        after :attr:`directive`; for :meth:`header`."""
+        return [f"{self.directive} {option}" for option in [*options, *job.extra] if option]
+
     @abc.abstractmethod
     def submit_command(self, script: str) -> list[str]:
         """The command line that submits the job script at path ``script``."""

@@ -272,8 +272,12 @@ def write_plan(path: Path, workers: list[dict[str, object]], mode: int = 0o600) 
 def test_a_job_runs_its_workers_reports_their_exits_and_uses_its_plan_once(
     tmp_path: Path,
 ) -> None:
-    code = "import os, sys; print(os.environ['_SCOOP_NAME'], os.environ['X'])\n"
-    code += "sys.exit(int(sys.argv[1]))"
+    code = (
+        "import os, sys\n"
+        "name, x = os.environ['_SCOOP_NAME'], os.environ['X']\n"
+        "os.write(1, f'{name} {x}\\n'.encode())  # one write: the workers share stdout\n"
+        "sys.exit(int(sys.argv[1]))"
+    )
     workers = [
         {
             "name": f"worker-{i}",

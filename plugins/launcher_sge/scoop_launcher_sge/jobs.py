@@ -44,25 +44,28 @@ class SgeJobs(JobQueue):
         self.pe = str(self.settings.get("pe") or "")
 
     def header(self, job: JobRequest) -> list[str]:
-        lines = [f"-N {job.name}", "-S /bin/sh", f"-o {job.output}", f"-e {job.error}"]
         names_pe = any(extra.split()[:1] == ["-pe"] for extra in job.extra)
-        if job.cores > 1 and not names_pe:
-            if not self.pe:
-                raise ValueError(
-                    f"a job of {job.cores} cores needs a parallel environment: set the pe "
-                    'setting (pe = "smp" in [scoop.launcher.sge], or '
-                    "SCOOP_LAUNCHER_SGE_PE=smp), or pass --job-extra='-pe smp "
-                    f"{job.cores}'; qconf -spl lists the PEs"
-                )
-            lines.append(f"-pe {self.pe} {job.cores}")
-        if job.memory is not None:
-            lines.append(f"-l h_vmem={megabytes(-(-job.memory // job.cores))}M")
-        if job.walltime is not None:
-            lines.append(f"-l h_rt={format_walltime(job.walltime)}")
-        if job.queue:
-            lines.append(f"-q {job.queue}")
-        lines += job.extra
-        return [f"{self.directive} {line}" for line in lines]
+        if job.cores > 1 and not names_pe and not self.pe:
+            raise ValueError(
+                f"a job of {job.cores} cores needs a parallel environment: set the pe "
+                'setting (pe = "smp" in [scoop.launcher.sge], or '
+                "SCOOP_LAUNCHER_SGE_PE=smp), or pass --job-extra='-pe smp "
+                f"{job.cores}'; qconf -spl lists the PEs"
+            )
+        per_slot = megabytes(-(-job.memory // job.cores)) if job.memory else None
+        return self.directives(
+            job,
+            [
+                f"-N {job.name}",
+                "-S /bin/sh",
+                f"-o {job.output}",
+                f"-e {job.error}",
+                f"-pe {self.pe} {job.cores}" if job.cores > 1 and not names_pe else None,
+                f"-l h_vmem={per_slot}M" if per_slot else None,
+                f"-l h_rt={format_walltime(job.walltime)}" if job.walltime else None,
+                f"-q {job.queue}" if job.queue else None,
+            ],
+        )
 
     def submit_command(self, script: str) -> list[str]:
         return ["qsub", "-terse", script]

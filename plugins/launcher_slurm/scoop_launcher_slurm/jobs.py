@@ -35,22 +35,20 @@ class SlurmJobs(JobQueue):
     directive = "#SBATCH"
 
     def header(self, job: JobRequest) -> list[str]:
-        lines = [
-            f"--job-name={job.name}",
-            f"--output={job.output}",
-            f"--error={job.error}",
-            "--nodes=1",
-            "--ntasks=1",
-            f"--cpus-per-task={job.cores}",
-        ]
-        if job.memory is not None:
-            lines.append(f"--mem={megabytes(job.memory)}M")
-        if job.walltime is not None:
-            lines.append(f"--time={format_walltime(job.walltime, days=True)}")
-        if job.queue:
-            lines.append(f"--partition={job.queue}")
-        lines += job.extra
-        return [f"{self.directive} {line}" for line in lines]
+        return self.directives(
+            job,
+            [
+                f"--job-name={job.name}",
+                f"--output={job.output}",
+                f"--error={job.error}",
+                "--nodes=1",
+                "--ntasks=1",
+                f"--cpus-per-task={job.cores}",
+                f"--mem={megabytes(job.memory)}M" if job.memory else None,
+                f"--time={format_walltime(job.walltime, days=True)}" if job.walltime else None,
+                f"--partition={job.queue}" if job.queue else None,
+            ],
+        )
 
     def submit_command(self, script: str) -> list[str]:
         return ["sbatch", "--parsable", script]

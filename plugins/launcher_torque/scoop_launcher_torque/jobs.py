@@ -33,21 +33,19 @@ class TorqueJobs(JobQueue):
     directive = "#PBS"
 
     def header(self, job: JobRequest) -> list[str]:
-        lines = [
-            f"-N {job.name}",
-            "-S /bin/sh",
-            f"-o {job.output}",
-            f"-e {job.error}",
-            f"-l nodes=1:ppn={job.cores}",
-        ]
-        if job.memory is not None:
-            lines.append(f"-l mem={megabytes(job.memory)}mb")
-        if job.walltime is not None:
-            lines.append(f"-l walltime={format_walltime(job.walltime)}")
-        if job.queue:
-            lines.append(f"-q {job.queue}")
-        lines += job.extra
-        return [f"{self.directive} {line}" for line in lines]
+        return self.directives(
+            job,
+            [
+                f"-N {job.name}",
+                "-S /bin/sh",
+                f"-o {job.output}",
+                f"-e {job.error}",
+                f"-l nodes=1:ppn={job.cores}",
+                f"-l mem={megabytes(job.memory)}mb" if job.memory else None,
+                f"-l walltime={format_walltime(job.walltime)}" if job.walltime else None,
+                f"-q {job.queue}" if job.queue else None,
+            ],
+        )
 
     def submit_command(self, script: str) -> list[str]:
         return ["qsub", script]
