@@ -32,8 +32,10 @@ only if it is still a private regular file of the user's
 (:func:`~scoop_core.run_keys.read_private_file`, no symbolic link), and
 deletes it: each plan is used once. The launcher removes the directory when
 the run ends, so a job that starts after that finds no plan and exits. The
-submit command runs without ``$SCOOP_RUN_KEY`` and ``_SCOOP_*`` variables
-in its environment, since ``sbatch`` exports it into the job.
+submit command runs without the ``SCOOP_*`` and ``_SCOOP_*`` variables
+in its environment (``$SCOOP_RUN_KEY``, a Redis URL's password), since
+``sbatch`` exports it into the job: the workers' settings travel in the
+plan, as they do to hosts reached over ssh.
 
 **Files the user reads** go to ``scoop-jobs/RUN/`` in the working
 directory (the setting ``job_directory`` moves it): each job's script
@@ -86,7 +88,7 @@ from typing import Any
 from scoop_core.errors import LaunchError, UsageError
 from scoop_core.interfaces import JobQueue, JobRequest, Launcher, WorkerGroup, WorkerSpec
 from scoop_core.plugins.types import Setting
-from scoop_core.run_keys import KEY_ENV, private_dir, read_private_file, scoop_home
+from scoop_core.run_keys import private_dir, read_private_file, scoop_home
 
 log = logging.getLogger("scoop.launcher")
 
@@ -280,10 +282,8 @@ class WorkerJobs(Launcher):
         self.python = python
         self.cwd = os.path.abspath(cwd or os.getcwd())
         base = os.environ if environ is None else environ
-        # Whatever sbatch or qsub -V export into the job: never the run's secrets.
-        self.environ = {
-            k: v for k, v in base.items() if k != KEY_ENV and not k.startswith("_SCOOP_")
-        }
+        # What sbatch exports into the job: never the run's secrets nor its settings.
+        self.environ = {k: v for k, v in base.items() if not k.startswith(("SCOOP_", "_SCOOP_"))}
 
     # -- the jobs' files ---------------------------------------------------------------
 
