@@ -373,6 +373,11 @@ class BrokerPolicy:
         if isinstance(msg, m.Started):
             self._start(peer, msg.fids)
         elif isinstance(msg, m.Results):
+            if any(out.status != m.LOST for out in msg.outcomes):
+                # A worker ran them: one lives, though a count of the workers
+                # may miss it (on a store, one that came and went between two
+                # counts, as a worker that retires after max_tasks_per_child).
+                self._workers_seen = self.now
             self._finish(peer, msg.outcomes)
         elif isinstance(msg, m.Cancel):
             self._cancel(peer, msg.fid)

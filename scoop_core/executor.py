@@ -52,6 +52,10 @@ WATCH_SECONDS = 0.1
 """How often the pool looks at its workers' processes: a dead one's futures
 run elsewhere, and a dead or retired one is replaced, within about this."""
 
+REASON_SECONDS = 2.0
+"""How long the pool waits for the reason a worker's initializer failed,
+once the worker has exited, before it says to look in the worker's log."""
+
 # Pools still open when the program ends are shut down while threads still
 # run (as concurrent.futures does for its own pools): at interpreter
 # finalisation the I/O threads are frozen and a clean stop is impossible.
@@ -288,6 +292,7 @@ class Executor(cf.Executor):
         futures and replaces dead and retired workers; an initializer that
         failed, or no worker left, breaks the pool."""
         failed_marker = runtime.INITIALIZER_FAILED
+        failed_since = 0.0  # when a worker was first seen exiting for its initializer
         while not self._watching.wait(WATCH_SECONDS):
             with self._run_lock:
                 if self._run_stopped:
@@ -298,9 +303,13 @@ class Executor(cf.Executor):
                 for n in list(self._rt.constants)
                 if n.startswith(failed_marker)
             }
-            for worker, status in ended.items():
-                if status == INITIALIZER_FAILED:
-                    why.setdefault(worker, f"see the log of {worker}")
+            failed = [n for n, s in ended.items() if s == INITIALIZER_FAILED]
+            if failed and not why:
+                # Its reason, a constant, may still be on its way here.
+                failed_since = failed_since or time.monotonic()
+                if time.monotonic() - failed_since < REASON_SECONDS:
+                    continue
+                why = {n: f"see the log of {n}" for n in failed}
             if why:
                 worker, reason = sorted(why.items())[0]
                 self._break(

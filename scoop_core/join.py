@@ -61,6 +61,15 @@ def _run_info(
     return find_run(transport, run_id, key_path)
 
 
+def _still_on(config: Config, plugins: PluginManager, run_id: str, key_path: str | None) -> bool:
+    """Whether run ``run_id`` still goes on (its description is in the store)."""
+    try:
+        _run_info(config, plugins, run_id, key_path)
+    except LaunchError:
+        return False
+    return True
+
+
 def worker_specs(
     config: Config,
     *,
@@ -131,13 +140,19 @@ def join(
     try:
         group = LocalLauncher().start(specs)
         log.warning("joined run %s at %s with %d worker(s)", run_id, address, count)
-        while any(status is None for status in group.poll().values()):
-            for name, status in group.poll().items():
+        while True:
+            statuses = group.poll()
+            for name, status in list(statuses.items()):
                 if status == WORKER_RETIRED and name not in retired:
                     retired.add(name)
+                    if not _still_on(config, plugins, run_id, key_path):
+                        continue  # the run ended meanwhile: nobody to work for
                     [new] = specs_from(count + len(retired), 1)
                     group.replace(name, new)
                     log.info("%s retired (max_tasks_per_child); %s replaces it", name, new.name)
+                    statuses[new.name] = None
+            if all(status is not None for status in statuses.values()):
+                break
             time.sleep(0.25)  # polling child processes, not synchronising a test
         failed = {n: s for n, s in group.poll().items() if s and n not in retired}
         for worker, status in failed.items():

@@ -41,6 +41,11 @@ log = logging.getLogger("scoop.launcher")
 
 BOOTSTRAP = "scoop_core.bootstrap"
 
+RETIRED_GRACE = 2.0
+"""Seconds after a retired worker's exit before the run counts it gone (see
+:meth:`Run.exited_workers`): its goodbye, sent before it exited, is read by
+then, and what it handed back runs again without a loss."""
+
 
 @dataclass
 class WorkerOptions:
@@ -135,6 +140,7 @@ class Run:
         self._restarts: dict[str, int] = {}  # host -> workers replaced there
         self._replaced: set[str] = set()  # dead workers a replacement stands in for
         self._next_worker = workers + 1
+        self._retired: dict[str, float] = {}  # retired workers -> when to count them gone
         self._stopping = False
         self._registration: Path | None = None  # for scoop status (scoop_core.run_registry)
 
@@ -272,15 +278,25 @@ class Run:
         if self.group is None:
             return {}
         ended = {n: s for n, s in self.group.poll().items() if s is not None}
+        now = time.monotonic()
         for name, status in ended.items():
             if name not in self._reported:
                 self._reported.add(name)
-                self.backend.peer_lost(name)
                 if status == WORKER_RETIRED:
+                    # It said goodbye, handing back what it held; its last
+                    # messages may still be on their way to a broker thread.
+                    self._retired[name] = now + RETIRED_GRACE
                     self._replace_retired(name)
-                elif status != 0:
+                    continue
+                self.backend.peer_lost(name)
+                if status != 0:
                     self.backend.activity.lost(name)
                     self._replace(name, status)
+        for name, due in list(self._retired.items()):
+            if due <= now:
+                # Only if its goodbye never came: then what it held runs again.
+                del self._retired[name]
+                self.backend.peer_lost(name)
         return {n: s for n, s in ended.items() if n not in self._replaced}
 
     def _replace(self, dead: str, status: int) -> None:

@@ -148,6 +148,10 @@ class WorkerRuntime(ThreadedRuntime):
         self._timer_seq = 0
         self._results: list[m.Outcome] = []
         self._results_size = 0  # the sum of their m.item_size
+        # Results are sent by the main thread between futures, or by the I/O
+        # thread when the main thread runs a future for long (see io_tick).
+        self._results_lock = threading.Lock()
+        self._busy_since = 0.0  # when the future the main thread runs began (0: none)
         self._started: list[Job] = []
         self._announced: set[int] = set()
         self._running = True
@@ -282,7 +286,22 @@ class WorkerRuntime(ThreadedRuntime):
         os._exit(1)
 
     def io_tick(self) -> float:
-        """Say that the running future started once it has run a few ms."""
+        """Say that the running future started once it has run a few ms, and
+        send the results of those before it: they would wait for it else."""
+        wait = self._results_due()
+        return min(wait, self._announce())
+
+    def _results_due(self) -> float:
+        busy = self._busy_since
+        if not busy or not self._results:
+            return 1.0
+        left = busy + _FLUSH_AFTER - time.monotonic()
+        if left > 0:
+            return left
+        self._send_results()
+        return 1.0
+
+    def _announce(self) -> float:
         job = self._current
         if job is None or job.task.fid in self._announced:
             self._io_waiting = True
@@ -420,6 +439,9 @@ class WorkerRuntime(ThreadedRuntime):
             return
         fid = job.task.fid
         self._job_began(fid)
+        self._busy_since = time.monotonic()
+        if self._results and self._io_waiting:
+            self.endpoint.wakeup()  # to send them if this future runs long
         start = time.perf_counter()
         status = m.OK
         payload: Any = None
@@ -438,6 +460,7 @@ class WorkerRuntime(ThreadedRuntime):
                 raise
             status, value = m.RAISED, portable(capture(exc), self.serializer.dumps)
         self._current = None
+        self._busy_since = 0.0
         elapsed = time.perf_counter() - start
         self._adapt_prefetch(elapsed)
         frames = self._dump_outcome(value)
@@ -456,8 +479,9 @@ class WorkerRuntime(ThreadedRuntime):
         self._announced.discard(fid)
         with self._lock:
             self.book.finish(fid, status == m.OK)
-        self._results.append(m.Outcome(fid, status, elapsed, tuple(frames)))
-        self._results_size += m.ITEM_ALLOWANCE + size  # its item_size
+        with self._results_lock:
+            self._results.append(m.Outcome(fid, status, elapsed, tuple(frames)))
+            self._results_size += m.ITEM_ALLOWANCE + size  # its item_size
 
     def _dump_outcome(self, value: Any) -> list[Any] | None:
         try:
@@ -669,12 +693,12 @@ class WorkerRuntime(ThreadedRuntime):
             if isinstance(exc, greenlet.GreenletExit):
                 raise
             log.exception("%s: the Executor's initializer raised", self.name)
-            self.initializer_failed = True
-            self._running = False
+            self.initializer_failed = True  # no future starts, none is asked for
             try:
                 self.set_const(f"{FAILED_CONSTANT}{self.name}", f"{type(exc).__name__}: {exc}")
             except Exception:
                 log.debug("%s could not say why its initializer failed", self.name, exc_info=True)
+            self._running = False
             return
         self._initialized = True
 
@@ -746,12 +770,16 @@ class WorkerRuntime(ThreadedRuntime):
             for fids in m.split_by_size(started, limit, total=m.item_size(0) * len(started)):
                 self._send(m.Started(fids))
         if self._results:
-            # Several results that fit one by one may not fit together.
-            batches = m.split_by_size(self._results, self.codec.max_size, total=self._results_size)
-            for batch in batches:
-                self._send(m.Results(tuple(batch)))
-            self._results = []
-            self._results_size = 0
+            self._send_results()
+
+    def _send_results(self) -> None:
+        """Send the results not sent yet (from either thread)."""
+        with self._results_lock:
+            results, size = self._results, self._results_size
+            self._results, self._results_size = [], 0
+        # Several results that fit one by one may not fit together.
+        for batch in m.split_by_size(results, self.codec.max_size, total=size):
+            self._send(m.Results(tuple(batch)))
 
     def _take_messages(self, timeout: float) -> None:
         """Apply what the I/O thread received, waiting up to ``timeout`` for some."""

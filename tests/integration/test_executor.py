@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -426,13 +427,15 @@ def tag(value):
     os.environ["JOIN_TAG"] = value
 
 if __name__ == "__main__":
-    with scoop_core.Executor(1, transport="redis", initializer=tag, initargs=("tagged",)) as pool:
+    with scoop_core.Executor(
+        1, transport="redis", initializer=tag, initargs=("tagged",), max_tasks_per_child=2
+    ) as pool:
         out([pool.run_id, pool.key_file])
         seen = set()
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             seen.update(tuple(x) for x in pool.map(where, range(20)))
-            if any(not name.startswith("worker-") for name, _ in seen):
+            if len([name for name, _ in seen if not name.startswith("worker-")]) >= 2:
                 break
         out(sorted(seen))
 """
@@ -444,7 +447,8 @@ def test_a_scoop_worker_joins_a_redis_executor_and_runs_its_initializer_first(
     """``scoop worker --run ID`` on another machine (here, another process
     with the same home directory) joins the Executor's run: it finds the
     key in the file the pool names, runs the pool's initializer, then
-    futures; it exits once the pool shuts down."""
+    futures; its workers retire after max_tasks_per_child futures and it
+    starts new ones; it exits once the pool shuts down."""
     prog = program(JOINED)
     env = {
         **environ_without_scoop(),
@@ -477,8 +481,8 @@ def test_a_scoop_worker_joins_a_redis_executor_and_runs_its_initializer_first(
         out, err = pool.communicate(timeout=120)
         assert pool.returncode == 0, err
         seen = json.loads(out.splitlines()[-1][7:])
-        joined = [tag for name, tag in seen if not name.startswith("worker-")]
-        assert joined, f"no future ran on the joined worker: {seen}"
+        joined = [name for name, _ in seen if not name.startswith("worker-")]
+        assert len(joined) >= 2, f"no joined worker was replaced after retiring: {seen}"
         assert {tag for _, tag in seen} == {"tagged"}, seen
         # The pool is shut down: the run is over, the joined worker exits, its key file is gone.
         assert joiner.wait(30) == 0, joiner.stderr.read() if joiner.stderr else ""
@@ -510,3 +514,48 @@ def test_hosts_and_hostfile_place_the_workers(program, run_program):
     """``hosts=`` takes ``--hosts`` words (one per worker); ``hostfile=`` a
     hostfile, whose counts ``max_workers`` overrides as ``-n`` does."""
     assert run_program(program(HOSTS)) == [3, True, [3, 81]]
+
+
+RETIRING = """
+if __name__ == "__main__":
+    with scoop_core.Executor(1, max_tasks_per_child=1) as pool:
+        pids = [pool.submit(pid).result(timeout=60) for _ in range(6)]
+        out([len(set(pids)), list(pool.map(sq, range(5)))])
+"""
+
+
+def test_retired_workers_count_neither_as_restarts_nor_as_losses(program, tmp_path):
+    """With max_restarts = 1, a worker that retires six times in a row is
+    replaced each time: retiring is not dying."""
+    prog = program(RETIRING)
+    env = {**environ_without_scoop(), "SCOOP_MAX_RESTARTS": "1"}
+    proc = run_command([sys.executable, prog.name], cwd=tmp_path, env=env)
+    assert program_results(proc) == [[6, [0, 1, 4, 9, 16]]]
+    assert "max_restarts" not in proc.stderr and "lost" not in proc.stderr, proc.stderr
+    assert reap(str(prog), 10) == []
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "executor.md"
+
+
+def doc_examples() -> list[str]:
+    """The ``python`` code blocks of docs/executor.md, each a whole program."""
+    text = DOCS.read_text()
+    return re.findall(r"^```python\n(.*?)^```", text, re.M | re.S)
+
+
+@pytest.mark.parametrize("number", range(len(doc_examples())))
+def test_the_examples_of_the_executor_docs_run(number, tmp_path, redis_server_url):
+    """Every example of docs/executor.md runs as a program (the Redis one
+    over a server of the test's own) and leaves no process behind."""
+    source = doc_examples()[number]
+    prog = tmp_path / "example.py"
+    prog.write_text(source)
+    env = {**environ_without_scoop(), "HOME": str(tmp_path)}
+    if 'transport="redis"' in source:
+        env["SCOOP_TRANSPORT_REDIS_URL"] = redis_server_url
+        env["SCOOP_TRANSPORT_REDIS_PREFIX"] = f"docs-{uuid.uuid4().hex[:8]}"
+    proc = run_command([sys.executable, prog.name], cwd=tmp_path, env=env)
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    assert proc.stdout.strip(), "the example printed nothing"
+    assert reap(str(prog), 10) == []

@@ -421,7 +421,7 @@ def test_first_exception(executor):
     future2 = executor.submit(sleep_and_raise, 1.5)
     future3 = executor.submit(nap, 4)
     finished, pending = cf.wait([future1, future2, future3], return_when=cf.FIRST_EXCEPTION)
-    assert finished == {future1, future2}
+    assert finished == {future1, future2}, [future1, future2, future3]
     assert pending == {future3}
     future3.result()
 
