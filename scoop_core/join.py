@@ -38,6 +38,11 @@ from scoop_core.run_backend import find_run
 log = logging.getLogger("scoop.launcher")
 
 
+RUN_LOOK_SECONDS = 2.0
+"""How often ``scoop worker`` looks whether its run still goes on, once it
+has replaced a retired worker."""
+
+
 class _Stop(Exception):
     def __init__(self, signum: int) -> None:
         self.signum = signum
@@ -135,6 +140,7 @@ def join(
 
     specs = specs_from(1, count)
     retired: set[str] = set()
+    next_look = 0.0
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     group = None
     try:
@@ -153,6 +159,13 @@ def join(
                     statuses[new.name] = None
             if all(status is not None for status in statuses.values()):
                 break
+            if retired and time.monotonic() >= next_look:
+                # A replacement that started as the run ended would wait for
+                # it for ever: once the run is gone, its workers here stop.
+                next_look = time.monotonic() + RUN_LOOK_SECONDS
+                if not _still_on(config, plugins, run_id, key_path):
+                    log.info("run %s is over; stopping its workers here", run_id)
+                    return 0
             time.sleep(0.25)  # polling child processes, not synchronising a test
         failed = {n: s for n, s in group.poll().items() if s and n not in retired}
         for worker, status in failed.items():

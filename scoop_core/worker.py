@@ -131,8 +131,8 @@ class WorkerRuntime(ThreadedRuntime):
         **kwargs: Any,
     ) -> None:
         super().__init__(endpoint, **kwargs)
-        # An Executor's max_tasks_per_child: after running that many futures
-        # of the broker's, the worker retires (see _retire) and is replaced.
+        # An Executor's max_tasks_per_child: once it has started that many
+        # futures of the broker's, the worker retires (see serve) and is replaced.
         self.max_tasks = max_tasks
         self._taken = 0  # futures of the broker's started here
         self.retiring = False
@@ -603,7 +603,11 @@ class WorkerRuntime(ThreadedRuntime):
     # -- the loop -------------------------------------------------------------
 
     def serve(self, program: str | None = None) -> None:
-        """Run futures until the broker says the run is over."""
+        """Run futures until the broker says the run is over, or, with
+        ``max_tasks``, until this worker retires: once it has started that
+        many futures of the broker's it asks for no more, gives up those it
+        holds unstarted, finishes the others (and their children), and says
+        goodbye; the broker queues again what it gave up, without a loss."""
         self.hub = greenlet.getcurrent()
         future.greenlet_event = self.event
         if program:

@@ -739,6 +739,23 @@ def test_killed_child_is_replaced_and_its_future_runs_again(new_pool, tmp_path):
     assert len(set(pool.map(getpid, range(40)))) >= 1
 
 
+def test_a_pool_left_without_workers_is_broken(new_pool, monkeypatch):
+    """ProcessPoolExecutorTest.test_killed_child, where ours agrees: with
+    replacements turned off (max_restarts = 0), a pool whose only worker
+    died has no worker left: its pending futures and later submits fail
+    with BrokenPool, a BrokenExecutor."""
+    monkeypatch.setenv("SCOOP_MAX_RESTARTS", "0")
+    pool = new_pool(1)
+    assert pool.submit(mul, 2, 3).result(timeout=60) == 6
+    dying = pool.submit(exit_now)
+    queued = [pool.submit(nap, 0.1) for _ in range(5)]
+    for f in [dying, *queued]:
+        with pytest.raises(cf.BrokenExecutor, match="every worker of this pool has exited"):
+            f.result(timeout=60)
+    with pytest.raises(BrokenPool):
+        pool.submit(mul, 1, 1)
+
+
 # -- ExecutorDeadlockTest: what cannot be pickled ------------------------------------------
 
 
