@@ -19,6 +19,7 @@ import concurrent.futures as cf
 import itertools
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -735,6 +736,28 @@ def test_killed_child_is_replaced_and_its_future_runs_again(new_pool, tmp_path):
     assert [f.result(timeout=120) for f in others] == [0.05] * 20
     assert pool.submit(mul, 6, 7).result(timeout=60) == 42
     assert len(set(pool.map(getpid, range(40)))) >= 1
+
+
+def nap_telling(path: str, seconds: float) -> str:
+    """Writes its worker's pid to ``path``, then naps."""
+    Path(path).write_text(str(os.getpid()))
+    time.sleep(seconds)
+    return "slept"
+
+
+def test_terminated_child_is_replaced_and_its_future_runs_again(new_pool, tmp_path):
+    """ProcessPoolExecutorTest.test_killed_child, as that test does it: a
+    worker terminated from outside (here SIGKILL) while it runs a future.
+    Ours replaces it; the future runs again on the new worker and succeeds."""
+    pool = new_pool(2)
+    told = tmp_path / "pid"
+    future = pool.submit(nap_telling, str(told), 2.0)
+    wait_until(lambda: told.exists() and told.read_text(), "the future to start")
+    first = int(told.read_text())
+    os.kill(first, signal.SIGKILL)
+    assert future.result(timeout=120) == "slept"
+    assert int(told.read_text()) != first
+    assert pool.submit(mul, 6, 7).result(timeout=60) == 42
 
 
 def test_a_pool_left_without_workers_is_broken(new_pool, monkeypatch):
