@@ -755,6 +755,10 @@ class ThreadedRuntime(Runtime):
                 self._send_pending()
                 if self._stop:
                     return
+                # Sending may have held new tasks back (a root's cheap ones,
+                # submitted by a done-callback in this thread): wake up when
+                # they are due, not at the end of a wait computed before.
+                timeout = min(timeout, self.io_tick())
                 frames = endpoint.recv(timeout)
                 if frames is not None:
                     self._last_heard = time.monotonic()
