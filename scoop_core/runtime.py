@@ -56,7 +56,8 @@ name follows) to the exception's text, for the Executor's error."""
 
 LAUNCH_HINT = (
     "launch the program with `python -m scoop yourprogram.py` (or `scoop run yourprogram.py`), "
-    "or create a pool inside it with `with scoop_core.Executor() as pool:`"
+    "or start a run inside it with `with scoop_core.run() as run:` (in a notebook: "
+    "`run = scoop_core.run()`)"
 )
 
 
