@@ -98,6 +98,11 @@ def _refuse_fork(mp_context: object) -> None:
         )
 
 
+def _raise_when_read(error: BaseException) -> Iterator[Any]:
+    raise error
+    yield  # a generator: the error comes at the first next()
+
+
 class Executor(cf.Executor):
     """A pool of worker processes, used as a ``ProcessPoolExecutor``.
 
@@ -263,7 +268,11 @@ class Executor(cf.Executor):
         self._check_open()
         deadline = None if timeout is None else time.monotonic() + timeout
         chunker = Chunker(self._rt, fn, iterables)
-        chunker.fill()
+        try:
+            chunker.fill()
+        except SerializationError as exc:
+            # Raised by iteration, as ProcessPoolExecutor raises a call's pickling error.
+            return _raise_when_read(exc)
         return ordered_values(chunker, deadline)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:

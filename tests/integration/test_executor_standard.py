@@ -789,6 +789,14 @@ def test_error_at_task_pickle(executor):
     assert executor.submit(mul, 2, 2).result() == 4
 
 
+def test_error_at_task_pickle_in_map(executor):
+    """ExecutorDeadlockTest.test_error_at_task_pickle, through map: the
+    error is raised where iteration reaches the item's chunk."""
+    results = executor.map(id, [ErrorAtPickle()])
+    with pytest.raises(SerializationError, match="cannot be pickled"):
+        next(results)
+
+
 def test_error_at_task_unpickle(executor):
     """ExecutorDeadlockTest.test_error_at_task_unpickle"""
     f = executor.submit(id, ErrorAtUnpickle())
