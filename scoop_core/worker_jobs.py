@@ -80,9 +80,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from scoop_core.errors import LaunchError, UsageError
@@ -361,7 +362,9 @@ class WorkerJobs(Launcher):
         """Write each job's plan and script and submit it; return at once (the
         jobs start when the scheduler starts them). A submission that fails
         cancels the jobs submitted before it and raises :class:`LaunchError`
-        with the submit command's error output; so does Ctrl-C."""
+        with the submit command's error output. Ctrl-C (or SIGTERM) cancels
+        them too, once the submission in flight has returned its job's id; a
+        second Ctrl-C does not wait for it."""
         if not workers:
             raise LaunchError("no workers to submit jobs for")
         run_id = workers[0].env.get("_SCOOP_RUN_ID") or "run"
@@ -369,16 +372,28 @@ class WorkerJobs(Launcher):
         specs = {spec.name: spec for spec in workers}
         texts = [self.script(job) for job in jobs]
         group = JobGroup(self, jobs, self.plan_directory(run_id))
+        submitting: _Job | None = None
         try:
             self.run_directory(run_id).mkdir(parents=True, exist_ok=True)
             private_dir(self.plan_directory(run_id), scoop_home())
             for job, text in zip(jobs, texts, strict=True):
                 _write_plan(job.plan, [specs[name] for name in job.workers])
                 job.script.write_text(text)
-                job.id = self._submit(job)
-                job.submitted = time.monotonic()
+                # A job the scheduler has queued is cancelled only if its id is known.
+                submitting = job
+                with _signals_held():
+                    job.id = self._submit(job)
+                    job.submitted = time.monotonic()
                 log.debug("%s job %s: %s", self.queue.scheduler, job.id, job.script)
-        except BaseException:
+        except BaseException as exc:
+            if submitting is not None and not submitting.id and not isinstance(exc, LaunchError):
+                log.warning(
+                    "interrupted while submitting %s: if %s queued it, cancel the job named "
+                    "%s by hand",
+                    submitting.script,
+                    self.queue.scheduler,
+                    submitting.request.name,
+                )
             group.stop(0.0)
             raise
         log.warning(
@@ -639,6 +654,45 @@ class JobGroup(WorkerGroup):
             _CANCEL_WAIT,
             shlex.join(self.queue.cancel_command(left)),
         )
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """A first SIGINT or SIGTERM waits until the block is over, then takes
+    effect; a second one takes effect at once.
+
+    Around a submission: interrupted between the scheduler queueing the job
+    and its id being read, the launcher could not cancel it. Only the main
+    thread can hold signals (elsewhere the block runs as it is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: FrameType | None) -> None:
+        held.append(signum)
+        if len(held) == 1:
+            log.warning(
+                "stopping once the job being submitted is queued, to cancel it with the "
+                "others (signal again to stop now)"
+            )
+        handler = previous[signal.Signals(signum)]
+        # Checked after the warning: a second signal that came while it was being
+        # written had its exception swallowed by logging.
+        if len(held) > 1 and callable(handler):
+            handler(signum, frame)
+
+    previous = {s: signal.signal(s, hold) for s in _HELD}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if len(held) == 1:  # a second one took effect already
+            signal.raise_signal(held[0])
+
+
+_HELD = (signal.SIGINT, signal.SIGTERM)
 
 
 def _write_plan(path: Path, specs: Sequence[WorkerSpec]) -> None:

@@ -159,7 +159,9 @@ PBS_TMRSH = '''
 # its own, its output and error to the files its ``#PBS -o``/``-e`` name;
 # qstat lists each job as R while a process of its session lives, then C;
 # qdel sends its session SIGTERM, then SIGKILL two seconds later, as Torque's
-# kill_delay does.
+# kill_delay does. With $STANDIN_QSUB_SLOW, every submission but the first
+# takes that many seconds, and writes the job id it will have to
+# $STANDIN_TORQUE_DIR.slow first.
 TORQUE_QUEUE = '''
     """Stand-in for Torque's qsub, qstat and qdel (see tests/plugins/scheduler_jobs.py)."""
     import os, signal, subprocess, sys, time
@@ -196,6 +198,10 @@ TORQUE_QUEUE = '''
             if line.startswith("#PBS -q ") and line.split()[2] != "batch":
                 sys.exit("qsub: submit error (Unknown queue MSG=requested queue not found)")
         job = f"{len(list(jobs.iterdir())) + 1}.standin"
+        if job != "1.standin" and os.environ.get("STANDIN_QSUB_SLOW"):
+            # A busy server: every submission but the first takes its time.
+            Path(f"{jobs}.slow").write_text(job)
+            time.sleep(float(os.environ["STANDIN_QSUB_SLOW"]))
         runner = subprocess.Popen(
             [sys.executable, sys.argv[0], "--run", job, os.path.abspath(args[0])],
             start_new_session=True, stdin=subprocess.DEVNULL,

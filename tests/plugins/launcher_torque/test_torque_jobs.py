@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -220,6 +221,56 @@ def test_the_jobs_of_a_killed_launcher_end_once_their_workers_lose_the_run(
         proc.kill()  # SIGKILL: nothing of the launcher's own clean-up runs
         proc.wait()
         checks.wait_for(lambda: qstat(env) == ["C", "C"], "the jobs to end", timeout=60)
+    finally:
+        proc.kill()
+        proc.wait()
+        assert checks.kill_mentioning(str(program)) == []
+
+
+def test_ctrl_c_while_a_job_is_being_submitted_deletes_it_and_those_before(
+    tmp_path: Path, queue: dict[str, str]
+) -> None:
+    env = {**run_env(tmp_path, queue, "zmq", ""), "STANDIN_QSUB_SLOW": "3"}
+    stderr = checks.check_ctrl_c(
+        tmp_path,
+        env,
+        ["--jobs", "3", "--scheduler", "torque"],
+        lambda: Path(f"{env['STANDIN_TORQUE_DIR']}.slow").exists(),
+        "the second submission",
+    )
+    # The second submission was let finish, so that its job could be deleted too.
+    assert qstat(env) == ["C", "C"], stderr
+    assert "submitted 3" not in stderr  # the run never started
+
+
+def test_a_second_ctrl_c_does_not_wait_for_a_submission_and_names_its_job(
+    tmp_path: Path, queue: dict[str, str]
+) -> None:
+    program = tmp_path / "prog.py"
+    program.write_text(checks.BLOCKING_PROGRAM)
+    env = {**run_env(tmp_path, queue, "zmq", ""), "STANDIN_QSUB_SLOW": "300"}
+    proc = checks.start_piped(
+        [sys.executable, "-m", "scoop", "--jobs", "2", "--scheduler", "torque", str(program)],
+        env,
+        cwd=tmp_path,
+    )
+    try:
+        assert proc.stderr is not None
+        checks.wait_for(
+            lambda: Path(f"{env['STANDIN_TORQUE_DIR']}.slow").exists(), "the second submission"
+        )
+        proc.send_signal(signal.SIGINT)
+        lines = []
+        for line in proc.stderr:  # until the launcher says it waits for the submission
+            lines.append(line)
+            if "signal again to stop now" in line:
+                break
+        proc.send_signal(signal.SIGINT)
+        stderr = "".join(lines) + proc.communicate(timeout=60)[1]
+        assert proc.returncode == 130, stderr
+        assert "interrupted while submitting" in stderr and "job-2.sh" in stderr, stderr
+        assert "scoop-" in stderr.split("cancel the job named ")[1]
+        assert qstat(env) == ["C"]
     finally:
         proc.kill()
         proc.wait()
