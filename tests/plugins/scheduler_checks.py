@@ -8,6 +8,12 @@ starts workers on two "nodes" and checks what a user would notice: output
 arrives prefixed by its node, the run's secret is on no command line, a
 killed worker is seen, and ``stop()`` leaves no process behind.
 
+For jobs of workers submitted from outside a job (``scoop run --jobs N
+--scheduler NAME``), :func:`check_jobs_run` runs :data:`JOB_PROGRAM` and
+checks that every job's workers took futures, the results are right and the
+run's key went nowhere it must not; :func:`check_ctrl_c` interrupts a run
+at a chosen moment. Each scheduler's tests then look at its own queue.
+
 It sits beside ``tests/plugins/conftest.py``, so every plugin's tests
 import it by name.
 """
