@@ -19,7 +19,7 @@ from datetime import datetime
 
 import pytest
 from conftest import kill_run, processes_of, program_results, stopped_early, wait_gone
-from test_ssh_runs import Machines, _run, machines  # noqa: F401 (a fixture)
+from test_ssh_runs import Machines, machines, run_scoop  # noqa: F401 (a fixture)
 
 PRELUDE = """
 import ctypes, json, os, signal, sys, time
@@ -241,7 +241,7 @@ def test_a_remote_worker_killed_by_its_future_is_replaced_on_its_host(
     prog = program(
         ONE_DEADLY.replace("CRASH", "os._exit(1)").replace("live = back_to(2)", "live = back_to(3)")
     )
-    proc = _run(machines, prog, "--hosts", "h1", "h2", "h2", timeout=180)
+    proc = run_scoop(machines, prog, "--hosts", "h1", "h2", "h2", timeout=180)
     message, squares, workers, (detect, recover) = program_results(proc)
     assert "was lost with its worker 3 times" in message
     assert squares == [i * i for i in range(20)]
