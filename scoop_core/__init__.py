@@ -29,11 +29,8 @@ def run(workers: int | None = None, **options: Any) -> Executor:
     ``config=``...). In IPython and Jupyter, a cell that is interrupted
     cancels the futures it submitted (:mod:`scoop_core.notebook`)."""
     from scoop_core.executor import Executor
-    from scoop_core.notebook import watch_cells
 
-    pool = Executor(workers=workers, **options)
-    watch_cells(pool._rt)
-    return pool
+    return Executor(workers=workers, **options)
 
 
 def __getattr__(name: str) -> Any:

@@ -41,6 +41,7 @@ from scoop_core.config import load_config
 from scoop_core.errors import INITIALIZER_FAILED, BrokenPool, LaunchError, SerializationError
 from scoop_core.future import Future, wait_futures
 from scoop_core.map_chunks import Chunker, ordered_values
+from scoop_core.notebook import watch_cells
 from scoop_core.placement import place, read_hosts
 from scoop_core.plugins.manager import get_plugin_manager
 from scoop_core.run import Run, worker_count
@@ -215,6 +216,8 @@ class Executor(cf.Executor):
             target=self._watch, name="scoop-executor-watch", daemon=True
         )
         self._watcher.start()
+        # In IPython and Jupyter, an interrupted cell cancels what it submitted.
+        self._cells = watch_cells(self._rt)
         _open_pools.add(self)
 
     @property
@@ -294,6 +297,13 @@ class Executor(cf.Executor):
             )
             self._finisher.start()
 
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        """As ``concurrent.futures``: shut down and wait. After Ctrl-C, the
+        futures not started yet are cancelled first: waiting for all of
+        them is not what the user who pressed it asked for."""
+        interrupted = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        self.shutdown(wait=True, cancel_futures=interrupted)
+
     # -- watching the workers ------------------------------------------------------
 
     def _watch(self) -> None:
@@ -358,6 +368,8 @@ class Executor(cf.Executor):
                 self._run_stopped = True
                 self._run.stop()
         _open_pools.discard(self)
+        if self._cells is not None:
+            self._cells.unregister()
         if runtime.current() is self._rt:
             runtime.set_current(self._previous)
             context.SIZE = self._previous_size

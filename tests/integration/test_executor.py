@@ -30,6 +30,7 @@ from conftest import (
     processes_of,
     program_results,
     run_command,
+    wait_for,
     wait_gone,
 )
 
@@ -558,4 +559,44 @@ def test_the_examples_of_the_executor_docs_run(number, tmp_path, redis_server_ur
     proc = run_command([sys.executable, prog.name], cwd=tmp_path, env=env)
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
     assert proc.stdout.strip(), "the example printed nothing"
+    assert reap(str(prog), 10) == []
+
+
+def test_ctrl_c_in_a_with_block_cancels_what_was_queued_and_exits(program, tmp_path):
+    """concurrent.futures would wait for every queued future on the way out
+    of the block; after Ctrl-C only those already running finish."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    prog = program("""
+def mark(i):
+    open(os.path.join(os.environ["MARKS"], str(i)), "w").close()
+    time.sleep(0.5)
+
+if __name__ == "__main__":
+    with scoop_core.run(workers=2) as run:
+        fs = [run.submit(mark, i) for i in range(200)]
+        out("submitted")
+        cf.wait(fs)
+""")
+    proc = subprocess.Popen(
+        [sys.executable, prog.name],
+        cwd=tmp_path,
+        env={**environ_without_scoop(), "MARKS": str(marks)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("RESULT")
+        wait_for(lambda: len(os.listdir(marks)) >= 2, "two futures running")
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode != 0
+    assert "KeyboardInterrupt" in err
+    assert len(os.listdir(marks)) < 100, "the queued futures ran after Ctrl-C"
     assert reap(str(prog), 10) == []
