@@ -112,6 +112,7 @@ def _setup(name: str) -> tuple[Connection, bytes, Serializer, int]:
         root=_env("_SCOOP_ROOT", "root"),
         workers=context.SIZE,
         max_losses=int(_env("_SCOOP_MAX_LOSSES", "3")),
+        workers_from_jobs=bool(os.environ.get("_SCOOP_WORKERS_FROM_JOBS")),
         **_limits(),
     )
     backend = backend_for(

@@ -45,7 +45,9 @@ Rules:
   death is charged. The futures a departed peer owned have nobody to read
   them: those not started are cancelled, wherever they are.
 - With no worker for ``heartbeat_timeout``, queued futures fail rather than
-  wait for ever.
+  wait for ever; unless the workers come from a scheduler's queue
+  (``wait_for_workers``): then they wait, and the launcher, which knows
+  whether a job is left to bring any, ends the run.
 - A shared constant is defined once per run: the first definition wins and
   every peer learns it; a second one is refused, naming the constant.
 """
@@ -233,6 +235,7 @@ class PolicyOptions(TypedDict, total=False):
     heartbeat_interval: float
     heartbeat_timeout: float
     join_timeout: float
+    wait_for_workers: bool
 
 
 class BrokerPolicy:
@@ -259,6 +262,7 @@ class BrokerPolicy:
         heartbeat_interval: float = 5.0,
         heartbeat_timeout: float = 30.0,
         join_timeout: float = 10.0,
+        wait_for_workers: bool = False,
         shared_queue: bool = False,
         now: float = 0.0,
     ) -> None:
@@ -270,6 +274,11 @@ class BrokerPolicy:
         # it was launched with.
         self.expected_workers = expected_workers
         self.join_timeout = join_timeout
+        # Queued futures wait for workers however long (workers that a
+        # scheduler's queue will start some time: whoever launched them
+        # knows when none is left to come), instead of failing after
+        # heartbeat_timeout with none.
+        self.wait_for_workers = wait_for_workers
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         # On a store, the queue is the store's and peers elsewhere are names.
@@ -929,7 +938,7 @@ class BrokerPolicy:
                     self._lost_peers.append(peer)
         if self.workers or self.remote_workers:
             self._workers_seen = now
-        elif now - self._workers_seen > self.heartbeat_timeout:
+        elif not self.wait_for_workers and now - self._workers_seen > self.heartbeat_timeout:
             failed = self.fail_queued(
                 f"no worker has been connected for {now - self._workers_seen:.0f} s"
             )

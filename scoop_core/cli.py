@@ -589,8 +589,9 @@ def _start_run(
         options=worker_options,
         launcher=launcher,
         hosts=placed,
-        # Jobs' workers dial in from nodes chosen by the scheduler.
+        # Jobs' workers dial in from nodes chosen by the scheduler, when it starts them.
         public=True if jobs is not None else None,
+        workers_from_jobs=jobs is not None,
     )
     watch.run = run
     return _supervise(run, program, list(options.args), watch)

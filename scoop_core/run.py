@@ -77,6 +77,7 @@ class Run:
         launcher: Launcher | None = None,
         hosts: Sequence[Host] | None = None,
         public: bool | None = None,
+        workers_from_jobs: bool = False,
         max_tasks_per_child: int | None = None,
         initializer: bool = False,
     ) -> None:
@@ -105,6 +106,7 @@ class Run:
             raise LaunchError(f"{workers} workers for hosts that take another number: {self.hosts}")
         self.key = run_keys.launcher_key()
         self.run_id = config["run_id"] or secrets.token_hex(6)
+        self.workers_from_jobs = workers_from_jobs
         self.transport_name = config["transport"]
         self.transport_settings = config.section(f"transport.{self.transport_name}")
         transport = plugins.transport(self.transport_name).factory(self.transport_settings)
@@ -122,6 +124,7 @@ class Run:
                 heartbeat_timeout=config["heartbeat_timeout"],
                 max_message_size=config["max_message_size"],
                 trace=bool(config["trace"]),
+                workers_from_jobs=workers_from_jobs,
             ),
             # Remote workers dial in, unless they come through SSH tunnels
             # from this machine: then loopback is enough, and safer.
@@ -185,6 +188,7 @@ class Run:
             "heartbeat": [self.config["heartbeat_interval"], self.config["heartbeat_timeout"]],
             "max_message_size": self.config["max_message_size"],
             "trace": bool(self.config["trace"]),
+            "workers_from_jobs": self.workers_from_jobs,
             "max_tasks_per_child": self.max_tasks_per_child,
             "initializer": self.initializer,
         }
@@ -447,6 +451,8 @@ def run_env(
         "_SCOOP_LOG_LEVEL": logging.getLevelName(logging.getLogger("scoop").getEffectiveLevel()),
         "_SCOOP_DISABLE_PLUGINS": ",".join(disabled_plugins),
         "_SCOOP_TRACE": "1" if info.get("trace") else "",
+        # The root does not wait for workers that a scheduler's queue will start.
+        "_SCOOP_WORKERS_FROM_JOBS": "1" if info.get("workers_from_jobs") else "",
         # An Executor's settings for its workers (see scoop_core.worker).
         "_SCOOP_MAX_TASKS": str(info.get("max_tasks_per_child") or ""),
         "_SCOOP_INITIALIZER": "1" if info.get("initializer") else "",

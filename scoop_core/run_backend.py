@@ -59,6 +59,11 @@ class RunSettings:
     max_message_size: int | None = None
     trace: bool = False
     """Whether the run's processes keep trace events (``--trace``)."""
+    workers_from_jobs: bool = False
+    """Whether the workers come from jobs in a scheduler's queue (``--jobs``):
+    they start whenever the scheduler starts them, so the program is not
+    held until they join, and queued futures wait for them however long it
+    takes (the launcher ends the run when no job is left to bring any)."""
 
 
 @dataclass(frozen=True)
@@ -174,7 +179,8 @@ class BrokerBackend(RunBackend):
             run_id=s.run_id,
             public=self.public,
             local=self.local,
-            expected_workers=s.workers,
+            expected_workers=0 if s.workers_from_jobs else s.workers,
+            wait_for_workers=s.workers_from_jobs,
             max_losses=s.max_losses,
             heartbeat_interval=s.heartbeat_interval,
             heartbeat_timeout=s.heartbeat_timeout,
@@ -296,7 +302,8 @@ class StoreBackend(RunBackend):
             name=name,
             root=s.root,
             max_losses=s.max_losses,
-            expected_workers=s.workers if name == s.root else 0,
+            expected_workers=s.workers if name == s.root and not s.workers_from_jobs else 0,
+            wait_for_workers=s.workers_from_jobs,
             heartbeat_interval=s.heartbeat_interval,
             heartbeat_timeout=s.heartbeat_timeout,
             max_message_size=s.max_message_size,

@@ -549,10 +549,7 @@ class JobGroup(WorkerGroup):
                     job.state,
                     waited,
                     job.request.output,
-                    ""
-                    if started
-                    else " (no job has started yet: futures fail once no worker has been "
-                    "connected for heartbeat_timeout; raise it for a busy queue)",
+                    "" if started else " (no job has started yet: futures wait for workers)",
                 )
         elif phase == JobQueue.RUNNING:
             if previous == JobQueue.PENDING:

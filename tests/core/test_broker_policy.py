@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict, deque
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -38,7 +39,7 @@ W1, W2, W3 = b"w1", b"w2", b"w3"
 class Run(FakePeers):
     """A broker book and the mailboxes of the fake peers around it."""
 
-    def __init__(self, **book_options: int) -> None:
+    def __init__(self, **book_options: Any) -> None:
         self.book = BrokerPolicy(**book_options)
         self.inbox: dict[bytes, list[m.Message]] = defaultdict(list)
         self.index: dict[bytes, int] = {}
@@ -328,6 +329,40 @@ def test_a_queued_future_fails_when_no_worker_is_left_to_run_it() -> None:
 
 
 # -- suspects: a future lost before runs alone ------------------------------------
+
+
+def alive_at(run: Run, peer: bytes, now: float) -> None:
+    """``peer`` is heard at ``now`` (as its heartbeat would be)."""
+    run.book.now = now
+    run.send(peer, m.Heartbeat(0))
+
+
+def test_queued_futures_fail_when_no_worker_comes_for_heartbeat_timeout() -> None:
+    run = Run(heartbeat_timeout=30)
+    run.join(ROOT)  # expected_workers=0: welcomed at once
+    fids = run.submit(ROOT, 2)
+    alive_at(run, ROOT, 31.0)
+    run.book.tick(31.0)
+    run.flush()
+    assert sorted(outcomes(run.take(ROOT))) == [(f, m.LOST) for f in fids]
+
+
+def test_futures_wait_however_long_for_workers_from_a_schedulers_queue() -> None:
+    # Worker jobs (scoop run --jobs) start when the scheduler says: the
+    # program is welcomed at once and its futures wait; the launcher, which
+    # knows the jobs, ends the run if none is left to bring a worker.
+    run = Run(heartbeat_timeout=30, wait_for_workers=True)
+    run.join(ROOT)
+    fids = run.submit(ROOT, 2)
+    for hour in range(1, 4):
+        alive_at(run, ROOT, hour * 3600.0)
+        run.book.tick(hour * 3600.0)
+    run.flush()
+    assert [msg for msg in run.take(ROOT) if isinstance(msg, m.Results)] == []
+    assert run.book.queued == 2
+    run.join(W1, slots=2)
+    run.send(W1, m.Ready(2))
+    assert run.tasks_for(W1) == fids
 
 
 def _held(run: Run, peer: bytes) -> list[int]:

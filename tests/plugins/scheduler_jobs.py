@@ -161,7 +161,8 @@ PBS_TMRSH = '''
 # qdel sends its session SIGTERM, then SIGKILL two seconds later, as Torque's
 # kill_delay does. With $STANDIN_QSUB_SLOW, every submission but the first
 # takes that many seconds, and writes the job id it will have to
-# $STANDIN_TORQUE_DIR.slow first.
+# $STANDIN_TORQUE_DIR.slow first. With $STANDIN_JOB_QUEUED, each job stays
+# queued (Q) that many seconds before its script starts.
 TORQUE_QUEUE = '''
     """Stand-in for Torque's qsub, qstat and qdel (see tests/plugins/scheduler_jobs.py)."""
     import os, signal, subprocess, sys, time
@@ -183,8 +184,13 @@ TORQUE_QUEUE = '''
                 return True
         return False
 
+    queued = Path(f"{jobs}.queued")  # a job's file there: it waits in the queue
+
     if args[:1] == ["--run"]:  # the job itself, in a session of its own
         job, script = args[1], args[2]
+        if (queued / job).exists():
+            time.sleep(float(os.environ["STANDIN_JOB_QUEUED"]))
+            (queued / job).unlink()
         lines = Path(script).read_text().splitlines()
         paths = dict(line.split()[1:3] for line in lines if line.startswith("#PBS -o ")
                      or line.startswith("#PBS -e "))
@@ -202,6 +208,9 @@ TORQUE_QUEUE = '''
             # A busy server: every submission but the first takes its time.
             Path(f"{jobs}.slow").write_text(job)
             time.sleep(float(os.environ["STANDIN_QSUB_SLOW"]))
+        if os.environ.get("STANDIN_JOB_QUEUED"):
+            queued.mkdir(exist_ok=True)
+            (queued / job).touch()
         runner = subprocess.Popen(
             [sys.executable, sys.argv[0], "--run", job, os.path.abspath(args[0])],
             start_new_session=True, stdin=subprocess.DEVNULL,
@@ -213,7 +222,7 @@ TORQUE_QUEUE = '''
         print("Job ID                    Name             User            Time Use S Queue")
         print("------------------------- ---------------- --------------- -------- - -----")
         for path in sorted(jobs.iterdir()):
-            state = "R" if alive(path.name) else "C"
+            state = "Q" if (queued / path.name).exists() else "R" if alive(path.name) else "C"
             print(f"{path.name:<25} scoop            {os.environ.get('USER', 'me'):<15} 00:00:00 {state} batch")
     elif command == "qdel":
         for job in args:

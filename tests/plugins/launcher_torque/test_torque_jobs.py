@@ -125,6 +125,26 @@ def test_jobs_run_the_workers_and_are_gone_at_the_end(
     assert (run_dir / "job-1.report").read_text().splitlines()[-1] == "end 0"
 
 
+@pytest.mark.parametrize("transport", ["zmq", "redis"])
+def test_futures_wait_for_jobs_that_stay_queued_longer_than_heartbeat_timeout(
+    tmp_path: Path, queue: dict[str, str], request: pytest.FixtureRequest, transport: str
+) -> None:
+    """A busy queue: the jobs start 15 s after submission, far past the
+    run's heartbeat_timeout and the 10 s a run waits for its workers; the
+    program started at once, and its futures waited for the jobs' workers."""
+    url = request.getfixturevalue("redis_url") if transport == "redis" else ""
+    env = {
+        **run_env(tmp_path, queue, transport, url),
+        "STANDIN_JOB_QUEUED": "15",
+        "SCOOP_HEARTBEAT_INTERVAL": "0.5",
+        "SCOOP_HEARTBEAT_TIMEOUT": "2",
+    }
+    flags = ["--jobs", "1", "--scheduler", "torque", "--cores-per-job", "2"]
+    result, _ = checks.check_jobs_run(tmp_path, env, flags, "PBS_JOBID", 1)
+    assert "still queued" not in result.stderr  # (pending_timeout is 300 s)
+    assert qstat(env) == ["C"]
+
+
 def workers_running(env: dict[str, str], tmp_path: Path) -> bool:
     """Both jobs run, and a worker of each has started."""
     workers = 0
