@@ -186,9 +186,11 @@ def _named(cls: type) -> type:
         if not isinstance(self.name, str) or not self.name.strip():
             raise TypeError(f"{cls.__name__} needs a non-empty name, got {self.name!r}")
         object.__setattr__(self, "name", normalize_name(self.name))
-        if isinstance(self.factory, LazyFactory):
-            owner = f"{self.kind} {self.name!r}"
-            object.__setattr__(self, "factory", self.factory.for_record(owner))
+        owner = f"{self.kind} {self.name!r}"
+        for field_name in ("factory", "job_queue"):
+            value = getattr(self, field_name, None)
+            if isinstance(value, LazyFactory):
+                object.__setattr__(self, field_name, value.for_record(owner))
         if hasattr(self, "settings"):
             _check_settings(self)
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from scoop_core.errors import PluginError
-from scoop_core.plugins import SerializerPlugin, TransportPlugin, lazy
+from scoop_core.plugins import LauncherPlugin, SerializerPlugin, TransportPlugin, lazy
 from scoop_core.plugins.manager import (
     BUILTIN_PLUGINS,
     PluginInfo,
@@ -639,6 +639,17 @@ def test_a_lazy_factory_that_cannot_be_imported_names_its_record(spec: str, caus
     message = str(err.value)
     assert message.startswith(f"transport 'my-tcp': cannot load the factory {spec!r} ({cause}")
     assert message.endswith("the plugin's package may be installed incompletely: reinstall it")
+
+
+def test_a_job_queue_that_cannot_be_imported_names_its_launcher() -> None:
+    record = LauncherPlugin(
+        "My_Sched", lazy("scoop_launcher_slurm:SlurmLauncher"), job_queue=lazy("nopkg.jobs:Q")
+    )
+
+    with pytest.raises(PluginError) as err:
+        assert record.job_queue is not None
+        record.job_queue({})
+    assert str(err.value).startswith("launcher 'my-sched': cannot load the factory 'nopkg.jobs:Q'")
 
 
 # -- the listing ---------------------------------------------------------------
