@@ -124,6 +124,9 @@ class Activity:
         self.submitted = self.ended = self.failed = self.cancelled = self.expected = 0
         self.ran = self.running = self.handed = 0
         self.busy = 0.0  # seconds spent running futures
+        # Why this process leaves, said in its last report (see EXIT_REASONS
+        # in scoop_core.errors): what backs up its exit status for the launcher.
+        self.leaving = ""
         self.losses: dict[str, int] = {}  # futures lost with each worker, seen here
         if tracing is None:
             tracing = os.environ.get(TRACE_ENV) == "1"
@@ -235,6 +238,7 @@ class Activity:
             "losses": dict(self.losses),
             "anchor": self.anchor(),
             **{c: getattr(self, c) for c in COUNTERS},
+            **({"leaving": self.leaving} if self.leaving else {}),
         }
 
     def report_due(self, now: float) -> float:

@@ -43,6 +43,16 @@ INITIALIZER_FAILED = 76
 replaced (its replacement would fail the same way): the pool is broken,
 as a ``ProcessPoolExecutor`` is."""
 
+EXIT_REASONS = {
+    PROGRAM_IMPORT_FAILED: "program import failed",
+    WORKER_RETIRED: "retired",
+    INITIALIZER_FAILED: "initializer failed",
+}
+"""What a worker that ends with one of the statuses above says in its last
+report (``leaving``). A future may end its worker with any status
+(``os._exit(3)``): the launcher believes a status only with the worker's word,
+and counts any other exit as a death."""
+
 
 class ScoopError(Exception):
     """Base class of every error scoop-core raises on its own account."""

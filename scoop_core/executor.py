@@ -322,7 +322,11 @@ class Executor(cf.Executor):
                 for n in list(self._rt.constants)
                 if n.startswith(failed_marker)
             }
-            failed = [n for n, s in ended.items() if s == INITIALIZER_FAILED]
+            failed = [
+                n
+                for n, s in ended.items()
+                if s == INITIALIZER_FAILED and n in self._run.exit_reasons
+            ]
             if failed and not why:
                 # Its reason, a constant, may still be on its way here.
                 failed_since = failed_since or time.monotonic()

@@ -25,7 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from scoop_core import run_keys, run_registry
 from scoop_core.config import Config, set_current
-from scoop_core.errors import INITIALIZER_FAILED, PROGRAM_IMPORT_FAILED, WORKER_RETIRED, LaunchError
+from scoop_core.errors import (
+    EXIT_REASONS,
+    INITIALIZER_FAILED,
+    PROGRAM_IMPORT_FAILED,
+    WORKER_RETIRED,
+    LaunchError,
+)
 from scoop_core.hosts import Host, is_local
 from scoop_core.interfaces import Launcher, WorkerGroup, WorkerSpec
 from scoop_core.local_launcher import LocalWorkers
@@ -40,6 +46,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("scoop.launcher")
 
 BOOTSTRAP = "scoop_core.bootstrap"
+
+WORD_GRACE = 2.0
+"""Seconds the run waits, after a worker exits with one of the statuses of
+:data:`~scoop_core.errors.EXIT_REASONS`, for its last report to say so
+(it was sent before the exit, but may still be on its way); without it,
+the exit is a death like any other (a future may end its worker with any
+status)."""
 
 RETIRED_GRACE = 2.0
 """Seconds after a retired worker's exit before the run counts it gone (see
@@ -144,6 +157,9 @@ class Run:
         self._replaced: set[str] = set()  # dead workers a replacement stands in for
         self._next_worker = workers + 1
         self._retired: dict[str, float] = {}  # retired workers -> when to count them gone
+        self._awaiting_word: dict[str, float] = {}  # see WORD_GRACE: worker -> until when
+        # Why workers left, in their own words, when that backs up their status.
+        self.exit_reasons: dict[str, str] = {}
         self._stopping = False
         self._registration: Path | None = None  # for scoop status (scoop_core.run_registry)
 
@@ -285,8 +301,10 @@ class Run:
         now = time.monotonic()
         for name, status in ended.items():
             if name not in self._reported:
+                if not self._believed(name, status, now):
+                    continue  # its word may be on its way: looked at again next time
                 self._reported.add(name)
-                if status == WORKER_RETIRED:
+                if status == WORKER_RETIRED and name in self.exit_reasons:
                     # It said goodbye, handing back what it held; its last
                     # messages may still be on their way to a broker thread.
                     self._retired[name] = now + RETIRED_GRACE
@@ -302,6 +320,26 @@ class Run:
                 del self._retired[name]
                 self.backend.peer_lost(name)
         return {n: s for n, s in ended.items() if n not in self._replaced}
+
+    def _believed(self, name: str, status: int, now: float) -> bool:
+        """Whether the exit of worker ``name`` can be acted on now. A status
+        that claims a reason (:data:`~scoop_core.errors.EXIT_REASONS`) is
+        believed if the worker's last report says the same (then it is in
+        :attr:`exit_reasons`); without that word within :data:`WORD_GRACE`,
+        the exit is acted on as a death."""
+        claimed = EXIT_REASONS.get(status)
+        if claimed is None:
+            return True
+        self.backend.poll()  # a store's reports are read, not sent
+        if self.backend.activity.reports().get(name, {}).get("leaving") == claimed:
+            self._awaiting_word.pop(name, None)
+            self.exit_reasons[name] = claimed
+            return True
+        until = self._awaiting_word.setdefault(name, now + WORD_GRACE)
+        if now < until:
+            return False
+        del self._awaiting_word[name]
+        return True
 
     def _replace(self, dead: str, status: int) -> None:
         """Start a new worker where ``dead`` ran, as Dask's nanny does.
@@ -319,10 +357,11 @@ class Run:
         if self._stopping or group is None:
             log.warning("%s", died)
             return
-        if status == PROGRAM_IMPORT_FAILED:
+        said = self.exit_reasons.get(dead)
+        if said is not None and status == PROGRAM_IMPORT_FAILED:
             log.warning("%s; not replaced: it could not import the program", died)
             return
-        if status == INITIALIZER_FAILED:
+        if said is not None and status == INITIALIZER_FAILED:
             log.error("%s; not replaced: the Executor's initializer raised there", died)
             return
         done, limit = self._restarts.get(host, 0), self.config["max_restarts"]

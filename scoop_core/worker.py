@@ -40,6 +40,7 @@ from scoop_core.calls import (
     to_wire,
 )
 from scoop_core.errors import (
+    EXIT_REASONS,
     INITIALIZER_FAILED,
     PROGRAM_IMPORT_FAILED,
     WORKER_RETIRED,
@@ -667,6 +668,8 @@ class WorkerRuntime(ThreadedRuntime):
             # Goodbye, as a worker asked to leave says it: the broker queues
             # again, without a loss, whatever this worker still held.
             self._flush()
+            status = self.exit_status
+            self.activity.leaving = EXIT_REASONS[status]  # what backs up the status
             self.leave(10.0, "retired" if self.retiring else "its initializer failed")
             return
         else:
@@ -815,6 +818,10 @@ class WorkerRuntime(ThreadedRuntime):
         except BaseException:
             log.exception("%s could not import the program %s", self.name, program)
             self._running = False
+            # Say so, and goodbye: the launcher believes the status with these words.
+            self.activity.leaving = EXIT_REASONS[PROGRAM_IMPORT_FAILED]
+            self._flush()
+            self.leave(5.0, "it could not import the program")
             raise SystemExit(PROGRAM_IMPORT_FAILED) from None
 
 

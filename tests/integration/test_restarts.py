@@ -89,6 +89,10 @@ if __name__ == "__main__":
 CRASHES = {
     "os._exit": ("os._exit(1)", 1),
     "segfault": ("ctypes.string_at(0)", -signal.SIGSEGV),
+    # The statuses of a worker that could not import the program, and of one
+    # that retired: from a future, without the worker's word, still deaths.
+    "os._exit-import-status": ("os._exit(3)", 3),
+    "os._exit-retired-status": ("os._exit(75)", 75),
 }
 
 
