@@ -321,29 +321,50 @@ if __name__ == "__main__":
 
 
 @pytest.mark.both_transports
-def test_when_every_worker_of_an_executor_is_killed_its_futures_fail_promptly(program, scoop_run):
-    # An embedding program's pool has no launcher watching its workers: the
-    # broker alone notices that none is left (no heartbeat), and fails the
-    # queued futures instead of dying.
+def test_when_every_worker_of_an_executor_is_killed_its_futures_fail_promptly(
+    program, scoop_run, transport
+):
+    # Replacing workers turned off: nothing brings a worker back. A pool of
+    # workers of its own (ZeroMQ) knows then that it is broken, as a
+    # ProcessPoolExecutor is; a Redis run may still be joined by workers from
+    # elsewhere, so its broker fails the queued futures once no worker has
+    # been connected for heartbeat_timeout. Either way nothing hangs, and
+    # the program goes on.
     prog = program("""
+import concurrent.futures as cf
 from scoop_core import Executor
+
+def failure(f):
+    try:
+        f.result(timeout=20)
+        return "no error"
+    except (WorkerLostError, cf.BrokenExecutor) as exc:
+        return type(exc).__name__ + ": " + str(exc)
 
 if __name__ == "__main__":
     with Executor(2) as pool:
         start = time.monotonic()
         fs = [pool.submit(deadly, i) for i in range(6)]
-        errors = [lost_error(f, 20) for f in fs]
+        errors = [failure(f) for f in fs]
         out(time.monotonic() - start)
         out(errors)
     out("closed")
 """)
+    env = {**FAST_HEARTBEAT, "SCOOP_MAX_RESTARTS": "0"}
     start = time.monotonic()
-    proc = scoop_run(prog, flags=(), command=[sys.executable], env=FAST_HEARTBEAT, timeout=90)
+    proc = scoop_run(prog, flags=(), command=[sys.executable], env=env, timeout=90)
     total = time.monotonic() - start
-    got = program_results(proc)
-    took = queued_futures_failed_promptly(got, proc)
-    assert got[2] == "closed"
+    took, errors, closed = program_results(proc)
+    assert closed == "closed"
+    assert len(errors) == 6
+    if transport == "zmq":
+        assert all(e.startswith("BrokenPool: every worker of this pool has exited") for e in errors)
+    else:
+        assert all("cannot run: no worker has been connected" in e for e in errors), errors
+        assert took >= 1.5  # heartbeat_timeout
+    assert took < 20
+    assert "the broker failed" not in proc.stderr and "ProtocolError" not in proc.stderr
     print(
-        f"every worker killed: WorkerLostError after {took:.2f} s; the program ended "
+        f"every worker killed: the futures failed after {took:.2f} s; the program ended "
         f"(exit {proc.returncode}) after {total:.2f} s"
     )
