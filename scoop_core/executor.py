@@ -176,11 +176,15 @@ class Executor(cf.Executor):
             cfg, plugins, read_hosts(os.fspath(hostfile) if hostfile else None, hosts)
         )
         name = f"client-{os.getpid()}"
+        program = _main_program()
         self._run = Run(
             config=cfg,
             plugins=plugins,
             workers=sum(h.count or 0 for h in placed) if placed else worker_count(cfg),
-            program=_main_program(),
+            program=program,
+            # Workers import the program with its sys.argv, as 'spawn' children do:
+            # module-level code often reads it.
+            program_args=sys.argv[1:] if program else (),
             root_name=name,
             launcher=chosen,
             hosts=placed,

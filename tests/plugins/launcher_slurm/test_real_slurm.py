@@ -3,13 +3,15 @@
 A driver program runs inside ``salloc -N2 -n4``, reads the allocation and
 starts two workers on each node through real ``srun`` steps; the tests
 check what the driver saw and that nothing is left once it stops, or once
-``scancel`` cancels a step.
+``scancel`` cancels a step. A plain Python program in a job does the same
+with ``scoop_core.Executor()`` and ``scoop_core.run()``, no launcher.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import executor_in_jobs as in_jobs
 import pytest
 import scheduler_checks as checks
 import slurm_cluster
@@ -180,14 +183,21 @@ def test_the_example_batch_script_runs(cluster: slurm_cluster.Cluster, tmp_path:
     # The script's `python` is the submitter's: this one, as from a virtualenv.
     bin_dir = checks.submitters_python(tmp_path / "bin").parent
     env = {**cluster.env, checks.MARK_VAR: mark, "PATH": f"{bin_dir}:{cluster.env['PATH']}"}
+    script = REPO / "examples" / "submit_files" / "slurm.sbatch"
+    _, text = run_batch_job(cluster, env, output, f"--chdir={REPO}", str(script))
+    assert checks.SUBMITTERS_PYTHON in text, text
+    assert "map: 1000 values" in text
+    assert "running inside a slurm allocation" in text
+    assert checks.kill_marked(mark) == []
+
+
+def run_batch_job(
+    cluster: slurm_cluster.Cluster, env: dict[str, str], output: Path, *args: str
+) -> tuple[str, str]:
+    """``sbatch ARGS`` in ``env``, its output to ``output``, waited for until it
+    has COMPLETED: its id and output."""
     submitted = subprocess.run(
-        [
-            "sbatch",
-            "--parsable",
-            f"--chdir={REPO}",
-            f"--output={output}",
-            str(REPO / "examples" / "submit_files" / "slurm.sbatch"),
-        ],
+        ["sbatch", "--parsable", f"--output={output}", *args],
         env=env,
         capture_output=True,
         text=True,
@@ -201,16 +211,76 @@ def test_the_example_batch_script_runs(cluster: slurm_cluster.Cluster, tmp_path:
     )
     text = output.read_text()
     assert state == "COMPLETED", f"{state}\n{text}"
-    assert checks.SUBMITTERS_PYTHON in text, text
-    assert "map: 1000 values" in text
-    assert "running inside a slurm allocation" in text
-    assert checks.kill_marked(mark) == []
+    return job, text
 
 
 def finished_state(cluster: slurm_cluster.Cluster, job: str) -> str | None:
     shown = cluster.run("scontrol", "show", "job", job, "-o").stdout
     state = next((f.split("=", 1)[1] for f in shown.split() if f.startswith("JobState=")), None)
     return state if state in {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"} else None
+
+
+# -- a plain Python program's Executor inside a job (executor_in_jobs.py) -----------------
+
+SLURM_VARIABLES = ("SLURM_JOB_ID", "SLURMD_NODENAME", "SLURM_STEP_ID")
+STEPS = "squeue -h -s -j $SLURM_JOB_ID -o '%i %N'"
+
+
+def test_an_executor_in_a_job_runs_its_workers_on_the_nodes_through_srun(
+    cluster: slurm_cluster.Cluster, tmp_path: Path
+) -> None:
+    program = in_jobs.write_program(tmp_path)
+    mark = uuid.uuid4().hex
+    try:
+        result = subprocess.run(
+            ["salloc", "-N2", "-n4"]
+            + in_jobs.program_argv(program, "executor", SLURM_VARIABLES, STEPS),
+            cwd=tmp_path,
+            env={**cluster.env, checks.MARK_VAR: mark},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert result.returncode == 0, result.stderr
+        report = in_jobs.read_report(result.stdout)
+    finally:
+        assert checks.kill_marked(mark) == []
+    # Executor() with no argument: the allocation's four tasks, two a node.
+    assert report["size"] == 4
+    nodes = sorted(env["SLURMD_NODENAME"] for _, env in report["workers"])
+    assert nodes == ["n1", "n1", "n2", "n2"]
+    # Started by srun: one step a node, each node's workers in its step.
+    step_of = {env["SLURMD_NODENAME"]: env["SLURM_STEP_ID"] for _, env in report["workers"]}
+    assert None not in step_of.values() and step_of["n1"] != step_of["n2"]
+    (job,) = {env["SLURM_JOB_ID"] for _, env in report["workers"]}
+    assert sorted(report["listed"]) == [f"{job}.{step_of[n]} {n}" for n in ("n1", "n2")]
+    # Shut down while the job still ran: its steps had ended.
+    assert report["listed_after"] == []
+    assert squeue(cluster) == []
+    assert finished_state(cluster, job) == "COMPLETED"
+
+
+def test_an_executor_of_fewer_workers_than_the_job_fills_its_nodes_in_order(
+    cluster: slurm_cluster.Cluster, tmp_path: Path
+) -> None:
+    program = in_jobs.write_program(tmp_path)
+    script = tmp_path / "job.sh"
+    argv = in_jobs.program_argv(program, "2", SLURM_VARIABLES, STEPS)
+    script.write_text(f"#!/bin/sh\nexec {shlex.join(argv)}\n")
+    mark = uuid.uuid4().hex
+    try:
+        env = {**cluster.env, checks.MARK_VAR: mark}
+        job, text = run_batch_job(cluster, env, tmp_path / "job.out", "-N2", "-n4", str(script))
+        report = in_jobs.read_report(text)
+    finally:
+        assert checks.kill_marked(mark) == []
+    # run(workers=2) in a job of n1:2 and n2:2 takes the first node's two tasks, as -n 2 does.
+    assert report["size"] == 2
+    assert [env["SLURMD_NODENAME"] for _, env in report["workers"]] == ["n1", "n1"]
+    (step,) = {env["SLURM_STEP_ID"] for _, env in report["workers"]}
+    assert sorted(report["listed"]) == [f"{job}.{step} n1", f"{job}.batch n1"]
+    assert report["listed_after"] == [f"{job}.batch n1"]
+    assert squeue(cluster) == []
 
 
 # -- jobs of workers submitted from outside (scoop run --jobs N --scheduler slurm) ------
