@@ -5,11 +5,12 @@ No launcher: the program creates ``scoop_core.Executor()`` (or
 and the pool finds the job's allocation as ``python -m scoop`` does. The
 program (:data:`PROGRAM`) maps a function over the pool until every worker
 has run a future and reports, as JSON: the pool's size, where each worker
-ran (its pid, its host and the variables the scheduler set for it), whether
-the results are right, what the scheduler listed while the pool ran and
-once it was shut, and which processes of the test were left then, while
-the job itself still ran (the job's end would kill them anyway). Each
-scheduler's ``test_real_*.py`` runs it in a job and checks the report.
+ran (its pid, its host and the variables the scheduler set for it, and
+for the program), whether the results are right, what the scheduler listed
+while the pool ran and once it was shut, and which processes of the test
+started after the pool were left then, while the job itself still ran (the
+job's end would kill them anyway). Each scheduler's ``test_real_*.py`` runs
+it in a job and checks the report.
 
 It sits beside ``tests/plugins/conftest.py``, so every plugin's tests
 import it by name.
@@ -36,9 +37,11 @@ PROGRAM = textwrap.dedent(
     # separated; a command listing what the scheduler runs for the job ("": none).
     how, mark_var, variables, listing = sys.argv[1:5]
 
+    def reported():
+        return {name: os.environ.get(name) for name in variables.split(",")}
+
     def where(x):
-        return [x * x, os.getpid(), socket.gethostname(),
-                {name: os.environ.get(name) for name in variables.split(",")}, sys.argv]
+        return [x * x, os.getpid(), socket.gethostname(), reported(), sys.argv]
 
     def scheduler_list():
         if not listing:
@@ -47,24 +50,21 @@ PROGRAM = textwrap.dedent(
         return subprocess.run(argv, capture_output=True, text=True).stdout.splitlines()
 
     def marked():
-        # Live processes of the test (they carry its mark), bar this one and its parents.
-        mine, pid = set(), os.getpid()
-        while pid > 1:
-            mine.add(pid)
-            with open(f"/proc/{pid}/stat") as fh:
-                pid = int(fh.read().rsplit(")", 1)[1].split()[1])
+        # Live processes of the test: they carry its mark.
         mark = f"{mark_var}={os.environ[mark_var]}".encode()
         found = []
         for entry in filter(str.isdigit, os.listdir("/proc")):
             try:
                 with open(f"/proc/{entry}/environ", "rb") as fh:
-                    if mark in fh.read().split(b"\\0") and int(entry) not in mine:
+                    if mark in fh.read().split(b"\\0"):
                         found.append(int(entry))
             except OSError:
                 pass
         return found
 
     if __name__ == "__main__":
+        # This one, its parents, and a submitter waiting for the job (qsub -sync y).
+        before = set(marked())
         pool = scoop_core.Executor() if how == "executor" else scoop_core.run(workers=int(how))
         workers, argv_seen, right = {}, [], True
         deadline = time.monotonic() + 60
@@ -77,11 +77,12 @@ PROGRAM = textwrap.dedent(
                 for _, pid, host, env, argv in results:
                     workers[pid] = [host, env]
                     argv_seen += [argv] if argv not in argv_seen else []
-            running = marked()
+            running = sorted(set(marked()) - before)
+        left = sorted(set(marked()) - before)
         report = {
-            "size": pool.workers, "workers": list(workers.values()), "pids": list(workers),
+            "root": reported(), "size": pool.workers, "workers": list(workers.values()), "pids": list(workers),
             "right": right, "argv": sys.argv, "argv_seen": argv_seen, "running": running,
-            "listed": listed, "listed_after": scheduler_list(), "left": marked(),
+            "listed": listed, "listed_after": scheduler_list(), "left": left,
         }
         print("REPORT", json.dumps(report), flush=True)
     """
@@ -104,8 +105,8 @@ def program_argv(program: Path, how: str, variables: Sequence[str], listing: str
 def read_report(text: str) -> dict[str, Any]:
     """The program's report in its output ``text``, checked for what every
     run must show: the results are right, the workers saw the program's
-    ``sys.argv``, and they were the test's
-    processes while the pool ran and none is left once it was shut."""
+    ``sys.argv``, they were the test's processes while the pool ran, and none
+    is left once it was shut."""
     line = next((ln for ln in text.splitlines() if ln.startswith("REPORT ")), None)
     assert line is not None, f"the program reported nothing:\n{text}"
     report: dict[str, Any] = json.loads(line[len("REPORT ") :])

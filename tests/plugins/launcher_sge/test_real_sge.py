@@ -2,18 +2,22 @@
 
 A driver program runs inside ``qsub -pe scooptest 2``, reads the
 allocation and starts its workers through a real ``qrsh -inherit``; the
-example job script runs a SCOOP program the same way.
+example job script runs a SCOOP program the same way, and so does a plain
+Python program's ``scoop_core.Executor()``, with no launcher.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import executor_in_jobs as in_jobs
 import pytest
 import scheduler_checks as checks
 import sge_cluster
@@ -123,6 +127,57 @@ def test_the_example_job_script_runs(cluster: sge_cluster.Cluster, tmp_path: Pat
     assert "map: 1000 values" in text
     assert "running inside a sge allocation" in text
     assert checks.kill_marked(mark) == []
+
+
+# -- a plain Python program's Executor inside a job (executor_in_jobs.py) -----------------
+
+# A task that qrsh -inherit started inside the job is named "petask", its script "QRSH".
+SGE_VARIABLES = ("JOB_ID", "JOB_NAME", "JOB_SCRIPT")
+
+
+def run_executor_job(
+    cluster: sge_cluster.Cluster, tmp_path: Path, how: str, slots: int
+) -> dict[str, Any]:
+    """The Executor program (``how``: "executor", or N workers) in a job of
+    ``slots`` slots; its report, once no process of it is left."""
+    argv = in_jobs.program_argv(in_jobs.write_program(tmp_path), how, SGE_VARIABLES)
+    job = tmp_path / "job.sh"
+    job.write_text(f"#!/bin/sh\nexec {shlex.join(argv)}\n")
+    job.chmod(0o755)
+    mark = uuid.uuid4().hex
+    try:
+        text = qsub(
+            cluster, mark, "-pe", cluster.pe, str(slots), str(job), output=str(tmp_path / "out")
+        )
+        report = in_jobs.read_report(text)
+    finally:
+        assert checks.kill_marked(mark) == []
+    assert qstat(cluster) == []
+    return report
+
+
+def test_an_executor_in_a_job_starts_its_workers_through_qrsh_inherit(
+    cluster: sge_cluster.Cluster, tmp_path: Path
+) -> None:
+    report = run_executor_job(cluster, tmp_path, "executor", 2)
+    # Executor() with no argument: one worker a slot of the job, on its host.
+    assert report["size"] == 2
+    assert [host for host, _ in report["workers"]] == [cluster.host] * 2
+    assert {env["JOB_ID"] for _, env in report["workers"]} == {report["root"]["JOB_ID"]}
+    assert all(
+        env["JOB_NAME"] == "petask" and env["JOB_SCRIPT"] == "QRSH" for _, env in report["workers"]
+    )
+
+
+def test_an_executor_of_fewer_workers_than_the_job_has_slots(
+    cluster: sge_cluster.Cluster, tmp_path: Path
+) -> None:
+    report = run_executor_job(cluster, tmp_path, "3", 4)
+    # run(workers=3) in a job of four slots: three workers, as -n 3 gives.
+    assert report["size"] == 3
+    assert [host for host, _ in report["workers"]] == [cluster.host] * 3
+    assert {env["JOB_ID"] for _, env in report["workers"]} == {report["root"]["JOB_ID"]}
+    assert all(env["JOB_SCRIPT"] == "QRSH" for _, env in report["workers"])
 
 
 # -- jobs of workers submitted from outside (scoop run --jobs N --scheduler sge) --------

@@ -252,7 +252,8 @@ def test_an_executor_in_a_job_runs_its_workers_on_the_nodes_through_srun(
     # Started by srun: one step a node, each node's workers in its step.
     step_of = {env["SLURMD_NODENAME"]: env["SLURM_STEP_ID"] for _, env in report["workers"]}
     assert None not in step_of.values() and step_of["n1"] != step_of["n2"]
-    (job,) = {env["SLURM_JOB_ID"] for _, env in report["workers"]}
+    job = report["root"]["SLURM_JOB_ID"]
+    assert {env["SLURM_JOB_ID"] for _, env in report["workers"]} == {job}
     assert sorted(report["listed"]) == [f"{job}.{step_of[n]} {n}" for n in ("n1", "n2")]
     # Shut down while the job still ran: its steps had ended.
     assert report["listed_after"] == []
@@ -277,6 +278,7 @@ def test_an_executor_of_fewer_workers_than_the_job_fills_its_nodes_in_order(
     # run(workers=2) in a job of n1:2 and n2:2 takes the first node's two tasks, as -n 2 does.
     assert report["size"] == 2
     assert [env["SLURMD_NODENAME"] for _, env in report["workers"]] == ["n1", "n1"]
+    assert {env["SLURM_JOB_ID"] for _, env in report["workers"]} == {job}
     (step,) = {env["SLURM_STEP_ID"] for _, env in report["workers"]}
     assert sorted(report["listed"]) == [f"{job}.{step} n1", f"{job}.batch n1"]
     assert report["listed_after"] == [f"{job}.batch n1"]
