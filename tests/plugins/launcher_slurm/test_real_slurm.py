@@ -285,6 +285,63 @@ def test_an_executor_of_fewer_workers_than_the_job_fills_its_nodes_in_order(
     assert squeue(cluster) == []
 
 
+STEP_CANCELLED = textwrap.dedent(
+    """
+    import json, os, subprocess, time
+    import scoop_core
+
+    def where(x):
+        time.sleep(0.1)
+        return [x * x, os.environ["SLURMD_NODENAME"]]
+
+    def steps():
+        argv = ["squeue", "-h", "-s", "-j", os.environ["SLURM_JOB_ID"], "-o", "%i %N"]
+        listed = subprocess.run(argv, capture_output=True, text=True).stdout
+        return [line.split() for line in listed.splitlines()]
+
+    if __name__ == "__main__":
+        with scoop_core.Executor() as pool:
+            (step,) = [step for step, node in steps() if node == "n2"]
+            futures = [pool.submit(where, x) for x in range(40)]
+            subprocess.run(["scancel", step], check=True)
+            results = [f.result() for f in futures]
+            later = list(pool.map(where, range(20)))
+        right = [r[0] for r in results + later] == [x * x for x in [*range(40), *range(20)]]
+        print("REPORT", json.dumps({"right": right, "later": sorted({n for _, n in later}),
+              "steps_after": steps()}), flush=True)
+    """
+)
+"""An Executor whose n2 step is cancelled while its futures run."""
+
+
+def test_scancel_of_a_step_under_an_executor_leaves_its_futures_to_the_other_node(
+    cluster: slurm_cluster.Cluster, tmp_path: Path
+) -> None:
+    program = tmp_path / "prog.py"
+    program.write_text(STEP_CANCELLED)
+    mark = uuid.uuid4().hex
+    try:
+        result = subprocess.run(
+            ["salloc", "-N2", "-n4", sys.executable, str(program)],
+            cwd=tmp_path,
+            env={**cluster.env, checks.MARK_VAR: mark},
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
+        assert result.returncode == 0, result.stderr
+        line = next((ln for ln in result.stdout.splitlines() if ln.startswith("REPORT ")), "")
+        assert line, f"{result.stdout}\n{result.stderr}"
+    finally:
+        assert checks.kill_marked(mark) == []
+    report = json.loads(line[len("REPORT ") :])
+    assert report["right"]  # n2's futures ran again on n1
+    assert report["later"] == ["n1"]
+    assert "n2: its connection closed; counting its 2 worker(s) as gone" in result.stderr
+    assert report["steps_after"] == []
+    assert squeue(cluster) == []
+
+
 # -- jobs of workers submitted from outside (scoop run --jobs N --scheduler slurm) ------
 
 
