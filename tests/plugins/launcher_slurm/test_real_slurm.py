@@ -159,17 +159,26 @@ def test_scancel_of_a_step_ends_its_workers_and_the_launcher_sees_it(
     assert report["alive"] == []
 
 
-def test_a_scoop_program_in_a_job_uses_its_nodes(
-    cluster: slurm_cluster.Cluster, tmp_path: Path
-) -> None:
-    mark = uuid.uuid4().hex
-    result = subprocess.run(
-        ["salloc", "-N2", "-n4", sys.executable, "-m", "scoop", "-v", "examples/map_abs.py"],
-        cwd=REPO,
+def in_salloc(
+    cluster: slurm_cluster.Cluster, mark: str, cwd: Path, *argv: str
+) -> subprocess.CompletedProcess[str]:
+    """``salloc -N2 -n4 ARGV`` run in ``cwd``, its processes marked with ``mark``."""
+    return subprocess.run(
+        ["salloc", "-N2", "-n4", *argv],
+        cwd=cwd,
         env={**cluster.env, checks.MARK_VAR: mark},
         capture_output=True,
         text=True,
         timeout=180,
+    )
+
+
+def test_a_scoop_program_in_a_job_uses_its_nodes(
+    cluster: slurm_cluster.Cluster, tmp_path: Path
+) -> None:
+    mark = uuid.uuid4().hex
+    result = in_salloc(
+        cluster, mark, REPO, sys.executable, "-m", "scoop", "-v", "examples/map_abs.py"
     )
     assert result.returncode == 0, result.stderr
     assert "map: 1000 values" in result.stdout
@@ -232,15 +241,8 @@ def test_an_executor_in_a_job_runs_its_workers_on_the_nodes_through_srun(
     program = in_jobs.write_program(tmp_path)
     mark = uuid.uuid4().hex
     try:
-        result = subprocess.run(
-            ["salloc", "-N2", "-n4"]
-            + in_jobs.program_argv(program, "executor", SLURM_VARIABLES, STEPS),
-            cwd=tmp_path,
-            env={**cluster.env, checks.MARK_VAR: mark},
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        argv = in_jobs.program_argv(program, "executor", SLURM_VARIABLES, STEPS)
+        result = in_salloc(cluster, mark, tmp_path, *argv)
         assert result.returncode == 0, result.stderr
         report = in_jobs.read_report(result.stdout)
     finally:
@@ -321,14 +323,7 @@ def test_scancel_of_a_step_under_an_executor_leaves_its_futures_to_the_other_nod
     program.write_text(STEP_CANCELLED)
     mark = uuid.uuid4().hex
     try:
-        result = subprocess.run(
-            ["salloc", "-N2", "-n4", sys.executable, str(program)],
-            cwd=tmp_path,
-            env={**cluster.env, checks.MARK_VAR: mark},
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        result = in_salloc(cluster, mark, tmp_path, sys.executable, str(program))
         assert result.returncode == 0, result.stderr
         line = next((ln for ln in result.stdout.splitlines() if ln.startswith("REPORT ")), "")
         assert line, f"{result.stdout}\n{result.stderr}"
