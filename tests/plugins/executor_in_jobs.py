@@ -80,8 +80,8 @@ PROGRAM = textwrap.dedent(
             running = sorted(set(marked()) - before)
         left = sorted(set(marked()) - before)
         report = {
-            "root": reported(), "size": pool.workers, "workers": list(workers.values()), "pids": list(workers),
-            "right": right, "argv": sys.argv, "argv_seen": argv_seen, "running": running,
+            "root": reported(), "size": pool.workers, "workers": list(workers.values()),
+            "pids": list(workers), "right": right, "argv": sys.argv, "argv_seen": argv_seen, "running": running,
             "listed": listed, "listed_after": scheduler_list(), "left": left,
         }
         print("REPORT", json.dumps(report), flush=True)
