@@ -256,10 +256,10 @@ def test_an_executor_in_a_job_runs_its_workers_on_the_nodes_through_srun(
     assert None not in step_of.values() and step_of["n1"] != step_of["n2"]
     job = report["root"]["SLURM_JOB_ID"]
     assert {env["SLURM_JOB_ID"] for _, env in report["workers"]} == {job}
-    assert sorted(report["listed"]) == [f"{job}.{step_of[n]} {n}" for n in ("n1", "n2")]
+    assert sorted(report["listed"]) == sorted(f"{job}.{step_of[n]} {n}" for n in ("n1", "n2"))
     # Shut down while the job still ran: its steps had ended.
     assert report["listed_after"] == []
-    assert squeue(cluster) == []
+    wait_for_no_job(cluster)
     assert finished_state(cluster, job) == "COMPLETED"
 
 
@@ -284,7 +284,7 @@ def test_an_executor_of_fewer_workers_than_the_job_fills_its_nodes_in_order(
     (step,) = {env["SLURM_STEP_ID"] for _, env in report["workers"]}
     assert sorted(report["listed"]) == [f"{job}.{step} n1", f"{job}.batch n1"]
     assert report["listed_after"] == [f"{job}.batch n1"]
-    assert squeue(cluster) == []
+    wait_for_no_job(cluster)
 
 
 STEP_CANCELLED = textwrap.dedent(
@@ -334,7 +334,7 @@ def test_scancel_of_a_step_under_an_executor_leaves_its_futures_to_the_other_nod
     assert report["later"] == ["n1"]
     assert "n2: its connection closed; counting its 2 worker(s) as gone" in result.stderr
     assert report["steps_after"] == []
-    assert squeue(cluster) == []
+    wait_for_no_job(cluster)
 
 
 # -- jobs of workers submitted from outside (scoop run --jobs N --scheduler slurm) ------
@@ -356,6 +356,15 @@ def jobs_env(
 def squeue(cluster: slurm_cluster.Cluster) -> list[str]:
     """The jobs plain ``squeue`` shows (queued, running, being killed)."""
     return cluster.run("squeue", "--noheader", "--format=%i %T %j").stdout.split("\n")[:-1]
+
+
+def wait_for_no_job(cluster: slurm_cluster.Cluster) -> None:
+    """Wait until ``squeue`` lists no job: one that has just ended may be COMPLETING a moment."""
+    checks.wait_for(
+        lambda: squeue(cluster) == [],
+        "squeue to list no job",
+        context=lambda: "\n".join(squeue(cluster)),
+    )
 
 
 @pytest.mark.parametrize("transport", ["zmq", "redis"])
