@@ -152,7 +152,12 @@ def run_executor_job(
         report = in_jobs.read_report(text)
     finally:
         assert checks.kill_marked(mark) == []
-    assert qstat(cluster) == []
+    # qsub -sync y has returned: the job is over, and leaves qstat's list.
+    checks.wait_for(
+        lambda: qstat(cluster) == [],
+        "qstat to list no job",
+        context=lambda: "\n".join(qstat(cluster)),
+    )
     return report
 
 
