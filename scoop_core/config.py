@@ -1,16 +1,31 @@
-"""Configuration: defaults, a TOML file, ``SCOOP_*`` environment variables and the command line.
+"""Configuration: defaults, TOML files, ``SCOOP_*`` environment variables and the command line.
 
-There is one precedence, each layer overriding the one before::
+There is one precedence, each layer overriding the one before, key by key::
 
-    defaults < TOML file < SCOOP_* environment variables < command-line values
+    defaults < site file < user file < project file < SCOOP_* variables < command line
 
-The TOML file is the first of: the ``config_file`` given (and only that one),
+The site file is ``/etc/scoop/scoop.toml``, where an administrator sets what
+fits the cluster; the user file is ``$XDG_CONFIG_HOME/scoop/scoop.toml``
+(``~/.config/scoop/scoop.toml`` when that variable is unset, empty or not an
+absolute path, as the XDG base directory specification says). Both are
+optional and use the ``[scoop]`` table. The project file is the first of: the
+``config_file`` given (``--config``), the file named by ``SCOOP_CONFIG``,
 ``scoop.toml`` in the working directory (table ``[scoop]``), or the
-``[tool.scoop]`` table of ``pyproject.toml`` there. Transport and launcher
-plugins declare their own keys on their records (``settings``, a tuple of
-:class:`~scoop_core.plugins.types.Setting`); they live in the section named
-after the record's kind and name, that is in sub-tables such as
-``[scoop.transport.zmq]`` and in variables such as
+``[tool.scoop]`` table of ``pyproject.toml`` there. Like git's and pip's
+configuration files, the layers merge per key: ``--config`` replaces only the
+project file, so the site and user files still apply beneath it, and a user
+file setting ``workers`` leaves the site's ``[scoop.transport.redis] url``
+alone. ``SCOOP_SITE_CONFIG`` and ``SCOOP_USER_CONFIG`` name other site and
+user files; set to ``/dev/null`` (pip's convention for PIP_CONFIG_FILE), a
+variable turns its layer off, and so does ``--config /dev/null``. An empty
+variable counts as unset, the shell's habit. Workers never read these files:
+they get the launcher's settings from it, so what the launcher decided holds
+on every host.
+
+Transport and launcher plugins declare their own keys on their records
+(``settings``, a tuple of :class:`~scoop_core.plugins.types.Setting`); they
+live in the section named after the record's kind and name, that is in
+sub-tables such as ``[scoop.transport.zmq]`` and in variables such as
 ``SCOOP_TRANSPORT_ZMQ_PORT``.
 
 Loading happens in two passes because the launcher needs ``disable_plugins``
@@ -18,15 +33,18 @@ before it can load plugins and learn their settings: ``load_config()`` with
 ``plugin_settings=None`` checks the core keys only and leaves plugin tables
 alone; the second call, with every plugin's settings, checks everything.
 
-Every mistake is a :class:`~scoop_core.errors.ConfigError` naming the key,
-where it came from (``scoop.toml:7``, ``SCOOP_WORKERS``, ``command line``)
-and what was expected. tomllib reports no line numbers for values, so a small
-scanner (:func:`_scan_toml`) finds the line of each key in the file's text.
+Every mistake is reported, not only the first: all of them, from every file
+and layer, go into one :class:`~scoop_core.errors.ConfigError`, one line each,
+naming the key, where it came from (``scoop.toml:7``, ``SCOOP_WORKERS``,
+``command line``) and what was expected, so that one round of fixes is enough.
+A name that is not a setting gets a "did you mean" only when a setting's name
+is close to it (:func:`_closest`); otherwise the message lists the valid names.
+tomllib reports no line numbers for values, so a small scanner
+(:func:`_scan_toml`) finds the line of each key in the file's text.
 """
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 import re
@@ -164,9 +182,12 @@ class Config:
     ``values`` maps each dotted key (``"workers"``, ``"transport"``,
     ``"transport.zmq.port"``) to its value; every declared key is present,
     defaults filled in. ``sources`` says, per key, which layer won:
-    ``"default"``, ``"scoop.toml:3"``, ``"SCOOP_WORKERS"`` or
-    ``"command line"``. Values are plain ``str``/``int``/``float``/``bool``/
-    ``None``/``list`` of ``str``, so a Config pickles and JSON-encodes as is.
+    ``"default"``, a file and line (``"/etc/scoop/scoop.toml:3"``,
+    ``"/home/ada/.config/scoop/scoop.toml:2"``, ``"scoop.toml:3"``: the site
+    and user files by their full path, the project file as given or relative
+    to the working directory), ``"SCOOP_WORKERS"`` or ``"command line"``.
+    Values are plain ``str``/``int``/``float``/``bool``/``None``/``list`` of
+    ``str``, so a Config pickles and JSON-encodes as is.
     """
 
     values: Mapping[str, Any]
@@ -230,14 +251,18 @@ def load_config(
 
     ``cli`` maps dotted keys to values the user gave on the command line;
     ``None`` values count as not given (argparse's default). ``config_file``
-    is read instead of looking for ``scoop.toml`` / ``pyproject.toml`` in
-    ``cwd`` (default: the current directory). ``environ`` defaults to
-    ``os.environ``.
+    is the project file, read instead of ``SCOOP_CONFIG`` or ``scoop.toml`` /
+    ``pyproject.toml`` in ``cwd`` (default: the current directory); the site
+    and user files still apply beneath it. ``environ`` defaults to
+    ``os.environ``; the user file is found through its ``XDG_CONFIG_HOME`` or
+    ``HOME`` (an ``environ`` given without either has no user file).
 
-    Raises :class:`ConfigError` naming the key, its source and the expected type.
+    Raises one :class:`ConfigError` listing every mistake found, each naming
+    the key, its source and the expected type.
     """
     schema = _Schema(plugin_settings)
     base = Path(os.getcwd() if cwd is None else cwd)
+    env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for key, setting in schema.settings.items():
@@ -245,17 +270,37 @@ def load_config(
             list(setting.default) if isinstance(setting.default, list) else setting.default
         )
         sources[key] = _DEFAULT_SOURCE
-    source = _find_file(base, config_file)
-    layers = (
-        _file_layer(source, schema) if source is not None else {},
-        _env_layer(os.environ if environ is None else environ, schema),
-        _cli_layer(cli or {}, schema),
-    )
+    problems: list[str] = []
+    layers: list[_Layer] = []
+    for file in _config_files(base, config_file, env, own_environ=environ is None):
+        if isinstance(file, str):
+            problems.append(file)
+            continue
+        path, display = file
+        found: list[_Problem] = []
+        source = _read_file(path, display, found)
+        if source is not None:
+            layers.append(_file_layer(source, schema, found))
+        problems += [p.message for p in sorted(found, key=lambda p: p.line)]
+    layers.append(_env_layer(env, schema, problems))
+    layers.append(_cli_layer(cli or {}, schema, problems))
+    if problems:
+        raise ConfigError(_report(problems))
     for layer in layers:
         for key, (value, where) in layer.items():
             values[key] = value
             sources[key] = where
     return Config(values=values, sources=sources)
+
+
+def _report(problems: Sequence[str]) -> str:
+    """One message for every problem: a single one as it is, several one per line."""
+    if len(problems) == 1:
+        return problems[0]
+    lines = [f"{len(problems)} mistakes in the configuration; fix each of them:"]
+    for problem in problems:
+        lines.append("  " + problem.replace("\n", "\n    "))
+    return "\n".join(lines)
 
 
 # --- the schema: which keys exist, their types and their variable names ---
@@ -432,12 +477,83 @@ def _parse_text(kind: type, raw: str) -> Any:
     return [item.strip() for item in raw.split(",") if item.strip()]
 
 
+_SEPARATORS = "._-"
+
+
+def _closest(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate ``name`` looks like a misspelling of, or None if none is close.
+
+    A misspelling is a few letters typed wrong, left out, added or swapped: at
+    most one edit per three letters (and one for shorter names), counted on the
+    part where the names differ. The longest common prefix that ends with a
+    separator (``.``, ``_``, ``-``) and the longest common suffix that starts
+    with one are left out, so ``transport.zmq.prot`` is close to
+    ``transport.zmq.port`` and ``SCOOP_TRASNPORT`` to ``SCOOP_TRANSPORT``, but
+    ``transport.zmq.foo`` is close to nothing, and neither is ``port`` to
+    ``transport`` nor ``cores`` to ``workers``: a far name gets no suggestion,
+    and the caller lists the valid names instead.
+    """
+    best: str | None = None
+    best_distance = 0
+    for candidate in candidates:
+        a, b = _differing_parts(name.lower(), candidate.lower())
+        distance = _edit_distance(a, b)
+        if distance <= max(1, max(len(a), len(b)) // 3) and (
+            best is None or distance < best_distance
+        ):
+            best, best_distance = candidate, distance
+    return best
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Letters to change, insert or delete, or neighbours to swap, to turn ``a`` into ``b``."""
+    previous: list[int] = []
+    row = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        before, previous, row = previous, row, [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            row[j] = min(previous[j] + 1, row[j - 1] + 1, previous[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], before[j - 2] + 1)
+    return row[len(b)]
+
+
+def _differing_parts(a: str, b: str) -> tuple[str, str]:
+    """``a`` and ``b`` without the separator-bounded prefix and suffix they share."""
+    shortest = min(len(a), len(b))
+    start = 0
+    i = 0
+    while i < shortest and a[i] == b[i]:
+        if a[i] in _SEPARATORS:
+            start = i + 1
+        i += 1
+    end = 0
+    j = 0
+    while j < shortest - start and a[-1 - j] == b[-1 - j]:
+        if a[-1 - j] in _SEPARATORS:
+            end = j + 1
+        j += 1
+    return a[start : len(a) - end], b[start : len(b) - end]
+
+
 def _did_you_mean(name: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(name, list(candidates), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    close = _closest(name, candidates)
+    return f" (did you mean {close!r}?)" if close is not None else ""
 
 
-# --- the TOML file ---
+# --- the TOML files ---
+
+SITE_CONFIG = "/etc/scoop/scoop.toml"
+"""The site file, unless ``SCOOP_SITE_CONFIG`` names another."""
+
+_SWITCHES = ("SCOOP_CONFIG", "SCOOP_SITE_CONFIG", "SCOOP_USER_CONFIG")
+"""Variables that choose files rather than set a key."""
+
+
+class _Problem(NamedTuple):
+    line: int  # in its file, to list a file's problems in order; 0 outside files
+    message: str
 
 
 @dataclass(frozen=True)
@@ -449,64 +565,136 @@ class _TomlFile:
     table: dict[str, Any]
     lines: dict[tuple[str, ...], int]
 
-    def where(self, keys: tuple[str, ...]) -> str:
-        """``"scoop.toml:7"`` for the line of ``keys`` under the root, or its nearest table."""
+    def line(self, keys: tuple[str, ...]) -> int:
+        """The line of ``keys`` under the root, or of its nearest table; 0 if none."""
         path = self.root + keys
         while path:
             if path in self.lines:
-                return f"{self.display}:{self.lines[path]}"
+                return self.lines[path]
             path = path[:-1]
-        return self.display
+        return 0
+
+    def where(self, keys: tuple[str, ...]) -> str:
+        """``"scoop.toml:7"`` for the line of ``keys`` under the root, or its nearest table."""
+        line = self.line(keys)
+        return f"{self.display}:{line}" if line else self.display
 
     def label(self, keys: tuple[str, ...]) -> str:
         return ".".join(self.root + keys)
 
 
-def _find_file(base: Path, config_file: str | os.PathLike[str] | None) -> _TomlFile | None:
+def _config_files(
+    base: Path,
+    config_file: str | os.PathLike[str] | None,
+    env: Mapping[str, str],
+    *,
+    own_environ: bool,
+) -> list[tuple[Path, str] | str]:
+    """The files to read, lowest priority first, each with the name to show for it.
+
+    A site or user file that is not there is skipped; a file named by
+    ``config_file`` or a variable must be there: in its place, the message
+    saying it is not.
+    """
+    files: list[tuple[Path, str] | str | None] = []
+    if env.get("SCOOP_SITE_CONFIG"):
+        files.append(_named_file(base, env["SCOOP_SITE_CONFIG"], "SCOOP_SITE_CONFIG"))
+    elif Path(SITE_CONFIG).is_file():
+        files.append((Path(SITE_CONFIG), SITE_CONFIG))
+    if env.get("SCOOP_USER_CONFIG"):
+        files.append(_named_file(base, env["SCOOP_USER_CONFIG"], "SCOOP_USER_CONFIG"))
+    else:
+        user = _user_file(env, own_environ)
+        if user is not None and user.is_file():
+            files.append((user, str(user)))
     if config_file is not None:
-        display = os.fspath(config_file)
-        path = base / config_file
-        if not path.is_file():
-            raise ConfigError(f"{display}: config file not found (looked for {path})")
-        root = ("tool", "scoop") if path.name == "pyproject.toml" else ("scoop",)
-        return _read_file(path, display, root)
-    if (base / "scoop.toml").is_file():
-        found = _read_file(base / "scoop.toml", "scoop.toml", ("scoop",))
+        files.append(_named_file(base, config_file, None))
+    elif env.get("SCOOP_CONFIG"):
+        files.append(_named_file(base, env["SCOOP_CONFIG"], "SCOOP_CONFIG"))
+    elif (base / "scoop.toml").is_file():
         logger.debug("configuration from %s (pyproject.toml not read)", base / "scoop.toml")
-        return found
-    if (base / "pyproject.toml").is_file():
-        found = _read_file(base / "pyproject.toml", "pyproject.toml", ("tool", "scoop"))
+        files.append((base / "scoop.toml", "scoop.toml"))
+    elif (base / "pyproject.toml").is_file():
         logger.debug("configuration from [tool.scoop] of %s", base / "pyproject.toml")
-        return found
-    return None
+        files.append((base / "pyproject.toml", "pyproject.toml"))
+    return [f for f in files if f is not None]
 
 
-def _read_file(path: Path, display: str, root: tuple[str, ...]) -> _TomlFile:
+def _named_file(
+    base: Path, given: str | os.PathLike[str], variable: str | None
+) -> tuple[Path, str] | str | None:
+    """The file the user named (with ``--config`` if ``variable`` is None), the
+    message saying it is not there, or None for /dev/null: no file."""
+    display = os.fspath(given)
+    if display == os.devnull:
+        return None
+    path = base / given
+    if path.is_file():
+        return path, display
+    if variable is None:
+        return (
+            f"{display}: config file not found (looked for {path}); give the path of an "
+            f"existing file, or {os.devnull} to read no project file"
+        )
+    return (
+        f"{variable}={display}: config file not found (looked for {path}); point "
+        f"{variable} at an existing file, set it to {os.devnull} to read none, or unset it"
+    )
+
+
+def _user_file(env: Mapping[str, str], own_environ: bool) -> Path | None:
+    """``$XDG_CONFIG_HOME/scoop/scoop.toml``, or ``~/.config/scoop/scoop.toml``.
+
+    The XDG base directory specification says to ignore an XDG_CONFIG_HOME that
+    is empty or relative. Without HOME, this process's home directory is asked
+    for only when ``env`` is this process's environment: an environment given
+    without HOME has no user file.
+    """
+    xdg = env.get("XDG_CONFIG_HOME", "")
+    if os.path.isabs(xdg):
+        return Path(xdg, "scoop", "scoop.toml")
+    home = env.get("HOME", "")
+    if not home and own_environ:
+        home = os.path.expanduser("~")
+    if not os.path.isabs(home):
+        return None
+    return Path(home, ".config", "scoop", "scoop.toml")
+
+
+def _read_file(path: Path, display: str, problems: list[_Problem]) -> _TomlFile | None:
+    """The scoop table of the file at ``path``, or None if it has none to read."""
+    root = ("tool", "scoop") if path.name == "pyproject.toml" else ("scoop",)
     try:
         # utf-8-sig: editors on Windows write a byte-order mark tomllib rejects.
         text = path.read_bytes().decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{display}: cannot read config file: {exc}") from None
+        problems.append(_Problem(0, f"{display}: cannot read config file: {exc}"))
+        return None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(_decode_error(text, display, root, exc)) from None
-    lines = _key_lines(text)
+        problems.append(_Problem(0, _decode_error(text, display, root, exc)))
+        return None
+    outside = _TomlFile(display, (), {}, _key_lines(text))
     table: Any = data
     for part in root:
         table = table.get(part, {}) if isinstance(table, dict) else None
     if not isinstance(table, dict):
-        where = _TomlFile(display, (), {}, lines).where(root)
-        raise ConfigError(f"{where}: {'.'.join(root)} must be a table ([{'.'.join(root)}])")
+        message = f"{'.'.join(root)} must be a table ([{'.'.join(root)}])"
+        problems.append(_Problem(outside.line(root), f"{outside.where(root)}: {message}"))
+        return None
     if root == ("scoop",):
         # The whole file is ours: a key outside [scoop] is a mistake, not someone else's.
         for key in data:
             if key != "scoop":
-                where = _TomlFile(display, (), {}, lines).where((key,))
-                raise ConfigError(
-                    f"{where}: unknown top-level key {key!r}; settings live in the [scoop] table"
+                problems.append(
+                    _Problem(
+                        outside.line((key,)),
+                        f"{outside.where((key,))}: unknown top-level key {key!r}; "
+                        "settings live in the [scoop] table",
+                    )
                 )
-    return _TomlFile(display, root, table, lines)
+    return _TomlFile(display, root, table, outside.lines)
 
 
 def _decode_error(text: str, display: str, root: tuple[str, ...], exc: Exception) -> str:
@@ -716,18 +904,23 @@ def _multiline_end(text: str, i: int) -> int:
 _Layer = dict[str, tuple[Any, str]]
 
 
-def _file_layer(source: _TomlFile, schema: _Schema) -> _Layer:
+def _file_layer(source: _TomlFile, schema: _Schema, problems: list[_Problem]) -> _Layer:
     layer: _Layer = {}
 
     def set_value(keys: tuple[str, ...], key: str, value: Any) -> None:
-        where = source.where(keys)
         try:
-            layer[key] = (_convert(key, schema.settings[key], value, text=False), where)
+            layer[key] = (
+                _convert(key, schema.settings[key], value, text=False),
+                source.where(keys),
+            )
         except _BadValue as exc:
-            raise ConfigError(
-                f"{where}: {source.label(keys)} must be {exc.expected}, "
-                f"got {value!r} ({type(value).__name__})"
-            ) from None
+            problems.append(
+                _Problem(
+                    source.line(keys),
+                    f"{source.where(keys)}: {source.label(keys)} must be {exc.expected}, "
+                    f"got {value!r} ({type(value).__name__})",
+                )
+            )
 
     def walk(table: Mapping[str, Any], path: tuple[str, ...]) -> None:
         for name, value in table.items():
@@ -745,7 +938,9 @@ def _file_layer(source: _TomlFile, schema: _Schema) -> _Layer:
                 if schema.plugins:
                     walk(value, keys)
             else:
-                raise _unknown(source, path, name, value, schema)
+                problems.append(
+                    _Problem(source.line(keys), _unknown(source, path, name, value, schema))
+                )
 
     walk(source.table, ())
     return layer
@@ -753,30 +948,36 @@ def _file_layer(source: _TomlFile, schema: _Schema) -> _Layer:
 
 def _unknown(
     source: _TomlFile, path: tuple[str, ...], name: str, value: Any, schema: _Schema
-) -> ConfigError:
+) -> str:
     where = source.where((*path, name))
     table = f"[{source.label(path)}]"
     valid = schema.children(path)
+    # A table is suggested for a table and a key for a key, but `transport` is both.
+    tables = [c for c in valid if schema.is_table((*path, c)) or (c in PLUGIN_KINDS and not path)]
     if isinstance(value, dict):
         sections = sorted(f"[{source.label(tuple(s.split('.')))}]" for s in schema.sections or ())
-        return ConfigError(
+        return (
             f"{where}: unknown section [{source.label((*path, name))}]"
-            f"{_did_you_mean(name, valid)}: no loaded plugin declares settings there "
+            f"{_did_you_mean(name, tables)}: no loaded plugin declares settings there "
             f"(is the plugin installed and not disabled?); known sections: "
             f"{', '.join(sections) or 'none'}"
         )
-    return ConfigError(
-        f"{where}: unknown key {name!r} in {table}{_did_you_mean(name, valid)}; "
+    return (
+        f"{where}: unknown key {name!r} in {table}"
+        f"{_did_you_mean(name, [c for c in valid if c not in tables or c in PLUGIN_KINDS])}; "
         f"valid keys: {', '.join(valid) or 'none'}"
     )
 
 
-NOT_SETTINGS = frozenset({"SCOOP_RUN_KEY"})
+NOT_SETTINGS = frozenset({"SCOOP_RUN_KEY", *_SWITCHES})
 """``SCOOP_`` variables that are not settings: the run's key, kept out of
-every configuration layer so that it is never shown with them."""
+every configuration layer so that it is never shown with them, and the
+variables that name configuration files."""
+
+_DOCS = "docs/configuration.md"
 
 
-def _env_layer(environ: Mapping[str, str], schema: _Schema) -> _Layer:
+def _env_layer(environ: Mapping[str, str], schema: _Schema, problems: list[str]) -> _Layer:
     layer: _Layer = {}
     # Variables starting with _SCOOP_ (internal, for workers) never get here.
     for var in sorted(v for v in environ if v.startswith(_ENV_PREFIX)):
@@ -786,24 +987,26 @@ def _env_layer(environ: Mapping[str, str], schema: _Schema) -> _Layer:
         if key is None:
             # In the first pass the variable may belong to a plugin not loaded yet.
             if schema.plugins:
-                close = difflib.get_close_matches(var, list(schema.env), n=1, cutoff=0.0)
+                close = _closest(var, schema.env)
                 logger.warning(
-                    "ignoring environment variable %s: it matches no setting (the closest is %s)",
+                    "ignoring environment variable %s: it matches no setting (%s)",
                     var,
-                    close[0] if close else "none",
+                    f"did you mean {close}?"
+                    if close is not None
+                    else f"the variables are listed in {_DOCS}",
                 )
             continue
         raw = environ[var]
         try:
             layer[key] = (_convert(key, schema.settings[key], raw, text=True), var)
         except _BadValue as exc:
-            raise ConfigError(
+            problems.append(
                 f"environment variable {var}: {key} must be {exc.expected}, got {raw!r}"
-            ) from None
+            )
     return layer
 
 
-def _cli_layer(cli: Mapping[str, Any], schema: _Schema) -> _Layer:
+def _cli_layer(cli: Mapping[str, Any], schema: _Schema, problems: list[str]) -> _Layer:
     layer: _Layer = {}
     for key, value in cli.items():
         if value is None:
@@ -812,14 +1015,19 @@ def _cli_layer(cli: Mapping[str, Any], schema: _Schema) -> _Layer:
         if setting is None:
             if not schema.plugins and "." in key:
                 continue
-            raise ConfigError(
-                f"{_CLI_SOURCE}: unknown setting {key!r}{_did_you_mean(key, schema.settings)}"
+            close = _closest(key, schema.settings)
+            hint = (
+                f" (did you mean {close!r}?)"
+                if close is not None
+                else f"; the settings are listed in {_DOCS}"
             )
+            problems.append(f"{_CLI_SOURCE}: unknown setting {key!r}{hint}")
+            continue
         try:
             layer[key] = (_convert(key, setting, value, text=True), _CLI_SOURCE)
         except _BadValue as exc:
-            raise ConfigError(
+            problems.append(
                 f"{_CLI_SOURCE}: {key} must be {exc.expected}, "
                 f"got {value!r} ({type(value).__name__})"
-            ) from None
+            )
     return layer

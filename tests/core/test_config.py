@@ -317,9 +317,16 @@ def test_first_pass_ignores_plugin_tables_and_keys(tmp_path: Path) -> None:
     )
     assert config["disable_plugins"] == ["redis"]
     assert set(config.values) == {s.name for s in CORE_SETTINGS}
-    # The second pass, knowing the plugins, rejects the table nobody declared.
+    # The second pass, knowing the plugins, rejects the tables nobody declared.
     message = config_error(tmp_path, plugin_settings=PLUGINS)
-    assert message.startswith("scoop.toml:4: unknown section [scoop.transport.unheard-of]")
+    assert message.splitlines()[1:] == [
+        "  scoop.toml:4: unknown section [scoop.transport.unheard-of]: no loaded plugin "
+        "declares settings there (is the plugin installed and not disabled?); "
+        "known sections: [scoop.transport.redis], [scoop.transport.zmq]",
+        "  scoop.toml:7: unknown section [scoop.someplugin]: no loaded plugin declares "
+        "settings there (is the plugin installed and not disabled?); "
+        "known sections: [scoop.transport.redis], [scoop.transport.zmq]",
+    ]
 
 
 # --- error messages: key, file:line, expected type, value found ---
