@@ -249,6 +249,11 @@ class Executor(cf.Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Run ``fn(*args, **kwargs)`` on a worker; its :class:`~concurrent.futures.Future`.
+
+        A call that cannot be pickled gives a future that fails with
+        :class:`~scoop_core.errors.SerializationError`, as
+        ``ProcessPoolExecutor`` does; a shut down or broken pool raises."""
         if not callable(fn):
             raise TypeError(f"submit() needs a callable as its first argument, got {fn!r}")
         self._check_open()
