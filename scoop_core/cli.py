@@ -281,6 +281,13 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         "--log", metavar="FILE", help="write the launcher's log records to FILE too"
     )
     parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print where the workers would go (host, workers, launcher), the transport, "
+        "serializer and broker, and start nothing; with --jobs, the job script and the "
+        "submit commands too",
+    )
+    parser.add_argument(
         "--run-id",
         metavar="ID",
         help="the run's id (default: a new random one); workers join it with scoop worker --run ID",
@@ -320,11 +327,6 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
         metavar="OPTIONS",
         help="one more line of the job script's header, after the directive "
         "(--job-extra=--account=abc); repeat for more",
-    )
-    jobs.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="print the job script and the submit commands, and submit nothing",
     )
     parser.add_argument("program", metavar="prog.py", help="the program to run")
     program_args = parser.add_argument(
@@ -395,6 +397,15 @@ def command_parser() -> _Parser:
     status.add_argument(
         "--json", action="store_true", help="print the run (or the list of runs) as JSON"
     )
+    config = sub.add_parser(
+        "config",
+        help="show every setting in force and where it came from",
+        description="Print every setting a run started here would use (the core's and each "
+        "loaded plugin's), its value and where it came from: default, a file and line, an "
+        "environment variable, or the command line. Passwords and other secrets show as ***.",
+    )
+    _add_common(config, suppress=True)
+    config.add_argument("--json", action="store_true", help="print the settings as JSON")
     report = sub.add_parser(
         "report",
         help="turn a --trace file into one self-contained HTML page",
@@ -414,6 +425,7 @@ def command_parser() -> _Parser:
         "worker": worker,
         "status": status,
         "report": report,
+        "config": config,
     }
     return parser
 
@@ -499,7 +511,7 @@ def run_program(options: argparse.Namespace) -> int:
     program = options.program
     if not os.path.isfile(program):
         raise UsageError(f"program file {program!r} not found")
-    if not _compiles(program):
+    if not options.dry_run and not _compiles(program):
         return 1
     try:
         return _run_program(options, program)
@@ -526,11 +538,44 @@ def _run_program(options: argparse.Namespace, program: str) -> int:
     cli.update(_launcher_flags(options, cli["transport"]))
     config, plugins = _configure(options, {k: v for k, v in cli.items() if v is not None})
     scoop_log.configure(config["log_level"])
+    if options.dry_run:
+        return _dry_run(options, program, config, plugins, hosts)
     watch = _Watch(config)
     # The progress line takes the terminal before any process of the run
     # starts: they all write through it (see scoop_core.progress).
     with _progress_line(config, watch):
         return _start_run(options, program, config, plugins, hosts, watch)
+
+
+def _dry_run(
+    options: argparse.Namespace,
+    program: str,
+    config: Config,
+    plugins: PluginManager,
+    hosts: list[Host],
+) -> int:
+    """``--dry-run``: print where the workers would go; start nothing (see
+    :mod:`scoop_core.dry_run`)."""
+    from scoop_core import dry_run
+    from scoop_core.placement import choose, is_remote
+
+    jobs = _worker_jobs(options, config, plugins, hosts)
+    if jobs is not None:
+        _warn_remote_only(options, True)
+        text = dry_run.describe_jobs(
+            config,
+            plugins,
+            jobs,
+            plugins.launcher(options.scheduler).name,
+            config["run_id"] or secrets.token_hex(6),
+            program,
+        )
+    else:
+        choice = choose(config, plugins, hosts)
+        _warn_remote_only(options, is_remote(choice.hosts))
+        text = dry_run.describe_placement(config, plugins, choice, program)
+    print(text, end="", flush=True)
+    return 0
 
 
 def _progress_line(config: Config, watch: _Watch) -> contextlib.AbstractContextManager[Any]:
@@ -553,9 +598,6 @@ def _start_run(
     from scoop_core.run import Run, WorkerOptions, worker_count
 
     jobs = _worker_jobs(options, config, plugins, hosts)
-    if jobs is not None and options.dry_run:
-        print(jobs.dry_run(config["run_id"] or secrets.token_hex(6)), end="", flush=True)
-        return 0
     _start_fork_server(config, plugins)
     if jobs is not None:
         launcher: Launcher = jobs
@@ -604,7 +646,6 @@ _JOB_FLAGS = (
     ("--walltime", "walltime"),
     ("--queue", "queue"),
     ("--job-extra", "job_extra"),
-    ("--dry-run", "dry_run"),
 )
 
 
@@ -893,6 +934,19 @@ def join_run(options: argparse.Namespace) -> int:
     )
 
 
+def show_config(options: argparse.Namespace) -> int:
+    """``scoop config``: the settings in force, their values and sources."""
+    from scoop_core import config_command
+
+    cli = {"transport": getattr(options, "transport", None), "log_level": _log_level(options)}
+    config, _ = _configure(options, {k: v for k, v in cli.items() if v is not None})
+    if options.json:
+        print(config_command.format_json(config))
+    else:
+        print(config_command.format_table(config))
+    return 0
+
+
 def list_plugins(options: argparse.Namespace) -> int:
     from scoop_core.plugins.manager import format_plugin_table
 
@@ -928,6 +982,8 @@ def _main(parser: _Parser, argv: Sequence[str] | None) -> int:
             command = getattr(options, "command", "run")
             if command == "plugins":
                 return list_plugins(options)
+            if command == "config":
+                return show_config(options)
             if command == "worker":
                 return join_run(options)
             if command == "status":

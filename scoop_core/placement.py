@@ -9,6 +9,9 @@ recognises its surroundings (a scheduler's allocation) brings its own.
 Remote hosts with the local launcher mean the ssh launcher. Hosts without a
 count get their number of cores, and the number of workers asked for then
 follows the seed's rules (:func:`~scoop_core.hosts.assign_workers`).
+
+:func:`choose` is the decision without counting cores, which asks remote
+hosts over ssh: ``--dry-run`` prints it and starts nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from scoop_core.config import Config
 from scoop_core.errors import UsageError
@@ -43,11 +46,23 @@ def read_hosts(hostfile: str | None = None, hosts: Sequence[str] | None = None) 
     return found
 
 
-def place(
-    config: Config, plugins: PluginManager, hosts: Sequence[Host]
-) -> tuple[Launcher, list[Host] | None]:
-    """The launcher, and the hosts with their number of workers each (None:
-    this machine only, ``config["workers"]`` of them, or one per core)."""
+@dataclasses.dataclass(frozen=True)
+class Choice:
+    """Where a run's workers go, before any host is asked its number of cores.
+
+    ``name`` is the launcher plugin's name, ``launcher`` the launcher it
+    made; ``hosts`` are the hosts given or the allocation's (None: this
+    machine only), a host's ``count`` None where nobody gave one."""
+
+    name: str
+    launcher: Launcher
+    hosts: list[Host] | None
+
+
+def choose(config: Config, plugins: PluginManager, hosts: Sequence[Host]) -> Choice:
+    """The launcher and the hosts, without counting anybody's cores: reads
+    the environment and a scheduler's host file, starts and dials nothing
+    (``--dry-run`` shows this)."""
     name = config["launcher"]
     if not hosts and name == "local":
         for record in plugins.launchers().values():
@@ -60,19 +75,35 @@ def place(
     launcher = plugins.launcher(name).factory(config.section(f"launcher.{name}"))
     if not hosts:
         hosts = list(launcher.allocation() or [])
-        if not hosts:
-            return launcher, None
-    uncounted = [h for h in hosts if h.count is None and not is_local(h.name)]
-    cores = launcher.count_cores(uncounted) if uncounted else {}
-    counted = [
-        dataclasses.replace(
-            h,
-            count=h.count
-            or ((os.cpu_count() or 1) if is_local(h.name) else cores.get(h.address, 1)),
-        )
-        for h in hosts
-    ]
-    return launcher, assign_workers(counted, config["workers"], 1)
+    return Choice(name, launcher, list(hosts) or None)
+
+
+def with_counts(hosts: Sequence[Host], cores: Mapping[str, int] | None) -> list[Host]:
+    """``hosts`` with a count each: this machine's number of cores, else
+    ``cores`` by address (1 if missing); with ``cores`` None, hosts that
+    are other machines and have no count keep None."""
+    return [dataclasses.replace(h, count=_count(h, cores)) for h in hosts]
+
+
+def _count(host: Host, cores: Mapping[str, int] | None) -> int | None:
+    if host.count:
+        return host.count
+    if is_local(host.name):
+        return os.cpu_count() or 1
+    return None if cores is None else cores.get(host.address, 1)
+
+
+def place(
+    config: Config, plugins: PluginManager, hosts: Sequence[Host]
+) -> tuple[Launcher, list[Host] | None]:
+    """The launcher, and the hosts with their number of workers each (None:
+    this machine only, ``config["workers"]`` of them, or one per core)."""
+    choice = choose(config, plugins, hosts)
+    if choice.hosts is None:
+        return choice.launcher, None
+    uncounted = [h for h in choice.hosts if h.count is None and not is_local(h.name)]
+    cores = choice.launcher.count_cores(uncounted) if uncounted else {}
+    return choice.launcher, assign_workers(with_counts(choice.hosts, cores), config["workers"], 1)
 
 
 def is_remote(placed: Sequence[Host] | None) -> bool:

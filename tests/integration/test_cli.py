@@ -484,7 +484,9 @@ def test_dry_run_prints_the_job_script_and_submits_nothing(write_program, tmp_pa
         f"cd {tmp_path} || exit 1",
     ):
         assert f"\n{line}\n" in f"\n{script}", script
-    run_id = script.split()[2].rstrip(":")
+    assert script.splitlines()[0].endswith("8 workers: 2 jobs x 4 via scheduler slurm")
+    header = next(line for line in script.splitlines() if line.startswith("# run "))
+    run_id = header.split()[2].rstrip(":")
     jobs = tmp_path / "scoop-jobs" / run_id
     assert f"exec {sys.executable} -m scoop_core.worker_jobs {home}/.scoop/jobs/{run_id}/" in script
     assert f"sbatch --parsable {jobs}/job-1.sh\nsbatch --parsable {jobs}/job-2.sh\n" in script
@@ -498,7 +500,6 @@ def test_dry_run_prints_the_job_script_and_submits_nothing(write_program, tmp_pa
     [
         (["--jobs", "2"], "--jobs needs --scheduler: one of sge, slurm, torque"),
         (["--queue", "q"], "--queue only with --jobs N"),
-        (["--dry-run"], "--dry-run only with --jobs N"),
         (["--jobs", "2", "--scheduler", "ssh"], "the ssh launcher cannot submit jobs"),
         (["--jobs", "2", "--scheduler", "pbs"], "pbs"),
         (["--jobs", "2", "--scheduler", "slurm", "-n", "4"], "--jobs and -n:"),
