@@ -31,7 +31,9 @@ sub-tables such as ``[scoop.transport.zmq]`` and in variables such as
 Loading happens in two passes because the launcher needs ``disable_plugins``
 before it can load plugins and learn their settings: ``load_config()`` with
 ``plugin_settings=None`` checks the core keys only and leaves plugin tables
-alone; the second call, with every plugin's settings, checks everything.
+alone; the second call, with every plugin's settings, checks everything. Given
+``strict=False``, the first call raises nothing, so the second reports every
+mistake, core and plugin keys together.
 
 Every mistake is reported, not only the first: all of them, from every file
 and layer, go into one :class:`~scoop_core.errors.ConfigError`, one line each,
@@ -239,6 +241,7 @@ def load_config(
     config_file: str | os.PathLike[str] | None = None,
     cwd: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
+    strict: bool = True,
 ) -> Config:
     """Read, check and merge every configuration layer.
 
@@ -258,7 +261,11 @@ def load_config(
     ``HOME`` (an ``environ`` given without either has no user file).
 
     Raises one :class:`ConfigError` listing every mistake found, each naming
-    the key, its source and the expected type.
+    the key, its source and the expected type. ``strict=False`` raises none
+    and leaves a wrong value out (a lower layer's value, or the default, stands):
+    for the first pass, so that the second reports every mistake at once,
+    those of plugin tables with those of core keys, instead of stopping at the
+    core keys' mistakes.
     """
     schema = _Schema(plugin_settings)
     base = Path(os.getcwd() if cwd is None else cwd)
@@ -284,7 +291,7 @@ def load_config(
         problems += [p.message for p in sorted(found, key=lambda p: p.line)]
     layers.append(_env_layer(env, schema, problems))
     layers.append(_cli_layer(cli or {}, schema, problems))
-    if problems:
+    if problems and strict:
         raise ConfigError(_report(problems))
     for layer in layers:
         for key, (value, where) in layer.items():

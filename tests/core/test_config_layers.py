@@ -277,6 +277,22 @@ def test_keys_outside_the_scoop_table_are_reported_with_the_rest(machine: Machin
     ]
 
 
+def test_a_lenient_first_pass_lets_the_second_report_core_and_plugin_mistakes(
+    machine: Machine,
+) -> None:
+    write(
+        machine.project / "scoop.toml",
+        '[scoop]\nworkers = "4"\ndisable_plugins = ["x"]\n\n[scoop.transport.zmq]\nport = "1"\n',
+    )
+    first = machine.load(strict=False)
+    assert first["disable_plugins"] == ["x"]
+    assert first.sources["workers"] == "default"
+    assert machine.error(plugin_settings=PLUGINS).splitlines()[1:] == [
+        "  scoop.toml:2: scoop.workers must be an integer, got '4' (str)",
+        "  scoop.toml:6: scoop.transport.zmq.port must be an integer, got '1' (str)",
+    ]
+
+
 # --- "did you mean": only for a close name ---
 
 
