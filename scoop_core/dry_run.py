@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 from scoop_core.config import Config
 from scoop_core.config_command import mask_value
+from scoop_core.errors import LaunchError
 from scoop_core.hosts import Host, assign_workers, ip_version, is_local
 from scoop_core.placement import Choice, with_counts
 from scoop_core.plugins.manager import PluginManager
@@ -105,13 +106,23 @@ def describe_placement(config: Config, plugins: PluginManager, choice: Choice, p
     _check_plugins(config, plugins)
     name = os.path.basename(program)
     if choice.hosts is None:
+        launcher = choice.launcher
+        if isinstance(launcher, SchedulerLauncher):
+            # As the run would fail when it starts the workers.
+            raise LaunchError(
+                f"the {launcher.plugin} launcher starts workers inside a {launcher.scheduler} "
+                f"job, and this process is not in one ({launcher.outside_job_hint}); run the "
+                "program from a job script (see examples/submit_files/) or choose another "
+                "launcher"
+            )
         count = int(config["workers"] or os.cpu_count() or 1)
+        here = socket.gethostname()
         lines = [
             _head(config, f"{_plural(count, 'worker')} on this machine"),
             broker_line(config, remote=False),
             table(
                 ("host", "workers", "launcher"),
-                [(socket.gethostname(), str(count), choice.name)],
+                [(here, str(count), _launcher_of(choice, Host(None, here)))],
                 right={1},
             ),
             f"the root ({name}) runs on this machine",

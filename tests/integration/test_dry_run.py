@@ -253,3 +253,10 @@ def test_bad_input_is_the_error_a_run_gives(dry, flags, message):
 def test_the_program_must_exist(dry):
     dry.program.unlink()
     assert "program file" in one_line_error(dry.run("-n", "1"))
+
+
+def test_a_scheduler_launcher_outside_its_job_is_the_error_a_run_gives(dry):
+    proc = dry.run("-n", "2", SCOOP_LAUNCHER="slurm")
+    assert proc.returncode == 1
+    assert "the slurm launcher starts workers inside a SLURM job" in proc.stderr
+    assert proc.stdout == ""
