@@ -45,11 +45,17 @@ class Files:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
 
-    def module(self, directory: str, value: str) -> Path:
-        """A directory holding ``marker.py`` whose VALUE is ``value``."""
-        path = self.project / directory
-        self.write(path / "marker.py", f"VALUE = {value!r}\n")
-        return path
+    def settings(self, path: Path, *, workers: int | None = None, marker: str = "") -> None:
+        """Write a ``[scoop]`` table at ``path``: ``workers``, and if ``marker``
+        is given, a ``pythonpath`` to a directory whose ``marker.py`` says it."""
+        lines = ["[scoop]"]
+        if workers is not None:
+            lines.append(f"workers = {workers}")
+        if marker:
+            directory = self.project / f"from_{marker}"
+            self.write(directory / "marker.py", f"VALUE = {marker!r}\n")
+            lines.append(f"pythonpath = [{str(directory)!r}]")
+        self.write(path, "\n".join(lines) + "\n")
 
     @property
     def env(self) -> dict[str, str]:
@@ -74,13 +80,11 @@ def test_the_user_file_sets_the_run_and_the_project_file_wins_over_it(
     files: Files, write_program: Callable[[str], Path], scoop_run: Run
 ) -> None:
     prog = write_program(PROGRAM)
-    user_dir = files.module("from_user", "user")
-    project_dir = files.module("from_project", "project")
-    files.write(files.user, f"[scoop]\nworkers = 3\npythonpath = [{str(user_dir)!r}]\n")
+    files.settings(files.user, workers=3, marker="user")
     # The user file alone: its worker count, and its path on the workers.
     assert result(scoop_run(prog, flags=(), env=files.env)) == {"size": 3, "values": ["user"]}
     # A project file beneath the command line: its keys win, the others stay the user's.
-    files.write(files.project / "scoop.toml", f"[scoop]\npythonpath = [{str(project_dir)!r}]\n")
+    files.settings(files.project / "scoop.toml", marker="project")
     assert result(scoop_run(prog, flags=(), env=files.env)) == {"size": 3, "values": ["project"]}
     assert result(scoop_run(prog, flags=("-n", "2"), env=files.env))["size"] == 2
     # Turned off, the user file sets nothing.
@@ -92,11 +96,9 @@ def test_config_flag_replaces_the_project_file_only_and_workers_follow_the_launc
     files: Files, write_program: Callable[[str], Path], scoop_run: Run
 ) -> None:
     prog = write_program(PROGRAM)
-    user_dir = files.module("from_user", "user")
-    flag_dir = files.module("from_flag", "flag")
-    files.write(files.user, f"[scoop]\nworkers = 3\npythonpath = [{str(user_dir)!r}]\n")
-    files.write(files.project / "scoop.toml", "[scoop]\nworkers = 1\n")
-    files.write(files.project / "run.toml", f"[scoop]\npythonpath = [{str(flag_dir)!r}]\n")
+    files.settings(files.user, workers=3, marker="user")
+    files.settings(files.project / "scoop.toml", workers=1)
+    files.settings(files.project / "run.toml", marker="flag")
     # scoop.toml is not read; the user file still gives the worker count. Every
     # worker imports the --config file's module although the user file, which
     # a worker would find if it read the configuration itself, names another.
@@ -111,14 +113,13 @@ def test_the_site_file_chooses_the_transport_and_the_user_file_the_workers(
     redis_server_url: str,
 ) -> None:
     prog = write_program(PROGRAM)
-    user_dir = files.module("from_user", "user")
     prefix = f"test-{uuid.uuid4().hex[:8]}"
     files.write(
         files.site,
         f'[scoop.transport]\nname = "redis"\n\n'
         f"[scoop.transport.redis]\nurl = {redis_server_url!r}\nprefix = {prefix!r}\n",
     )
-    files.write(files.user, f"[scoop]\nworkers = 2\npythonpath = [{str(user_dir)!r}]\n")
+    files.settings(files.user, workers=2, marker="user")
     assert result(scoop_run(prog, flags=(), env=files.env)) == {"size": 2, "values": ["user"]}
 
 
