@@ -6,6 +6,9 @@ one without documenting it fails here. Every Python block of the page is
 either a hook's example, loaded as a plugin, or a file of the plugin package
 the page builds (its first line names the file), and those files are
 written out and their tests run with pytest, as a plugin author would.
+Its ``pyproject.toml`` block declares the package's entry point: installed
+with it, the package's records are listed by ``scoop plugins`` as the page
+shows. The page hands all its examples to this file (the marker at its top).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,7 +32,7 @@ import scoop_core.scheduler_launcher
 import scoop_core.testing
 from scoop_core import interfaces
 from scoop_core.plugins import hookspec, types
-from scoop_core.plugins.manager import PluginManager
+from scoop_core.plugins.manager import ENTRY_POINT_GROUP, PluginManager
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "plugins.md").read_text()
 
@@ -182,13 +186,19 @@ def test_every_python_example_runs_here() -> None:
     assert {"mypkg/plugin.py", "mypkg/transport.py", "mypkg/launcher.py"} <= set(page_files())
 
 
-def test_the_example_package_passes_its_own_tests(tmp_path: Path) -> None:
+def write_package(where: Path) -> dict[str, str]:
+    """The page's package written in ``where``; the environment that imports it."""
     for path, text in page_files().items():
-        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / path).write_text(text)
-    (tmp_path / "mypkg" / "__init__.py").touch()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+        (where / path).parent.mkdir(parents=True, exist_ok=True)
+        (where / path).write_text(text)
+    (where / "mypkg" / "__init__.py").touch()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(where), *sys.path])}
     env.pop("SCOOP_DISABLE_PLUGINS", None)
+    return env
+
+
+def test_the_example_package_passes_its_own_tests(tmp_path: Path) -> None:
+    env = write_package(tmp_path)
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"],
         cwd=tmp_path,
@@ -200,3 +210,43 @@ def test_the_example_package_passes_its_own_tests(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
     assert " passed" in result.stdout and "skipped" not in result.stdout
+
+
+def doc_blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```$", DOC, re.S | re.M)
+
+
+def test_installed_with_its_entry_point_the_package_is_listed_as_the_page_shows(
+    tmp_path: Path,
+) -> None:
+    """The page's ``pyproject.toml`` entry point, in a distribution's metadata
+    as ``pip install`` writes it, makes ``scoop plugins`` list the records."""
+    [pyproject] = doc_blocks("toml")
+    assert pyproject.startswith("# pyproject.toml\n")
+    declared = tomllib.loads(pyproject)["project"]["entry-points"]
+    assert set(declared) == {ENTRY_POINT_GROUP}
+    env = write_package(tmp_path)
+    dist_info = tmp_path / "mypkg-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: mypkg\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text(
+        f"[{ENTRY_POINT_GROUP}]\n"
+        + "".join(f"{name} = {module}\n" for name, module in declared[ENTRY_POINT_GROUP].items())
+    )
+
+    listed = subprocess.run(
+        [str(Path(sys.executable).parent / "scoop"), "plugins"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert listed.returncode == 0, listed.stderr
+    rows = {tuple(line.split()) for line in listed.stdout.splitlines()}
+    shown = next(block for block in doc_blocks("text") if block.startswith("NAME "))
+    for line in shown.splitlines():
+        assert tuple(line.split()) in rows, (
+            f"scoop plugins does not list {line!r}:\n{listed.stdout}"
+        )

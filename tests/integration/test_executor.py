@@ -537,20 +537,25 @@ def test_retired_workers_count_neither_as_restarts_nor_as_losses(program, tmp_pa
 
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "executor.md"
+RUN_WITH = re.compile(r"# (\w+\.py) -- run with: python \1\n")
 
 
-def doc_examples() -> list[str]:
-    """The ``python`` code blocks of docs/executor.md, each a whole program."""
-    text = DOCS.read_text()
-    return re.findall(r"^```python\n(.*?)^```", text, re.M | re.S)
+def doc_examples() -> list[tuple[str, str]]:
+    """The ``python`` code blocks of docs/executor.md, each a whole program:
+    (its file name, its text). The page hands its examples to this file."""
+    found = []
+    for block in re.findall(r"^```python\n(.*?)^```", DOCS.read_text(), re.M | re.S):
+        head = RUN_WITH.match(block)
+        assert head, f"a block of docs/executor.md does not say how to run it:\n{block}"
+        found.append((head[1], block))
+    return found
 
 
-@pytest.mark.parametrize("number", range(len(doc_examples())))
-def test_the_examples_of_the_executor_docs_run(number, tmp_path, redis_server_url):
-    """Every example of docs/executor.md runs as a program (the Redis one
-    over a server of the test's own) and leaves no process behind."""
-    source = doc_examples()[number]
-    prog = tmp_path / "example.py"
+@pytest.mark.parametrize(("name", "source"), doc_examples(), ids=lambda v: str(v)[:20])
+def test_the_examples_of_the_executor_docs_run(name, source, tmp_path, redis_server_url):
+    """Every example of docs/executor.md runs as its first line says (the
+    Redis one over a server of the test's own) and leaves no process behind."""
+    prog = tmp_path / name
     prog.write_text(source)
     env = {**environ_without_scoop(), "HOME": str(tmp_path)}
     if 'transport="redis"' in source:
