@@ -145,7 +145,9 @@ def describe_placement(config: Config, plugins: PluginManager, choice: Choice, p
             "(nothing is asked now)"
         )
         if workers:
-            notes.append(f"-n {workers}: spread over these hosts once their cores are counted")
+            notes.append(
+                f"the {workers} workers are spread over these hosts once their cores are counted"
+            )
     else:
         hosts = assign_workers(hosts, workers, 1)
         total = _plural(sum(h.count or 0 for h in hosts), "worker")

@@ -146,6 +146,9 @@ def test_a_hostfile_host_without_a_count_is_counted_at_start(dry):
         ("localhost", "1", "local"),
     ]
     assert "one worker per core of the host, counted when the run starts" in out
+    out = ok(dry.run("--ssh-executable", str(ssh), "--hostfile", str(hostfile), "-n", "5"))
+    assert "5 workers on 3 hosts" in out.splitlines()[0]
+    assert "the 5 workers are spread over these hosts once their cores are counted" in out
 
 
 def test_n_spreads_workers_over_counted_hosts_as_a_run_does(dry):
