@@ -449,7 +449,8 @@ def _configure(options: argparse.Namespace, cli: dict[str, Any]) -> tuple[Config
     from scoop_core.plugins.manager import get_plugin_manager
 
     config_file = getattr(options, "config", None)
-    first = load_config(cli=cli, config_file=config_file)
+    # The first pass only finds the plugins to load; the second reports every mistake.
+    first = load_config(cli=cli, config_file=config_file, strict=False)
     plugins = get_plugin_manager(first["disable_plugins"])
     config = load_config(plugin_settings=plugins.settings(), cli=cli, config_file=config_file)
     return config, plugins

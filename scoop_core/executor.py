@@ -168,7 +168,8 @@ class Executor(cf.Executor):
             "launcher": launcher,
         }
         cli = {k: v for k, v in cli.items() if v is not None}
-        first = load_config(cli=cli, config_file=config)
+        # The first pass only finds the plugins to load; the second reports every mistake.
+        first = load_config(cli=cli, config_file=config, strict=False)
         plugins = get_plugin_manager(first["disable_plugins"])
         cfg = load_config(plugin_settings=plugins.settings(), cli=cli, config_file=config)
         # Where the workers go: the launcher's own decision (scoop_core.placement).

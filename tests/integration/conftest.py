@@ -67,9 +67,11 @@ def free_port() -> int:
 
 
 def environ_without_scoop() -> dict[str, str]:
-    """This process's environment with no ``SCOOP_`` setting in it: what a
-    run is told then comes from the test alone."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("SCOOP_", "_SCOOP_"))}
+    """This process's environment with no ``SCOOP_`` setting in it, and the
+    machine's site and user configuration files turned off: what a run is
+    told then comes from the test alone."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SCOOP_", "_SCOOP_"))}
+    return {**env, "SCOOP_SITE_CONFIG": os.devnull, "SCOOP_USER_CONFIG": os.devnull}
 
 
 def redis_run_env(url: str, home: Path, prefix: str) -> dict[str, str]:

@@ -139,3 +139,20 @@ def test_every_mistake_in_every_file_is_printed_before_anything_starts(
         "valid keys: " + proc.stderr.split("valid keys: ", 1)[1].splitlines()[0],
         "  scoop.toml:2: scoop.prefetch must be at least 0, got -1 (int)",
     ]
+
+
+def test_mistakes_in_the_core_and_in_a_plugins_table_are_printed_together(
+    files: Files, write_program: Callable[[str], Path], scoop_run: Run
+) -> None:
+    prog = write_program(PROGRAM)
+    files.write(
+        files.project / "scoop.toml", "[scoop]\nworkers = 'x'\n[scoop.transport.zmq]\nprot = 5\n"
+    )
+    proc = scoop_run(prog, flags=(), env=files.env)
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert lines[0] == "python -m scoop: error: 2 mistakes in the configuration; fix each of them:"
+    assert lines[1] == "  scoop.toml:2: scoop.workers must be an integer, got 'x' (str)"
+    assert lines[2].startswith(
+        "  scoop.toml:4: unknown key 'prot' in [scoop.transport.zmq] (did you mean 'port'?)"
+    )
