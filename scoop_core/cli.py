@@ -973,11 +973,33 @@ def _log_file(path: str | None) -> Iterator[None]:
         handler.close()
 
 
+def _warn_if_original_scoop() -> None:
+    """Say so when the original SCOOP distribution is installed here too.
+
+    Both install a package named ``scoop``: whichever came second overwrote
+    the other's files, and pip does not warn, so programs may get SCOOP's
+    ``scoop.futures`` under our launcher (or lose files on ``pip uninstall``)."""
+    from importlib import metadata
+
+    try:
+        original = metadata.distribution("scoop")
+    except metadata.PackageNotFoundError:
+        return
+    scoop_log.logger.warning(
+        "the original SCOOP distribution (scoop %s) is installed in this environment too: it "
+        "and scoop-core both install the 'scoop' package and overwrite each other's files. "
+        "Keep SCOOP in a virtualenv of its own: pip uninstall scoop here, then reinstall "
+        "scoop-core (pip install --force-reinstall)",
+        original.version,
+    )
+
+
 def _main(parser: _Parser, argv: Sequence[str] | None) -> int:
     args = sys.argv[1:] if argv is None else list(argv)
     options = parser.parse_args(parser.group_host_lists(args))
     # The launcher owns the console: its records show from the start.
     scoop_log.configure(_log_level(options) or "WARNING")
+    _warn_if_original_scoop()
     try:
         with _log_file(getattr(options, "log", None)):
             command = getattr(options, "command", "run")

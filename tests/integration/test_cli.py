@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import kill_run, run_command, wait_gone
+from conftest import environ_without_scoop, kill_run, run_command, wait_gone
 
 PRELUDE = """
 import json, os, sys, time
@@ -515,3 +515,20 @@ def test_job_flags_that_do_not_fit_are_one_line_errors(write_program, tmp_path, 
     proc = run_command([sys.executable, "-m", "scoop", *flags, str(prog)], cwd=tmp_path)
     assert message in one_line_error(proc)
     assert not (tmp_path / "scoop-jobs").exists()
+
+
+def test_the_original_scoop_distribution_installed_beside_is_named(tmp_path):
+    """pip does not warn that SCOOP and scoop-core overwrite each other's ``scoop``
+    package; the launcher does, when SCOOP's distribution is found (as pip records it)."""
+    record = tmp_path / "site" / "scoop-0.7.2.0.dist-info"
+    record.mkdir(parents=True)
+    (record / "METADATA").write_text("Metadata-Version: 2.1\nName: scoop\nVersion: 0.7.2.0\n")
+    env = environ_without_scoop()
+    alone = run_command([*scoop_command(), "plugins"], env=env)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(record.parent), env.get("PYTHONPATH")]))
+    beside = run_command([*scoop_command(), "plugins"], env=env)
+    assert alone.returncode == beside.returncode == 0
+    assert "original SCOOP" not in alone.stderr
+    assert "the original SCOOP distribution (scoop 0.7.2.0) is installed" in beside.stderr
+    assert "virtualenv of its own" in beside.stderr
+    assert beside.stdout == alone.stdout
