@@ -6,12 +6,17 @@ two workers busy, futures queued and three done, and ``scoop status`` must
 say so. Every run gets its own ``HOME``, so the runs it lists are the
 test's alone; "another machine" is another ``HOME``, without the run's
 registration or key file.
+
+docs/status.md hands its example of a live run to this file: its program
+is started as the page says, and its ``scoop status`` commands print what
+the page shows.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -27,6 +32,7 @@ from typing import Any
 
 import pytest
 from conftest import drain, environ_without_scoop, kill_run, processes_of, wait_for, wait_gone
+from test_doc_pages import blocks, console_steps, matches
 
 PROGRAM = """
 import os, sys, time
@@ -292,3 +298,74 @@ def test_a_run_whose_launcher_was_killed_is_reported_gone(live_run: LiveRun) -> 
     )
     assert not registration.exists()
     assert run.status().stdout.strip() == "no running runs"
+
+
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "status.md"
+
+
+def test_the_pages_commands_show_a_running_run_as_the_page_does(tmp_path: Path) -> None:
+    """docs/status.md: its program, started as the page says, then its
+    ``scoop status`` commands, while both workers are busy."""
+    here = [b for b in blocks(PAGE) if b.delegated_to == "tests/integration/test_status.py"]
+    [program] = [b.text for b in here if b.language == "python"]
+    [console] = [b.text for b in here if b.language == "console"]
+    start = re.search(r"`(python -m scoop [^`]*prog\.py)`", PAGE.read_text())
+    assert program.startswith("# prog.py\n") and start, "the page's program and how it starts"
+    (tmp_path / "prog.py").write_text(program)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        **environ_without_scoop(),
+        "HOME": str(home),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+    }
+    launcher = subprocess.Popen(
+        start.group(1).split(),
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def status(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*scoop_command(), "status", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    try:
+        wait_for(lambda: json.loads(status("--json").stdout or "[]"), "the run to be listed")
+        [listed] = json.loads(status("--json").stdout)
+        run_id = listed["run_id"]
+
+        def both_busy() -> bool:
+            snapshot = json.loads(status(run_id, "--json").stdout)
+            states = [p["state"] for p in snapshot["processes"] if p["role"] == "worker"]
+            return states == ["busy", "busy"]
+
+        wait_for(both_busy, "both workers busy")
+        steps = console_steps(console)
+        page_id = re.fullmatch(r"scoop status (\w+)", steps[-1][0])
+        assert page_id, steps[-1][0]
+        for command, expected in steps:
+            command = command.replace(page_id.group(1), run_id)
+            expected = [line.replace(page_id.group(1), run_id) for line in expected]
+            shown = subprocess.run(
+                ["bash", "-c", command],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=60,
+            )
+            actual = shown.stdout.rstrip().splitlines()
+            assert matches(expected, actual), (
+                f"`{command}` printed:\n{shown.stdout}\nthe page says:\n" + "\n".join(expected)
+            )
+    finally:
+        kill_run(str(tmp_path / "prog.py"), launcher)
+        assert wait_gone(str(tmp_path / "prog.py")) == []
