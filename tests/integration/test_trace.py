@@ -3,13 +3,15 @@
 Each program prints where each of its futures ran (the future's id and the
 pid of the process that ran it); the trace must show every future exactly
 once, on the track of that process, with the arrows of nesting and of
-hand-overs between workers.
+hand-overs between workers. The format docs/tracing.md documents is the
+one a real trace has: the same fields, and only the events it lists.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -333,3 +335,47 @@ if __name__ == "__main__":
     # More than activity.MAX_EVENTS_PER_REPORT submits in the root alone.
     assert len([e for e in trace["traceEvents"] if e["ph"] == "s"]) == 25_000
     assert len({e["args"]["fid"] for e in slices(trace)}) == len(slices(trace)) == 25_000
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "tracing.md"
+
+
+def documented_sample() -> dict[str, Any]:
+    """The ``scoop`` object shown in docs/tracing.md."""
+    [sample] = re.findall(r"^```json\n(.*?)^```$", DOC.read_text(), re.S | re.M)
+    found: dict[str, Any] = json.loads(sample)
+    return found
+
+
+def documented_events() -> set[tuple[str, str | None]]:
+    """``(ph, cat)`` of each kind of event the table of docs/tracing.md lists."""
+    table = DOC.read_text().split("### Events\n", 1)[1].strip().split("\n\n", 1)[0]
+    kinds = set()
+    for row in table.splitlines()[2:]:
+        phases, categories = row.split("|")[1:3]
+        for ph in re.findall(r"`(\w)`", phases):
+            kinds |= {(ph, cat) for cat in re.findall(r"`([\w ]+)`", categories) or [None]}
+    return kinds
+
+
+def test_a_trace_has_the_fields_and_events_the_docs_describe(program, scoop_run, tmp_path):
+    prog = program("""
+if __name__ == "__main__":
+    out(len(list(futures.map(where, range(20)))))
+    top = futures.submit(parent, 4)
+    out(len(top.result()[1]))
+""")
+    path = tmp_path / "run.json"
+    assert program_results(scoop_run(prog, flags=("-n", "2", "--trace", str(path)))) == [20, 4]
+    trace = read_trace(path)
+    sample = documented_sample()
+
+    assert set(trace) == {"traceEvents", "displayTimeUnit", "scoop"}
+    assert set(trace["scoop"]) == set(sample)
+    for process in trace["scoop"]["processes"]:
+        assert set(process) == set(sample["processes"][0]), process["name"]
+    assert set(trace["scoop"]["totals"]) == set(sample["totals"])
+    documented = documented_events()
+    assert {("X", "future"), ("C", None), ("i", "loss")} <= documented
+    seen = {(e["ph"], e.get("cat")) for e in trace["traceEvents"] if e["ph"] != "M"}
+    assert seen <= documented, f"events the docs do not list: {seen - documented}"
