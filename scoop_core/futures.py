@@ -182,7 +182,9 @@ def map(
     if _serial("futures.map()"):
         return _with_bar(builtins.map(func, *iterables), _known_length(iterables), progress)
     deadline = None if timeout is None else time.monotonic() + timeout
-    chunker = Chunker(runtime.require("futures.map()"), func, iterables)
+    chunker = Chunker(
+        runtime.require("futures.map()"), func, iterables, max_losses=_max_losses.get()
+    )
     total = _expect(iterables)
     chunker.fill()  # the work starts now, as in SCOOP, not at the first next()
     return _with_bar(ordered_values(chunker, deadline), total, progress)
@@ -201,7 +203,9 @@ def map_as_completed(
     if _serial("futures.map_as_completed()"):
         return _with_bar(builtins.map(func, *iterables), _known_length(iterables), progress)
     deadline = None if timeout is None else time.monotonic() + timeout
-    chunker = Chunker(runtime.require("futures.map_as_completed()"), func, iterables)
+    chunker = Chunker(
+        runtime.require("futures.map_as_completed()"), func, iterables, max_losses=_max_losses.get()
+    )
     total = _expect(iterables)
     chunker.fill()
     return _with_bar(values_as_completed(chunker, deadline), total, progress)

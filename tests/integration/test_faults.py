@@ -193,10 +193,17 @@ if __name__ == "__main__":
     with futures.options(max_losses=2):
         f = futures.submit(deadly)
     out(lost_error(f))
+    for mapping in (futures.options(max_losses=1).map, futures.options(max_losses=1).map_as_completed):
+        try:
+            list(mapping(deadly, [7]))
+        except WorkerLostError as exc:
+            out(str(exc))
 """)
     got = program_results(scoop_run(prog, flags=("-n", "4"), timeout=60))
     assert "lost with its worker 1 times" in got[0]
     assert "lost with its worker 2 times" in got[1]
+    assert len(got) == 4
+    assert all("lost with its worker 1 times" in message for message in got[2:]), got[2:]
 
 
 @pytest.mark.both_transports
