@@ -28,7 +28,8 @@ A block that needs what this suite cannot start (sshd hosts, a scheduler)
 is run by a test of the cluster suite: an HTML comment right before it,
 ``<!-- example run by tests/PATH.py -->``, names that test file, which must
 read this page. The same comment before a page's first heading hands all
-of its blocks over.
+of its blocks over. The README's test command is run by ``.ci/run``, which
+checks that the README holds it word for word.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from conftest import environ_without_scoop
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("**/*.md")])
 EXAMPLE_LANGUAGES = {"python", "console", "sh", "bash", "toml"}
-DELEGATED = re.compile(r"<!-- example run by (tests/[\w/.-]+\.py) -->")
+DELEGATED = re.compile(r"<!-- example run by (tests/[\w/.-]+\.py|\.ci/run) -->")
 FILE_HEADER = re.compile(
     r"#\s*([\w./-]+\.(?:py|toml|txt|cfg|json|csv))(?:\s+--\s+run with:\s*(.+))?$"
 )
