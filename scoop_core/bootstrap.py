@@ -58,7 +58,7 @@ gets its workers' variables in its plan, on stdin."""
 
 
 def _user_secret(name: str, value: str) -> bool:
-    """A ``SCOOP_*`` setting of the user's that holds a secret (the README
+    """A ``SCOOP_*`` setting of the user's that holds a secret (docs/redis.md
     suggests ``SCOOP_TRANSPORT_REDIS_PASSWORD``; a URL may carry one). Our
     processes have their settings from ``_SCOOP_TRANSPORT_SETTINGS``, so the
     user's own subprocesses need not inherit these either."""

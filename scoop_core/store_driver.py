@@ -43,7 +43,7 @@ done removes its entry in the same commit that mails its result (a result
 is delivered if and only if its entry is gone). So the runtimes, the
 worker scheduler, the message formats and every scheduling decision are
 the same on both kinds of transport; what differs is written in the
-policy's module docstring and the README.
+policy's module docstring and docs/redis.md.
 
 Why a run on a store is built this way: a run's state is in the store, not
 in the launcher, so the launcher may die and the run goes on, and workers

@@ -1,4 +1,4 @@
-"""Programs run across several machines over SSH: the README's ``--hosts`` runs, for real.
+"""Programs run across several machines over SSH: docs/cluster.md's ``--hosts`` runs, for real.
 
 The machines are the ssh launcher tests' cluster (``tests/plugins/launcher_ssh/ssh_hosts.py``,
 loaded by path): network namespaces on a bridge, each with its own sshd, or
