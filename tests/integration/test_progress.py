@@ -7,6 +7,10 @@ snapshot source that counts up as the program prints, so the screen's
 content is known at every step; it also writes down its fds, threads and
 terminal modes before, inside and after the line, for the checks that
 nothing is left behind. Without a terminal the line must change nothing.
+
+docs/progress.md's screen capture is checked here too: its program, run
+in a terminal as the page says, shows a line of the same shape, and leaves
+the output the page shows.
 """
 
 from __future__ import annotations
@@ -544,3 +548,44 @@ def test_a_programs_own_bar_and_the_progress_line_share_the_terminal(
         assert "".join(rows) == "RESULT " + json.dumps([x * x for x in range(100)])  # wrapped
     finally:
         end_run(screen, program)
+
+
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "progress.md"
+
+
+def shape_of(line: str) -> re.Pattern[str]:
+    """A progress line as the page shows it, its bar and numbers free."""
+    head, bar, tail = line.split("|")
+    numbers = r"\d[\d,]*"
+    return re.compile(
+        "^"
+        + re.escape(head)
+        + r"\|.*\|"
+        + re.sub(numbers, lambda _: numbers, re.escape(tail).replace(r"\ ", " "))
+        + "$"
+    )
+
+
+def test_the_pages_program_shows_the_line_its_screen_capture_shows(
+    tmp_path: Path, screens: Callable[..., Screen]
+) -> None:
+    text = PAGE.read_text()
+    program = re.search(r"^```python\n(# prog\.py\n.*?)^```$", text, re.S | re.M)
+    capture = re.search(r"^```text\n\$ (.*)\n(scoop .*)\n```$", text, re.M)
+    after = re.search(r"^```console\n\$ ([^\n]*)\n(.*?)^```$", text, re.S | re.M)
+    assert program and capture and after, "the page's program, screen capture and output"
+    assert capture.group(1) == after.group(1), "the capture is of the command the page runs"
+    (tmp_path / "prog.py").write_text(program.group(1))
+    command = capture.group(1).split()
+    assert command[0] == "python"
+    screen = screens(tmp_path, [sys.executable, *command[1:]])
+    try:
+        lines = screen.wait(
+            lambda lines: lines and shape_of(capture.group(2)).match(lines[-1]),
+            f"a line like {capture.group(2)!r}",
+        )
+        assert lines[:-1] == [], "nothing above the line while the program prints nothing"
+        wait_for(screen.ended, "the run's end", timeout=60)
+        assert screen.lines() == after.group(2).splitlines()
+    finally:
+        end_run(screen, tmp_path / "prog.py")
