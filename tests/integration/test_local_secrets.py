@@ -298,8 +298,8 @@ def secret_run(
     request: pytest.FixtureRequest, home: Path, tmp_path: Path
 ) -> Iterator[tuple[dict[str, str], list[str], list[str]]]:
     """Environment and flags of a run over ZeroMQ, or over a Redis that takes
-    a password (given in a config file, or in the environment variable the
-    README suggests); the secrets to look for."""
+    a password (given in a config file, or in the environment variable
+    docs/redis.md suggests); the secrets to look for."""
     key = secrets.token_hex(32)
     env = clean_env(HOME=str(home), SCOOP_RUN_KEY=key, PROBE_MARK="seen")
     if request.param == "zmq":
