@@ -11,18 +11,22 @@ redis-server (so the Redis pages run as a user who exported it, as they
 say to). Its blocks are taken in order:
 
 - a ``python`` or ``toml`` block starts with a comment naming its file
-  (``# prog.py``, ``# scoop.toml``), which is written; a ``python`` one
+  (``# prog.py``, ``# scoop.toml``, ``# ~/.config/scoop/scoop.toml: yours``),
+  which is written (``~`` is the page's home directory; an absolute path is
+  taken under the page's directory, and the site file ``/etc/scoop/scoop.toml``
+  written there is the one the page's commands read); a ``python`` one
   whose first line goes on ``-- run with: COMMAND`` is run with it, and
   must succeed;
-- a ``toml`` block must parse, and a ``scoop.toml`` must load as scoop's
-  configuration;
+- a ``toml`` block must parse (whether scoop accepts it is shown by the
+  commands after it);
 - a ``sh`` or ``bash`` block is a script, run with ``set -e``: it must
   succeed (a ``pip install`` is what the test environment already did, so
   it is skipped, alone or before ``&&``);
 - a ``console`` block holds commands (``$ ...``, continued by a trailing
   backslash) each followed by what it prints (stdout and stderr, as a
   terminal shows them). A line ``...`` stands for any number of lines, and
-  ``...`` inside a line for any text.
+  ``...`` inside a line for any text; runs of spaces match any run of
+  spaces (a table's columns are as wide as what they hold).
 
 A block that needs what this suite cannot start (sshd hosts, a scheduler)
 is run by a test of the cluster suite: an HTML comment right before it,
@@ -51,8 +55,10 @@ PAGES = sorted([ROOT / "README.md", *(ROOT / "docs").glob("**/*.md")])
 EXAMPLE_LANGUAGES = {"python", "console", "sh", "bash", "toml"}
 DELEGATED = re.compile(r"<!-- example run by (tests/[\w/.-]+\.py|\.ci/run) -->")
 FILE_HEADER = re.compile(
-    r"#\s*([\w./-]+\.(?:py|toml|txt|cfg|json|csv))(?:\s+--\s+run with:\s*(.+))?$"
+    r"#\s*(?P<path>[\w./~-]+\.(?:py|toml|txt|cfg|json|csv))"
+    r"(?:\s+--\s+run with:\s*(?P<command>.+)|[\s:(].*)?"
 )
+SITE_FILE = "/etc/scoop/scoop.toml"
 COMMAND_TIMEOUT = 180
 
 
@@ -130,7 +136,8 @@ def page_dir(tmp_path: Path, redis_server_url: str) -> tuple[Path, dict[str, str
     home.mkdir()
     (work / "examples").symlink_to(ROOT / "examples")
     env = environ_without_scoop()
-    for name in ("XDG_CONFIG_HOME", "VIRTUAL_ENV_PROMPT"):
+    # The page's own home holds its user file; its site file is the one it writes, if any.
+    for name in ("XDG_CONFIG_HOME", "VIRTUAL_ENV_PROMPT", "SCOOP_USER_CONFIG"):
         env.pop(name, None)
     env.update(
         HOME=str(home),
@@ -162,29 +169,32 @@ def _without_install(command: str) -> str:
 # -- what each kind of block does -------------------------------------------
 
 
-def _write_file(block: Block, work: Path) -> tuple[Path, str | None]:
+def _write_file(block: Block, work: Path, env: dict[str, str]) -> tuple[Path, str | None]:
     first = block.text.splitlines()[0] if block.text.strip() else ""
     header = FILE_HEADER.fullmatch(first.strip())
     assert header, (
         f"{block.where()}: a {block.language} example starts with a comment naming its file "
         f"(# prog.py, or # prog.py -- run with: python -m scoop -n 2 prog.py); it starts {first!r}"
     )
-    path = work / header.group(1)
+    name = header.group("path")
+    if name.startswith("~/"):
+        path = Path(env["HOME"]) / name[2:]
+    elif name.startswith("/"):
+        path = work / "_root" / name.lstrip("/")
+        if name == SITE_FILE:
+            env["SCOOP_SITE_CONFIG"] = str(path)
+    else:
+        path = work / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(block.text)
-    return path, header.group(2)
+    return path, header.group("command")
 
 
-def _check_toml(block: Block, path: Path) -> None:
+def _check_toml(block: Block) -> None:
     try:
         tomllib.loads(block.text)
     except tomllib.TOMLDecodeError as exc:
         pytest.fail(f"{block.where()}: not valid TOML: {exc}")
-    if path.name == "scoop.toml":
-        from scoop_core.config import load_config
-        from scoop_core.plugins.manager import get_plugin_manager
-
-        load_config(plugin_settings=get_plugin_manager().settings(), config_file=path, environ={})
 
 
 def _run_script(block: Block, work: Path, env: dict[str, str]) -> None:
@@ -230,8 +240,9 @@ def matches(expected: list[str], actual: list[str]) -> bool:
         return any(matches(rest, actual[k:]) for k in range(len(actual) + 1))
     if not actual:
         return False
-    pattern = ".*".join(re.escape(part) for part in head.rstrip().split("..."))
-    return re.fullmatch(pattern, actual[0].rstrip()) is not None and matches(rest, actual[1:])
+    pattern = ".*".join(re.escape(part) for part in head.strip().split("..."))
+    pattern = re.sub(r"(?:\\ )+", " +", pattern)  # re.escape writes a space as "\ "
+    return re.fullmatch(pattern, actual[0].strip()) is not None and matches(rest, actual[1:])
 
 
 def _run_console(block: Block, work: Path, env: dict[str, str]) -> None:
@@ -262,9 +273,9 @@ def run_page(page: Path, work: Path, env: dict[str, str]) -> int:
             if any(re.search(rf"\b{re.escape(n)}\b", block.text) for n in names):
                 del unused[written]
         if block.language in ("python", "toml"):
-            path, command = _write_file(block, work)
+            path, command = _write_file(block, work, env)
             if block.language == "toml":
-                _check_toml(block, path)
+                _check_toml(block)
             elif not command:
                 name = str(path.relative_to(work))
                 unused[block] = {name, name.removesuffix(".py").replace("/", ".")}
@@ -320,6 +331,8 @@ def test_matching_output_with_ellipses() -> None:
     assert not matches(["a", "d"], ["a", "b", "d"])
     assert not matches(["a"], ["a", "b"])
     assert not matches(["run ... (redis)"], ["run 1 (zmq)"])
+    assert matches(["workers   8  scoop.toml:3"], ["workers 8       scoop.toml:3"])
+    assert not matches(["workers 8"], ["workers8"])
 
 
 def test_console_steps_read_commands_and_their_output() -> None:
@@ -331,3 +344,6 @@ def test_a_file_header_names_the_file_and_the_command() -> None:
     header = FILE_HEADER.fullmatch("# prog.py -- run with: python -m scoop -n 2 prog.py")
     assert header and header.groups() == ("prog.py", "python -m scoop -n 2 prog.py")
     assert shlex.split(header.group(2))[0] == "python"
+    site = FILE_HEADER.fullmatch("# /etc/scoop/scoop.toml: the administrator's")
+    assert site and site.groups() == (SITE_FILE, None)
+    assert not FILE_HEADER.fullmatch("# results as they come, in any order")
