@@ -219,7 +219,7 @@ def console_steps(text: str) -> list[tuple[str, list[str]]]:
         command = line[2:]
         while command.endswith("\\") and i + 1 < len(lines):
             i += 1
-            command = command[:-1] + "\n" + lines[i]
+            command += "\n" + lines[i]  # bash reads the backslash-newline as a space
         i += 1
         output: list[str] = []
         while i < len(lines) and not lines[i].startswith("$ "):
@@ -337,7 +337,9 @@ def test_matching_output_with_ellipses() -> None:
 
 def test_console_steps_read_commands_and_their_output() -> None:
     text = "$ scoop plugins \\\n  --help\nline 1\n\n$ true\n"
-    assert console_steps(text) == [("scoop plugins \n  --help", ["line 1"]), ("true", [])]
+    assert console_steps(text) == [("scoop plugins \\\n  --help", ["line 1"]), ("true", [])]
+    proc = _run(console_steps("$ echo one \\\n  two\n")[0][0], Path.cwd(), dict(os.environ))
+    assert proc.stdout == "one two\n"
 
 
 def test_a_file_header_names_the_file_and_the_command() -> None:
