@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from scoop_core import __version__, fork_server
 from scoop_core import log as scoop_log
-from scoop_core.errors import ConfigError, LaunchError, PluginError, UsageError
+from scoop_core.errors import ConfigError, LaunchError, PluginError, TransportClosed, UsageError
 from scoop_core.fork_server import LocalProcess
 
 # The rest of the core is imported where a command needs it: a run's
@@ -1021,11 +1021,16 @@ def _main(parser: _Parser, argv: Sequence[str] | None) -> int:
     except (UsageError, ConfigError, PluginError) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
-    except LaunchError as exc:
+    except (LaunchError, TransportClosed) as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C before the run started: nothing to stop
         return 128 + signal.SIGINT
+    except BrokenPipeError:
+        # The reader of our output left (scoop config | head): not an error of ours.
+        # Python would complain again when it flushes stdout at exit; nothing more goes there.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -532,3 +532,23 @@ def test_the_original_scoop_distribution_installed_beside_is_named(tmp_path):
     assert "the original SCOOP distribution (scoop 0.7.2.0) is installed" in beside.stderr
     assert "virtualenv of its own" in beside.stderr
     assert beside.stdout == alone.stdout
+
+
+@pytest.mark.parametrize("command", [["config"], ["plugins"]])
+def test_a_reader_that_leaves_early_gets_no_traceback(command):
+    """``scoop config | head -1``: the pipe closes before the table is written."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before a byte is written
+    try:
+        proc = subprocess.run(
+            [*scoop_command(), *command],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=environ_without_scoop(),
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert proc.stderr == ""
+    assert proc.returncode == 128 + signal.SIGPIPE

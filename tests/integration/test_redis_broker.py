@@ -433,6 +433,34 @@ def test_unix_socket_and_acl_user(program, tmp_path):
     assert wait_gone(str(prog)) == []
 
 
+def test_an_acl_user_kept_from_the_runs_keys_gets_one_line_naming_the_rule(program, tmp_path):
+    password = "s3cret-" + secrets.token_hex(4)
+    with server() as srv:
+        client = srv.client()
+        client.execute_command(
+            "ACL", "SETUSER", "narrow", "on", f">{password}", "~other:*", "&*", "+@all"
+        )
+        client.close()
+        env = environ_without_scoop()
+        env.update(
+            HOME=str(tmp_path),
+            SCOOP_TRANSPORT="redis",
+            SCOOP_TRANSPORT_REDIS_URL=srv.url,
+            SCOOP_TRANSPORT_REDIS_USERNAME="narrow",
+            SCOOP_TRANSPORT_REDIS_PASSWORD=password,
+        )
+        prog = program("\nif __name__ == '__main__':\n    out(sum(futures.map(abs, [-1])))\n")
+        proc = run_command(
+            [sys.executable, "-m", "scoop", "-n", "1", str(prog)], cwd=prog.parent, env=env
+        )
+        assert proc.returncode == 1
+        assert proc.stdout == ""
+        [line] = proc.stderr.splitlines()
+        assert line.startswith("python -m scoop: error: Redis at ") and "refused the run" in line
+        assert "ACL rule: ~scoop:* +@all" in line and password not in line
+    assert wait_gone(str(prog)) == []
+
+
 def test_maxlen_bounds_the_queue_and_loses_nothing(program, env, srv):
     prefix = env["SCOOP_TRANSPORT_REDIS_PREFIX"]
     prog = program("""

@@ -365,6 +365,14 @@ class RedisStore(BrokerStore):
         return cause.replace(password, "***") if password else cause
 
     def _lost(self, exc: redis.RedisError) -> NoReturn:
+        if isinstance(exc, redis.exceptions.NoPermissionError):
+            # Not a lost server: an ACL user that may not touch the run's keys.
+            prefix = self._options.prefix
+            raise TransportClosed(
+                f"Redis at {self._shown} refused the run: {self._cause(exc)}. The Redis user "
+                f"needs the keys under '{prefix}:*' and the commands of a run (ACL rule: "
+                f"~{prefix}:* +@all), or set [scoop.transport.redis] prefix to keys it may use"
+            ) from None
         raise TransportClosed(f"lost Redis at {self._shown}: {self._cause(exc)}") from None
 
     @contextmanager
