@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from scoop_core import context, runtime
 from scoop_core import log as scoop_log
-from scoop_core.errors import PluginError, ScoopError
+from scoop_core.errors import LaunchError, PluginError, ScoopError, TransportClosed
 from scoop_core.interfaces import Serializer
 from scoop_core.plugins.manager import get_plugin_manager
 from scoop_core.plugins.types import SerializerPlugin, TransportPlugin
@@ -250,8 +250,10 @@ def run_worker() -> int:
         initializer=bool(os.environ.get("_SCOOP_INITIALIZER")),
         **_limits(),
     )
+    # A worker that has not reached the broker yet holds nothing to hand back:
+    # SIGTERM ends it as it is (a handler here would wait on the handshake's socket).
+    rt.start(rt.heartbeat_timeout)
     _leave_on_sigterm(connection, rt)
-    rt.start(30.0)
     runtime.set_current(rt)
     program = os.environ.get("_SCOOP_PROGRAM")
     if program:
@@ -349,6 +351,11 @@ def run(argv: list[str]) -> NoReturn:
         code = main(argv)
     except SystemExit as exc:
         code = _exit_code(exc.code)
+    except (LaunchError, TransportClosed) as exc:
+        # Our own account (no broker's answer, Redis gone): it names the
+        # process and the fix, where a traceback would hide it.
+        print(f"scoop: error: {exc}", file=sys.stderr)
+        code = 1
     except BaseException as exc:
         sys.excepthook(type(exc), exc, exc.__traceback__)
         code = 128 + signal.SIGINT if isinstance(exc, KeyboardInterrupt) else 1
