@@ -104,8 +104,9 @@ class RemoteError(ScoopError):
     sent back (its class cannot be pickled or imported on this side)."""
 
 
-class ConstantError(ScoopError):
-    """A shared constant was defined twice."""
+class ConstantError(ScoopError, TypeError):
+    """A shared constant was defined twice (a ``TypeError``, as SCOOP raised,
+    so SCOOP's ``except TypeError:`` still catches it)."""
 
     @staticmethod
     def defined_twice(name: str) -> str:

@@ -314,7 +314,11 @@ def wait(
     """Wait until ``return_when`` holds for the futures ``fs`` (PEP 3148).
 
     Returns ``(done, not_done)`` as soon as the condition holds; inside a
-    future, the worker runs other futures meanwhile."""
+    future, the worker runs other futures meanwhile. ``timeout=None`` waits
+    without a limit, and so does a negative one: SCOOP's default was
+    ``timeout=-1``, meaning no limit, and SCOOP's programs pass it."""
+    if timeout is not None and timeout < 0:
+        timeout = None
     return wait_futures(fs, timeout, return_when)
 
 
