@@ -138,22 +138,33 @@ class Future(cf.Future[Any]):
             with self._condition:
                 self._waiters.remove(waiter)  # type: ignore[arg-type]
         if not self.done():
-            raise TimeoutError()
+            raise TimeoutError(f"not done within {timeout:g} s")
 
     def result(self, timeout: float | None = None) -> Any:
         if waits is None or self._state == "FINISHED":
             self._wait_here(timeout)
-            return super().result(timeout)
+            return self._result_within(timeout)
         start = time.perf_counter()
         try:
             self._wait_here(timeout)
-            return super().result(timeout)
+            return self._result_within(timeout)
         finally:
             waits(self.fid, start)
 
+    def _result_within(self, timeout: float | None) -> Any:
+        try:
+            return super().result(timeout)
+        except TimeoutError:
+            if self.done():  # the function's own TimeoutError: its outcome, as it is
+                raise
+            raise TimeoutError(f"no result within {timeout:g} s") from None
+
     def exception(self, timeout: float | None = None) -> BaseException | None:
         self._wait_here(timeout)
-        return super().exception(timeout)
+        try:
+            return super().exception(timeout)
+        except TimeoutError:
+            raise TimeoutError(f"not done within {timeout:g} s") from None
 
     def cancel(self) -> bool:
         with self._condition:

@@ -141,13 +141,25 @@ def ordered_chunks(chunker: Chunker, deadline: float | None) -> Iterator[ChunkRe
         chunker.fill()
         while chunker.inflight:
             fut, count = chunker.inflight[0]
-            fut.result(time_left(deadline))
+            try:
+                fut.result(time_left(deadline))
+            except TimeoutError:
+                if fut.done():
+                    raise
+                raise _late(chunker) from None
             chunker.inflight.popleft()
             result = chunker.done(fut, count)
             chunker.fill()
             yield result
     finally:
         chunker.abandon()
+
+
+def _late(chunker: Chunker) -> TimeoutError:
+    left = sum(count for _, count in chunker.inflight)
+    more = "" if chunker.exhausted else " (and those not sent yet)"
+    items = "1 item" if left == 1 else f"{left} items"
+    return TimeoutError(f"{items} of the map{more} not done within its timeout")
 
 
 def _raising(result: ChunkResult) -> Iterator[Any]:
@@ -207,7 +219,7 @@ def _lists_as_completed(
             wait_futures([f for f, _ in chunker.inflight], time_left(deadline), FIRST_COMPLETED)
             finished = [(f, n) for f, n in chunker.inflight if f.done()]
             if not finished and deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError()
+                raise _late(chunker)
             for pair in finished:
                 chunker.inflight.remove(pair)
             results = [chunker.done(f, n) for f, n in finished]

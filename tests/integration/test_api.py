@@ -105,8 +105,8 @@ if __name__ == "__main__":
     t = time.monotonic()
     try:
         slow.result(timeout=0.3)
-    except futures.TimeoutError:
-        out(["result timeout", 0.25 < time.monotonic() - t < 10])
+    except futures.TimeoutError as exc:
+        out(["result timeout", 0.25 < time.monotonic() - t < 10, str(exc)])
     quick = [futures.submit(nap, 0.01 * i) for i in range(4)]
     done, not_done = futures.wait(quick, timeout=-1)  # SCOOP's default: no limit
     out([len(done), len(not_done)])
@@ -117,7 +117,7 @@ if __name__ == "__main__":
     assert got[0] == [True, True, True]
     assert got[1] == [True, True]
     assert got[2] == "timeout"
-    assert got[3] == ["result timeout", True]
+    assert got[3] == ["result timeout", True, "no result within 0.3 s"]
     assert got[4] == [4, 0]
     assert got[5] == [0.0, 0.01, 0.02, 0.03]
 
