@@ -95,6 +95,7 @@ from scoop_transport_redis.transport import (
     _Options,
     _split_address,
     _strip_password,
+    cannot_use,
     mask_url,
 )
 
@@ -315,7 +316,7 @@ class RedisStore(BrokerStore):
             client.close()
             if isinstance(exc, LaunchError):
                 raise
-            raise LaunchError(f"cannot use Redis at {store._shown}: {store._cause(exc)}") from None
+            raise cannot_use(store._shown, url, exc, store._cause(exc)) from None
         log.debug("store %s opened for %s", store.address, identity)
         return store
 

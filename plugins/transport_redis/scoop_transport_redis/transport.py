@@ -40,6 +40,7 @@ __all__ = [
     "BLOCK_MS",
     "CONNECT_TIMEOUT",
     "RedisTransport",
+    "cannot_use",
     "mask_url",
 ]
 
@@ -64,6 +65,21 @@ SEPARATOR = "#"
 """Separates the Redis URL from the run's key base in a store's address."""
 
 _FRAME_FIELDS = [b"f%d" % i for i in range(64)]
+
+
+def cannot_use(shown: str, url: str, exc: redis.RedisError, cause: str) -> LaunchError:
+    """The error for a server that did not answer as Redis, with what likely fixes it."""
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError):
+        # A TLS port hangs up on a plain-text client: say what that likely means.
+        dropped = any(word in cause.lower() for word in ("reset", "closed"))
+        if urlsplit(url).scheme == "redis" and dropped:
+            cause += " (if that port speaks TLS, use a rediss:// URL)"
+        elif not isinstance(exc, redis.AuthenticationError):
+            cause = cause.rstrip(".") + (
+                "; is a Redis server running there, and reachable from here? The URL comes "
+                "from SCOOP_TRANSPORT_REDIS_URL or url under [scoop.transport.redis]"
+            )
+    return LaunchError(f"cannot use Redis at {shown}: {cause}")
 
 
 def mask_url(url: str) -> str:
@@ -175,11 +191,7 @@ class _Options:
             cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if self.password:
                 cause = cause.replace(self.password, "***")
-            # A TLS port hangs up on a plain-text client: say what that likely means.
-            dropped = any(word in cause.lower() for word in ("reset", "closed"))
-            if urlsplit(url).scheme == "redis" and dropped:
-                cause += " (if that port speaks TLS, use a rediss:// URL)"
-            raise LaunchError(f"cannot use Redis at {shown}: {cause}") from None
+            raise cannot_use(shown, url, exc, cause) from None
         numbers = tuple(int(n) for n in version.split(".")[:2] if n.isdigit())
         if numbers < MIN_VERSION:
             client.close()
