@@ -7,6 +7,20 @@ process is the root. A run makes its secret key and id, starts its backend
 workers through a launcher plugin, replaces a worker that dies while the
 run goes on, and stops everything it started.
 
+How a worker's exit is taken is decided here, in :meth:`Run.exited_workers`,
+whatever launcher started it and whatever the transport:
+
+- a worker that exits before it reached the run (said hello to the broker,
+  or joined the store), on a host where no worker has, could not start: a
+  failing ``--prolog``, a broken ``--python-interpreter``, a host that
+  cannot reach the broker. It is reported once per host, with its status
+  and its last lines on stderr, and not replaced: a new one would fail the
+  same way, ``max_restarts`` times, before the user learnt why;
+- once a worker of its host has reached the run, a worker that dies is
+  replaced, up to ``max_restarts`` per host (:meth:`Run._replace`), unless
+  its status and its last word say that a replacement would fail too
+  (:data:`~scoop_core.errors.EXIT_REASONS`).
+
 Workers learn what they need from environment variables starting with
 ``_SCOOP_`` (never from the command line, which ``ps`` shows to everyone).
 """
@@ -36,7 +50,7 @@ from scoop_core.hosts import Host, is_local
 from scoop_core.interfaces import Launcher, WorkerGroup, WorkerSpec
 from scoop_core.local_launcher import LocalWorkers
 from scoop_core.plugins.manager import PluginManager
-from scoop_core.run_backend import RunSettings, backend_for
+from scoop_core.run_backend import BrokerBackend, RunSettings, StoreBackend, backend_for
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -53,6 +67,9 @@ WORD_GRACE = 2.0
 (it was sent before the exit, but may still be on its way); without it,
 the exit is a death like any other (a future may end its worker with any
 status)."""
+
+START_FAILURE = "before it reached the broker"
+"""What the error about a worker that could not start says of it."""
 
 RETIRED_GRACE = 2.0
 """Seconds after a retired worker's exit before the run counts it gone (see
@@ -158,6 +175,9 @@ class Run:
         self._next_worker = workers + 1
         self._retired: dict[str, float] = {}  # retired workers -> when to count them gone
         self._awaiting_word: dict[str, float] = {}  # see WORD_GRACE: worker -> until when
+        self._hosts_reached: set[str] = set()  # hosts where a worker has reached the run
+        # Hosts whose workers could not start -> the error that said so (see exited_workers).
+        self.start_failures: dict[str, str] = {}
         # Why workers left, in their own words, when that backs up their status.
         self.exit_reasons: dict[str, str] = {}
         self._stopping = False
@@ -301,6 +321,13 @@ class Run:
         now = time.monotonic()
         for name, status in ended.items():
             if name not in self._reported:
+                host = self._places.get(name, "127.0.0.1")
+                if not self._stopping and not self._host_reached(host):
+                    # It holds nothing, and said nothing: no word to wait for.
+                    self._reported.add(name)
+                    self.backend.peer_lost(name)
+                    self._start_failed(name, status, host)
+                    continue
                 if not self._believed(name, status, now):
                     continue  # its word may be on its way: looked at again next time
                 self._reported.add(name)
@@ -340,6 +367,68 @@ class Run:
             return False
         del self._awaiting_word[name]
         return True
+
+    def _host_reached(self, host: str) -> bool:
+        """Whether a worker on ``host`` has ever reached the run: it said
+        hello to the broker or joined the store (what the broker's book or
+        the store's peer records say at once), or the run has a report of it."""
+        if host in self._hosts_reached:
+            return True
+        names = {n for n, h in self._places.items() if h == host}
+        self.backend.poll()  # a store's reports are read, not sent
+        reported = self.backend.activity.reports()
+        if any(n in reported for n in names) or self._joined(names):
+            self._hosts_reached.add(host)
+            return True
+        return False
+
+    def _joined(self, names: set[str]) -> bool:
+        """Whether one of ``names`` said hello to the run's broker (the
+        broker's book), or joined its store (its peer record, which stays
+        until the launcher reports the worker gone)."""
+        backend = self.backend
+        if isinstance(backend, BrokerBackend) and backend.broker is not None:
+            joined = backend.broker.book.joined  # membership tests only: the broker's thread adds
+            return any(n in joined for n in names)
+        if isinstance(backend, StoreBackend) and backend.store is not None:
+            from scoop_core.store_records import Peers
+
+            with backend._lock:  # the store is shared with the launcher's beat thread
+                return not names.isdisjoint(Peers(backend.store, self.key).names())
+        return False
+
+    def _where(self, host: str) -> str:
+        if self.workers_from_jobs:
+            return "its batch job's host"
+        return f"host {host}" if self.hosts else "this machine"
+
+    def _start_failed(self, name: str, status: int, host: str) -> None:
+        """Worker ``name`` exited before it reached the run, and no worker on
+        ``host`` has: it is not replaced, and the first such exit of a host
+        is reported as an error naming what the worker printed and the fix."""
+        where = self._where(host)
+        self.backend.activity.launcher.instant(
+            "start failure", f"{name} could not start", worker=name, status=status
+        )
+        if host in self.start_failures:
+            log.info(
+                "%s on %s exited with status %d before it reached the broker", name, where, status
+            )
+            return
+        tail = getattr(self.group, "last_lines", None)
+        lines = [line for line in (tail(name) if tail else []) if line.strip()]
+        said = (
+            "its last lines on stderr: " + " | ".join(lines)
+            if lines
+            else "it printed nothing on stderr"
+        )
+        message = (
+            f"{name} on {where} exited with status {status} {START_FAILURE} ({said}); no worker "
+            f"there has, so none is replaced: a new one would fail the same way. Check --prolog, "
+            f"--python-interpreter and that the program imports on {where}"
+        )
+        self.start_failures[host] = message
+        log.error("%s", message)
 
     def _replace(self, dead: str, status: int) -> None:
         """Start a new worker where ``dead`` ran, as Dask's nanny does.
