@@ -32,6 +32,11 @@ from scoop_launcher_ssh.session import Client, Connection, Session
 
 log = logging.getLogger("scoop.launcher.ssh")
 
+# paramiko logs a failed connection (a banner that never came, a reset) with
+# its traceback, which Python's last-resort handler would print on the
+# terminal; the LaunchError we raise says it in one line, naming the host.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
 MAX_HOPS = 8
 """More ProxyJump hops than this is taken for a loop in the configuration."""
 
