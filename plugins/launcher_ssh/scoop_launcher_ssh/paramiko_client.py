@@ -310,6 +310,18 @@ def _explain(
         return f"cannot reach {shown} ({where}): no answer within {timeout:g} s ({SETTINGS} connect_timeout)"
     if isinstance(exc, OSError):
         return f"cannot reach {shown} ({where}): {(exc.strerror or str(exc)).lower()}"
+    if isinstance(exc, paramiko.SSHException) and "No authentication methods" in str(exc):
+        return (
+            f"login to {user}@{shown} failed: no key to offer (none in ~/.ssh, in IdentityFile "
+            "or in the ssh-agent); nothing is ever prompted for: create one (ssh-keygen) and "
+            "install it on the host (ssh-copy-id), or give it with IdentityFile in ssh_config"
+        )
+    if isinstance(exc, paramiko.SSHException) and "banner" in str(exc):
+        return (
+            f"SSH with {shown} ({where}) failed: {exc}: the host closed the connection before "
+            "SSH began; is an SSH server listening at that port, and does it let you in "
+            "(a firewall, its MaxStartups)?"
+        )
     if isinstance(exc, paramiko.SSHException):
         return f"SSH with {shown} ({where}) failed: {exc}"
     return f"cannot log in to {shown} ({where}): {type(exc).__name__}: {exc}"

@@ -62,4 +62,4 @@ def test_a_host_that_hangs_up_before_the_banner_is_one_error(hangs_up: int, tmp_
     assert proc.stdout == ""
     [line] = proc.stderr.splitlines()
     assert line.startswith("python -m scoop: error: SSH with hangs-up (127.0.0.1:"), line
-    assert "SSH protocol banner" in line
+    assert "SSH protocol banner" in line and "is an SSH server listening at that port" in line

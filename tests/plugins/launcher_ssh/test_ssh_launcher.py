@@ -276,6 +276,29 @@ def test_a_refused_login_is_named_within_the_timeout_and_the_other_hosts_are_cle
     nothing_left(cluster, "h1", "h2", "hbad")
 
 
+def test_a_login_with_no_key_to_offer_says_how_to_make_one(
+    cluster: Cluster,
+    ssh_settings: Callable[..., dict[str, Any]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = ssh_settings(connect_timeout=5.0)
+    config = Path(settings["ssh_config"])
+    config.write_text(
+        config.read_text().replace(str(cluster.client_key), str(tmp_path / "no-such-key"))
+    )
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ssh/id_* either
+
+    with pytest.raises(LaunchError) as caught:
+        SshLauncher(settings).start([spec("w1", "h1")])
+
+    message = str(caught.value)
+    assert message.startswith("login to root@h1 failed: no key to offer"), message
+    assert "ssh-keygen" in message and "IdentityFile" in message
+    nothing_left(cluster, "h1")
+
+
 @pytest.mark.parametrize(
     ("host", "cause"),
     [
