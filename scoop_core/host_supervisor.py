@@ -19,10 +19,14 @@ on each host, once: ``python -m scoop_core.host_supervisor``. That supervisor
   group, and starts them (their ``_SCOOP_PARENT_PID`` is the supervisor:
   they exit if it dies; on Linux the kernel kills them too, see
   :func:`_die_with_supervisor`);
-- lets their output pass through to its own stdout and stderr, which the
-  launcher forwards to the user's terminal, each line prefixed by the host;
+- passes their output on to its own stdout and stderr a whole line at a
+  time (what a ``--prolog`` writes in pieces, before Python, included),
+  which the launcher forwards to the user's terminal, each line prefixed
+  by the host;
 - writes a line ``@@scoop-exit NAME STATUS`` when a worker exits, so the
-  launcher knows at once (a lost worker's futures run elsewhere at once);
+  launcher knows at once (a lost worker's futures run elsewhere at once),
+  after a line ``@@scoop-stderr NAME ["LINE", ...]``: its last lines on
+  stderr, which the launcher shows if the worker could not start;
 - on the line ``start WORKER`` (one worker of the plan's form, as JSON)
   starts that worker too: the launcher's replacement for one that died;
 - on the line ``stop GRACE`` terminates them (SIGTERM, then SIGKILL after
@@ -57,12 +61,15 @@ from typing import IO, Any
 
 from scoop_core.errors import LaunchError
 from scoop_core.interfaces import WorkerGroup, WorkerSpec
-from scoop_core.local_launcher import stop_processes
+from scoop_core.local_launcher import ForwardedLines, stop_processes
 
 log = logging.getLogger("scoop.launcher")
 
 EXIT_MARK = "@@scoop-exit "
 """Starts a supervisor's line that reports a worker's exit status."""
+
+TAIL_MARK = "@@scoop-stderr "
+"""Starts a supervisor's line that gives a worker's last lines on stderr (JSON), before its exit."""
 
 FILES_MARK = "@@scoop-files "
 """Starts the line a supervisor writes once it holds the files it was sent: their directory."""
@@ -217,6 +224,10 @@ class _Supervisor:
         self.workers = workers
         self.files = files
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        # Each worker's stdout and stderr, as they are passed on.
+        self.output_of: dict[str, tuple[ForwardedLines, ForwardedLines]] = {}
+        # Every line written to our stdout and stderr is written whole under it.
+        self.output = threading.Lock()
         # Reentrant: the signal handler stops the workers from the main
         # thread, which may hold it (in watch) at that moment.
         self.lock = threading.RLock()
@@ -234,27 +245,59 @@ class _Supervisor:
         with self.lock:
             if not self.stopping:
                 try:
-                    self.procs[w["name"]] = subprocess.Popen(
+                    p = subprocess.Popen(
                         w["argv"],
                         env=env,
                         cwd=w.get("cwd") or None,
                         stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE,
                         preexec_fn=self.before_exec,
                     )
+                    assert p.stdout is not None and p.stderr is not None
+                    self.output_of[w["name"]] = (
+                        ForwardedLines(p.stdout, self.write_out),
+                        ForwardedLines(p.stderr, self.write_err),
+                    )
+                    self.procs[w["name"]] = p
                     return
                 except OSError as exc:
-                    print(f"cannot start {w['name']} ({w['argv'][0]}): {exc}", file=sys.stderr)
+                    why = f"cannot start {w['name']} ({w['argv'][0]}): {exc}"
+                    self.write_err(f"{why}\n")
+                    self.report(w["name"], 127, [why])
+                    return
         self.report(w["name"], 127)
 
-    def report(self, name: str, status: int) -> None:
-        # One write of a short line: it does not interleave with the workers' lines.
+    def _write(self, fd: int, text: str) -> None:
+        data = text.encode(errors="replace")
+        with self.output:
+            while data:
+                data = data[os.write(fd, data) :]
+
+    def write_out(self, text: str) -> None:
+        """Write whole lines to stdout, which only the launcher reads."""
         try:
-            os.write(1, f"{EXIT_MARK}{name} {status}\n".encode())
+            self._write(1, text)
         except OSError:
-            # Only the launcher reads stdout: it is gone, even if stdin's end
-            # has not been read yet. An error here must not end the
-            # supervisor before it has killed the workers.
+            # The launcher is gone, even if stdin's end has not been read
+            # yet. An error here must not end the supervisor before it has
+            # killed the workers.
             self.stop(0.0)
+
+    def write_err(self, text: str) -> None:
+        with contextlib.suppress(OSError):
+            self._write(2, text)
+
+    def report(self, name: str, status: int, lines: list[str] | None = None) -> None:
+        """Say that worker ``name`` exited with ``status``, after its last
+        lines on stderr (``lines``, or those read from it). Its output
+        is passed on first, to its last line."""
+        if name in self.output_of:
+            stdout, stderr = self.output_of[name]
+            stdout.last_lines()
+            lines = stderr.last_lines() if lines is None else lines
+        tail = f"{TAIL_MARK}{name} {json.dumps(lines)}\n" if lines else ""
+        self.write_out(f"{tail}{EXIT_MARK}{name} {status}\n")
 
     def stop(self, grace: float) -> None:
         with self.lock:
@@ -377,6 +420,7 @@ class RemoteHost:
         self.prefix = "" if [s.name for s in specs] == ["root"] else f"[{label}] "
         self.names = [s.name for s in specs]
         self.statuses: dict[str, int | None] = dict.fromkeys(self.names)
+        self.tails: dict[str, list[str]] = {}  # each worker's last lines on stderr, as reported
         self._stdin = stdin
         self._kill = kill
         self._ended = threading.Event()
@@ -401,6 +445,11 @@ class RemoteHost:
         try:
             for raw in lines:
                 text = raw.decode(errors="replace").rstrip("\n")
+                if reports and text.startswith(TAIL_MARK):
+                    name, _, said = text[len(TAIL_MARK) :].partition(" ")
+                    with contextlib.suppress(ValueError, TypeError):
+                        self.tails[name] = [str(line) for line in json.loads(said)]
+                    continue
                 if reports and text.startswith(EXIT_MARK):
                     name, _, status = text[len(EXIT_MARK) :].rpartition(" ")
                     if name in self.statuses:
@@ -427,6 +476,11 @@ class RemoteHost:
 
     def poll(self) -> dict[str, int | None]:
         return dict(self.statuses)
+
+    def last_lines(self, name: str) -> list[str]:
+        """The last lines worker ``name`` wrote on stderr, as its supervisor
+        reported them with its exit."""
+        return list(self.tails.get(name, ()))
 
     def replace(self, dead: str, spec: WorkerSpec) -> None:
         """Have the supervisor start ``spec`` in place of the worker ``dead``."""
@@ -484,6 +538,14 @@ class HostGroup(WorkerGroup):
         if part is None:
             raise LaunchError(f"cannot start {spec.name}: no host of this run ran {dead}")
         part.replace(dead, spec)
+
+    def last_lines(self, name: str) -> list[str]:
+        """The last lines worker ``name`` wrote on stderr, where its host keeps them."""
+        for part in self.parts:
+            if name in part.poll():
+                tail = getattr(part, "last_lines", None)
+                return tail(name) if tail is not None else []
+        return []
 
     def stop(self, grace: float) -> None:
         threads = [threading.Thread(target=p.stop, args=(grace,)) for p in self.parts]

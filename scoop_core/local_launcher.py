@@ -8,7 +8,7 @@ of the run's fork server (:mod:`scoop_core.fork_server`) where it can start
 them, fresh interpreters otherwise.
 
 A fresh interpreter's stderr is a pipe that the launcher reads (see
-:class:`StderrLines`): what runs before Python (a ``--prolog``, a shell
+:class:`ForwardedLines`): what runs before Python (a ``--prolog``, a shell
 saying a command is not found) writes there unbuffered, in pieces, and
 would otherwise cut the launcher's log records and the other workers'
 lines in the middle; and a worker that could not start is reported with
@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import IO, Any
 
 from scoop_core import fork_server
@@ -45,17 +45,27 @@ DRAIN_SECONDS = 1.0
 (longer only if a process it left behind holds its stderr open)."""
 
 
-class StderrLines:
-    """Forwards a stream of lines to this process's stderr, each whole line
-    in one write, and keeps the last :data:`TAIL_LINES` of them.
+def to_stderr(line: str) -> None:
+    """Write ``line`` (with its end) to this process's stderr in one write."""
+    try:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass  # no terminal any more: the lines are still kept
+
+
+class ForwardedLines:
+    """Forwards a stream of lines with ``write`` (to this process's stderr
+    by default), each whole line at once, and keeps the last
+    :data:`TAIL_LINES` of them.
 
     The launcher's log records go to the same stderr, each in one write as
     well, so nothing is ever written in the middle of another's line. A
     line is written as soon as it ends; an unfinished last line when the
     stream closes is written with its end added."""
 
-    def __init__(self, stream: IO[bytes], prefix: str = "") -> None:
-        self.prefix = prefix
+    def __init__(self, stream: IO[bytes], write: Callable[[str], None] = to_stderr) -> None:
+        self.write = write
         self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self._thread = threading.Thread(
             target=self._forward, args=(stream,), name="scoop-stderr", daemon=True
@@ -67,11 +77,7 @@ class StderrLines:
             for raw in iter(stream.readline, b""):
                 text = raw.decode(errors="replace").rstrip("\r\n")
                 self.tail.append(text)
-                try:
-                    sys.stderr.write(f"{self.prefix}{text}\n")
-                    sys.stderr.flush()
-                except (OSError, ValueError):
-                    pass  # no terminal any more: the lines are still kept
+                self.write(f"{text}\n")
 
     def last_lines(self, timeout: float = DRAIN_SECONDS) -> list[str]:
         """The last lines, once the stream has closed (or ``timeout`` seconds)."""
@@ -81,7 +87,7 @@ class StderrLines:
 
 class LocalWorkers(WorkerGroup):
     def __init__(
-        self, processes: dict[str, LocalProcess], stderr: dict[str, StderrLines] | None = None
+        self, processes: dict[str, LocalProcess], stderr: dict[str, ForwardedLines] | None = None
     ) -> None:
         self.processes = processes
         # Of the workers whose stderr this launcher reads (not the fork server's forks).
@@ -141,7 +147,7 @@ class LocalLauncher(Launcher):
 
     def start(self, workers: Sequence[WorkerSpec]) -> LocalWorkers:
         processes: dict[str, LocalProcess] = {}
-        stderr: dict[str, StderrLines] = {}
+        stderr: dict[str, ForwardedLines] = {}
         try:
             for spec in workers:
                 processes[spec.name] = _start(spec, stderr)
@@ -151,7 +157,7 @@ class LocalLauncher(Launcher):
         return LocalWorkers(processes, stderr)
 
 
-def _start(spec: WorkerSpec, stderr: dict[str, StderrLines]) -> LocalProcess:
+def _start(spec: WorkerSpec, stderr: dict[str, ForwardedLines]) -> LocalProcess:
     """Start ``spec``; a fresh interpreter's stderr is read into ``stderr[spec.name]``."""
     server = fork_server.current()
     if server is not None and server.can_start(spec.argv, spec.env):
@@ -166,7 +172,7 @@ def _start(spec: WorkerSpec, stderr: dict[str, StderrLines]) -> LocalProcess:
     except OSError as exc:
         raise LaunchError(f"cannot start worker {spec.argv[0]!r} on this machine: {exc}") from exc
     assert process.stderr is not None
-    stderr[spec.name] = StderrLines(process.stderr)
+    stderr[spec.name] = ForwardedLines(process.stderr)
     return process
 
 

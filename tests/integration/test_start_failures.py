@@ -10,9 +10,16 @@ terminal as whole lines, even written in pieces by a shell.
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
+import time
+import uuid
 
 import pytest
+from conftest import wait_gone
+
+from scoop_core.host_supervisor import HostGroup, RemoteHost, command
+from scoop_core.interfaces import WorkerSpec
 
 PROGRAM = """
 from scoop import futures
@@ -152,3 +159,37 @@ if __name__ == "__main__":
     assert proc.stdout.strip() == "15"
     assert errors(proc.stderr) == []
     assert "worker-2 replaces it" in proc.stderr
+
+
+def test_a_remote_host_reports_what_its_worker_said_before_it_exited(tmp_path, capfd):
+    # A host's supervisor (a subprocess whose pipes stand for the channel a
+    # launcher has to the host) runs a worker whose prolog fails: written in
+    # pieces, its lines still come whole, and its exit is reported with its
+    # last line on stderr, even after a line left unfinished on stdout.
+    marker = f"scoop-start-failure-{uuid.uuid4().hex[:8]}"
+    script = tmp_path / f"{marker}.sh"
+    script.write_text(SAYS_WHY.replace("exit 3", "printf 'loading'\nexit 3"))
+    specs = [WorkerSpec(n, "nodeA", ("/bin/sh", str(script)), {}) for n in ("w1", "w2")]
+    proc = subprocess.Popen(
+        command(sys.executable),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdin and proc.stdout and proc.stderr
+    host = RemoteHost("nodeA", specs, proc.stdin, proc.stdout, proc.stderr, proc.kill)
+    try:
+        deadline = time.monotonic() + 20
+        while None in host.poll().values() and time.monotonic() < deadline:
+            time.sleep(0.02)  # polling the reports, as the launcher does
+        assert host.poll() == {"w1": 3, "w2": 3}
+        group = HostGroup([host])
+        assert group.last_lines("w1") == group.last_lines("w2") == ["prolog: cannot load module x"]
+        group.stop(1.0)
+    finally:
+        proc.kill()
+        proc.wait()
+    out, err = capfd.readouterr()
+    assert out.splitlines() == ["[nodeA] loading", "[nodeA] loading"]
+    assert err.splitlines() == ["[nodeA] prolog: cannot load module x"] * 2
+    assert wait_gone(marker) == []
