@@ -309,6 +309,9 @@ class StoreBackend(RunBackend):
             max_message_size=s.max_message_size,
             launcher_alive=launcher_alive,
             key_path=self.key_path,
+            # A worker that joins as the run ends leaves at once, and leaves nothing.
+            run_id=s.run_id,
+            description=INFO,
         )
         return Connection(endpoint, over=endpoint.over, leave=endpoint.leave)
 

@@ -85,6 +85,7 @@ from scoop_core.store_records import (
     LAUNCHER,
     PEERS,
     REPORTS,
+    RUN,
     TAKER,
     TRACE,
     WORKERS,
@@ -94,6 +95,7 @@ from scoop_core.store_records import (
     alive_flag,
     entry_for,
     mark_taken,
+    open_record,
     read_census,
     read_const,
     read_entry,
@@ -102,6 +104,7 @@ from scoop_core.store_records import (
     seal_census,
     seal_const,
     seal_peer,
+    seal_record,
     seal_report,
     seal_taker,
     seal_trace,
@@ -127,6 +130,20 @@ workers does not make the program as busy as the count is long."""
 REMEMBERED = 1 << 16
 """How many (future, attempt) pairs a worker remembers having taken: a copy
 of an entry is refused even if someone deleted the taken marks."""
+
+RUN_END = "end"
+"""The record of the ``run`` table that says the run is ending, signed with
+its key: :func:`tell_everyone` writes it before it reads whom to tell, so a
+worker that registers after that read finds it when it looks, right after
+registering, and leaves (nobody would tell it)."""
+
+END_MARK = "run end"
+"""The kind of the :data:`RUN_END` record."""
+
+SWEEP_WAIT = 10.0
+"""Seconds a worker that found its run ending waits, as it leaves, for the
+run's launcher to delete the run's keys, before it deletes what it wrote
+meanwhile (a key written after the launcher listed the keys would stay)."""
 
 
 def report_lost(
@@ -203,6 +220,15 @@ class StoreEndpoint(Endpoint):
 
     ``root`` names the run's root program: a worker leaves once it has
     seen the root alive and then not for ``heartbeat_timeout``.
+
+    ``description`` names the run's description in the store's ``run``
+    table (empty: not looked at). A worker given it joins no run that has
+    ended or is ending (its description gone, or :data:`RUN_END` written):
+    it writes nothing there, is told the run ``run_id`` has ended, and
+    exits. It looks again right after it registers, and at each heartbeat:
+    a run whose keys were deleted under it (it registered as the run's
+    peers were told, and the mail was deleted unread) is over too; then
+    what it wrote goes with whatever the run left (see :meth:`close`).
     """
 
     def __init__(
@@ -214,9 +240,13 @@ class StoreEndpoint(Endpoint):
         root: str = "",
         launcher_alive: Callable[[], bool] | None = None,
         key_path: str = "",
+        run_id: str = "",
+        description: str = "",
         **options: Unpack[PolicyOptions],
     ) -> None:
         self.store = store
+        self.run_id = run_id
+        self.description = description
         self.key_path = key_path  # the launcher's key file, which a run ending here deletes
         self.launcher_alive = launcher_alive or (lambda: store.flagged(alive_flag(LAUNCHER)))
         self.key = key
@@ -254,6 +284,7 @@ class StoreEndpoint(Endpoint):
         self._closed = False
         self._finished = False
         self._store_gone = False
+        self._run_ended = False  # this worker found its run ended (not told so)
         # Set once this process's part in the run is over (told so, or closed).
         self.over = threading.Event()
         self._leaving = threading.Event()
@@ -269,6 +300,7 @@ class StoreEndpoint(Endpoint):
             return  # the runtime was told the run is over; its last words go nowhere
         if self._closed:
             raise TransportClosed(f"the endpoint of {self.name} is closed")
+        ended = ""
         try:
             for frames in messages:
                 try:
@@ -277,7 +309,7 @@ class StoreEndpoint(Endpoint):
                     log.warning("%s: dropped a message of its own runtime: %s", self.name, exc)
                     continue
                 if isinstance(msg, m.Hello):
-                    self._join(msg)
+                    ended = self._join(msg)
                 elif isinstance(msg, m.Report):
                     self._report(msg)
                 try:
@@ -285,19 +317,31 @@ class StoreEndpoint(Endpoint):
                 except ProtocolError as exc:
                     log.warning("%s: ignored %s: %s", self.name, type(msg).__name__, exc)
             self._turn()
+            if ended:  # welcomed, and told at once that the run is over
+                self._leave_ended_run(ended)
         except TransportClosed as exc:
             self._store_lost(exc)
 
-    def _join(self, msg: m.Hello) -> None:
+    def _join(self, msg: m.Hello) -> str:
         """Our runtime says hello: take an index and a record in the run, and
-        give the policy the constants defined so far (for the welcome)."""
+        give the policy the constants defined so far (for the welcome).
+        Returns why not, for a worker whose run is over or ending (it wrote
+        nothing there if it found so before it registered), else ""."""
         self.role = msg.role
+        ended = self._ended(ending=True)
+        if ended:
+            return ended
+        # The flag first: a launcher that reads our record as it tells the
+        # run's peers it is over waits for us to read that (see tell_everyone).
+        self.store.flag(alive_flag(self.name), self.heartbeat_timeout)
         index = self.store.new_index()
         self._record = seal_peer(self.key, self.name, index, msg.role)
         [there] = self.store.put_records(PEERS, [(self.name, self._record)])
         if there is not None:
             self.store.put_records(PEERS, [(self.name, self._record)], replace=True)
-        self.store.flag(alive_flag(self.name), self.heartbeat_timeout)
+        ended = self._ended(ending=True)
+        if ended:
+            return ended
         self.policy.next_index = index
         self.policy.activity = activity.here  # its losses go in our reports
         offset = server_clock_offset(self.store)
@@ -307,6 +351,44 @@ class StoreEndpoint(Endpoint):
         self.policy.constants.update(self._constants(self.store.records(CONSTANTS)))
         self._read_census(self.store.records(CENSUS).get(WORKERS))
         log.debug("%s joined the run as peer %d", self.name, index)
+        return ""
+
+    def _ended(self, *, ending: bool) -> str:
+        """Why this worker's run is over, or "" while it goes on: its
+        description is gone, or, with ``ending`` (as it joins), the end is
+        marked (:data:`RUN_END`), or neither its launcher nor its program
+        is alive (a run killed, whose keys wait to expire). See the class
+        docstring. Never for a process that is not a worker, or is not told
+        where to look. An end mark not signed with the run's key is deleted."""
+        if not self.description or self.role != m.WORKER:
+            return ""
+        ended = f"the run {self.run_id} has ended" if self.run_id else "the run has ended"
+        run = self.store.records(RUN)
+        if self.description not in run:
+            return ended
+        if not ending:
+            return ""
+        mark = run.get(RUN_END)
+        if mark is not None:
+            try:
+                open_record(mark, self.key, END_MARK, None)
+            except ProtocolError as exc:
+                refusals.note(self.name, "run", "the end mark of the run", exc)
+                self.store.drop_records(RUN, {RUN_END: mark})
+            else:
+                return ended
+        if not any(self.store.flagged(alive_flag(p)) for p in (LAUNCHER, self.root) if p):
+            return f"{ended}: neither its launcher nor its program ({self.root}) is alive"
+        return ""
+
+    def _leave_ended_run(self, reason: str) -> None:
+        """This worker found its run over (``reason``): it says so, and its
+        runtime is told; nothing more of it goes to the store (see :meth:`close`)."""
+        log.warning("%s: %s; exiting", self.name, reason)
+        self._run_ended = True
+        self._reply(m.Shutdown(reason))
+        self._closed = True
+        self._store_gone = True
 
     def _report(self, msg: m.Report) -> None:
         """Our runtime's report goes into the store's tables, where the
@@ -480,6 +562,10 @@ class StoreEndpoint(Endpoint):
                 policy.someone_hungry()
         if now >= self._next_duty and self.role:
             self._next_duty = now + self.heartbeat_interval
+            ended = self._ended(ending=False)
+            if ended:
+                self._leave_ended_run(ended)
+                return
             self._heartbeat()
             if self.role == m.WORKER and self.root:
                 if self.store.flagged(alive_flag(self.root)):
@@ -689,6 +775,13 @@ class StoreEndpoint(Endpoint):
     def _store_lost(self, exc: TransportClosed) -> None:
         if self._closed:
             return
+        # A store may refuse to go on without the run's keys (Redis: its
+        # streams are gone): a run whose keys were deleted has ended.
+        with contextlib.suppress(TransportClosed):
+            ended = self._ended(ending=False)
+            if ended:
+                self._leave_ended_run(ended)
+                return
         log.error("%s: %s", self.name, exc)
         self.inbox.clear()
         self._reply(m.Shutdown(str(exc)))
@@ -696,7 +789,33 @@ class StoreEndpoint(Endpoint):
         self._store_gone = True
 
     def wakeup(self) -> None:
-        self.store.wakeup()
+        # Once closed, this endpoint takes nothing more: a store's wake-up
+        # would only write (to the mailbox of a worker whose run has ended).
+        if not self._closed:
+            self.store.wakeup()
+
+    def _sweep(self) -> None:
+        """Close the store of a worker that found its run ended. If it wrote
+        anything there, once the run's launcher has deleted the run's keys
+        (:data:`SWEEP_WAIT` at the most), it deletes what is left: what it
+        wrote, and what other late peers did; else what it wrote expires.
+        Its record and flag go at once."""
+        end_run = False
+        if self._record is not None:
+            try:
+                # Neither creates a key; a launcher that waits for us waits no more.
+                self.store.drop_records(PEERS, {self.name: self._record})
+                self.store.flag(alive_flag(self.name), 0)
+                deadline = time.monotonic() + SWEEP_WAIT
+                while self.description in self.store.records(RUN):
+                    if time.monotonic() > deadline:
+                        break
+                    time.sleep(0.05)  # polling the store for the launcher's end
+                else:
+                    end_run = True
+            except TransportClosed as exc:
+                log.debug("%s: could not leave the ended run cleanly: %s", self.name, exc)
+        self.store.close(end_run=end_run)
 
     def close(self) -> None:
         """Hand back what we hold and leave the run; a program whose launcher
@@ -707,6 +826,9 @@ class StoreEndpoint(Endpoint):
         self._finished = True
         self._closed = True
         self.inbox.clear()
+        if self._run_ended:
+            self._sweep()
+            return
         end_run = False
         if not self._store_gone:
             try:
@@ -745,10 +867,12 @@ def announce_departure(store: BrokerStore, codec: m.Codec, name: str) -> None:
 
 
 def tell_everyone(store: BrokerStore, codec: m.Codec, reason: str, wait: float) -> set[str]:
-    """Tell every peer the run is over, and give them ``wait`` seconds to
-    leave (a worker busy with a future reads its mail in its I/O thread
-    at once, but must not find its mailbox deleted first). Returns the
-    peers told that were alive then (a frozen worker will not leave)."""
+    """Mark the run's end (:data:`RUN_END`), tell every peer the run is
+    over, and give them ``wait`` seconds to leave (a worker busy with a
+    future reads its mail in its I/O thread at once, but must not find its
+    mailbox deleted first). Returns the peers told that were alive then (a
+    frozen worker will not leave)."""
+    store.put_records(RUN, [(RUN_END, seal_record(codec.key, END_MARK, [reason]))])
     peers = Peers(store, codec.key, who=codec.sender.decode(errors="replace"))
     told = {p for p in peers.names() if p != LAUNCHER and p.encode() != codec.sender}
     alive = _alive(store, told)
