@@ -872,7 +872,9 @@ def tell_everyone(store: BrokerStore, codec: m.Codec, reason: str, wait: float) 
     future reads its mail in its I/O thread at once, but must not find its
     mailbox deleted first). Returns the peers told that were alive then (a
     frozen worker will not leave)."""
-    store.put_records(RUN, [(RUN_END, seal_record(codec.key, END_MARK, [reason]))])
+    mark = [(RUN_END, seal_record(codec.key, END_MARK, [reason]))]
+    if store.put_records(RUN, mark)[0] is not None:
+        store.put_records(RUN, mark, replace=True)  # over one that may not be the run's
     peers = Peers(store, codec.key, who=codec.sender.decode(errors="replace"))
     told = {p for p in peers.names() if p != LAUNCHER and p.encode() != codec.sender}
     alive = _alive(store, told)
