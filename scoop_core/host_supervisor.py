@@ -539,13 +539,14 @@ class HostGroup(WorkerGroup):
             raise LaunchError(f"cannot start {spec.name}: no host of this run ran {dead}")
         part.replace(dead, spec)
 
-    def last_lines(self, name: str) -> list[str]:
-        """The last lines worker ``name`` wrote on stderr, where its host keeps them."""
+    def last_lines(self, name: str) -> list[str] | None:
+        """The last lines worker ``name`` wrote on stderr, where its host
+        keeps them (None where they are not kept)."""
         for part in self.parts:
             if name in part.poll():
                 tail = getattr(part, "last_lines", None)
-                return tail(name) if tail is not None else []
-        return []
+                return tail(name) if tail is not None else None
+        return None
 
     def stop(self, grace: float) -> None:
         threads = [threading.Thread(target=p.stop, args=(grace,)) for p in self.parts]

@@ -100,11 +100,11 @@ class LocalWorkers(WorkerGroup):
         """Start ``spec`` on this machine in place of the worker ``dead``."""
         self.processes[spec.name] = _start(spec, self.stderr)
 
-    def last_lines(self, name: str) -> list[str]:
-        """The last lines worker ``name`` wrote on stderr, once it has exited
-        (none known for a fork of the fork server: its stderr is the terminal)."""
+    def last_lines(self, name: str) -> list[str] | None:
+        """The last lines worker ``name`` wrote on stderr, once it has exited;
+        None for a fork of the fork server, whose stderr is the terminal's."""
         lines = self.stderr.get(name)
-        return lines.last_lines() if lines is not None else []
+        return lines.last_lines() if lines is not None else None
 
     def pids(self) -> dict[str, int]:
         return {name: p.pid for name, p in self.processes.items()}

@@ -407,28 +407,32 @@ class Run:
         ``host`` has: it is not replaced, and the first such exit of a host
         is reported as an error naming what the worker printed and the fix."""
         where = self._where(host)
+        ended = f"was killed by signal {-status}" if status < 0 else f"exited with status {status}"
         self.backend.activity.launcher.instant(
             "start failure", f"{name} could not start", worker=name, status=status
         )
         if host in self.start_failures:
-            log.info(
-                "%s on %s exited with status %d before it reached the broker", name, where, status
-            )
+            log.info("%s on %s %s %s", name, where, ended, START_FAILURE)
             return
-        tail = getattr(self.group, "last_lines", None)
-        lines = [line for line in (tail(name) if tail else []) if line.strip()]
-        said = (
-            "its last lines on stderr: " + " | ".join(lines)
-            if lines
-            else "it printed nothing on stderr"
-        )
         message = (
-            f"{name} on {where} exited with status {status} {START_FAILURE} ({said}); no worker "
-            f"there has, so none is replaced: a new one would fail the same way. Check --prolog, "
+            f"{name} on {where} {ended} {START_FAILURE} ({self._said(name)}); no worker there "
+            "has, so none is replaced: a new one would fail the same way. Check --prolog, "
             f"--python-interpreter and that the program imports on {where}"
         )
         self.start_failures[host] = message
         log.error("%s", message)
+
+    def _said(self, name: str) -> str:
+        """What worker ``name`` last wrote on stderr, in a few words for an
+        error, where its launcher kept it (a group's optional ``last_lines``)."""
+        tail = getattr(self.group, "last_lines", None)
+        lines = tail(name) if tail is not None else None
+        if lines is None:
+            return "see its output above"
+        lines = [line for line in lines if line.strip()]
+        if not lines:
+            return "it printed nothing on stderr"
+        return "its last lines on stderr: " + " | ".join(lines)
 
     def _replace(self, dead: str, status: int) -> None:
         """Start a new worker where ``dead`` ran, as Dask's nanny does.

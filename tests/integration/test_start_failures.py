@@ -133,6 +133,36 @@ def test_an_interpreter_that_cannot_start_at_all_ends_the_run(scoop_run, write_p
     assert started(proc.stderr) <= {"worker-1", "worker-2"}, proc.stderr
 
 
+def test_the_run_goes_on_without_a_host_whose_workers_cannot_start(scoop_run, write_program):
+    # Two hosts that are both this machine; the prolog fails for the second's worker only.
+    prolog = write_program(
+        'if [ "$_SCOOP_NAME" = worker-2 ]; then echo "no module here" >&2; exit 3; fi\n',
+        "prolog.sh",
+    )
+    program = write_program(
+        """
+import scoop
+from scoop import futures
+
+def where(_):
+    return scoop.worker
+
+if __name__ == "__main__":
+    print(sorted(set(futures.map(where, range(10)))))
+"""
+    )
+    proc = scoop_run(
+        program, flags=("-n", "2", "--hosts", "localhost", "127.0.0.1", "--prolog", str(prolog))
+    )
+
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "['worker-1']"
+    [error] = errors(proc.stderr)
+    assert "worker-2 on host 127.0.0.1 exited with status 3" in error
+    assert "no module here" in error
+    assert "replaces it" not in proc.stderr
+
+
 @pytest.mark.both_transports
 def test_workers_that_started_are_still_replaced(scoop_run, write_program):
     # The only worker dies on its first future, as soon as it can: it had
