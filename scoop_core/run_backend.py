@@ -418,7 +418,14 @@ def find_run(
         )
     try:
         key = run_keys.find_run_key(run_id, key_path)
-        info = records.read_info(blob, key)
     except ValueError as exc:
         raise LaunchError(f"cannot join run {run_id}: {exc}") from None
+    try:
+        info = records.read_info(blob, key)
+    except ValueError as exc:
+        raise LaunchError(
+            f"cannot join run {run_id}: {exc}; give the run's key (SCOOP_RUN_KEY or "
+            "--key-file), or, if an earlier run with this id left its keys there, choose "
+            "another run id (they expire after the transport's expire setting)"
+        ) from None
     return address, key, info

@@ -229,5 +229,6 @@ def test_a_run_id_left_by_a_run_with_another_key_is_refused_in_one_line(joining)
     [line] = err.splitlines()
     assert line.startswith(f"scoop: error: cannot join run {joining.run_id}: "), err
     assert "not signed with this key" in line
+    assert "give the run's key (SCOOP_RUN_KEY or --key-file)" in line
     assert wait_gone(joining.run_id) == []
     assert joining.keys() == [leftover]
