@@ -428,7 +428,7 @@ class Run:
         tail = getattr(self.group, "last_lines", None)
         lines = tail(name) if tail is not None else None
         if lines is None:
-            return "see its output above"
+            return "see what it printed"
         lines = [line for line in lines if line.strip()]
         if not lines:
             return "it printed nothing on stderr"

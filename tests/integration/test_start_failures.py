@@ -10,15 +10,14 @@ terminal as whole lines, even written in pieces by a shell.
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
-import time
 import uuid
 
 import pytest
 from conftest import wait_gone
+from test_remote_supervisor import _host, _wait
 
-from scoop_core.host_supervisor import HostGroup, RemoteHost, command
+from scoop_core.host_supervisor import HostGroup
 from scoop_core.interfaces import WorkerSpec
 
 PROGRAM = """
@@ -200,18 +199,9 @@ def test_a_remote_host_reports_what_its_worker_said_before_it_exited(tmp_path, c
     script = tmp_path / f"{marker}.sh"
     script.write_text(SAYS_WHY.replace("exit 3", "printf 'loading'\nexit 3"))
     specs = [WorkerSpec(n, "nodeA", ("/bin/sh", str(script)), {}) for n in ("w1", "w2")]
-    proc = subprocess.Popen(
-        command(sys.executable),
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    assert proc.stdin and proc.stdout and proc.stderr
-    host = RemoteHost("nodeA", specs, proc.stdin, proc.stdout, proc.stderr, proc.kill)
+    host, proc = _host(specs)
     try:
-        deadline = time.monotonic() + 20
-        while None in host.poll().values() and time.monotonic() < deadline:
-            time.sleep(0.02)  # polling the reports, as the launcher does
+        _wait(lambda: None not in host.poll().values(), "both exits reported")
         assert host.poll() == {"w1": 3, "w2": 3}
         group = HostGroup([host])
         assert group.last_lines("w1") == group.last_lines("w2") == ["prolog: cannot load module x"]
