@@ -868,6 +868,20 @@ def _start_root(argv: list[str], env: dict[str, str]) -> LocalProcess:
     return subprocess.Popen(argv, env={**os.environ, **env})
 
 
+def _root_could_not_start(run: Run, status: int) -> None:
+    """The root ended before it reached the run: its interpreter, not the program."""
+    python = run.options.python
+    ended = f"status {status}" if status >= 0 else f"signal {-status}"
+    log.error(
+        "the root process (%s) exited with %s before it reached the run, before the program "
+        "started: check that %s runs and has scoop-core installed (--python-interpreter), "
+        "and what it printed above",
+        python,
+        ended,
+        python,
+    )
+
+
 def _supervise(run: Run, program: str, args: list[str], watch: _Watch) -> int:
     """Run the root next to the workers; stop everything however it ends."""
     previous = {s: signal.signal(s, _raise_stop) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -883,6 +897,8 @@ def _supervise(run: Run, program: str, args: list[str], watch: _Watch) -> int:
         while True:
             status = root.wait(0.25)
             if status is not None:
+                if status != 0 and not run.reached("root"):
+                    _root_could_not_start(run, status)
                 break
             ended = run.exited_workers()
             if len(ended) == run.size:

@@ -382,6 +382,10 @@ class Run:
             return True
         return False
 
+    def reached(self, name: str) -> bool:
+        """Whether the process ``name`` (``"root"``, a worker) ever reached the run."""
+        return name in self.backend.activity.reports() or self._joined({name})
+
     def _joined(self, names: set[str]) -> bool:
         """Whether one of ``names`` said hello to the run's broker (the
         broker's book), or joined its store (its peer record, which stays

@@ -121,7 +121,7 @@ exec {sys.executable} "$@"
 
 def test_an_interpreter_that_cannot_start_at_all_ends_the_run(scoop_run, write_program):
     # /bin/false runs neither the root nor the workers: the run ends with
-    # the root's status, and nothing is restarted.
+    # the root's status, saying why, and nothing is restarted.
     proc = scoop_run(
         write_program(PROGRAM), flags=("-v", "-n", "2", "--python-interpreter", "/bin/false")
     )
@@ -130,6 +130,11 @@ def test_an_interpreter_that_cannot_start_at_all_ends_the_run(scoop_run, write_p
     assert proc.stdout == ""
     assert "replaces it" not in proc.stderr
     assert started(proc.stderr) <= {"worker-1", "worker-2"}, proc.stderr
+    # The root's interpreter is the same: it is named, not left to guess.
+    root_lines = [line for line in proc.stderr.splitlines() if "the root process" in line]
+    assert len(root_lines) == 1, proc.stderr
+    assert "(/bin/false) exited with status 1 before it reached the run" in root_lines[0]
+    assert "has scoop-core installed (--python-interpreter)" in root_lines[0]
 
 
 def test_the_run_goes_on_without_a_host_whose_workers_cannot_start(scoop_run, write_program):
