@@ -181,12 +181,13 @@ if __name__ == "__main__":
     # submit (s) -> handed over (t, on the giver's track) -> run (f, elsewhere).
     assert handed, "no future was handed over"
     assert all(step["tid"] == 999 for step in handed)
-    # (One handed over may come back to its worker, if it asks first.)
-    elsewhere = {step["id"] for step in handed if runs[step["id"]]["pid"] != step["pid"]}
-    assert elsewhere
     top_track = next(e["pid"] for e in runs.values() if e["name"] == "busy_parent")
     moved = {fid for fid, e in runs.items() if e["pid"] != top_track}
-    assert moved == elsewhere  # every child that ran on the other worker went by a hand-over
+    assert moved, "no child ran on the other worker"
+    # Every child that ran on the other worker went by a hand-over. (One
+    # handed over may come back to its worker, if it asks first, or be handed
+    # over again by the worker that took it: hand-overs may outnumber moves.)
+    assert moved <= {step["id"] for step in handed}
     assert len({pid for _, pid in children}) == 2, "the children all ran on one worker"
     handed_over = sum(p["handed"] for p in trace["scoop"]["processes"])
     assert handed_over == len(handed)
